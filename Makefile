@@ -1,0 +1,84 @@
+# lorad — build, test, bench, run, install. The only entry point.
+CC      ?= cc
+CFLAGS  ?= -O2 -g -march=native
+WARN    := -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes
+PYTHON  ?= /usr/bin/python3
+PREFIX  ?= /usr/local
+BUILD   ?= build
+
+# Recursive (=) so pkg-config runs after `make test` has installed the packages.
+PKGS     = openblas jansson libpcre2-8
+CPPFLAGS = -std=c11 -D_GNU_SOURCE -I. -MMD -MP $(shell pkg-config --cflags $(PKGS))
+LDLIBS   = $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+CHECKLIBS = $(shell pkg-config --libs check)
+
+LIB_SRC  := $(wildcard core/*.c adapters/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+
+ifneq ($(V),1)
+Q := @
+endif
+
+.PHONY: all test check asan bench run install clean deps
+
+# all: the daemon/CLI binary build/lorad
+all: $(BUILD)/lorad
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -c $< -o $@
+
+$(BUILD)/liblorad.a: $(LIB_OBJ)
+	@echo "  AR    $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/lorad: $(BUILD)/server/main.o $(BUILD)/liblorad.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+$(TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/liblorad.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) $^ $(CHECKLIBS) $(LDLIBS) -o $@
+
+$(BENCH_BIN): $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/liblorad.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+# deps: install missing Debian packages (apt-get, as root) — a no-op when all are there
+deps:
+	$(Q)tools/deps.sh
+
+# test: install deps, build, run every test, then the whole suite again under ASan/UBSan
+test: deps
+	$(Q)$(MAKE) --no-print-directory check
+	$(Q)$(MAKE) --no-print-directory asan
+
+# check: build and run unit tests + reference/integration tests in $(BUILD)
+check: $(BUILD)/lorad $(TEST_BIN)
+	$(Q)PYTHON=$(PYTHON) tests/run.sh $(BUILD)
+
+# asan: the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer
+asan:
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan \
+	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" check
+
+# bench: benchmarks (never part of `make test`); see README "Performance"
+bench: deps $(BUILD)/lorad $(BENCH_BIN)
+	$(Q)PYTHON=$(PYTHON) bench/run.sh $(BUILD)
+
+# run: lorad's main job on an embedded default (see README)
+run: deps $(BUILD)/lorad
+	$(Q)tools/run.sh $(BUILD)
+
+# install: the binary and systemd units under $(PREFIX) / $(DESTDIR)
+install: $(BUILD)/lorad
+	install -D -m 0755 $(BUILD)/lorad $(DESTDIR)$(PREFIX)/bin/lorad
+
+# clean: remove build outputs
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/server/main.d $(TEST_BIN:=.d) $(BENCH_BIN:=.d)

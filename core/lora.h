@@ -1,0 +1,34 @@
+/* lora: an adapter's weights in memory and the LoRA math on them.
+ * For a projection with base weight W [out, in] an adapter adds s · B A, with
+ * A [r, in] and B [out, r] exactly as stored in the PEFT file, and s its scale
+ * (alpha / r, or alpha / sqrt(r) with rsLoRA, per-module overrides applied). */
+#ifndef LORAD_LORA_H
+#define LORAD_LORA_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+typedef struct {
+    int r;          /* rank; 0 when this (layer, projection) is not targeted */
+    float scale;    /* s, already including alpha/r or alpha/sqrt(r) */
+    float *a;       /* [r, in] row-major, as in the PEFT file (owned) */
+    float *b;       /* [out, r] row-major, as in the PEFT file (owned) */
+} lora_matrix;
+
+typedef struct {
+    int n_layers;
+    lora_matrix *m;  /* [n_layers * PROJ_COUNT]; entry (l, p) at m[l * PROJ_COUNT + p] */
+    size_t bytes;    /* total bytes of all A and B */
+    int max_rank;    /* largest r over all entries */
+} lora_weights;
+
+/* Allocates an empty set (all r = 0) for n_layers; NULL on allocation failure. */
+lora_weights *lora_weights_new(int n_layers);
+/* Frees the set and every A/B; accepts NULL. */
+void lora_weights_free(lora_weights *w);
+/* Entry for (layer, proj); never NULL for valid indices. */
+lora_matrix *lora_weights_at(lora_weights *w, int layer, model_proj p);
+const lora_matrix *lora_weights_get(const lora_weights *w, int layer, model_proj p);
+
+#endif

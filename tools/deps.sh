@@ -1,0 +1,21 @@
+#!/bin/sh
+# Installs the Debian packages lorad needs to build and test, only those missing.
+# Runs apt-get only when something is missing; needs root for that.
+set -eu
+PKGS="build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev check libsubunit-dev python3 python3-numpy"
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing:$missing"
+if [ "$(id -u)" != 0 ]; then
+    echo "deps: not root; install these packages first:$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing

@@ -9,7 +9,7 @@ BUILD   ?= build
 # Recursive (=) so pkg-config runs after `make test` has installed the packages.
 PKGS     = openblas jansson libpcre2-8
 CPPFLAGS = -std=c11 -D_GNU_SOURCE -I. -MMD -MP $(shell pkg-config --cflags $(PKGS))
-LDLIBS   = $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+LDLIBS   = $(shell pkg-config --libs $(PKGS)) -lunistring -lm -lpthread
 CHECKLIBS = $(shell pkg-config --libs check)
 
 LIB_SRC  := $(wildcard core/*.c adapters/*.c) $(filter-out server/main.c,$(wildcard server/*.c))

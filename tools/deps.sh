@@ -2,7 +2,7 @@
 # Installs the Debian packages lorad needs to build and test, only those missing.
 # Runs apt-get only when something is missing; needs root for that.
 set -eu
-PKGS="build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev check libsubunit-dev python3 python3-numpy"
+PKGS="build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev libunistring-dev check libsubunit-dev python3 python3-numpy"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

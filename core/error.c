@@ -27,5 +27,14 @@ void lr_error_prefix(lr_error *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    /* prefix + ": " + old, cut to fit (explicit copies: the message is a fixed buffer) */
+    size_t cap = sizeof err->msg - 1, n = strnlen(prefix, cap);
+    memcpy(err->msg, prefix, n);
+    for (const char *s = ": "; *s && n < cap; s++)
+        err->msg[n++] = *s;
+    size_t m = strnlen(old, sizeof old - 1);
+    if (m > cap - n)
+        m = cap - n;
+    memcpy(err->msg + n, old, m);
+    err->msg[n + m] = '\0';
 }

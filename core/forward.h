@@ -1,0 +1,38 @@
+/* forward: one transformer pass over a batch of sequences.
+ * Each sequence contributes n_tokens rows (a prefill chunk, or 1 when decoding); the rows
+ * of all sequences are stacked into one activation matrix, so every projection is one
+ * GEMM per run of consecutive sequences sharing a weight variant (base W or a merged W'),
+ * and every on-the-fly adapter is two thin GEMMs per run of consecutive sequences sharing
+ * the adapter mix. Callers order sequences to make those runs long. A sequence's result
+ * does not depend on the others in its batch (attention is per sequence). */
+#ifndef LORAD_FORWARD_H
+#define LORAD_FORWARD_H
+
+#include "error.h"
+#include "kv_cache.h"
+#include "model.h"
+#include "variant.h"
+
+typedef struct {
+    const int *tokens;          /* [n_tokens] token ids */
+    int n_tokens;               /* >= 1 */
+    kv_cache *kv;               /* positions [kv->len, kv->len + n_tokens) are written */
+    const variant *merged;      /* merged W' or NULL (base W) */
+    const variant_mix *lora;    /* adapters applied on the fly, or NULL */
+    int want_logits;            /* 1: logits of the last token are produced */
+} forward_seq;
+
+typedef struct forward_ctx forward_ctx;
+
+/* Scratch for batches of up to max_rows rows in total. Owned by the caller
+ * (forward_free); NULL + err on failure. Belongs to one thread (the engine's). */
+forward_ctx *forward_create(const model *m, int max_rows, lr_error *err);
+void forward_free(forward_ctx *f);  /* accepts NULL */
+
+/* Runs the batch: appends every sequence's keys/values to its cache (kv->len advances by
+ * n_tokens) and writes, for each sequence with want_logits, in order, one row of
+ * vocab_size logits to logits [n_want, vocab]. Fails (nothing written) when a
+ * token id is out of range, a cache is too small or the batch exceeds max_rows. */
+int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, lr_error *err);
+
+#endif

@@ -1,0 +1,305 @@
+/* model_load: a Hugging Face model directory → read-only fp32 weights. */
+#include "model.h"
+
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "safetensors.h"
+
+#define MAX_SHARDS 512
+
+struct model_files {
+    safetensors *st[MAX_SHARDS];
+    int n;
+    void *converted;          /* anonymous mapping holding converted weights, read-only */
+    size_t converted_cap;
+    size_t converted_used;
+};
+
+char *model_tensor_name(int layer, model_proj p, char *buf, size_t cap)
+{
+    const char *group = p <= PROJ_O ? "self_attn" : "mlp";
+    snprintf(buf, cap, "model.layers.%d.%s.%s.weight", layer, group, model_proj_name(p));
+    return buf;
+}
+
+static int file_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+/* Opens the shards named by model.safetensors.index.json (each once, in order). */
+static int open_sharded(model *m, const char *index_path, lr_error *err)
+{
+    json_error_t je;
+    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return lr_error_set(err, LR_EINVAL, "%s: invalid JSON at line %d: %s", index_path,
+                            je.line, je.text);
+    int rc = 0;
+    json_t *map = json_object_get(root, "weight_map");
+    if (!json_is_object(map)) {
+        rc = lr_error_set(err, LR_EINVAL, "%s: 'weight_map' must be an object", index_path);
+        goto done;
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(map, name, v) {
+        if (!json_is_string(v)) {
+            rc = lr_error_set(err, LR_EINVAL, "%s: weight_map['%s'] must be a file name",
+                              index_path, name);
+            goto done;
+        }
+        const char *file = json_string_value(v);
+        if (strchr(file, '/') || strcmp(file, "..") == 0 || strcmp(file, ".") == 0 || !*file) {
+            rc = lr_error_set(err, LR_EINVAL, "%s: weight_map['%s'] = '%s' is not a plain file "
+                              "name in the model directory", index_path, name, file);
+            goto done;
+        }
+        char path[4096 + 256];
+        snprintf(path, sizeof path, "%s/%s", m->dir, file);
+        int seen = 0;
+        for (int i = 0; i < m->files->n && !seen; i++)
+            seen = strcmp(safetensors_path(m->files->st[i]), path) == 0;
+        if (seen)
+            continue;
+        if (m->files->n == MAX_SHARDS) {
+            rc = lr_error_set(err, LR_ENOTSUP, "%s: more than %d shards", index_path, MAX_SHARDS);
+            goto done;
+        }
+        safetensors *st = safetensors_open(path, err);
+        if (!st) {
+            rc = err ? err->code : LR_EINVAL;
+            goto done;
+        }
+        m->files->st[m->files->n++] = st;
+    }
+    if (m->files->n == 0)
+        rc = lr_error_set(err, LR_EINVAL, "%s: 'weight_map' is empty", index_path);
+done:
+    json_decref(root);
+    return rc;
+}
+
+static const st_tensor *find_tensor(const model *m, const char *name)
+{
+    for (int i = 0; i < m->files->n; i++) {
+        const st_tensor *t = safetensors_find(m->files->st[i], name);
+        if (t)
+            return t;
+    }
+    return NULL;
+}
+
+static const char *tensor_file(const model *m, const st_tensor *t)
+{
+    for (int i = 0; i < m->files->n; i++)
+        if (safetensors_find(m->files->st[i], t->name) == t)
+            return safetensors_path(m->files->st[i]);
+    return "?";
+}
+
+/* Needs conversion (not F32, or F32 not 4-byte aligned in the mapping). */
+static int needs_copy(const st_tensor *t)
+{
+    return t->dtype != ST_F32 || ((uintptr_t)t->data & 3u) != 0;
+}
+
+/* Looks up a tensor and checks dtype + shape ([d0] or [d0, d1]); adds its converted size
+ * to *convert_bytes when it cannot be used in place. */
+static int check_tensor(const model *m, const char *name, int64_t d0, int64_t d1,
+                        const st_tensor **out, size_t *convert_bytes, lr_error *err)
+{
+    const st_tensor *t = find_tensor(m, name);
+    if (!t)
+        return lr_error_set(err, LR_EINVAL, "%s: tensor '%s' is missing from the checkpoint",
+                            m->dir, name);
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return lr_error_set(err, LR_ENOTSUP, "%s: tensor '%s' has dtype %s (supported: F32, "
+                            "F16, BF16)", tensor_file(m, t), name, st_dtype_name(t->dtype));
+    int ndim = d1 < 0 ? 1 : 2;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+        char got[96] = "[";
+        for (int i = 0; i < t->ndim && i < 4; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? "," : "",
+                     (long long)t->shape[i]);
+        strcat(got, "]");
+        if (ndim == 1)
+            return lr_error_set(err, LR_EINVAL, "%s: tensor '%s' is %s, config.json implies "
+                                "[%lld]", tensor_file(m, t), name, got, (long long)d0);
+        return lr_error_set(err, LR_EINVAL, "%s: tensor '%s' is %s, config.json implies "
+                            "[%lld,%lld]", tensor_file(m, t), name, got, (long long)d0,
+                            (long long)d1);
+    }
+    if (needs_copy(t))
+        *convert_bytes += (size_t)t->numel * sizeof(float);
+    *out = t;
+    return 0;
+}
+
+/* Returns the fp32 data of a checked tensor: in place, or converted into the arena. */
+static const float *materialize(model *m, const st_tensor *t, lr_error *err)
+{
+    if (!needs_copy(t))
+        return t->data;
+    float *dst = (float *)((char *)m->files->converted + m->files->converted_used);
+    if (st_tensor_to_f32(t, dst, err))
+        return NULL;
+    m->files->converted_used += (size_t)t->numel * sizeof(float);
+    return dst;
+}
+
+/* Every tensor the model reads, in one table so checking and loading walk the same list. */
+typedef struct {
+    char name[128];
+    int64_t d0, d1;           /* d1 < 0 for vectors */
+    const float **dst;
+    const st_tensor *t;
+} wanted;
+
+model *model_load(const char *dir, lr_error *err)
+{
+    model *m = calloc(1, sizeof *m);
+    wanted *want = NULL;
+    if (!m || !(m->files = calloc(1, sizeof *m->files))) {
+        lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
+        goto fail;
+    }
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    if (model_config_load(dir, &m->cfg, err)) {
+        lr_error_prefix(err, "%s", dir);
+        goto fail;
+    }
+    const model_config *c = &m->cfg;
+
+    char path[4096 + 64];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (file_exists(path)) {
+        if (open_sharded(m, path, err))
+            goto fail;
+    } else {
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        if (!file_exists(path)) {
+            char bin[4096 + 64];
+            snprintf(bin, sizeof bin, "%s/pytorch_model.bin", dir);
+            if (file_exists(bin))
+                lr_error_set(err, LR_ENOTSUP, "%s: only pickle pytorch_model.bin found; lorad "
+                             "reads safetensors (pickle can run code): convert the checkpoint",
+                             dir);
+            else
+                lr_error_set(err, LR_ENOTFOUND, "%s: no model.safetensors or "
+                             "model.safetensors.index.json", dir);
+            goto fail;
+        }
+        safetensors *st = safetensors_open(path, err);
+        if (!st)
+            goto fail;
+        m->files->st[m->files->n++] = st;
+    }
+    m->n_shards = m->files->n;
+
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    size_t n_want = 3 + (size_t)c->n_layers * (2 + PROJ_COUNT + 3);
+    want = calloc(n_want, sizeof *want);
+    if (!m->layers || !want) {
+        lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
+        goto fail;
+    }
+    size_t n = 0;
+#define WANT(ptr, d0_, d1_, ...)                                                       \
+    do {                                                                               \
+        snprintf(want[n].name, sizeof want[n].name, __VA_ARGS__);                      \
+        want[n].d0 = (d0_);                                                            \
+        want[n].d1 = (d1_);                                                            \
+        want[n].dst = (ptr);                                                           \
+        n++;                                                                           \
+    } while (0)
+    WANT(&m->embed, c->vocab_size, c->hidden, "model.embed_tokens.weight");
+    WANT(&m->norm, c->hidden, -1, "model.norm.weight");
+    if (!c->tie_embeddings)
+        WANT(&m->lm_head, c->vocab_size, c->hidden, "lm_head.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        model_layer *L = &m->layers[l];
+        WANT(&L->attn_norm, c->hidden, -1, "model.layers.%d.input_layernorm.weight", l);
+        WANT(&L->ffn_norm, c->hidden, -1, "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int out, in;
+            model_config_proj_shape(c, (model_proj)p, &out, &in);
+            char name[128];
+            WANT(&L->w[p], out, in, "%s", model_tensor_name(l, (model_proj)p, name, sizeof name));
+        }
+        if (c->qkv_bias)
+            for (int p = 0; p < 3; p++) {
+                int out, in;
+                model_config_proj_shape(c, (model_proj)p, &out, &in);
+                WANT(&L->bias[p], out, -1, "model.layers.%d.self_attn.%s.bias", l,
+                     model_proj_name((model_proj)p));
+            }
+    }
+#undef WANT
+
+    size_t convert = 0;
+    int dtypes = 0;  /* bit per dtype seen */
+    for (size_t i = 0; i < n; i++) {
+        if (check_tensor(m, want[i].name, want[i].d0, want[i].d1, &want[i].t, &convert, err))
+            goto fail;
+        dtypes |= 1 << want[i].t->dtype;
+        m->weight_bytes += (size_t)want[i].t->numel * sizeof(float);
+    }
+    snprintf(m->dtype, sizeof m->dtype, "%s",
+             dtypes == 1 << ST_F32 ? "F32" : dtypes == 1 << ST_F16 ? "F16"
+             : dtypes == 1 << ST_BF16 ? "BF16" : "mixed");
+
+    if (convert) {
+        void *arena = mmap(NULL, convert, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                           -1, 0);
+        if (arena == MAP_FAILED) {
+            lr_error_set(err, LR_ENOMEM, "%s: cannot allocate %zu MB for converted weights",
+                         dir, convert >> 20);
+            goto fail;
+        }
+        m->files->converted = arena;
+        m->files->converted_cap = convert;
+    }
+    for (size_t i = 0; i < n; i++) {
+        *want[i].dst = materialize(m, want[i].t, err);
+        if (!*want[i].dst)
+            goto fail;
+    }
+    if (convert && mprotect(m->files->converted, convert, PROT_READ) != 0) {
+        lr_error_set(err, LR_EIO, "%s: mprotect of converted weights failed", dir);
+        goto fail;
+    }
+    if (c->tie_embeddings)
+        m->lm_head = m->embed;
+    free(want);
+    log_info("loaded %s: %s, %d layers, hidden %d, %zu MB of fp32 weights (%s, %d file%s)",
+             dir, c->arch_name, c->n_layers, c->hidden, m->weight_bytes >> 20, m->dtype,
+             m->n_shards, m->n_shards == 1 ? "" : "s");
+    return m;
+fail:
+    free(want);
+    model_free(m);
+    return NULL;
+}
+
+void model_free(model *m)
+{
+    if (!m)
+        return;
+    if (m->files) {
+        for (int i = 0; i < m->files->n; i++)
+            safetensors_close(m->files->st[i]);
+        if (m->files->converted)
+            munmap(m->files->converted, m->files->converted_cap);
+        free(m->files);
+    }
+    free(m->layers);
+    free(m);
+}

@@ -1,0 +1,134 @@
+/* variant: merged W' construction and the on-the-fly LoRA kernel. */
+#include "variant.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+int variant_mix_max_rank(const variant_mix *mix)
+{
+    int r = 0;
+    for (int i = 0; mix && i < mix->n; i++)
+        if (mix->t[i].w->max_rank > r)
+            r = mix->t[i].w->max_rank;
+    return r;
+}
+
+const float *variant_weight(const model *m, const variant *v, int layer, model_proj p)
+{
+    if (v) {
+        const float *w = v->w[layer * PROJ_COUNT + p];
+        if (w)
+            return w;
+    }
+    return m->layers[layer].w[p];
+}
+
+variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
+{
+    const model_config *c = &m->cfg;
+    variant *v = calloc(1, sizeof *v);
+    if (!v || !(v->w = calloc((size_t)c->n_layers * PROJ_COUNT, sizeof *v->w))) {
+        lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
+        goto fail;
+    }
+    v->n_layers = c->n_layers;
+    for (int i = 0; i < mix->n; i++)
+        if (mix->t[i].w->n_layers != c->n_layers) {
+            lr_error_set(err, LR_EINVAL, "adapter has %d layers, base model has %d",
+                         mix->t[i].w->n_layers, c->n_layers);
+            goto fail;
+        }
+
+    /* First pass: which matrices are touched, and how much memory W' needs. */
+    size_t total = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int touched = 0;
+            for (int i = 0; i < mix->n; i++)
+                touched |= lora_weights_get(mix->t[i].w, l, (model_proj)p)->r > 0;
+            if (touched) {
+                int out, in;
+                model_config_proj_shape(c, (model_proj)p, &out, &in);
+                total += (size_t)out * in * sizeof(float);
+            }
+        }
+    v->bytes = total;
+    if (total == 0)
+        return v;
+    void *arena = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (arena == MAP_FAILED) {
+        lr_error_set(err, LR_ENOMEM, "cannot allocate %zu MB for merged weights", total >> 20);
+        goto fail;
+    }
+    v->arena = arena;
+    v->arena_bytes = total;
+
+    /* Second pass: W' = W, then W' += (weight·s) B A per term. */
+    float *dst = arena;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int touched = 0;
+            for (int i = 0; i < mix->n; i++)
+                touched |= lora_weights_get(mix->t[i].w, l, (model_proj)p)->r > 0;
+            if (!touched)
+                continue;
+            int out, in;
+            model_config_proj_shape(c, (model_proj)p, &out, &in);
+            memcpy(dst, m->layers[l].w[p], (size_t)out * in * sizeof(float));
+            for (int i = 0; i < mix->n; i++) {
+                const lora_matrix *lm = lora_weights_get(mix->t[i].w, l, (model_proj)p);
+                if (lm->r == 0)
+                    continue;
+                /* dst [out, in] += alpha · B [out, r] · A [r, in] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, lm->r,
+                            mix->t[i].weight * lm->scale, lm->b, lm->r, lm->a, in, 1.0f, dst,
+                            in);
+            }
+            v->w[l * PROJ_COUNT + p] = dst;
+            dst += (size_t)out * in;
+        }
+    if (mprotect(arena, total, PROT_READ) != 0) {
+        lr_error_set(err, LR_EIO, "mprotect of merged weights failed");
+        goto fail;
+    }
+    return v;
+fail:
+    variant_free(v);
+    return NULL;
+}
+
+void variant_free(variant *v)
+{
+    if (!v)
+        return;
+    if (v->arena)
+        munmap(v->arena, v->arena_bytes);
+    free(v->w);
+    free(v);
+}
+
+void variant_apply(const variant_mix *mix, int layer, model_proj p, const float *x, int n,
+                   int in, float *y, int out, float *scratch)
+{
+    for (int i = 0; i < mix->n; i++) {
+        const lora_matrix *lm = lora_weights_get(mix->t[i].w, layer, p);
+        if (lm->r == 0)
+            continue;
+        float alpha = mix->t[i].weight * lm->scale;
+        if (n == 1) {
+            /* t [r] = A [r, in] · x ; y += alpha · B [out, r] · t */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, lm->r, in, 1.0f, lm->a, in, x, 1, 0.0f,
+                        scratch, 1);
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, out, lm->r, alpha, lm->b, lm->r, scratch,
+                        1, 1.0f, y, 1);
+        } else {
+            /* T [n, r] = X [n, in] · Aᵀ ; Y [n, out] += alpha · T · Bᵀ */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, lm->r, in, 1.0f, x, in,
+                        lm->a, in, 0.0f, scratch, lm->r);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, lm->r, alpha, scratch,
+                        lm->r, lm->b, lm->r, 1.0f, y, out);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+/* variant: the two ways an adapter (or a weighted mix of adapters) reaches the math.
+ *   on the fly: Y += Σ weight_i · s_i · (X A_iᵀ) B_iᵀ for the rows that use the mix;
+ *   merged:     W' = W + Σ weight_i · s_i · B_i A_i, a private copy per targeted matrix.
+ * The base W is only ever read. */
+#ifndef LORAD_VARIANT_H
+#define LORAD_VARIANT_H
+
+#include <stddef.h>
+
+#include "lora.h"
+#include "model.h"
+
+#define VARIANT_MAX_TERMS 8
+
+typedef struct {
+    const lora_weights *w;   /* borrowed; must outlive every use of the mix */
+    float weight;            /* the mix weight (1.0 for a single adapter) */
+} variant_term;
+
+/* A weighted mix of adapters, applied on the fly or merged. */
+typedef struct {
+    int n;
+    variant_term t[VARIANT_MAX_TERMS];
+} variant_mix;
+
+/* Merged weights: W' for every (layer, proj) some term touches, NULL elsewhere (use W). */
+typedef struct {
+    int n_layers;
+    const float **w;   /* [n_layers * PROJ_COUNT], each [out, in] row-major or NULL */
+    size_t bytes;      /* bytes of all W' */
+    void *arena;       /* one read-only mapping holding every W' (private) */
+    size_t arena_bytes;
+} variant;
+
+/* Largest rank over all terms (scratch sizing for variant_apply). */
+int variant_mix_max_rank(const variant_mix *mix);
+
+/* Builds W' = W + Σ weight·s·B A for every targeted matrix (one sgemm each), in memory
+ * that is made read-only once written. Returns a new variant owned by the caller
+ * (variant_free); on error returns NULL and fills err. Costs 2·r·in·out flops per matrix.
+ * Thread-safe (reads the model and the adapters only). */
+variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err);
+void variant_free(variant *v);  /* accepts NULL */
+
+/* Weight to use for (layer, p): W' when v has one, else the base W. v may be NULL. */
+const float *variant_weight(const model *m, const variant *v, int layer, model_proj p);
+
+/* On the fly, for rows X [n, in] whose base output Y [n, out] is already computed:
+ * Y += Σ weight·s·(X Aᵀ) Bᵀ. scratch holds at least n · variant_mix_max_rank(mix) floats.
+ * Engine thread (uses OpenBLAS). */
+void variant_apply(const variant_mix *mix, int layer, model_proj p, const float *x, int n,
+                   int in, float *y, int out, float *scratch);
+
+#endif

@@ -1,0 +1,1100 @@
+/* Tests for adapters/peft: PEFT adapter directories built here (safetensors_write, or raw
+ * bytes for dtypes it cannot write) against a tiny hand-filled Llama config. Expected
+ * scales, shapes and sizes are worked out by hand from PEFT's rules, not by the loader. */
+#include <check.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "adapters/peft.h"
+#include "core/safetensors.h"
+
+/* hidden 16, intermediate 24, 4 heads × 4 = q width 16, 2 kv heads × 4 = kv width 8 */
+static model_config tiny_config(int n_layers)
+{
+    model_config c;
+    memset(&c, 0, sizeof c);
+    c.arch = ARCH_LLAMA;
+    snprintf(c.arch_name, sizeof c.arch_name, "LlamaForCausalLM");
+    c.vocab_size = 32;
+    c.hidden = 16;
+    c.intermediate = 24;
+    c.n_layers = n_layers;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 4;
+    c.max_positions = 64;
+    c.rope_theta = 10000.0f;
+    c.rms_eps = 1e-5f;
+    c.bos_id = -1;
+    return c;
+}
+
+/* Independent of core/config.c: names and {out, in} of the tiny model's projections. */
+static const char *const pname[7] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                     "gate_proj", "up_proj", "down_proj"};
+static const char *const pparent[7] = {"self_attn", "self_attn", "self_attn", "self_attn",
+                                       "mlp", "mlp", "mlp"};
+static const int tiny_out[7] = {16, 8, 8, 16, 24, 24, 16};
+static const int tiny_in[7] = {16, 16, 16, 16, 16, 16, 24};
+#define ALL7 0x7fu
+
+#define ALL7_JSON "[\"q_proj\",\"k_proj\",\"v_proj\",\"o_proj\",\"gate_proj\",\"up_proj\",\"down_proj\"]"
+
+/* ---- fixtures ---- */
+
+#define TB_MAX 256
+
+typedef struct {
+    st_write_tensor t[TB_MAX];
+    char name[TB_MAX][128];
+    float *data[TB_MAX];
+    int n;
+    uint32_t seed;
+} tbuild;
+
+static float next_value(tbuild *b)
+{
+    b->seed = b->seed * 1664525u + 1013904223u;
+    return (float)((int32_t)(b->seed >> 8) % 2001 - 1000) / 1000.0f;  /* [-1, 1] */
+}
+
+/* Adds a 2-D F32 tensor filled with deterministic values; returns its data. */
+static float *tb_add(tbuild *b, const char *name, int rows, int cols)
+{
+    ck_assert_int_lt(b->n, TB_MAX);
+    int i = b->n++;
+    snprintf(b->name[i], sizeof b->name[i], "%s", name);
+    b->data[i] = malloc((size_t)rows * (size_t)cols * sizeof(float));
+    ck_assert_ptr_nonnull(b->data[i]);
+    for (int k = 0; k < rows * cols; k++)
+        b->data[i][k] = next_value(b);
+    b->t[i].name = b->name[i];
+    b->t[i].ndim = 2;
+    b->t[i].shape[0] = rows;
+    b->t[i].shape[1] = cols;
+    b->t[i].data = b->data[i];
+    return b->data[i];
+}
+
+static void key_name(char *dst, size_t cap, int layer, int p, char ab)
+{
+    snprintf(dst, cap, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer, pparent[p],
+             pname[p], ab);
+}
+
+/* A [r, in] and B [out, r] for (layer, p) of the tiny model. */
+static void tb_add_pair(tbuild *b, int layer, int p, int r)
+{
+    char nm[128];
+    key_name(nm, sizeof nm, layer, p, 'A');
+    tb_add(b, nm, r, tiny_in[p]);
+    key_name(nm, sizeof nm, layer, p, 'B');
+    tb_add(b, nm, tiny_out[p], r);
+}
+
+static void tb_add_all(tbuild *b, int n_layers, unsigned mask, int r)
+{
+    for (int l = 0; l < n_layers; l++)
+        for (int p = 0; p < 7; p++)
+            if (mask & (1u << p))
+                tb_add_pair(b, l, p, r);
+}
+
+static float *tb_find(tbuild *b, const char *name)
+{
+    for (int i = 0; i < b->n; i++)
+        if (strcmp(b->name[i], name) == 0)
+            return b->data[i];
+    return NULL;
+}
+
+static void tb_write(tbuild *b, const char *dir)
+{
+    char path[512];
+    lr_error err = {0};
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    int rc = safetensors_write(path, b->t, b->n, NULL, &err);
+    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
+}
+
+static void tb_free(tbuild *b)
+{
+    for (int i = 0; i < b->n; i++)
+        free(b->data[i]);
+    b->n = 0;
+}
+
+static void write_file(const char *dir, const char *file, const char *fmt, ...)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+static char *make_dir(void)
+{
+    char *d = strdup("/tmp/peft_test_XXXXXX");
+    ck_assert_ptr_nonnull(d);
+    ck_assert_ptr_nonnull(mkdtemp(d));
+    return d;
+}
+
+static void remove_dir(char *dir)
+{
+    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors",
+                                        "adapter_model.bin"};
+    char path[512];
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+    free(dir);
+}
+
+/* A plain config: r, alpha, all seven targets, extra JSON members spliced in. */
+static void write_config(const char *dir, int r, double alpha, const char *extra)
+{
+    write_file(dir, "adapter_config.json",
+               "{\"peft_type\": \"LORA\", \"task_type\": \"CAUSAL_LM\", "
+               "\"base_model_name_or_path\": \"tiny/llama\", \"r\": %d, \"lora_alpha\": %g, "
+               "\"lora_dropout\": 0.05, \"bias\": \"none\", \"fan_in_fan_out\": false, "
+               "\"inference_mode\": true, \"modules_to_save\": null, \"init_lora_weights\": true, "
+               "\"revision\": null, \"megatron_core\": \"megatron.core\"%s%s}",
+               r, alpha, extra && extra[0] ? ", " : "", extra ? extra : "");
+}
+
+/* Loads dir, expects failure, and checks the message contains want. */
+static void expect_fail(const char *dir, const model_config *base, const peft_options *opt,
+                        const char *want)
+{
+    lr_error err = {0};
+    peft_adapter *a = peft_load(dir, base, opt, &err);
+    ck_assert_msg(a == NULL, "loaded, but expected failure with \"%s\"", want);
+    ck_assert_int_lt(err.code, 0);
+    ck_assert_msg(strstr(err.msg, want) != NULL, "message \"%s\" lacks \"%s\"", err.msg, want);
+    ck_assert_msg(strstr(err.msg, "adapter '") == err.msg, "message \"%s\" does not name the "
+                  "adapter", err.msg);
+}
+
+static peft_adapter *expect_load(const char *dir, const model_config *base)
+{
+    lr_error err = {0};
+    peft_adapter *a = peft_load(dir, base, NULL, &err);
+    ck_assert_msg(a != NULL, "peft_load failed: %s", err.msg);
+    return a;
+}
+
+/* Writes a raw safetensors file (for dtypes safetensors_write does not produce). */
+typedef struct {
+    const char *name;
+    const char *dtype;
+    int rows, cols, elem;
+    const void *data;
+} raw_tensor;
+
+static void write_raw(const char *dir, const raw_tensor *t, int n)
+{
+    char header[4096], path[512];
+    size_t len = 0, off = 0;
+    len += (size_t)snprintf(header + len, sizeof header - len, "{");
+    for (int i = 0; i < n; i++) {
+        size_t nb = (size_t)t[i].rows * (size_t)t[i].cols * (size_t)t[i].elem;
+        len += (size_t)snprintf(header + len, sizeof header - len,
+                                "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%d,%d],"
+                                "\"data_offsets\":[%zu,%zu]}", i ? "," : "", t[i].name,
+                                t[i].dtype, t[i].rows, t[i].cols, off, off + nb);
+        off += nb;
+    }
+    len += (size_t)snprintf(header + len, sizeof header - len, "}");
+    while (len % 8)
+        header[len++] = ' ';
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    unsigned char l8[8];
+    for (int b = 0; b < 8; b++)
+        l8[b] = (unsigned char)((uint64_t)len >> (8 * b));
+    ck_assert_int_eq(fwrite(l8, 1, 8, f), 8);
+    ck_assert_int_eq(fwrite(header, 1, len, f), len);
+    for (int i = 0; i < n; i++) {
+        size_t nb = (size_t)t[i].rows * (size_t)t[i].cols * (size_t)t[i].elem;
+        ck_assert_int_eq(fwrite(t[i].data, 1, nb, f), nb);
+    }
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+/* ---- core ---- */
+
+START_TEST(test_all_seven_projections_load_with_scale_alpha_over_r)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 1};
+    tb_add_all(&b, 2, ALL7, 4);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_int_eq(a->r, 4);
+    ck_assert_float_eq(a->alpha, 8.0f);
+    ck_assert_int_eq(a->use_rslora, 0);
+    ck_assert_uint_eq(a->proj_mask, ALL7);
+    ck_assert_int_eq(a->n_matrices, 14);
+    ck_assert_str_eq(a->dtype, "F32");
+    ck_assert_str_eq(a->base_model, "tiny/llama");
+    ck_assert_str_eq(a->path, dir);
+    ck_assert_int_eq(a->w->n_layers, 2);
+    ck_assert_int_eq(a->w->max_rank, 4);
+    /* per layer r·(in+out): q 128, k 96, v 96, o 128, gate 160, up 160, down 160 = 928 */
+    ck_assert_uint_eq(a->w->bytes, 2 * 928 * sizeof(float));
+    for (int l = 0; l < 2; l++)
+        for (int p = 0; p < 7; p++) {
+            const lora_matrix *m = lora_weights_get(a->w, l, (model_proj)p);
+            ck_assert_int_eq(m->r, 4);
+            ck_assert_float_eq(m->scale, 2.0f);  /* 8 / 4 */
+            ck_assert_ptr_nonnull(m->a);
+            ck_assert_ptr_nonnull(m->b);
+        }
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_rslora_scale_is_alpha_over_sqrt_r)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 2};
+    tb_add_all(&b, 2, 1u << PROJ_Q | 1u << PROJ_V, 16);
+    tb_write(&b, dir);
+    write_config(dir, 16, 8, "\"use_rslora\": true, \"target_modules\": [\"q_proj\", \"v_proj\"]");
+
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_int_eq(a->use_rslora, 1);
+    ck_assert_float_eq(lora_weights_get(a->w, 0, PROJ_Q)->scale, 2.0f);   /* 8 / sqrt(16) */
+    ck_assert_float_eq(lora_weights_get(a->w, 1, PROJ_V)->scale, 2.0f);
+    ck_assert_int_eq(lora_weights_get(a->w, 0, PROJ_K)->r, 0);            /* untargeted */
+    ck_assert_ptr_null(lora_weights_get(a->w, 0, PROJ_K)->a);
+    ck_assert_uint_eq(a->proj_mask, 1u << PROJ_Q | 1u << PROJ_V);
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_rank_and_alpha_pattern_override_per_module_first_key_wins)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 3};
+    /* rank_pattern: layer 0's down_proj → 1 (first key wins over "down_proj"), other
+     * down_proj → 2; alpha_pattern: q_proj → 16. Everything else r=4, alpha=8. */
+    for (int l = 0; l < 2; l++)
+        for (int p = 0; p < 7; p++)
+            tb_add_pair(&b, l, p, p == PROJ_DOWN ? (l == 0 ? 1 : 2) : 4);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON ", "
+                 "\"rank_pattern\": {\"model.layers.0.mlp.down_proj\": 1, \"down_proj\": 2}, "
+                 "\"alpha_pattern\": {\"q_proj\": 16}");
+
+    peft_adapter *a = expect_load(dir, &base);
+    const lora_matrix *d0 = lora_weights_get(a->w, 0, PROJ_DOWN);
+    const lora_matrix *d1 = lora_weights_get(a->w, 1, PROJ_DOWN);
+    ck_assert_int_eq(d0->r, 1);
+    ck_assert_float_eq(d0->scale, 8.0f);   /* 8 / 1 */
+    ck_assert_int_eq(d1->r, 2);
+    ck_assert_float_eq(d1->scale, 4.0f);   /* 8 / 2 */
+    ck_assert_int_eq(lora_weights_get(a->w, 1, PROJ_Q)->r, 4);
+    ck_assert_float_eq(lora_weights_get(a->w, 1, PROJ_Q)->scale, 4.0f);  /* 16 / 4 */
+    ck_assert_float_eq(lora_weights_get(a->w, 1, PROJ_UP)->scale, 2.0f); /* 8 / 4 */
+    ck_assert_int_eq(a->w->max_rank, 4);
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_pattern_keys_match_only_whole_dotted_suffixes)
+{
+    /* "proj" must not match "q_proj" ((.*\.)?(proj)$ needs a dot before it), while the
+     * regex key "[qv]_proj" matches q and v. */
+    model_config base = tiny_config(1);
+    char *dir = make_dir();
+    tbuild b = {.seed = 4};
+    tb_add_pair(&b, 0, PROJ_Q, 2);
+    tb_add_pair(&b, 0, PROJ_K, 4);
+    tb_add_pair(&b, 0, PROJ_V, 2);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\", \"k_proj\", \"v_proj\"], "
+                 "\"rank_pattern\": {\"proj\": 3, \"[qv]_proj\": 2}");
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_int_eq(lora_weights_get(a->w, 0, PROJ_Q)->r, 2);
+    ck_assert_int_eq(lora_weights_get(a->w, 0, PROJ_K)->r, 4);
+    ck_assert_int_eq(lora_weights_get(a->w, 0, PROJ_V)->r, 2);
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_target_modules_regex_selects_and_restricts)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 5};
+    tb_add_pair(&b, 1, PROJ_Q, 4);
+    tb_add_pair(&b, 1, PROJ_V, 4);
+    tb_write(&b, dir);
+    /* must match the whole module name: "self_attn\.(q|v)_proj" alone would not */
+    write_config(dir, 4, 8, "\"target_modules\": \"model\\\\.layers\\\\.1\\\\.self_attn\\\\.(q|v)_proj\"");
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_uint_eq(a->proj_mask, 1u << PROJ_Q | 1u << PROJ_V);
+    ck_assert_int_eq(a->n_matrices, 2);
+    peft_free(a);
+
+    write_config(dir, 4, 8, "\"target_modules\": \"self_attn\\\\.(q|v)_proj\"");
+    expect_fail(dir, &base, NULL, "do not select");
+
+    tb_add_pair(&b, 0, PROJ_Q, 4);   /* layer 0 is outside the regex */
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": \".*\\\\.layers\\\\.1\\\\..*_proj\"");
+    expect_fail(dir, &base, NULL, "layers.0.self_attn.q_proj but adapter_config.json");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_lora_values_round_trip_exactly)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 6};
+    tb_add_all(&b, 2, ALL7, 3);
+    tb_write(&b, dir);
+    write_config(dir, 3, 6, "\"target_modules\": " ALL7_JSON);
+
+    peft_adapter *a = expect_load(dir, &base);
+    char nm[128];
+    for (int l = 0; l < 2; l++)
+        for (int p = 0; p < 7; p++) {
+            const lora_matrix *m = lora_weights_get(a->w, l, (model_proj)p);
+            key_name(nm, sizeof nm, l, p, 'A');
+            ck_assert(memcmp(m->a, tb_find(&b, nm), (size_t)3 * tiny_in[p] * sizeof(float)) == 0);
+            key_name(nm, sizeof nm, l, p, 'B');
+            ck_assert(memcmp(m->b, tb_find(&b, nm), (size_t)tiny_out[p] * 3 * sizeof(float)) == 0);
+        }
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+static uint16_t bf16_bits(int i)
+{
+    /* sign, exponent 126..129, mantissa: exact bf16 values like ±0.5 … ±7.x */
+    return (uint16_t)(((i & 1) << 15) | ((126 + i % 4) << 7) | (i * 13 % 128));
+}
+
+static float bf16_ref(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+START_TEST(test_bf16_adapter_converts_exactly)
+{
+    model_config base = tiny_config(1);
+    char *dir = make_dir();
+    uint16_t a_bits[4 * 16], b_bits[8 * 4];
+    for (int i = 0; i < 64; i++)
+        a_bits[i] = bf16_bits(i);
+    for (int i = 0; i < 32; i++)
+        b_bits[i] = bf16_bits(i + 7);
+    raw_tensor t[2] = {
+        {"base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", "BF16", 4, 16, 2, a_bits},
+        {"base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight", "BF16", 8, 4, 2, b_bits},
+    };
+    write_raw(dir, t, 2);
+    write_config(dir, 4, 4, "\"target_modules\": [\"k_proj\"]");
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_str_eq(a->dtype, "BF16");
+    const lora_matrix *m = lora_weights_get(a->w, 0, PROJ_K);
+    ck_assert_float_eq(m->scale, 1.0f);
+    for (int i = 0; i < 64; i++)
+        ck_assert_float_eq(m->a[i], bf16_ref(a_bits[i]));
+    for (int i = 0; i < 32; i++)
+        ck_assert_float_eq(m->b[i], bf16_ref(b_bits[i]));
+    peft_free(a);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_describe_reports_every_field)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 7};
+    tb_add_all(&b, 2, 1u << PROJ_Q | 1u << PROJ_O | 1u << PROJ_DOWN, 2);
+    tb_write(&b, dir);
+    write_config(dir, 2, 5, "\"use_rslora\": true, \"target_modules\": [\"down_proj\", \"o_proj\", \"q_proj\"]");
+
+    peft_adapter *a = expect_load(dir, &base);
+    json_t *j = peft_describe(a);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "type")), "lora");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "path")), dir);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "base_model")), "tiny/llama");
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "r")), 2);
+    ck_assert_double_eq(json_number_value(json_object_get(j, "lora_alpha")), 5.0);
+    ck_assert(json_is_true(json_object_get(j, "use_rslora")));
+    ck_assert_str_eq(json_string_value(json_object_get(j, "dtype")), "F32");
+    json_t *mods = json_object_get(j, "target_modules");
+    ck_assert_int_eq(json_array_size(mods), 3);
+    ck_assert_str_eq(json_string_value(json_array_get(mods, 0)), "q_proj");
+    ck_assert_str_eq(json_string_value(json_array_get(mods, 1)), "o_proj");
+    ck_assert_str_eq(json_string_value(json_array_get(mods, 2)), "down_proj");
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "layers")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "matrices")), 6);
+    /* per layer 2·(32 + 32 + 40) = 208 floats */
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "bytes")), 2 * 208 * 4);
+    ck_assert_int_eq(json_object_size(j), 11);
+    json_decref(j);
+    peft_free(a);
+    peft_free(NULL);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_without_base_layer_count_is_inferred_from_keys)
+{
+    model_config base = tiny_config(3);
+    char *dir = make_dir();
+    tbuild b = {.seed = 8};
+    tb_add_pair(&b, 0, PROJ_Q, 4);
+    tb_add_pair(&b, 2, PROJ_DOWN, 4);
+    tb_add_pair(&b, 2, PROJ_K, 4);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+
+    peft_adapter *a = expect_load(dir, NULL);
+    ck_assert_int_eq(a->w->n_layers, 3);
+    ck_assert_int_eq(a->n_matrices, 3);
+    ck_assert_int_eq(lora_weights_get(a->w, 2, PROJ_DOWN)->r, 4);
+    ck_assert_int_eq(lora_weights_get(a->w, 1, PROJ_DOWN)->r, 0);
+    ck_assert_uint_eq(a->proj_mask, 1u << PROJ_Q | 1u << PROJ_K | 1u << PROJ_DOWN);
+    peft_free(a);
+    a = expect_load(dir, &base);   /* and it fits the base it was made for */
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_layers_to_transform_restricts_layers)
+{
+    model_config base = tiny_config(3);
+    char *dir = make_dir();
+    tbuild b = {.seed = 9};
+    tb_add_pair(&b, 1, PROJ_Q, 4);
+    tb_add_pair(&b, 2, PROJ_Q, 4);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"], \"layers_to_transform\": [1, 2], "
+                 "\"layers_pattern\": \"layers\"");
+    peft_free(expect_load(dir, &base));
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"], \"layers_to_transform\": [1, 2]");
+    peft_free(expect_load(dir, &base));
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"], \"layers_to_transform\": []");
+    peft_free(expect_load(dir, &base));   /* empty list: no restriction */
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"], \"layers_to_transform\": 1");
+    expect_fail(dir, &base, NULL, "layers.2.self_attn.q_proj but adapter_config.json");
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"], \"layers_to_transform\": [1, 2], "
+                 "\"layers_pattern\": [\"h\", \"blocks\"]");
+    expect_fail(dir, &base, NULL, "do not select");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_all_linear_null_targets_and_fan_in_fan_out_are_accepted)
+{
+    model_config base = tiny_config(1);
+    char *dir = make_dir();
+    tbuild b = {.seed = 10};
+    tb_add_all(&b, 1, ALL7, 2);
+    tb_write(&b, dir);
+    write_config(dir, 2, 4, "\"target_modules\": \"all-linear\"");
+    peft_free(expect_load(dir, &base));
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": 2, "
+               "\"target_modules\": " ALL7_JSON ", \"exclude_modules\": null, "
+               "\"rank_pattern\": {}, \"alpha_pattern\": {}, \"layers_to_transform\": null, "
+               "\"layers_pattern\": null, \"use_dora\": false, \"loftq_config\": {}, "
+               "\"lora_bias\": false, \"layer_replication\": null, \"fan_in_fan_out\": true, "
+               "\"some_future_peft_field\": {\"x\": [1]}}");
+    peft_free(expect_load(dir, &base));
+    tb_free(&b);
+
+    /* target_modules null: PEFT's Llama default is q_proj and v_proj */
+    tb_add_all(&b, 1, 1u << PROJ_Q | 1u << PROJ_V, 8);
+    tb_write(&b, dir);
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"target_modules\": null}");
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_int_eq(a->r, 8);                 /* LoraConfig defaults r=8, lora_alpha=8 */
+    ck_assert_float_eq(a->alpha, 8.0f);
+    ck_assert_str_eq(a->base_model, "");
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_exclude_modules_deselects)
+{
+    model_config base = tiny_config(1);
+    char *dir = make_dir();
+    tbuild b = {.seed = 11};
+    tb_add_pair(&b, 0, PROJ_Q, 2);
+    tb_add_pair(&b, 0, PROJ_K, 2);
+    tb_write(&b, dir);
+    write_config(dir, 2, 4, "\"target_modules\": [\"q_proj\", \"k_proj\"], "
+                 "\"exclude_modules\": [\"v_proj\"]");
+    peft_free(expect_load(dir, &base));
+    write_config(dir, 2, 4, "\"target_modules\": [\"q_proj\", \"k_proj\"], "
+                 "\"exclude_modules\": \".*k_proj\"");
+    expect_fail(dir, &base, NULL, "layers.0.self_attn.k_proj but");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+START_TEST(test_smollm2_shaped_rank16_adapter_loads_fast)
+{
+    /* SmolLM2-135M: hidden 576, intermediate 1536, 9 heads × 64, 3 kv heads; 30 layers.
+     * r=16 on all seven projections ≈ 20 MB of fp32. */
+    model_config base = tiny_config(30);
+    base.hidden = 576;
+    base.intermediate = 1536;
+    base.n_heads = 9;
+    base.n_kv_heads = 3;
+    base.head_dim = 64;
+    const int out[7] = {576, 192, 192, 576, 1536, 1536, 576};
+    const int in[7] = {576, 576, 576, 576, 576, 576, 1536};
+    char *dir = make_dir();
+    st_write_tensor *t = calloc(30 * 7 * 2, sizeof *t);
+    char (*names)[128] = calloc(30 * 7 * 2, sizeof *names);
+    float *ones = malloc((size_t)1536 * 16 * sizeof(float));
+    ck_assert(t && names && ones);
+    for (int i = 0; i < 1536 * 16; i++)
+        ones[i] = 0.001f * (float)(i % 17);
+    int n = 0;
+    for (int l = 0; l < 30; l++)
+        for (int p = 0; p < 7; p++)
+            for (int ab = 0; ab < 2; ab++, n++) {
+                key_name(names[n], sizeof names[n], l, p, ab ? 'B' : 'A');
+                t[n].name = names[n];
+                t[n].ndim = 2;
+                t[n].shape[0] = ab ? out[p] : 16;
+                t[n].shape[1] = ab ? 16 : in[p];
+                t[n].data = ones;
+            }
+    char path[512];
+    lr_error err = {0};
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    ck_assert_msg(safetensors_write(path, t, n, NULL, &err) == 0, "%s", err.msg);
+    write_config(dir, 16, 32, "\"target_modules\": " ALL7_JSON);
+
+    double best = 1e9;
+    for (int k = 0; k < 3; k++) {
+        double t0 = now_ms();
+        peft_adapter *a = expect_load(dir, &base);
+        double dt = now_ms() - t0;
+        best = dt < best ? dt : best;
+        ck_assert_int_eq(a->n_matrices, 210);
+        /* 30 layers × r 16 × Σ(in+out) 10176 × 4 bytes */
+        ck_assert_uint_eq(a->w->bytes, (size_t)30 * 16 * 10176 * 4);
+        peft_free(a);
+    }
+    fprintf(stderr, "test_peft: SmolLM2-shaped r=16 adapter (~20 MB fp32) loads in %.1f ms\n",
+            best);
+#if !defined(__SANITIZE_ADDRESS__)
+    ck_assert_msg(best < 30.0, "load took %.1f ms (budget 30 ms)", best);
+#endif
+    free(t);
+    free(names);
+    free(ones);
+    remove_dir(dir);
+}
+END_TEST
+
+/* ---- limits: one bad input each, checked by its message ---- */
+
+/* A valid two-layer all-seven adapter at r=4, to be broken by each test. */
+static char *valid_adapter(tbuild *b)
+{
+    char *dir = make_dir();
+    b->seed = 42;
+    tb_add_all(b, 2, ALL7, 4);
+    tb_write(b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+    return dir;
+}
+
+START_TEST(test_refuses_dora)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON ", \"use_dora\": true");
+    expect_fail(dir, &base, NULL, "use_dora is true");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_nonempty_modules_to_save)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": 4, "
+               "\"target_modules\": " ALL7_JSON ", \"modules_to_save\": [\"lm_head\"]}");
+    expect_fail(dir, &base, NULL, "modules_to_save is not empty (lm_head)");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_bias_all)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": 4, "
+               "\"target_modules\": " ALL7_JSON ", \"bias\": \"all\"}");
+    expect_fail(dir, &base, NULL, "bias is 'all'");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_embedding_lora_key)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    tb_add(&b, "base_model.model.model.embed_tokens.lora_embedding_A", 4, 32);
+    tb_write(&b, dir);
+    expect_fail(dir, &base, NULL, "embedding LoRA is not supported");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_lm_head_lora_key)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    tb_add(&b, "base_model.model.lm_head.lora_A.weight", 4, 16);
+    tb_write(&b, dir);
+    expect_fail(dir, &base, NULL, "lm_head LoRA");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_pickle_bin_only)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+    write_file(dir, "adapter_model.bin", "PK\003\004 not really a zip");
+    expect_fail(dir, &base, NULL, "pickle adapter_model.bin is not supported (it can run code); "
+                "convert it to safetensors");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_missing_weights)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+    expect_fail(dir, &base, NULL, "/adapter_model.safetensors");
+    expect_fail(dir, &base, NULL, "missing");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_missing_config_naming_path)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    char path[512];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    unlink(path);
+    expect_fail(dir, &base, NULL, "missing");
+    expect_fail(dir, &base, NULL, path);
+    expect_fail("/nonexistent/peft/dir", &base, NULL, "cannot open the directory");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_invalid_json)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": 4,,}");
+    expect_fail(dir, &base, NULL, "adapter_config.json is not valid JSON (line 1");
+    write_file(dir, "adapter_config.json", "[1, 2]");
+    expect_fail(dir, &base, NULL, "must hold a JSON object");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_other_peft_type)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"IA3\", \"target_modules\": [\"k_proj\"]}");
+    expect_fail(dir, &base, NULL, "peft_type is 'IA3'");
+    write_file(dir, "adapter_config.json", "{\"r\": 4}");
+    expect_fail(dir, &base, NULL, "'peft_type' is missing");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_known_key_with_wrong_type)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": \"4\"}");
+    expect_fail(dir, &base, NULL, "'r' must be a positive integer");
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": 0}");
+    expect_fail(dir, &base, NULL, "'r' must be a positive integer");
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"use_rslora\": \"yes\"}");
+    expect_fail(dir, &base, NULL, "'use_rslora' must be true or false, not a string");
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"lora_alpha\": [8]}");
+    expect_fail(dir, &base, NULL, "'lora_alpha' must be a number");
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"target_modules\": 7}");
+    expect_fail(dir, &base, NULL, "'target_modules' must be");
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"rank_pattern\": {\"q_proj\": 2.5}}");
+    expect_fail(dir, &base, NULL, "'rank_pattern' value for 'q_proj'");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_base_mutating_init)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": 4, "
+               "\"target_modules\": " ALL7_JSON ", \"init_lora_weights\": \"pissa_niter_4\"}");
+    expect_fail(dir, &base, NULL, "modifies the base weights");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_layer_beyond_base)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    tb_add_pair(&b, 40, PROJ_Q, 4);
+    tb_write(&b, dir);
+    expect_fail(dir, &base, NULL, "adapter has layers.40 but the base model has 2 layers "
+                "(adapter made for another base model?)");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_module_the_base_lacks)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    tb_add(&b, "base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight", 4, 16);
+    tb_write(&b, dir);
+    expect_fail(dir, &base, NULL, "model.layers.0.self_attn.qkv_proj, which a Llama-family base "
+                "does not have");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_unrecognized_key_naming_it)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    tb_add(&b, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", 4, 16);
+    tb_write(&b, dir);
+    expect_fail(dir, &base, NULL, "unrecognized tensor 'base_model.model.model.layers.0."
+                "self_attn.q_proj.lora_A.default.weight'");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_a_without_b)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 5};
+    tb_add_pair(&b, 0, PROJ_Q, 4);
+    tb_add(&b, "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight", 4, 16);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+    expect_fail(dir, &base, NULL, "layers.1.mlp.up_proj has lora_A but no lora_B");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_a_shape_from_another_base)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 5};
+    tb_add(&b, "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight", 4, 12);
+    tb_add(&b, "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight", 16, 4);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+    expect_fail(dir, &base, NULL, "layers.1.self_attn.q_proj lora_A is [4,12], base expects "
+                "[4,16] (adapter made for another base model?)");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_b_shape_disagreeing_with_r)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    tbuild b = {.seed = 5};
+    tb_add(&b, "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight", 4, 24);
+    tb_add(&b, "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight", 16, 3);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+    expect_fail(dir, &base, NULL, "layers.0.mlp.down_proj lora_B is [16,3] but "
+                "adapter_config.json gives this module r=4");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_nan_in_b)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    char nm[128];
+    key_name(nm, sizeof nm, 1, PROJ_GATE, 'B');
+    tb_find(&b, nm)[37] = NAN;
+    tb_write(&b, dir);
+    expect_fail(dir, &base, NULL, "layers.1.mlp.gate_proj lora_B contains NaN at element 37");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_inf_in_a)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    char nm[128];
+    key_name(nm, sizeof nm, 0, PROJ_V, 'A');
+    tb_find(&b, nm)[63] = -INFINITY;   /* the last element */
+    tb_write(&b, dir);
+    expect_fail(dir, &base, NULL, "layers.0.self_attn.v_proj lora_A contains Inf at element 63");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_rank_above_max_rank)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    peft_options opt = peft_options_default();
+    ck_assert_int_eq(opt.max_rank, 256);
+    opt.max_rank = 2;
+    expect_fail(dir, &base, &opt, "has rank 4, above the limit of 2");
+    opt.max_rank = 4;
+    lr_error err = {0};
+    peft_adapter *a = peft_load(dir, &base, &opt, &err);
+    ck_assert_msg(a != NULL, "%s", err.msg);
+    peft_free(a);
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_bad_regex_with_pcre2_message)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_config(dir, 4, 8, "\"target_modules\": \"model.*(q_proj\"");
+    expect_fail(dir, &base, NULL, "target_modules regex 'model.*(q_proj' is invalid: missing "
+                "closing parenthesis");
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON ", \"rank_pattern\": {\"[q\": 2}");
+    expect_fail(dir, &base, NULL, "rank_pattern regex '[q' is invalid");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_non_float_dtype)
+{
+    model_config base = tiny_config(2);
+    char *dir = make_dir();
+    int32_t a[4 * 16] = {0}, bb[16 * 4] = {0};
+    raw_tensor t[2] = {
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "I32", 4, 16, 4, a},
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", "I32", 16, 4, 4, bb},
+    };
+    write_raw(dir, t, 2);
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"]");
+    expect_fail(dir, &base, NULL, "layers.0.self_attn.q_proj lora_A has dtype I32");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_tensor_outside_target_modules)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\", \"v_proj\"]");
+    expect_fail(dir, &base, NULL, "LoRA tensors for layers.0.self_attn.k_proj but "
+                "adapter_config.json's target_modules");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_layers_to_transform_with_regex_targets)
+{
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    write_config(dir, 4, 8, "\"target_modules\": \".*_proj\", \"layers_to_transform\": [0]");
+    expect_fail(dir, &base, NULL, "'layers_to_transform' cannot be used when target_modules is "
+                "a string");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_without_base_refuses_inconsistent_sizes)
+{
+    char *dir = make_dir();
+    tbuild b = {.seed = 5};
+    tb_add_pair(&b, 0, PROJ_K, 4);   /* kv width 8 */
+    tb_add(&b, "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight", 4, 16);
+    tb_add(&b, "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight", 12, 4);
+    tb_write(&b, dir);
+    write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
+    expect_fail(dir, NULL, NULL, "layers.1.self_attn.v_proj implies key/value width 12 but "
+                "layers.0.self_attn.k_proj implies 8");
+    tb_free(&b);
+    remove_dir(dir);
+}
+END_TEST
+
+static Suite *peft_suite(void)
+{
+    Suite *s = suite_create("peft");
+    TCase *core = tcase_create("core");
+    tcase_set_timeout(core, 60);
+    tcase_add_test(core, test_all_seven_projections_load_with_scale_alpha_over_r);
+    tcase_add_test(core, test_rslora_scale_is_alpha_over_sqrt_r);
+    tcase_add_test(core, test_rank_and_alpha_pattern_override_per_module_first_key_wins);
+    tcase_add_test(core, test_pattern_keys_match_only_whole_dotted_suffixes);
+    tcase_add_test(core, test_target_modules_regex_selects_and_restricts);
+    tcase_add_test(core, test_lora_values_round_trip_exactly);
+    tcase_add_test(core, test_bf16_adapter_converts_exactly);
+    tcase_add_test(core, test_describe_reports_every_field);
+    tcase_add_test(core, test_without_base_layer_count_is_inferred_from_keys);
+    tcase_add_test(core, test_layers_to_transform_restricts_layers);
+    tcase_add_test(core, test_all_linear_null_targets_and_fan_in_fan_out_are_accepted);
+    tcase_add_test(core, test_exclude_modules_deselects);
+    tcase_add_test(core, test_smollm2_shaped_rank16_adapter_loads_fast);
+    suite_add_tcase(s, core);
+
+    TCase *limits = tcase_create("limits");
+    tcase_add_test(limits, test_refuses_dora);
+    tcase_add_test(limits, test_refuses_nonempty_modules_to_save);
+    tcase_add_test(limits, test_refuses_bias_all);
+    tcase_add_test(limits, test_refuses_embedding_lora_key);
+    tcase_add_test(limits, test_refuses_lm_head_lora_key);
+    tcase_add_test(limits, test_refuses_pickle_bin_only);
+    tcase_add_test(limits, test_refuses_missing_weights);
+    tcase_add_test(limits, test_refuses_missing_config_naming_path);
+    tcase_add_test(limits, test_refuses_invalid_json);
+    tcase_add_test(limits, test_refuses_other_peft_type);
+    tcase_add_test(limits, test_refuses_known_key_with_wrong_type);
+    tcase_add_test(limits, test_refuses_base_mutating_init);
+    tcase_add_test(limits, test_refuses_layer_beyond_base);
+    tcase_add_test(limits, test_refuses_module_the_base_lacks);
+    tcase_add_test(limits, test_refuses_unrecognized_key_naming_it);
+    tcase_add_test(limits, test_refuses_a_without_b);
+    tcase_add_test(limits, test_refuses_a_shape_from_another_base);
+    tcase_add_test(limits, test_refuses_b_shape_disagreeing_with_r);
+    tcase_add_test(limits, test_refuses_nan_in_b);
+    tcase_add_test(limits, test_refuses_inf_in_a);
+    tcase_add_test(limits, test_refuses_rank_above_max_rank);
+    tcase_add_test(limits, test_refuses_bad_regex_with_pcre2_message);
+    tcase_add_test(limits, test_refuses_non_float_dtype);
+    tcase_add_test(limits, test_refuses_tensor_outside_target_modules);
+    tcase_add_test(limits, test_refuses_layers_to_transform_with_regex_targets);
+    tcase_add_test(limits, test_without_base_refuses_inconsistent_sizes);
+    suite_add_tcase(s, limits);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(peft_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

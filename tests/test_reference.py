@@ -1,0 +1,576 @@
+#!/usr/bin/python3
+"""test_reference.py BUILD: checks BUILD/lorad against the numpy reference (tests/reference.py).
+
+1. Generates fixtures into BUILD/fixtures with tools/make_fixtures.py (skipped when
+   BUILD/fixtures/manifest.json is newer than the generator).
+2. Validates the reference itself (causality, merged == on-the-fly, RoPE properties) and
+   the fixtures (sha256, adapters really change the logits, bf16 rounding).
+3. Runs `BUILD/lorad generate ... --max-tokens 8 --logprobs 5 --json` for every model,
+   every adapter on the fly and merged, a weighted mix, `lorad merge` output, and checks
+   with teacher forcing: the reference is fed prompt + generated ids and, at every
+   generated position, (a) the chosen id is the reference argmax (a different id is
+   accepted only if its reference logprob is within 1e-4 of the max: a near-tie),
+   (b) the chosen and every top-K logprob match the reference within 2e-4, (c) the k-th
+   top id has the reference's k-th largest logprob (swaps allowed only within 1e-4).
+4. `lorad inspect` on every fixture (exit 0, JSON) and on broken ones (exit 1).
+
+Prints "PASS name" / "FAIL name: reason" per check and, last, "N passed, N failed";
+exits 1 if anything failed. A missing BUILD/lorad makes every engine check FAIL.
+"""
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import reference as R  # noqa: E402
+
+GENERATOR = os.path.join(REPO, "tools", "make_fixtures.py")
+PYTHON = "/usr/bin/python3"
+MAX_TOKENS = 8
+TOPK = 5
+ATOL = 2e-4          # float32 engine vs float64 reference, tiny models
+TIE = 1e-4           # reference gaps below this are near-ties: either order is fine
+TIMEOUT = 120        # seconds per lorad run (ASan builds are slow)
+MIX = [("ad_all", 0.7), ("ad_qv", 0.5)]
+
+
+class Fail(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- plumbing
+class Suite:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def report(self, name, err):
+        if err is None:
+            self.passed += 1
+            print("PASS " + name, flush=True)
+        else:
+            self.failed += 1
+            print("FAIL %s: %s" % (name, err), flush=True)
+
+    def run(self, name, fn, *args):
+        self.report(name, _call(fn, *args))
+
+
+def _call(fn, *args):
+    try:
+        fn(*args)
+        return None
+    except Fail as e:
+        return str(e)
+    except Exception as e:  # a bug in a check is a failure too, never a crash
+        return "%s: %s" % (type(e).__name__, e)
+
+
+def ensure_fixtures(build):
+    fx = os.path.join(build, "fixtures")
+    man = os.path.join(fx, "manifest.json")
+    if (not os.path.exists(man)
+            or os.path.getmtime(man) < os.path.getmtime(GENERATOR)):
+        t0 = time.time()
+        subprocess.run([PYTHON, GENERATOR, fx], check=True, timeout=300,
+                       stdout=subprocess.DEVNULL)
+        print("fixtures: generated in %.2f s" % (time.time() - t0))
+    with open(man) as f:
+        return fx, json.load(f)
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class Lorad:
+    def __init__(self, build):
+        self.path = os.path.join(build, "lorad")
+        self.env = dict(os.environ)
+        self.env.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+    def available(self):
+        return os.path.isfile(self.path) and os.access(self.path, os.X_OK)
+
+    def run(self, args):
+        """(returncode, stdout, stderr); raises Fail on a missing binary, a timeout or a
+        sanitizer report."""
+        if not self.available():
+            raise Fail("%s not found or not executable (build it first)" % self.path)
+        try:
+            p = subprocess.run([self.path] + args, capture_output=True, text=True,
+                               timeout=TIMEOUT, env=self.env)
+        except subprocess.TimeoutExpired:
+            raise Fail("timed out after %d s: lorad %s" % (TIMEOUT, " ".join(args)))
+        for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            if marker in p.stderr:
+                raise Fail("sanitizer report (%s): %s" % (marker, tail(p.stderr)))
+        if p.returncode < 0:
+            raise Fail("killed by signal %d: lorad %s" % (-p.returncode, " ".join(args)))
+        return p.returncode, p.stdout, p.stderr
+
+
+def tail(s, n=400):
+    s = s.strip().replace("\n", " | ")
+    return s if len(s) <= n else "..." + s[-n:]
+
+
+def parse_json(out):
+    out = out.strip()
+    try:
+        return json.loads(out)
+    except ValueError:
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        if lines:
+            try:
+                return json.loads(lines[-1])
+            except ValueError:
+                pass
+    raise Fail("stdout is not JSON: %r" % out[:200])
+
+
+# --------------------------------------------------------------------------- prompts
+def pick_prompt(fx, man, model, length, want_eos=False, tries=400):
+    """A deterministic prompt (seeded by the model name) whose reference greedy path is
+    unambiguous (top-2 gap > 1e-3). want_eos=False: no EOS in the first MAX_TOKENS
+    tokens; want_eos=True: EOS at step 2..MAX_TOKENS-1 (exercises finish_reason stop)."""
+    info = man["models"][model]
+    mdir = os.path.join(fx, info["path"])
+    special = set(info["eos_token_ids"]) | {info["bos_token_id"]}
+    body = [t for t in range(info["vocab_size"]) if t not in special]
+    rng = np.random.default_rng(zlib.crc32(("%s/%d/%d" % (model, length, want_eos)).encode()))
+    fallback = None
+    for _ in range(tries):
+        prompt = [info["bos_token_id"]] + [int(t) for t in rng.choice(body, length - 1)]
+        gen = R.greedy(mdir, prompt, MAX_TOKENS)
+        lp = R.logprobs(mdir, prompt + gen)[len(prompt) - 1:len(prompt) - 1 + len(gen)]
+        srt = np.sort(lp, axis=1)
+        if (srt[:, -1] - srt[:, -2]).min() < 1e-3:
+            continue
+        hit = gen[-1] in info["eos_token_ids"]
+        if not want_eos and not hit:
+            return prompt
+        if want_eos and hit and 2 <= len(gen) < MAX_TOKENS:
+            return prompt
+        if fallback is None and not want_eos:
+            fallback = prompt
+    if fallback is None:
+        raise Fail("no suitable prompt found for %s" % model)
+    return fallback
+
+
+# --------------------------------------------------------------------------- checking
+def verify(result, fx, man, model, prompt, adapters):
+    """Teacher-forced comparison of one `lorad generate --json` result with the reference.
+    adapters: [(adapter_name, weight)]."""
+    info = man["models"][model]
+    mdir = os.path.join(fx, info["path"])
+    ads = [(os.path.join(fx, man["adapters"][a]["path"]), w) for a, w in adapters]
+    eos = set(info["eos_token_ids"])
+    for key in ("prompt_ids", "ids", "text", "finish_reason", "logprobs"):
+        if key not in result:
+            raise Fail("JSON lacks %r" % key)
+    if result["prompt_ids"] != prompt:
+        raise Fail("prompt_ids %s != input %s" % (result["prompt_ids"], prompt))
+    if not isinstance(result["text"], str):
+        raise Fail("text is not a string")
+    ids = result["ids"]
+    if not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):
+        raise Fail("ids is not a list of ints")
+    if not 1 <= len(ids) <= MAX_TOKENS:
+        raise Fail("%d ids generated (max-tokens %d)" % (len(ids), MAX_TOKENS))
+    if any(t in eos for t in ids[:-1]):
+        raise Fail("generation continued past EOS: %s" % ids)
+    lps = result["logprobs"]
+    if not isinstance(lps, list) or len(lps) != len(ids):
+        raise Fail("logprobs has %s entries for %d ids"
+                   % (len(lps) if isinstance(lps, list) else "no", len(ids)))
+    ref = R.logprobs(mdir, prompt + ids, ads)
+    n0 = len(prompt) - 1
+    for j, (t, e) in enumerate(zip(ids, lps)):
+        row = ref[n0 + j]
+        srt = np.sort(row)[::-1]
+        where = "position %d (token %d of output)" % (n0 + 1 + j, j)
+        if e.get("id") != t:
+            raise Fail("%s: logprobs id %s != ids entry %d" % (where, e.get("id"), t))
+        if srt[0] - row[t] >= TIE:
+            raise Fail("%s: chose %d (ref logprob %.6f) but reference argmax is %d (%.6f)"
+                       % (where, t, row[t], int(np.argmax(row)), srt[0]))
+        if abs(e["logprob"] - row[t]) > ATOL:
+            raise Fail("%s: logprob of %d is %.6f, reference %.6f (diff %.2e)"
+                       % (where, t, e["logprob"], row[t], e["logprob"] - row[t]))
+        top = e.get("top")
+        k = min(TOPK, info["vocab_size"])
+        if not isinstance(top, list) or len(top) != k:
+            raise Fail("%s: top has %s entries, want %d"
+                       % (where, len(top) if isinstance(top, list) else "no", k))
+        tids = [x["id"] for x in top]
+        if len(set(tids)) != k:
+            raise Fail("%s: duplicate ids in top %s" % (where, tids))
+        for r, x in enumerate(top):
+            i, v = x["id"], x["logprob"]
+            if not (isinstance(i, int) and 0 <= i < info["vocab_size"]):
+                raise Fail("%s: bad top id %r" % (where, i))
+            if abs(v - row[i]) > ATOL:
+                raise Fail("%s: top[%d] id %d logprob %.6f, reference %.6f (diff %.2e)"
+                           % (where, r, i, v, row[i], v - row[i]))
+            if abs(row[i] - srt[r]) >= TIE:
+                raise Fail("%s: top[%d] is %d (ref %.6f) but reference rank %d is %d (%.6f)"
+                           % (where, r, i, row[i], r,
+                              int(np.argsort(-row, kind="stable")[r]), srt[r]))
+            if r and v > top[r - 1]["logprob"] + 1e-6:
+                raise Fail("%s: top not sorted by logprob" % where)
+    fr = result["finish_reason"]
+    if ids[-1] in eos:
+        if fr != "stop":
+            raise Fail("ended with EOS %d but finish_reason %r" % (ids[-1], fr))
+    elif fr == "stop":
+        # EOS not echoed in ids: then the reference must have chosen EOS next
+        nxt = R.logprobs(mdir, prompt + ids, ads)[-1]
+        if int(np.argmax(nxt)) not in eos or len(ids) >= MAX_TOKENS:
+            raise Fail("finish_reason stop without EOS (next ref argmax %d)"
+                       % int(np.argmax(nxt)))
+    elif fr == "length":
+        if len(ids) != MAX_TOKENS:
+            raise Fail("finish_reason length after %d of %d tokens" % (len(ids), MAX_TOKENS))
+    else:
+        raise Fail("finish_reason %r" % fr)
+
+
+def gen_args(fx, man, model, prompt, adapters, merge):
+    a = ["generate", "--model", os.path.join(fx, man["models"][model]["path"])]
+    for name, w in adapters:
+        p = os.path.join(fx, man["adapters"][name]["path"])
+        a += ["--adapter", p if w == 1.0 else "%s:%g" % (p, w)]
+    if merge:
+        a.append("--merge")
+    a += ["--prompt-ids", ",".join(map(str, prompt)), "--max-tokens", str(MAX_TOKENS),
+          "--logprobs", str(TOPK), "--json"]
+    return a
+
+
+def run_generate(lorad, fx, man, model, prompt, adapters=(), merge=False, model_dir=None):
+    args = gen_args(fx, man, model, prompt, adapters, merge)
+    if model_dir is not None:
+        args[2] = model_dir
+    rc, out, err = lorad.run(args)
+    if rc != 0:
+        raise Fail("exit %d: %s" % (rc, tail(err)))
+    return parse_json(out)
+
+
+def close_results(a, b, what):
+    if a["ids"] != b["ids"]:
+        raise Fail("%s: ids %s != %s" % (what, a["ids"], b["ids"]))
+    for j, (x, y) in enumerate(zip(a["logprobs"], b["logprobs"])):
+        if abs(x["logprob"] - y["logprob"]) > ATOL:
+            raise Fail("%s: token %d logprob %.6f vs %.6f" % (what, j, x["logprob"], y["logprob"]))
+
+
+# --------------------------------------------------------------------------- reference checks
+def check_manifest(fx, man):
+    for rel, h in man["sha256"].items():
+        p = os.path.join(fx, rel)
+        if not os.path.exists(p):
+            raise Fail("missing " + rel)
+        if sha256(p) != h:
+            raise Fail("sha256 mismatch: " + rel)
+
+
+def check_causality(fx, man, model, prompt):
+    mdir = os.path.join(fx, man["models"][model]["path"])
+    full = R.logprobs(mdir, prompt)
+    for n in (1, len(prompt) // 2, len(prompt) - 1):
+        part = R.logprobs(mdir, prompt[:n])
+        d = np.abs(part - full[:n]).max()
+        if d > 1e-10:
+            raise Fail("prefix of %d differs from full sequence by %.2e" % (n, d))
+    if not np.allclose(np.exp(full).sum(axis=1), 1.0, atol=1e-12):
+        raise Fail("rows do not sum to 1")
+
+
+def check_merge_equiv(fx, man, model, prompt, adapters):
+    mdir = os.path.join(fx, man["models"][model]["path"])
+    ads = [(os.path.join(fx, man["adapters"][a]["path"]), w) for a, w in adapters]
+    a = R.logprobs(mdir, prompt, ads)
+    b = R.logprobs(mdir, prompt, ads, merged=True)
+    d = np.abs(a - b).max()
+    if d > 1e-9:
+        raise Fail("merged vs on-the-fly differ by %.2e" % d)
+
+
+def check_mix_linear(fx, man, model, prompt):
+    """A weighted mix equals one adapter whose B is the weighted, scaled concatenation."""
+    mdir = os.path.join(fx, man["models"][model]["path"])
+    ads = [(R.load_adapter(os.path.join(fx, man["adapters"][a]["path"])), w) for a, w in MIX]
+    m = R.load_model(mdir)
+    # delta of every module computed directly from the files, summed by hand
+    deltas = {}
+    for layer in range(m.cfg.n_layers):
+        for p in R.PROJS:
+            mod = R.module_name(layer, p)
+            tot = np.zeros(R.proj_shape(m.cfg, p))
+            for ad, w in ads:
+                d = ad.delta(mod, R.proj_shape(m.cfg, p))
+                if d is not None:
+                    tot += w * d[0] * (d[2] @ d[1])
+            deltas[mod] = tot
+    saved = dict(m.w)
+    try:
+        for mod, d in deltas.items():
+            m.w[mod + ".weight"] = saved[mod + ".weight"] + d
+        a = R.log_softmax(R.forward_logits(m, prompt))
+    finally:
+        m.w.clear()
+        m.w.update(saved)
+    b = R.logprobs(mdir, prompt, [(os.path.join(fx, man["adapters"][n]["path"]), w)
+                                  for n, w in MIX])
+    d = np.abs(a - b).max()
+    if d > 1e-9:
+        raise Fail("hand-merged mix differs by %.2e" % d)
+
+
+def check_adapter_effect(fx, man, name, prompt):
+    a = man["adapters"][name]
+    mdir = os.path.join(fx, man["models"][a["base"]]["path"])
+    base = R.logprobs(mdir, prompt)
+    with_ad = R.logprobs(mdir, prompt, [(os.path.join(fx, a["path"]), 1.0)])
+    d = np.abs(with_ad - base).max()
+    if d < 0.05:
+        raise Fail("adapter changes logprobs by only %.3g" % d)
+    if d > 40:
+        raise Fail("adapter changes logprobs wildly (%.3g)" % d)
+
+
+def check_rope(fx, man):
+    rng = np.random.default_rng(0)
+    m = R.load_model(os.path.join(fx, man["models"]["llama3_rope"]["path"]))
+    inv = m.inv_freq
+    # relative-position property: <rope(q, m), rope(k, n)> depends on m - n only
+    q, k = rng.standard_normal((2, 1, 1, m.cfg.head_dim))
+    dots = []
+    for p0 in (0, 7, 50):
+        qq = R.apply_rope(q, np.array([p0 + 9]), inv)
+        kk = R.apply_rope(k, np.array([p0]), inv)
+        dots.append(float((qq * kk).sum()))
+    if max(dots) - min(dots) > 1e-10:
+        raise Fail("rope dot products depend on absolute position: %s" % dots)
+    # llama3 scaling: the fixture must hit all three regimes
+    plain = 1.0 / (m.cfg.theta ** (np.arange(0, m.cfg.head_dim, 2) / m.cfg.head_dim))
+    ratio = inv / plain
+    fac = m.cfg.rope_scaling["factor"]
+    kept = np.isclose(ratio, 1.0)
+    divided = np.isclose(ratio, 1.0 / fac)
+    smooth = ~kept & ~divided
+    if not (kept.any() and divided.any() and smooth.any()):
+        raise Fail("llama3 fixture does not exercise all three regimes: %s" % ratio)
+    if not np.all((ratio[smooth] > 1.0 / fac) & (ratio[smooth] < 1.0)):
+        raise Fail("smoothed frequencies out of range: %s" % ratio)
+    # position 0 leaves q unchanged
+    if np.abs(R.apply_rope(q, np.array([0]), inv) - q).max() > 0:
+        raise Fail("rope at position 0 is not the identity")
+
+
+def check_bf16_rounding():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import make_fixtures as MF
+    vals = np.array([1.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, 1.0 + 2 ** -8 + 2 ** -20, -2.5,
+                     3.0e38], dtype=np.float32)
+    want = [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0xC020, 0x7F62]
+    got = [int(x) for x in MF.f32_to_bf16_bits(vals)]
+    if got != want:
+        raise Fail("bf16 bits %s, want %s" % ([hex(g) for g in got], [hex(w) for w in want]))
+
+
+def check_unmodified(fx, man):
+    check_manifest(fx, man)
+
+
+# --------------------------------------------------------------------------- engine cases
+def case_generate(lorad, fx, man, model, prompt, adapters=(), merge=False):
+    res = run_generate(lorad, fx, man, model, prompt, adapters, merge)
+    verify(res, fx, man, model, prompt, adapters)
+
+
+def case_eos(lorad, fx, man, model, prompt):
+    res = run_generate(lorad, fx, man, model, prompt)
+    verify(res, fx, man, model, prompt, ())
+    if res["finish_reason"] != "stop":
+        raise Fail("expected finish_reason stop, got %r (ids %s)"
+                   % (res["finish_reason"], res["ids"]))
+
+
+def case_merge_cli(lorad, fx, man, scratch, tag, model, prompt, adapters):
+    out = os.path.join(scratch, "merged_" + tag)
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["merge", "--model", os.path.join(fx, man["models"][model]["path"])]
+    for name, w in adapters:
+        args += ["--adapter", "%s:%g" % (os.path.join(fx, man["adapters"][name]["path"]), w)]
+    args += ["--out", out]
+    rc, _, err = lorad.run(args)
+    if rc != 0:
+        raise Fail("merge exit %d: %s" % (rc, tail(err)))
+    if not os.path.exists(os.path.join(out, "config.json")):
+        raise Fail("merged dir has no config.json")
+    rc, o, err = lorad.run(["inspect", out])
+    if rc != 0:
+        raise Fail("inspect of merged dir: exit %d: %s" % (rc, tail(err)))
+    parse_json(o)
+    merged = run_generate(lorad, fx, man, model, prompt, model_dir=out)
+    # the merged model must act like base + adapters: check against the reference...
+    verify(merged, fx, man, model, prompt, adapters)
+    # ...and against the engine's own on-the-fly result
+    fly = run_generate(lorad, fx, man, model, prompt, adapters)
+    close_results(merged, fly, "merged dir vs on-the-fly")
+
+
+def case_inspect(lorad, path):
+    rc, out, err = lorad.run(["inspect", path])
+    if rc != 0:
+        raise Fail("exit %d: %s" % (rc, tail(err)))
+    obj = parse_json(out)
+    if not isinstance(obj, dict):
+        raise Fail("inspect output is not a JSON object")
+
+
+def case_inspect_invalid(lorad, path):
+    rc, out, err = lorad.run(["inspect", path])
+    if rc != 1:
+        raise Fail("exit %d, want 1 for an invalid %s" % (rc, path))
+
+
+def make_broken(fx, man, scratch):
+    """Broken copies: an adapter with a truncated safetensors file, a model whose
+    safetensors header length points past the end of the file."""
+    ad = os.path.join(scratch, "broken_adapter")
+    shutil.copytree(os.path.join(fx, man["adapters"]["ad_all"]["path"]), ad)
+    p = os.path.join(ad, "adapter_model.safetensors")
+    size = os.path.getsize(p)
+    with open(p, "r+b") as f:
+        f.truncate(size - 100)
+    md = os.path.join(scratch, "broken_model")
+    shutil.copytree(os.path.join(fx, man["models"]["llama_tied"]["path"]), md)
+    p = os.path.join(md, "model.safetensors")
+    with open(p, "r+b") as f:
+        f.write((1 << 40).to_bytes(8, "little"))
+    return ad, md
+
+
+# --------------------------------------------------------------------------- main
+def main(argv):
+    build = argv[1] if len(argv) > 1 else "build"
+    t0 = time.time()
+    suite = Suite()
+    try:
+        fx, man = ensure_fixtures(build)
+    except Exception as e:
+        suite.report("fixtures_generate", "%s: %s" % (type(e).__name__, e))
+        print("%d passed, %d failed" % (suite.passed, suite.failed))
+        return 1
+    scratch = os.path.join(build, "fixtures-scratch")
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    lorad = Lorad(build)
+
+    # ---- fixtures and the reference itself
+    suite.run("fixtures_manifest_sha256", check_manifest, fx, man)
+    suite.run("fixtures_bf16_rounding", check_bf16_rounding)
+    prompts = {}
+    for model, info in man["models"].items():
+        # llama3_rope: run past original_max_position_embeddings (64)
+        length = 72 if info.get("rope_scaling") else 12
+        length = min(length, info["max_position_embeddings"] - MAX_TOKENS - 1)
+        try:
+            prompts[model] = pick_prompt(fx, man, model, length)
+        except Exception as e:
+            prompts[model] = None
+            suite.report("prompt_" + model, str(e))
+    try:
+        eos_prompt = pick_prompt(fx, man, "llama_untied", 10, want_eos=True)
+    except Exception as e:
+        eos_prompt = None
+        suite.report("prompt_eos", str(e))
+    for model in man["models"]:
+        if prompts[model]:
+            suite.run("ref_causality_" + model, check_causality, fx, man, model, prompts[model])
+    suite.run("ref_rope_llama3", check_rope, fx, man)
+    for name, a in man["adapters"].items():
+        if prompts[a["base"]]:
+            suite.run("ref_adapter_effect_" + name, check_adapter_effect, fx, man, name,
+                      prompts[a["base"]])
+            suite.run("ref_merge_equiv_" + name, check_merge_equiv, fx, man, a["base"],
+                      prompts[a["base"]], [(name, 1.0)])
+    if prompts["llama_tied"]:
+        suite.run("ref_merge_equiv_mix", check_merge_equiv, fx, man, "llama_tied",
+                  prompts["llama_tied"], MIX)
+        suite.run("ref_mix_is_sum_of_deltas", check_mix_linear, fx, man, "llama_tied",
+                  prompts["llama_tied"])
+    t_ref = time.time() - t0
+
+    # ---- engine cases
+    if not lorad.available():
+        print("NOTE: %s not found: every engine check fails" % lorad.path)
+    cases = []
+    for model in man["models"]:
+        if prompts[model]:
+            cases.append(("base_" + model, case_generate, lorad, fx, man, model, prompts[model]))
+    if eos_prompt:
+        cases.append(("eos_stop_llama_untied", case_eos, lorad, fx, man, "llama_untied",
+                      eos_prompt))
+    for name, a in man["adapters"].items():
+        p = prompts[a["base"]]
+        if p:
+            cases.append(("adapter_" + name, case_generate, lorad, fx, man, a["base"], p,
+                          [(name, 1.0)], False))
+            cases.append(("merged_" + name, case_generate, lorad, fx, man, a["base"], p,
+                          [(name, 1.0)], True))
+    pt = prompts["llama_tied"]
+    if pt:
+        cases.append(("mix_on_the_fly", case_generate, lorad, fx, man, "llama_tied", pt,
+                      MIX, False))
+        cases.append(("mix_merged", case_generate, lorad, fx, man, "llama_tied", pt, MIX, True))
+        cases.append(("merge_cli_ad_all", case_merge_cli, lorad, fx, man, scratch, "ad_all",
+                      "llama_tied", pt, [("ad_all", 1.0)]))
+        cases.append(("merge_cli_mix", case_merge_cli, lorad, fx, man, scratch, "mix",
+                      "llama_tied", pt, MIX))
+    if prompts["qwen2_bias"]:
+        cases.append(("merge_cli_qwen2", case_merge_cli, lorad, fx, man, scratch, "qwen2",
+                      "qwen2_bias", prompts["qwen2_bias"], [("qwen2_ad", 1.0)]))
+    for model, info in man["models"].items():
+        cases.append(("inspect_" + model, case_inspect, lorad, os.path.join(fx, info["path"])))
+    for name, a in man["adapters"].items():
+        cases.append(("inspect_" + name, case_inspect, lorad, os.path.join(fx, a["path"])))
+    bad_ad, bad_model = make_broken(fx, man, scratch)
+    cases.append(("inspect_invalid_truncated_adapter", case_inspect_invalid, lorad, bad_ad))
+    cases.append(("inspect_invalid_bad_header_model", case_inspect_invalid, lorad, bad_model))
+    cases.append(("inspect_invalid_missing_path", case_inspect_invalid, lorad,
+                  os.path.join(scratch, "does-not-exist")))
+
+    # Two at a time (2 cores); the reference is pure numpy and thread-safe here because
+    # every model/adapter is loaded before the pool starts (the caches are then read-only).
+    for a in man["adapters"].values():
+        R.load_adapter(os.path.join(fx, a["path"]))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futs = [(c[0], pool.submit(_call, c[1], *c[2:])) for c in cases]
+        for name, fut in futs:
+            suite.report(name, fut.result())
+
+    suite.run("fixtures_unmodified_after_engine", check_unmodified, fx, man)
+    print("time: reference checks %.2f s, total %.2f s" % (t_ref, time.time() - t0))
+    print("%d passed, %d failed" % (suite.passed, suite.failed))
+    return 1 if suite.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

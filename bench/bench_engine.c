@@ -1,0 +1,437 @@
+/* bench_engine: prefill / decode throughput of the engine on a random model with the
+ * SmolLM2-135M shape, base vs adapters (on the fly, merged, a mix of two), adapter load
+ * and merge times, and the machine's bounds (memory bandwidth for decode, sgemm peak for
+ * prefill) measured in the same run. Usage: bench_engine [WORKDIR] [--quick] */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "adapters/peft.h"
+#include "core/engine.h"
+#include "core/model.h"
+#include "core/safetensors.h"
+#include "core/variant.h"
+
+/* SmolLM2-135M: hidden 576, 30 layers, 9 heads, 3 KV heads, inter 1536, vocab 49152. */
+static const model_config shape = {
+    .hidden = 576, .intermediate = 1536, .n_layers = 30, .n_heads = 9, .n_kv_heads = 3,
+    .head_dim = 64, .vocab_size = 49152};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static float frand(void)  /* uniform in [-1, 1) */
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) * (2.0 / 16777216.0) - 1.0);
+}
+
+static float *random_tensor(size_t n, float scale)
+{
+    float *p = malloc(n * sizeof(float));
+    for (size_t i = 0; p && i < n; i++)
+        p[i] = frand() * scale;
+    return p;
+}
+
+static int write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+/* Writes the random F32 base model to dir (config.json + model.safetensors). */
+static int make_model(const char *dir)
+{
+    const model_config *c = &shape;
+    mkdir(dir, 0755);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
+             "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,"
+             "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"vocab_size\":%d,"
+             "\"max_position_embeddings\":8192,\"rope_theta\":100000.0,\"rms_norm_eps\":1e-05,"
+             "\"tie_word_embeddings\":true,\"hidden_act\":\"silu\",\"bos_token_id\":1,"
+             "\"eos_token_id\":2,\"torch_dtype\":\"float32\"}\n",
+             c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size);
+    if (write_text(path, cfg))
+        return -1;
+    int n_max = 2 + c->n_layers * (2 + PROJ_COUNT);
+    st_write_tensor *tw = calloc((size_t)n_max, sizeof *tw);
+    char (*names)[96] = calloc((size_t)n_max, 96);
+    int n = 0;
+    tw[n] = (st_write_tensor){.name = "model.embed_tokens.weight", .ndim = 2,
+                              .shape = {c->vocab_size, c->hidden},
+                              .data = random_tensor((size_t)c->vocab_size * c->hidden, 0.05f)};
+    n++;
+    float *ones = malloc(sizeof(float) * c->hidden);
+    for (int i = 0; i < c->hidden; i++)
+        ones[i] = 1.0f + 0.1f * frand();
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(names[n], 96, "model.layers.%d.input_layernorm.weight", l);
+        tw[n] = (st_write_tensor){.name = names[n], .ndim = 1, .shape = {c->hidden}, .data = ones};
+        n++;
+        snprintf(names[n], 96, "model.layers.%d.post_attention_layernorm.weight", l);
+        tw[n] = (st_write_tensor){.name = names[n], .ndim = 1, .shape = {c->hidden}, .data = ones};
+        n++;
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int out, in;
+            model_config_proj_shape(c, (model_proj)p, &out, &in);
+            model_tensor_name(l, (model_proj)p, names[n], 96);
+            tw[n] = (st_write_tensor){.name = names[n], .ndim = 2, .shape = {out, in},
+                                      .data = random_tensor((size_t)out * in,
+                                                            1.7f / sqrtf((float)in))};
+            n++;
+        }
+    }
+    tw[n] = (st_write_tensor){.name = "model.norm.weight", .ndim = 1, .shape = {c->hidden},
+                              .data = ones};
+    n++;
+    lr_error err = {0};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int rc = safetensors_write(path, tw, n, NULL, &err);
+    if (rc)
+        fprintf(stderr, "bench: %s\n", err.msg);
+    for (int i = 0; i < n; i++)
+        if (tw[i].data != ones)
+            free((void *)tw[i].data);
+    free(ones);
+    free(tw);
+    free(names);
+    return rc;
+}
+
+/* Writes a rank-r PEFT adapter on all seven projections of every layer. */
+static int make_adapter(const char *dir, int r)
+{
+    const model_config *c = &shape;
+    mkdir(dir, 0755);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "{\"peft_type\":\"LORA\",\"task_type\":\"CAUSAL_LM\",\"r\":%d,\"lora_alpha\":%d,"
+             "\"lora_dropout\":0.0,\"bias\":\"none\",\"use_rslora\":false,\"use_dora\":false,"
+             "\"modules_to_save\":null,\"fan_in_fan_out\":false,\"target_modules\":[\"q_proj\","
+             "\"k_proj\",\"v_proj\",\"o_proj\",\"gate_proj\",\"up_proj\",\"down_proj\"]}\n",
+             r, 2 * r);
+    if (write_text(path, cfg))
+        return -1;
+    int n_max = c->n_layers * PROJ_COUNT * 2, n = 0;
+    st_write_tensor *tw = calloc((size_t)n_max, sizeof *tw);
+    char (*names)[128] = calloc((size_t)n_max, 128);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int out, in;
+            model_config_proj_shape(c, (model_proj)p, &out, &in);
+            const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
+            snprintf(names[n], 128, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l,
+                     grp, model_proj_name((model_proj)p));
+            tw[n] = (st_write_tensor){.name = names[n], .ndim = 2, .shape = {r, in},
+                                      .data = random_tensor((size_t)r * in, 0.05f)};
+            n++;
+            snprintf(names[n], 128, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l,
+                     grp, model_proj_name((model_proj)p));
+            tw[n] = (st_write_tensor){.name = names[n], .ndim = 2, .shape = {out, r},
+                                      .data = random_tensor((size_t)out * r, 0.05f)};
+            n++;
+        }
+    lr_error err = {0};
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    int rc = safetensors_write(path, tw, n, NULL, &err);
+    if (rc)
+        fprintf(stderr, "bench: %s\n", err.msg);
+    for (int i = 0; i < n; i++)
+        free((void *)tw[i].data);
+    free(tw);
+    free(names);
+    return rc;
+}
+
+/* ---- machine bounds ---- */
+
+typedef struct {
+    const float *p;
+    size_t n;
+    double sum;
+} bw_job;
+
+static void *bw_worker(void *arg)
+{
+    bw_job *j = arg;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i + 4 <= j->n; i += 4) {
+        s0 += j->p[i];
+        s1 += j->p[i + 1];
+        s2 += j->p[i + 2];
+        s3 += j->p[i + 3];
+    }
+    j->sum = s0 + s1 + s2 + s3;
+    return NULL;
+}
+
+/* Read bandwidth (bytes/s) over a buffer far larger than the caches, with n_threads. */
+static double measure_bandwidth(int n_threads)
+{
+    size_t n = (size_t)1 << 28;  /* 1 GiB of floats */
+    float *buf = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (float)(i & 7);
+    double runs[5];
+    for (int r = 0; r < 5; r++) {
+        pthread_t th[8];
+        bw_job jobs[8];
+        double t0 = now();
+        for (int t = 0; t < n_threads; t++) {
+            jobs[t] = (bw_job){buf + n / n_threads * t, n / n_threads, 0};
+            pthread_create(&th[t], NULL, bw_worker, &jobs[t]);
+        }
+        for (int t = 0; t < n_threads; t++)
+            pthread_join(th[t], NULL);
+        runs[r] = n * sizeof(float) / (now() - t0);
+    }
+    free(buf);
+    return median(runs, 5);
+}
+
+/* sgemm peak (flop/s) on a prefill-like large product. */
+static double measure_sgemm(void)
+{
+    int M = 512, N = 1536, K = 576;
+    float *a = random_tensor((size_t)M * K, 1), *b = random_tensor((size_t)N * K, 1);
+    float *c = malloc(sizeof(float) * M * N);
+    double runs[9];
+    for (int r = 0; r < 9; r++) {
+        double t0 = now();
+        for (int k = 0; k < 10; k++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
+        runs[r] = 10 * 2.0 * M * N * K / (now() - t0);
+    }
+    free(a);
+    free(b);
+    free(c);
+    return median(runs, 9);
+}
+
+/* ---- engine runs ---- */
+
+typedef struct {
+    double t_first;   /* time of the first token (end of prefill) */
+    double t_last;
+    int n;
+} timing;
+
+static int on_token(void *user, const engine_token *tok)
+{
+    (void)tok;
+    timing *t = user;
+    double x = now();
+    if (t->n++ == 0)
+        t->t_first = x;
+    t->t_last = x;
+    return 0;
+}
+
+static void on_done(void *user, engine_finish reason, const lr_error *err)
+{
+    (void)user;
+    if (reason == ENGINE_FINISH_ERROR)
+        fprintf(stderr, "bench: generation failed: %s\n", err ? err->msg : "?");
+}
+
+/* Runs one request; returns prefill seconds and decode tokens/s (excluding the first). */
+static int run_one(engine *e, const int *prompt, int n_prompt, int max_tokens,
+                   const variant *merged, const variant_mix *lora, double *prefill_s,
+                   double *decode_tps)
+{
+    timing t = {0};
+    engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens,
+                          .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
+                          .merged = merged, .lora = lora, .on_token = on_token,
+                          .on_done = on_done, .user = &t};
+    lr_error err = {0};
+    double t0 = now();
+    if (engine_submit(e, &req, &err)) {
+        fprintf(stderr, "bench: %s\n", err.msg);
+        return -1;
+    }
+    while (engine_step(e, &err) > 0)
+        ;
+    *prefill_s = t.t_first - t0;
+    *decode_tps = t.n > 1 ? (t.n - 1) / (t.t_last - t.t_first) : 0;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *work = "build/bench-data";
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else
+            work = argv[i];
+    }
+    int reps = quick ? 2 : 5;
+    char mdir[4096], a1[4096], a2[4096];
+    mkdir(work, 0755);
+    snprintf(mdir, sizeof mdir, "%s/smollm2-135m-random", work);
+    snprintf(a1, sizeof a1, "%s/adapter-r16-a", work);
+    snprintf(a2, sizeof a2, "%s/adapter-r16-b", work);
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/model.safetensors", mdir);
+    if (access(probe, F_OK) != 0) {
+        printf("generating the random model and adapters in %s ...\n", work);
+        if (make_model(mdir) || make_adapter(a1, 16) || make_adapter(a2, 16))
+            return 1;
+    }
+
+    lr_error err = {0};
+    model *m = model_load(mdir, &err);
+    if (!m) {
+        fprintf(stderr, "bench: %s\n", err.msg);
+        return 1;
+    }
+    const model_config *c = &m->cfg;
+
+    /* Adapter load: median over repeated loads (page cache warm, as on a server). */
+    int n_loads = quick ? 5 : 15;
+    double loads[32];
+    peft_adapter *ad1 = NULL, *ad2 = NULL;
+    for (int i = 0; i < n_loads; i++) {
+        double t0 = now();
+        peft_adapter *a = peft_load(a1, c, NULL, &err);
+        loads[i] = now() - t0;
+        if (!a) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            return 1;
+        }
+        if (i == 0)
+            ad1 = a;
+        else
+            peft_free(a);
+    }
+    ad2 = peft_load(a2, c, NULL, &err);
+    if (!ad2) {
+        fprintf(stderr, "bench: %s\n", err.msg);
+        return 1;
+    }
+    double load_ms = median(loads, n_loads) * 1e3;
+
+    variant_mix one = {.n = 1, .t = {{ad1->w, 1.0f}}};
+    variant_mix two = {.n = 2, .t = {{ad1->w, 0.6f}, {ad2->w, 0.4f}}};
+    double merges[8];
+    variant *merged = NULL;
+    for (int i = 0; i < (quick ? 1 : 3); i++) {
+        variant_free(merged);
+        double t0 = now();
+        merged = variant_merge(m, &one, &err);
+        merges[i] = now() - t0;
+        if (!merged) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            return 1;
+        }
+    }
+    double merge_ms = median(merges, quick ? 1 : 3) * 1e3;
+
+    engine_options eo = engine_options_default();
+    eo.max_seqs = 1;
+    engine *e = engine_create(m, &eo, &err);
+    if (!e) {
+        fprintf(stderr, "bench: %s\n", err.msg);
+        return 1;
+    }
+    int prompt[512];
+    for (int i = 0; i < 512; i++)
+        prompt[i] = (int)((i * 7919u + 13) % (unsigned)c->vocab_size);
+
+    enum { BASE, ONE_FLY, ONE_MERGED, MIX_FLY, N_CASES };
+    const char *names[N_CASES] = {"base", "1 adapter on the fly", "1 adapter merged",
+                                  "mix of 2 on the fly"};
+    const variant *mg[N_CASES] = {NULL, NULL, merged, NULL};
+    const variant_mix *lo[N_CASES] = {NULL, &one, NULL, &two};
+    double pre[N_CASES][16], dec[N_CASES][16];
+    double dummy;
+    run_one(e, prompt, 16, 8, NULL, NULL, &dummy, &dummy);  /* warm up */
+    /* Interleave the cases so that machine noise hits them alike. */
+    for (int r = 0; r < reps; r++)
+        for (int k = 0; k < N_CASES; k++) {
+            double p, d, p2;
+            if (run_one(e, prompt, 512, 1, mg[k], lo[k], &p, &d) ||
+                run_one(e, prompt, 16, 129, mg[k], lo[k], &p2, &d))
+                return 1;
+            pre[k][r] = 512 / p;
+            dec[k][r] = d;
+        }
+
+    double bw = measure_bandwidth(2);
+    double peak = measure_sgemm();
+    /* Bytes decode must read per token: every layer matrix + norms + the lm_head (the
+     * embedding row is negligible); with tied embeddings lm_head == embed_tokens. */
+    double bytes_tok = (double)m->weight_bytes;
+    if (!c->tie_embeddings)
+        bytes_tok -= (double)c->vocab_size * c->hidden * sizeof(float);
+    double flops_tok = 2.0 * bytes_tok / sizeof(float);
+    double decode_bound = bw / bytes_tok;
+    double prefill_bound = peak / flops_tok;
+
+    printf("\nlorad engine benchmark (random SmolLM2-135M shape, F32, %d layers, vocab %d; "
+           "rank-16 adapters on all 7 projections; %d interleaved repetitions, medians)\n",
+           c->n_layers, c->vocab_size, reps);
+    printf("machine: read bandwidth %.1f GB/s (2 threads), sgemm %.1f GFLOP/s "
+           "(512x1536x576)\n", bw / 1e9, peak / 1e9);
+    printf("bounds:  decode %.1f tok/s (%.0f MB of weights per token), prefill %.0f tok/s "
+           "(%.2f GFLOP per token, attention excluded)\n",
+           decode_bound, bytes_tok / 1e6, prefill_bound, flops_tok / 1e9);
+    printf("\n%-24s %14s %10s %14s %10s %10s\n", "case", "prefill tok/s", "of bound",
+           "decode tok/s", "of bound", "vs base");
+    double base_dec = median(dec[BASE], reps);
+    for (int k = 0; k < N_CASES; k++) {
+        double p = median(pre[k], reps), d = median(dec[k], reps);
+        printf("%-24s %14.1f %9.0f%% %14.1f %9.0f%% %9.1f%%\n", names[k], p,
+               100 * p / prefill_bound, d, 100 * d / decode_bound, 100 * d / base_dec);
+    }
+    printf("\nadapter load (rank 16, 7 projections x %d layers, %.1f MB fp32): %.2f ms median "
+           "of %d\n", c->n_layers, ad1->w->bytes / 1e6, load_ms, n_loads);
+    printf("merge (W' = W + s B A for %d matrices, %.0f MB): %.1f ms\n", ad1->n_matrices,
+           merged->bytes / 1e6, merge_ms);
+
+    engine_destroy(e);
+    variant_free(merged);
+    peft_free(ad1);
+    peft_free(ad2);
+    model_free(m);
+    return 0;
+}

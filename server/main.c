@@ -1,0 +1,609 @@
+/* lorad command line: generate, inspect, merge. Only this file exits. */
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "adapters/peft.h"
+#include "core/engine.h"
+#include "core/log.h"
+#include "core/model.h"
+#include "core/safetensors.h"
+#include "core/tokenizer.h"
+#include "core/variant.h"
+#include "server/generation.h"
+
+static const char usage[] =
+    "usage:\n"
+    "  lorad generate --model DIR [--adapter PATH[:WEIGHT]]... [--merge]\n"
+    "                 (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]\n"
+    "                 [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
+    "                 [--logprobs K] [--stop STR]... [--ignore-eos] [--json] [-v]\n"
+    "  lorad inspect PATH          model dir or adapter dir: JSON description\n"
+    "  lorad merge --model DIR --adapter PATH[:WEIGHT]... --out DIR\n";
+
+static int fail(const char *what, const lr_error *err)
+{
+    fprintf(stderr, "lorad: %s%s%s\n", what ? what : "", what ? ": " : "", err->msg);
+    return 1;
+}
+
+static int bad_arg(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "lorad: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n%s", usage);
+    return 2;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v))
+        return -1;
+    *out = (float)v;
+    return 0;
+}
+
+/* "1,2,3" → ids (malloc'd). */
+static int parse_ids(const char *s, int **ids, int *n)
+{
+    int cap = 16, k = 0;
+    int *v = malloc(sizeof(int) * cap);
+    if (!v)
+        return -1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (errno || end == p || x < 0 || x > INT_MAX || (*end && *end != ',')) {
+            free(v);
+            return -1;
+        }
+        if (k == cap) {
+            int *t = realloc(v, sizeof(int) * (cap *= 2));
+            if (!t) {
+                free(v);
+                return -1;
+            }
+            v = t;
+        }
+        v[k++] = (int)x;
+        p = *end ? end + 1 : end;
+        if (*end == ',' && !*p) {
+            free(v);
+            return -1;
+        }
+    }
+    if (k == 0) {
+        free(v);
+        return -1;
+    }
+    *ids = v;
+    *n = k;
+    return 0;
+}
+
+/* --adapter PATH[:WEIGHT]: the weight is what follows the last ':' when it is a number. */
+static void split_adapter(const char *arg, char *path, size_t cap, float *weight)
+{
+    *weight = 1.0f;
+    snprintf(path, cap, "%s", arg);
+    char *colon = strrchr(path, ':');
+    float w;
+    if (colon && parse_float(colon + 1, &w) == 0) {
+        *colon = '\0';
+        *weight = w;
+    }
+}
+
+#define MAX_ADAPTERS VARIANT_MAX_TERMS
+
+typedef struct {
+    const char *model_dir;
+    const char *adapters[MAX_ADAPTERS];
+    int n_adapters;
+    int merge;
+    const char *prompt;
+    const char *prompt_ids;
+    long max_tokens;
+    sampler_params sp;
+    long logprobs;
+    const char *stop[GENERATION_MAX_STOP];
+    int n_stop;
+    int ignore_eos;
+    int json;
+    const char *out_dir;
+} cli_args;
+
+/* Parses the options shared by generate and merge. Returns 0, or an exit code. */
+static int parse_args(int argc, char **argv, cli_args *a, int is_merge)
+{
+    memset(a, 0, sizeof *a);
+    a->max_tokens = 64;
+    a->sp.top_p = 1.0f;
+    for (int i = 2; i < argc; i++) {
+        const char *o = argv[i];
+        int has = i + 1 < argc;
+        const char *v = has ? argv[i + 1] : NULL;
+        long x;
+        if (strcmp(o, "-v") == 0) {
+            log_level = LOG_LEVEL_INFO;
+            continue;
+        }
+        if (strcmp(o, "--merge") == 0 && !is_merge) {
+            a->merge = 1;
+            continue;
+        }
+        if (strcmp(o, "--json") == 0 && !is_merge) {
+            a->json = 1;
+            continue;
+        }
+        if (strcmp(o, "--ignore-eos") == 0 && !is_merge) {
+            a->ignore_eos = 1;
+            continue;
+        }
+        if (!has)
+            return bad_arg("option %s needs a value (or is unknown)", o);
+        i++;
+        if (strcmp(o, "--model") == 0) {
+            a->model_dir = v;
+        } else if (strcmp(o, "--adapter") == 0) {
+            if (a->n_adapters == MAX_ADAPTERS)
+                return bad_arg("at most %s adapters", "8");
+            a->adapters[a->n_adapters++] = v;
+        } else if (is_merge && strcmp(o, "--out") == 0) {
+            a->out_dir = v;
+        } else if (is_merge) {
+            return bad_arg("unknown option %s", o);
+        } else if (strcmp(o, "--prompt") == 0) {
+            a->prompt = v;
+        } else if (strcmp(o, "--prompt-ids") == 0) {
+            a->prompt_ids = v;
+        } else if (strcmp(o, "--max-tokens") == 0) {
+            if (parse_long(v, 1, 1 << 24, &a->max_tokens))
+                return bad_arg("--max-tokens must be a positive integer, got '%s'", v);
+        } else if (strcmp(o, "--temperature") == 0) {
+            if (parse_float(v, &a->sp.temperature) || a->sp.temperature < 0)
+                return bad_arg("--temperature must be a number >= 0, got '%s'", v);
+        } else if (strcmp(o, "--top-k") == 0) {
+            if (parse_long(v, 0, INT_MAX, &x))
+                return bad_arg("--top-k must be an integer >= 0, got '%s'", v);
+            a->sp.top_k = (int)x;
+        } else if (strcmp(o, "--top-p") == 0) {
+            if (parse_float(v, &a->sp.top_p) || !(a->sp.top_p > 0 && a->sp.top_p <= 1))
+                return bad_arg("--top-p must be in (0, 1], got '%s'", v);
+        } else if (strcmp(o, "--seed") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (errno || end == v || *end || *v == '-')
+                return bad_arg("--seed must be a non-negative integer, got '%s'", v);
+            a->sp.seed = s;
+        } else if (strcmp(o, "--logprobs") == 0) {
+            if (parse_long(v, 0, ENGINE_MAX_LOGPROBS, &a->logprobs))
+                return bad_arg("--logprobs must be an integer in [0, 20], got '%s'", v);
+        } else if (strcmp(o, "--stop") == 0) {
+            if (a->n_stop == GENERATION_MAX_STOP)
+                return bad_arg("at most %s stop strings", "8");
+            if (!*v)
+                return bad_arg("--stop needs a non-empty string%s", "");
+            a->stop[a->n_stop++] = v;
+        } else {
+            return bad_arg("unknown option %s", o);
+        }
+    }
+    if (!a->model_dir)
+        return bad_arg("--model DIR is required%s", "");
+    return 0;
+}
+
+typedef struct {
+    peft_adapter *ad[MAX_ADAPTERS];
+    variant_mix mix;
+} loaded_adapters;
+
+static void adapters_free(loaded_adapters *la)
+{
+    for (int i = 0; i < la->mix.n; i++)
+        peft_free(la->ad[i]);
+    la->mix.n = 0;
+}
+
+static int adapters_load(const cli_args *a, const model *m, loaded_adapters *la, lr_error *err)
+{
+    memset(la, 0, sizeof *la);
+    peft_options opt = peft_options_default();
+    for (int i = 0; i < a->n_adapters; i++) {
+        char path[4096];
+        float w;
+        split_adapter(a->adapters[i], path, sizeof path, &w);
+        peft_adapter *ad = peft_load(path, &m->cfg, &opt, err);
+        if (!ad) {
+            adapters_free(la);
+            return -1;
+        }
+        la->ad[i] = ad;
+        la->mix.t[i].w = ad->w;
+        la->mix.t[i].weight = w;
+        la->mix.n = i + 1;
+    }
+    return 0;
+}
+
+static void print_text(void *user, const char *text, size_t len)
+{
+    (void)user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+    cli_args a;
+    int rc = parse_args(argc, argv, &a, 0);
+    if (rc)
+        return rc;
+    if (!!a.prompt == !!a.prompt_ids)
+        return bad_arg("give exactly one of --prompt TEXT or --prompt-ids 1,2,3%s", "");
+
+    lr_error err = {0};
+    model *m = NULL;
+    tokenizer *tok = NULL;
+    loaded_adapters la = {0};
+    variant *merged = NULL;
+    engine *e = NULL;
+    generation *g = NULL;
+    int *ids = NULL;
+    int n_ids = 0;
+    rc = 1;
+
+    if (!(m = model_load(a.model_dir, &err)))
+        goto out_err;
+    char tpath[4096 + 32];
+    snprintf(tpath, sizeof tpath, "%s/tokenizer.json", a.model_dir);
+    if (access(tpath, F_OK) == 0) {
+        if (!(tok = tokenizer_load(a.model_dir, &err))) {
+            if (a.prompt || a.n_stop)
+                goto out_err;
+            log_warn("%s; output text disabled", err.msg);
+        }
+    } else if (a.prompt || a.n_stop) {
+        lr_error_set(&err, LR_ENOTFOUND, "%s: not found (--prompt and --stop need the "
+                     "tokenizer; use --prompt-ids)", tpath);
+        goto out_err;
+    }
+    if (a.prompt) {
+        size_t n = 0;
+        if (tokenizer_encode(tok, a.prompt, strlen(a.prompt), 1, &ids, &n, &err))
+            goto out_err;
+        n_ids = (int)n;
+    } else if (parse_ids(a.prompt_ids, &ids, &n_ids)) {
+        rc = bad_arg("--prompt-ids must be comma-separated token ids, got '%s'", a.prompt_ids);
+        goto out;
+    }
+    if (adapters_load(&a, m, &la, &err))
+        goto out_err;
+    if (a.merge && la.mix.n && !(merged = variant_merge(m, &la.mix, &err)))
+        goto out_err;
+
+    engine_options eo = engine_options_default();
+    eo.max_seqs = 1;
+    if (!(e = engine_create(m, &eo, &err)))
+        goto out_err;
+    generation_options go = {.tok = tok, .n_stop = a.n_stop,
+                             .on_text = a.json ? NULL : print_text};
+    memcpy(go.stop, a.stop, sizeof a.stop);
+    if (!(g = generation_new(&go, &err)))
+        goto out_err;
+    engine_request req = {
+        .prompt = ids, .n_prompt = n_ids, .max_tokens = (int)a.max_tokens, .sampling = a.sp,
+        .logprobs = (int)a.logprobs, .ignore_eos = a.ignore_eos,
+        .merged = merged, .lora = merged || !la.mix.n ? NULL : &la.mix};
+    generation_attach(g, &req);
+    if (engine_submit(e, &req, &err))
+        goto out_err;
+    while (engine_step(e, &err) > 0)
+        ;
+    if (generation_finish_reason(g) == ENGINE_FINISH_ERROR) {
+        err = *generation_error(g);
+        goto out_err;
+    }
+
+    int n_tok;
+    const engine_token *toks = generation_tokens(g, &n_tok);
+    if (!a.json) {
+        if (!tok) {
+            for (int i = 0; i < n_tok; i++)
+                printf("%s%d", i ? " " : "", toks[i].id);
+        }
+        printf("\n");
+        rc = 0;
+        goto out;
+    }
+    json_t *o = json_object(), *pj = json_array(), *gj = json_array();
+    for (int i = 0; i < n_ids; i++)
+        json_array_append_new(pj, json_integer(ids[i]));
+    for (int i = 0; i < n_tok; i++)
+        json_array_append_new(gj, json_integer(toks[i].id));
+    json_object_set_new(o, "prompt_ids", pj);
+    json_object_set_new(o, "ids", gj);
+    size_t tlen;
+    const char *text = generation_text(g, &tlen);
+    json_object_set_new(o, "text", json_stringn(text, tlen));
+    json_object_set_new(o, "finish_reason", json_string(
+        generation_finish_reason(g) == ENGINE_FINISH_STOP ? "stop" : "length"));
+    if (a.logprobs) {
+        json_t *lp = json_array();
+        for (int i = 0; i < n_tok; i++) {
+            json_t *t = json_object(), *top = json_array();
+            json_object_set_new(t, "id", json_integer(toks[i].id));
+            json_object_set_new(t, "logprob", json_real(toks[i].logprob));
+            for (int k = 0; k < toks[i].n_top; k++) {
+                json_t *alt = json_object();
+                json_object_set_new(alt, "id", json_integer(toks[i].top_ids[k]));
+                json_object_set_new(alt, "logprob", json_real(toks[i].top_logprobs[k]));
+                json_array_append_new(top, alt);
+            }
+            json_object_set_new(t, "top", top);
+            json_array_append_new(lp, t);
+        }
+        json_object_set_new(o, "logprobs", lp);
+    }
+    json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    printf("\n");
+    json_decref(o);
+    rc = 0;
+    goto out;
+out_err:
+    rc = fail(NULL, &err);
+out:
+    generation_free(g);
+    engine_destroy(e);
+    variant_free(merged);
+    adapters_free(&la);
+    free(ids);
+    tokenizer_free(tok);
+    model_free(m);
+    return rc;
+}
+
+static int is_file(const char *dir, const char *name)
+{
+    char p[4096 + 64];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    if (argc != 3)
+        return bad_arg("inspect takes exactly one PATH%s", "");
+    const char *path = argv[2];
+    lr_error err = {0};
+    json_t *o = NULL;
+    if (is_file(path, "adapter_config.json") || is_file(path, "adapter_model.safetensors") ||
+        is_file(path, "adapter_model.bin")) {
+        peft_adapter *ad = peft_load(path, NULL, NULL, &err);
+        if (!ad)
+            return fail(NULL, &err);
+        o = peft_describe(ad);
+        peft_free(ad);
+    } else if (is_file(path, "config.json")) {
+        model *m = model_load(path, &err);
+        if (!m)
+            return fail(NULL, &err);
+        const model_config *c = &m->cfg;
+        o = json_object();
+        json_object_set_new(o, "type", json_string("model"));
+        json_object_set_new(o, "path", json_string(path));
+        json_object_set_new(o, "architecture", json_string(c->arch_name));
+        json_object_set_new(o, "dtype", json_string(m->dtype));
+        json_object_set_new(o, "files", json_integer(m->n_shards));
+        json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
+        json_object_set_new(o, "hidden_size", json_integer(c->hidden));
+        json_object_set_new(o, "intermediate_size", json_integer(c->intermediate));
+        json_object_set_new(o, "layers", json_integer(c->n_layers));
+        json_object_set_new(o, "heads", json_integer(c->n_heads));
+        json_object_set_new(o, "kv_heads", json_integer(c->n_kv_heads));
+        json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+        json_object_set_new(o, "max_position_embeddings", json_integer(c->max_positions));
+        json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
+        json_object_set_new(o, "rope_scaling", json_string(c->rope_llama3 ? "llama3" : "none"));
+        json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+        json_object_set_new(o, "qkv_bias", json_boolean(c->qkv_bias));
+        json_object_set_new(o, "bos_token_id", json_integer(c->bos_id));
+        json_t *eos = json_array();
+        for (int i = 0; i < c->n_eos; i++)
+            json_array_append_new(eos, json_integer(c->eos_ids[i]));
+        json_object_set_new(o, "eos_token_id", eos);
+        json_object_set_new(o, "weight_bytes", json_integer((json_int_t)m->weight_bytes));
+        json_object_set_new(o, "tokenizer", json_boolean(is_file(path, "tokenizer.json")));
+        model_free(m);
+    } else {
+        fprintf(stderr, "lorad: %s: neither a model directory (config.json) nor an adapter "
+                "directory (adapter_config.json)\n", path);
+        return 1;
+    }
+    if (!o) {
+        fprintf(stderr, "lorad: out of memory\n");
+        return 1;
+    }
+    json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    printf("\n");
+    json_decref(o);
+    return 0;
+}
+
+/* Copies DIR/name to OUT/name if it exists; rewrites nothing. */
+static int copy_file(const char *from_dir, const char *to_dir, const char *name, lr_error *err)
+{
+    char src[4096 + 64], dst[4096 + 64];
+    snprintf(src, sizeof src, "%s/%s", from_dir, name);
+    snprintf(dst, sizeof dst, "%s/%s", to_dir, name);
+    FILE *in = fopen(src, "rb");
+    if (!in)
+        return 0;
+    FILE *out = fopen(dst, "wb");
+    if (!out) {
+        fclose(in);
+        return lr_error_set(err, LR_EIO, "%s: cannot create: %s", dst, strerror(errno));
+    }
+    char buf[65536];
+    size_t n;
+    int rc = 0;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n) {
+            rc = lr_error_set(err, LR_EIO, "%s: write failed", dst);
+            break;
+        }
+    fclose(in);
+    if (fclose(out) && !rc)
+        rc = lr_error_set(err, LR_EIO, "%s: write failed", dst);
+    return rc;
+}
+
+static int cmd_merge(int argc, char **argv)
+{
+    cli_args a;
+    int rc = parse_args(argc, argv, &a, 1);
+    if (rc)
+        return rc;
+    if (!a.out_dir || a.n_adapters == 0)
+        return bad_arg("merge needs --model DIR, at least one --adapter and --out DIR%s", "");
+    lr_error err = {0};
+    model *m = NULL;
+    loaded_adapters la = {0};
+    variant *v = NULL;
+    st_write_tensor *tw = NULL;
+    json_t *cfg = NULL;
+    rc = 1;
+    if (!(m = model_load(a.model_dir, &err)) || adapters_load(&a, m, &la, &err) ||
+        !(v = variant_merge(m, &la.mix, &err)))
+        goto out_err;
+    if (mkdir(a.out_dir, 0755) != 0 && errno != EEXIST) {
+        lr_error_set(&err, LR_EIO, "%s: cannot create: %s", a.out_dir, strerror(errno));
+        goto out_err;
+    }
+    const model_config *c = &m->cfg;
+    size_t n_max = 3 + (size_t)c->n_layers * (2 + PROJ_COUNT + 3);
+    tw = calloc(n_max, sizeof *tw);
+    char (*names)[128] = calloc(n_max, 128);
+    if (!tw || !names) {
+        free(names);
+        lr_error_set(&err, LR_ENOMEM, "out of memory");
+        goto out_err;
+    }
+    int n = 0;
+#define ADD(ptr, d0, d1, ...)                                   \
+    do {                                                        \
+        snprintf(names[n], 128, __VA_ARGS__);                   \
+        tw[n].name = names[n];                                  \
+        tw[n].ndim = (d1) < 0 ? 1 : 2;                          \
+        tw[n].shape[0] = (d0);                                  \
+        tw[n].shape[1] = (d1);                                  \
+        tw[n].data = (ptr);                                     \
+        n++;                                                    \
+    } while (0)
+    ADD(m->embed, c->vocab_size, c->hidden, "model.embed_tokens.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        const model_layer *L = &m->layers[l];
+        ADD(L->attn_norm, c->hidden, -1, "model.layers.%d.input_layernorm.weight", l);
+        ADD(L->ffn_norm, c->hidden, -1, "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int out, in;
+            char nm[128];
+            model_config_proj_shape(c, (model_proj)p, &out, &in);
+            ADD(variant_weight(m, v, l, (model_proj)p), out, in, "%s",
+                model_tensor_name(l, (model_proj)p, nm, sizeof nm));
+        }
+        for (int p = 0; p < 3; p++)
+            if (L->bias[p]) {
+                int out, in;
+                model_config_proj_shape(c, (model_proj)p, &out, &in);
+                ADD(L->bias[p], out, -1, "model.layers.%d.self_attn.%s.bias", l,
+                    model_proj_name((model_proj)p));
+            }
+    }
+    ADD(m->norm, c->hidden, -1, "model.norm.weight");
+    if (!c->tie_embeddings)
+        ADD(m->lm_head, c->vocab_size, c->hidden, "lm_head.weight");
+#undef ADD
+    char path[4096 + 64];
+    snprintf(path, sizeof path, "%s/model.safetensors", a.out_dir);
+    const char *meta[] = {"format", "pt", NULL};
+    int wrc = safetensors_write(path, tw, n, meta, &err);
+    free(names);
+    if (wrc)
+        goto out_err;
+    /* config.json with torch_dtype float32; the other files verbatim. */
+    snprintf(path, sizeof path, "%s/config.json", a.model_dir);
+    json_error_t je;
+    if (!(cfg = json_load_file(path, 0, &je))) {
+        lr_error_set(&err, LR_EINVAL, "%s: %s", path, je.text);
+        goto out_err;
+    }
+    json_object_set_new(cfg, "torch_dtype", json_string("float32"));
+    snprintf(path, sizeof path, "%s/config.json", a.out_dir);
+    if (json_dump_file(cfg, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) {
+        lr_error_set(&err, LR_EIO, "%s: write failed", path);
+        goto out_err;
+    }
+    static const char *const extra[] = {"generation_config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "special_tokens_map.json"};
+    for (size_t i = 0; i < sizeof extra / sizeof *extra; i++)
+        if (copy_file(a.model_dir, a.out_dir, extra[i], &err))
+            goto out_err;
+    rc = 0;
+    goto out;
+out_err:
+    rc = fail(NULL, &err);
+out:
+    json_decref(cfg);
+    free(tw);
+    variant_free(v);
+    adapters_free(&la);
+    model_free(m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "generate") == 0)
+        return cmd_generate(argc, argv);
+    if (strcmp(cmd, "inspect") == 0)
+        return cmd_inspect(argc, argv);
+    if (strcmp(cmd, "merge") == 0)
+        return cmd_merge(argc, argv);
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    fprintf(stderr, "lorad: unknown command '%s'\n%s", cmd, usage);
+    return 2;
+}

@@ -15,6 +15,7 @@
 #include <pcre2.h>
 #include <uninorm.h>
 
+#define METASPACE_CHAR "\xE2\x96\x81" /* U+2581 "▁" */
 #define TOK_MAX_ID (1 << 24) /* ids beyond 16M are refused as "out of range" */
 
 #define SUPPORTED_MODELS "BPE"
@@ -325,6 +326,11 @@ struct tokenizer {
     char *cs_prefix; size_t cs_prefix_len;   /* continuing_subword_prefix, or NULL */
     char *eow_suffix; size_t eow_suffix_len; /* end_of_word_suffix, or NULL */
     int byte_tok[256];         /* id of "<0xNN>" or -1 (byte_fallback) */
+    /* 1 when no vocab token has "▁" right after a non-"▁" character (and "▁" itself is in the
+     * vocab): then no merge can ever span such a point, and a long word (Llama 2 has no
+     * pre-tokenizer: a whole paragraph is one word) is cut there into independent words
+     * without changing the result, keeping the merge heap small. */
+    int cut_metaspace;
 
     added_tok *added; size_t n_added;
     /* Added tokens by first byte, longest first, for leftmost-longest matching. Two sets:
@@ -568,6 +574,7 @@ static int parse_pretok(tokenizer *t, json_t *n, lr_error *err)
 
 static int ids_append(int **dst, size_t *n, const int *src, size_t k, int front)
 {
+    if (k == 0) return 0;
     int *p = realloc(*dst, (*n + k + 1) * sizeof *p);
     if (!p) return -1;
     if (front) {
@@ -1025,6 +1032,12 @@ tokenizer *tokenizer_load_files(const char *tokenizer_json, const char *config_j
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->byte_tok[b] = smap_get(&t->vocab, name, 6);
     }
+    t->cut_metaspace = !t->cs_prefix && !t->eow_suffix && smap_get(&t->vocab, METASPACE_CHAR, 3) >= 0;
+    for (int id = 0; t->cut_metaspace && id < t->n_ids; id++) {
+        const char *m = t->model_tok[id];
+        for (const char *q = m ? strstr(m, METASPACE_CHAR) : NULL; q; q = strstr(q + 3, METASPACE_CHAR))
+            if (q > m && (q - m < 3 || memcmp(q - 3, METASPACE_CHAR, 3))) { t->cut_metaspace = 0; break; }
+    }
 
     json_t *n;
     if ((n = json_object_get(root, "normalizer")) && !json_is_null(n) && (rc = parse_normalizer(t, n, err))) goto fail_prefix;
@@ -1336,21 +1349,9 @@ static int sym_add(ectx *c, size_t *ns, int id, int len)
 
 /* BPE on one pre-token (reference: models/bpe/model.rs merge_word + word.rs merge_all).
  * s is raw text; with byte_level each byte stands for its bytes_to_unicode character. */
-static int bpe_piece(const tokenizer *t, ectx *c, const char *s, size_t n, ivec *out)
+static int bpe_word(const tokenizer *t, ectx *c, const char *s, size_t n, ivec *out)
 {
     size_t ns = 0;
-    if (t->ignore_merges) {
-        int id;
-        if (t->byte_level) {
-            c->nbuf.n = 0;
-            for (size_t i = 0; i < n; i++)
-                if (sbuf_put(&c->nbuf, t->bl_char[(unsigned char)s[i]], t->bl_len[(unsigned char)s[i]])) return -1;
-            id = smap_get(&t->vocab, c->nbuf.b, c->nbuf.n);
-        } else {
-            id = smap_get(&t->vocab, s, n);
-        }
-        if (id >= 0) return ivec_push(out, id);
-    }
     /* Symbols: one per character (byte_level: per byte), through vocab / byte_fallback / unk. */
     int unk = -1, unk_len = 0;
     for (size_t i = 0; i < n;) {
@@ -1442,6 +1443,30 @@ static int bpe_piece(const tokenizer *t, ectx *c, const char *s, size_t n, ivec 
     for (int i = 0; i >= 0; i = c->syms[i].next)
         if (ivec_push(out, c->syms[i].c)) return -1;
     return 0;
+}
+
+static int bpe_piece(const tokenizer *t, ectx *c, const char *s, size_t n, ivec *out)
+{
+    if (t->ignore_merges) {
+        int id;
+        if (t->byte_level) {
+            c->nbuf.n = 0;
+            for (size_t i = 0; i < n; i++)
+                if (sbuf_put(&c->nbuf, t->bl_char[(unsigned char)s[i]], t->bl_len[(unsigned char)s[i]])) return -1;
+            id = smap_get(&t->vocab, c->nbuf.b, c->nbuf.n);
+        } else {
+            id = smap_get(&t->vocab, s, n);
+        }
+        if (id >= 0) return ivec_push(out, id);
+    }
+    if (!t->cut_metaspace || n < 64) return bpe_word(t, c, s, n, out);
+    size_t start = 0;
+    for (size_t i = 3; i + 3 <= n; i++)
+        if (!memcmp(s + i, METASPACE_CHAR, 3) && memcmp(s + i - 3, METASPACE_CHAR, 3)) {
+            if (bpe_word(t, c, s + start, i - start, out)) return -1;
+            start = i;
+        }
+    return bpe_word(t, c, s + start, n - start, out);
 }
 
 /* Normalizers on s[0..n) → c->norm. */

@@ -260,10 +260,17 @@ int engine_step(engine *e, lr_error *err)
         const float *lg = e->logits + (size_t)row++ * c->vocab_size;
         engine_token tok;
         tok.id = sampler_sample(s->smp, lg);
-        tok.logprob = lg[tok.id] - sampler_logsumexp(lg, c->vocab_size);
         tok.n_top = s->req.logprobs ? sampler_top_logprobs(lg, c->vocab_size, s->req.logprobs,
                                                            tok.top_ids, tok.top_logprobs)
                                     : 0;
+        /* The chosen token's logprob, identical to its entry among the top ones. */
+        int in_top = -1;
+        for (int j = 0; j < tok.n_top && in_top < 0; j++)
+            if (tok.top_ids[j] == tok.id)
+                in_top = j;
+        tok.logprob = in_top >= 0 ? tok.top_logprobs[in_top]
+                                  : (float)((double)lg[tok.id] -
+                                            (double)sampler_logsumexp(lg, c->vocab_size));
         s->last = tok.id;
         s->n_generated++;
         int stop = s->req.on_token ? s->req.on_token(s->req.user, &tok) : 0;

@@ -1,0 +1,13 @@
+#!/bin/sh
+# `make bench`: every benchmark, figures printed to stdout. Not part of `make test`.
+# The engine benchmark generates its random SmolLM2-135M-shaped model (540 MB) and two
+# rank-16 adapters into BUILD/bench-data on first use. Pass BENCH_QUICK=1 for fewer
+# repetitions.
+set -eu
+BUILD=${1:-build}
+Q=""
+[ "${BENCH_QUICK:-0}" = 1 ] && Q="--quick"
+echo "== tokenizer"
+"$BUILD/bench/bench_tokenizer"
+echo "== engine"
+"$BUILD/bench/bench_engine" "$BUILD/bench-data" $Q

@@ -296,7 +296,9 @@ typedef struct {
 } pre_step;
 
 typedef struct {
-    char *s; size_t len;
+    char *s; size_t len;       /* content as matched and decoded: for normalized tokens, the
+                                * content passed through the normalizer (as the reference) */
+    char *orig;                /* content as written in the file (tokenizer_token_id) */
     int id;
     int special, lstrip, rstrip, single_word, normalized;
 } added_tok;
@@ -382,7 +384,10 @@ void tokenizer_free(tokenizer *t)
     free(t->merges.e);
     free(t->cs_prefix);
     free(t->eow_suffix);
-    for (size_t i = 0; i < t->n_added; i++) free(t->added[i].s);
+    for (size_t i = 0; i < t->n_added; i++) {
+        free(t->added[i].s);
+        free(t->added[i].orig);
+    }
     free(t->added);
     for (int k = 0; k < 2; k++)
         for (int b = 0; b < 256; b++) free(t->by_byte[k][b]);
@@ -850,7 +855,8 @@ static int load_vocab(tokenizer *t, json_t *model, json_t *added, lr_error *err)
         added_tok *a = &t->added[i];
         json_t *cv = json_object_get(v, "content");
         a->len = json_string_length(cv);
-        if (!(a->s = xstrndup(json_string_value(cv), a->len))) return lr_error_set(err, LR_ENOMEM, "added_tokens: out of memory");
+        if (!(a->s = xstrndup(json_string_value(cv), a->len)) || !(a->orig = xstrndup(a->s, a->len)))
+            return lr_error_set(err, LR_ENOMEM, "added_tokens: out of memory");
         if (a->len == 0 || utf8_invalid_at(a->s, a->len) != a->len)
             return lr_error_set(err, LR_EINVAL, "added_tokens[%zu]: empty or invalid UTF-8 content", i);
         a->id = (int)json_integer_value(json_object_get(v, "id"));
@@ -859,26 +865,11 @@ static int load_vocab(tokenizer *t, json_t *model, json_t *added, lr_error *err)
         a->rstrip = jbool(v, "rstrip", 0);
         a->single_word = jbool(v, "single_word", 0);
         a->normalized = jbool(v, "normalized", !a->special);
-        smap_put(&t->added_map, a->s, a->len, a->id);
+        smap_put(&t->added_map, a->orig, a->len, a->id);
         t->id_tok[a->id] = a->s;
         t->id_len[a->id] = (uint32_t)a->len;
         t->id_special[a->id] = (unsigned char)a->special;
     }
-    /* Index by first byte, longest first; a later duplicate content replaces an earlier one. */
-    for (size_t k = 0; k < t->n_added; k++) {
-        added_tok *a = &t->added[k];
-        if (smap_get(&t->added_map, a->s, a->len) != a->id) continue;
-        int set = a->normalized ? 1 : 0, b = (unsigned char)a->s[0];
-        int *p = realloc(t->by_byte[set][b], (size_t)(t->n_by_byte[set][b] + 1) * sizeof *p);
-        if (!p) return lr_error_set(err, LR_ENOMEM, "added_tokens: out of memory");
-        t->by_byte[set][b] = p;
-        p[t->n_by_byte[set][b]++] = (int)k;
-        t->has_added[set] = 1;
-    }
-    for (int s = 0; s < 2; s++)
-        for (int b = 0; b < 256; b++)
-            if (t->n_by_byte[s][b] > 1)
-                qsort_r(t->by_byte[s][b], (size_t)t->n_by_byte[s][b], sizeof(int), cmp_added_len, t->added);
     return 0;
 }
 
@@ -984,6 +975,61 @@ static json_t *load_json(const char *path, const char *what, size_t flags, lr_er
     return j;
 }
 
+typedef struct ectx ectx;
+static int normalize(const tokenizer *t, ectx *c, const char *s, size_t n);
+static ectx *ectx_new(void);
+static void ectx_free(ectx *c);
+static const char *ectx_norm(const ectx *c, size_t *n);
+
+/* Normalized added tokens are matched (and decoded) as their normalized content; then every
+ * added token is indexed by first byte, longest first, for leftmost-longest matching. */
+static int index_added(tokenizer *t, lr_error *err)
+{
+    ectx *c = NULL;
+    for (size_t k = 0; k < t->n_added; k++) {
+        added_tok *a = &t->added[k];
+        if (!a->normalized || !t->n_norm) continue;
+        size_t nl;
+        if ((!c && !(c = ectx_new())) || normalize(t, c, a->s, a->len)) goto nomem;
+        const char *ns = ectx_norm(c, &nl);
+        char *p = xstrndup(ns, nl);
+        if (!p) goto nomem;
+        free(a->s);
+        a->s = p;
+        a->len = nl;
+    }
+    if (c) ectx_free(c);
+    free(c);
+    c = NULL;
+    /* Decode shows an added token's (normalized) content; the last definition of a content wins. */
+    for (size_t k = 0; k < t->n_added; k++) {
+        added_tok *a = &t->added[k];
+        if (smap_get(&t->added_map, a->orig, strlen(a->orig)) != a->id) continue;
+        t->id_tok[a->id] = a->s;
+        t->id_len[a->id] = (uint32_t)a->len;
+    }
+    /* Index by first byte, longest first; a later duplicate content replaces an earlier one. */
+    for (size_t k = 0; k < t->n_added; k++) {
+        added_tok *a = &t->added[k];
+        if (a->len == 0 || smap_get(&t->added_map, a->orig, strlen(a->orig)) != a->id) continue;
+        int set = a->normalized ? 1 : 0, b = (unsigned char)a->s[0];
+        int *p = realloc(t->by_byte[set][b], (size_t)(t->n_by_byte[set][b] + 1) * sizeof *p);
+        if (!p) return lr_error_set(err, LR_ENOMEM, "added_tokens: out of memory");
+        t->by_byte[set][b] = p;
+        p[t->n_by_byte[set][b]++] = (int)k;
+        t->has_added[set] = 1;
+    }
+    for (int s = 0; s < 2; s++)
+        for (int b = 0; b < 256; b++)
+            if (t->n_by_byte[s][b] > 1)
+                qsort_r(t->by_byte[s][b], (size_t)t->n_by_byte[s][b], sizeof(int), cmp_added_len, t->added);
+    return 0;
+nomem:
+    if (c) ectx_free(c);
+    free(c);
+    return lr_error_set(err, LR_ENOMEM, "added_tokens: out of memory");
+}
+
 tokenizer *tokenizer_load_files(const char *tokenizer_json, const char *config_json, lr_error *err)
 {
     json_t *root = NULL, *cfg = NULL;
@@ -1043,6 +1089,7 @@ tokenizer *tokenizer_load_files(const char *tokenizer_json, const char *config_j
     if ((n = json_object_get(root, "normalizer")) && !json_is_null(n) && (rc = parse_normalizer(t, n, err))) goto fail_prefix;
     if ((n = json_object_get(root, "pre_tokenizer")) && !json_is_null(n) && (rc = parse_pretok(t, n, err))) goto fail_prefix;
     byte_level_tables(t);
+    if ((rc = index_added(t, err))) goto fail_prefix;
     if ((n = json_object_get(root, "decoder")) && !json_is_null(n)) {
         if ((rc = parse_decoder(t, n, err))) goto fail_prefix;
     } else {
@@ -1106,13 +1153,29 @@ typedef struct { int c, prev, next, len; } sym;   /* a BPE symbol; len 0 = merge
 typedef struct { int rank, pos, id; } hent;        /* a candidate merge */
 
 /* Per-call scratch: nothing shared between threads. */
-typedef struct {
+struct ectx {
     pcre2_match_data *md;
     plist a, b;
     sbuf norm, nbuf, word;
     sym *syms; size_t syms_cap;
     hent *heap; size_t heap_cap;
-} ectx;
+};
+
+static ectx *ectx_new(void)
+{
+    ectx *c = calloc(1, sizeof *c);
+    if (c && !(c->md = pcre2_match_data_create(32, NULL))) {
+        free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+static const char *ectx_norm(const ectx *c, size_t *n)
+{
+    *n = c->norm.n;
+    return c->norm.b ? c->norm.b : "";
+}
 
 static void ectx_free(ectx *c)
 {

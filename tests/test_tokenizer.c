@@ -13,7 +13,7 @@
 #define FIX "tests/fixtures/tokenizer"
 
 static const char *NAMES[] = {"llama2", "llama3", "qwen3", "llama2-metaspace",
-                              "llama2-metaspace-always-split", "qwen3-gpt2"};
+                              "llama2-metaspace-always-split", "llama2-added", "qwen3-gpt2"};
 #define N_NAMES (sizeof NAMES / sizeof NAMES[0])
 
 /* Each tokenizer file is several MB: load once per process, shared by all tests (tests run

@@ -34,6 +34,16 @@ const VARIANTS = {
     j.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true };
     j.decoder = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true };
   }],
+  // Added-token flags the shipped files leave false: lstrip, rstrip, single_word, normalized.
+  'llama2-added': ['llama2', (j) => {
+    const t = (id, content, o) => Object.assign({ id, content, single_word: false, lstrip: false,
+      rstrip: false, normalized: false, special: false }, o);
+    j.added_tokens.push(t(32000, '<mask>', { lstrip: true, special: true }),
+      t(32001, '<rs>', { rstrip: true }),
+      t(32002, 'jump', { single_word: true }),
+      t(32003, 'brown fox', { normalized: true }),
+      t(32004, '<mask>x', {}));
+  }],
   'qwen3-gpt2': ['qwen3', (j) => {
     j.normalizer = null;
     j.pre_tokenizer = { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true };

@@ -62,6 +62,22 @@ const VARIANTS = {
 let seed = 12345;
 function rnd(n) { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; }
 
+const POOL = ['a', 'e', 'the', ' the', 'The', 'ing', 'tion', ' ', '  ', '   ', '\t', '\n', '\r\n',
+  '\n\n', '0', '7', '42', '123456', '3.14', '.', ',', '!', '?', "'", "'s", "'ll", "'RE", '"', '-',
+  '--', '_', '(', ')', '{', '}', '[', ']', '<', '>', '/', '\\', '#', '@', '$', '%', '&', '*',
+  'é', 'ü', 'ß', 'ñ', 'e\u0301', 'ﬁ', '日本', '語', '中文', '한', 'Ж', 'ω', 'ע', 'ع', 'ก',
+  '😀', '👍🏽', '👨‍👩‍👧', '🇯🇵', '❤️', '\u00a0', '\u3000', '\u200b', '\u2028', '\u0085',
+  '▁', '▁▁', 'Ġ', 'Ċ', '<s>', '</s>', '<unk>', '<|begin_of_text|>', '<|eot_id|>', '<|im_start|>',
+  '<|im_end|>', '<|endoftext|>', '<think>', '<mask>', '<rs>', 'jump', 'brown fox', '<0x41>',
+  '<|', '|>', 'http://x.y/z', 'camelCase', 'UPPER', 'x1y2', '𝔘', '\ud800\udc00'];
+const randomTexts = [];
+for (let k = 0; k < 160; k++) {
+  const parts = [];
+  const len = 1 + rnd(14);
+  for (let i = 0; i < len; i++) parts.push(POOL[rnd(POOL.length)]);
+  randomTexts.push(parts.join(''));
+}
+
 async function golden(name, tokPath) {
   const tok = Tokenizer.fromFile(tokPath);
   const j = JSON.parse(fs.readFileSync(tokPath, 'utf8'));
@@ -71,6 +87,9 @@ async function golden(name, tokPath) {
   const paras = prose.split(/\n\n/).filter((p) => p.length > 0);
   texts.push(...paras.slice(0, 6));
   texts.push(prose.slice(0, 4000));
+  // Random strings from a pool of fragments: scripts, whitespace kinds, digits, punctuation,
+  // pieces of special tokens, byte-fallback look-alikes. Same strings for every tokenizer.
+  texts.push(...randomTexts);
   const cases = [];
   for (const text of texts) {
     const a = await tok.encode(text, null, { addSpecialTokens: true });

@@ -5,9 +5,11 @@
  * Supported (anything else is refused at load time with a message listing these):
  *   model          BPE: vocab, merges as "a b" strings or ["a","b"] pairs, unk_token, fuse_unk,
  *                  byte_fallback (<0xNN> tokens), ignore_merges, continuing_subword_prefix,
- *                  end_of_word_suffix (dropout must be null or 1.0-free: it is not supported)
+ *                  end_of_word_suffix (dropout is refused: it makes encoding random)
  *   added_tokens   special and not, matched leftmost-longest before the model, honouring
- *                  lstrip / rstrip / single_word / normalized
+ *                  lstrip / rstrip / single_word / normalized (a normalized token is matched
+ *                  in the normalized text as its normalized content, and decodes as that
+ *                  content, e.g. "▁brown▁fox" under Llama 2's normalizer — as the reference)
  *   normalizer     Sequence, Prepend, Replace (String or Regex), NFC, NFD, NFKC, NFKD
  *   pre_tokenizer  Sequence, Split (String or Regex pattern, every behavior, invert),
  *                  ByteLevel (add_prefix_space, use_regex: GPT-2's regex), Metaspace
@@ -17,7 +19,12 @@
  *   decoder        ByteLevel; Metaspace; Sequence of Replace/Metaspace/Strip, ByteFallback,
  *                  Fuse, Strip (the Llama 2 / Mistral chain); none (tokens joined by " ")
  * Regexes run on PCRE2 (UTF + Unicode properties, JIT); Unicode normalization uses
- * libunistring. Text must be valid UTF-8.
+ * libunistring (its Unicode tables may lag the reference's for very new characters).
+ * Text must be valid UTF-8 (the reference only ever sees Unicode strings). Not done, as in
+ * the `tokenizers` library itself: transformers' clean_up_tokenization_spaces, chat templates,
+ * truncation/padding, offsets. single_word's word test treats every non-ASCII non-space
+ * character as a word character (an approximation of Rust's char::is_alphanumeric).
+ * Cost: a min-heap merge loop per word (O(n log n)); the vocab and merges are hash maps.
  *
  * Special tokens on encode (add_special != 0): exactly what the `tokenizers` library does,
  * i.e. the post_processor of tokenizer.json decides (Llama 2's TemplateProcessing adds <s>;

@@ -360,11 +360,42 @@ START_TEST(test_bad_inputs_are_refused)
 }
 END_TEST
 
+/* Degenerate inputs finish and round-trip: 64 KB of one space run, one letter, "<|" pieces,
+ * newlines; every tokenizer. */
+START_TEST(test_degenerate_long_inputs_finish_and_round_trip)
+{
+    const size_t n = 64 * 1024;
+    const char *fill[] = {" ", "a", "<|", "\n", "\xE2\x96\x81"};
+    char *text = malloc(n + 4);
+    for (size_t f = 0; f < sizeof fill / sizeof fill[0]; f++) {
+        size_t k = strlen(fill[f]), len = 0;
+        while (len + k <= n) { memcpy(text + len, fill[f], k); len += k; }
+        for (size_t i = 0; i < N_NAMES; i++) {
+            const tokenizer *t = cache[i];
+            int *ids = NULL;
+            size_t m = 0, bl;
+            char *back = NULL;
+            lr_error err = {0};
+            ck_assert_ptr_nonnull(t);
+            ck_assert_msg(tokenizer_encode(t, text, len, 0, &ids, &m, &err) == 0, "%s: %s", NAMES[i], err.msg);
+            ck_assert_uint_gt(m, 0);
+            ck_assert_int_eq(tokenizer_decode(t, ids, m, 0, &back, &bl, &err), 0);
+            if (!strcmp(NAMES[i], "llama3") || !strcmp(NAMES[i], "qwen3"))
+                ck_assert_msg(bl == len && !memcmp(back, text, len), "%s: fill %zu does not round-trip", NAMES[i], f);
+            free(back);
+            free(ids);
+        }
+    }
+    free(text);
+}
+END_TEST
+
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
     TCase *core = tcase_create("core"), *limits = tcase_create("limits");
     tcase_set_timeout(core, 300);
+    tcase_set_timeout(limits, 300);
     tcase_add_loop_test(core, test_matches_reference_goldens, 0, (int)N_NAMES);
     tcase_add_test(core, test_accessors_report_vocab_and_specials);
     tcase_add_test(core, test_stream_holds_incomplete_utf8_until_complete);
@@ -372,6 +403,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_loop_test(limits, test_malformed_tokenizer_json_is_refused_clearly, 0, (int)(sizeof BAD / sizeof BAD[0]));
     tcase_add_test(limits, test_missing_file_is_refused);
     tcase_add_test(limits, test_bad_inputs_are_refused);
+    tcase_add_test(limits, test_degenerate_long_inputs_finish_and_round_trip);
     suite_add_tcase(s, core);
     suite_add_tcase(s, limits);
     return s;

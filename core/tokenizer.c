@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -960,8 +961,7 @@ static json_t *load_json(const char *path, const char *what, size_t flags, lr_er
     json_error_t je;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        lr_error_set(err, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "%s '%s': %s", what, path, strerror(errno));
-        if (err) err->code = LR_EIO;
+        lr_error_set(err, LR_EIO, "%s '%s': %s", what, path, strerror(errno));
         return NULL;
     }
     json_t *j = json_loadf(f, flags, &je);
@@ -1133,9 +1133,7 @@ tokenizer *tokenizer_load(const char *dir, lr_error *err)
     if (!tj || !cj) { lr_error_set(err, LR_ENOMEM, "tokenizer: out of memory"); goto out; }
     snprintf(tj, n, "%s/tokenizer.json", dir);
     snprintf(cj, n, "%s/tokenizer_config.json", dir);
-    FILE *f = fopen(cj, "rb");
-    if (f) fclose(f);
-    t = tokenizer_load_files(tj, f ? cj : NULL, err);
+    t = tokenizer_load_files(tj, access(cj, F_OK) == 0 ? cj : NULL, err);
 out:
     free(tj);
     free(cj);

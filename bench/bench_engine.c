@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "adapters/peft.h"
+#include "core/blas.h"
 #include "core/engine.h"
 #include "core/model.h"
 #include "core/safetensors.h"
@@ -296,6 +297,7 @@ static int run_one(engine *e, const int *prompt, int n_prompt, int max_tokens,
 
 int main(int argc, char **argv)
 {
+    blas_select_kernels(argv);
     const char *work = "build/bench-data";
     int quick = 0;
     for (int i = 1; i < argc; i++) {
@@ -410,6 +412,7 @@ int main(int argc, char **argv)
     printf("\nlorad engine benchmark (random SmolLM2-135M shape, F32, %d layers, vocab %d; "
            "rank-16 adapters on all 7 projections; %d interleaved repetitions, medians)\n",
            c->n_layers, c->vocab_size, reps);
+    printf("OpenBLAS kernels: %s\n", blas_kernels());
     printf("machine: read bandwidth %.1f GB/s (2 threads), sgemm %.1f GFLOP/s "
            "(512x1536x576)\n", bw / 1e9, peak / 1e9);
     printf("bounds:  decode %.1f tok/s (%.0f MB of weights per token), prefill %.0f tok/s "

@@ -621,7 +621,7 @@ static int parse_processor(tokenizer *t, json_t *n, lr_error *err)
     }
     if (!strcmp(type, "ByteLevel")) return 0; /* only trims offsets; ids unchanged */
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
-        int cls, sep;
+        int cls = -1, sep = -1;
         if (pair_id(t, json_object_get(n, "cls"), "cls", &cls, err) || pair_id(t, json_object_get(n, "sep"), "sep", &sep, err))
             return LR_EINVAL;
         if (ids_append(&t->tmpl_pre, &t->n_tmpl_pre, &cls, 1, 1) || ids_append(&t->tmpl_post, &t->n_tmpl_post, &sep, 1, 0))

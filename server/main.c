@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "adapters/peft.h"
+#include "core/blas.h"
 #include "core/engine.h"
 #include "core/log.h"
 #include "core/model.h"
@@ -589,6 +590,7 @@ out:
 
 int main(int argc, char **argv)
 {
+    blas_select_kernels(argv);
     if (argc < 2) {
         fputs(usage, stderr);
         return 2;

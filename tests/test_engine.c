@@ -1,0 +1,1003 @@
+/* Tests for core/engine (with core/forward, core/variant, core/kv_cache and adapters/peft
+ * underneath): a small random Llama model and two random PEFT adapters written here.
+ * The references are the same requests run alone in a fresh engine: a request's tokens
+ * and logprobs must not depend on what else shares its batch, on prefill chunking, or on
+ * whether its adapter is merged or applied on the fly. */
+#include <check.h>
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "adapters/peft.h"
+#include "core/engine.h"
+#include "core/lora.h"
+#include "core/model.h"
+#include "core/safetensors.h"
+#include "core/variant.h"
+
+/* hidden 32, intermediate 48, 2 layers, 4 heads × 8, 2 kv heads, vocab 64, context 64 */
+enum { HIDDEN = 32, INTER = 48, LAYERS = 2, HEADS = 4, KV_HEADS = 2, HEAD_DIM = 8,
+       VOCAB = 64, CTX = 64, EOS = 2 };
+
+static const char *const proj_hf[7] = {"self_attn.q_proj", "self_attn.k_proj",
+                                       "self_attn.v_proj", "self_attn.o_proj",
+                                       "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+static const int proj_out[7] = {HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM,
+                                HIDDEN, INTER, INTER, HIDDEN};
+static const int proj_in[7] = {HIDDEN, HIDDEN, HIDDEN, HEADS * HEAD_DIM, HIDDEN, HIDDEN, INTER};
+
+/* ---- deterministic random numbers (xorshift32) ---- */
+
+static float rnd(uint32_t *s)
+{
+    uint32_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *s = x;
+    return (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;   /* [-1, 1) */
+}
+
+/* ---- files ---- */
+
+static char *make_dir(void)
+{
+    char *d = strdup("/tmp/engine_test_XXXXXX");
+    ck_assert_ptr_nonnull(d);
+    ck_assert_ptr_nonnull(mkdtemp(d));
+    return d;
+}
+
+static void remove_dir(char *dir)
+{
+    if (!dir)
+        return;
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char path[512];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+                unlink(path);
+            }
+        closedir(d);
+    }
+    rmdir(dir);
+    free(dir);
+}
+
+static void write_json(const char *dir, const char *file, json_t *j)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(json_dump_file(j, path, JSON_INDENT(2)), 0);
+    json_decref(j);
+}
+
+/* Tensors to write with safetensors_write; data owned here. */
+#define MAX_T 64
+typedef struct {
+    st_write_tensor t[MAX_T];
+    char name[MAX_T][128];
+    float *data[MAX_T];
+    int n;
+} tlist;
+
+static float *tl_add(tlist *l, const char *name, int d0, int d1)
+{
+    ck_assert_int_lt(l->n, MAX_T);
+    int i = l->n++;
+    snprintf(l->name[i], sizeof l->name[i], "%s", name);
+    size_t ne = (size_t)d0 * (d1 > 0 ? (size_t)d1 : 1);
+    l->data[i] = malloc(ne * sizeof(float));
+    ck_assert_ptr_nonnull(l->data[i]);
+    memset(&l->t[i], 0, sizeof l->t[i]);
+    l->t[i].name = l->name[i];
+    l->t[i].ndim = d1 > 0 ? 2 : 1;
+    l->t[i].shape[0] = d0;
+    l->t[i].shape[1] = d1 > 0 ? d1 : 0;
+    l->t[i].data = l->data[i];
+    return l->data[i];
+}
+
+static void tl_fill(float *d, size_t n, float scale, float offset, uint32_t *s)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = offset + scale * rnd(s);
+}
+
+static void tl_write(tlist *l, const char *dir, const char *file)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    lr_error err = {0};
+    int rc = safetensors_write(path, l->t, l->n, NULL, &err);
+    for (int i = 0; i < l->n; i++)
+        free(l->data[i]);
+    l->n = 0;
+    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
+}
+
+/* The random base model (same seed → same weights, so it can be written twice). */
+static void write_model(const char *dir)
+{
+    write_json(dir, "config.json",
+               json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, "
+                         "s:b, s:i, s:i}",
+                         "architectures", "LlamaForCausalLM", "model_type", "llama",
+                         "vocab_size", VOCAB, "hidden_size", HIDDEN, "intermediate_size", INTER,
+                         "num_hidden_layers", LAYERS, "num_attention_heads", HEADS,
+                         "num_key_value_heads", KV_HEADS, "max_position_embeddings", CTX,
+                         "rms_norm_eps", 1e-5, "rope_theta", 10000.0, "hidden_act", "silu",
+                         "tie_word_embeddings", 0, "bos_token_id", 1, "eos_token_id", EOS));
+    static tlist l;
+    uint32_t s = 12345;
+    char nm[128];
+    tl_fill(tl_add(&l, "model.embed_tokens.weight", VOCAB, HIDDEN), VOCAB * HIDDEN, 1.0f, 0, &s);
+    tl_fill(tl_add(&l, "model.norm.weight", HIDDEN, 0), HIDDEN, 0.1f, 1.0f, &s);
+    tl_fill(tl_add(&l, "lm_head.weight", VOCAB, HIDDEN), VOCAB * HIDDEN, 0.6f, 0, &s);
+    for (int L = 0; L < LAYERS; L++) {
+        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", L);
+        tl_fill(tl_add(&l, nm, HIDDEN, 0), HIDDEN, 0.1f, 1.0f, &s);
+        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", L);
+        tl_fill(tl_add(&l, nm, HIDDEN, 0), HIDDEN, 0.1f, 1.0f, &s);
+        for (int p = 0; p < 7; p++) {
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", L, proj_hf[p]);
+            tl_fill(tl_add(&l, nm, proj_out[p], proj_in[p]), (size_t)proj_out[p] * proj_in[p],
+                    1.7f / sqrtf((float)proj_in[p]), 0, &s);
+        }
+    }
+    tl_write(&l, dir, "model.safetensors");
+}
+
+/* A random PEFT adapter of rank r on the projections in mask. */
+static void write_adapter(const char *dir, int r, double alpha, unsigned mask, uint32_t seed)
+{
+    json_t *targets = json_array();
+    for (int p = 0; p < 7; p++)
+        if (mask & (1u << p))
+            json_array_append_new(targets, json_string(strchr(proj_hf[p], '.') + 1));
+    write_json(dir, "adapter_config.json",
+               json_pack("{s:s, s:s, s:s, s:i, s:f, s:o, s:f, s:s, s:b, s:b, s:b, s:b}",
+                         "peft_type", "LORA", "task_type", "CAUSAL_LM",
+                         "base_model_name_or_path", "test/engine-tiny", "r", r,
+                         "lora_alpha", alpha, "target_modules", targets, "lora_dropout", 0.0,
+                         "bias", "none", "fan_in_fan_out", 0, "inference_mode", 1,
+                         "use_rslora", 0, "use_dora", 0));
+    static tlist l;
+    char nm[160];
+    for (int L = 0; L < LAYERS; L++)
+        for (int p = 0; p < 7; p++) {
+            if (!(mask & (1u << p)))
+                continue;
+            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_A.weight", L,
+                     proj_hf[p]);
+            tl_fill(tl_add(&l, nm, r, proj_in[p]), (size_t)r * proj_in[p], 0.5f, 0, &seed);
+            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_B.weight", L,
+                     proj_hf[p]);
+            tl_fill(tl_add(&l, nm, proj_out[p], r), (size_t)proj_out[p] * r, 0.5f, 0, &seed);
+        }
+    tl_write(&l, dir, "adapter_model.safetensors");
+}
+
+/* ---- shared fixture: model, two adapters, their mixes and merged variants ---- */
+
+static struct {
+    char *dir, *ad1, *ad2;
+    model *m;
+    peft_adapter *a1, *a2;
+    variant_mix mix1, mix2, mix12;   /* adapter 1; adapter 2; 0.6·adapter 1 + 0.8·adapter 2 */
+    variant *merged1, *merged2;
+} g;
+
+static void fixture_setup(void)
+{
+    lr_error err = {0};
+    g.dir = make_dir();
+    write_model(g.dir);
+    g.m = model_load(g.dir, &err);
+    ck_assert_msg(g.m != NULL, "model_load: %s", err.msg);
+    g.ad1 = make_dir();
+    write_adapter(g.ad1, 4, 8.0, 0x7fu, 777);               /* all seven, s = 2 */
+    g.ad2 = make_dir();
+    write_adapter(g.ad2, 2, 4.0, 0x1u | 0x4u | 0x20u | 0x40u, 999);  /* q, v, up, down */
+    g.a1 = peft_load(g.ad1, &g.m->cfg, NULL, &err);
+    ck_assert_msg(g.a1 != NULL, "peft_load 1: %s", err.msg);
+    g.a2 = peft_load(g.ad2, &g.m->cfg, NULL, &err);
+    ck_assert_msg(g.a2 != NULL, "peft_load 2: %s", err.msg);
+    g.mix1 = (variant_mix){.n = 1, .t = {{g.a1->w, 1.0f}}};
+    g.mix2 = (variant_mix){.n = 1, .t = {{g.a2->w, 1.0f}}};
+    g.mix12 = (variant_mix){.n = 2, .t = {{g.a1->w, 0.6f}, {g.a2->w, 0.8f}}};
+    g.merged1 = variant_merge(g.m, &g.mix1, &err);
+    ck_assert_msg(g.merged1 != NULL, "variant_merge 1: %s", err.msg);
+    g.merged2 = variant_merge(g.m, &g.mix2, &err);
+    ck_assert_msg(g.merged2 != NULL, "variant_merge 2: %s", err.msg);
+}
+
+static void fixture_teardown(void)
+{
+    variant_free(g.merged1);
+    variant_free(g.merged2);
+    peft_free(g.a1);
+    peft_free(g.a2);
+    model_free(g.m);
+    remove_dir(g.dir);
+    remove_dir(g.ad1);
+    remove_dir(g.ad2);
+    memset(&g, 0, sizeof g);
+}
+
+/* ---- requests and what comes back ---- */
+
+#define MAXTOK 80
+#define NTOP 5
+
+typedef struct {
+    int n;
+    int ids[MAXTOK];
+    float lp[MAXTOK];
+    int n_top[MAXTOK];
+    int top_ids[MAXTOK][ENGINE_MAX_LOGPROBS];
+    float top_lp[MAXTOK][ENGINE_MAX_LOGPROBS];
+    int done_calls;
+    int tokens_after_done;
+    engine_finish reason;
+    int stop_after;          /* on_token returns 1 at this many tokens (0: never) */
+} collector;
+
+static int on_token(void *user, const engine_token *t)
+{
+    collector *c = user;
+    if (c->done_calls)
+        c->tokens_after_done++;
+    if (c->n < MAXTOK) {
+        c->ids[c->n] = t->id;
+        c->lp[c->n] = t->logprob;
+        c->n_top[c->n] = t->n_top;
+        for (int i = 0; i < t->n_top && i < ENGINE_MAX_LOGPROBS; i++) {
+            c->top_ids[c->n][i] = t->top_ids[i];
+            c->top_lp[c->n][i] = t->top_logprobs[i];
+        }
+    }
+    c->n++;
+    return c->stop_after && c->n == c->stop_after;
+}
+
+static void on_done(void *user, engine_finish reason, const lr_error *err)
+{
+    collector *c = user;
+    (void)err;
+    c->done_calls++;
+    c->reason = reason;
+}
+
+typedef struct {
+    int prompt[CTX + 8];
+    int n_prompt;
+    int max_tokens;
+    int logprobs;
+    int ignore_eos;
+    sampler_params sp;
+    const variant *merged;
+    const variant_mix *lora;
+} job;
+
+/* A greedy job on a random prompt of length n (ids in [3, VOCAB)). */
+static job make_job(int n, uint32_t seed, int max_tokens)
+{
+    job j;
+    memset(&j, 0, sizeof j);
+    for (int i = 0; i < n; i++)
+        j.prompt[i] = 3 + (int)((rnd(&seed) + 1.0f) * 0.5f * (VOCAB - 3)) % (VOCAB - 3);
+    j.n_prompt = n;
+    j.max_tokens = max_tokens;
+    j.logprobs = NTOP;
+    j.ignore_eos = 1;
+    j.sp.temperature = 0.0f;
+    j.sp.top_p = 1.0f;
+    return j;
+}
+
+static engine_request make_request(const job *j, collector *c)
+{
+    engine_request r;
+    memset(&r, 0, sizeof r);
+    r.prompt = j->prompt;
+    r.n_prompt = j->n_prompt;
+    r.max_tokens = j->max_tokens;
+    r.sampling = j->sp;
+    r.logprobs = j->logprobs;
+    r.ignore_eos = j->ignore_eos;
+    r.merged = j->merged;
+    r.lora = j->lora;
+    r.on_token = on_token;
+    r.on_done = on_done;
+    r.user = c;
+    return r;
+}
+
+static engine *new_engine(const model *m, int max_seqs, int max_batch_rows)
+{
+    engine_options o = engine_options_default();
+    if (max_seqs)
+        o.max_seqs = max_seqs;
+    if (max_batch_rows)
+        o.max_batch_rows = max_batch_rows;
+    lr_error err = {0};
+    engine *e = engine_create(m, &o, &err);
+    ck_assert_msg(e != NULL, "engine_create: %s", err.msg);
+    return e;
+}
+
+static void submit_ok(engine *e, const job *j, collector *c)
+{
+    engine_request r = make_request(j, c);
+    lr_error err = {0};
+    int rc = engine_submit(e, &r, &err);
+    ck_assert_msg(rc == 0, "engine_submit: %s", err.msg);
+}
+
+static void run_to_end(engine *e)
+{
+    lr_error err = {0};
+    for (int steps = 0; engine_running(e) > 0; steps++) {
+        ck_assert_msg(steps < 2000, "engine did not finish");
+        int rc = engine_step(e, &err);
+        ck_assert_msg(rc >= 0, "engine_step: %s", err.msg);
+    }
+}
+
+/* The job alone in a fresh engine over model m. */
+static void run_alone(const model *m, const job *j, collector *c)
+{
+    memset(c, 0, sizeof *c);
+    engine *e = new_engine(m, 0, 0);
+    submit_ok(e, j, c);
+    run_to_end(e);
+    engine_destroy(e);
+    ck_assert_int_eq(c->done_calls, 1);
+}
+
+/* Jobs in one engine; job i is submitted before step at_step[i] (NULL: all at once). */
+static void run_together(const job *jobs, int n, const int *at_step, int max_seqs,
+                         int max_batch_rows, collector *cs)
+{
+    engine *e = new_engine(g.m, max_seqs, max_batch_rows);
+    memset(cs, 0, sizeof *cs * (size_t)n);
+    int submitted = 0;
+    lr_error err = {0};
+    for (int step = 0; submitted < n || engine_running(e) > 0; step++) {
+        ck_assert_msg(step < 2000, "engine did not finish");
+        for (int i = 0; i < n; i++)
+            if ((at_step ? at_step[i] : 0) == step) {
+                submit_ok(e, &jobs[i], &cs[i]);
+                submitted++;
+            }
+        int rc = engine_step(e, &err);
+        ck_assert_msg(rc >= 0, "engine_step: %s", err.msg);
+    }
+    engine_destroy(e);
+}
+
+/* Same tokens, same finish, logprobs (chosen and top-k) within tol. */
+static void assert_same(const collector *a, const collector *b, float tol, const char *what)
+{
+    ck_assert_msg(a->n == b->n, "%s: %d tokens vs %d", what, a->n, b->n);
+    ck_assert_msg(a->reason == b->reason, "%s: finish %d vs %d", what, a->reason, b->reason);
+    ck_assert_msg(a->done_calls == 1 && b->done_calls == 1, "%s: on_done called %d / %d times",
+                  what, a->done_calls, b->done_calls);
+    for (int i = 0; i < a->n && i < MAXTOK; i++) {
+        ck_assert_msg(a->ids[i] == b->ids[i], "%s: token %d is %d vs %d", what, i, a->ids[i],
+                      b->ids[i]);
+        ck_assert_msg(fabsf(a->lp[i] - b->lp[i]) <= tol, "%s: logprob %d is %.7f vs %.7f", what,
+                      i, (double)a->lp[i], (double)b->lp[i]);
+        ck_assert_int_eq(a->n_top[i], b->n_top[i]);
+        for (int k = 0; k < a->n_top[i]; k++) {
+            ck_assert_msg(a->top_ids[i][k] == b->top_ids[i][k], "%s: token %d top %d is %d vs "
+                          "%d", what, i, k, a->top_ids[i][k], b->top_ids[i][k]);
+            ck_assert_msg(fabsf(a->top_lp[i][k] - b->top_lp[i][k]) <= tol, "%s: token %d top %d "
+                          "logprob %.7f vs %.7f", what, i, k, (double)a->top_lp[i][k],
+                          (double)b->top_lp[i][k]);
+        }
+    }
+}
+
+/* Largest logprob difference over the tokens both produced (to show adapters matter). */
+static float max_lp_diff(const collector *a, const collector *b)
+{
+    float d = 0;
+    for (int i = 0; i < a->n && i < b->n && i < MAXTOK; i++)
+        if (fabsf(a->lp[i] - b->lp[i]) > d)
+            d = fabsf(a->lp[i] - b->lp[i]);
+    for (int i = 0; i < a->n && i < b->n && i < MAXTOK; i++)
+        if (a->ids[i] != b->ids[i])
+            return INFINITY;
+    return d;
+}
+
+/* FNV-1a over every byte of every base weight, through the model's own pointers. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t weights_checksum(const model *m)
+{
+    uint64_t h = 1469598103934665603ull;
+    h = fnv(h, m->embed, sizeof(float) * VOCAB * HIDDEN);
+    h = fnv(h, m->lm_head, sizeof(float) * VOCAB * HIDDEN);
+    h = fnv(h, m->norm, sizeof(float) * HIDDEN);
+    for (int l = 0; l < LAYERS; l++) {
+        h = fnv(h, m->layers[l].attn_norm, sizeof(float) * HIDDEN);
+        h = fnv(h, m->layers[l].ffn_norm, sizeof(float) * HIDDEN);
+        for (int p = 0; p < 7; p++)
+            h = fnv(h, m->layers[l].w[p], sizeof(float) * proj_out[p] * proj_in[p]);
+    }
+    return h;
+}
+
+/* ================================ core ================================ */
+
+/* A base, B adapter 1 on the fly, C adapter 2 merged, D both on the fly, E adapter 1 on
+ * the fly on a longer prompt. */
+enum { NJOBS = 5 };
+
+static void batch_jobs(job *j)
+{
+    j[0] = make_job(5, 11, 10);
+    j[1] = make_job(7, 22, 10);
+    j[1].lora = &g.mix1;
+    j[2] = make_job(9, 33, 10);
+    j[2].merged = g.merged2;
+    j[3] = make_job(6, 44, 10);
+    j[3].lora = &g.mix12;
+    j[4] = make_job(13, 55, 10);
+    j[4].lora = &g.mix1;
+}
+
+static const char *const job_name[NJOBS] = {"A (base)", "B (adapter 1 on the fly)",
+                                            "C (adapter 2 merged)", "D (mix on the fly)",
+                                            "E (adapter 1, longer prompt)"};
+
+START_TEST(test_adapters_change_the_output_so_batch_tests_mean_something)
+{
+    job j[NJOBS];
+    batch_jobs(j);
+    collector base, with;
+    /* same prompt, base vs each variant */
+    for (int i = 1; i < 4; i++) {
+        job b = j[i];
+        b.merged = NULL;
+        b.lora = NULL;
+        run_alone(g.m, &b, &base);
+        run_alone(g.m, &j[i], &with);
+        ck_assert_msg(max_lp_diff(&base, &with) > 1e-2f, "%s: adapter has no visible effect",
+                      job_name[i]);
+    }
+}
+END_TEST
+
+START_TEST(test_batch_invariance_mixed_variants_prefill_and_decode_in_one_step)
+{
+    job j[NJOBS];
+    batch_jobs(j);
+    collector alone[NJOBS], together[NJOBS];
+    for (int i = 0; i < NJOBS; i++)
+        run_alone(g.m, &j[i], &alone[i]);
+    /* A-D start together; E arrives at step 2, so its prefill shares steps with the
+     * others' decode rows. */
+    const int at[NJOBS] = {0, 0, 0, 0, 2};
+    run_together(j, NJOBS, at, 8, 0, together);
+    for (int i = 0; i < NJOBS; i++) {
+        ck_assert_int_eq(alone[i].n, 10);
+        ck_assert_int_eq(alone[i].reason, ENGINE_FINISH_LENGTH);
+        assert_same(&alone[i], &together[i], 1e-4f, job_name[i]);
+    }
+}
+END_TEST
+
+START_TEST(test_batch_invariance_with_prompts_prefilled_in_chunks_of_three_rows)
+{
+    job j[NJOBS];
+    batch_jobs(j);
+    collector alone[NJOBS], together[NJOBS];
+    for (int i = 0; i < NJOBS; i++)
+        run_alone(g.m, &j[i], &alone[i]);
+    run_together(j, NJOBS, NULL, 5, 3, together);
+    for (int i = 0; i < NJOBS; i++)
+        assert_same(&alone[i], &together[i], 1e-4f, job_name[i]);
+    /* and staggered, so chunks of late prompts interleave with decode rows */
+    const int at[NJOBS] = {0, 1, 3, 4, 6};
+    run_together(j, NJOBS, at, 5, 3, together);
+    for (int i = 0; i < NJOBS; i++)
+        assert_same(&alone[i], &together[i], 1e-4f, job_name[i]);
+}
+END_TEST
+
+START_TEST(test_batch_invariance_of_seeded_sampling)
+{
+    job j[NJOBS];
+    batch_jobs(j);
+    for (int i = 0; i < NJOBS; i++) {
+        j[i].sp.temperature = 1.3f;
+        j[i].sp.top_p = 0.95f;
+        j[i].sp.seed = 1000u + (unsigned)i;
+    }
+    collector alone[NJOBS], together[NJOBS];
+    for (int i = 0; i < NJOBS; i++)
+        run_alone(g.m, &j[i], &alone[i]);
+    const int at[NJOBS] = {0, 0, 1, 1, 2};
+    run_together(j, NJOBS, at, 8, 4, together);
+    for (int i = 0; i < NJOBS; i++)
+        assert_same(&alone[i], &together[i], 1e-4f, job_name[i]);
+}
+END_TEST
+
+START_TEST(test_merged_equals_on_the_fly_for_each_adapter)
+{
+    collector fly, merged;
+    job j = make_job(8, 66, 12);
+    j.lora = &g.mix2;
+    run_alone(g.m, &j, &fly);
+    j.lora = NULL;
+    j.merged = g.merged2;
+    run_alone(g.m, &j, &merged);
+    assert_same(&fly, &merged, 1e-4f, "adapter 2 merged vs on the fly");
+
+    j.merged = NULL;
+    j.lora = &g.mix1;
+    run_alone(g.m, &j, &fly);
+    j.lora = NULL;
+    j.merged = g.merged1;
+    run_alone(g.m, &j, &merged);
+    assert_same(&fly, &merged, 1e-4f, "adapter 1 merged vs on the fly");
+}
+END_TEST
+
+START_TEST(test_merged_mix_equals_on_the_fly_mix)
+{
+    lr_error err = {0};
+    variant *v = variant_merge(g.m, &g.mix12, &err);
+    ck_assert_msg(v != NULL, "variant_merge: %s", err.msg);
+    collector fly, merged;
+    job j = make_job(6, 77, 12);
+    j.lora = &g.mix12;
+    run_alone(g.m, &j, &fly);
+    j.lora = NULL;
+    j.merged = v;
+    run_alone(g.m, &j, &merged);
+    assert_same(&fly, &merged, 1e-4f, "0.6·adapter 1 + 0.8·adapter 2, merged vs on the fly");
+    variant_free(v);
+}
+END_TEST
+
+START_TEST(test_greedy_token_is_top_logprob_and_logprobs_are_normalized)
+{
+    collector c;
+    job j = make_job(5, 88, 6);
+    j.logprobs = ENGINE_MAX_LOGPROBS;
+    run_alone(g.m, &j, &c);
+    for (int i = 0; i < c.n; i++) {
+        ck_assert_int_eq(c.n_top[i], ENGINE_MAX_LOGPROBS);
+        ck_assert_int_eq(c.ids[i], c.top_ids[i][0]);
+        ck_assert_float_eq(c.lp[i], c.top_lp[i][0]);
+        double mass = 0;
+        for (int k = 0; k < c.n_top[i]; k++) {
+            ck_assert(c.top_lp[i][k] <= 0.0f);
+            if (k)
+                ck_assert(c.top_lp[i][k] <= c.top_lp[i][k - 1]);
+            mass += exp((double)c.top_lp[i][k]);
+        }
+        ck_assert(mass <= 1.0 + 1e-5 && mass > 0.2);
+    }
+}
+END_TEST
+
+START_TEST(test_finishes_with_length_after_exactly_max_tokens)
+{
+    for (int mt = 1; mt <= 9; mt += 4) {
+        collector c;
+        job j = make_job(4, 99, mt);
+        run_alone(g.m, &j, &c);
+        ck_assert_int_eq(c.n, mt);
+        ck_assert_int_eq(c.reason, ENGINE_FINISH_LENGTH);
+        ck_assert_int_eq(c.done_calls, 1);
+        ck_assert_int_eq(c.tokens_after_done, 0);
+    }
+}
+END_TEST
+
+START_TEST(test_token_callback_returning_nonzero_finishes_with_stop)
+{
+    collector c;
+    job j = make_job(4, 99, 10);
+    memset(&c, 0, sizeof c);
+    c.stop_after = 3;
+    engine *e = new_engine(g.m, 0, 0);
+    submit_ok(e, &j, &c);
+    run_to_end(e);
+    engine_destroy(e);
+    ck_assert_int_eq(c.n, 3);
+    ck_assert_int_eq(c.reason, ENGINE_FINISH_STOP);
+    ck_assert_int_eq(c.done_calls, 1);
+}
+END_TEST
+
+START_TEST(test_eos_finishes_with_stop_unless_ignore_eos)
+{
+    /* Greedy run with EOS ignored; then make its 4th token (first occurrence) the EOS of
+     * a second copy of the model via generation_config.json. */
+    collector ref;
+    job j = make_job(6, 123, 10);
+    j.ignore_eos = 1;
+    run_alone(g.m, &j, &ref);
+    ck_assert_int_eq(ref.n, 10);
+    int k = -1;
+    for (int i = 3; i < ref.n && k < 0; i++) {
+        int seen = 0;
+        for (int q = 0; q < i; q++)
+            seen |= ref.ids[q] == ref.ids[i];
+        if (!seen && ref.ids[i] != EOS)
+            k = i;
+    }
+    ck_assert_msg(k >= 0, "test setup: no fresh token in the greedy continuation");
+    char *dir = make_dir();
+    write_model(dir);
+    write_json(dir, "generation_config.json", json_pack("{s:i}", "eos_token_id", ref.ids[k]));
+    lr_error err = {0};
+    model *m2 = model_load(dir, &err);
+    ck_assert_msg(m2 != NULL, "model_load: %s", err.msg);
+    ck_assert_int_eq(m2->cfg.n_eos, 1);
+    ck_assert_int_eq(m2->cfg.eos_ids[0], ref.ids[k]);
+
+    collector c;
+    j.ignore_eos = 0;
+    run_alone(m2, &j, &c);
+    ck_assert_int_eq(c.n, k + 1);
+    ck_assert_int_eq(c.ids[k], ref.ids[k]);
+    ck_assert_int_eq(c.reason, ENGINE_FINISH_STOP);
+    ck_assert_int_eq(c.done_calls, 1);
+
+    j.ignore_eos = 1;
+    run_alone(m2, &j, &c);
+    assert_same(&ref, &c, 0.0f, "ignore_eos on a copy of the model");
+    model_free(m2);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_context_full_finishes_with_length)
+{
+    /* 60 prompt tokens + up to 20 new ones in a 64-position model. The engine feeds
+     * every generated token but the last, so the last one sampled is the one predicted
+     * from position 63: 64 - 60 + 1 = 5 tokens (engine.c: cache = prompt + max_tokens - 1,
+     * capped at the context). */
+    collector c;
+    job j = make_job(60, 321, 20);
+    run_alone(g.m, &j, &c);
+    ck_assert_int_eq(c.reason, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(c.done_calls, 1);
+    ck_assert_int_eq(j.n_prompt + c.n - 1, CTX);
+
+    /* the longest accepted prompt still gets its token(s) */
+    j = make_job(CTX - 1, 322, 20);
+    run_alone(g.m, &j, &c);
+    ck_assert_int_eq(c.reason, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(j.n_prompt + c.n - 1, CTX);
+}
+END_TEST
+
+START_TEST(test_seeded_sampling_is_reproducible_and_seed_dependent)
+{
+    job j = make_job(5, 555, 16);
+    j.sp.temperature = 1.5f;
+    j.sp.top_p = 1.0f;
+    j.sp.seed = 42;
+    collector a, b, c;
+    run_alone(g.m, &j, &a);
+    run_alone(g.m, &j, &b);
+    assert_same(&a, &b, 0.0f, "same seed, two engines");
+    j.sp.seed = 43;
+    run_alone(g.m, &j, &c);
+    int differ = 0;
+    for (int i = 0; i < 16; i++)
+        differ += a.ids[i] != c.ids[i];
+    ck_assert_msg(differ > 0, "seeds 42 and 43 gave the same 16 tokens");
+    /* and sampling is not greedy */
+    j.sp.temperature = 0.0f;
+    run_alone(g.m, &j, &c);
+    differ = 0;
+    for (int i = 0; i < 16; i++)
+        differ += a.ids[i] != c.ids[i];
+    ck_assert_msg(differ > 0, "temperature 1.5 gave the greedy tokens");
+}
+END_TEST
+
+START_TEST(test_base_weights_untouched_by_merge_requests_and_variant_free)
+{
+    uint64_t before = weights_checksum(g.m);
+    lr_error err = {0};
+    variant *v = variant_merge(g.m, &g.mix12, &err);
+    ck_assert_msg(v != NULL, "variant_merge: %s", err.msg);
+    ck_assert_uint_eq(weights_checksum(g.m), before);
+    job j[4];
+    j[0] = make_job(5, 1, 6);
+    j[0].merged = v;
+    j[1] = make_job(6, 2, 6);
+    j[1].lora = &g.mix12;
+    j[2] = make_job(7, 3, 6);
+    j[2].merged = g.merged1;
+    j[3] = make_job(8, 4, 6);
+    j[3].lora = &g.mix2;
+    collector cs[4];
+    run_together(j, 4, NULL, 4, 0, cs);
+    ck_assert_uint_eq(weights_checksum(g.m), before);
+    /* merged W' is a separate copy from W */
+    for (int l = 0; l < LAYERS; l++)
+        for (int p = 0; p < 7; p++)
+            ck_assert_ptr_ne(variant_weight(g.m, v, l, (model_proj)p), g.m->layers[l].w[p]);
+    variant_free(v);
+    ck_assert_uint_eq(weights_checksum(g.m), before);
+}
+END_TEST
+
+START_TEST(test_destroy_finishes_running_requests_with_error_once)
+{
+    collector c[2];
+    memset(c, 0, sizeof c);
+    job j = make_job(5, 7, 20);
+    engine *e = new_engine(g.m, 0, 0);
+    submit_ok(e, &j, &c[0]);
+    submit_ok(e, &j, &c[1]);
+    lr_error err = {0};
+    ck_assert_int_eq(engine_step(e, &err), 2);
+    engine_destroy(e);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(c[i].done_calls, 1);
+        ck_assert_int_eq(c[i].reason, ENGINE_FINISH_ERROR);
+        ck_assert_int_eq(c[i].n, 1);
+    }
+}
+END_TEST
+
+/* ================================ limits ================================ */
+
+/* engine_submit must refuse r with want in the message and call no callback; the engine
+ * then still serves a valid request. */
+static void expect_reject(engine *e, job *bad, const char *want)
+{
+    collector c;
+    memset(&c, 0, sizeof c);
+    int running = engine_running(e);
+    engine_request r = make_request(bad, &c);
+    lr_error err = {0};
+    int rc = engine_submit(e, &r, &err);
+    ck_assert_msg(rc < 0, "engine_submit accepted a request that should fail with \"%s\"",
+                  want);
+    ck_assert_int_eq(err.code, rc);
+    ck_assert_msg(strstr(err.msg, want) != NULL, "message \"%s\" lacks \"%s\"", err.msg, want);
+    ck_assert_int_eq(engine_running(e), running);
+    lr_error serr = {0};
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_ge(engine_step(e, &serr), 0);
+    ck_assert_msg(c.n == 0 && c.done_calls == 0, "a rejected request got callbacks");
+}
+
+static void expect_reject_then_serve(job *bad, const char *want)
+{
+    engine *e = new_engine(g.m, 4, 0);
+    expect_reject(e, bad, want);
+    job ok = make_job(4, 17, 3);
+    collector c;
+    memset(&c, 0, sizeof c);
+    submit_ok(e, &ok, &c);
+    run_to_end(e);
+    ck_assert_int_eq(c.n, 3);
+    ck_assert_int_eq(c.done_calls, 1);
+    ck_assert_int_eq(c.reason, ENGINE_FINISH_LENGTH);
+    engine_destroy(e);
+}
+
+START_TEST(test_submit_rejects_empty_prompt)
+{
+    job j = make_job(4, 5, 3);
+    j.n_prompt = 0;
+    expect_reject_then_serve(&j, "the prompt is empty");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_max_tokens_zero)
+{
+    job j = make_job(4, 5, 0);
+    expect_reject_then_serve(&j, "max_tokens must be at least 1 (got 0)");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_negative_token_id)
+{
+    job j = make_job(4, 5, 3);
+    j.prompt[2] = -1;
+    expect_reject_then_serve(&j, "prompt token -1 at index 2 is out of range [0, 64)");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_token_id_equal_to_vocab)
+{
+    job j = make_job(4, 5, 3);
+    j.prompt[3] = VOCAB;
+    expect_reject_then_serve(&j, "prompt token 64 at index 3 is out of range [0, 64)");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_prompt_as_long_as_the_context)
+{
+    job j = make_job(CTX, 5, 3);
+    expect_reject_then_serve(&j, "the prompt has 64 tokens; the model's context is 64");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_prompt_longer_than_the_context)
+{
+    job j = make_job(CTX + 8, 5, 3);
+    expect_reject_then_serve(&j, "the prompt has 72 tokens; the model's context is 64");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_too_many_logprobs)
+{
+    job j = make_job(4, 5, 3);
+    j.logprobs = ENGINE_MAX_LOGPROBS + 1;
+    expect_reject_then_serve(&j, "logprobs must be between 0 and 20 (got 21)");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_negative_logprobs)
+{
+    job j = make_job(4, 5, 3);
+    j.logprobs = -1;
+    expect_reject_then_serve(&j, "logprobs must be between 0 and 20 (got -1)");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_negative_temperature)
+{
+    job j = make_job(4, 5, 3);
+    j.sp.temperature = -1.0f;
+    expect_reject_then_serve(&j, "temperature must be a finite number >= 0");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_top_p_zero)
+{
+    job j = make_job(4, 5, 3);
+    j.sp.top_p = 0.0f;
+    expect_reject_then_serve(&j, "top_p must be in (0, 1]");
+}
+END_TEST
+
+START_TEST(test_submit_rejects_when_engine_is_full_then_accepts_after_one_finishes)
+{
+    engine *e = new_engine(g.m, 2, 0);
+    collector c[2];
+    memset(c, 0, sizeof c);
+    job a = make_job(4, 8, 2), b = make_job(5, 9, 6);
+    submit_ok(e, &a, &c[0]);
+    submit_ok(e, &b, &c[1]);
+    job third = make_job(3, 10, 3);
+    expect_reject(e, &third, "engine is full (2 sequences running)");
+    /* four steps have run: a (2 tokens) is done, b is still going */
+    ck_assert_int_eq(c[0].done_calls, 1);
+    ck_assert_int_eq(engine_running(e), 1);
+    collector c3;
+    memset(&c3, 0, sizeof c3);
+    submit_ok(e, &third, &c3);
+    run_to_end(e);
+    ck_assert_int_eq(c[1].n, 6);
+    ck_assert_int_eq(c[1].done_calls, 1);
+    ck_assert_int_eq(c3.n, 3);
+    ck_assert_int_eq(c3.done_calls, 1);
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_submit_rejects_on_the_fly_adapter_with_fewer_layers_than_the_model)
+{
+    /* The same check engine_submit makes for merged weights ("merged weights are for
+     * another model") and variant_merge makes for a mix ("adapter has 1 layers, base
+     * model has 2"). Without it, the first step's variant_apply reads
+     * lora_weights_get(w, 1, p) past the end of a 1-layer table. */
+    lora_weights *w = lora_weights_new(1);
+    ck_assert_ptr_nonnull(w);
+    lora_matrix *lm = lora_weights_at(w, 0, PROJ_Q);
+    lm->r = 2;
+    lm->scale = 1.0f;
+    lm->a = calloc(2 * HIDDEN, sizeof(float));
+    lm->b = calloc((size_t)proj_out[0] * 2, sizeof(float));
+    ck_assert(lm->a && lm->b);
+    w->max_rank = 2;
+    variant_mix mix = {.n = 1, .t = {{w, 1.0f}}};
+    lr_error err = {0};
+    ck_assert_ptr_null(variant_merge(g.m, &mix, &err));   /* merging it is refused */
+
+    engine *e = new_engine(g.m, 4, 0);
+    job j = make_job(4, 5, 3);
+    j.lora = &mix;
+    collector c;
+    memset(&c, 0, sizeof c);
+    engine_request r = make_request(&j, &c);
+    memset(&err, 0, sizeof err);
+    int rc = engine_submit(e, &r, &err);
+    if (rc == 0) {
+        engine_destroy(e);   /* finishes it with ERROR before any step reads the table */
+        lora_weights_free(w);
+        ck_abort_msg("engine_submit accepted an on-the-fly adapter with 1 layer for a "
+                     "2-layer model (core/engine.c engine_submit checks req->merged but not "
+                     "req->lora); engine_step would read past the adapter's table");
+    }
+    ck_assert_msg(strstr(err.msg, "layer") != NULL, "message \"%s\" does not name the layer "
+                  "mismatch", err.msg);
+    ck_assert_int_eq(c.done_calls, 0);
+    engine_destroy(e);
+    lora_weights_free(w);
+}
+END_TEST
+
+static Suite *engine_suite(void)
+{
+    Suite *s = suite_create("engine");
+    TCase *core = tcase_create("core");
+    tcase_add_unchecked_fixture(core, fixture_setup, fixture_teardown);
+    tcase_set_timeout(core, 60);
+    tcase_add_test(core, test_adapters_change_the_output_so_batch_tests_mean_something);
+    tcase_add_test(core, test_batch_invariance_mixed_variants_prefill_and_decode_in_one_step);
+    tcase_add_test(core, test_batch_invariance_with_prompts_prefilled_in_chunks_of_three_rows);
+    tcase_add_test(core, test_batch_invariance_of_seeded_sampling);
+    tcase_add_test(core, test_merged_equals_on_the_fly_for_each_adapter);
+    tcase_add_test(core, test_merged_mix_equals_on_the_fly_mix);
+    tcase_add_test(core, test_greedy_token_is_top_logprob_and_logprobs_are_normalized);
+    tcase_add_test(core, test_finishes_with_length_after_exactly_max_tokens);
+    tcase_add_test(core, test_token_callback_returning_nonzero_finishes_with_stop);
+    tcase_add_test(core, test_eos_finishes_with_stop_unless_ignore_eos);
+    tcase_add_test(core, test_context_full_finishes_with_length);
+    tcase_add_test(core, test_seeded_sampling_is_reproducible_and_seed_dependent);
+    tcase_add_test(core, test_base_weights_untouched_by_merge_requests_and_variant_free);
+    tcase_add_test(core, test_destroy_finishes_running_requests_with_error_once);
+    suite_add_tcase(s, core);
+
+    TCase *lim = tcase_create("limits");
+    tcase_add_unchecked_fixture(lim, fixture_setup, fixture_teardown);
+    tcase_set_timeout(lim, 60);
+    tcase_add_test(lim, test_submit_rejects_empty_prompt);
+    tcase_add_test(lim, test_submit_rejects_max_tokens_zero);
+    tcase_add_test(lim, test_submit_rejects_negative_token_id);
+    tcase_add_test(lim, test_submit_rejects_token_id_equal_to_vocab);
+    tcase_add_test(lim, test_submit_rejects_prompt_as_long_as_the_context);
+    tcase_add_test(lim, test_submit_rejects_prompt_longer_than_the_context);
+    tcase_add_test(lim, test_submit_rejects_too_many_logprobs);
+    tcase_add_test(lim, test_submit_rejects_negative_logprobs);
+    tcase_add_test(lim, test_submit_rejects_negative_temperature);
+    tcase_add_test(lim, test_submit_rejects_top_p_zero);
+    tcase_add_test(lim, test_submit_rejects_when_engine_is_full_then_accepts_after_one_finishes);
+    tcase_add_test(lim, test_submit_rejects_on_the_fly_adapter_with_fewer_layers_than_the_model);
+    suite_add_tcase(s, lim);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(engine_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,1070 @@
+/* Tests for core/config and core/model: tiny Llama checkpoints written here (F32 through
+ * safetensors_write, F16/BF16/I32 and broken files as raw bytes), loaded back. Expected
+ * values come from a formula or from bit patterns worked out independently (Python's
+ * struct module for F16, the bf16 = top half of an fp32 rule), never from the loader. */
+#include <check.h>
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/model.h"
+#include "core/safetensors.h"
+
+/* ---- the tiny model: its shape and its tensor list, written out independently of
+ * core/model.c (names as in Hugging Face Llama checkpoints) ---- */
+
+typedef struct {
+    int vocab, hidden, inter, layers, heads, kv_heads, head_dim, tied;
+} tiny;
+
+static tiny tiny_default(void)
+{
+    tiny t = {.vocab = 16, .hidden = 8, .inter = 12, .layers = 2, .heads = 2, .kv_heads = 1,
+              .head_dim = 4, .tied = 0};
+    return t;
+}
+
+enum { R_EMBED, R_NORM, R_LM_HEAD, R_ATTN_NORM, R_FFN_NORM, R_PROJ };
+
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    int role, layer, proj;   /* where model_load should put it */
+    const char *dtype;       /* NULL: the file's dtype */
+} tspec;
+
+#define MAX_T 64
+
+static const char *const proj_hf[7] = {"self_attn.q_proj", "self_attn.k_proj",
+                                       "self_attn.v_proj", "self_attn.o_proj",
+                                       "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+
+static void spec_add(tspec *s, int *n, int role, int layer, int proj, int64_t d0, int64_t d1,
+                     const char *name)
+{
+    ck_assert_int_lt(*n, MAX_T);
+    tspec *t = &s[(*n)++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = d1 < 0 ? 1 : 2;
+    t->shape[0] = d0;
+    t->shape[1] = d1 < 0 ? 0 : d1;
+    t->role = role;
+    t->layer = layer;
+    t->proj = proj;
+}
+
+/* Every tensor of the tiny model, in a fixed order (the index k drives the values). */
+static int tiny_tensors(const tiny *t, tspec *s)
+{
+    int n = 0, q = t->heads * t->head_dim, kv = t->kv_heads * t->head_dim;
+    const int64_t outs[7] = {q, kv, kv, t->hidden, t->inter, t->inter, t->hidden};
+    const int64_t ins[7] = {t->hidden, t->hidden, t->hidden, q, t->hidden, t->hidden, t->inter};
+    spec_add(s, &n, R_EMBED, 0, 0, t->vocab, t->hidden, "model.embed_tokens.weight");
+    spec_add(s, &n, R_NORM, 0, 0, t->hidden, -1, "model.norm.weight");
+    if (!t->tied)
+        spec_add(s, &n, R_LM_HEAD, 0, 0, t->vocab, t->hidden, "lm_head.weight");
+    for (int l = 0; l < t->layers; l++) {
+        char nm[96];
+        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
+        spec_add(s, &n, R_ATTN_NORM, l, 0, t->hidden, -1, nm);
+        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
+        spec_add(s, &n, R_FFN_NORM, l, 0, t->hidden, -1, nm);
+        for (int p = 0; p < 7; p++) {
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, proj_hf[p]);
+            spec_add(s, &n, R_PROJ, l, p, outs[p], ins[p], nm);
+        }
+    }
+    return n;
+}
+
+static int64_t spec_numel(const tspec *s)
+{
+    return s->ndim == 1 ? s->shape[0] : s->shape[0] * s->shape[1];
+}
+
+static tspec *spec_find(tspec *s, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(s[i].name, name) == 0)
+            return &s[i];
+    ck_abort_msg("test bug: no tensor %s", name);
+    return NULL;
+}
+
+/* Element i of tensor k in F32 files: distinct, exactly representable values. */
+static float f32_value(int k, int64_t i)
+{
+    return (float)((k * 131 + i * 7) % 257 - 128) / 64.0f;
+}
+
+/* Half-precision bit patterns and their exact values (Python struct '<e'). */
+static const struct {
+    uint16_t bits;
+    float value;
+} f16_table[] = {
+    {0x0000, 0.0f},      {0x8000, -0.0f},          {0x3C00, 1.0f},
+    {0xC000, -2.0f},     {0x3555, 0x1.554p-2f},    {0x7BFF, 65504.0f},
+    {0x0001, 0x1p-24f},  {0x03FF, 0x1.ff8p-15f},   {0x0400, 0x1p-14f},
+    {0xB800, -0.5f},     {0x4248, 3.140625f},      {0x7C00, INFINITY},
+    {0xFC00, -INFINITY},
+};
+
+/* bfloat16 patterns: the value is the fp32 whose top 16 bits they are. */
+static const struct {
+    uint16_t bits;
+    float value;
+} bf16_table[] = {
+    {0x3F80, 1.0f},       {0xC040, -3.0f},        {0x3EAB, 0x1.56p-2f},
+    {0x0001, 0x1p-133f},  {0x7F7F, 0x1.fep+127f}, {0x8000, -0.0f},
+    {0x4049, 3.140625f},  {0xBF00, -0.5f},        {0x0080, 0x1p-126f},
+};
+
+#define F16_N ((int)(sizeof f16_table / sizeof *f16_table))
+#define BF16_N ((int)(sizeof bf16_table / sizeof *bf16_table))
+
+/* The value model_load must produce for element i of tensor k in a file of dtype. */
+static float expected_value(const char *dtype, int k, int64_t i)
+{
+    if (strcmp(dtype, "F16") == 0)
+        return f16_table[(k + i) % F16_N].value;
+    if (strcmp(dtype, "BF16") == 0)
+        return bf16_table[(k + i) % BF16_N].value;
+    return f32_value(k, i);
+}
+
+/* ---- files and directories ---- */
+
+static char *make_dir(void)
+{
+    char *d = strdup("/tmp/model_test_XXXXXX");
+    ck_assert_ptr_nonnull(d);
+    ck_assert_ptr_nonnull(mkdtemp(d));
+    return d;
+}
+
+static void remove_dir(char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char path[512];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+                unlink(path);
+            }
+        closedir(d);
+    }
+    rmdir(dir);
+    free(dir);
+}
+
+static void write_text(const char *dir, const char *file, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fwrite(text, 1, strlen(text), f), strlen(text));
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+/* Writes the JSON object and drops the reference. */
+static void write_json(const char *dir, const char *file, json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2));
+    ck_assert_ptr_nonnull(s);
+    write_text(dir, file, s);
+    free(s);
+    json_decref(j);
+}
+
+/* config.json of the tiny model, as transformers writes it for LlamaForCausalLM. */
+static json_t *tiny_config(const tiny *t)
+{
+    json_t *j = json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, s:b, "
+                          "s:i, s:i, s:s, s:b, s:b}",
+                          "architectures", "LlamaForCausalLM", "model_type", "llama",
+                          "vocab_size", t->vocab, "hidden_size", t->hidden,
+                          "intermediate_size", t->inter, "num_hidden_layers", t->layers,
+                          "num_attention_heads", t->heads, "num_key_value_heads", t->kv_heads,
+                          "max_position_embeddings", 32, "rms_norm_eps", 1e-5,
+                          "rope_theta", 10000.0, "hidden_act", "silu",
+                          "tie_word_embeddings", t->tied, "bos_token_id", 1, "eos_token_id", 2,
+                          "torch_dtype", "float32", "attention_bias", 0, "mlp_bias", 0);
+    ck_assert_ptr_nonnull(j);
+    return j;
+}
+
+/* F32 tensors s[0..n) (global indices k0..) through safetensors_write. */
+static void write_f32(const char *path, const tspec *s, int n, int k0)
+{
+    st_write_tensor w[MAX_T];
+    float *data[MAX_T];
+    memset(w, 0, sizeof w);
+    for (int i = 0; i < n; i++) {
+        int64_t ne = spec_numel(&s[i]);
+        data[i] = malloc((size_t)ne * sizeof(float));
+        ck_assert_ptr_nonnull(data[i]);
+        for (int64_t e = 0; e < ne; e++)
+            data[i][e] = f32_value(k0 + i, e);
+        w[i].name = s[i].name;
+        w[i].ndim = s[i].ndim;
+        w[i].shape[0] = s[i].shape[0];
+        w[i].shape[1] = s[i].shape[1];
+        w[i].data = data[i];
+    }
+    lr_error err = {0};
+    int rc = safetensors_write(path, w, n, NULL, &err);
+    for (int i = 0; i < n; i++)
+        free(data[i]);
+    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
+}
+
+/* Any dtype, bytes by hand: F16/BF16 cycle through the tables, F32 uses f32_value, I32
+ * holds the element index. Each tensor may override the file's dtype. The header is
+ * padded with spaces to a multiple of 8 bytes, plus `skew` more (skew 2 puts every tensor
+ * of the data section at an address that is not 4-byte aligned in the mapping). */
+static void write_raw(const char *path, const tspec *s, int n, const char *dtype, int skew)
+{
+    size_t hcap = 16384, hlen = 0, off = 0;
+    char *hdr = malloc(hcap);
+    ck_assert_ptr_nonnull(hdr);
+    size_t offs[MAX_T], sizes[MAX_T];
+    hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "{");
+    for (int i = 0; i < n; i++) {
+        const char *dt = s[i].dtype ? s[i].dtype : dtype;
+        size_t es = strcmp(dt, "F16") == 0 || strcmp(dt, "BF16") == 0 ? 2 : 4;
+        sizes[i] = (size_t)spec_numel(&s[i]) * es;
+        offs[i] = off;
+        char shape[64];
+        if (s[i].ndim == 1)
+            snprintf(shape, sizeof shape, "[%lld]", (long long)s[i].shape[0]);
+        else
+            snprintf(shape, sizeof shape, "[%lld,%lld]", (long long)s[i].shape[0],
+                     (long long)s[i].shape[1]);
+        hlen += (size_t)snprintf(hdr + hlen, hcap - hlen,
+                                 "%s\"%s\":{\"dtype\":\"%s\",\"shape\":%s,"
+                                 "\"data_offsets\":[%zu,%zu]}",
+                                 i ? "," : "", s[i].name, dt, shape, off, off + sizes[i]);
+        off += sizes[i];
+        ck_assert_uint_lt(hlen, hcap - 64);
+    }
+    hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "}");
+    while (hlen % 8)
+        hdr[hlen++] = ' ';
+    for (int i = 0; i < skew; i++)
+        hdr[hlen++] = ' ';
+    unsigned char *data = calloc(off ? off : 1, 1);
+    ck_assert_ptr_nonnull(data);
+    for (int i = 0; i < n; i++) {
+        const char *dt = s[i].dtype ? s[i].dtype : dtype;
+        unsigned char *p = data + offs[i];
+        for (int64_t e = 0; e < spec_numel(&s[i]); e++) {
+            uint32_t v;
+            if (strcmp(dt, "F16") == 0)
+                v = f16_table[(i + e) % F16_N].bits;
+            else if (strcmp(dt, "BF16") == 0)
+                v = bf16_table[(i + e) % BF16_N].bits;
+            else if (strcmp(dt, "I32") == 0)
+                v = (uint32_t)e;
+            else {
+                float f = f32_value(i, e);
+                memcpy(&v, &f, 4);
+            }
+            size_t es = strcmp(dt, "F16") == 0 || strcmp(dt, "BF16") == 0 ? 2 : 4;
+            for (size_t b = 0; b < es; b++)  /* little-endian */
+                p[(size_t)e * es + b] = (unsigned char)(v >> (8 * b));
+        }
+    }
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    unsigned char len8[8];
+    for (int b = 0; b < 8; b++)
+        len8[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
+    ck_assert_int_eq(fwrite(len8, 1, 8, f), 8);
+    ck_assert_int_eq(fwrite(hdr, 1, hlen, f), hlen);
+    if (off)
+        ck_assert_int_eq(fwrite(data, 1, off, f), off);
+    ck_assert_int_eq(fclose(f), 0);
+    free(hdr);
+    free(data);
+}
+
+/* Writes DIR/model.safetensors with tensors s in dtype ("F32" through safetensors_write). */
+static void write_weights(const char *dir, const tspec *s, int n, const char *dtype)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (strcmp(dtype, "F32") == 0)
+        write_f32(path, s, n, 0);
+    else
+        write_raw(path, s, n, dtype, 0);
+}
+
+/* A complete tiny model directory (config.json + model.safetensors). */
+static char *make_model(const tiny *t, const char *dtype)
+{
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(t, s);
+    write_json(dir, "config.json", tiny_config(t));
+    write_weights(dir, s, n, dtype);
+    return dir;
+}
+
+static model *load_ok(const char *dir)
+{
+    lr_error err = {0};
+    model *m = model_load(dir, &err);
+    ck_assert_msg(m != NULL, "model_load(%s) failed: %s", dir, err.msg);
+    return m;
+}
+
+static model_config config_ok(const char *dir)
+{
+    model_config c;
+    lr_error err = {0};
+    int rc = model_config_load(dir, &c, &err);
+    ck_assert_msg(rc == 0, "model_config_load failed: %s", err.msg);
+    return c;
+}
+
+/* Where model_load put tensor s. */
+static const float *loaded(const model *m, const tspec *s)
+{
+    switch (s->role) {
+    case R_EMBED:     return m->embed;
+    case R_NORM:      return m->norm;
+    case R_LM_HEAD:   return m->lm_head;
+    case R_ATTN_NORM: return m->layers[s->layer].attn_norm;
+    case R_FFN_NORM:  return m->layers[s->layer].ffn_norm;
+    default:          return m->layers[s->layer].w[s->proj];
+    }
+}
+
+/* Every element of every tensor equals the expected value, bit for bit (so -0.0 and
+ * infinities count). */
+static void check_all_one(const model *m, const tspec *s, int k, const char *dtype)
+{
+    const float *got = loaded(m, s);
+    ck_assert_msg(got != NULL, "%s not loaded", s->name);
+    for (int64_t e = 0; e < spec_numel(s); e++) {
+        float want = expected_value(dtype, k, e);
+        uint32_t gb, wb;
+        memcpy(&gb, &got[e], 4);
+        memcpy(&wb, &want, 4);
+        ck_assert_msg(gb == wb, "%s %s[%lld] = %a (0x%08x), expected %a (0x%08x)", dtype,
+                      s->name, (long long)e, (double)got[e], gb, (double)want, wb);
+    }
+}
+
+static void check_all(const model *m, const tspec *s, int n, const char *dtype)
+{
+    for (int k = 0; k < n; k++)
+        check_all_one(m, &s[k], k, dtype);
+}
+
+/* model_load must fail, with a message containing want, and leak nothing (ASan). */
+static void expect_fail(const char *dir, const char *want)
+{
+    lr_error err = {0};
+    model *m = model_load(dir, &err);
+    if (m)
+        model_free(m);
+    ck_assert_msg(m == NULL, "model_load succeeded, expected failure with \"%s\"", want);
+    ck_assert_int_lt(err.code, 0);
+    ck_assert_msg(strstr(err.msg, want) != NULL, "message \"%s\" lacks \"%s\"", err.msg, want);
+}
+
+/* A valid F32 model whose config.json gets one key set (value stolen) or, with
+ * value NULL, removed; model_load must fail with want in the message. */
+static void expect_config_fail(const char *key, json_t *value, const char *want)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    json_t *c = tiny_config(&t);
+    if (value)
+        json_object_set_new(c, key, value);
+    else
+        json_object_del(c, key);
+    write_json(dir, "config.json", c);
+    expect_fail(dir, want);
+    remove_dir(dir);
+}
+
+/* ================================ core ================================ */
+
+START_TEST(test_untied_f32_model_loads_every_tensor_exactly)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    model *m = load_ok(dir);
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    check_all(m, s, n, "F32");
+    ck_assert_ptr_ne(m->lm_head, m->embed);
+    ck_assert_str_eq(m->dtype, "F32");
+    ck_assert_int_eq(m->n_shards, 1);
+    /* 16·8 embed + 16·8 lm_head + 8 norm + 2 × (8+8 norms + 64+32+32+64 attn + 3·96 mlp) */
+    ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 128 + 8 + 2 * (16 + 192 + 288)) * 4);
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_tied_model_shares_embedding_as_lm_head_without_lm_head_tensor)
+{
+    tiny t = tiny_default();
+    t.tied = 1;
+    char *dir = make_model(&t, "F32");
+    model *m = load_ok(dir);
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    check_all(m, s, n, "F32");
+    ck_assert_int_eq(m->cfg.tie_embeddings, 1);
+    ck_assert_ptr_eq(m->lm_head, m->embed);
+    ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 8 + 2 * (16 + 192 + 288)) * 4);
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_config_fields_are_parsed_from_config_json)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    model *m = load_ok(dir);
+    const model_config *c = &m->cfg;
+    ck_assert_int_eq(c->arch, ARCH_LLAMA);
+    ck_assert_str_eq(c->arch_name, "LlamaForCausalLM");
+    ck_assert_int_eq(c->vocab_size, 16);
+    ck_assert_int_eq(c->hidden, 8);
+    ck_assert_int_eq(c->intermediate, 12);
+    ck_assert_int_eq(c->n_layers, 2);
+    ck_assert_int_eq(c->n_heads, 2);
+    ck_assert_int_eq(c->n_kv_heads, 1);
+    ck_assert_int_eq(c->head_dim, 4);
+    ck_assert_int_eq(c->max_positions, 32);
+    ck_assert_float_eq(c->rope_theta, 10000.0f);
+    ck_assert_float_eq(c->rms_eps, 1e-5f);
+    ck_assert_int_eq(c->tie_embeddings, 0);
+    ck_assert_int_eq(c->qkv_bias, 0);
+    ck_assert_int_eq(c->sliding_window, 0);
+    ck_assert_int_eq(c->rope_llama3, 0);
+    ck_assert_int_eq(c->bos_id, 1);
+    ck_assert_int_eq(c->n_eos, 1);
+    ck_assert_int_eq(c->eos_ids[0], 2);
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_config_defaults_kv_heads_to_heads_and_head_dim_to_hidden_over_heads)
+{
+    /* A full load with num_key_value_heads absent: k/v_proj must then be [8, 8]. */
+    tiny t = tiny_default();
+    t.kv_heads = t.heads;
+    char *dir = make_model(&t, "F32");
+    json_t *j = tiny_config(&t);
+    json_object_del(j, "num_key_value_heads");
+    json_object_del(j, "max_position_embeddings");
+    json_object_del(j, "rope_theta");
+    json_object_del(j, "rms_norm_eps");
+    json_object_del(j, "tie_word_embeddings");
+    write_json(dir, "config.json", j);
+    model *m = load_ok(dir);
+    ck_assert_int_eq(m->cfg.n_kv_heads, 2);
+    ck_assert_int_eq(m->cfg.head_dim, 4);
+    ck_assert_int_eq(m->cfg.max_positions, 2048);   /* transformers' LlamaConfig defaults */
+    ck_assert_float_eq(m->cfg.rope_theta, 10000.0f);
+    ck_assert_float_eq(m->cfg.rms_eps, 1e-6f);
+    ck_assert_int_eq(m->cfg.tie_embeddings, 0);
+    int out, in;
+    model_config_proj_shape(&m->cfg, PROJ_K, &out, &in);
+    ck_assert_int_eq(out, 8);
+    ck_assert_int_eq(in, 8);
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_explicit_head_dim_sets_projection_shapes)
+{
+    /* head_dim 8 with hidden 8 and 2 heads: q is [16, 8], o is [8, 16], k/v [8, 8]. */
+    tiny t = tiny_default();
+    t.head_dim = 8;
+    char *dir = make_model(&t, "F32");
+    json_t *j = tiny_config(&t);
+    json_object_set_new(j, "head_dim", json_integer(8));
+    write_json(dir, "config.json", j);
+    model *m = load_ok(dir);
+    ck_assert_int_eq(m->cfg.head_dim, 8);
+    int out, in;
+    model_config_proj_shape(&m->cfg, PROJ_Q, &out, &in);
+    ck_assert_int_eq(out, 16);
+    ck_assert_int_eq(in, 8);
+    model_config_proj_shape(&m->cfg, PROJ_O, &out, &in);
+    ck_assert_int_eq(out, 8);
+    ck_assert_int_eq(in, 16);
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    check_all(m, s, n, "F32");
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_eos_token_id_may_be_an_int_or_a_list)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    json_t *j = tiny_config(&t);
+    json_object_set_new(j, "eos_token_id", json_integer(7));
+    write_json(dir, "config.json", j);
+    model_config c = config_ok(dir);
+    ck_assert_int_eq(c.n_eos, 1);
+    ck_assert_int_eq(c.eos_ids[0], 7);
+
+    j = tiny_config(&t);
+    json_object_set_new(j, "eos_token_id", json_pack("[i,i,i]", 2, 5, 9));
+    write_json(dir, "config.json", j);
+    c = config_ok(dir);
+    ck_assert_int_eq(c.n_eos, 3);
+    ck_assert_int_eq(c.eos_ids[0], 2);
+    ck_assert_int_eq(c.eos_ids[1], 5);
+    ck_assert_int_eq(c.eos_ids[2], 9);
+
+    j = tiny_config(&t);
+    json_object_del(j, "eos_token_id");
+    json_object_del(j, "bos_token_id");
+    write_json(dir, "config.json", j);
+    c = config_ok(dir);
+    ck_assert_int_eq(c.n_eos, 0);
+    ck_assert_int_eq(c.bos_id, -1);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_generation_config_overrides_bos_and_eos)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    write_json(dir, "config.json", tiny_config(&t));   /* bos 1, eos 2 */
+    write_text(dir, "generation_config.json",
+               "{\"_from_model_config\": true, \"bos_token_id\": 3, "
+               "\"eos_token_id\": [4, 11], \"do_sample\": true, \"temperature\": 0.6}");
+    model_config c = config_ok(dir);
+    ck_assert_int_eq(c.bos_id, 3);
+    ck_assert_int_eq(c.n_eos, 2);
+    ck_assert_int_eq(c.eos_ids[0], 4);
+    ck_assert_int_eq(c.eos_ids[1], 11);
+
+    /* An integer eos in generation_config.json replaces config.json's list. */
+    json_t *j = tiny_config(&t);
+    json_object_set_new(j, "eos_token_id", json_pack("[i,i]", 2, 5));
+    write_json(dir, "config.json", j);
+    write_text(dir, "generation_config.json", "{\"eos_token_id\": 13}");
+    c = config_ok(dir);
+    ck_assert_int_eq(c.bos_id, 1);
+    ck_assert_int_eq(c.n_eos, 1);
+    ck_assert_int_eq(c.eos_ids[0], 13);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_f16_weights_convert_to_exact_fp32_values)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F16");
+    model *m = load_ok(dir);
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    check_all(m, s, n, "F16");
+    ck_assert_str_eq(m->dtype, "F16");
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_bf16_weights_convert_to_exact_fp32_values)
+{
+    tiny t = tiny_default();
+    t.tied = 1;
+    char *dir = make_model(&t, "BF16");
+    model *m = load_ok(dir);
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    check_all(m, s, n, "BF16");
+    ck_assert_str_eq(m->dtype, "BF16");
+    ck_assert_ptr_eq(m->lm_head, m->embed);
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_unaligned_f32_tensors_are_copied_exactly)
+{
+    /* Safetensors does not promise alignment; an F32 tensor 2 bytes off must still load
+     * (copied into the read-only arena, read without misaligned float access). */
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    write_raw(path, s, n, "F32", 2);
+    write_json(dir, "config.json", tiny_config(&t));
+    model *m = load_ok(dir);
+    ck_assert_str_eq(m->dtype, "F32");
+    ck_assert_uint_eq((uintptr_t)m->embed % 4, 0);
+    ck_assert_uint_eq((uintptr_t)m->layers[1].w[PROJ_UP] % 4, 0);
+    check_all(m, s, n, "F32");
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_mixed_dtype_checkpoint_loads_each_tensor_in_its_dtype)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    spec_find(s, n, "model.embed_tokens.weight")->dtype = "F16";
+    spec_find(s, n, "model.layers.1.self_attn.o_proj.weight")->dtype = "F32";
+    write_weights(dir, s, n, "BF16");
+    write_json(dir, "config.json", tiny_config(&t));
+    model *m = load_ok(dir);
+    ck_assert_str_eq(m->dtype, "mixed");
+    for (int k = 0; k < n; k++)
+        check_all_one(m, &s[k], k, s[k].dtype ? s[k].dtype : "BF16");
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+/* Writes through a loaded weight pointer; the test expects the process to die of SIGSEGV.
+ * The directory is removed first (the mapping outlives the unlinked file), and the
+ * default SIGSEGV action is restored so ASan's handler does not turn it into exit(1). */
+static void write_into_weight(char *dir, float *w)
+{
+    remove_dir(dir);
+    signal(SIGSEGV, SIG_DFL);
+    *(volatile float *)w = 42.0f;
+    ck_abort_msg("writing to a loaded weight did not fault: the weights are writable");
+}
+
+START_TEST(test_write_to_f32_mapped_weight_raises_sigsegv)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    model *m = load_ok(dir);
+    ck_assert_str_eq(m->dtype, "F32");
+    write_into_weight(dir, (float *)m->layers[1].w[PROJ_DOWN]);
+}
+END_TEST
+
+START_TEST(test_write_to_bf16_converted_weight_raises_sigsegv)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "BF16");
+    model *m = load_ok(dir);
+    ck_assert_str_eq(m->dtype, "BF16");
+    write_into_weight(dir, (float *)m->embed);
+}
+END_TEST
+
+/* Two shards split after tensor `split`, and the index that names them. */
+static char *make_sharded(const tiny *t, int split, json_t **index_out)
+{
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(t, s);
+    write_json(dir, "config.json", tiny_config(t));
+    char path[512];
+    snprintf(path, sizeof path, "%s/model-00001-of-00002.safetensors", dir);
+    write_f32(path, s, split, 0);
+    snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", dir);
+    write_f32(path, s + split, n - split, split);
+    json_t *map = json_object();
+    for (int k = 0; k < n; k++)
+        json_object_set_new(map, s[k].name, json_string(k < split
+                                                        ? "model-00001-of-00002.safetensors"
+                                                        : "model-00002-of-00002.safetensors"));
+    json_t *index = json_pack("{s:{s:i}, s:o}", "metadata", "total_size", 4 * 1000,
+                              "weight_map", map);
+    ck_assert_ptr_nonnull(index);
+    if (index_out) {
+        *index_out = index;
+    } else {
+        write_json(dir, "model.safetensors.index.json", index);
+    }
+    return dir;
+}
+
+START_TEST(test_sharded_model_with_index_loads_tensors_from_each_shard)
+{
+    tiny t = tiny_default();
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    int split = 3 + 2 + 7;   /* embed, norm, lm_head, all of layer 0 in shard 1 */
+    char *dir = make_sharded(&t, split, NULL);
+    model *m = load_ok(dir);
+    ck_assert_int_eq(m->n_shards, 2);
+    /* one tensor from each shard, spot-checked, then everything */
+    const tspec *e = spec_find(s, n, "model.embed_tokens.weight");
+    const tspec *d = spec_find(s, n, "model.layers.1.mlp.down_proj.weight");
+    ck_assert_float_eq(m->embed[5], f32_value((int)(e - s), 5));
+    ck_assert_float_eq(m->layers[1].w[PROJ_DOWN][95], f32_value((int)(d - s), 95));
+    check_all(m, s, n, "F32");
+    model_free(m);
+    remove_dir(dir);
+}
+END_TEST
+
+/* ================================ limits ================================ */
+
+START_TEST(test_refuses_dir_without_config_json)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ck_assert_int_eq(unlink(path), 0);
+    expect_fail(dir, "config.json: cannot open");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_config_json_that_is_not_json)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    write_text(dir, "config.json", "{\"architectures\": [\"LlamaForCausalLM\"], hidden_size");
+    expect_fail(dir, "config.json: invalid JSON");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_config_without_architectures)
+{
+    expect_config_fail("architectures", NULL, "'architectures' must be a list with one name");
+}
+END_TEST
+
+START_TEST(test_refuses_unsupported_architecture_listing_supported_ones)
+{
+    expect_config_fail("architectures", json_pack("[s]", "GPT2LMHeadModel"),
+                       "'architectures' GPT2LMHeadModel is not supported (supported: "
+                       "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)");
+}
+END_TEST
+
+START_TEST(test_refuses_config_missing_hidden_size)
+{
+    expect_config_fail("hidden_size", NULL, "missing required key 'hidden_size'");
+}
+END_TEST
+
+START_TEST(test_refuses_zero_num_hidden_layers)
+{
+    expect_config_fail("num_hidden_layers", json_integer(0),
+                       "'num_hidden_layers' = 0 is out of range");
+}
+END_TEST
+
+START_TEST(test_refuses_negative_intermediate_size)
+{
+    expect_config_fail("intermediate_size", json_integer(-12),
+                       "'intermediate_size' = -12 is out of range");
+}
+END_TEST
+
+START_TEST(test_refuses_hidden_not_multiple_of_heads_without_head_dim)
+{
+    expect_config_fail("num_attention_heads", json_integer(3),
+                       "hidden_size 8 is not a multiple of num_attention_heads 3");
+}
+END_TEST
+
+START_TEST(test_refuses_heads_not_multiple_of_kv_heads)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    json_t *c = tiny_config(&t);
+    json_object_set_new(c, "num_attention_heads", json_integer(4));
+    json_object_set_new(c, "num_key_value_heads", json_integer(3));
+    write_json(dir, "config.json", c);
+    expect_fail(dir, "num_attention_heads 4 is not a multiple of num_key_value_heads 3");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_odd_head_dim)
+{
+    expect_config_fail("head_dim", json_integer(5), "'head_dim' 5 must be even for RoPE");
+}
+END_TEST
+
+START_TEST(test_refuses_hidden_act_gelu)
+{
+    expect_config_fail("hidden_act", json_string("gelu"),
+                       "'hidden_act' gelu is not supported (supported: silu)");
+}
+END_TEST
+
+START_TEST(test_refuses_rope_scaling_yarn_naming_supported_types)
+{
+    expect_config_fail("rope_scaling", json_pack("{s:s, s:f, s:i}", "rope_type", "yarn",
+                                                 "factor", 4.0,
+                                                 "original_max_position_embeddings", 32),
+                       "'rope_scaling' type 'yarn' is not supported (supported: llama3, "
+                       "default)");
+}
+END_TEST
+
+START_TEST(test_refuses_rope_scaling_linear_legacy_type_key)
+{
+    expect_config_fail("rope_scaling", json_pack("{s:s, s:f}", "type", "linear", "factor", 2.0),
+                       "'rope_scaling' type 'linear' is not supported (supported: llama3, "
+                       "default)");
+}
+END_TEST
+
+START_TEST(test_refuses_mlp_bias_true)
+{
+    expect_config_fail("mlp_bias", json_true(), "'mlp_bias' true is not supported");
+}
+END_TEST
+
+START_TEST(test_refuses_attention_bias_true_for_llama)
+{
+    expect_config_fail("attention_bias", json_true(),
+                       "'attention_bias' true is not supported for LlamaForCausalLM");
+}
+END_TEST
+
+START_TEST(test_refuses_dir_without_any_weights)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    write_json(dir, "config.json", tiny_config(&t));
+    expect_fail(dir, "no model.safetensors or model.safetensors.index.json");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_pickle_pytorch_model_bin)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    write_json(dir, "config.json", tiny_config(&t));
+    write_text(dir, "pytorch_model.bin", "PK\003\004 not really a zip of pickles");
+    expect_fail(dir, "only pickle pytorch_model.bin found");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_missing_tensor_naming_it)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    tspec *up = spec_find(s, n, "model.layers.1.mlp.up_proj.weight");
+    *up = s[--n];   /* drop it */
+    write_json(dir, "config.json", tiny_config(&t));
+    write_weights(dir, s, n, "F32");
+    expect_fail(dir, "tensor 'model.layers.1.mlp.up_proj.weight' is missing");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_wrong_shape_showing_both_shapes)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    spec_find(s, n, "model.layers.0.self_attn.k_proj.weight")->shape[0] = 8;  /* not [4, 8] */
+    write_json(dir, "config.json", tiny_config(&t));
+    write_weights(dir, s, n, "F32");
+    expect_fail(dir, "tensor 'model.layers.0.self_attn.k_proj.weight' is [8,8], config.json "
+                     "implies [4,8]");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_wrong_rank_norm_vector)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    tspec *nrm = spec_find(s, n, "model.norm.weight");
+    nrm->ndim = 2;
+    nrm->shape[0] = 1;
+    nrm->shape[1] = 8;
+    write_json(dir, "config.json", tiny_config(&t));
+    write_weights(dir, s, n, "F32");
+    expect_fail(dir, "tensor 'model.norm.weight' is [1,8], config.json implies [8]");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_i32_tensor_naming_dtype)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    tspec s[MAX_T];
+    int n = tiny_tensors(&t, s);
+    spec_find(s, n, "model.layers.0.self_attn.v_proj.weight")->dtype = "I32";
+    write_json(dir, "config.json", tiny_config(&t));
+    write_weights(dir, s, n, "BF16");
+    expect_fail(dir, "tensor 'model.layers.0.self_attn.v_proj.weight' has dtype I32 "
+                     "(supported: F32, F16, BF16)");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_broken_safetensors_header_naming_the_file)
+{
+    tiny t = tiny_default();
+    char *dir = make_dir();
+    write_json(dir, "config.json", tiny_config(&t));
+    /* header length 24 (little-endian), then 24 bytes that are not JSON */
+    static const unsigned char bad[8 + 24] = {24, 0, 0, 0, 0, 0, 0, 0, '{', '"', 'm', 'o',
+                                              'd', 'e', 'l', '.', 'n', 'o', 'r', 'm', '"',
+                                              ':', '{', '"', 'd', 't', 'y', 'p', 'e', '"',
+                                              ' ', ' '};
+    char path[512], want[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fwrite(bad, 1, sizeof bad, f), sizeof bad);
+    ck_assert_int_eq(fclose(f), 0);
+    snprintf(want, sizeof want, "%s: header is not valid JSON", path);
+    expect_fail(dir, want);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_truncated_safetensors_naming_the_file)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    char path[512], want[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_int_eq(truncate(path, 200), 0);   /* header says more than is left */
+    snprintf(want, sizeof want, "%s: header length", path);
+    expect_fail(dir, want);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_index_weight_map_with_path_traversal)
+{
+    tiny t = tiny_default();
+    json_t *index;
+    char *dir = make_sharded(&t, 12, &index);
+    json_object_set_new(json_object_get(index, "weight_map"), "model.norm.weight",
+                        json_string("../x.safetensors"));
+    write_json(dir, "model.safetensors.index.json", index);
+    expect_fail(dir, "= '../x.safetensors' is not a plain file name");
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_index_naming_missing_shard)
+{
+    tiny t = tiny_default();
+    char *dir = make_sharded(&t, 12, NULL);
+    char path[512], want[600];
+    snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", dir);
+    ck_assert_int_eq(unlink(path), 0);
+    snprintf(want, sizeof want, "%s: cannot open", path);
+    expect_fail(dir, want);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(test_refuses_invalid_generation_config_json)
+{
+    tiny t = tiny_default();
+    char *dir = make_model(&t, "F32");
+    write_text(dir, "generation_config.json", "{\"eos_token_id\": [2, }");
+    expect_fail(dir, "generation_config.json: invalid JSON");
+    remove_dir(dir);
+}
+END_TEST
+
+static Suite *model_suite(void)
+{
+    Suite *s = suite_create("model");
+    TCase *core = tcase_create("core");
+    tcase_add_test(core, test_untied_f32_model_loads_every_tensor_exactly);
+    tcase_add_test(core, test_tied_model_shares_embedding_as_lm_head_without_lm_head_tensor);
+    tcase_add_test(core, test_config_fields_are_parsed_from_config_json);
+    tcase_add_test(core, test_config_defaults_kv_heads_to_heads_and_head_dim_to_hidden_over_heads);
+    tcase_add_test(core, test_explicit_head_dim_sets_projection_shapes);
+    tcase_add_test(core, test_eos_token_id_may_be_an_int_or_a_list);
+    tcase_add_test(core, test_generation_config_overrides_bos_and_eos);
+    tcase_add_test(core, test_f16_weights_convert_to_exact_fp32_values);
+    tcase_add_test(core, test_bf16_weights_convert_to_exact_fp32_values);
+    tcase_add_test(core, test_unaligned_f32_tensors_are_copied_exactly);
+    tcase_add_test(core, test_mixed_dtype_checkpoint_loads_each_tensor_in_its_dtype);
+    tcase_add_test_raise_signal(core, test_write_to_f32_mapped_weight_raises_sigsegv, SIGSEGV);
+    tcase_add_test_raise_signal(core, test_write_to_bf16_converted_weight_raises_sigsegv,
+                                SIGSEGV);
+    tcase_add_test(core, test_sharded_model_with_index_loads_tensors_from_each_shard);
+    suite_add_tcase(s, core);
+
+    TCase *lim = tcase_create("limits");
+    tcase_add_test(lim, test_refuses_dir_without_config_json);
+    tcase_add_test(lim, test_refuses_config_json_that_is_not_json);
+    tcase_add_test(lim, test_refuses_config_without_architectures);
+    tcase_add_test(lim, test_refuses_unsupported_architecture_listing_supported_ones);
+    tcase_add_test(lim, test_refuses_config_missing_hidden_size);
+    tcase_add_test(lim, test_refuses_zero_num_hidden_layers);
+    tcase_add_test(lim, test_refuses_negative_intermediate_size);
+    tcase_add_test(lim, test_refuses_hidden_not_multiple_of_heads_without_head_dim);
+    tcase_add_test(lim, test_refuses_heads_not_multiple_of_kv_heads);
+    tcase_add_test(lim, test_refuses_odd_head_dim);
+    tcase_add_test(lim, test_refuses_hidden_act_gelu);
+    tcase_add_test(lim, test_refuses_rope_scaling_yarn_naming_supported_types);
+    tcase_add_test(lim, test_refuses_rope_scaling_linear_legacy_type_key);
+    tcase_add_test(lim, test_refuses_mlp_bias_true);
+    tcase_add_test(lim, test_refuses_attention_bias_true_for_llama);
+    tcase_add_test(lim, test_refuses_dir_without_any_weights);
+    tcase_add_test(lim, test_refuses_pickle_pytorch_model_bin);
+    tcase_add_test(lim, test_refuses_missing_tensor_naming_it);
+    tcase_add_test(lim, test_refuses_wrong_shape_showing_both_shapes);
+    tcase_add_test(lim, test_refuses_wrong_rank_norm_vector);
+    tcase_add_test(lim, test_refuses_i32_tensor_naming_dtype);
+    tcase_add_test(lim, test_refuses_broken_safetensors_header_naming_the_file);
+    tcase_add_test(lim, test_refuses_truncated_safetensors_naming_the_file);
+    tcase_add_test(lim, test_refuses_index_weight_map_with_path_traversal);
+    tcase_add_test(lim, test_refuses_index_naming_missing_shard);
+    tcase_add_test(lim, test_refuses_invalid_generation_config_json);
+    suite_add_tcase(s, lim);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(model_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

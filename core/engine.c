@@ -130,6 +130,17 @@ int engine_submit(engine *e, const engine_request *req, lr_error *err)
         return err ? err->code : LR_EINVAL;
     if (req->merged && req->merged->n_layers != c->n_layers)
         return lr_error_set(err, LR_EINVAL, "merged weights are for another model");
+    if (req->lora) {
+        if (req->lora->n < 0 || req->lora->n > VARIANT_MAX_TERMS)
+            return lr_error_set(err, LR_EINVAL, "an adapter mix has %d terms (at most %d)",
+                                req->lora->n, VARIANT_MAX_TERMS);
+        for (int i = 0; i < req->lora->n; i++)
+            if (!req->lora->t[i].w || req->lora->t[i].w->n_layers != c->n_layers)
+                return lr_error_set(err, LR_EINVAL, "adapter %d of the mix has %d layers, the "
+                                    "base model has %d", i,
+                                    req->lora->t[i].w ? req->lora->t[i].w->n_layers : 0,
+                                    c->n_layers);
+    }
     int slot = -1;
     for (int i = 0; i < e->opt.max_seqs && slot < 0; i++)
         if (!e->seqs[i].used)
@@ -139,10 +150,11 @@ int engine_submit(engine *e, const engine_request *req, lr_error *err)
                             e->opt.max_seqs);
 
     seq *s = &e->seqs[slot];
-    /* The cache holds the prompt and every generated token but the last (never fed). */
+    /* Prompt + output never exceed the context (the OpenAI / vLLM convention). The cache
+     * holds the prompt and every generated token but the last, which is never fed. */
     long cap = (long)req->n_prompt + req->max_tokens - 1;
-    if (cap > c->max_positions)
-        cap = c->max_positions;
+    if (cap > c->max_positions - 1)
+        cap = c->max_positions - 1;
     s->kv = kv_cache_new(c, (int)cap);
     s->smp = sampler_create(&req->sampling, c->vocab_size, err);
     s->prompt = malloc(sizeof(int) * (size_t)req->n_prompt);
@@ -276,7 +288,8 @@ int engine_step(engine *e, lr_error *err)
         int stop = s->req.on_token ? s->req.on_token(s->req.user, &tok) : 0;
         if (stop || (!s->req.ignore_eos && is_eos(c, tok.id)))
             seq_finish(e, s, ENGINE_FINISH_STOP, NULL);
-        else if (s->n_generated >= s->req.max_tokens || s->kv->len >= s->kv->cap)
+        else if (s->n_generated >= s->req.max_tokens ||
+                 s->req.n_prompt + s->n_generated >= c->max_positions)
             seq_finish(e, s, ENGINE_FINISH_LENGTH, NULL);
     }
     return e->running;

@@ -678,22 +678,20 @@ END_TEST
 
 START_TEST(test_context_full_finishes_with_length)
 {
-    /* 60 prompt tokens + up to 20 new ones in a 64-position model. The engine feeds
-     * every generated token but the last, so the last one sampled is the one predicted
-     * from position 63: 64 - 60 + 1 = 5 tokens (engine.c: cache = prompt + max_tokens - 1,
-     * capped at the context). */
+    /* 60 prompt tokens + up to 20 new ones in a 64-position model: prompt + output may
+     * not exceed the context (as vLLM and the OpenAI API count it), so 4 tokens. */
     collector c;
     job j = make_job(60, 321, 20);
     run_alone(g.m, &j, &c);
     ck_assert_int_eq(c.reason, ENGINE_FINISH_LENGTH);
     ck_assert_int_eq(c.done_calls, 1);
-    ck_assert_int_eq(j.n_prompt + c.n - 1, CTX);
+    ck_assert_int_eq(j.n_prompt + c.n, CTX);
 
     /* the longest accepted prompt still gets its token(s) */
     j = make_job(CTX - 1, 322, 20);
     run_alone(g.m, &j, &c);
     ck_assert_int_eq(c.reason, ENGINE_FINISH_LENGTH);
-    ck_assert_int_eq(j.n_prompt + c.n - 1, CTX);
+    ck_assert_int_eq(j.n_prompt + c.n, CTX);
 }
 END_TEST
 

@@ -698,7 +698,7 @@ static int check_dim(dim_seen *seen, int d, int64_t size, const char *where, lr_
 /* Validates one (layer, proj) pair and converts it into *m. mod is "layers.L.parent.proj". */
 static int load_matrix(const peft_config *c, const model_config *base, const peft_options *opt,
                        int layer, int proj, const st_tensor *ta, const st_tensor *tb,
-                       dim_seen *seen, lora_matrix *m, lr_error *err)
+                       dim_seen *seen, lora_weights *w, lora_matrix *m, lr_error *err)
 {
     char module[PEFT_MODULE_MAX], what[PEFT_MODULE_MAX + 8];
     const char *mod;
@@ -781,8 +781,8 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
 
     /* One allocation per tensor, one conversion pass, one finiteness pass. */
     size_t na = (size_t)r * (size_t)in, nb = (size_t)out * (size_t)r;
-    m->a = malloc(na * sizeof *m->a);
-    m->b = malloc(nb * sizeof *m->b);
+    m->a = lora_weights_alloc(w, na);
+    m->b = lora_weights_alloc(w, nb);
     if (!m->a || !m->b)
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory for %zu floats", mod, na + nb);
     m->r = r;
@@ -915,6 +915,16 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
     dim_seen seen[DIM_COUNT];
     memset(seen, 0, sizeof seen);
     int dtype = -1;
+    /* One arena for every A and B, in the order the forward pass reads them. */
+    size_t total = 0;
+    for (size_t i = 0; i < (size_t)n_layers * PROJ_COUNT * 2; i++)
+        if (table[i] && table[i ^ 1])
+            total += ((size_t)table[i]->numel + 15) & ~(size_t)15;
+    if (lora_weights_reserve(a->w, total) < 0) {
+        rc = lr_error_set(err, LR_ENOMEM, "adapter '%s': out of memory for %zu MB of weights",
+                          shown, total * sizeof(float) >> 20);
+        goto fail;
+    }
     for (int l = 0; l < n_layers; l++) {
         for (int p = 0; p < PROJ_COUNT; p++) {
             const st_tensor *ta = table[((size_t)l * PROJ_COUNT + (size_t)p) * 2 + LORA_A];
@@ -922,7 +932,7 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
             if (!ta && !tb)
                 continue;
             lora_matrix *m = lora_weights_at(a->w, l, (model_proj)p);
-            if ((rc = load_matrix(&cfg, base, opt, l, p, ta, tb, seen, m, err)) < 0)
+            if ((rc = load_matrix(&cfg, base, opt, l, p, ta, tb, seen, a->w, m, err)) < 0)
                 goto fail;
             a->proj_mask |= 1u << p;
             a->n_matrices++;

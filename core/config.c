@@ -154,19 +154,19 @@ static json_t *load_json_file(const char *dir, const char *name, int required, l
     if (!f) {
         if (required)
             lr_error_set(err, LR_ENOTFOUND, "%s: cannot open (not a Hugging Face model directory?)",
-                         path);
+                         name);
         return NULL;
     }
     json_error_t je;
     json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
     fclose(f);
     if (!root) {
-        lr_error_set(err, LR_EINVAL, "%s: invalid JSON at line %d: %s", path, je.line, je.text);
+        lr_error_set(err, LR_EINVAL, "%s: invalid JSON at line %d: %s", name, je.line, je.text);
         return NULL;
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        lr_error_set(err, LR_EINVAL, "%s: top level must be a JSON object", path);
+        lr_error_set(err, LR_EINVAL, "%s: top level must be a JSON object", name);
         return NULL;
     }
     return root;

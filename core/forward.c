@@ -233,6 +233,8 @@ static void softmax_row(float *s, int n)
         s[j] *= inv;
 }
 
+#define ATTN_CHUNK 128
+
 /* Causal attention of one sequence's n query rows (positions pos0 ..) against its cache
  * holding pos0 + n positions. q, att: [n, q_dim]. */
 static void attend(forward_ctx *f, kv_cache *kv, int layer, int pos0, int n, const float *q,
@@ -271,19 +273,25 @@ static void attend(forward_ctx *f, kv_cache *kv, int layer, int pos0, int n, con
             }
             continue;
         }
-        /* prefill: S [n, ctx] = scale · Qh Kgᵀ, mask, softmax, Oh = S Vg */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ctx, hd, scale, Qh, q_dim, Kg,
-                    kv_dim, 0.0f, S, ctx);
-        for (int i = 0; i < n; i++) {
-            float *row = S + (size_t)i * ctx;
-            int last = pos0 + i;  /* attends to keys first..last */
-            int first = win && last + 1 > win ? last + 1 - win : 0;
-            memset(row, 0, sizeof(float) * first);
-            softmax_row(row + first, last + 1 - first);
-            memset(row + last + 1, 0, sizeof(float) * (ctx - last - 1));
+        /* prefill, in chunks of query rows so the causal upper triangle is mostly skipped:
+         * rows [i0, i1) attend to keys [0, pos0 + i1): S = scale · Qh Kgᵀ, mask, softmax,
+         * Oh = S Vg. Chunks of 128 rows do ~60% of the full-square work at n = 512. */
+        for (int i0 = 0; i0 < n; i0 += ATTN_CHUNK) {
+            int i1 = i0 + ATTN_CHUNK < n ? i0 + ATTN_CHUNK : n, rows = i1 - i0;
+            int keys = pos0 + i1;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale,
+                        Qh + (size_t)i0 * q_dim, q_dim, Kg, kv_dim, 0.0f, S, keys);
+            for (int i = i0; i < i1; i++) {
+                float *row = S + (size_t)(i - i0) * keys;
+                int last = pos0 + i;  /* attends to keys first..last */
+                int first = win && last + 1 > win ? last + 1 - win : 0;
+                memset(row, 0, sizeof(float) * first);
+                softmax_row(row + first, last + 1 - first);
+                memset(row + last + 1, 0, sizeof(float) * (keys - last - 1));
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, S,
+                        keys, Vg, kv_dim, 0.0f, Oh + (size_t)i0 * q_dim, q_dim);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, ctx, 1.0f, S, ctx, Vg,
-                    kv_dim, 0.0f, Oh, q_dim);
     }
 }
 

@@ -3,6 +3,7 @@
 #include "lora.h"
 
 #include <stdlib.h>
+#include <sys/mman.h>
 
 lora_weights *lora_weights_new(int n_layers)
 {
@@ -22,17 +23,53 @@ lora_weights *lora_weights_new(int n_layers)
     return w;
 }
 
+static int in_arena(const lora_weights *w, const float *p)
+{
+    return w->arena && p >= w->arena && p < w->arena + w->arena_cap;
+}
+
 void lora_weights_free(lora_weights *w)
 {
     if (!w)
         return;
     size_t n = (size_t)w->n_layers * PROJ_COUNT;
     for (size_t i = 0; i < n; i++) {
-        free(w->m[i].a);
-        free(w->m[i].b);
+        if (!in_arena(w, w->m[i].a))
+            free(w->m[i].a);
+        if (!in_arena(w, w->m[i].b))
+            free(w->m[i].b);
     }
+    if (w->arena)
+        munmap(w->arena, w->arena_cap * sizeof(float));
     free(w->m);
     free(w);
+}
+
+int lora_weights_reserve(lora_weights *w, size_t n)
+{
+    if (w->arena || n == 0)
+        return w->arena ? -1 : 0;
+    void *p = mmap(NULL, n * sizeof(float), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    madvise(p, n * sizeof(float), MADV_HUGEPAGE);  /* fewer faults and TLB misses; optional */
+    w->arena = p;
+    w->arena_cap = n;
+    w->arena_used = 0;
+    return 0;
+}
+
+float *lora_weights_alloc(lora_weights *w, size_t n)
+{
+    size_t padded = (n + 15) & ~(size_t)15;  /* keep every matrix 64-byte aligned */
+    if (w->arena && w->arena_cap - w->arena_used >= padded) {
+        float *p = w->arena + w->arena_used;
+        w->arena_used += padded;
+        return p;
+    }
+    void *p = NULL;
+    return posix_memalign(&p, 64, (n ? n : 1) * sizeof(float)) == 0 ? p : NULL;
 }
 
 lora_matrix *lora_weights_at(lora_weights *w, int layer, model_proj p)

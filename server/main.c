@@ -25,9 +25,10 @@ static const char usage[] =
     "  lorad generate --model DIR [--adapter PATH[:WEIGHT]]... [--merge]\n"
     "                 (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]\n"
     "                 [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
-    "                 [--logprobs K] [--stop STR]... [--ignore-eos] [--json] [-v]\n"
+    "                 [--logprobs K] [--stop STR]... [--ignore-eos] [--max-rank R]\n"
+    "                 [--json] [-v]\n"
     "  lorad inspect PATH          model dir or adapter dir: JSON description\n"
-    "  lorad merge --model DIR --adapter PATH[:WEIGHT]... --out DIR\n";
+    "  lorad merge --model DIR --adapter PATH[:WEIGHT]... --out DIR [--max-rank R]\n";
 
 static int fail(const char *what, const lr_error *err)
 {
@@ -135,6 +136,7 @@ typedef struct {
     int ignore_eos;
     int json;
     const char *out_dir;
+    long max_rank;
 } cli_args;
 
 /* Parses the options shared by generate and merge. Returns 0, or an exit code. */
@@ -143,6 +145,7 @@ static int parse_args(int argc, char **argv, cli_args *a, int is_merge)
     memset(a, 0, sizeof *a);
     a->max_tokens = 64;
     a->sp.top_p = 1.0f;
+    a->max_rank = peft_options_default().max_rank;
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         int has = i + 1 < argc;
@@ -173,6 +176,9 @@ static int parse_args(int argc, char **argv, cli_args *a, int is_merge)
             if (a->n_adapters == MAX_ADAPTERS)
                 return bad_arg("at most %s adapters", "8");
             a->adapters[a->n_adapters++] = v;
+        } else if (strcmp(o, "--max-rank") == 0) {
+            if (parse_long(v, 1, 1 << 16, &a->max_rank))
+                return bad_arg("--max-rank must be a positive integer, got '%s'", v);
         } else if (is_merge && strcmp(o, "--out") == 0) {
             a->out_dir = v;
         } else if (is_merge) {
@@ -235,6 +241,7 @@ static int adapters_load(const cli_args *a, const model *m, loaded_adapters *la,
 {
     memset(la, 0, sizeof *la);
     peft_options opt = peft_options_default();
+    opt.max_rank = (int)a->max_rank;
     for (int i = 0; i < a->n_adapters; i++) {
         char path[4096];
         float w;

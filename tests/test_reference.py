@@ -13,6 +13,15 @@
    (b) the chosen and every top-K logprob match the reference within 2e-4, (c) the k-th
    top id has the reference's k-th largest logprob (swaps allowed only within 1e-4).
 4. `lorad inspect` on every fixture (exit 0, JSON) and on broken ones (exit 1).
+5. Models with a real tokenizer (llama_tok_llama2, qwen2_tok_qwen3): `--prompt TEXT` on
+   golden corpus strings gives exactly the golden encode-with-special-tokens ids (the
+   reference `tokenizers` library's, tests/fixtures/tokenizer/*/golden.json) and the
+   generated tokens pass the teacher-forced reference check; --prompt-ids of the same ids
+   gives the same output; `text` equals an independent Python decode of the generated ids
+   (PyDecoder, itself checked against every golden decode first) and what plain mode
+   streams to stdout; --stop cuts text at the first occurrence of the earliest stop string
+   (finish_reason stop, ids a prefix of the unstopped run); --prompt/--stop without
+   tokenizer.json fail clearly.
 
 Prints "PASS name" / "FAIL name: reason" per check and, last, "N passed, N failed";
 exits 1 if anything failed. A missing BUILD/lorad makes every engine check FAIL.
@@ -24,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -103,22 +113,25 @@ class Lorad:
     def available(self):
         return os.path.isfile(self.path) and os.access(self.path, os.X_OK)
 
-    def run(self, args):
+    def run(self, args, raw=False):
         """(returncode, stdout, stderr); raises Fail on a missing binary, a timeout or a
-        sanitizer report."""
+        sanitizer report. raw=True: stdout as bytes (its UTF-8 validity is then checked by
+        the caller); otherwise both are decoded as UTF-8 (undecodable bytes replaced)."""
         if not self.available():
             raise Fail("%s not found or not executable (build it first)" % self.path)
         try:
-            p = subprocess.run([self.path] + args, capture_output=True, text=True,
-                               timeout=TIMEOUT, env=self.env)
+            p = subprocess.run([self.path] + args, capture_output=True, timeout=TIMEOUT,
+                               env=self.env)
         except subprocess.TimeoutExpired:
             raise Fail("timed out after %d s: lorad %s" % (TIMEOUT, " ".join(args)))
+        err = p.stderr.decode("utf-8", "replace")
         for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-            if marker in p.stderr:
-                raise Fail("sanitizer report (%s): %s" % (marker, tail(p.stderr)))
+            if marker in err:
+                raise Fail("sanitizer report (%s): %s" % (marker, tail(err)))
         if p.returncode < 0:
             raise Fail("killed by signal %d: lorad %s" % (-p.returncode, " ".join(args)))
-        return p.returncode, p.stdout, p.stderr
+        out = p.stdout if raw else p.stdout.decode("utf-8", "replace")
+        return p.returncode, out, err
 
 
 def tail(s, n=400):
@@ -171,9 +184,9 @@ def pick_prompt(fx, man, model, length, want_eos=False, tries=400):
 
 
 # --------------------------------------------------------------------------- checking
-def verify(result, fx, man, model, prompt, adapters):
+def verify(result, fx, man, model, prompt, adapters, max_tokens=MAX_TOKENS):
     """Teacher-forced comparison of one `lorad generate --json` result with the reference.
-    adapters: [(adapter_name, weight)]."""
+    adapters: [(adapter_name, weight)]; max_tokens: the --max-tokens of the run."""
     info = man["models"][model]
     mdir = os.path.join(fx, info["path"])
     ads = [(os.path.join(fx, man["adapters"][a]["path"]), w) for a, w in adapters]
@@ -188,8 +201,8 @@ def verify(result, fx, man, model, prompt, adapters):
     ids = result["ids"]
     if not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):
         raise Fail("ids is not a list of ints")
-    if not 1 <= len(ids) <= MAX_TOKENS:
-        raise Fail("%d ids generated (max-tokens %d)" % (len(ids), MAX_TOKENS))
+    if not 1 <= len(ids) <= max_tokens:
+        raise Fail("%d ids generated (max-tokens %d)" % (len(ids), max_tokens))
     if any(t in eos for t in ids[:-1]):
         raise Fail("generation continued past EOS: %s" % ids)
     lps = result["logprobs"]
@@ -238,12 +251,12 @@ def verify(result, fx, man, model, prompt, adapters):
     elif fr == "stop":
         # EOS not echoed in ids: then the reference must have chosen EOS next
         nxt = R.logprobs(mdir, prompt + ids, ads)[-1]
-        if int(np.argmax(nxt)) not in eos or len(ids) >= MAX_TOKENS:
+        if int(np.argmax(nxt)) not in eos or len(ids) >= max_tokens:
             raise Fail("finish_reason stop without EOS (next ref argmax %d)"
                        % int(np.argmax(nxt)))
     elif fr == "length":
-        if len(ids) != MAX_TOKENS:
-            raise Fail("finish_reason length after %d of %d tokens" % (len(ids), MAX_TOKENS))
+        if len(ids) != max_tokens:
+            raise Fail("finish_reason length after %d of %d tokens" % (len(ids), max_tokens))
     else:
         raise Fail("finish_reason %r" % fr)
 
@@ -467,6 +480,323 @@ def make_broken(fx, man, scratch):
     return ad, md
 
 
+# --------------------------------------------------------------------------- tokenizer cases
+TOK_DIR = os.path.join(HERE, "fixtures", "tokenizer")
+TOK_MAX_TOKENS = 4
+# Golden corpus strings driven through `--prompt`, found in golden.json by their start.
+TOK_TEXTS = (("prose", "The quick brown fox"), ("accents", "Café naïve"),
+             ("cjk", "日本語のテキスト"), ("emoji", "emoji 😀"),
+             ("code_tabs", "def f(x):\n\treturn"))
+TOK_CHAT = ("chat_specials", "<|im_start|>user")   # added tokens inside the prompt (qwen3)
+# Each Qwen3 run loads an 11 MB tokenizer.json (~0.4 s, ~1.7 s under ASan): these cases
+# run on the Llama 2 tokenizer only (accents is a byte-level case like CJK for Qwen3).
+TOK_LLAMA2_ONLY = ("accents", "stop_plain")
+NEVER = "@@never@@"
+# The prompt of the plain-mode and stop cases: with this fixture seed its 4 generated
+# tokens give non-repetitive, non-ASCII text on both models (' البيت发挥了 TOR TOR',
+# 'ỏegy varsроб'); a tied random model often repeats one token, which leaves no
+# substring whose first occurrence comes later.
+TOK_STOP_TEXT = "code_tabs"
+
+
+def byte_level_chars():
+    """GPT-2's bytes_to_unicode, inverted: printable stand-in char -> byte."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD))
+          + list(range(0xAE, 0x100)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+class PyDecoder:
+    """An independent decode(ids, skip_special) for the two decoder chains of the fixture
+    tokenizers, written from the `tokenizers` library's semantics: ByteLevel (Qwen3:
+    token chars -> bytes -> UTF-8 with U+FFFD for invalid sequences) and Replace(▁, ' ') +
+    ByteFallback + Fuse + Strip(' ', 1, 0) (Llama 2: a run of <0xNN> tokens becomes its
+    UTF-8 text, or one U+FFFD per byte if the run is not valid UTF-8). check_pydecoder
+    proves it against every golden decode before it is used to judge lorad's text."""
+
+    def __init__(self, tokenizer_json):
+        with open(tokenizer_json, encoding="utf-8") as f:
+            tj = json.load(f)
+        self.tokens = {i: t for t, i in tj["model"]["vocab"].items()}
+        self.special = set()
+        for a in tj.get("added_tokens", []):
+            self.tokens[a["id"]] = a["content"]
+            if a["special"]:
+                self.special.add(a["id"])
+        dec = tj["decoder"] or {}
+        chain = [d["type"] for d in dec.get("decoders", [])]
+        if dec.get("type") == "ByteLevel":
+            self.kind, self.bytes_of = "byte_level", byte_level_chars()
+        elif chain == ["Replace", "ByteFallback", "Fuse", "Strip"]:
+            self.kind = "sentencepiece"
+        else:
+            raise ValueError("decoder %s not modelled" % json.dumps(dec)[:80])
+
+    @staticmethod
+    def byte_token(t):
+        if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            try:
+                return int(t[3:5], 16)
+            except ValueError:
+                pass
+        return None
+
+    def decode(self, ids, skip_special=True):
+        toks = [self.tokens[i] for i in ids
+                if i in self.tokens and not (skip_special and i in self.special)]
+        if self.kind == "byte_level":
+            return bytes(self.bytes_of[c] for t in toks for c in t).decode("utf-8", "replace")
+        out, run = [], []
+
+        def end_run():
+            if run:
+                try:
+                    out.append(bytes(run).decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append("\ufffd" * len(run))
+                del run[:]
+        for t in toks:
+            b = self.byte_token(t)
+            if b is not None:
+                run.append(b)
+                continue
+            end_run()
+            out.append(t.replace("\u2581", " "))
+        end_run()
+        s = "".join(out)
+        return s[1:] if s.startswith(" ") else s
+
+
+def load_golden(tok):
+    with open(os.path.join(TOK_DIR, tok, "golden.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def golden_case(golden, prefix):
+    for c in golden["cases"]:
+        if c["text"].startswith(prefix):
+            return c
+    raise Fail("no golden case starting with %r" % prefix)
+
+
+def check_pydecoder(dec, golden):
+    """The Python decoder reproduces every golden decode (corpus and id lists), with and
+    without skip_special: it is then fit to judge lorad's `text`."""
+    pairs = [(c["ids_special"], c["decode"], c["decode_skip"]) for c in golden["cases"]]
+    pairs += [(d["ids"], d["decode"], d["decode_skip"]) for d in golden["decodes"]]
+    for ids, full, skip in pairs:
+        for sk, want in ((False, full), (True, skip)):
+            got = dec.decode(ids, sk)
+            if got != want:
+                raise Fail("decode(%s, skip_special=%s) = %r, golden %r"
+                           % (ids[:12], sk, got[:80], want[:80]))
+
+
+class RunCache:
+    """Runs each distinct lorad command once, whichever case asks first (the cases run in
+    a thread pool; a second asker waits for the first run). Failures are not cached."""
+
+    def __init__(self, lorad):
+        self.lorad = lorad
+        self.lock = threading.Lock()
+        self.slots = {}
+
+    def run(self, args):
+        with self.lock:
+            slot = self.slots.setdefault(tuple(args), [threading.Lock(), None])
+        with slot[0]:
+            if slot[1] is None:
+                slot[1] = self.lorad.run(args, raw=True)
+            return slot[1]
+
+
+def utf8(out, what):
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Fail("%s is not valid UTF-8 (%s): %r" % (what, e, out[:120]))
+
+
+def tok_args(fx, man, model, prompt_text=None, prompt_ids=None, stops=(), json_out=True):
+    a = ["generate", "--model", os.path.join(fx, man["models"][model]["path"])]
+    if prompt_text is not None:
+        a += ["--prompt", prompt_text]
+    else:
+        a += ["--prompt-ids", ",".join(map(str, prompt_ids))]
+    for s in stops:
+        a += ["--stop", s]
+    a += ["--max-tokens", str(TOK_MAX_TOKENS), "--logprobs", str(TOPK)]
+    if json_out:
+        a.append("--json")
+    return a
+
+
+def tok_json(cache, args):
+    rc, out, err = cache.run(args)
+    if rc != 0:
+        raise Fail("exit %d: %s" % (rc, tail(err)))
+    res = parse_json(utf8(out, "--json stdout"))
+    for key in ("prompt_ids", "ids", "text", "finish_reason"):
+        if key not in res:
+            raise Fail("JSON lacks %r" % key)
+    return res
+
+
+def tok_plain(cache, args):
+    rc, out, err = cache.run(args)
+    if rc != 0:
+        raise Fail("exit %d: %s" % (rc, tail(err)))
+    return utf8(out, "plain-mode stdout")
+
+
+def case_tok_prompt(cache, fx, man, model, dec, gcase):
+    """(a) --prompt TEXT encodes to the golden ids with special tokens; the generated
+    tokens pass the reference check; text is the independent decode of the ids."""
+    res = tok_json(cache, tok_args(fx, man, model, prompt_text=gcase["text"]))
+    want = gcase["ids_special"]
+    if res["prompt_ids"] != want:
+        diff = next((i for i, (x, y) in enumerate(zip(res["prompt_ids"], want)) if x != y),
+                    min(len(res["prompt_ids"]), len(want)))
+        raise Fail("prompt_ids differ from the golden encode at index %d: got %s, golden %s"
+                   % (diff, res["prompt_ids"][:diff + 4], want[:diff + 4]))
+    verify(res, fx, man, model, want, (), max_tokens=TOK_MAX_TOKENS)
+    if res["text"] != dec.decode(res["ids"]):
+        raise Fail("text %r != decode of ids %s: %r"
+                   % (res["text"], res["ids"], dec.decode(res["ids"])))
+
+
+def case_tok_prompt_ids_same(cache, fx, man, model, gcase):
+    """(b) the same prompt as --prompt-ids: same ids, logprobs and text."""
+    a = tok_json(cache, tok_args(fx, man, model, prompt_text=gcase["text"]))
+    b = tok_json(cache, tok_args(fx, man, model, prompt_ids=gcase["ids_special"]))
+    if b["prompt_ids"] != a["prompt_ids"]:
+        raise Fail("prompt_ids %s != %s" % (b["prompt_ids"], a["prompt_ids"]))
+    close_results(a, b, "--prompt-ids vs --prompt")
+    if (a["text"], a["finish_reason"]) != (b["text"], b["finish_reason"]):
+        raise Fail("text/finish %r/%s vs %r/%s" % (b["text"], b["finish_reason"], a["text"],
+                                                   a["finish_reason"]))
+
+
+def case_tok_plain(cache, fx, man, model, gcase, stops=()):
+    """(c) plain mode streams exactly the JSON text, then a newline (also while a stop
+    string holds text back)."""
+    j = tok_json(cache, tok_args(fx, man, model, prompt_text=gcase["text"], stops=stops))
+    p = tok_plain(cache, tok_args(fx, man, model, prompt_text=gcase["text"], stops=stops,
+                                  json_out=False))
+    if p != j["text"] + "\n":
+        raise Fail("plain stdout %r != JSON text %r + newline" % (p, j["text"]))
+
+
+def stop_base(cache, fx, man, model, dec, gcase):
+    """(base, sub): the unstopped greedy run the stop cases cut, and the stop string:
+    3 characters of its text (not the first, not U+FFFD) that straddle a token boundary,
+    so that the token completing the stop string is not the one it starts in and the
+    held-back tail matters."""
+    base = tok_json(cache, tok_args(fx, man, model, prompt_text=gcase["text"]))
+    t, ids = base["text"], base["ids"]
+    if base["finish_reason"] == "length":
+        for k in range(1, len(ids)):
+            head = dec.decode(ids[:k])
+            if not t.startswith(head):
+                continue
+            for start in (len(head) - 1, len(head) - 2):
+                sub = t[start:start + 3]
+                if start >= 1 and len(sub) == 3 and "\ufffd" not in sub:
+                    return base, sub
+    raise Fail("precondition: the base run's text %r (ids %s, finish %s) has no 3 characters "
+               "across a token boundary for the stop cases; pick another prompt"
+               % (t, ids, base["finish_reason"]))
+
+
+def check_stopped(res, base, dec, cut, subs):
+    """res stopped at text offset cut of base's text by one of subs."""
+    t = base["text"]
+    if res["text"] != t[:cut]:
+        raise Fail("text %r, want %r (base text %r cut before %r)"
+                   % (res["text"], t[:cut], t, t[cut:cut + 8]))
+    if res["finish_reason"] != "stop":
+        raise Fail("finish_reason %r, want stop" % res["finish_reason"])
+    ids = res["ids"]
+    if not ids or ids != base["ids"][:len(ids)]:
+        raise Fail("ids %s are not a non-empty prefix of the base ids %s" % (ids, base["ids"]))
+    full = dec.decode(ids)
+    if not any(full.startswith(t[:cut] + s) for s in subs):
+        raise Fail("decode of the ids kept, %r, does not reach the stop string" % full)
+    # it stopped at the first token that completed a stop string (unless the stream had
+    # to hold back an unfinished byte run there)
+    prev = ids[:-1]
+    held = bool(prev) and (
+        (dec.kind == "sentencepiece"
+         and dec.byte_token(dec.tokens.get(prev[-1], "")) is not None)
+        or dec.decode(prev).endswith("\ufffd"))
+    if not held and any(s in dec.decode(prev) for s in subs):
+        raise Fail("stopped one token late: %r already contains the stop string"
+                   % dec.decode(prev))
+
+
+def case_tok_stop(cache, fx, man, model, dec, gcase, mode):
+    """(d) one stop string (3 characters across a token boundary of the base text); two,
+    the one occurring later given first (and ending as early as possible, so that both
+    complete in the same token when the text allows: the earliest start must win, not
+    the first listed nor the last found); one that never occurs."""
+    base, a = stop_base(cache, fx, man, model, dec, gcase)
+    t = base["text"]
+    ia = t.find(a)
+    if mode == "one":
+        res = tok_json(cache, tok_args(fx, man, model, prompt_text=gcase["text"], stops=[a]))
+        check_stopped(res, base, dec, ia, [a])
+    elif mode == "two":
+        # b: 2..4 characters whose first occurrence starts after a's, ending earliest
+        cands = [(j + n, -n, t[j:j + n]) for n in (2, 3, 4) for j in range(ia + 1, len(t) - n + 1)
+                 if t.find(t[j:j + n]) == j and "\ufffd" not in t[j:j + n]]
+        b = min(cands)[2] if cands else None
+        if b is None:
+            raise Fail("precondition: no later substring in %r" % t)
+        res = tok_json(cache, tok_args(fx, man, model, prompt_text=gcase["text"],
+                                       stops=[b, a]))
+        check_stopped(res, base, dec, ia, [a, b])
+    else:
+        if NEVER in t:
+            raise Fail("precondition: %r occurs in %r" % (NEVER, t))
+        res = tok_json(cache, tok_args(fx, man, model, prompt_text=gcase["text"],
+                                       stops=[NEVER]))
+        for k in ("ids", "text", "finish_reason"):
+            if res[k] != base[k]:
+                raise Fail("%s %r != %r without the stop string" % (k, res[k], base[k]))
+        close_results(res, base, "never-matching stop vs none")
+
+
+def case_tok_stop_plain(cache, fx, man, model, dec, gcase):
+    _, sub = stop_base(cache, fx, man, model, dec, gcase)
+    case_tok_plain(cache, fx, man, model, gcase, stops=[sub])
+
+
+def case_tok_inspect(lorad, fx, man, model, want):
+    rc, out, err = lorad.run(["inspect", os.path.join(fx, man["models"][model]["path"])])
+    if rc != 0:
+        raise Fail("exit %d: %s" % (rc, tail(err)))
+    got = parse_json(out).get("tokenizer")
+    if got is not want:
+        raise Fail('"tokenizer": %r, want %r' % (got, want))
+
+
+def case_tok_refused(lorad, fx, man, model, extra, needle):
+    """(e) a clear refusal: exit != 0 and a message naming what is missing."""
+    args = ["generate", "--model", os.path.join(fx, man["models"][model]["path"])] + extra
+    rc, out, err = lorad.run(args)
+    if rc == 0:
+        raise Fail("exit 0 (stdout %r), want a refusal" % out[:200])
+    if needle not in err:
+        raise Fail("message does not mention %s: %s" % (needle, tail(err)))
+
+
 # --------------------------------------------------------------------------- main
 def main(argv):
     build = argv[1] if len(argv) > 1 else "build"
@@ -488,6 +818,11 @@ def main(argv):
     suite.run("fixtures_bf16_rounding", check_bf16_rounding)
     prompts = {}
     for model, info in man["models"].items():
+        if info.get("tokenizer"):
+            # driven by golden text prompts in the tok_* cases instead (picking a prompt
+            # here costs ~1 s of reference greedy decoding over a 151k vocabulary)
+            prompts[model] = None
+            continue
         # llama3_rope: run past original_max_position_embeddings (64)
         length = 72 if info.get("rope_scaling") else 12
         length = min(length, info["max_position_embeddings"] - MAX_TOKENS - 1)
@@ -516,6 +851,56 @@ def main(argv):
                   prompts["llama_tied"], MIX)
         suite.run("ref_mix_is_sum_of_deltas", check_mix_linear, fx, man, "llama_tied",
                   prompts["llama_tied"])
+    # ---- models with a real tokenizer: judge the Python decoder first, then build cases
+    tok_cases = []
+    cache = RunCache(lorad)
+    for model, info in man["models"].items():
+        tok = info.get("tokenizer")
+        if not tok:
+            continue
+        try:
+            golden = load_golden(tok)
+            dec = PyDecoder(os.path.join(fx, info["path"], "tokenizer.json"))
+        except Exception as e:
+            suite.report("tok_setup_" + model, "%s: %s" % (type(e).__name__, e))
+            continue
+        suite.run("ref_pydecode_matches_goldens_" + tok, check_pydecoder, dec, golden)
+        gc = {}
+        for label, prefix in TOK_TEXTS + ((TOK_CHAT,) if tok == "qwen3" else ()):
+            if tok != "llama2" and label in TOK_LLAMA2_ONLY:
+                continue
+            try:
+                gc[label] = golden_case(golden, prefix)
+            except Fail as e:
+                suite.report("tok_golden_%s_%s" % (label, model), str(e))
+                continue
+            tok_cases.append(("tok_prompt_%s_%s" % (label, model), case_tok_prompt, cache,
+                              fx, man, model, dec, gc[label]))
+        if "emoji" in gc:
+            tok_cases.append(("tok_prompt_ids_same_as_prompt_" + model,
+                              case_tok_prompt_ids_same, cache, fx, man, model, gc["emoji"]))
+        if TOK_STOP_TEXT in gc:
+            sc = gc[TOK_STOP_TEXT]
+            tok_cases.append(("tok_plain_text_equals_json_" + model, case_tok_plain, cache, fx,
+                              man, model, sc))
+            for mode in ("one", "two", "never"):
+                tok_cases.append(("tok_stop_%s_%s" % (mode, model), case_tok_stop, cache, fx,
+                                  man, model, dec, sc, mode))
+            if tok == "llama2" or "stop_plain" not in TOK_LLAMA2_ONLY:
+                tok_cases.append(("tok_stop_plain_equals_json_" + model, case_tok_stop_plain,
+                                  cache, fx, man, model, dec, sc))
+        tok_cases.append(("tok_inspect_says_tokenizer_" + model, case_tok_inspect, lorad, fx,
+                          man, model, True))
+        if tok == "qwen3":   # "" encodes to no ids at all (no BOS): refused, not run
+            tok_cases.append(("tok_empty_prompt_refused_" + model, case_tok_refused, lorad,
+                              fx, man, model, ["--prompt", ""], "empty"))
+    tok_cases.append(("tok_inspect_says_no_tokenizer_llama_tied", case_tok_inspect, lorad, fx,
+                      man, "llama_tied", False))
+    tok_cases.append(("tok_prompt_without_tokenizer_refused", case_tok_refused, lorad, fx, man,
+                      "llama_tied", ["--prompt", "Hello"], "tokenizer.json"))
+    tok_cases.append(("tok_stop_without_tokenizer_refused", case_tok_refused, lorad, fx, man,
+                      "llama_tied", ["--prompt-ids", "1,2,3", "--stop", "x"],
+                      "tokenizer.json"))
     t_ref = time.time() - t0
 
     # ---- engine cases
@@ -556,6 +941,9 @@ def main(argv):
     cases.append(("inspect_invalid_bad_header_model", case_inspect_invalid, lorad, bad_model))
     cases.append(("inspect_invalid_missing_path", case_inspect_invalid, lorad,
                   os.path.join(scratch, "does-not-exist")))
+
+    # the tokenizer cases first: they are the slow ones (each run loads a tokenizer.json)
+    cases = tok_cases + cases
 
     # Two at a time (2 cores); the reference is pure numpy and thread-safe here because
     # every model/adapter is loaded before the pool starts (the caches are then read-only).

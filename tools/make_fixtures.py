@@ -6,6 +6,8 @@ adapters for lorad's tests (numpy + standard library only):
 
   OUTDIR/<model>/config.json, [generation_config.json], model.safetensors
                  (or model-0000{1,2}-of-00002.safetensors + model.safetensors.index.json)
+                 [tokenizer.json, tokenizer_config.json: copies of a real tokenizer from
+                 tests/fixtures/tokenizer/, for the models that carry one]
   OUTDIR/adapters/<adapter>/adapter_config.json, adapter_model.safetensors
   OUTDIR/manifest.json   what was written: paths (relative to OUTDIR), dtypes, features,
                          sha256 of every file (so tests can prove nothing modified them)
@@ -124,7 +126,34 @@ MODELS = [
          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                        "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
          features=["llama3_rope_scaling", "eos_list", "gqa", "untied"]),
+    # Models that carry a real tokenizer (tokenizer.json + tokenizer_config.json copied
+    # from tests/fixtures/tokenizer/<tokenizer>/), so `generate --prompt TEXT` and --stop
+    # work. The embedding is the big tensor (vocab x hidden): hidden 16 keeps it small,
+    # and tying saves the lm_head copy. vocab "tokenizer": max id + 1 over the
+    # tokenizer's vocab and added tokens.
+    dict(name="llama_tok_llama2", arch="LlamaForCausalLM", model_type="llama", vocab=32000,
+         hidden=16, inter=32, layers=2, heads=2, kv=1, head_dim=None, max_pos=128,
+         theta=10000.0, eps=1e-5, tie=True, dtype="F32", bias=False, bos=1, eos=2,
+         gen_config=True, tokenizer="llama2",
+         features=["tokenizer", "sentencepiece_bpe", "byte_fallback", "mqa", "tied"]),
+    dict(name="qwen2_tok_qwen3", arch="Qwen2ForCausalLM", model_type="qwen2",
+         vocab="tokenizer", hidden=16, inter=32, layers=2, heads=2, kv=1, head_dim=None,
+         max_pos=128, theta=1000000.0, eps=1e-6, tie=True, dtype="BF16", bias=True,
+         bos=151643, eos=[151645, 151643], gen_config=True, tokenizer="qwen3",
+         features=["tokenizer", "byte_level_bpe", "qwen2", "qkv_bias", "bf16", "tied",
+                   "mqa", "eos_list"]),
 ]
+TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "tests", "fixtures", "tokenizer")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def tokenizer_vocab_size(name):
+    """Max id + 1 over tokenizer.json's model vocab and added_tokens."""
+    with open(os.path.join(TOKENIZER_DIR, name, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    ids = list(tj["model"]["vocab"].values()) + [t["id"] for t in tj.get("added_tokens", [])]
+    return max(ids) + 1
 
 
 def head_dim_of(m):
@@ -258,6 +287,10 @@ def write_model(outdir, m, rng):
         dump_json(os.path.join(d, "model.safetensors.index.json"),
                   {"metadata": {"total_size": total},
                    "weight_map": dict(sorted(weight_map.items()))})
+    tok = m.get("tokenizer")
+    if tok:
+        for fname in TOKENIZER_FILES:
+            shutil.copyfile(os.path.join(TOKENIZER_DIR, tok, fname), os.path.join(d, fname))
     eos = m["eos"] if isinstance(m["eos"], list) else [m["eos"]]
     return {
         "path": m["name"], "arch": m["arch"], "model_type": m["model_type"],
@@ -267,6 +300,7 @@ def write_model(outdir, m, rng):
         "head_dim": head_dim_of(m), "max_position_embeddings": m["max_pos"],
         "tie_word_embeddings": m["tie"], "bos_token_id": m["bos"], "eos_token_ids": eos,
         "shards": shards, "rope_scaling": m.get("rope_scaling"),
+        "tokenizer": tok, "tokenizer_files": list(TOKENIZER_FILES) if tok else [],
     }
 
 
@@ -392,8 +426,10 @@ def generate(outdir, seed):
     try:
         manifest = {"seed": seed, "generator": "tools/make_fixtures.py", "models": {},
                     "adapters": {}}
-        by_name = {m["name"]: m for m in MODELS}
-        for k, m in enumerate(MODELS):
+        models = [dict(m, vocab=tokenizer_vocab_size(m["tokenizer"]))
+                  if m["vocab"] == "tokenizer" else m for m in MODELS]
+        by_name = {m["name"]: m for m in models}
+        for k, m in enumerate(models):
             rng = np.random.default_rng([seed, 0, k])
             manifest["models"][m["name"]] = write_model(tmp, m, rng)
         for k, a in enumerate(ADAPTERS):

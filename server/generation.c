@@ -147,6 +147,9 @@ static int on_token(void *user, const engine_token *tok)
     size_t safe = g->len;
     if (g->max_stop > 1)
         safe = g->len > g->max_stop - 1 ? g->len - (g->max_stop - 1) : 0;
+    /* never cut inside a UTF-8 character: back up over continuation bytes */
+    while (safe > g->emitted && safe < g->len && ((unsigned char)g->text[safe] & 0xC0) == 0x80)
+        safe--;
     emit(g, safe < g->emitted ? g->emitted : safe);
     return 0;
 }
@@ -168,8 +171,9 @@ static void on_done(void *user, engine_finish reason, const lr_error *err)
         size_t n = 0;
         if (tokenizer_stream_flush(g->stream, &piece, &n) == 0) {
             size_t old = g->len;
-            if (append_text(g, piece, n) == 0 && g->opt.n_stop)
-                check_stop(g, old);
+            if (append_text(g, piece, n) == 0 && g->opt.n_stop && check_stop(g, old) &&
+                g->reason == ENGINE_FINISH_LENGTH)
+                g->reason = ENGINE_FINISH_STOP;  /* the stop string was in the held-back tail */
         }
         free(piece);
     }

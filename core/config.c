@@ -230,6 +230,11 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
     if ((rc = get_int(root, "head_dim", cfg->hidden / cfg->n_heads, 2, 1 << 12, &cfg->head_dim,
                       err)))
         goto done;
+    if (cfg->head_dim > 256) {
+        rc = lr_error_set(err, LR_ENOTSUP, "config.json: 'head_dim' %d is not supported (at "
+                          "most 256)", cfg->head_dim);
+        goto done;
+    }
     if (cfg->head_dim % 2) {
         rc = lr_error_set(err, LR_EINVAL, "config.json: 'head_dim' %d must be even for RoPE",
                           cfg->head_dim);

@@ -3,11 +3,26 @@
  * OpenBLAS, the rest are plain loops the compiler vectorizes. */
 #include "forward.h"
 
+#include <unistd.h>
+
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pool.h"
+
+/* One unit of attention work: query rows [r0, r1) of sequence seq, head h. */
+typedef struct {
+    int seq, head, r0, r1;
+} attn_task;
+
+#define ATTN_ROWS 4      /* query rows that share one pass over the keys */
+#define ATTN_TASK_ROWS 32 /* rows per task during prefill */
+/* Below this many multiply-adds per layer, attention runs on the calling thread: waking a
+ * worker costs more than it saves (a decode step of one sequence is ~1e5). */
+#define ATTN_INLINE_WORK 2e6
 
 struct forward_ctx {
     const model *m;
@@ -26,10 +41,17 @@ struct forward_ctx {
     double *inv_freq;/* [head_dim/2] (llama3 scaling applied) */
     float *lora;     /* [R, lora_rank_cap] on-the-fly scratch */
     int lora_rank_cap;
-    float *scores;   /* [scores_cap] attention scores of one head of one sequence */
+    pool *pool;      /* the engine's own threads: attention */
+    float **scores;  /* per thread: [ATTN_ROWS, scores_cap] scores of a block of rows */
     size_t scores_cap;
+    attn_task *tasks;/* [tasks_cap] (sequence, head, rows) units of attention work */
+    int tasks_cap, n_tasks;
     int *row0;       /* [n_seqs + 1] first row of each sequence */
     int row0_cap;
+    /* the layer being computed, for the attention tasks */
+    forward_seq *cur_seqs;
+    int cur_layer;
+    double attn_work;  /* multiply-adds of this batch's attention, per layer (about) */
 };
 
 static void *xmalloc_floats(size_t n)
@@ -89,6 +111,12 @@ forward_ctx *forward_create(const model *m, int max_rows, lr_error *err)
         !f->out || !f->cos_t || !f->sin_t || !f->inv_freq)
         goto oom;
     rope_init(c, f->inv_freq);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    f->pool = pool_create(nt, err);
+    f->scores = calloc((size_t)nt, sizeof *f->scores);
+    if (!f->pool || !f->scores)
+        goto oom;
     return f;
 oom:
     forward_free(f);
@@ -102,7 +130,12 @@ void forward_free(forward_ctx *f)
         return;
     free(f->x); free(f->xn); free(f->q); free(f->k); free(f->v); free(f->att);
     free(f->gate); free(f->up); free(f->out); free(f->cos_t); free(f->sin_t);
-    free(f->inv_freq); free(f->lora); free(f->scores); free(f->row0);
+    free(f->inv_freq); free(f->lora); free(f->row0); free(f->tasks);
+    if (f->scores && f->pool)
+        for (int t = 0; t < pool_threads(f->pool); t++)
+            free(f->scores[t]);
+    free(f->scores);
+    pool_free(f->pool);
     free(f);
 }
 
@@ -233,65 +266,105 @@ static void softmax_row(float *s, int n)
         s[j] *= inv;
 }
 
-#define ATTN_CHUNK 128
+/* Attention of up to NR query rows (consecutive positions pos0 .. pos0+nr-1 of one
+ * sequence, one head) against the cache: scores over the keys the rows may see, softmax
+ * per row, weighted sum of values. q rows are q_dim apart; out likewise. Kt is the head's
+ * transposed keys [hd, stride], V its values (row j at V + j·kv_dim). S: [NR, stride]. */
+#define ATTN_KERNEL(NAME, NR)                                                               \
+static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, int stride,  \
+                 const float *V, int kv_dim, int hd, float scale, int win, float *S,       \
+                 float *out)                                                               \
+{                                                                                          \
+    int first[NR], last[NR];                                                               \
+    float qs[NR][256];                                                                     \
+    for (int r = 0; r < NR; r++) {                                                         \
+        int rr = r < nr ? r : nr - 1;  /* padding rows repeat the last real row */         \
+        last[r] = pos0 + rr;                                                               \
+        first[r] = win && last[r] + 1 > win ? last[r] + 1 - win : 0;                       \
+        for (int d = 0; d < hd; d++)                                                       \
+            qs[r][d] = q[(size_t)rr * q_dim + d] * scale;                                  \
+    }                                                                                      \
+    int j0 = first[0] & ~15, j1 = last[NR - 1] + 1;                                        \
+    /* scores: 16 keys at a time, NR rows share each load of the keys */                   \
+    for (int jb = j0; jb < j1; jb += 16) {                                                 \
+        float acc[NR][16];                                                                 \
+        for (int r = 0; r < NR; r++)                                                       \
+            for (int t = 0; t < 16; t++)                                                   \
+                acc[r][t] = 0;                                                             \
+        for (int d = 0; d < hd; d++) {                                                     \
+            const float *kd = Kt + (size_t)d * stride + jb;                                \
+            for (int r = 0; r < NR; r++)                                                   \
+                for (int t = 0; t < 16; t++)                                               \
+                    acc[r][t] += qs[r][d] * kd[t];                                         \
+        }                                                                                  \
+        for (int r = 0; r < NR; r++)                                                       \
+            for (int t = 0; t < 16; t++)                                                   \
+                S[(size_t)r * stride + jb + t] = acc[r][t];                                \
+    }                                                                                      \
+    for (int r = 0; r < NR; r++) {                                                         \
+        float *row = S + (size_t)r * stride;                                               \
+        for (int j = j0; j < first[r]; j++)                                                \
+            row[j] = 0;                                                                    \
+        softmax_row(row + first[r], last[r] + 1 - first[r]);                               \
+        for (int j = last[r] + 1; j < j1; j++)                                             \
+            row[j] = 0;                                                                    \
+    }                                                                                      \
+    /* out = S V, 64 output dims at a time, NR rows share each load of a value row */      \
+    for (int d0 = 0; d0 < hd; d0 += 64) {                                                  \
+        int dn = hd - d0 < 64 ? hd - d0 : 64;                                              \
+        float acc[NR][64];                                                                 \
+        for (int r = 0; r < NR; r++)                                                       \
+            for (int t = 0; t < 64; t++)                                                   \
+                acc[r][t] = 0;                                                             \
+        for (int j = j0 > first[0] ? j0 : first[0]; j < j1; j++) {                         \
+            const float *vj = V + (size_t)j * kv_dim + d0;                                 \
+            if (dn == 64) {                                                                \
+                for (int r = 0; r < NR; r++) {                                             \
+                    float p = S[(size_t)r * stride + j];                                   \
+                    for (int t = 0; t < 64; t++)                                           \
+                        acc[r][t] += p * vj[t];                                            \
+                }                                                                          \
+            } else {                                                                       \
+                for (int r = 0; r < NR; r++) {                                             \
+                    float p = S[(size_t)r * stride + j];                                   \
+                    for (int t = 0; t < dn; t++)                                           \
+                        acc[r][t] += p * vj[t];                                            \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        for (int r = 0; r < nr; r++)                                                       \
+            for (int t = 0; t < dn; t++)                                                   \
+                out[(size_t)r * q_dim + d0 + t] = acc[r][t];                               \
+    }                                                                                      \
+}
+ATTN_KERNEL(attn_rows1, 1)
+ATTN_KERNEL(attn_rows4, 4)
 
-/* Causal attention of one sequence's n query rows (positions pos0 ..) against its cache
- * holding pos0 + n positions. q, att: [n, q_dim]. */
-static void attend(forward_ctx *f, kv_cache *kv, int layer, int pos0, int n, const float *q,
-                   float *att)
+/* pool task: rows [r0, r1) of one (sequence, head) for the current layer. */
+static void attn_task_run(void *ctx, int task, int thread)
 {
+    forward_ctx *f = ctx;
     const model_config *c = &f->m->cfg;
-    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = kv->kv_dim;
-    int group = c->n_heads / c->n_kv_heads;
-    int ctx = pos0 + n;
-    int win = c->sliding_window;
+    const attn_task *t = &f->tasks[task];
+    const forward_seq *sq = &f->cur_seqs[t->seq];
+    kv_cache *kv = sq->kv;
+    int hd = c->head_dim, q_dim = c->n_heads * hd;
+    int g = t->head / (c->n_heads / c->n_kv_heads);
+    int pos_first = kv->len;  /* this step's rows are at kv->len ..; their keys are cached */
+    const float *Kt = kv_cache_kt(kv, f->cur_layer, g);
+    const float *V = kv_cache_v(kv, f->cur_layer) + (size_t)g * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    const float *K = kv_cache_k(kv, layer), *V = kv_cache_v(kv, layer);
-    float *S = f->scores;
-    for (int h = 0; h < c->n_heads; h++) {
-        int g = h / group;
-        const float *Qh = q + (size_t)h * hd;
-        const float *Kg = K + (size_t)g * hd, *Vg = V + (size_t)g * hd;
-        float *Oh = att + (size_t)h * hd;
-        if (n == 1) {
-            /* decode: plain dot products, no BLAS call overhead */
-            int j0 = win && ctx > win ? ctx - win : 0;
-            for (int j = j0; j < ctx; j++) {
-                const float *kr = Kg + (size_t)j * kv_dim;
-                float d = 0;
-                for (int i = 0; i < hd; i++)
-                    d += Qh[i] * kr[i];
-                S[j - j0] = d * scale;
-            }
-            softmax_row(S, ctx - j0);
-            memset(Oh, 0, sizeof(float) * hd);
-            for (int j = j0; j < ctx; j++) {
-                const float *vr = Vg + (size_t)j * kv_dim;
-                float a = S[j - j0];
-                for (int i = 0; i < hd; i++)
-                    Oh[i] += a * vr[i];
-            }
-            continue;
-        }
-        /* prefill, in chunks of query rows so the causal upper triangle is mostly skipped:
-         * rows [i0, i1) attend to keys [0, pos0 + i1): S = scale · Qh Kgᵀ, mask, softmax,
-         * Oh = S Vg. Chunks of 128 rows do ~60% of the full-square work at n = 512. */
-        for (int i0 = 0; i0 < n; i0 += ATTN_CHUNK) {
-            int i1 = i0 + ATTN_CHUNK < n ? i0 + ATTN_CHUNK : n, rows = i1 - i0;
-            int keys = pos0 + i1;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale,
-                        Qh + (size_t)i0 * q_dim, q_dim, Kg, kv_dim, 0.0f, S, keys);
-            for (int i = i0; i < i1; i++) {
-                float *row = S + (size_t)(i - i0) * keys;
-                int last = pos0 + i;  /* attends to keys first..last */
-                int first = win && last + 1 > win ? last + 1 - win : 0;
-                memset(row, 0, sizeof(float) * first);
-                softmax_row(row + first, last + 1 - first);
-                memset(row + last + 1, 0, sizeof(float) * (keys - last - 1));
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, S,
-                        keys, Vg, kv_dim, 0.0f, Oh + (size_t)i0 * q_dim, q_dim);
-        }
+    int base = f->row0[t->seq];
+    for (int r = t->r0; r < t->r1; r += ATTN_ROWS) {
+        int nr = t->r1 - r < ATTN_ROWS ? t->r1 - r : ATTN_ROWS;
+        const float *q = f->q + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
+        float *out = f->att + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
+        if (nr == 1)
+            attn_rows1(q, q_dim, 1, pos_first + r, Kt, kv->stride, V, kv->kv_dim, hd, scale,
+                       c->sliding_window, f->scores[thread], out);
+        else
+            attn_rows4(q, q_dim, nr, pos_first + r, Kt, kv->stride, V, kv->kv_dim, hd, scale,
+                       c->sliding_window, f->scores[thread], out);
     }
 }
 
@@ -304,21 +377,30 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         f->row0 = r;
         f->row0_cap = n_seqs + 1;
     }
-    size_t need_scores = 0;
-    int rank = 0;
+    size_t stride = 0;
+    int rank = 0, n_tasks = 0;
     for (int s = 0; s < n_seqs; s++) {
-        size_t ctx = (size_t)seqs[s].kv->len + seqs[s].n_tokens;
-        size_t need = (size_t)seqs[s].n_tokens * ctx;
-        need_scores = need > need_scores ? need : need_scores;
+        size_t st = (size_t)seqs[s].kv->stride;
+        stride = st > stride ? st : stride;
         int r = variant_mix_max_rank(seqs[s].lora);
         rank = r > rank ? r : rank;
+        n_tasks += f->m->cfg.n_heads * ((seqs[s].n_tokens + ATTN_TASK_ROWS - 1) / ATTN_TASK_ROWS);
     }
-    if (need_scores > f->scores_cap) {
-        float *s = realloc(f->scores, need_scores * sizeof(float));
-        if (!s)
-            return lr_error_set(err, LR_ENOMEM, "out of memory for attention scores");
-        f->scores = s;
-        f->scores_cap = need_scores;
+    if (stride > f->scores_cap) {
+        for (int t = 0; t < pool_threads(f->pool); t++) {
+            float *s = realloc(f->scores[t], ATTN_ROWS * stride * sizeof(float));
+            if (!s)
+                return lr_error_set(err, LR_ENOMEM, "out of memory for attention scores");
+            f->scores[t] = s;
+        }
+        f->scores_cap = stride;
+    }
+    if (n_tasks > f->tasks_cap) {
+        attn_task *t = realloc(f->tasks, sizeof *t * (size_t)n_tasks);
+        if (!t)
+            return lr_error_set(err, LR_ENOMEM, "out of memory for attention tasks");
+        f->tasks = t;
+        f->tasks_cap = n_tasks;
     }
     if (rank > f->lora_rank_cap) {
         float *l = realloc(f->lora, (size_t)f->max_rows * rank * sizeof(float));
@@ -334,8 +416,7 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
 {
     const model *m = f->m;
     const model_config *c = &m->cfg;
-    int hd = c->head_dim, half = hd / 2;
-    int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
+    int hd = c->head_dim, half = hd / 2, kv_dim = c->n_kv_heads * hd;
 
     /* Validate everything before touching any cache. */
     int rows = 0;
@@ -376,6 +457,19 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         }
     }
 
+    f->n_tasks = 0;
+    f->attn_work = 0;
+    for (int s = 0; s < n_seqs; s++)
+        f->attn_work += (double)seqs[s].n_tokens * (seqs[s].kv->len + seqs[s].n_tokens) *
+                        c->n_heads * hd;
+    for (int s = 0; s < n_seqs; s++)
+        for (int h = 0; h < c->n_heads; h++)
+            for (int r = 0; r < seqs[s].n_tokens; r += ATTN_TASK_ROWS) {
+                int r1 = r + ATTN_TASK_ROWS < seqs[s].n_tokens ? r + ATTN_TASK_ROWS
+                                                               : seqs[s].n_tokens;
+                f->tasks[f->n_tasks++] = (attn_task){s, h, r, r1};
+            }
+
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         rmsnorm(f->xn, f->x, L->attn_norm, rows, c->hidden, c->rms_eps);
@@ -387,11 +481,24 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         for (int s = 0; s < n_seqs; s++) {
             kv_cache *kv = seqs[s].kv;
             int r0 = f->row0[s], n = seqs[s].n_tokens;
-            memcpy(kv_cache_k(kv, l) + (size_t)kv->len * kv_dim, f->k + (size_t)r0 * kv_dim,
-                   sizeof(float) * n * kv_dim);
+            for (int g = 0; g < c->n_kv_heads; g++) {
+                float *kt = kv_cache_kt(kv, l, g);
+                for (int i = 0; i < n; i++) {
+                    const float *kr = f->k + (size_t)(r0 + i) * kv_dim + (size_t)g * hd;
+                    for (int d = 0; d < hd; d++)
+                        kt[(size_t)d * kv->stride + kv->len + i] = kr[d];
+                }
+            }
             memcpy(kv_cache_v(kv, l) + (size_t)kv->len * kv_dim, f->v + (size_t)r0 * kv_dim,
                    sizeof(float) * n * kv_dim);
-            attend(f, kv, l, kv->len, n, f->q + (size_t)r0 * q_dim, f->att + (size_t)r0 * q_dim);
+        }
+        f->cur_seqs = seqs;
+        f->cur_layer = l;
+        if (f->attn_work < ATTN_INLINE_WORK) {
+            for (int t = 0; t < f->n_tasks; t++)  /* too little to wake another thread for */
+                attn_task_run(f, t, 0);
+        } else {
+            pool_run(f->pool, attn_task_run, f, f->n_tasks);
         }
         project(f, seqs, n_seqs, l, PROJ_O, f->att, f->out);
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)

@@ -1,0 +1,25 @@
+/* pool: a few persistent worker threads for the engine's own parallel loops (attention,
+ * norms) — the work OpenBLAS does not do. The calling thread takes part, so a pool of n
+ * threads starts n - 1 workers. Workers spin briefly after a job (jobs come every few
+ * microseconds while decoding) and then sleep. */
+#ifndef LORAD_POOL_H
+#define LORAD_POOL_H
+
+#include "error.h"
+
+typedef struct pool pool;
+
+/* One task: runs task index `task` on thread `thread` (0 = the caller). */
+typedef void (*pool_fn)(void *ctx, int task, int thread);
+
+/* n_threads >= 1 in total (1 = no workers, pool_run runs inline). NULL + err on failure.
+ * Owned by the caller (pool_free). */
+pool *pool_create(int n_threads, lr_error *err);
+void pool_free(pool *p);  /* joins the workers; accepts NULL */
+int pool_threads(const pool *p);
+
+/* Runs fn for tasks 0 .. n_tasks-1, spread over the threads, and returns when all are
+ * done. Not reentrant: one pool_run at a time, from the pool's owner thread. */
+void pool_run(pool *p, pool_fn fn, void *ctx, int n_tasks);
+
+#endif

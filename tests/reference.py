@@ -5,10 +5,20 @@ of Llama-family models (Llama, Mistral, Qwen2) with PEFT LoRA adapters.
 It reads the model files itself (its own safetensors reader, F32/F16/BF16 decoding,
 sharded checkpoints) and shares no code with lorad or with tools/make_fixtures.py.
 
-    logprobs(model_dir, token_ids, adapters=[(adapter_dir, weight), ...], merged=False)
+    logprobs(model_dir, token_ids, adapters=[(adapter_dir, weight), ...], merged=False,
+             windows=None)
         -> [len(token_ids), vocab] float64 log-softmax of the next-token logits at every
            position. merged=True folds W' = W + sum_i w_i s_i B_i A_i into the weights
            first instead of adding s (x A^T) B^T on the fly (the results must agree).
+           windows: per-layer sliding windows overriding config.json's (None entries =
+           full attention), for tests that need the model with another window.
+
+Sliding-window attention follows transformers' masking_utils (sliding_window_overlay
+and causal_mask_function: kv_idx > q_idx - W and kv_idx <= q_idx), i.e. a query at
+position p attends to the W keys at positions max(0, p-W+1) .. p. Which layers slide:
+Mistral every layer when `sliding_window` is set (MistralConfig default 4096, null = off);
+Qwen2 only with `use_sliding_window`, and then the layers with index >= max_window_layers
+(default 28), or as listed by an explicit `layer_types`; Llama never.
     greedy(model_dir, prompt_ids, n, adapters=[...]) -> generated ids (stops at EOS)
 
 Command line (for debugging):
@@ -123,6 +133,7 @@ class Config:
         if c.get("hidden_act", "silu") != "silu":
             raise ValueError("unsupported hidden_act")
         self.rope_scaling = c.get("rope_scaling")
+        self.layer_windows = layer_windows(c, arch, self.n_layers)
         eos = c.get("eos_token_id")
         gpath = os.path.join(model_dir, "generation_config.json")
         if os.path.exists(gpath):
@@ -133,6 +144,40 @@ class Config:
         if eos is None:
             eos = []
         self.eos_ids = list(eos) if isinstance(eos, list) else [eos]
+
+
+def layer_windows(c, arch, n_layers):
+    """Per-layer sliding window (None = full causal attention), as transformers decides it:
+    MistralConfig(sliding_window=4096) applies one window to every layer (MistralModel uses
+    create_sliding_window_causal_mask whenever config.sliding_window is not None);
+    Qwen2Config sets sliding_window = None unless use_sliding_window (default False), and
+    layer_types[i] = "sliding_attention" iff sliding_window is not None and
+    i >= max_window_layers (default 28), unless layer_types is given explicitly."""
+    if arch == "MistralForCausalLM":
+        w = c.get("sliding_window", 4096)
+        return [w] * n_layers
+    if arch == "Qwen2ForCausalLM":
+        w = c.get("sliding_window", 4096) if c.get("use_sliding_window", False) else None
+        types = c.get("layer_types")
+        if types is None:
+            mwl = c.get("max_window_layers", 28)
+            types = ["sliding_attention" if w is not None and i >= mwl else "full_attention"
+                     for i in range(n_layers)]
+        if len(types) != n_layers:
+            raise ValueError("layer_types has %d entries for %d layers" % (len(types), n_layers))
+        return [w if t == "sliding_attention" else None for t in types]
+    return [None] * n_layers
+
+
+def attention_mask(T, window):
+    """[T, T] additive mask: 0 where query q may see key k, -inf elsewhere. Causal
+    (k <= q), and with a window W also k > q - W (W keys, the query's own included)."""
+    q = np.arange(T)[:, None]
+    k = np.arange(T)[None, :]
+    ok = k <= q
+    if window is not None:
+        ok &= k > q - window
+    return np.where(ok, 0.0, -np.inf)
 
 
 def rope_inv_freq(cfg):
@@ -315,8 +360,9 @@ def load_adapter(adapter_dir):
 
 
 # --------------------------------------------------------------------------- forward
-def forward_logits(model, ids, adapters=(), merged=False):
-    """[T, vocab] float64 logits. adapters: [(Adapter, weight)]."""
+def forward_logits(model, ids, adapters=(), merged=False, windows=None):
+    """[T, vocab] float64 logits. adapters: [(Adapter, weight)]; windows: per-layer
+    sliding windows overriding the config's (None entries: full attention)."""
     cfg, W = model.cfg, model.w
     ids = np.asarray(ids, dtype=np.int64)
     T = len(ids)
@@ -326,6 +372,10 @@ def forward_logits(model, ids, adapters=(), merged=False):
         raise ValueError("token id out of range")
     if T > cfg.max_pos:
         raise ValueError("sequence longer than max_position_embeddings")
+    if windows is None:
+        windows = cfg.layer_windows
+    if len(windows) != cfg.n_layers:
+        raise ValueError("windows: %d entries for %d layers" % (len(windows), cfg.n_layers))
     deltas = {}
     for layer in range(cfg.n_layers):
         for p in PROJS:
@@ -358,10 +408,10 @@ def forward_logits(model, ids, adapters=(), merged=False):
     nh, nkv, hd = cfg.n_heads, cfg.n_kv, cfg.head_dim
     rep = nh // nkv
     pos = np.arange(T)
-    mask = np.triu(np.full((T, T), -np.inf), k=1)
     x = W["model.embed_tokens.weight"][ids]                                  # [T, H]
     for layer in range(cfg.n_layers):
         pre = "model.layers.%d." % layer
+        mask = attention_mask(T, windows[layer])
         h = rms_norm(x, W[pre + "input_layernorm.weight"], cfg.eps)
         q = linear(pre + "self_attn.q_proj", h).reshape(T, nh, hd).transpose(1, 0, 2)
         k = linear(pre + "self_attn.k_proj", h).reshape(T, nkv, hd).transpose(1, 0, 2)
@@ -397,10 +447,11 @@ def _adapters(adapters):
     return out
 
 
-def logprobs(model_dir, token_ids, adapters=(), merged=False):
+def logprobs(model_dir, token_ids, adapters=(), merged=False, windows=None):
     """[len(token_ids), vocab] float64 log-softmax at every position."""
     model = load_model(model_dir)
-    return log_softmax(forward_logits(model, token_ids, _adapters(adapters), merged))
+    return log_softmax(forward_logits(model, token_ids, _adapters(adapters), merged,
+                                      windows))
 
 
 def greedy(model_dir, prompt_ids, n, adapters=(), merged=False):
@@ -500,10 +551,18 @@ def torch_crosscheck(fixtures_dir):
         freqs = torch.outer(torch.arange(T, dtype=torch.float64), inv)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos()[None, None], emb.sin()[None, None]
-        mask = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
+        # masking_utils: causal_mask_function and sliding_window_overlay, as a bool
+        # "may attend" matrix turned into an additive mask (eager_mask)
+        qi = torch.arange(T)[:, None]
+        ki = torch.arange(T)[None, :]
         x = F.embedding(torch.tensor([ids]), w["model.embed_tokens.weight"])
         for layer in range(cfg.n_layers):
             pre = "model.layers.%d." % layer
+            win = cfg.layer_windows[layer]
+            allowed = ki <= qi
+            if win is not None:
+                allowed = allowed & (ki > qi - win)
+            mask = torch.where(allowed, 0.0, float("-inf")).to(torch.float64)
             h = rms(x, w[pre + "input_layernorm.weight"])
             q = lin(pre + "self_attn.q_proj", h).view(1, T, nh, hd).transpose(1, 2)
             k = lin(pre + "self_attn.k_proj", h).view(1, T, nkv, hd).transpose(1, 2)

@@ -12,6 +12,10 @@
    accepted only if its reference logprob is within 1e-4 of the max: a near-tie),
    (b) the chosen and every top-K logprob match the reference within 2e-4, (c) the k-th
    top id has the reference's k-th largest logprob (swaps allowed only within 1e-4).
+   Sliding-window models (mistral_window W=6, qwen2_window W=5): 20-token prompts (and
+   a 48-token one) + 8 generated tokens; the reference proves first that its window
+   really changes the compared logprobs (vs full attention and vs W+-1), so these
+   cases cannot pass with a missing or off-by-one window.
 4. `lorad inspect` on every fixture (exit 0, JSON) and on broken ones (exit 1).
 5. Models with a real tokenizer (llama_tok_llama2, qwen2_tok_qwen3): `--prompt TEXT` on
    golden corpus strings gives exactly the golden encode-with-special-tokens ids (the
@@ -393,6 +397,96 @@ def check_rope(fx, man):
     # position 0 leaves q unchanged
     if np.abs(R.apply_rope(q, np.array([0]), inv) - q).max() > 0:
         raise Fail("rope at position 0 is not the identity")
+
+
+def window_of(fx, man, model):
+    """The fixture's sliding window W (the same for every layer), checked against what
+    the reference reads from config.json."""
+    info = man["models"][model]
+    w = info.get("sliding_window")
+    if not w:
+        raise Fail("manifest: %s has no sliding_window" % model)
+    m = R.load_model(os.path.join(fx, info["path"]))
+    if m.cfg.layer_windows != [w] * m.cfg.n_layers:
+        raise Fail("reference reads windows %s from config.json, manifest says %d"
+                   % (m.cfg.layer_windows, w))
+    return w
+
+
+def check_window_matters(fx, man, model, prompt):
+    """On prompt + its reference greedy continuation (the sequence the engine cases
+    compare): the window leaves positions < W alone (they see every key anyway) and
+    changes position W (the first that loses a key) and the compared positions by more
+    than 1e-3 against full attention and against windows W-1 and W+1."""
+    w = window_of(fx, man, model)
+    mdir = os.path.join(fx, man["models"][model]["path"])
+    n_layers = R.load_model(mdir).cfg.n_layers
+    seq = prompt + R.greedy(mdir, prompt, MAX_TOKENS)
+    if len(seq) <= w + 1:
+        raise Fail("sequence of %d tokens does not reach past the window %d" % (len(seq), w))
+    ref = R.logprobs(mdir, seq)
+    full = R.logprobs(mdir, seq, windows=[None] * n_layers)
+    d = np.abs(ref - full).max(axis=1)
+    if d[:w].max() > 1e-12:
+        raise Fail("window changes positions < W=%d (by %.2e)" % (w, d[:w].max()))
+    if d[w] <= 1e-3:
+        raise Fail("window does not change position W=%d (%.2e)" % (w, d[w]))
+    compared = slice(len(prompt) - 1, len(seq) - 1)
+    for name, other in (("full attention", full),
+                        ("window W-1", R.logprobs(mdir, seq, windows=[w - 1] * n_layers)),
+                        ("window W+1", R.logprobs(mdir, seq, windows=[w + 1] * n_layers))):
+        dd = np.abs(ref[compared] - other[compared]).max(axis=1)
+        if dd.min() <= 1e-3:
+            raise Fail("vs %s: compared position %d differs by only %.2e"
+                       % (name, len(prompt) - 1 + int(np.argmin(dd)), dd.min()))
+
+
+def check_window_config(fx, man):
+    """The reference's reading of transformers' window config keys, on edited copies of
+    the window fixtures' config.json: Qwen2 max_window_layers (layers >= it slide),
+    use_sliding_window false, explicit layer_types; Mistral sliding_window null (off) and
+    missing (MistralConfig default 4096)."""
+    def windows(model, edit):
+        src = os.path.join(fx, man["models"][model]["path"], "config.json")
+        with open(src) as f:
+            c = json.load(f)
+        edit(c)
+        return R.layer_windows(c, c["architectures"][0], c["num_hidden_layers"])
+
+    def expect(got, want, what):
+        if got != want:
+            raise Fail("%s: windows %s, want %s" % (what, got, want))
+
+    def setk(**kv):
+        return lambda c: c.update(kv)
+
+    def drop(key):
+        return lambda c: c.pop(key)
+
+    expect(windows("qwen2_window", setk()), [5, 5], "qwen2_window as written")
+    expect(windows("qwen2_window", setk(max_window_layers=1)), [None, 5],
+           "max_window_layers 1")
+    expect(windows("qwen2_window", setk(max_window_layers=2)), [None, None],
+           "max_window_layers 2")
+    expect(windows("qwen2_window", drop("max_window_layers")), [None, None],
+           "max_window_layers missing (default 28)")
+    expect(windows("qwen2_window", setk(use_sliding_window=False)), [None, None],
+           "use_sliding_window false")
+    expect(windows("qwen2_window", drop("use_sliding_window")), [None, None],
+           "use_sliding_window missing")
+    expect(windows("qwen2_window", setk(layer_types=["sliding_attention", "full_attention"])),
+           [5, None], "explicit layer_types")
+    expect(windows("mistral_window", setk()), [6, 6], "mistral_window as written")
+    expect(windows("mistral_window", setk(sliding_window=None)), [None, None],
+           "mistral sliding_window null")
+    expect(windows("mistral_window", drop("sliding_window")), [4096, 4096],
+           "mistral sliding_window missing")
+    # the mask itself: W keys per query, its own included
+    m = R.attention_mask(9, 3)
+    for q in range(9):
+        seen = [k for k in range(9) if m[q, k] == 0]
+        if seen != list(range(max(0, q - 2), q + 1)):
+            raise Fail("mask row %d sees %s" % (q, seen))
 
 
 def check_bf16_rounding():
@@ -823,8 +917,9 @@ def main(argv):
             # here costs ~1 s of reference greedy decoding over a 151k vocabulary)
             prompts[model] = None
             continue
-        # llama3_rope: run past original_max_position_embeddings (64)
-        length = 72 if info.get("rope_scaling") else 12
+        # llama3_rope: run past original_max_position_embeddings (64); window models:
+        # 20 tokens + 8 generated, well past the window
+        length = 72 if info.get("rope_scaling") else 20 if info.get("sliding_window") else 12
         length = min(length, info["max_position_embeddings"] - MAX_TOKENS - 1)
         try:
             prompts[model] = pick_prompt(fx, man, model, length)
@@ -840,6 +935,21 @@ def main(argv):
         if prompts[model]:
             suite.run("ref_causality_" + model, check_causality, fx, man, model, prompts[model])
     suite.run("ref_rope_llama3", check_rope, fx, man)
+    window_models = [mo for mo, info in man["models"].items() if info.get("sliding_window")]
+    long_prompts = {}
+    suite.run("ref_window_config_semantics", check_window_config, fx, man)
+    for model in window_models:
+        if prompts[model]:
+            suite.run("ref_window_matters_" + model, check_window_matters, fx, man, model,
+                      prompts[model])
+        # a long prompt: prefill rows whose window starts blocks of keys further in
+        length = man["models"][model]["max_position_embeddings"] - MAX_TOKENS - 8
+        try:
+            long_prompts[model] = pick_prompt(fx, man, model, length)
+            suite.run("ref_window_matters_long_" + model, check_window_matters, fx, man,
+                      model, long_prompts[model])
+        except Exception as e:
+            suite.report("prompt_long_" + model, str(e))
     for name, a in man["adapters"].items():
         if prompts[a["base"]]:
             suite.run("ref_adapter_effect_" + name, check_adapter_effect, fx, man, name,
@@ -929,6 +1039,8 @@ def main(argv):
                       "llama_tied", pt, [("ad_all", 1.0)]))
         cases.append(("merge_cli_mix", case_merge_cli, lorad, fx, man, scratch, "mix",
                       "llama_tied", pt, MIX))
+    for model, p in long_prompts.items():
+        cases.append(("window_long_prompt_" + model, case_generate, lorad, fx, man, model, p))
     if prompts["qwen2_bias"]:
         cases.append(("merge_cli_qwen2", case_merge_cli, lorad, fx, man, scratch, "qwen2",
                       "qwen2_bias", prompts["qwen2_bias"], [("qwen2_ad", 1.0)]))

@@ -142,6 +142,23 @@ MODELS = [
          bos=151643, eos=[151645, 151643], gen_config=True, tokenizer="qwen3",
          features=["tokenizer", "byte_level_bpe", "qwen2", "qkv_bias", "bf16", "tied",
                    "mqa", "eos_list"]),
+    # Sliding-window attention (transformers' masking_utils: a query at position p sees
+    # keys p-W+1..p, W of them). Small windows against max_position_embeddings 64, so a
+    # 20-token prompt + 8 generated tokens slides well past them. Appended last: the
+    # fixtures above keep their random streams (one Generator per list index).
+    dict(name="mistral_window", arch="MistralForCausalLM", model_type="mistral", vocab=96,
+         hidden=32, inter=64, layers=2, heads=4, kv=2, head_dim=None, max_pos=64,
+         theta=10000.0, eps=1e-5, tie=False, dtype="F32", bias=False, bos=1, eos=2,
+         gen_config=False, sliding_window=6,
+         features=["mistral", "sliding_window", "gqa", "untied"]),
+    # Qwen2: the window applies only with use_sliding_window, and only to layers with
+    # index >= max_window_layers (Qwen2Config.layer_types); 0 puts every layer in it.
+    dict(name="qwen2_window", arch="Qwen2ForCausalLM", model_type="qwen2", vocab=80,
+         hidden=32, inter=64, layers=2, heads=4, kv=2, head_dim=None, max_pos=64,
+         theta=1000000.0, eps=1e-6, tie=False, dtype="F32", bias=True, bos=77, eos=78,
+         gen_config=True, sliding_window=5, max_window_layers=0,
+         features=["qwen2", "sliding_window", "use_sliding_window", "qkv_bias", "gqa",
+                   "untied"]),
 ]
 TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "tests", "fixtures", "tokenizer")
@@ -244,11 +261,17 @@ def model_config_json(m):
         c["mlp_bias"] = False
         c["pretraining_tp"] = 1
     if m["model_type"] == "mistral":
-        c["sliding_window"] = 4096      # >= max_position_embeddings: no effect
+        # default 4096 >= max_position_embeddings: no effect
+        c["sliding_window"] = m.get("sliding_window", 4096)
     if m["model_type"] == "qwen2":
-        c["use_sliding_window"] = False
-        c["sliding_window"] = m["max_pos"]
-        c["max_window_layers"] = m["layers"]
+        if m.get("sliding_window"):
+            c["use_sliding_window"] = True
+            c["sliding_window"] = m["sliding_window"]
+            c["max_window_layers"] = m["max_window_layers"]
+        else:
+            c["use_sliding_window"] = False
+            c["sliding_window"] = m["max_pos"]
+            c["max_window_layers"] = m["layers"]
     c["rope_scaling"] = m.get("rope_scaling")
     return c
 
@@ -301,6 +324,8 @@ def write_model(outdir, m, rng):
         "tie_word_embeddings": m["tie"], "bos_token_id": m["bos"], "eos_token_ids": eos,
         "shards": shards, "rope_scaling": m.get("rope_scaling"),
         "tokenizer": tok, "tokenizer_files": list(TOKENIZER_FILES) if tok else [],
+        # the window the fixture means to exercise (None: full attention everywhere)
+        "sliding_window": m.get("sliding_window"),
     }
 
 

@@ -275,13 +275,48 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
         goto done;
     }
 
-    /* Sliding window: Mistral applies it when set; Qwen2 only with use_sliding_window. */
+    /* Sliding window, as transformers reads it. Mistral: every layer, sliding_window
+     * defaulting to 4096 when the key is absent (null = none). Qwen2: only with
+     * use_sliding_window, and only in layers >= max_window_layers (default 28). A query
+     * at position p then sees keys p - W + 1 .. p. */
     int sw = 0, use_sw = cfg->arch == ARCH_MISTRAL;
+    json_t *swj = json_object_get(root, "sliding_window");
     if ((rc = get_int(root, "sliding_window", 0, 0, big, &sw, err)))
         goto done;
-    if (cfg->arch == ARCH_QWEN2 && (rc = get_bool(root, "use_sliding_window", 0, &use_sw, err)))
-        goto done;
-    if (use_sw && sw > 0 && sw < cfg->max_positions)
+    if (cfg->arch == ARCH_MISTRAL && !swj)
+        sw = 4096;
+    if (cfg->arch == ARCH_QWEN2) {
+        if ((rc = get_bool(root, "use_sliding_window", 0, &use_sw, err)) ||
+            (rc = get_int(root, "max_window_layers", 28, 0, 1 << 20, &cfg->window_from_layer,
+                          err)))
+            goto done;
+    }
+    if (json_object_get(root, "layer_types")) {
+        /* transformers' explicit per-layer list: accept it when it is "full" up to some
+         * layer and "sliding" from there on (what max_window_layers can express). */
+        json_t *lt = json_object_get(root, "layer_types");
+        size_t i, n_sliding = 0, first_sliding = json_array_size(lt);
+        json_t *e;
+        int ok = json_is_array(lt) && json_array_size(lt) == (size_t)cfg->n_layers;
+        json_array_foreach(lt, i, e) {
+            const char *t = json_is_string(e) ? json_string_value(e) : "";
+            if (strcmp(t, "sliding_attention") == 0) {
+                if (!n_sliding++)
+                    first_sliding = i;
+            } else if (strcmp(t, "full_attention") != 0 || n_sliding) {
+                ok = 0;
+            }
+        }
+        if (!ok) {
+            rc = lr_error_set(err, LR_ENOTSUP, "config.json: 'layer_types' must list "
+                              "full_attention then sliding_attention, one per layer (other "
+                              "patterns are not supported)");
+            goto done;
+        }
+        cfg->window_from_layer = (int)first_sliding;
+        use_sw = n_sliding > 0;
+    }
+    if (use_sw && sw > 0 && sw < cfg->max_positions && cfg->window_from_layer < cfg->n_layers)
         cfg->sliding_window = sw;
 
     if ((rc = read_rope_scaling(json_object_get(root, "rope_scaling"), cfg, err)))

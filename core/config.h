@@ -30,6 +30,8 @@ typedef struct {
     int tie_embeddings;       /* lm_head shares embed_tokens */
     int qkv_bias;             /* Qwen2: q/k/v projections have a bias */
     int sliding_window;       /* 0 = full attention */
+    int window_from_layer;    /* layers with index >= this use the sliding window (Qwen2's
+                               * max_window_layers; 0 for Mistral) */
     /* rope_scaling {"rope_type": "llama3", ...}; rope_llama3 == 0 when absent */
     int rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;

@@ -354,6 +354,7 @@ static void attn_task_run(void *ctx, int task, int thread)
     const float *Kt = kv_cache_kt(kv, f->cur_layer, g);
     const float *V = kv_cache_v(kv, f->cur_layer) + (size_t)g * hd;
     float scale = 1.0f / sqrtf((float)hd);
+    int win = f->cur_layer >= c->window_from_layer ? c->sliding_window : 0;
     int base = f->row0[t->seq];
     for (int r = t->r0; r < t->r1; r += ATTN_ROWS) {
         int nr = t->r1 - r < ATTN_ROWS ? t->r1 - r : ATTN_ROWS;
@@ -361,10 +362,10 @@ static void attn_task_run(void *ctx, int task, int thread)
         float *out = f->att + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
         if (nr == 1)
             attn_rows1(q, q_dim, 1, pos_first + r, Kt, kv->stride, V, kv->kv_dim, hd, scale,
-                       c->sliding_window, f->scores[thread], out);
+                       win, f->scores[thread], out);
         else
             attn_rows4(q, q_dim, nr, pos_first + r, Kt, kv->stride, V, kv->kv_dim, hd, scale,
-                       c->sliding_window, f->scores[thread], out);
+                       win, f->scores[thread], out);
     }
 }
 

@@ -510,6 +510,35 @@ def case_generate(lorad, fx, man, model, prompt, adapters=(), merge=False):
     verify(res, fx, man, model, prompt, adapters)
 
 
+def case_window_layers(lorad, fx, man, scratch, prompt):
+    """Qwen2 max_window_layers: on a copy of qwen2_window with max_window_layers 1 only
+    layer 1 slides. lorad must follow the reference, and the reference must differ from
+    the all-layers window there (else the case proves nothing)."""
+    src = os.path.join(fx, man["models"]["qwen2_window"]["path"])
+    dst = os.path.join(scratch, "qwen2_window_mwl1")
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    cfg_path = os.path.join(dst, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["max_window_layers"] = 1
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    res = run_generate(lorad, fx, man, "qwen2_window", prompt, model_dir=dst)
+    seq = list(prompt) + res["ids"][:-1]
+    ref = R.logprobs(dst, seq)
+    both = R.logprobs(src, seq)
+    if np.abs(ref - both)[len(prompt) - 1:].max() < 1e-3:
+        raise Fail("max_window_layers 1 does not change the reference on this sequence")
+    for j, tok in enumerate(res["logprobs"]):
+        row = ref[len(prompt) - 1 + j]
+        if tok["id"] != int(row.argmax()):
+            raise Fail("token %d: lorad %d, reference argmax %d" % (j, tok["id"], row.argmax()))
+        if abs(tok["logprob"] - row[tok["id"]]) > ATOL:
+            raise Fail("token %d: logprob %.6f vs reference %.6f"
+                       % (j, tok["logprob"], row[tok["id"]]))
+
+
 def case_eos(lorad, fx, man, model, prompt):
     res = run_generate(lorad, fx, man, model, prompt)
     verify(res, fx, man, model, prompt, ())
@@ -1041,6 +1070,9 @@ def main(argv):
                       "llama_tied", pt, MIX))
     for model, p in long_prompts.items():
         cases.append(("window_long_prompt_" + model, case_generate, lorad, fx, man, model, p))
+    if prompts.get("qwen2_window"):
+        cases.append(("window_qwen2_max_window_layers", case_window_layers, lorad, fx, man,
+                      scratch, prompts["qwen2_window"]))
     if prompts["qwen2_bias"]:
         cases.append(("merge_cli_qwen2", case_merge_cli, lorad, fx, man, scratch, "qwen2",
                       "qwen2_bias", prompts["qwen2_bias"], [("qwen2_ad", 1.0)]))

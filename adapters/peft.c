@@ -781,8 +781,10 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
 
     /* One allocation per tensor, one conversion pass, one finiteness pass. */
     size_t na = (size_t)r * (size_t)in, nb = (size_t)out * (size_t)r;
-    m->a = lora_weights_alloc(w, na);
-    m->b = lora_weights_alloc(w, nb);
+    if (!m->a)  /* peft_load places A and B in the arena beforehand; this is a fallback */
+        m->a = lora_weights_alloc(w, na);
+    if (!m->b)
+        m->b = lora_weights_alloc(w, nb);
     if (!m->a || !m->b)
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory for %zu floats", mod, na + nb);
     m->r = r;
@@ -925,6 +927,22 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
                           shown, total * sizeof(float) >> 20);
         goto fail;
     }
+    /* Per layer: every A (q, k, v, o, gate, up, down), then every B. Projections that
+     * share an input (q/k/v, gate/up) then have their A's back to back, so the forward
+     * pass computes X·Aᵀ for the group in one product (variant_apply_group). */
+    for (int l = 0; l < n_layers; l++)
+        for (int ab = LORA_A; ab <= LORA_B; ab++)
+            for (int p = 0; p < PROJ_COUNT; p++) {
+                const st_tensor *ta = table[((size_t)l * PROJ_COUNT + (size_t)p) * 2 + LORA_A];
+                const st_tensor *tb = table[((size_t)l * PROJ_COUNT + (size_t)p) * 2 + LORA_B];
+                if (!ta || !tb)
+                    continue;
+                lora_matrix *m = lora_weights_at(a->w, l, (model_proj)p);
+                if (ab == LORA_A)
+                    m->a = lora_weights_alloc(a->w, (size_t)ta->numel);
+                else
+                    m->b = lora_weights_alloc(a->w, (size_t)tb->numel);
+            }
     for (int l = 0; l < n_layers; l++) {
         for (int p = 0; p < PROJ_COUNT; p++) {
             const st_tensor *ta = table[((size_t)l * PROJ_COUNT + (size_t)p) * 2 + LORA_A];

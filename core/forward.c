@@ -165,22 +165,26 @@ static void matmul(float *y, const float *x, const float *w, int n, int in, int 
                     0.0f, y, out);
 }
 
-/* One projection over all rows of the batch: one GEMM per run of sequences sharing the
- * weight matrix, then the on-the-fly adapters per run of sequences sharing a mix. */
+/* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x: one
+ * GEMM per projection per run of sequences sharing the weight matrix, then the
+ * on-the-fly adapters per run of sequences sharing a mix (grouped: one X·Aᵀ for the
+ * group), then biases. */
 static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
-                    model_proj p, const float *x, float *y)
+                    const model_proj *ps, int n_ps, const float *x, float *const *ys)
 {
     const model *m = f->m;
-    int out, in;
-    model_config_proj_shape(&m->cfg, p, &out, &in);
-    for (int s = 0; s < n_seqs;) {
-        const float *w = variant_weight(m, seqs[s].merged, layer, p);
-        int e = s + 1;
-        while (e < n_seqs && variant_weight(m, seqs[e].merged, layer, p) == w)
-            e++;
-        int r0 = f->row0[s], nr = f->row0[e] - r0;
-        matmul(y + (size_t)r0 * out, x + (size_t)r0 * in, w, nr, in, out);
-        s = e;
+    int outs[VARIANT_GROUP_MAX], in = 0;
+    for (int k = 0; k < n_ps; k++) {
+        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
+        for (int s = 0; s < n_seqs;) {
+            const float *w = variant_weight(m, seqs[s].merged, layer, ps[k]);
+            int e = s + 1;
+            while (e < n_seqs && variant_weight(m, seqs[e].merged, layer, ps[k]) == w)
+                e++;
+            int r0 = f->row0[s], nr = f->row0[e] - r0;
+            matmul(ys[k] + (size_t)r0 * outs[k], x + (size_t)r0 * in, w, nr, in, outs[k]);
+            s = e;
+        }
     }
     for (int s = 0; s < n_seqs;) {
         const variant_mix *mix = seqs[s].lora;
@@ -189,17 +193,22 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
             e++;
         if (mix) {
             int r0 = f->row0[s], nr = f->row0[e] - r0;
-            variant_apply(mix, layer, p, x + (size_t)r0 * in, nr, in, y + (size_t)r0 * out, out,
-                          f->lora);
+            float *y_run[VARIANT_GROUP_MAX];
+            for (int k = 0; k < n_ps; k++)
+                y_run[k] = ys[k] + (size_t)r0 * outs[k];
+            variant_apply_group(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr, in, y_run, outs,
+                                f->lora);
         }
         s = e;
     }
-    if (p <= PROJ_V && m->layers[layer].bias[p]) {
-        const float *b = m->layers[layer].bias[p];
-        int rows = f->row0[n_seqs];
+    int rows = f->row0[n_seqs];
+    for (int k = 0; k < n_ps; k++) {
+        if (ps[k] > PROJ_V || !m->layers[layer].bias[ps[k]])
+            continue;
+        const float *b = m->layers[layer].bias[ps[k]];
         for (int r = 0; r < rows; r++)
-            for (int i = 0; i < out; i++)
-                y[(size_t)r * out + i] += b[i];
+            for (int i = 0; i < outs[k]; i++)
+                ys[k][(size_t)r * outs[k] + i] += b[i];
     }
 }
 
@@ -404,7 +413,8 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         f->tasks_cap = n_tasks;
     }
     if (rank > f->lora_rank_cap) {
-        float *l = realloc(f->lora, (size_t)f->max_rows * rank * sizeof(float));
+        float *l = realloc(f->lora, (size_t)f->max_rows * VARIANT_GROUP_MAX * rank *
+                                        sizeof(float));
         if (!l)
             return lr_error_set(err, LR_ENOMEM, "out of memory for adapter scratch");
         f->lora = l;
@@ -474,9 +484,10 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         rmsnorm(f->xn, f->x, L->attn_norm, rows, c->hidden, c->rms_eps);
-        project(f, seqs, n_seqs, l, PROJ_Q, f->xn, f->q);
-        project(f, seqs, n_seqs, l, PROJ_K, f->xn, f->k);
-        project(f, seqs, n_seqs, l, PROJ_V, f->xn, f->v);
+        static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
+        static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
+        static const model_proj o[1] = {PROJ_O}, down[1] = {PROJ_DOWN};
+        project(f, seqs, n_seqs, l, qkv, 3, f->xn, (float *const[]){f->q, f->k, f->v});
         rope(f->q, rows, c->n_heads, hd, f->cos_t, f->sin_t);
         rope(f->k, rows, c->n_kv_heads, hd, f->cos_t, f->sin_t);
         for (int s = 0; s < n_seqs; s++) {
@@ -501,13 +512,12 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         } else {
             pool_run(f->pool, attn_task_run, f, f->n_tasks);
         }
-        project(f, seqs, n_seqs, l, PROJ_O, f->att, f->out);
+        project(f, seqs, n_seqs, l, o, 1, f->att, (float *const[]){f->out});
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];
 
         rmsnorm(f->xn, f->x, L->ffn_norm, rows, c->hidden, c->rms_eps);
-        project(f, seqs, n_seqs, l, PROJ_GATE, f->xn, f->gate);
-        project(f, seqs, n_seqs, l, PROJ_UP, f->xn, f->up);
+        project(f, seqs, n_seqs, l, gate_up, 2, f->xn, (float *const[]){f->gate, f->up});
         for (size_t i = 0; i < (size_t)rows * c->intermediate; i++) {
             float g = f->gate[i];
             /* silu(g) = g / (1 + e^-g); e^-g via exp_fast for g >= 0, else e^g / (1 + e^g) */
@@ -515,7 +525,7 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
             float sig = g < 0 ? e / (1.0f + e) : 1.0f / (1.0f + e);
             f->gate[i] = g * sig * f->up[i];
         }
-        project(f, seqs, n_seqs, l, PROJ_DOWN, f->gate, f->out);
+        project(f, seqs, n_seqs, l, down, 1, f->gate, (float *const[]){f->out});
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];
     }

@@ -132,3 +132,45 @@ void variant_apply(const variant_mix *mix, int layer, model_proj p, const float 
         }
     }
 }
+
+void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
+                         const float *x, int n, int in, float *const *ys, const int *outs,
+                         float *scratch)
+{
+    for (int i = 0; i < mix->n; i++) {
+        const lora_matrix *lm[VARIANT_GROUP_MAX];
+        int contiguous = n_ps > 1, total_r = 0;
+        for (int k = 0; k < n_ps; k++) {
+            lm[k] = lora_weights_get(mix->t[i].w, layer, ps[k]);
+            contiguous &= lm[k]->r > 0 && (k == 0 || lm[k]->a == lm[k - 1]->a +
+                                                         (size_t)lm[k - 1]->r * in);
+            total_r += lm[k]->r;
+        }
+        if (!contiguous) {
+            variant_mix one = {.n = 1, .t = {mix->t[i]}};
+            for (int k = 0; k < n_ps; k++)
+                variant_apply(&one, layer, ps[k], x, n, in, ys[k], outs[k], scratch);
+            continue;
+        }
+        /* T [n, total_r] = X [n, in] · [A_0; A_1; ...]ᵀ, one product for the group */
+        if (n == 1)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, total_r, in, 1.0f, lm[0]->a, in, x, 1,
+                        0.0f, scratch, 1);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total_r, in, 1.0f, x, in,
+                        lm[0]->a, in, 0.0f, scratch, total_r);
+        /* Y_k [n, out_k] += alpha_k · T[:, off_k : off_k + r_k] · B_kᵀ */
+        int off = 0;
+        for (int k = 0; k < n_ps; k++) {
+            float alpha = mix->t[i].weight * lm[k]->scale;
+            if (n == 1)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, outs[k], lm[k]->r, alpha, lm[k]->b,
+                            lm[k]->r, scratch + off, 1, 1.0f, ys[k], 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, outs[k], lm[k]->r,
+                            alpha, scratch + off, total_r, lm[k]->b, lm[k]->r, 1.0f, ys[k],
+                            outs[k]);
+            off += lm[k]->r;
+        }
+    }
+}

@@ -51,4 +51,13 @@ const float *variant_weight(const model *m, const variant *v, int layer, model_p
 void variant_apply(const variant_mix *mix, int layer, model_proj p, const float *x, int n,
                    int in, float *y, int out, float *scratch);
 
+/* The same for a group of projections that read the same rows X [n, in] (q/k/v, or
+ * gate/up), writing ys[i] [n, outs[i]]. When an adapter stores the group's A matrices
+ * back to back (peft_load does), X·Aᵀ for the whole group is one product. scratch holds
+ * at least n · VARIANT_GROUP_MAX · variant_mix_max_rank(mix) floats. Engine thread. */
+#define VARIANT_GROUP_MAX 3
+void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
+                         const float *x, int n, int in, float *const *ys, const int *outs,
+                         float *scratch);
+
 #endif

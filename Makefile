@@ -1,6 +1,6 @@
 # lorad — build, test, bench, run, install. The only entry point.
 CC      ?= cc
-CFLAGS  ?= -O3 -g -march=native
+CFLAGS  ?= -O3 -g -march=native -ffp-contract=fast
 WARN    := -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes
 PYTHON  ?= /usr/bin/python3
 PREFIX  ?= /usr/local

@@ -13,6 +13,22 @@
 
 #include "pool.h"
 
+/* 16-float vectors (GCC/Clang vector extensions): one zmm with AVX-512, two ymm with
+ * AVX2. Explicit vector variables keep the accumulators in registers. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+static inline v16 ld16(const float *p) { return *(const v16u *)p; }
+static inline void st16(float *p, v16 v) { *(v16u *)p = v; }
+
+/* A row-parallel elementwise job: y, x [n, d]; w [d] for RMSNorm. */
+typedef struct {
+    int op;
+    float *y;
+    const float *x;
+    const float *w;
+    int d, n;
+} rows_job;
+
 /* One unit of attention work: query rows [r0, r1) of sequence seq, head h. */
 typedef struct {
     int seq, head, r0, r1;
@@ -52,6 +68,7 @@ struct forward_ctx {
     forward_seq *cur_seqs;
     int cur_layer;
     double attn_work;  /* multiply-adds of this batch's attention, per layer (about) */
+    rows_job rows;     /* the current row-parallel elementwise job */
 };
 
 static void *xmalloc_floats(size_t n)
@@ -139,18 +156,26 @@ void forward_free(forward_ctx *f)
     free(f);
 }
 
-/* y [n, d] = x · rsqrt(mean(x²) + eps) · w, row by row (sum in double as HF does in fp32
- * with a wider accumulator; the difference is far below test tolerance). */
+/* y [n, d] = x · rsqrt(mean(x²) + eps) · w, row by row; fp32 sums as transformers does
+ * (hidden_states.to(float32).pow(2).mean()), 16 lanes at a time. */
 static void rmsnorm(float *y, const float *x, const float *w, int n, int d, float eps)
 {
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * d;
         float *yr = y + (size_t)r * d;
-        double ss = 0;
-        for (int i = 0; i < d; i++)
-            ss += (double)xr[i] * xr[i];
-        float inv = (float)(1.0 / sqrt(ss / d + eps));
-        for (int i = 0; i < d; i++)
+        v16 acc = {0};
+        int i = 0;
+        for (; i + 16 <= d; i += 16) {
+            v16 v = ld16(xr + i);
+            acc += v * v;
+        }
+        float ss = 0;
+        for (; i < d; i++)
+            ss += xr[i] * xr[i];
+        for (int k = 0; k < 16; k++)
+            ss += acc[k];
+        float inv = 1.0f / sqrtf(ss / d + eps);
+        for (i = 0; i < d; i++)
             yr[i] = xr[i] * inv * w[i];
     }
 }
@@ -251,6 +276,18 @@ static inline float exp_fast(float x)
     return p * scale.f;
 }
 
+/* gate [n, d] ← silu(gate) · up, elementwise. */
+static void swiglu(float *gate, const float *up, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        /* silu(g) = g / (1 + e^-g); e^-g via exp_fast for g >= 0, else e^g / (1 + e^g) */
+        float e = exp_fast(g < 0 ? g : -g);
+        float sig = g < 0 ? e / (1.0f + e) : 1.0f / (1.0f + e);
+        gate[i] = g * sig * up[i];
+    }
+}
+
 /* In place softmax of s [n]. */
 static void softmax_row(float *s, int n)
 {
@@ -278,7 +315,9 @@ static void softmax_row(float *s, int n)
 /* Attention of up to NR query rows (consecutive positions pos0 .. pos0+nr-1 of one
  * sequence, one head) against the cache: scores over the keys the rows may see, softmax
  * per row, weighted sum of values. q rows are q_dim apart; out likewise. Kt is the head's
- * transposed keys [hd, stride], V its values (row j at V + j·kv_dim). S: [NR, stride]. */
+ * transposed keys [hd, stride] (stride a multiple of 16, zero past the last key), V its
+ * values (row j at V + j·kv_dim). S: [NR, stride] scratch. Padding rows (r >= nr) repeat
+ * the last real row and are not written out. */
 #define ATTN_KERNEL(NAME, NR)                                                               \
 static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, int stride,  \
                  const float *V, int kv_dim, int hd, float scale, int win, float *S,       \
@@ -287,28 +326,26 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, i
     int first[NR], last[NR];                                                               \
     float qs[NR][256];                                                                     \
     for (int r = 0; r < NR; r++) {                                                         \
-        int rr = r < nr ? r : nr - 1;  /* padding rows repeat the last real row */         \
+        int rr = r < nr ? r : nr - 1;                                                      \
         last[r] = pos0 + rr;                                                               \
         first[r] = win && last[r] + 1 > win ? last[r] + 1 - win : 0;                       \
         for (int d = 0; d < hd; d++)                                                       \
             qs[r][d] = q[(size_t)rr * q_dim + d] * scale;                                  \
     }                                                                                      \
     int j0 = first[0] & ~15, j1 = last[NR - 1] + 1;                                        \
-    /* scores: 16 keys at a time, NR rows share each load of the keys */                   \
+    /* scores, 16 keys at a time: NR rows share each load of the keys */                   \
     for (int jb = j0; jb < j1; jb += 16) {                                                 \
-        float acc[NR][16];                                                                 \
-        for (int r = 0; r < NR; r++)                                                       \
-            for (int t = 0; t < 16; t++)                                                   \
-                acc[r][t] = 0;                                                             \
-        for (int d = 0; d < hd; d++) {                                                     \
-            const float *kd = Kt + (size_t)d * stride + jb;                                \
-            for (int r = 0; r < NR; r++)                                                   \
-                for (int t = 0; t < 16; t++)                                               \
-                    acc[r][t] += qs[r][d] * kd[t];                                         \
+        v16 acc[NR];                                                                       \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
+            acc[r] = (v16){0};                                                             \
+        const float *kd = Kt + jb;                                                         \
+        for (int d = 0; d < hd; d++, kd += stride) {                                       \
+            v16 k = ld16(kd);                                                              \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                           \
+                acc[r] += qs[r][d] * k;                                                    \
         }                                                                                  \
-        for (int r = 0; r < NR; r++)                                                       \
-            for (int t = 0; t < 16; t++)                                                   \
-                S[(size_t)r * stride + jb + t] = acc[r][t];                                \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
+            st16(S + (size_t)r * stride + jb, acc[r]);                                     \
     }                                                                                      \
     for (int r = 0; r < NR; r++) {                                                         \
         float *row = S + (size_t)r * stride;                                               \
@@ -318,32 +355,35 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, i
         for (int j = last[r] + 1; j < j1; j++)                                             \
             row[j] = 0;                                                                    \
     }                                                                                      \
-    /* out = S V, 64 output dims at a time, NR rows share each load of a value row */      \
-    for (int d0 = 0; d0 < hd; d0 += 64) {                                                  \
-        int dn = hd - d0 < 64 ? hd - d0 : 64;                                              \
-        float acc[NR][64];                                                                 \
-        for (int r = 0; r < NR; r++)                                                       \
-            for (int t = 0; t < 64; t++)                                                   \
-                acc[r][t] = 0;                                                             \
-        for (int j = j0 > first[0] ? j0 : first[0]; j < j1; j++) {                         \
+    /* out = S V, 32 output dims at a time (16 with a scalar tail): NR rows share each    \
+     * load of a value row */                                                              \
+    int jv = j0 > first[0] ? j0 : first[0];                                                \
+    int d0 = 0;                                                                            \
+    for (; d0 + 32 <= hd; d0 += 32) {                                                      \
+        v16 a0[NR], a1[NR];                                                                \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
+            a0[r] = a1[r] = (v16){0};                                                      \
+        for (int j = jv; j < j1; j++) {                                                    \
             const float *vj = V + (size_t)j * kv_dim + d0;                                 \
-            if (dn == 64) {                                                                \
-                for (int r = 0; r < NR; r++) {                                             \
-                    float p = S[(size_t)r * stride + j];                                   \
-                    for (int t = 0; t < 64; t++)                                           \
-                        acc[r][t] += p * vj[t];                                            \
-                }                                                                          \
-            } else {                                                                       \
-                for (int r = 0; r < NR; r++) {                                             \
-                    float p = S[(size_t)r * stride + j];                                   \
-                    for (int t = 0; t < dn; t++)                                           \
-                        acc[r][t] += p * vj[t];                                            \
-                }                                                                          \
+            v16 x0 = ld16(vj), x1 = ld16(vj + 16);                                         \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                         \
+                float p = S[(size_t)r * stride + j];                                       \
+                a0[r] += p * x0;                                                           \
+                a1[r] += p * x1;                                                           \
             }                                                                              \
         }                                                                                  \
-        for (int r = 0; r < nr; r++)                                                       \
-            for (int t = 0; t < dn; t++)                                                   \
-                out[(size_t)r * q_dim + d0 + t] = acc[r][t];                               \
+        for (int r = 0; r < nr; r++) {                                                     \
+            st16(out + (size_t)r * q_dim + d0, a0[r]);                                     \
+            st16(out + (size_t)r * q_dim + d0 + 16, a1[r]);                                \
+        }                                                                                  \
+    }                                                                                      \
+    for (; d0 < hd; d0++) {                                                                \
+        for (int r = 0; r < nr; r++) {                                                     \
+            float a = 0;                                                                   \
+            for (int j = jv; j < j1; j++)                                                  \
+                a += S[(size_t)r * stride + j] * V[(size_t)j * kv_dim + d0];               \
+            out[(size_t)r * q_dim + d0] = a;                                               \
+        }                                                                                  \
     }                                                                                      \
 }
 ATTN_KERNEL(attn_rows1, 1)
@@ -423,6 +463,38 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
     return 0;
 }
 
+/* Row-parallel elementwise work on the pool (prefill-sized batches only). */
+enum { ROWS_RMSNORM, ROWS_SWIGLU };
+#define ROWS_PER_TASK 32
+
+static void rows_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    forward_ctx *f = ctx;
+    const rows_job *j = &f->rows;
+    int r0 = task * ROWS_PER_TASK;
+    int n = j->n - r0 < ROWS_PER_TASK ? j->n - r0 : ROWS_PER_TASK;
+    size_t off = (size_t)r0 * j->d;
+    if (j->op == ROWS_RMSNORM)
+        rmsnorm(j->y + off, j->x + off, j->w, n, j->d, f->m->cfg.rms_eps);
+    else
+        swiglu(j->y + off, j->x + off, (size_t)n * j->d);
+}
+
+/* op over rows [0, n) of y (and x) with row length d. */
+static void run_rows(forward_ctx *f, int op, float *y, const float *x, const float *w, int d,
+                     int n)
+{
+    f->rows = (rows_job){op, y, x, w, d, n};
+    int tasks = (n + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    if (n < 2 * ROWS_PER_TASK) {
+        for (int t = 0; t < tasks; t++)
+            rows_task(f, t, 0);
+    } else {
+        pool_run(f->pool, rows_task, f, tasks);
+    }
+}
+
 int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, lr_error *err)
 {
     const model *m = f->m;
@@ -483,7 +555,7 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
 
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
-        rmsnorm(f->xn, f->x, L->attn_norm, rows, c->hidden, c->rms_eps);
+        run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->attn_norm, c->hidden, rows);
         static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
         static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
         static const model_proj o[1] = {PROJ_O}, down[1] = {PROJ_DOWN};
@@ -494,12 +566,11 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
             kv_cache *kv = seqs[s].kv;
             int r0 = f->row0[s], n = seqs[s].n_tokens;
             for (int g = 0; g < c->n_kv_heads; g++) {
-                float *kt = kv_cache_kt(kv, l, g);
-                for (int i = 0; i < n; i++) {
-                    const float *kr = f->k + (size_t)(r0 + i) * kv_dim + (size_t)g * hd;
-                    for (int d = 0; d < hd; d++)
-                        kt[(size_t)d * kv->stride + kv->len + i] = kr[d];
-                }
+                float *kt = kv_cache_kt(kv, l, g) + kv->len;
+                const float *kg = f->k + (size_t)r0 * kv_dim + (size_t)g * hd;
+                for (int d = 0; d < hd; d++)  /* contiguous writes along positions */
+                    for (int i = 0; i < n; i++)
+                        kt[(size_t)d * kv->stride + i] = kg[(size_t)i * kv_dim + d];
             }
             memcpy(kv_cache_v(kv, l) + (size_t)kv->len * kv_dim, f->v + (size_t)r0 * kv_dim,
                    sizeof(float) * n * kv_dim);
@@ -516,15 +587,9 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];
 
-        rmsnorm(f->xn, f->x, L->ffn_norm, rows, c->hidden, c->rms_eps);
+        run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->ffn_norm, c->hidden, rows);
         project(f, seqs, n_seqs, l, gate_up, 2, f->xn, (float *const[]){f->gate, f->up});
-        for (size_t i = 0; i < (size_t)rows * c->intermediate; i++) {
-            float g = f->gate[i];
-            /* silu(g) = g / (1 + e^-g); e^-g via exp_fast for g >= 0, else e^g / (1 + e^g) */
-            float e = exp_fast(g < 0 ? g : -g);
-            float sig = g < 0 ? e / (1.0f + e) : 1.0f / (1.0f + e);
-            f->gate[i] = g * sig * f->up[i];
-        }
+        run_rows(f, ROWS_SWIGLU, f->gate, f->up, NULL, c->intermediate, rows);
         project(f, seqs, n_seqs, l, down, 1, f->gate, (float *const[]){f->out});
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];

@@ -355,10 +355,33 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, i
         for (int j = last[r] + 1; j < j1; j++)                                             \
             row[j] = 0;                                                                    \
     }                                                                                      \
-    /* out = S V, 32 output dims at a time (16 with a scalar tail): NR rows share each    \
-     * load of a value row */                                                              \
+    /* out = S V, 64 output dims at a time (then 32, then a scalar tail): NR rows share   \
+     * each load of a value row */                                                         \
     int jv = j0 > first[0] ? j0 : first[0];                                                \
     int d0 = 0;                                                                            \
+    for (; d0 + 64 <= hd; d0 += 64) {                                                      \
+        v16 a0[NR], a1[NR], a2[NR], a3[NR];                                                \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
+            a0[r] = a1[r] = a2[r] = a3[r] = (v16){0};                                      \
+        for (int j = jv; j < j1; j++) {                                                    \
+            const float *vj = V + (size_t)j * kv_dim + d0;                                 \
+            v16 x0 = ld16(vj), x1 = ld16(vj + 16), x2 = ld16(vj + 32), x3 = ld16(vj + 48);  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                         \
+                float p = S[(size_t)r * stride + j];                                       \
+                a0[r] += p * x0;                                                           \
+                a1[r] += p * x1;                                                           \
+                a2[r] += p * x2;                                                           \
+                a3[r] += p * x3;                                                           \
+            }                                                                              \
+        }                                                                                  \
+        for (int r = 0; r < nr; r++) {                                                     \
+            float *o = out + (size_t)r * q_dim + d0;                                       \
+            st16(o, a0[r]);                                                                \
+            st16(o + 16, a1[r]);                                                           \
+            st16(o + 32, a2[r]);                                                           \
+            st16(o + 48, a3[r]);                                                           \
+        }                                                                                  \
+    }                                                                                      \
     for (; d0 + 32 <= hd; d0 += 32) {                                                      \
         v16 a0[NR], a1[NR];                                                                \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \

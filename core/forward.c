@@ -1,6 +1,8 @@
 /* forward_batch: embedding → n_layers × (RMSNorm, attention, RMSNorm, SwiGLU) → norm →
- * lm_head, over the stacked rows of a batch of sequences. fp32 throughout; GEMMs by
- * OpenBLAS, the rest are plain loops the compiler vectorizes. */
+ * lm_head, over the stacked rows of a batch of sequences. fp32 throughout. Matrix
+ * products by OpenBLAS (its own threads); attention and, for prompt-sized batches, the
+ * row-wise steps on the engine's pool; everything else plain loops the compiler
+ * vectorizes. */
 #include "forward.h"
 
 #include <unistd.h>

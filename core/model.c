@@ -155,10 +155,8 @@ static const float *materialize(model *m, const st_tensor *t, lr_error *err)
     return dst;
 }
 
-/* Every tensor the model reads, in one table so checking and loading walk the same list. */
+/* Loader state for m->tensors[i]: where its fp32 pointer goes, and its file entry. */
 typedef struct {
-    char name[128];
-    int64_t d0, d1;           /* d1 < 0 for vectors */
     const float **dst;
     const st_tensor *t;
 } wanted;
@@ -205,49 +203,61 @@ model *model_load(const char *dir, lr_error *err)
     m->n_shards = m->files->n;
 
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    size_t n_want = 3 + (size_t)c->n_layers * (2 + PROJ_COUNT + 3);
-    want = calloc(n_want, sizeof *want);
-    if (!m->layers || !want) {
+    size_t n_max = 3 + (size_t)c->n_layers * (2 + PROJ_COUNT + 3);
+    want = calloc(n_max, sizeof *want);
+    m->tensors = calloc(n_max, sizeof *m->tensors);
+    if (!m->layers || !want || !m->tensors) {
         lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
         goto fail;
     }
     size_t n = 0;
-#define WANT(ptr, d0_, d1_, ...)                                                       \
+    /* Every tensor the model reads, in one table (m->tensors) that checking, loading and
+     * `lorad merge` walk alike. d1 < 0 for vectors. */
+#define WANT(ptr, layer_, proj_, d0_, d1_, ...)                                        \
     do {                                                                               \
-        snprintf(want[n].name, sizeof want[n].name, __VA_ARGS__);                      \
-        want[n].d0 = (d0_);                                                            \
-        want[n].d1 = (d1_);                                                            \
+        model_tensor *mt = &m->tensors[n];                                             \
+        snprintf(mt->name, sizeof mt->name, __VA_ARGS__);                              \
+        mt->ndim = (d1_) < 0 ? 1 : 2;                                                  \
+        mt->shape[0] = (d0_);                                                          \
+        mt->shape[1] = (d1_) < 0 ? 0 : (d1_);                                          \
+        mt->layer = (layer_);                                                          \
+        mt->proj = (proj_);                                                            \
         want[n].dst = (ptr);                                                           \
         n++;                                                                           \
     } while (0)
-    WANT(&m->embed, c->vocab_size, c->hidden, "model.embed_tokens.weight");
-    WANT(&m->norm, c->hidden, -1, "model.norm.weight");
+    WANT(&m->embed, -1, -1, c->vocab_size, c->hidden, "model.embed_tokens.weight");
+    WANT(&m->norm, -1, -1, c->hidden, -1, "model.norm.weight");
     if (!c->tie_embeddings)
-        WANT(&m->lm_head, c->vocab_size, c->hidden, "lm_head.weight");
+        WANT(&m->lm_head, -1, -1, c->vocab_size, c->hidden, "lm_head.weight");
     for (int l = 0; l < c->n_layers; l++) {
         model_layer *L = &m->layers[l];
-        WANT(&L->attn_norm, c->hidden, -1, "model.layers.%d.input_layernorm.weight", l);
-        WANT(&L->ffn_norm, c->hidden, -1, "model.layers.%d.post_attention_layernorm.weight", l);
+        WANT(&L->attn_norm, l, -1, c->hidden, -1, "model.layers.%d.input_layernorm.weight", l);
+        WANT(&L->ffn_norm, l, -1, c->hidden, -1,
+             "model.layers.%d.post_attention_layernorm.weight", l);
         for (int p = 0; p < PROJ_COUNT; p++) {
             int out, in;
             model_config_proj_shape(c, (model_proj)p, &out, &in);
             char name[128];
-            WANT(&L->w[p], out, in, "%s", model_tensor_name(l, (model_proj)p, name, sizeof name));
+            WANT(&L->w[p], l, p, out, in, "%s",
+                 model_tensor_name(l, (model_proj)p, name, sizeof name));
         }
         if (c->qkv_bias)
             for (int p = 0; p < 3; p++) {
                 int out, in;
                 model_config_proj_shape(c, (model_proj)p, &out, &in);
-                WANT(&L->bias[p], out, -1, "model.layers.%d.self_attn.%s.bias", l,
+                WANT(&L->bias[p], l, -1, out, -1, "model.layers.%d.self_attn.%s.bias", l,
                      model_proj_name((model_proj)p));
             }
     }
 #undef WANT
+    m->n_tensors = (int)n;
 
     size_t convert = 0;
     int dtypes = 0;  /* bit per dtype seen */
     for (size_t i = 0; i < n; i++) {
-        if (check_tensor(m, want[i].name, want[i].d0, want[i].d1, &want[i].t, &convert, err))
+        const model_tensor *mt = &m->tensors[i];
+        if (check_tensor(m, mt->name, mt->shape[0], mt->ndim == 1 ? -1 : mt->shape[1],
+                         &want[i].t, &convert, err))
             goto fail;
         dtypes |= 1 << want[i].t->dtype;
         m->weight_bytes += (size_t)want[i].t->numel * sizeof(float);
@@ -268,7 +278,7 @@ model *model_load(const char *dir, lr_error *err)
         m->files->converted_cap = convert;
     }
     for (size_t i = 0; i < n; i++) {
-        *want[i].dst = materialize(m, want[i].t, err);
+        *want[i].dst = m->tensors[i].data = materialize(m, want[i].t, err);
         if (!*want[i].dst)
             goto fail;
     }
@@ -301,5 +311,6 @@ void model_free(model *m)
         free(m->files);
     }
     free(m->layers);
+    free(m->tensors);
     free(m);
 }

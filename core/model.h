@@ -6,6 +6,7 @@
 #define LORAD_MODEL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "error.h"
@@ -16,6 +17,17 @@ typedef struct {
     const float *bias[3];        /* q/k/v biases [out] (Qwen2), NULL otherwise */
     const float *ffn_norm;       /* [hidden] post_attention_layernorm */
 } model_layer;
+
+/* One checkpoint tensor as the model holds it (the list the loader checked; a tied
+ * lm_head is not listed apart from embed_tokens). */
+typedef struct {
+    char name[128];        /* Hugging Face name, e.g. "model.layers.3.self_attn.q_proj.weight" */
+    int ndim;              /* 1 or 2 */
+    int64_t shape[2];      /* [out, in] for matrices, [n] for vectors */
+    const float *data;     /* fp32, read-only, owned by the model */
+    int layer;             /* decoder layer, or -1 (embeddings, final norm, lm_head) */
+    int proj;              /* model_proj of a projection weight, -1 for anything else */
+} model_tensor;
 
 typedef struct model_files model_files;  /* mappings owned by the model (private) */
 
@@ -29,6 +41,8 @@ typedef struct {
     char dtype[8];         /* dtype of the checkpoint's weights: "F32", "F16", "BF16", "mixed" */
     int n_shards;          /* number of safetensors files */
     char dir[4096];
+    model_tensor *tensors; /* [n_tensors] every tensor read from the checkpoint */
+    int n_tensors;
     model_files *files;
 } model;
 

@@ -513,56 +513,27 @@ static int cmd_merge(int argc, char **argv)
         lr_error_set(&err, LR_EIO, "%s: cannot create: %s", a.out_dir, strerror(errno));
         goto out_err;
     }
-    const model_config *c = &m->cfg;
-    size_t n_max = 3 + (size_t)c->n_layers * (2 + PROJ_COUNT + 3);
-    tw = calloc(n_max, sizeof *tw);
-    char (*names)[128] = calloc(n_max, 128);
-    if (!tw || !names) {
-        free(names);
+    /* Every tensor of the base, each projection replaced by its merged W' where an
+     * adapter touched it. */
+    tw = calloc((size_t)m->n_tensors, sizeof *tw);
+    if (!tw) {
         lr_error_set(&err, LR_ENOMEM, "out of memory");
         goto out_err;
     }
-    int n = 0;
-#define ADD(ptr, d0, d1, ...)                                   \
-    do {                                                        \
-        snprintf(names[n], 128, __VA_ARGS__);                   \
-        tw[n].name = names[n];                                  \
-        tw[n].ndim = (d1) < 0 ? 1 : 2;                          \
-        tw[n].shape[0] = (d0);                                  \
-        tw[n].shape[1] = (d1);                                  \
-        tw[n].data = (ptr);                                     \
-        n++;                                                    \
-    } while (0)
-    ADD(m->embed, c->vocab_size, c->hidden, "model.embed_tokens.weight");
-    for (int l = 0; l < c->n_layers; l++) {
-        const model_layer *L = &m->layers[l];
-        ADD(L->attn_norm, c->hidden, -1, "model.layers.%d.input_layernorm.weight", l);
-        ADD(L->ffn_norm, c->hidden, -1, "model.layers.%d.post_attention_layernorm.weight", l);
-        for (int p = 0; p < PROJ_COUNT; p++) {
-            int out, in;
-            char nm[128];
-            model_config_proj_shape(c, (model_proj)p, &out, &in);
-            ADD(variant_weight(m, v, l, (model_proj)p), out, in, "%s",
-                model_tensor_name(l, (model_proj)p, nm, sizeof nm));
-        }
-        for (int p = 0; p < 3; p++)
-            if (L->bias[p]) {
-                int out, in;
-                model_config_proj_shape(c, (model_proj)p, &out, &in);
-                ADD(L->bias[p], out, -1, "model.layers.%d.self_attn.%s.bias", l,
-                    model_proj_name((model_proj)p));
-            }
+    int n = m->n_tensors;
+    for (int i = 0; i < n; i++) {
+        const model_tensor *mt = &m->tensors[i];
+        tw[i].name = mt->name;
+        tw[i].ndim = mt->ndim;
+        tw[i].shape[0] = mt->shape[0];
+        tw[i].shape[1] = mt->shape[1];
+        tw[i].data = mt->proj >= 0 ? variant_weight(m, v, mt->layer, (model_proj)mt->proj)
+                                   : mt->data;
     }
-    ADD(m->norm, c->hidden, -1, "model.norm.weight");
-    if (!c->tie_embeddings)
-        ADD(m->lm_head, c->vocab_size, c->hidden, "lm_head.weight");
-#undef ADD
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/model.safetensors", a.out_dir);
     const char *meta[] = {"format", "pt", NULL};
-    int wrc = safetensors_write(path, tw, n, meta, &err);
-    free(names);
-    if (wrc)
+    if (safetensors_write(path, tw, n, meta, &err))
         goto out_err;
     /* config.json with torch_dtype float32; the other files verbatim. */
     snprintf(path, sizeof path, "%s/config.json", a.model_dir);

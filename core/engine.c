@@ -202,47 +202,29 @@ int engine_step(engine *e, lr_error *err)
     int *slots = e->slots, *chunk_of = e->chunk_of;
     int n = 0;
 
-    /* Decoding sequences first (one row each), then prefill chunks with what is left. */
+    /* Decoding sequences first (one row each), then prefill chunks, in slot order, from
+     * what is left of the row budget. */
     int budget = e->opt.max_batch_rows;
     for (int i = 0; i < e->opt.max_seqs; i++) {
         seq *s = &e->seqs[i];
         if (s->used && s->n_fed == s->req.n_prompt) {
             slots[n++] = i;
+            chunk_of[i] = 1;
             budget--;
         }
     }
-    int n_decode = n;
     for (int i = 0; i < e->opt.max_seqs && budget > 0; i++) {
         seq *s = &e->seqs[i];
         if (s->used && s->n_fed < s->req.n_prompt) {
-            slots[n++] = i;
             int chunk = s->req.n_prompt - s->n_fed;
-            budget -= chunk < budget ? chunk : budget;
+            chunk = chunk < budget ? chunk : budget;
+            slots[n++] = i;
+            chunk_of[i] = chunk;
+            budget -= chunk;
         }
     }
     if (n == 0)
         return 0;
-    /* Prefill chunk sizes, in slot order (before sorting) so the budget split is fair. */
-    budget = e->opt.max_batch_rows - n_decode;
-    if (budget < 0)
-        budget = 0;
-    for (int k = 0; k < n; k++) {
-        seq *s = &e->seqs[slots[k]];
-        if (k < n_decode) {
-            chunk_of[slots[k]] = 1;
-        } else {
-            int chunk = s->req.n_prompt - s->n_fed;
-            if (chunk > budget)
-                chunk = budget;
-            chunk_of[slots[k]] = chunk;
-            budget -= chunk;
-        }
-    }
-    int m = 0;
-    for (int k = 0; k < n; k++)
-        if (chunk_of[slots[k]] > 0)
-            slots[m++] = slots[k];
-    n = m;
     qsort_r(slots, (size_t)n, sizeof *slots, cmp_batch, e->seqs);
 
     for (int k = 0; k < n; k++) {

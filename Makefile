@@ -39,7 +39,7 @@ $(BUILD)/lorad: $(BUILD)/server/main.o $(BUILD)/liblorad.a
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
 
-$(TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/liblorad.a
+$(TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o $(BUILD)/liblorad.a
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) $^ $(CHECKLIBS) $(LDLIBS) -o $@
 
@@ -81,4 +81,5 @@ install: $(BUILD)/lorad
 clean:
 	rm -rf build build-asan
 
--include $(LIB_OBJ:.o=.d) $(BUILD)/server/main.d $(TEST_BIN:=.d) $(BENCH_BIN:=.d)
+-include $(LIB_OBJ:.o=.d) $(BUILD)/server/main.d $(BUILD)/tests/testutil.d $(TEST_BIN:=.d) \
+    $(BENCH_BIN:=.d)

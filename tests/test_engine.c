@@ -4,7 +4,6 @@
  * and logprobs must not depend on what else shares its batch, on prefill chunking, or on
  * whether its adapter is merged or applied on the fly. */
 #include <check.h>
-#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdint.h>
@@ -19,6 +18,7 @@
 #include "core/model.h"
 #include "core/safetensors.h"
 #include "core/variant.h"
+#include "tests/testutil.h"
 
 /* hidden 32, intermediate 48, 2 layers, 4 heads × 8, 2 kv heads, vocab 64, context 64 */
 enum { HIDDEN = 32, INTER = 48, LAYERS = 2, HEADS = 4, KV_HEADS = 2, HEAD_DIM = 8,
@@ -44,33 +44,6 @@ static float rnd(uint32_t *s)
 }
 
 /* ---- files ---- */
-
-static char *make_dir(void)
-{
-    char *d = strdup("/tmp/engine_test_XXXXXX");
-    ck_assert_ptr_nonnull(d);
-    ck_assert_ptr_nonnull(mkdtemp(d));
-    return d;
-}
-
-static void remove_dir(char *dir)
-{
-    if (!dir)
-        return;
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char path[512];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-                unlink(path);
-            }
-        closedir(d);
-    }
-    rmdir(dir);
-    free(dir);
-}
 
 static void write_json(const char *dir, const char *file, json_t *j)
 {
@@ -200,13 +173,13 @@ static struct {
 static void fixture_setup(void)
 {
     lr_error err = {0};
-    g.dir = make_dir();
+    g.dir = testutil_mkdtemp("engine_test");
     write_model(g.dir);
     g.m = model_load(g.dir, &err);
     ck_assert_msg(g.m != NULL, "model_load: %s", err.msg);
-    g.ad1 = make_dir();
+    g.ad1 = testutil_mkdtemp("engine_test");
     write_adapter(g.ad1, 4, 8.0, 0x7fu, 777);               /* all seven, s = 2 */
-    g.ad2 = make_dir();
+    g.ad2 = testutil_mkdtemp("engine_test");
     write_adapter(g.ad2, 2, 4.0, 0x1u | 0x4u | 0x20u | 0x40u, 999);  /* q, v, up, down */
     g.a1 = peft_load(g.ad1, &g.m->cfg, NULL, &err);
     ck_assert_msg(g.a1 != NULL, "peft_load 1: %s", err.msg);
@@ -228,9 +201,9 @@ static void fixture_teardown(void)
     peft_free(g.a1);
     peft_free(g.a2);
     model_free(g.m);
-    remove_dir(g.dir);
-    remove_dir(g.ad1);
-    remove_dir(g.ad2);
+    testutil_rmdir(g.dir);
+    testutil_rmdir(g.ad1);
+    testutil_rmdir(g.ad2);
     memset(&g, 0, sizeof g);
 }
 
@@ -651,7 +624,7 @@ START_TEST(test_eos_finishes_with_stop_unless_ignore_eos)
             k = i;
     }
     ck_assert_msg(k >= 0, "test setup: no fresh token in the greedy continuation");
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("engine_test");
     write_model(dir);
     write_json(dir, "generation_config.json", json_pack("{s:i}", "eos_token_id", ref.ids[k]));
     lr_error err = {0};
@@ -672,7 +645,7 @@ START_TEST(test_eos_finishes_with_stop_unless_ignore_eos)
     run_alone(m2, &j, &c);
     assert_same(&ref, &c, 0.0f, "ignore_eos on a copy of the model");
     model_free(m2);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 

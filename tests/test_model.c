@@ -3,7 +3,6 @@
  * values come from a formula or from bit patterns worked out independently (Python's
  * struct module for F16, the bf16 = top half of an fp32 rule), never from the loader. */
 #include <check.h>
-#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -16,6 +15,7 @@
 #include "core/config.h"
 #include "core/model.h"
 #include "core/safetensors.h"
+#include "tests/testutil.h"
 
 /* ---- the tiny model: its shape and its tensor list, written out independently of
  * core/model.c (names as in Hugging Face Llama checkpoints) ---- */
@@ -142,31 +142,6 @@ static float expected_value(const char *dtype, int k, int64_t i)
 }
 
 /* ---- files and directories ---- */
-
-static char *make_dir(void)
-{
-    char *d = strdup("/tmp/model_test_XXXXXX");
-    ck_assert_ptr_nonnull(d);
-    ck_assert_ptr_nonnull(mkdtemp(d));
-    return d;
-}
-
-static void remove_dir(char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char path[512];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-                unlink(path);
-            }
-        closedir(d);
-    }
-    rmdir(dir);
-    free(dir);
-}
 
 static void write_text(const char *dir, const char *file, const char *text)
 {
@@ -314,7 +289,7 @@ static void write_weights(const char *dir, const tspec *s, int n, const char *dt
 /* A complete tiny model directory (config.json + model.safetensors). */
 static char *make_model(const tiny *t, const char *dtype)
 {
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(t, s);
     write_json(dir, "config.json", tiny_config(t));
@@ -399,7 +374,7 @@ static void expect_config_fail(const char *key, json_t *value, const char *want)
         json_object_del(c, key);
     write_json(dir, "config.json", c);
     expect_fail(dir, want);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 
 /* ================================ core ================================ */
@@ -418,7 +393,7 @@ START_TEST(test_untied_f32_model_loads_every_tensor_exactly)
     /* 16·8 embed + 16·8 lm_head + 8 norm + 2 × (8+8 norms + 64+32+32+64 attn + 3·96 mlp) */
     ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 128 + 8 + 2 * (16 + 192 + 288)) * 4);
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -435,7 +410,7 @@ START_TEST(test_tied_model_shares_embedding_as_lm_head_without_lm_head_tensor)
     ck_assert_ptr_eq(m->lm_head, m->embed);
     ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 8 + 2 * (16 + 192 + 288)) * 4);
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -465,7 +440,7 @@ START_TEST(test_config_fields_are_parsed_from_config_json)
     ck_assert_int_eq(c->n_eos, 1);
     ck_assert_int_eq(c->eos_ids[0], 2);
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -494,7 +469,7 @@ START_TEST(test_config_defaults_kv_heads_to_heads_and_head_dim_to_hidden_over_he
     ck_assert_int_eq(out, 8);
     ck_assert_int_eq(in, 8);
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -520,14 +495,14 @@ START_TEST(test_explicit_head_dim_sets_projection_shapes)
     int n = tiny_tensors(&t, s);
     check_all(m, s, n, "F32");
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_eos_token_id_may_be_an_int_or_a_list)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     json_t *j = tiny_config(&t);
     json_object_set_new(j, "eos_token_id", json_integer(7));
     write_json(dir, "config.json", j);
@@ -551,14 +526,14 @@ START_TEST(test_eos_token_id_may_be_an_int_or_a_list)
     c = config_ok(dir);
     ck_assert_int_eq(c.n_eos, 0);
     ck_assert_int_eq(c.bos_id, -1);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_generation_config_overrides_bos_and_eos)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     write_json(dir, "config.json", tiny_config(&t));   /* bos 1, eos 2 */
     write_text(dir, "generation_config.json",
                "{\"_from_model_config\": true, \"bos_token_id\": 3, "
@@ -578,7 +553,7 @@ START_TEST(test_generation_config_overrides_bos_and_eos)
     ck_assert_int_eq(c.bos_id, 1);
     ck_assert_int_eq(c.n_eos, 1);
     ck_assert_int_eq(c.eos_ids[0], 13);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -592,7 +567,7 @@ START_TEST(test_f16_weights_convert_to_exact_fp32_values)
     check_all(m, s, n, "F16");
     ck_assert_str_eq(m->dtype, "F16");
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -608,7 +583,7 @@ START_TEST(test_bf16_weights_convert_to_exact_fp32_values)
     ck_assert_str_eq(m->dtype, "BF16");
     ck_assert_ptr_eq(m->lm_head, m->embed);
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -617,7 +592,7 @@ START_TEST(test_unaligned_f32_tensors_are_copied_exactly)
     /* Safetensors does not promise alignment; an F32 tensor 2 bytes off must still load
      * (copied into the read-only arena, read without misaligned float access). */
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(&t, s);
     char path[512];
@@ -630,14 +605,14 @@ START_TEST(test_unaligned_f32_tensors_are_copied_exactly)
     ck_assert_uint_eq((uintptr_t)m->layers[1].w[PROJ_UP] % 4, 0);
     check_all(m, s, n, "F32");
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_mixed_dtype_checkpoint_loads_each_tensor_in_its_dtype)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(&t, s);
     spec_find(s, n, "model.embed_tokens.weight")->dtype = "F16";
@@ -649,7 +624,7 @@ START_TEST(test_mixed_dtype_checkpoint_loads_each_tensor_in_its_dtype)
     for (int k = 0; k < n; k++)
         check_all_one(m, &s[k], k, s[k].dtype ? s[k].dtype : "BF16");
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -658,7 +633,7 @@ END_TEST
  * default SIGSEGV action is restored so ASan's handler does not turn it into exit(1). */
 static void write_into_weight(char *dir, float *w)
 {
-    remove_dir(dir);
+    testutil_rmdir(dir);
     signal(SIGSEGV, SIG_DFL);
     *(volatile float *)w = 42.0f;
     ck_abort_msg("writing to a loaded weight did not fault: the weights are writable");
@@ -687,7 +662,7 @@ END_TEST
 /* Two shards split after tensor `split`, and the index that names them. */
 static char *make_sharded(const tiny *t, int split, json_t **index_out)
 {
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(t, s);
     write_json(dir, "config.json", tiny_config(t));
@@ -728,7 +703,7 @@ START_TEST(test_sharded_model_with_index_loads_tensors_from_each_shard)
     ck_assert_float_eq(m->layers[1].w[PROJ_DOWN][95], f32_value((int)(d - s), 95));
     check_all(m, s, n, "F32");
     model_free(m);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -742,7 +717,7 @@ START_TEST(test_refuses_dir_without_config_json)
     snprintf(path, sizeof path, "%s/config.json", dir);
     ck_assert_int_eq(unlink(path), 0);
     expect_fail(dir, "config.json: cannot open");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -752,7 +727,7 @@ START_TEST(test_refuses_config_json_that_is_not_json)
     char *dir = make_model(&t, "F32");
     write_text(dir, "config.json", "{\"architectures\": [\"LlamaForCausalLM\"], hidden_size");
     expect_fail(dir, "config.json: invalid JSON");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -806,7 +781,7 @@ START_TEST(test_refuses_heads_not_multiple_of_kv_heads)
     json_object_set_new(c, "num_key_value_heads", json_integer(3));
     write_json(dir, "config.json", c);
     expect_fail(dir, "num_attention_heads 4 is not a multiple of num_key_value_heads 3");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -857,28 +832,28 @@ END_TEST
 START_TEST(test_refuses_dir_without_any_weights)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     write_json(dir, "config.json", tiny_config(&t));
     expect_fail(dir, "no model.safetensors or model.safetensors.index.json");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_pickle_pytorch_model_bin)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     write_json(dir, "config.json", tiny_config(&t));
     write_text(dir, "pytorch_model.bin", "PK\003\004 not really a zip of pickles");
     expect_fail(dir, "only pickle pytorch_model.bin found");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_missing_tensor_naming_it)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(&t, s);
     tspec *up = spec_find(s, n, "model.layers.1.mlp.up_proj.weight");
@@ -886,14 +861,14 @@ START_TEST(test_refuses_missing_tensor_naming_it)
     write_json(dir, "config.json", tiny_config(&t));
     write_weights(dir, s, n, "F32");
     expect_fail(dir, "tensor 'model.layers.1.mlp.up_proj.weight' is missing");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_wrong_shape_showing_both_shapes)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(&t, s);
     spec_find(s, n, "model.layers.0.self_attn.k_proj.weight")->shape[0] = 8;  /* not [4, 8] */
@@ -901,14 +876,14 @@ START_TEST(test_refuses_wrong_shape_showing_both_shapes)
     write_weights(dir, s, n, "F32");
     expect_fail(dir, "tensor 'model.layers.0.self_attn.k_proj.weight' is [8,8], config.json "
                      "implies [4,8]");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_wrong_rank_norm_vector)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(&t, s);
     tspec *nrm = spec_find(s, n, "model.norm.weight");
@@ -918,14 +893,14 @@ START_TEST(test_refuses_wrong_rank_norm_vector)
     write_json(dir, "config.json", tiny_config(&t));
     write_weights(dir, s, n, "F32");
     expect_fail(dir, "tensor 'model.norm.weight' is [1,8], config.json implies [8]");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_i32_tensor_naming_dtype)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     tspec s[MAX_T];
     int n = tiny_tensors(&t, s);
     spec_find(s, n, "model.layers.0.self_attn.v_proj.weight")->dtype = "I32";
@@ -933,14 +908,14 @@ START_TEST(test_refuses_i32_tensor_naming_dtype)
     write_weights(dir, s, n, "BF16");
     expect_fail(dir, "tensor 'model.layers.0.self_attn.v_proj.weight' has dtype I32 "
                      "(supported: F32, F16, BF16)");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_broken_safetensors_header_naming_the_file)
 {
     tiny t = tiny_default();
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("model_test");
     write_json(dir, "config.json", tiny_config(&t));
     /* header length 24 (little-endian), then 24 bytes that are not JSON */
     static const unsigned char bad[8 + 24] = {24, 0, 0, 0, 0, 0, 0, 0, '{', '"', 'm', 'o',
@@ -955,7 +930,7 @@ START_TEST(test_refuses_broken_safetensors_header_naming_the_file)
     ck_assert_int_eq(fclose(f), 0);
     snprintf(want, sizeof want, "%s: header is not valid JSON", path);
     expect_fail(dir, want);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -968,7 +943,7 @@ START_TEST(test_refuses_truncated_safetensors_naming_the_file)
     ck_assert_int_eq(truncate(path, 200), 0);   /* header says more than is left */
     snprintf(want, sizeof want, "%s: header length", path);
     expect_fail(dir, want);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -981,7 +956,7 @@ START_TEST(test_refuses_index_weight_map_with_path_traversal)
                         json_string("../x.safetensors"));
     write_json(dir, "model.safetensors.index.json", index);
     expect_fail(dir, "= '../x.safetensors' is not a plain file name");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -994,7 +969,7 @@ START_TEST(test_refuses_index_naming_missing_shard)
     ck_assert_int_eq(unlink(path), 0);
     snprintf(want, sizeof want, "%s: cannot open", path);
     expect_fail(dir, want);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -1004,7 +979,7 @@ START_TEST(test_refuses_invalid_generation_config_json)
     char *dir = make_model(&t, "F32");
     write_text(dir, "generation_config.json", "{\"eos_token_id\": [2, }");
     expect_fail(dir, "generation_config.json: invalid JSON");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 

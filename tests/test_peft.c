@@ -13,6 +13,7 @@
 
 #include "adapters/peft.h"
 #include "core/safetensors.h"
+#include "tests/testutil.h"
 
 /* hidden 16, intermediate 24, 4 heads × 4 = q width 16, 2 kv heads × 4 = kv width 8 */
 static model_config tiny_config(int n_layers)
@@ -143,27 +144,6 @@ static void write_file(const char *dir, const char *file, const char *fmt, ...)
     ck_assert_int_eq(fclose(f), 0);
 }
 
-static char *make_dir(void)
-{
-    char *d = strdup("/tmp/peft_test_XXXXXX");
-    ck_assert_ptr_nonnull(d);
-    ck_assert_ptr_nonnull(mkdtemp(d));
-    return d;
-}
-
-static void remove_dir(char *dir)
-{
-    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors",
-                                        "adapter_model.bin"};
-    char path[512];
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
-    free(dir);
-}
-
 /* A plain config: r, alpha, all seven targets, extra JSON members spliced in. */
 static void write_config(const char *dir, int r, double alpha, const char *extra)
 {
@@ -241,7 +221,7 @@ static void write_raw(const char *dir, const raw_tensor *t, int n)
 START_TEST(test_all_seven_projections_load_with_scale_alpha_over_r)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 1};
     tb_add_all(&b, 2, ALL7, 4);
     tb_write(&b, dir);
@@ -270,14 +250,14 @@ START_TEST(test_all_seven_projections_load_with_scale_alpha_over_r)
         }
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_rslora_scale_is_alpha_over_sqrt_r)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 2};
     tb_add_all(&b, 2, 1u << PROJ_Q | 1u << PROJ_V, 16);
     tb_write(&b, dir);
@@ -292,14 +272,14 @@ START_TEST(test_rslora_scale_is_alpha_over_sqrt_r)
     ck_assert_uint_eq(a->proj_mask, 1u << PROJ_Q | 1u << PROJ_V);
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_rank_and_alpha_pattern_override_per_module_first_key_wins)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 3};
     /* rank_pattern: layer 0's down_proj → 1 (first key wins over "down_proj"), other
      * down_proj → 2; alpha_pattern: q_proj → 16. Everything else r=4, alpha=8. */
@@ -324,7 +304,7 @@ START_TEST(test_rank_and_alpha_pattern_override_per_module_first_key_wins)
     ck_assert_int_eq(a->w->max_rank, 4);
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -333,7 +313,7 @@ START_TEST(test_pattern_keys_match_only_whole_dotted_suffixes)
     /* "proj" must not match "q_proj" ((.*\.)?(proj)$ needs a dot before it), while the
      * regex key "[qv]_proj" matches q and v. */
     model_config base = tiny_config(1);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 4};
     tb_add_pair(&b, 0, PROJ_Q, 2);
     tb_add_pair(&b, 0, PROJ_K, 4);
@@ -347,14 +327,14 @@ START_TEST(test_pattern_keys_match_only_whole_dotted_suffixes)
     ck_assert_int_eq(lora_weights_get(a->w, 0, PROJ_V)->r, 2);
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_target_modules_regex_selects_and_restricts)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 5};
     tb_add_pair(&b, 1, PROJ_Q, 4);
     tb_add_pair(&b, 1, PROJ_V, 4);
@@ -374,14 +354,14 @@ START_TEST(test_target_modules_regex_selects_and_restricts)
     write_config(dir, 4, 8, "\"target_modules\": \".*\\\\.layers\\\\.1\\\\..*_proj\"");
     expect_fail(dir, &base, NULL, "layers.0.self_attn.q_proj but adapter_config.json");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_lora_values_round_trip_exactly)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 6};
     tb_add_all(&b, 2, ALL7, 3);
     tb_write(&b, dir);
@@ -399,7 +379,7 @@ START_TEST(test_lora_values_round_trip_exactly)
         }
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -420,7 +400,7 @@ static float bf16_ref(uint16_t h)
 START_TEST(test_bf16_adapter_converts_exactly)
 {
     model_config base = tiny_config(1);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     uint16_t a_bits[4 * 16], b_bits[8 * 4];
     for (int i = 0; i < 64; i++)
         a_bits[i] = bf16_bits(i);
@@ -441,14 +421,14 @@ START_TEST(test_bf16_adapter_converts_exactly)
     for (int i = 0; i < 32; i++)
         ck_assert_float_eq(m->b[i], bf16_ref(b_bits[i]));
     peft_free(a);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_describe_reports_every_field)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 7};
     tb_add_all(&b, 2, 1u << PROJ_Q | 1u << PROJ_O | 1u << PROJ_DOWN, 2);
     tb_write(&b, dir);
@@ -478,14 +458,14 @@ START_TEST(test_describe_reports_every_field)
     peft_free(a);
     peft_free(NULL);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_without_base_layer_count_is_inferred_from_keys)
 {
     model_config base = tiny_config(3);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 8};
     tb_add_pair(&b, 0, PROJ_Q, 4);
     tb_add_pair(&b, 2, PROJ_DOWN, 4);
@@ -503,14 +483,14 @@ START_TEST(test_without_base_layer_count_is_inferred_from_keys)
     a = expect_load(dir, &base);   /* and it fits the base it was made for */
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_layers_to_transform_restricts_layers)
 {
     model_config base = tiny_config(3);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 9};
     tb_add_pair(&b, 1, PROJ_Q, 4);
     tb_add_pair(&b, 2, PROJ_Q, 4);
@@ -528,14 +508,14 @@ START_TEST(test_layers_to_transform_restricts_layers)
                  "\"layers_pattern\": [\"h\", \"blocks\"]");
     expect_fail(dir, &base, NULL, "do not select");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_all_linear_null_targets_and_fan_in_fan_out_are_accepted)
 {
     model_config base = tiny_config(1);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 10};
     tb_add_all(&b, 1, ALL7, 2);
     tb_write(&b, dir);
@@ -560,14 +540,14 @@ START_TEST(test_all_linear_null_targets_and_fan_in_fan_out_are_accepted)
     ck_assert_str_eq(a->base_model, "");
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_exclude_modules_deselects)
 {
     model_config base = tiny_config(1);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 11};
     tb_add_pair(&b, 0, PROJ_Q, 2);
     tb_add_pair(&b, 0, PROJ_K, 2);
@@ -579,7 +559,7 @@ START_TEST(test_exclude_modules_deselects)
                  "\"exclude_modules\": \".*k_proj\"");
     expect_fail(dir, &base, NULL, "layers.0.self_attn.k_proj but");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -604,7 +584,7 @@ START_TEST(test_smollm2_shaped_rank16_adapter_loads_fast)
     base.head_dim = 64;
     const int out[7] = {576, 192, 192, 576, 1536, 1536, 576};
     const int in[7] = {576, 576, 576, 576, 576, 576, 1536};
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     st_write_tensor *t = calloc(30 * 7 * 2, sizeof *t);
     char (*names)[128] = calloc(30 * 7 * 2, sizeof *names);
     float *ones = malloc((size_t)1536 * 16 * sizeof(float));
@@ -647,7 +627,7 @@ START_TEST(test_smollm2_shaped_rank16_adapter_loads_fast)
     free(t);
     free(names);
     free(ones);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -656,7 +636,7 @@ END_TEST
 /* A valid two-layer all-seven adapter at r=4, to be broken by each test. */
 static char *valid_adapter(tbuild *b)
 {
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     b->seed = 42;
     tb_add_all(b, 2, ALL7, 4);
     tb_write(b, dir);
@@ -672,7 +652,7 @@ START_TEST(test_refuses_dora)
     write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON ", \"use_dora\": true");
     expect_fail(dir, &base, NULL, "use_dora is true");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -685,7 +665,7 @@ START_TEST(test_refuses_nonempty_modules_to_save)
                "\"target_modules\": " ALL7_JSON ", \"modules_to_save\": [\"lm_head\"]}");
     expect_fail(dir, &base, NULL, "modules_to_save is not empty (lm_head)");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -698,7 +678,7 @@ START_TEST(test_refuses_bias_all)
                "\"target_modules\": " ALL7_JSON ", \"bias\": \"all\"}");
     expect_fail(dir, &base, NULL, "bias is 'all'");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -711,7 +691,7 @@ START_TEST(test_refuses_embedding_lora_key)
     tb_write(&b, dir);
     expect_fail(dir, &base, NULL, "embedding LoRA is not supported");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -724,30 +704,30 @@ START_TEST(test_refuses_lm_head_lora_key)
     tb_write(&b, dir);
     expect_fail(dir, &base, NULL, "lm_head LoRA");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_pickle_bin_only)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
     write_file(dir, "adapter_model.bin", "PK\003\004 not really a zip");
     expect_fail(dir, &base, NULL, "pickle adapter_model.bin is not supported (it can run code); "
                 "convert it to safetensors");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_missing_weights)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
     expect_fail(dir, &base, NULL, "/adapter_model.safetensors");
     expect_fail(dir, &base, NULL, "missing");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -763,7 +743,7 @@ START_TEST(test_refuses_missing_config_naming_path)
     expect_fail(dir, &base, NULL, path);
     expect_fail("/nonexistent/peft/dir", &base, NULL, "cannot open the directory");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -777,7 +757,7 @@ START_TEST(test_refuses_invalid_json)
     write_file(dir, "adapter_config.json", "[1, 2]");
     expect_fail(dir, &base, NULL, "must hold a JSON object");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -791,7 +771,7 @@ START_TEST(test_refuses_other_peft_type)
     write_file(dir, "adapter_config.json", "{\"r\": 4}");
     expect_fail(dir, &base, NULL, "'peft_type' is missing");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -813,7 +793,7 @@ START_TEST(test_refuses_known_key_with_wrong_type)
     write_file(dir, "adapter_config.json", "{\"peft_type\": \"LORA\", \"rank_pattern\": {\"q_proj\": 2.5}}");
     expect_fail(dir, &base, NULL, "'rank_pattern' value for 'q_proj'");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -826,7 +806,7 @@ START_TEST(test_refuses_base_mutating_init)
                "\"target_modules\": " ALL7_JSON ", \"init_lora_weights\": \"pissa_niter_4\"}");
     expect_fail(dir, &base, NULL, "modifies the base weights");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -840,7 +820,7 @@ START_TEST(test_refuses_layer_beyond_base)
     expect_fail(dir, &base, NULL, "adapter has layers.40 but the base model has 2 layers "
                 "(adapter made for another base model?)");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -854,7 +834,7 @@ START_TEST(test_refuses_module_the_base_lacks)
     expect_fail(dir, &base, NULL, "model.layers.0.self_attn.qkv_proj, which a Llama-family base "
                 "does not have");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -868,14 +848,14 @@ START_TEST(test_refuses_unrecognized_key_naming_it)
     expect_fail(dir, &base, NULL, "unrecognized tensor 'base_model.model.model.layers.0."
                 "self_attn.q_proj.lora_A.default.weight'");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_a_without_b)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 5};
     tb_add_pair(&b, 0, PROJ_Q, 4);
     tb_add(&b, "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight", 4, 16);
@@ -883,14 +863,14 @@ START_TEST(test_refuses_a_without_b)
     write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON);
     expect_fail(dir, &base, NULL, "layers.1.mlp.up_proj has lora_A but no lora_B");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_a_shape_from_another_base)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 5};
     tb_add(&b, "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight", 4, 12);
     tb_add(&b, "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight", 16, 4);
@@ -899,14 +879,14 @@ START_TEST(test_refuses_a_shape_from_another_base)
     expect_fail(dir, &base, NULL, "layers.1.self_attn.q_proj lora_A is [4,12], base expects "
                 "[4,16] (adapter made for another base model?)");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_b_shape_disagreeing_with_r)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 5};
     tb_add(&b, "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight", 4, 24);
     tb_add(&b, "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight", 16, 3);
@@ -915,7 +895,7 @@ START_TEST(test_refuses_b_shape_disagreeing_with_r)
     expect_fail(dir, &base, NULL, "layers.0.mlp.down_proj lora_B is [16,3] but "
                 "adapter_config.json gives this module r=4");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -930,7 +910,7 @@ START_TEST(test_refuses_nan_in_b)
     tb_write(&b, dir);
     expect_fail(dir, &base, NULL, "layers.1.mlp.gate_proj lora_B contains NaN at element 37");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -945,7 +925,7 @@ START_TEST(test_refuses_inf_in_a)
     tb_write(&b, dir);
     expect_fail(dir, &base, NULL, "layers.0.self_attn.v_proj lora_A contains Inf at element 63");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -964,7 +944,7 @@ START_TEST(test_refuses_rank_above_max_rank)
     ck_assert_msg(a != NULL, "%s", err.msg);
     peft_free(a);
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -979,14 +959,14 @@ START_TEST(test_refuses_bad_regex_with_pcre2_message)
     write_config(dir, 4, 8, "\"target_modules\": " ALL7_JSON ", \"rank_pattern\": {\"[q\": 2}");
     expect_fail(dir, &base, NULL, "rank_pattern regex '[q' is invalid");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_refuses_non_float_dtype)
 {
     model_config base = tiny_config(2);
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     int32_t a[4 * 16] = {0}, bb[16 * 4] = {0};
     raw_tensor t[2] = {
         {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "I32", 4, 16, 4, a},
@@ -995,7 +975,7 @@ START_TEST(test_refuses_non_float_dtype)
     write_raw(dir, t, 2);
     write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"]");
     expect_fail(dir, &base, NULL, "layers.0.self_attn.q_proj lora_A has dtype I32");
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -1008,7 +988,7 @@ START_TEST(test_refuses_tensor_outside_target_modules)
     expect_fail(dir, &base, NULL, "LoRA tensors for layers.0.self_attn.k_proj but "
                 "adapter_config.json's target_modules");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
@@ -1021,13 +1001,13 @@ START_TEST(test_refuses_layers_to_transform_with_regex_targets)
     expect_fail(dir, &base, NULL, "'layers_to_transform' cannot be used when target_modules is "
                 "a string");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 
 START_TEST(test_without_base_refuses_inconsistent_sizes)
 {
-    char *dir = make_dir();
+    char *dir = testutil_mkdtemp("peft_test");
     tbuild b = {.seed = 5};
     tb_add_pair(&b, 0, PROJ_K, 4);   /* kv width 8 */
     tb_add(&b, "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight", 4, 16);
@@ -1037,7 +1017,7 @@ START_TEST(test_without_base_refuses_inconsistent_sizes)
     expect_fail(dir, NULL, NULL, "layers.1.self_attn.v_proj implies key/value width 12 but "
                 "layers.0.self_attn.k_proj implies 8");
     tb_free(&b);
-    remove_dir(dir);
+    testutil_rmdir(dir);
 }
 END_TEST
 

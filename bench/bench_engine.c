@@ -431,10 +431,14 @@ int main(int argc, char **argv)
     double pre[N_CASES][16], dec[N_CASES][16];
     double dummy;
     run_one(e, prompt, 16, 8, NULL, NULL, &dummy, &dummy);  /* warm up */
-    size_t weights_read = m->weight_bytes;
+    /* Bytes decode must read per token: every layer matrix + norms + the lm_head (the
+     * embedding row is negligible); with tied embeddings lm_head == embed_tokens. */
+    size_t bytes_tok = m->weight_bytes;
     if (!c->tie_embeddings)
-        weights_read -= (size_t)c->vocab_size * c->hidden * sizeof(float);
-    double bw_before = measure_bandwidth(weights_read), peak_before = measure_sgemm();
+        bytes_tok -= (size_t)c->vocab_size * c->hidden * sizeof(float);
+    /* The machine's bounds are measured before and after the runs; the higher of the two
+     * is used (so the "of bound" ratios are conservative on a noisy shared machine). */
+    double bw_before = measure_bandwidth(bytes_tok), peak_before = measure_sgemm();
     /* Interleave the cases, rotating their order each repetition, so that machine noise
      * (this is a shared 2-core VM) hits them alike. */
     for (int r = 0; r < reps; r++)
@@ -448,14 +452,7 @@ int main(int argc, char **argv)
             dec[k][r] = d;
         }
 
-    /* Bytes decode must read per token: every layer matrix + norms + the lm_head (the
-     * embedding row is negligible); with tied embeddings lm_head == embed_tokens. */
-    double bytes_tok = (double)m->weight_bytes;
-    if (!c->tie_embeddings)
-        bytes_tok -= (double)c->vocab_size * c->hidden * sizeof(float);
-    /* The machine's bounds, measured before and after the runs; the higher of the two
-     * (so the "of bound" ratios are conservative on a noisy shared machine). */
-    double bw = measure_bandwidth((size_t)bytes_tok);
+    double bw = measure_bandwidth(bytes_tok);
     double peak = measure_sgemm();
     if (bw < bw_before)
         bw = bw_before;
@@ -471,7 +468,7 @@ int main(int argc, char **argv)
     }
     double flops_tok = 2.0 * layer_params * c->n_layers +
                        4.0 * c->n_layers * c->n_heads * c->head_dim * (512 + 1) / 2.0;
-    double decode_bound = bw / bytes_tok;
+    double decode_bound = bw / (double)bytes_tok;
     double prefill_bound = peak / flops_tok;
 
     printf("\nlorad engine benchmark (random SmolLM2-135M shape, F32, %d layers, vocab %d; "
@@ -482,7 +479,7 @@ int main(int argc, char **argv)
            "(best of the prefill shapes and 1024^3)\n", bw / 1e9, peak / 1e9);
     printf("bounds:  decode %.1f tok/s (%.0f MB of weights per token), prefill %.0f tok/s "
            "(%.3f GFLOP per prompt token incl. causal attention)\n",
-           decode_bound, bytes_tok / 1e6, prefill_bound, flops_tok / 1e9);
+           decode_bound, (double)bytes_tok / 1e6, prefill_bound, flops_tok / 1e9);
     printf("\n%-24s %14s %10s %14s %10s %10s\n", "case", "prefill tok/s", "of bound",
            "decode tok/s", "of bound", "vs base");
     double base_dec = median(dec[BASE], reps);

@@ -218,8 +218,7 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
         (rc = get_num(root, "rope_theta", 10000.0, 1.0, 1e12, &cfg->rope_theta, err)))
         goto done;
     if ((rc = get_num(root, "rms_norm_eps", 1e-6, 0.0, 1.0, &cfg->rms_eps, err)) ||
-        (rc = get_bool(root, "tie_word_embeddings", cfg->arch == ARCH_QWEN2 ? 0 : 0,
-                       &cfg->tie_embeddings, err)))
+        (rc = get_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, err)))
         goto done;
     if (cfg->hidden % cfg->n_heads != 0 && !json_object_get(root, "head_dim")) {
         rc = lr_error_set(err, LR_EINVAL,

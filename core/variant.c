@@ -25,6 +25,15 @@ const float *variant_weight(const model *m, const variant *v, int layer, model_p
     return m->layers[layer].w[p];
 }
 
+/* Whether any term of the mix has a LoRA matrix on (layer, p). */
+static int mix_touches(const variant_mix *mix, int layer, model_proj p)
+{
+    for (int i = 0; i < mix->n; i++)
+        if (lora_weights_get(mix->t[i].w, layer, p)->r > 0)
+            return 1;
+    return 0;
+}
+
 variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
 {
     const model_config *c = &m->cfg;
@@ -45,10 +54,7 @@ variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
     size_t total = 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
-            int touched = 0;
-            for (int i = 0; i < mix->n; i++)
-                touched |= lora_weights_get(mix->t[i].w, l, (model_proj)p)->r > 0;
-            if (touched) {
+            if (mix_touches(mix, l, (model_proj)p)) {
                 int out, in;
                 model_config_proj_shape(c, (model_proj)p, &out, &in);
                 total += (size_t)out * in * sizeof(float);
@@ -69,10 +75,7 @@ variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
     float *dst = arena;
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
-            int touched = 0;
-            for (int i = 0; i < mix->n; i++)
-                touched |= lora_weights_get(mix->t[i].w, l, (model_proj)p)->r > 0;
-            if (!touched)
+            if (!mix_touches(mix, l, (model_proj)p))
                 continue;
             int out, in;
             model_config_proj_shape(c, (model_proj)p, &out, &in);

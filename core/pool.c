@@ -1,10 +1,16 @@
-/* pool: generation-counter job dispatch. The owner publishes (fn, ctx, n_tasks), bumps
- * `gen`; workers see the new generation (spinning, or woken from the condvar), claim
- * task indices from an atomic counter, and count themselves done. */
+/* pool: generation-tagged job dispatch. The owner writes (fn, ctx) and publishes a job as
+ * one 64-bit word, `claim` = generation << 32 | task count << 16 | next task index;
+ * workers see the generation change (spinning, or woken from the condvar) and claim
+ * task indices with a CAS on that word. Because the count travels in the same word, a
+ * worker holding a stale word can neither claim from it (the CAS fails) nor mistake the
+ * next job's count for its own. The job is complete when every task has finished — not
+ * when every worker has checked in — so a worker that wakes late costs the owner
+ * nothing: the owner runs the tasks nobody claimed. */
 #include "pool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #define POOL_SPIN 256  /* polls before a worker sleeps (~10 us): OpenBLAS needs the cores */
@@ -20,27 +26,37 @@ struct pool {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int sleepers;                 /* workers waiting on cv (under mu) */
-    atomic_uint gen;              /* job generation */
-    atomic_int next;              /* next task index to claim */
-    atomic_int done;              /* workers finished with the current generation */
+    _Atomic uint64_t claim;       /* generation << 32 | n_tasks << 16 | next task index */
+    atomic_int finished;          /* tasks of the current generation finished */
     atomic_int quit;
+    /* the current job; written by the owner before it publishes a generation, read only
+     * by a thread that has claimed one of its tasks */
     pool_fn fn;
     void *ctx;
-    int n_tasks;
+    int first;                    /* task index of claim index 0 (jobs of > 65535 tasks) */
 };
+
+#define CLAIM_MAX 0xFFFF  /* tasks per published job */
 
 typedef struct {
     pool *p;
     int id;
 } worker_arg;
 
-static void run_tasks(pool *p, int thread)
+/* Claims and runs tasks of generation gen until none is left (or a newer job started,
+ * which can only happen once this one's tasks are all finished). */
+static void run_tasks(pool *p, uint32_t gen, int thread)
 {
+    uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
     for (;;) {
-        int t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= p->n_tasks)
-            break;
-        p->fn(p->ctx, t, thread);
+        if ((uint32_t)(c >> 32) != gen || (c & CLAIM_MAX) >= ((c >> 16) & CLAIM_MAX))
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;  /* c now holds the current value */
+        p->fn(p->ctx, p->first + (int)(c & CLAIM_MAX), thread);
+        atomic_fetch_add_explicit(&p->finished, 1, memory_order_release);
+        c = atomic_load_explicit(&p->claim, memory_order_acquire);
     }
 }
 
@@ -50,11 +66,12 @@ static void *worker(void *arg)
     pool *p = wa->p;
     int id = wa->id;
     free(wa);
-    unsigned seen = 0;  /* gen at creation: a job published before this thread ran is not missed */
+    uint32_t seen = 0;  /* generation at creation: a job published before this thread ran is not missed */
     for (;;) {
-        unsigned g;
+        uint32_t g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+        while ((g = (uint32_t)(atomic_load_explicit(&p->claim, memory_order_acquire) >> 32)) ==
+                   seen &&
                !atomic_load(&p->quit)) {
             if (++spins < POOL_SPIN) {
                 POOL_PAUSE();
@@ -62,7 +79,7 @@ static void *worker(void *arg)
             }
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
-            while (atomic_load(&p->gen) == seen && !atomic_load(&p->quit))
+            while ((uint32_t)(atomic_load(&p->claim) >> 32) == seen && !atomic_load(&p->quit))
                 pthread_cond_wait(&p->cv, &p->mu);
             p->sleepers--;
             pthread_mutex_unlock(&p->mu);
@@ -70,8 +87,7 @@ static void *worker(void *arg)
         if (atomic_load(&p->quit))
             return NULL;
         seen = g;
-        run_tasks(p, id);
-        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        run_tasks(p, g, id);
     }
 }
 
@@ -138,17 +154,23 @@ void pool_run(pool *p, pool_fn fn, void *ctx, int n_tasks)
             fn(ctx, t, 0);
         return;
     }
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    pthread_mutex_lock(&p->mu);
-    if (p->sleepers)
-        pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    run_tasks(p, 0);
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < p->n_threads - 1)
-        POOL_PAUSE();
+    for (int first = 0; first < n_tasks; first += CLAIM_MAX) {
+        int n = n_tasks - first < CLAIM_MAX ? n_tasks - first : CLAIM_MAX;
+        /* No worker reads fn/ctx/first now: every task of the previous job has finished
+         * and its word's claims are exhausted. */
+        p->fn = fn;
+        p->ctx = ctx;
+        p->first = first;
+        atomic_store_explicit(&p->finished, 0, memory_order_relaxed);
+        uint32_t gen = (uint32_t)(atomic_load_explicit(&p->claim, memory_order_relaxed) >> 32) + 1;
+        atomic_store_explicit(&p->claim, (uint64_t)gen << 32 | (uint64_t)n << 16,
+                              memory_order_release);
+        pthread_mutex_lock(&p->mu);
+        if (p->sleepers)
+            pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        run_tasks(p, gen, 0);
+        while (atomic_load_explicit(&p->finished, memory_order_acquire) < n)
+            POOL_PAUSE();
+    }
 }

@@ -779,25 +779,38 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
                             "weights disagree)", mod, (long long)b0, (long long)b1, r,
                             (long long)out, r);
 
-    /* One allocation per tensor, one conversion pass, one finiteness pass. */
+    /* One allocation per tensor, one conversion pass, one finiteness pass; B goes through
+     * a temporary to be stored transposed. */
     size_t na = (size_t)r * (size_t)in, nb = (size_t)out * (size_t)r;
     if (!m->a)  /* peft_load places A and B in the arena beforehand; this is a fallback */
         m->a = lora_weights_alloc(w, na);
-    if (!m->b)
-        m->b = lora_weights_alloc(w, nb);
-    if (!m->a || !m->b)
+    if (!m->bt)
+        m->bt = lora_weights_alloc(w, nb);
+    float *b = malloc(nb * sizeof(float));
+    if (!m->a || !m->bt || !b) {
+        free(b);
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory for %zu floats", mod, na + nb);
+    }
     m->r = r;
-    if ((rc = st_tensor_to_f32(ta, m->a, err)) < 0 || (rc = st_tensor_to_f32(tb, m->b, err)) < 0)
+    if ((rc = st_tensor_to_f32(ta, m->a, err)) < 0 || (rc = st_tensor_to_f32(tb, b, err)) < 0) {
+        free(b);
         return rc;
+    }
     if (!all_finite(m->a, na)) {
+        free(b);
         snprintf(what, sizeof what, "%s lora_A", mod);
         return report_nonfinite(m->a, na, what, err);
     }
-    if (!all_finite(m->b, nb)) {
+    if (!all_finite(b, nb)) {
         snprintf(what, sizeof what, "%s lora_B", mod);
-        return report_nonfinite(m->b, nb, what, err);
+        rc = report_nonfinite(b, nb, what, err);
+        free(b);
+        return rc;
     }
+    for (int64_t o = 0; o < out; o++)
+        for (int j = 0; j < r; j++)
+            m->bt[(size_t)j * (size_t)out + (size_t)o] = b[(size_t)o * (size_t)r + (size_t)j];
+    free(b);
     m->scale = (float)(c->use_rslora ? alpha / sqrt((double)r) : alpha / (double)r);
     return 0;
 }
@@ -941,7 +954,7 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
                 if (ab == LORA_A)
                     m->a = lora_weights_alloc(a->w, (size_t)ta->numel);
                 else
-                    m->b = lora_weights_alloc(a->w, (size_t)tb->numel);
+                    m->bt = lora_weights_alloc(a->w, (size_t)tb->numel);
             }
     for (int l = 0; l < n_layers; l++) {
         for (int p = 0; p < PROJ_COUNT; p++) {

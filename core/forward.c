@@ -1,8 +1,9 @@
 /* forward_batch: embedding → n_layers × (RMSNorm, attention, RMSNorm, SwiGLU) → norm →
  * lm_head, over the stacked rows of a batch of sequences. fp32 throughout. Matrix
- * products by OpenBLAS (its own threads); attention and, for prompt-sized batches, the
- * row-wise steps on the engine's pool; everything else plain loops the compiler
- * vectorizes. */
+ * products: decode-sized batches (<= SMALLMM_MAX_ROWS rows) by smallmm on the engine's
+ * pool, base weights and adapters together; larger batches by OpenBLAS (its own
+ * threads). Attention and, for prompt-sized batches, the row-wise steps on the pool;
+ * everything else plain loops the compiler vectorizes. */
 #include "forward.h"
 
 #include <unistd.h>
@@ -14,13 +15,8 @@
 #include <string.h>
 
 #include "pool.h"
-
-/* 16-float vectors (GCC/Clang vector extensions): one zmm with AVX-512, two ymm with
- * AVX2. Explicit vector variables keep the accumulators in registers. */
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
-static inline v16 ld16(const float *p) { return *(const v16u *)p; }
-static inline void st16(float *p, v16 v) { *(v16u *)p = v; }
+#include "smallmm.h"
+#include "vec16.h"
 
 /* A row-parallel elementwise job: y, x [n, d]; w [d] for RMSNorm. */
 typedef struct {
@@ -57,8 +53,12 @@ struct forward_ctx {
     float *cos_t;    /* [R, head_dim/2] rotary cos per row */
     float *sin_t;    /* [R, head_dim/2] */
     double *inv_freq;/* [head_dim/2] (llama3 scaling applied) */
-    float *lora;     /* [R, lora_rank_cap] on-the-fly scratch */
-    int lora_rank_cap;
+    float *lora;     /* [lora_cap] on-the-fly adapter scratch */
+    size_t lora_cap;
+    /* the products of one project_small call: base W per (run, projection), X·Aᵀ and
+     * ·Bᵀ per (run, adapter term, projection) */
+    smallmm_xmt small_xmt[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * (1 + VARIANT_MAX_TERMS)];
+    smallmm_tb small_tb[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * VARIANT_MAX_TERMS];
     pool *pool;      /* the engine's own threads: attention */
     float **scores;  /* per thread: [ATTN_ROWS, scores_cap] scores of a block of rows */
     size_t scores_cap;
@@ -182,37 +182,36 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, int d, floa
     }
 }
 
-/* Y [n, out] = X [n, in] · Wᵀ, W [out, in] row-major. */
+/* Y [n, out] = X [n, in] · Wᵀ, W [out, in] row-major, by OpenBLAS (prefill-sized n). */
 static void matmul(float *y, const float *x, const float *w, int n, int in, int out)
 {
-    if (n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x, 1, 0.0f, y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in,
-                    0.0f, y, out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, 0.0f,
+                y, out);
 }
 
-/* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x: one
- * GEMM per projection per run of sequences sharing the weight matrix, then the
- * on-the-fly adapters per run of sequences sharing a mix (grouped: one X·Aᵀ for the
- * group), then biases. */
-static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
-                    const model_proj *ps, int n_ps, const float *x, float *const *ys)
+/* project() for decode-sized batches: every product of the group — base W or W' per run
+ * of sequences sharing it, each adapter term's X·Aᵀ per run sharing a mix — in one
+ * smallmm pass, then every adapter's ·Bᵀ in a second. */
+static void project_small(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                          const model_proj *ps, int n_ps, const float *x, float *const *ys,
+                          const int *outs, int in)
 {
     const model *m = f->m;
-    int outs[VARIANT_GROUP_MAX], in = 0;
-    for (int k = 0; k < n_ps; k++) {
-        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
+    smallmm_xmt *xa = f->small_xmt;
+    smallmm_tb *tb = f->small_tb;
+    int nx = 0, nt = 0;
+    for (int k = 0; k < n_ps; k++)
         for (int s = 0; s < n_seqs;) {
             const float *w = variant_weight(m, seqs[s].merged, layer, ps[k]);
             int e = s + 1;
             while (e < n_seqs && variant_weight(m, seqs[e].merged, layer, ps[k]) == w)
                 e++;
             int r0 = f->row0[s], nr = f->row0[e] - r0;
-            matmul(ys[k] + (size_t)r0 * outs[k], x + (size_t)r0 * in, w, nr, in, outs[k]);
+            xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, nr, w, outs[k],
+                                     ys[k] + (size_t)r0 * outs[k], outs[k]};
             s = e;
         }
-    }
+    float *scratch = f->lora;
     for (int s = 0; s < n_seqs;) {
         const variant_mix *mix = seqs[s].lora;
         int e = s + 1;
@@ -223,12 +222,58 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
             float *y_run[VARIANT_GROUP_MAX];
             for (int k = 0; k < n_ps; k++)
                 y_run[k] = ys[k] + (size_t)r0 * outs[k];
-            variant_apply_group(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr, in, y_run, outs,
-                                f->lora);
+            int c = variant_small_jobs(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr, y_run,
+                                       outs, &scratch, xa + nx, tb + nt);
+            nx += c;
+            nt += c;
         }
         s = e;
     }
+    smallmm_xmt_run(f->pool, in, xa, nx);
+    smallmm_tb_run(f->pool, tb, nt);
+}
+
+/* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x. Decode-
+ * sized batches: project_small. Otherwise one OpenBLAS GEMM per projection per run of
+ * sequences sharing the weight matrix, then the on-the-fly adapters per run of sequences
+ * sharing a mix (grouped: one X·Aᵀ for the group). Then biases. */
+static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                    const model_proj *ps, int n_ps, const float *x, float *const *ys)
+{
+    const model *m = f->m;
+    int outs[VARIANT_GROUP_MAX], in = 0;
+    for (int k = 0; k < n_ps; k++)
+        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
     int rows = f->row0[n_seqs];
+    if (rows <= SMALLMM_MAX_ROWS) {
+        project_small(f, seqs, n_seqs, layer, ps, n_ps, x, ys, outs, in);
+    } else {
+        for (int k = 0; k < n_ps; k++)
+            for (int s = 0; s < n_seqs;) {
+                const float *w = variant_weight(m, seqs[s].merged, layer, ps[k]);
+                int e = s + 1;
+                while (e < n_seqs && variant_weight(m, seqs[e].merged, layer, ps[k]) == w)
+                    e++;
+                int r0 = f->row0[s], nr = f->row0[e] - r0;
+                matmul(ys[k] + (size_t)r0 * outs[k], x + (size_t)r0 * in, w, nr, in, outs[k]);
+                s = e;
+            }
+        for (int s = 0; s < n_seqs;) {
+            const variant_mix *mix = seqs[s].lora;
+            int e = s + 1;
+            while (e < n_seqs && seqs[e].lora == mix)
+                e++;
+            if (mix) {
+                int r0 = f->row0[s], nr = f->row0[e] - r0;
+                float *y_run[VARIANT_GROUP_MAX];
+                for (int k = 0; k < n_ps; k++)
+                    y_run[k] = ys[k] + (size_t)r0 * outs[k];
+                variant_apply_group(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr, in, y_run,
+                                    outs, f->lora);
+            }
+            s = e;
+        }
+    }
     for (int k = 0; k < n_ps; k++) {
         if (ps[k] > PROJ_V || !m->layers[layer].bias[ps[k]])
             continue;
@@ -453,12 +498,13 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         f->row0_cap = n_seqs + 1;
     }
     size_t stride = 0;
-    int rank = 0, n_tasks = 0;
+    size_t lora = 0;
+    int n_tasks = 0;
     for (int s = 0; s < n_seqs; s++) {
         size_t st = (size_t)seqs[s].kv->stride;
         stride = st > stride ? st : stride;
-        int r = variant_mix_max_rank(seqs[s].lora);
-        rank = r > rank ? r : rank;
+        size_t need = variant_scratch_floats(seqs[s].lora, f->max_rows);
+        lora = need > lora ? need : lora;
         n_tasks += f->m->cfg.n_heads * ((seqs[s].n_tokens + ATTN_TASK_ROWS - 1) / ATTN_TASK_ROWS);
     }
     if (stride > f->scores_cap) {
@@ -477,13 +523,12 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         f->tasks = t;
         f->tasks_cap = n_tasks;
     }
-    if (rank > f->lora_rank_cap) {
-        float *l = realloc(f->lora, (size_t)f->max_rows * VARIANT_GROUP_MAX * rank *
-                                        sizeof(float));
+    if (lora > f->lora_cap) {
+        float *l = realloc(f->lora, lora * sizeof(float));
         if (!l)
             return lr_error_set(err, LR_ENOMEM, "out of memory for adapter scratch");
         f->lora = l;
-        f->lora_rank_cap = rank;
+        f->lora_cap = lora;
     }
     return 0;
 }
@@ -631,7 +676,11 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
                     1, c->hidden, c->rms_eps);
             n_out++;
         }
-    if (n_out)
+    if (n_out > SMALLMM_MAX_ROWS)
         matmul(logits, f->xn, m->lm_head, n_out, c->hidden, c->vocab_size);
+    else if (n_out)
+        smallmm_xmt_run(f->pool, c->hidden, &(smallmm_xmt){f->xn, n_out, m->lm_head,
+                                                            c->vocab_size, logits,
+                                                            c->vocab_size}, 1);
     return 0;
 }

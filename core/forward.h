@@ -1,10 +1,11 @@
 /* forward: one transformer pass over a batch of sequences.
  * Each sequence contributes n_tokens rows (a prefill chunk, or 1 when decoding); the rows
  * of all sequences are stacked into one activation matrix, so every projection is one
- * GEMM per run of consecutive sequences sharing a weight variant (base W or a merged W'),
- * and every on-the-fly adapter is two thin GEMMs per run of consecutive sequences sharing
- * the adapter mix. Callers order sequences to make those runs long. A sequence's result
- * does not depend on the others in its batch (attention is per sequence). */
+ * product per run of consecutive sequences sharing a weight variant (base W or a merged
+ * W'), and every on-the-fly adapter two thin products per run of consecutive sequences
+ * sharing the adapter mix. Callers order sequences to make those runs long. A sequence's
+ * result does not depend on the others in its batch (attention is per sequence; the
+ * products of decode-sized and prompt-sized batches differ only in float rounding). */
 #ifndef LORAD_FORWARD_H
 #define LORAD_FORWARD_H
 

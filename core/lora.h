@@ -1,7 +1,7 @@
 /* lora: an adapter's weights in memory and the LoRA math on them.
  * For a projection with base weight W [out, in] an adapter adds s · B A, with
- * A [r, in] and B [out, r] exactly as stored in the PEFT file, and s its scale
- * (alpha / r, or alpha / sqrt(r) with rsLoRA, per-module overrides applied). */
+ * A [r, in] as stored in the PEFT file, B [out, r] kept transposed (Bᵀ [r, out]), and s
+ * its scale (alpha / r, or alpha / sqrt(r) with rsLoRA, per-module overrides applied). */
 #ifndef LORAD_LORA_H
 #define LORAD_LORA_H
 
@@ -13,7 +13,8 @@ typedef struct {
     int r;          /* rank; 0 when this (layer, projection) is not targeted */
     float scale;    /* s, already including alpha/r or alpha/sqrt(r) */
     float *a;       /* [r, in] row-major, as in the PEFT file (owned) */
-    float *b;       /* [out, r] row-major, as in the PEFT file (owned) */
+    float *bt;      /* Bᵀ [r, out] row-major: the file's lora_B [out, r] transposed, so
+                     * that adding B·t to an output row streams r rows of out floats */
 } lora_matrix;
 
 typedef struct {

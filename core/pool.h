@@ -1,7 +1,8 @@
-/* pool: a few persistent worker threads for the engine's own parallel loops (attention,
- * norms) — the work OpenBLAS does not do. The calling thread takes part, so a pool of n
- * threads starts n - 1 workers. Workers spin briefly after a job (jobs come every few
- * microseconds while decoding) and then sleep. */
+/* pool: a few persistent worker threads for the engine's own parallel loops (decode-sized
+ * matrix products, attention, norms) — the work OpenBLAS does not do. The calling thread
+ * takes part, so a pool of n threads starts n - 1 workers. Workers spin briefly after a
+ * job (jobs come every few microseconds while decoding) and then sleep; a job never
+ * waits for a sleeping worker to wake (the caller runs the tasks nobody claimed). */
 #ifndef LORAD_POOL_H
 #define LORAD_POOL_H
 

@@ -1,10 +1,13 @@
-/* variant: merged W' construction and the on-the-fly LoRA kernel. */
+/* variant: merged W' construction and the on-the-fly LoRA kernels (own kernels on the
+ * engine's pool for decode-sized row counts, OpenBLAS GEMMs above). */
 #include "variant.h"
 
 #include <cblas.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+
 
 int variant_mix_max_rank(const variant_mix *mix)
 {
@@ -84,9 +87,9 @@ variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
                 const lora_matrix *lm = lora_weights_get(mix->t[i].w, l, (model_proj)p);
                 if (lm->r == 0)
                     continue;
-                /* dst [out, in] += alpha · B [out, r] · A [r, in] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, lm->r,
-                            mix->t[i].weight * lm->scale, lm->b, lm->r, lm->a, in, 1.0f, dst,
+                /* dst [out, in] += alpha · (Bᵀ [r, out])ᵀ · A [r, in] */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, lm->r,
+                            mix->t[i].weight * lm->scale, lm->bt, out, lm->a, in, 1.0f, dst,
                             in);
             }
             v->w[l * PROJ_COUNT + p] = dst;
@@ -112,28 +115,44 @@ void variant_free(variant *v)
     free(v);
 }
 
-void variant_apply(const variant_mix *mix, int layer, model_proj p, const float *x, int n,
-                   int in, float *y, int out, float *scratch)
+/* ---- on the fly ---- */
+
+int variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
+                       const float *x, int n, float *const *ys, const int *outs,
+                       float **scratch, smallmm_xmt *xa, smallmm_tb *tb)
 {
-    for (int i = 0; i < mix->n; i++) {
-        const lora_matrix *lm = lora_weights_get(mix->t[i].w, layer, p);
-        if (lm->r == 0)
-            continue;
-        float alpha = mix->t[i].weight * lm->scale;
-        if (n == 1) {
-            /* t [r] = A [r, in] · x ; y += alpha · B [out, r] · t */
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, lm->r, in, 1.0f, lm->a, in, x, 1, 0.0f,
-                        scratch, 1);
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, out, lm->r, alpha, lm->b, lm->r, scratch,
-                        1, 1.0f, y, 1);
-        } else {
-            /* T [n, r] = X [n, in] · Aᵀ ; Y [n, out] += alpha · T · Bᵀ */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, lm->r, in, 1.0f, x, in,
-                        lm->a, in, 0.0f, scratch, lm->r);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, lm->r, alpha, scratch,
-                        lm->r, lm->b, lm->r, 1.0f, y, out);
+    int k = 0;
+    for (int i = 0; i < mix->n; i++)
+        for (int g = 0; g < n_ps; g++) {
+            const lora_matrix *lm = lora_weights_get(mix->t[i].w, layer, ps[g]);
+            if (lm->r == 0)
+                continue;
+            float *t = *scratch;
+            *scratch += (size_t)n * lm->r;
+            xa[k] = (smallmm_xmt){x, n, lm->a, lm->r, t, lm->r};
+            tb[k] = (smallmm_tb){t, lm->r, n, lm->bt, lm->r, outs[g],
+                                 mix->t[i].weight * lm->scale, ys[g]};
+            k++;
         }
-    }
+    return k;
+}
+
+size_t variant_scratch_floats(const variant_mix *mix, int max_rows)
+{
+    /* OpenBLAS path: one term at a time, T [rows, Σ r of the group]; small path: every
+     * term's T [rows <= SMALLMM_MAX_ROWS, Σ r of the group] at once. */
+    int r = variant_mix_max_rank(mix), terms = mix ? mix->n : 0;
+    size_t big = (size_t)max_rows * VARIANT_GROUP_MAX * r;
+    size_t small = (size_t)SMALLMM_MAX_ROWS * terms * VARIANT_GROUP_MAX * r;
+    return big > small ? big : small;
+}
+
+/* Y += alpha · T Bᵀ with OpenBLAS, T [n, r] with row stride ldt. */
+static void blas_add_tb(const lora_matrix *lm, float alpha, const float *t, int ldt, int n,
+                        float *y, int out)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, lm->r, alpha, t, ldt, lm->bt,
+                out, 1.0f, y, out);
 }
 
 void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
@@ -142,38 +161,29 @@ void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps
 {
     for (int i = 0; i < mix->n; i++) {
         const lora_matrix *lm[VARIANT_GROUP_MAX];
-        int contiguous = n_ps > 1, total_r = 0;
+        int contiguous = n_ps > 0, total_r = 0;
         for (int k = 0; k < n_ps; k++) {
             lm[k] = lora_weights_get(mix->t[i].w, layer, ps[k]);
             contiguous &= lm[k]->r > 0 && (k == 0 || lm[k]->a == lm[k - 1]->a +
                                                          (size_t)lm[k - 1]->r * in);
             total_r += lm[k]->r;
         }
-        if (!contiguous) {
-            variant_mix one = {.n = 1, .t = {mix->t[i]}};
-            for (int k = 0; k < n_ps; k++)
-                variant_apply(&one, layer, ps[k], x, n, in, ys[k], outs[k], scratch);
-            continue;
-        }
-        /* T [n, total_r] = X [n, in] · [A_0; A_1; ...]ᵀ, one product for the group */
-        if (n == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, total_r, in, 1.0f, lm[0]->a, in, x, 1,
-                        0.0f, scratch, 1);
-        else
+        if (contiguous) {
+            /* T [n, total_r] = X [n, in] · [A_0; A_1; ...]ᵀ, one product for the group */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total_r, in, 1.0f, x, in,
                         lm[0]->a, in, 0.0f, scratch, total_r);
-        /* Y_k [n, out_k] += alpha_k · T[:, off_k : off_k + r_k] · B_kᵀ */
-        int off = 0;
+            for (int k = 0, off = 0; k < n_ps; off += lm[k]->r, k++)
+                blas_add_tb(lm[k], mix->t[i].weight * lm[k]->scale, scratch + off, total_r, n,
+                            ys[k], outs[k]);
+            continue;
+        }
         for (int k = 0; k < n_ps; k++) {
-            float alpha = mix->t[i].weight * lm[k]->scale;
-            if (n == 1)
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, outs[k], lm[k]->r, alpha, lm[k]->b,
-                            lm[k]->r, scratch + off, 1, 1.0f, ys[k], 1);
-            else
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, outs[k], lm[k]->r,
-                            alpha, scratch + off, total_r, lm[k]->b, lm[k]->r, 1.0f, ys[k],
-                            outs[k]);
-            off += lm[k]->r;
+            if (lm[k]->r == 0)
+                continue;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, lm[k]->r, in, 1.0f, x, in,
+                        lm[k]->a, in, 0.0f, scratch, lm[k]->r);
+            blas_add_tb(lm[k], mix->t[i].weight * lm[k]->scale, scratch, lm[k]->r, n, ys[k],
+                        outs[k]);
         }
     }
 }

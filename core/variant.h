@@ -9,6 +9,7 @@
 
 #include "lora.h"
 #include "model.h"
+#include "smallmm.h"
 
 #define VARIANT_MAX_TERMS 8
 
@@ -45,19 +46,27 @@ void variant_free(variant *v);  /* accepts NULL */
 /* Weight to use for (layer, p): W' when v has one, else the base W. v may be NULL. */
 const float *variant_weight(const model *m, const variant *v, int layer, model_proj p);
 
-/* On the fly, for rows X [n, in] whose base output Y [n, out] is already computed:
- * Y += Σ weight·s·(X Aᵀ) Bᵀ. scratch holds at least n · variant_mix_max_rank(mix) floats.
- * Engine thread (uses OpenBLAS). */
-void variant_apply(const variant_mix *mix, int layer, model_proj p, const float *x, int n,
-                   int in, float *y, int out, float *scratch);
+/* Floats of scratch the on-the-fly functions below need for batches of up to max_rows
+ * rows (all runs of sequences using mix together). */
+size_t variant_scratch_floats(const variant_mix *mix, int max_rows);
 
-/* The same for a group of projections that read the same rows X [n, in] (q/k/v, or
- * gate/up), writing ys[i] [n, outs[i]]. When an adapter stores the group's A matrices
- * back to back (peft_load does), X·Aᵀ for the whole group is one product. scratch holds
- * at least n · VARIANT_GROUP_MAX · variant_mix_max_rank(mix) floats. Engine thread. */
+/* On the fly, for a group of projections that read the same rows X [n, in] (q/k/v, or
+ * gate/up, or one projection alone) and whose base outputs Y_k [n, outs[k]] are already
+ * computed: Y_k += Σ weight·s·(X A_kᵀ) B_kᵀ over the terms of the mix, with OpenBLAS
+ * GEMMs (prefill-sized n): one X·Aᵀ for the group when an adapter stores its A matrices
+ * back to back (peft_load does). scratch holds variant_scratch_floats(mix, n) floats.
+ * Engine thread. */
 #define VARIANT_GROUP_MAX 3
 void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
                          const float *x, int n, int in, float *const *ys, const int *outs,
                          float *scratch);
+
+/* The same for decode-sized n (<= SMALLMM_MAX_ROWS), as smallmm products for the caller
+ * to run: appends one X·Aᵀ product to xa and one ·Bᵀ product to tb per (term, projection)
+ * the mix touches, and returns how many. The T's take n·r floats each from *scratch,
+ * which advances. Running every xa product, then every tb product, applies the mix. */
+int variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
+                       const float *x, int n, float *const *ys, const int *outs,
+                       float **scratch, smallmm_xmt *xa, smallmm_tb *tb);
 
 #endif

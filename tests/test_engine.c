@@ -893,8 +893,8 @@ START_TEST(test_submit_rejects_on_the_fly_adapter_with_fewer_layers_than_the_mod
     lm->r = 2;
     lm->scale = 1.0f;
     lm->a = calloc(2 * HIDDEN, sizeof(float));
-    lm->b = calloc((size_t)proj_out[0] * 2, sizeof(float));
-    ck_assert(lm->a && lm->b);
+    lm->bt = calloc((size_t)proj_out[0] * 2, sizeof(float));
+    ck_assert(lm->a && lm->bt);
     w->max_rank = 2;
     variant_mix mix = {.n = 1, .t = {{w, 1.0f}}};
     lr_error err = {0};

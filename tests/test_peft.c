@@ -246,7 +246,7 @@ START_TEST(test_all_seven_projections_load_with_scale_alpha_over_r)
             ck_assert_int_eq(m->r, 4);
             ck_assert_float_eq(m->scale, 2.0f);  /* 8 / 4 */
             ck_assert_ptr_nonnull(m->a);
-            ck_assert_ptr_nonnull(m->b);
+            ck_assert_ptr_nonnull(m->bt);
         }
     peft_free(a);
     tb_free(&b);
@@ -375,7 +375,10 @@ START_TEST(test_lora_values_round_trip_exactly)
             key_name(nm, sizeof nm, l, p, 'A');
             ck_assert(memcmp(m->a, tb_find(&b, nm), (size_t)3 * tiny_in[p] * sizeof(float)) == 0);
             key_name(nm, sizeof nm, l, p, 'B');
-            ck_assert(memcmp(m->b, tb_find(&b, nm), (size_t)tiny_out[p] * 3 * sizeof(float)) == 0);
+            const float *fb = tb_find(&b, nm);  /* [out, 3] in the file; kept as Bᵀ [3, out] */
+            for (int o = 0; o < tiny_out[p]; o++)
+                for (int j = 0; j < 3; j++)
+                    ck_assert(m->bt[(size_t)j * tiny_out[p] + o] == fb[o * 3 + j]);
         }
     peft_free(a);
     tb_free(&b);
@@ -418,8 +421,9 @@ START_TEST(test_bf16_adapter_converts_exactly)
     ck_assert_float_eq(m->scale, 1.0f);
     for (int i = 0; i < 64; i++)
         ck_assert_float_eq(m->a[i], bf16_ref(a_bits[i]));
-    for (int i = 0; i < 32; i++)
-        ck_assert_float_eq(m->b[i], bf16_ref(b_bits[i]));
+    for (int o = 0; o < 8; o++)  /* lora_B [8, 4] in the file, Bᵀ [4, 8] in memory */
+        for (int j = 0; j < 4; j++)
+            ck_assert_float_eq(m->bt[j * 8 + o], bf16_ref(b_bits[o * 4 + j]));
     peft_free(a);
     testutil_rmdir(dir);
 }

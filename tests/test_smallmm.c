@@ -1,0 +1,215 @@
+/* Tests for core/smallmm: the decode-sized products against a float64 reference written
+ * here, over row counts, input lengths and output widths that hit every blocking edge
+ * (tails of 16 lanes, partial blocks of 4 or 8 rows, splits of a product between tasks),
+ * inline and on pools of 2 and 3 threads. */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pool.h"
+#include "core/smallmm.h"
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void)  /* uniform in [-1, 1) */
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) * (2.0 / 16777216.0) - 1.0);
+}
+
+static float *rand_floats(size_t n)
+{
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = frand();
+    return p;
+}
+
+/* |got - want| within float rounding of a sum of `terms` products of magnitude <= 1. */
+static void expect_near(float got, double want, int terms, const char *what, int i, int j)
+{
+    double tol = 1e-6 * (terms + 1) + 1e-6 * fabs(want);
+    ck_assert_msg(fabs(got - want) <= tol, "%s[%d][%d] = %.9g, reference %.9g", what, i, j,
+                  got, want);
+}
+
+static pool *make_pool(int threads)
+{
+    if (threads == 1)
+        return NULL;
+    pool *p = pool_create(threads, NULL);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* Y = X Mᵀ for one product written into columns [off, off + rows) of a wider Y; the
+ * columns around it must stay untouched. */
+static void check_xmt(pool *p, int n, int in, int rows)
+{
+    int off = 3, ldy = rows + 5;
+    float *x = rand_floats((size_t)n * in), *m = rand_floats((size_t)rows * in);
+    float *y = malloc(sizeof(float) * n * ldy);
+    ck_assert_ptr_nonnull(y);
+    for (int i = 0; i < n * ldy; i++)
+        y[i] = 1234.5f;
+    smallmm_xmt jb = {x, n, m, rows, y + off, ldy};
+    smallmm_xmt_run(p, in, &jb, 1);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ldy; j++) {
+            float got = y[(size_t)i * ldy + j];
+            if (j < off || j >= off + rows) {
+                ck_assert_msg(got == 1234.5f, "n=%d in=%d rows=%d: Y[%d][%d] outside the "
+                              "product was written", n, in, rows, i, j);
+                continue;
+            }
+            double want = 0;
+            for (int d = 0; d < in; d++)
+                want += (double)x[(size_t)i * in + d] * m[(size_t)(j - off) * in + d];
+            expect_near(got, want, in, "Y", i, j - off);
+        }
+    free(x);
+    free(m);
+    free(y);
+}
+
+START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
+{
+    static const int ins[] = {1, 15, 16, 17, 64, 100};
+    static const int rows[] = {1, 3, 4, 5, 7, 8, 9, 33};
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        for (int n = 1; n <= SMALLMM_MAX_ROWS; n++)
+            for (size_t a = 0; a < sizeof ins / sizeof *ins; a++)
+                for (size_t b = 0; b < sizeof rows / sizeof *rows; b++)
+                    check_xmt(p, n, ins[a], rows[b]);
+        pool_free(p);
+    }
+}
+END_TEST
+
+START_TEST(test_xmt_many_products_in_one_pass)
+{
+    /* Several products with their own X, n and M in one call (as project_small issues
+     * for runs of sequences and adapter terms); the split between tasks falls inside
+     * products of every size. */
+    enum { IN = 40, JOBS = 6 };
+    static const int ns[JOBS] = {1, 2, 5, 16, 1, 3}, rws[JOBS] = {7, 1, 30, 9, 64, 2};
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        smallmm_xmt jobs[JOBS];
+        float *xs[JOBS], *ms[JOBS];
+        for (int k = 0; k < JOBS; k++) {
+            xs[k] = rand_floats((size_t)ns[k] * IN);
+            ms[k] = rand_floats((size_t)rws[k] * IN);
+            jobs[k] = (smallmm_xmt){xs[k], ns[k], ms[k], rws[k],
+                                    malloc(sizeof(float) * ns[k] * rws[k]), rws[k]};
+        }
+        smallmm_xmt_run(p, IN, jobs, JOBS);
+        for (int k = 0; k < JOBS; k++) {
+            for (int i = 0; i < ns[k]; i++)
+                for (int j = 0; j < rws[k]; j++) {
+                    double want = 0;
+                    for (int d = 0; d < IN; d++)
+                        want += (double)xs[k][i * IN + d] * ms[k][j * IN + d];
+                    expect_near(jobs[k].y[i * rws[k] + j], want, IN, "Y", i, j);
+                }
+            free(xs[k]);
+            free(ms[k]);
+            free(jobs[k].y);
+        }
+        pool_free(p);
+    }
+}
+END_TEST
+
+/* Y += alpha·T Bt for `terms` products on the same Y (the terms of an adapter mix). */
+static void check_tb(pool *p, int n, int r, int out, int terms)
+{
+    int ldt = r + 2;
+    float *y = rand_floats((size_t)n * out);
+    double *want = malloc(sizeof(double) * n * out);
+    ck_assert_ptr_nonnull(want);
+    for (int i = 0; i < n * out; i++)
+        want[i] = y[i];
+    smallmm_tb jobs[2];
+    float *ts[2], *bs[2];
+    for (int k = 0; k < terms; k++) {
+        ts[k] = rand_floats((size_t)n * ldt);
+        bs[k] = rand_floats((size_t)r * out);
+        float alpha = k ? -0.75f : 1.5f;
+        jobs[k] = (smallmm_tb){ts[k], ldt, n, bs[k], r, out, alpha, y};
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < out; o++) {
+                double s = 0;
+                for (int j = 0; j < r; j++)
+                    s += (double)ts[k][i * ldt + j] * bs[k][(size_t)j * out + o];
+                want[(size_t)i * out + o] += alpha * s;
+            }
+    }
+    smallmm_tb_run(p, jobs, terms);
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < out; o++)
+            expect_near(y[(size_t)i * out + o], want[(size_t)i * out + o], 2 * r * terms, "Y",
+                        i, o);
+    for (int k = 0; k < terms; k++) {
+        free(ts[k]);
+        free(bs[k]);
+    }
+    free(y);
+    free(want);
+}
+
+START_TEST(test_tb_adds_to_outputs_for_every_edge_and_mix)
+{
+    static const int rs[] = {1, 3, 16, 17};
+    static const int outs[] = {1, 15, 16, 17, 63, 64, 65, 100, 130};
+    static const int ns[] = {1, 2, 4, 5, 16};
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
+            for (size_t b = 0; b < sizeof rs / sizeof *rs; b++)
+                for (size_t c = 0; c < sizeof outs / sizeof *outs; c++)
+                    for (int terms = 1; terms <= 2; terms++)
+                        check_tb(p, ns[a], rs[b], outs[c], terms);
+        pool_free(p);
+    }
+}
+END_TEST
+
+START_TEST(test_empty_calls_do_nothing)
+{
+    pool *p = make_pool(2);
+    smallmm_xmt_run(p, 16, NULL, 0);
+    smallmm_tb_run(p, NULL, 0);
+    smallmm_xmt_run(NULL, 16, NULL, 0);
+    pool_free(p);
+}
+END_TEST
+
+static Suite *smallmm_suite(void)
+{
+    Suite *s = suite_create("smallmm");
+    TCase *core = tcase_create("core");
+    tcase_set_timeout(core, 120);
+    tcase_add_test(core, test_xmt_matches_reference_for_every_row_count_and_edge);
+    tcase_add_test(core, test_xmt_many_products_in_one_pass);
+    tcase_add_test(core, test_tb_adds_to_outputs_for_every_edge_and_mix);
+    suite_add_tcase(s, core);
+    TCase *limits = tcase_create("limits");
+    tcase_add_test(limits, test_empty_calls_do_nothing);
+    suite_add_tcase(s, limits);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(smallmm_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -55,8 +55,8 @@ struct forward_ctx {
     double *inv_freq;/* [head_dim/2] (llama3 scaling applied) */
     float *lora;     /* [lora_cap] on-the-fly adapter scratch */
     size_t lora_cap;
-    /* the products of one project_small call: base W per (run, projection), X·Aᵀ and
-     * ·Bᵀ per (run, adapter term, projection) */
+    /* the products of one decode-sized project() call: base W per (run, projection),
+     * X·Aᵀ and ·Bᵀ per (run, adapter term, projection) */
     smallmm_xmt small_xmt[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * (1 + VARIANT_MAX_TERMS)];
     smallmm_tb small_tb[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * VARIANT_MAX_TERMS];
     pool *pool;      /* the engine's own threads: attention */
@@ -189,17 +189,23 @@ static void matmul(float *y, const float *x, const float *w, int n, int in, int 
                 y, out);
 }
 
-/* project() for decode-sized batches: every product of the group — base W or W' per run
- * of sequences sharing it, each adapter term's X·Aᵀ per run sharing a mix — in one
- * smallmm pass, then every adapter's ·Bᵀ in a second. */
-static void project_small(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
-                          const model_proj *ps, int n_ps, const float *x, float *const *ys,
-                          const int *outs, int in)
+/* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x: the base
+ * W (or W') per run of sequences sharing it, then the on-the-fly adapters per run of
+ * sequences sharing a mix, then biases. Decode-sized batches (<= SMALLMM_MAX_ROWS rows)
+ * gather every product of the group — base and each adapter term's X·Aᵀ — into one
+ * smallmm pass and every ·Bᵀ into a second; larger ones make one OpenBLAS GEMM per
+ * product (grouped for adapters: one X·Aᵀ for the group). */
+static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                    const model_proj *ps, int n_ps, const float *x, float *const *ys)
 {
     const model *m = f->m;
+    int outs[VARIANT_GROUP_MAX], in = 0;
+    for (int k = 0; k < n_ps; k++)
+        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
+    int rows = f->row0[n_seqs];
+    int small = rows <= SMALLMM_MAX_ROWS, nx = 0, nt = 0;
     smallmm_xmt *xa = f->small_xmt;
     smallmm_tb *tb = f->small_tb;
-    int nx = 0, nt = 0;
     for (int k = 0; k < n_ps; k++)
         for (int s = 0; s < n_seqs;) {
             const float *w = variant_weight(m, seqs[s].merged, layer, ps[k]);
@@ -207,8 +213,11 @@ static void project_small(forward_ctx *f, const forward_seq *seqs, int n_seqs, i
             while (e < n_seqs && variant_weight(m, seqs[e].merged, layer, ps[k]) == w)
                 e++;
             int r0 = f->row0[s], nr = f->row0[e] - r0;
-            xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, nr, w, outs[k],
-                                     ys[k] + (size_t)r0 * outs[k], outs[k]};
+            float *y = ys[k] + (size_t)r0 * outs[k];
+            if (small)
+                xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, nr, w, outs[k], y, outs[k]};
+            else
+                matmul(y, x + (size_t)r0 * in, w, nr, in, outs[k]);
             s = e;
         }
     float *scratch = f->lora;
@@ -222,57 +231,21 @@ static void project_small(forward_ctx *f, const forward_seq *seqs, int n_seqs, i
             float *y_run[VARIANT_GROUP_MAX];
             for (int k = 0; k < n_ps; k++)
                 y_run[k] = ys[k] + (size_t)r0 * outs[k];
-            int c = variant_small_jobs(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr, y_run,
-                                       outs, &scratch, xa + nx, tb + nt);
-            nx += c;
-            nt += c;
-        }
-        s = e;
-    }
-    smallmm_xmt_run(f->pool, in, xa, nx);
-    smallmm_tb_run(f->pool, tb, nt);
-}
-
-/* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x. Decode-
- * sized batches: project_small. Otherwise one OpenBLAS GEMM per projection per run of
- * sequences sharing the weight matrix, then the on-the-fly adapters per run of sequences
- * sharing a mix (grouped: one X·Aᵀ for the group). Then biases. */
-static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
-                    const model_proj *ps, int n_ps, const float *x, float *const *ys)
-{
-    const model *m = f->m;
-    int outs[VARIANT_GROUP_MAX], in = 0;
-    for (int k = 0; k < n_ps; k++)
-        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
-    int rows = f->row0[n_seqs];
-    if (rows <= SMALLMM_MAX_ROWS) {
-        project_small(f, seqs, n_seqs, layer, ps, n_ps, x, ys, outs, in);
-    } else {
-        for (int k = 0; k < n_ps; k++)
-            for (int s = 0; s < n_seqs;) {
-                const float *w = variant_weight(m, seqs[s].merged, layer, ps[k]);
-                int e = s + 1;
-                while (e < n_seqs && variant_weight(m, seqs[e].merged, layer, ps[k]) == w)
-                    e++;
-                int r0 = f->row0[s], nr = f->row0[e] - r0;
-                matmul(ys[k] + (size_t)r0 * outs[k], x + (size_t)r0 * in, w, nr, in, outs[k]);
-                s = e;
-            }
-        for (int s = 0; s < n_seqs;) {
-            const variant_mix *mix = seqs[s].lora;
-            int e = s + 1;
-            while (e < n_seqs && seqs[e].lora == mix)
-                e++;
-            if (mix) {
-                int r0 = f->row0[s], nr = f->row0[e] - r0;
-                float *y_run[VARIANT_GROUP_MAX];
-                for (int k = 0; k < n_ps; k++)
-                    y_run[k] = ys[k] + (size_t)r0 * outs[k];
+            if (small) {
+                int c = variant_small_jobs(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr,
+                                           y_run, outs, &scratch, xa + nx, tb + nt);
+                nx += c;
+                nt += c;
+            } else {
                 variant_apply_group(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr, in, y_run,
                                     outs, f->lora);
             }
-            s = e;
         }
+        s = e;
+    }
+    if (small) {
+        smallmm_xmt_run(f->pool, in, xa, nx);
+        smallmm_tb_run(f->pool, tb, nt);
     }
     for (int k = 0; k < n_ps; k++) {
         if (ps[k] > PROJ_V || !m->layers[layer].bias[ps[k]])

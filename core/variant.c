@@ -1,13 +1,11 @@
-/* variant: merged W' construction and the on-the-fly LoRA kernels (own kernels on the
- * engine's pool for decode-sized row counts, OpenBLAS GEMMs above). */
+/* variant: merged W' construction and the on-the-fly LoRA products (OpenBLAS GEMMs for
+ * prompt-sized row counts; smallmm products, run by the caller, for decode-sized ones). */
 #include "variant.h"
 
 #include <cblas.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-
 
 int variant_mix_max_rank(const variant_mix *mix)
 {
@@ -147,14 +145,6 @@ size_t variant_scratch_floats(const variant_mix *mix, int max_rows)
     return big > small ? big : small;
 }
 
-/* Y += alpha · T Bᵀ with OpenBLAS, T [n, r] with row stride ldt. */
-static void blas_add_tb(const lora_matrix *lm, float alpha, const float *t, int ldt, int n,
-                        float *y, int out)
-{
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, lm->r, alpha, t, ldt, lm->bt,
-                out, 1.0f, y, out);
-}
-
 void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
                          const float *x, int n, int in, float *const *ys, const int *outs,
                          float *scratch)
@@ -168,22 +158,21 @@ void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps
                                                          (size_t)lm[k - 1]->r * in);
             total_r += lm[k]->r;
         }
-        if (contiguous) {
-            /* T [n, total_r] = X [n, in] · [A_0; A_1; ...]ᵀ, one product for the group */
+        /* T [n, total_r] = X [n, in] · [A_0; A_1; ...]ᵀ: one product for the group when
+         * its A's are back to back, else one per projection into T's columns */
+        if (contiguous)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total_r, in, 1.0f, x, in,
                         lm[0]->a, in, 0.0f, scratch, total_r);
+        else
             for (int k = 0, off = 0; k < n_ps; off += lm[k]->r, k++)
-                blas_add_tb(lm[k], mix->t[i].weight * lm[k]->scale, scratch + off, total_r, n,
-                            ys[k], outs[k]);
-            continue;
-        }
-        for (int k = 0; k < n_ps; k++) {
-            if (lm[k]->r == 0)
-                continue;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, lm[k]->r, in, 1.0f, x, in,
-                        lm[k]->a, in, 0.0f, scratch, lm[k]->r);
-            blas_add_tb(lm[k], mix->t[i].weight * lm[k]->scale, scratch, lm[k]->r, n, ys[k],
-                        outs[k]);
-        }
+                if (lm[k]->r > 0)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, lm[k]->r, in, 1.0f,
+                                x, in, lm[k]->a, in, 0.0f, scratch + off, total_r);
+        /* Y_k [n, out_k] += alpha_k · T[:, off_k : off_k + r_k] · B_kᵀ */
+        for (int k = 0, off = 0; k < n_ps; off += lm[k]->r, k++)
+            if (lm[k]->r > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, outs[k], lm[k]->r,
+                            mix->t[i].weight * lm[k]->scale, scratch + off, total_r, lm[k]->bt,
+                            outs[k], 1.0f, ys[k], outs[k]);
     }
 }

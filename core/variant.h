@@ -33,7 +33,7 @@ typedef struct {
     size_t arena_bytes;
 } variant;
 
-/* Largest rank over all terms (scratch sizing for variant_apply). */
+/* Largest rank over all terms (scratch sizing: variant_scratch_floats). */
 int variant_mix_max_rank(const variant_mix *mix);
 
 /* Builds W' = W + Σ weight·s·B A for every targeted matrix (one sgemm each), in memory

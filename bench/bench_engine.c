@@ -328,7 +328,7 @@ static int run_one(engine *e, const int *prompt, int n_prompt, int max_tokens,
                           .on_done = on_done, .user = &t};
     lr_error err = {0};
     double t0 = now();
-    if (engine_submit(e, &req, &err)) {
+    if (engine_submit(e, &req, NULL, &err)) {
         fprintf(stderr, "bench: %s\n", err.msg);
         return -1;
     }

@@ -1,114 +1,190 @@
-/* engine: sequence slots, step scheduling, sampling and finishing. */
+/* engine: the inbox, the waiting queue, sequence slots, step scheduling, sampling and
+ * finishing. */
 #include "engine.h"
 
-#include <stdint.h>
+#include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "forward.h"
 #include "kv_cache.h"
+#include "log.h"
 
-typedef struct {
-    int used;
+typedef struct seq seq;
+struct seq {
+    uint64_t id;          /* submission order, > 0 */
     engine_request req;   /* prompt pointer replaced by our copy */
     int *prompt;          /* [n_prompt] owned copy */
+    int cap;              /* KV positions it needs */
+    size_t kv_bytes;      /* kv_cache_bytes(cap) */
     int n_fed;            /* prompt tokens already in the cache */
     int n_generated;
     int last;             /* last sampled token, input of the next decode step */
-    kv_cache *kv;
+    int slot;             /* index in slots while running */
+    int chunk;            /* prompt rows this step feeds */
+    kv_cache *kv;         /* NULL until it runs */
     sampler *smp;
-    long order;           /* submission order, for a stable batch order */
-} seq;
+    seq *next;            /* inbox / waiting list */
+};
 
 struct engine {
     const model *m;
     engine_options opt;
+    int ctx;              /* positions per sequence */
     forward_ctx *fwd;
-    seq *seqs;            /* [max_seqs] slots */
-    int running;
-    long submitted;
+
+    /* Engine thread only. */
+    seq **slots;          /* [max_seqs] running sequences, NULL = free */
+    seq *wait_head, *wait_tail;
+    size_t kv_in_use;
     float *logits;        /* [max_seqs, vocab] */
     forward_seq *batch;   /* [max_seqs] */
-    int *slots;           /* [max_seqs] slots in this step's batch, in batch order */
-    int *chunk_of;        /* [max_seqs] rows each slot feeds this step */
+    seq **order;          /* [max_seqs] this step's sequences, in batch order */
+    seq **prefill;        /* [max_seqs] prefill candidates, by arrival */
+
+    /* Shared: under lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;  /* signalled on submit, cancel and stop */
+    seq *inbox_head, *inbox_tail;
+    uint64_t *cancels;    /* ids to cancel at the next step */
+    int n_cancels, cap_cancels;
+    int cancel_all;
+    int stop;
+    uint64_t next_id;
+    int accepted;         /* requests accepted and not yet finished */
+    engine_stats st;      /* published after every step */
 };
 
 engine_options engine_options_default(void)
 {
-    engine_options o = {.max_batch_rows = 512, .max_seqs = 16};
+    engine_options o = {.max_batch_rows = 512, .max_seqs = 16, .max_queue = 64};
     return o;
 }
 
 engine *engine_create(const model *m, const engine_options *opt, lr_error *err)
 {
     engine *e = calloc(1, sizeof *e);
-    if (!e)
-        goto oom;
+    if (!e) {
+        lr_error_set(err, LR_ENOMEM, "out of memory creating the engine");
+        return NULL;
+    }
     e->m = m;
     e->opt = opt ? *opt : engine_options_default();
-    if (e->opt.max_batch_rows < 1 || e->opt.max_seqs < 1) {
-        lr_error_set(err, LR_EINVAL, "engine: max_batch_rows and max_seqs must be positive");
+    e->next_id = 1;
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->wake, NULL);
+    if (e->opt.max_batch_rows < 1 || e->opt.max_seqs < 1 || e->opt.max_queue < 0 ||
+        e->opt.max_ctx < 0 || e->opt.threads < 0) {
+        lr_error_set(err, LR_EINVAL, "engine: max_batch_rows and max_seqs must be positive, "
+                     "max_queue, max_ctx and threads not negative");
         goto fail;
     }
-    /* A step holds at most max_seqs - 1 decode rows plus one prefill chunk. */
+    e->ctx = m->cfg.max_positions;
+    if (e->opt.max_ctx > 0 && e->opt.max_ctx < e->ctx)
+        e->ctx = e->opt.max_ctx;
+    /* A step holds at most max_seqs decode rows plus the prefill chunk. */
     int rows = e->opt.max_batch_rows + e->opt.max_seqs;
-    e->fwd = forward_create(m, rows, err);
+    e->fwd = forward_create(m, rows, e->opt.threads, err);
     if (!e->fwd)
         goto fail;
-    e->seqs = calloc((size_t)e->opt.max_seqs, sizeof *e->seqs);
-    e->logits = malloc(sizeof(float) * (size_t)e->opt.max_seqs * m->cfg.vocab_size);
-    e->batch = calloc((size_t)e->opt.max_seqs, sizeof *e->batch);
-    e->slots = calloc((size_t)e->opt.max_seqs, sizeof *e->slots);
-    e->chunk_of = calloc((size_t)e->opt.max_seqs, sizeof *e->chunk_of);
-    if (!e->seqs || !e->logits || !e->batch || !e->slots || !e->chunk_of)
-        goto oom;
+    size_t n = (size_t)e->opt.max_seqs;
+    e->slots = calloc(n, sizeof *e->slots);
+    e->logits = malloc(sizeof(float) * n * m->cfg.vocab_size);
+    e->batch = calloc(n, sizeof *e->batch);
+    e->order = calloc(n, sizeof *e->order);
+    e->prefill = calloc(n, sizeof *e->prefill);
+    if (!e->slots || !e->logits || !e->batch || !e->order || !e->prefill) {
+        lr_error_set(err, LR_ENOMEM, "out of memory creating the engine");
+        goto fail;
+    }
+    e->st.kv_limit = e->opt.max_kv_bytes;
     return e;
-oom:
-    lr_error_set(err, LR_ENOMEM, "out of memory creating the engine");
 fail:
     engine_destroy(e);
     return NULL;
 }
 
+/* Frees s (running or not) and reports its end; the caller has unlinked it. */
 static void seq_finish(engine *e, seq *s, engine_finish reason, const lr_error *err)
 {
-    engine_done_fn done = s->req.on_done;
-    void *user = s->req.user;
-    kv_cache_free(s->kv);
+    if (s->kv) {
+        kv_cache_free(s->kv);
+        e->kv_in_use -= s->kv_bytes;
+    }
     sampler_destroy(s->smp);
     free(s->prompt);
-    memset(s, 0, sizeof *s);
-    e->running--;
-    if (done)
-        done(user, reason, err);
+    if (s->req.on_done)
+        s->req.on_done(s->req.user, reason, err);
+    free(s);
+    pthread_mutex_lock(&e->lock);
+    e->accepted--;
+    if (reason == ENGINE_FINISH_CANCELLED)
+        e->st.cancelled++;
+    pthread_mutex_unlock(&e->lock);
+}
+
+static void finish_slot(engine *e, int i, engine_finish reason, const lr_error *err)
+{
+    seq *s = e->slots[i];
+    e->slots[i] = NULL;
+    seq_finish(e, s, reason, err);
+}
+
+static void finish_list(engine *e, seq *s, engine_finish reason, const lr_error *err)
+{
+    while (s) {
+        seq *next = s->next;
+        seq_finish(e, s, reason, err);
+        s = next;
+    }
 }
 
 void engine_destroy(engine *e)
 {
     if (!e)
         return;
-    if (e->seqs) {
-        lr_error err;
-        lr_error_set(&err, LR_EINVAL, "engine shut down");
-        for (int i = 0; i < e->opt.max_seqs; i++)
-            if (e->seqs[i].used)
-                seq_finish(e, &e->seqs[i], ENGINE_FINISH_ERROR, &err);
-    }
+    lr_error err;
+    lr_error_set(&err, LR_EINVAL, "engine shut down");
+    for (int i = 0; e->slots && i < e->opt.max_seqs; i++)
+        if (e->slots[i])
+            finish_slot(e, i, ENGINE_FINISH_ERROR, &err);
+    finish_list(e, e->wait_head, ENGINE_FINISH_ERROR, &err);
+    finish_list(e, e->inbox_head, ENGINE_FINISH_ERROR, &err);
     forward_free(e->fwd);
-    free(e->seqs);
+    free(e->slots);
     free(e->logits);
     free(e->batch);
-    free(e->slots);
-    free(e->chunk_of);
+    free(e->order);
+    free(e->prefill);
+    free(e->cancels);
+    pthread_mutex_destroy(&e->lock);
+    pthread_cond_destroy(&e->wake);
     free(e);
 }
 
-int engine_running(const engine *e)
+int engine_ctx(const engine *e)
 {
-    return e->running;
+    return e->ctx;
 }
 
-int engine_submit(engine *e, const engine_request *req, lr_error *err)
+int engine_running(engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    int n = e->accepted;
+    pthread_mutex_unlock(&e->lock);
+    return n;
+}
+
+void engine_stats_get(engine *e, engine_stats *st)
+{
+    pthread_mutex_lock(&e->lock);
+    *st = e->st;
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Checks everything about req that does not depend on the engine's state. */
+static int check_request(const engine *e, const engine_request *req, lr_error *err)
 {
     const model_config *c = &e->m->cfg;
     if (req->n_prompt < 1)
@@ -119,9 +195,9 @@ int engine_submit(engine *e, const engine_request *req, lr_error *err)
     if (req->logprobs < 0 || req->logprobs > ENGINE_MAX_LOGPROBS)
         return lr_error_set(err, LR_EINVAL, "logprobs must be between 0 and %d (got %d)",
                             ENGINE_MAX_LOGPROBS, req->logprobs);
-    if (req->n_prompt >= c->max_positions)
-        return lr_error_set(err, LR_EINVAL, "the prompt has %d tokens; the model's context "
-                            "is %d positions", req->n_prompt, c->max_positions);
+    if (req->n_prompt >= e->ctx)
+        return lr_error_set(err, LR_EINVAL, "the prompt has %d tokens; the context is %d "
+                            "positions", req->n_prompt, e->ctx);
     for (int i = 0; i < req->n_prompt; i++)
         if (req->prompt[i] < 0 || req->prompt[i] >= c->vocab_size)
             return lr_error_set(err, LR_EINVAL, "prompt token %d at index %d is out of range "
@@ -141,51 +217,199 @@ int engine_submit(engine *e, const engine_request *req, lr_error *err)
                                     req->lora->t[i].w ? req->lora->t[i].w->n_layers : 0,
                                     c->n_layers);
     }
-    int slot = -1;
-    for (int i = 0; i < e->opt.max_seqs && slot < 0; i++)
-        if (!e->seqs[i].used)
-            slot = i;
-    if (slot < 0)
-        return lr_error_set(err, LR_ENOMEM, "engine is full (%d sequences running)",
-                            e->opt.max_seqs);
-
-    seq *s = &e->seqs[slot];
-    /* Prompt + output never exceed the context (the OpenAI / vLLM convention). The cache
-     * holds the prompt and every generated token but the last, which is never fed. */
-    long cap = (long)req->n_prompt + req->max_tokens - 1;
-    if (cap > c->max_positions - 1)
-        cap = c->max_positions - 1;
-    s->kv = kv_cache_new(c, (int)cap);
-    s->smp = sampler_create(&req->sampling, c->vocab_size, err);
-    s->prompt = malloc(sizeof(int) * (size_t)req->n_prompt);
-    if (!s->kv || !s->smp || !s->prompt) {
-        if (s->smp && (!s->kv || !s->prompt))
-            lr_error_set(err, LR_ENOMEM, "out of memory for a sequence of %ld positions", cap);
-        kv_cache_free(s->kv);
-        sampler_destroy(s->smp);
-        free(s->prompt);
-        memset(s, 0, sizeof *s);
-        return err ? err->code : LR_ENOMEM;
-    }
-    memcpy(s->prompt, req->prompt, sizeof(int) * (size_t)req->n_prompt);
-    s->req = *req;
-    s->req.prompt = s->prompt;
-    s->used = 1;
-    s->order = e->submitted++;
-    e->running++;
     return 0;
 }
 
-/* Batch order: by merged variant, then by adapter mix, then by submission. */
-static int cmp_batch(const void *a, const void *b, void *ctx)
+int engine_submit(engine *e, const engine_request *req, uint64_t *id, lr_error *err)
 {
-    const seq *all = ctx;
-    const seq *x = &all[*(const int *)a], *y = &all[*(const int *)b];
+    if (check_request(e, req, err))
+        return err ? err->code : LR_EINVAL;
+    /* Prompt + output never exceed the context (the OpenAI / vLLM convention). The cache
+     * holds the prompt and every generated token but the last, which is never fed. */
+    long cap = (long)req->n_prompt + req->max_tokens - 1;
+    if (cap > e->ctx - 1)
+        cap = e->ctx - 1;
+    size_t kv_bytes = kv_cache_bytes(&e->m->cfg, (int)cap);
+    if (e->opt.max_kv_bytes && kv_bytes > e->opt.max_kv_bytes)
+        return lr_error_set(err, LR_EINVAL, "the request needs %.1f MB of KV cache for %ld "
+                            "positions; the server's KV budget is %.1f MB (ask for fewer "
+                            "tokens)", kv_bytes / 1e6, cap, e->opt.max_kv_bytes / 1e6);
+    seq *s = calloc(1, sizeof *s);
+    int *prompt = malloc(sizeof(int) * (size_t)req->n_prompt);
+    if (!s || !prompt) {
+        free(s);
+        free(prompt);
+        return lr_error_set(err, LR_ENOMEM, "out of memory for a request");
+    }
+    memcpy(prompt, req->prompt, sizeof(int) * (size_t)req->n_prompt);
+    s->req = *req;
+    s->req.prompt = s->prompt = prompt;
+    s->cap = (int)cap;
+    s->kv_bytes = kv_bytes;
+
+    pthread_mutex_lock(&e->lock);
+    if (e->accepted >= e->opt.max_seqs + e->opt.max_queue) {
+        int n = e->accepted;
+        pthread_mutex_unlock(&e->lock);
+        free(prompt);
+        free(s);
+        return lr_error_set(err, LR_EBUSY, "the server is busy: %d requests running or "
+                            "waiting (at most %d + %d); retry later", n, e->opt.max_seqs,
+                            e->opt.max_queue);
+    }
+    s->id = e->next_id++;
+    if (e->inbox_tail)
+        e->inbox_tail->next = s;
+    else
+        e->inbox_head = s;
+    e->inbox_tail = s;
+    e->accepted++;
+    if (id)
+        *id = s->id;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+    return 0;
+}
+
+void engine_cancel(engine *e, uint64_t id)
+{
+    pthread_mutex_lock(&e->lock);
+    if (e->n_cancels == e->cap_cancels) {
+        int cap = e->cap_cancels ? 2 * e->cap_cancels : 16;
+        uint64_t *c = realloc(e->cancels, sizeof *c * (size_t)cap);
+        if (!c) {
+            /* Cannot remember one id: cancel everything rather than leak a sequence. */
+            e->cancel_all = 1;
+            goto out;
+        }
+        e->cancels = c;
+        e->cap_cancels = cap;
+    }
+    e->cancels[e->n_cancels++] = id;
+out:
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+}
+
+void engine_cancel_all(engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    e->cancel_all = 1;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+}
+
+void engine_stop(engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    e->stop = 1;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Finishes with CANCELLED every sequence whose id is in ids[n] (sorted), or every one. */
+static void apply_cancels(engine *e, const uint64_t *ids, int n, int all)
+{
+    for (int i = 0; i < e->opt.max_seqs; i++)
+        if (e->slots[i] && (all || bsearch(&e->slots[i]->id, ids, (size_t)n, sizeof *ids,
+                                           cmp_id)))
+            finish_slot(e, i, ENGINE_FINISH_CANCELLED, NULL);
+    seq **link = &e->wait_head;
+    e->wait_tail = NULL;
+    while (*link) {
+        seq *s = *link;
+        if (all || bsearch(&s->id, ids, (size_t)n, sizeof *ids, cmp_id)) {
+            *link = s->next;
+            seq_finish(e, s, ENGINE_FINISH_CANCELLED, NULL);
+        } else {
+            e->wait_tail = s;
+            link = &s->next;
+        }
+    }
+}
+
+/* Moves submitted requests to the waiting queue and applies cancellations. */
+static void take_inbox(engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    seq *in = e->inbox_head, *in_tail = e->inbox_tail;
+    e->inbox_head = e->inbox_tail = NULL;
+    uint64_t *ids = e->cancels;
+    int n = e->n_cancels, all = e->cancel_all;
+    e->cancels = NULL;
+    e->n_cancels = e->cap_cancels = 0;
+    e->cancel_all = 0;
+    pthread_mutex_unlock(&e->lock);
+
+    if (in) {
+        if (e->wait_tail)
+            e->wait_tail->next = in;
+        else
+            e->wait_head = in;
+        e->wait_tail = in_tail;
+    }
+    if (n || all) {
+        qsort(ids, (size_t)n, sizeof *ids, cmp_id);
+        apply_cancels(e, ids, n, all);
+    }
+    free(ids);
+}
+
+/* Starts waiting requests, in arrival order, while a slot is free and the head's KV cache
+ * fits in the budget. */
+static void admit(engine *e)
+{
+    const model_config *c = &e->m->cfg;
+    for (int i = 0; i < e->opt.max_seqs && e->wait_head; i++) {
+        if (e->slots[i])
+            continue;
+        seq *s = e->wait_head;
+        if (e->opt.max_kv_bytes && e->kv_in_use + s->kv_bytes > e->opt.max_kv_bytes)
+            return;
+        e->wait_head = s->next;
+        if (!e->wait_head)
+            e->wait_tail = NULL;
+        s->next = NULL;
+        lr_error err = {0};
+        s->kv = kv_cache_new(c, s->cap);
+        s->smp = sampler_create(&s->req.sampling, c->vocab_size, &err);
+        if (s->kv)
+            e->kv_in_use += s->kv_bytes;
+        if (!s->kv || !s->smp) {
+            if (!s->kv)
+                lr_error_set(&err, LR_ENOMEM, "out of memory for a KV cache of %d positions "
+                             "(%.1f MB)", s->cap, s->kv_bytes / 1e6);
+            seq_finish(e, s, ENGINE_FINISH_ERROR, &err);
+            i--;   /* the slot is still free */
+            continue;
+        }
+        s->slot = i;
+        e->slots[i] = s;
+    }
+}
+
+/* Batch order: by merged variant, then by adapter mix content, then by arrival. */
+static int cmp_batch(const void *a, const void *b)
+{
+    const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
     if (x->req.merged != y->req.merged)
         return (uintptr_t)x->req.merged < (uintptr_t)y->req.merged ? -1 : 1;
-    if (x->req.lora != y->req.lora)
-        return (uintptr_t)x->req.lora < (uintptr_t)y->req.lora ? -1 : 1;
-    return x->order < y->order ? -1 : x->order > y->order;
+    int c = variant_mix_cmp(x->req.lora, y->req.lora);
+    if (c)
+        return c;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int cmp_arrival(const void *a, const void *b)
+{
+    const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
+    return x->id < y->id ? -1 : x->id > y->id;
 }
 
 static int is_eos(const model_config *c, int id)
@@ -196,42 +420,101 @@ static int is_eos(const model_config *c, int id)
     return 0;
 }
 
-int engine_step(engine *e, lr_error *err)
+static int all_finite(const float *x, int n)
+{
+    int ok = 1;
+    for (int i = 0; i < n; i++)
+        ok &= isfinite(x[i]) != 0;
+    return ok;
+}
+
+static void publish(engine *e, int stepped)
+{
+    int running = 0;
+    for (int i = 0; i < e->opt.max_seqs; i++)
+        running += e->slots[i] != NULL;
+    pthread_mutex_lock(&e->lock);
+    e->st.running = running;
+    e->st.waiting = e->accepted - running;
+    e->st.kv_bytes = e->kv_in_use;
+    e->st.steps += (uint64_t)stepped;
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Samples a token from a sequence's logits row and finishes the sequence when due. */
+static void emit_token(engine *e, int slot, const float *lg)
 {
     const model_config *c = &e->m->cfg;
-    int *slots = e->slots, *chunk_of = e->chunk_of;
-    int n = 0;
+    seq *s = e->slots[slot];
+    if (!all_finite(lg, c->vocab_size)) {
+        lr_error err;
+        lr_error_set(&err, LR_EINVAL, "the model produced non-finite logits (NaN or Inf) at "
+                     "position %d; the weights or the adapter's scale are out of range",
+                     s->n_fed + s->n_generated);
+        finish_slot(e, slot, ENGINE_FINISH_ERROR, &err);
+        return;
+    }
+    engine_token tok;
+    tok.id = sampler_sample(s->smp, lg);
+    tok.n_top = s->req.logprobs ? sampler_top_logprobs(lg, c->vocab_size, s->req.logprobs,
+                                                       tok.top_ids, tok.top_logprobs)
+                                : 0;
+    /* The chosen token's logprob, identical to its entry among the top ones. */
+    int in_top = -1;
+    for (int j = 0; j < tok.n_top && in_top < 0; j++)
+        if (tok.top_ids[j] == tok.id)
+            in_top = j;
+    tok.logprob = in_top >= 0 ? tok.top_logprobs[in_top]
+                              : (float)((double)lg[tok.id] -
+                                        (double)sampler_logsumexp(lg, c->vocab_size));
+    s->last = tok.id;
+    s->n_generated++;
+    int stop = s->req.on_token ? s->req.on_token(s->req.user, &tok) : 0;
+    if (stop || (!s->req.ignore_eos && is_eos(c, tok.id)))
+        finish_slot(e, slot, ENGINE_FINISH_STOP, NULL);
+    else if (s->n_generated >= s->req.max_tokens || s->req.n_prompt + s->n_generated >= e->ctx)
+        finish_slot(e, slot, ENGINE_FINISH_LENGTH, NULL);
+}
 
-    /* Decoding sequences first (one row each), then prefill chunks, in slot order, from
-     * what is left of the row budget. */
-    int budget = e->opt.max_batch_rows;
+int engine_step(engine *e, lr_error *err)
+{
+    take_inbox(e);
+    admit(e);
+
+    /* Every decoding sequence gets its row; prefilling ones share max_batch_rows rows in
+     * arrival order, so a crowd of decoders never starves a new prompt and a long prompt
+     * holds the decoders up for one chunk per step at most. */
+    int n = 0, n_pre = 0;
     for (int i = 0; i < e->opt.max_seqs; i++) {
-        seq *s = &e->seqs[i];
-        if (s->used && s->n_fed == s->req.n_prompt) {
-            slots[n++] = i;
-            chunk_of[i] = 1;
-            budget--;
-        }
+        seq *s = e->slots[i];
+        if (!s)
+            continue;
+        if (s->n_fed == s->req.n_prompt)
+            e->order[n++] = s;
+        else
+            e->prefill[n_pre++] = s;
     }
-    for (int i = 0; i < e->opt.max_seqs && budget > 0; i++) {
-        seq *s = &e->seqs[i];
-        if (s->used && s->n_fed < s->req.n_prompt) {
-            int chunk = s->req.n_prompt - s->n_fed;
-            chunk = chunk < budget ? chunk : budget;
-            slots[n++] = i;
-            chunk_of[i] = chunk;
-            budget -= chunk;
-        }
+    qsort(e->prefill, (size_t)n_pre, sizeof *e->prefill, cmp_arrival);
+    int budget = e->opt.max_batch_rows;
+    for (int k = 0; k < n_pre && budget > 0; k++) {
+        seq *s = e->prefill[k];
+        int chunk = s->req.n_prompt - s->n_fed;
+        chunk = chunk < budget ? chunk : budget;
+        e->order[n++] = s;
+        s->chunk = chunk;
+        budget -= chunk;
     }
-    if (n == 0)
-        return 0;
-    qsort_r(slots, (size_t)n, sizeof *slots, cmp_batch, e->seqs);
+    if (n == 0) {
+        publish(e, 0);
+        return engine_running(e);
+    }
+    qsort(e->order, (size_t)n, sizeof *e->order, cmp_batch);
 
     for (int k = 0; k < n; k++) {
-        seq *s = &e->seqs[slots[k]];
+        seq *s = e->order[k];
         forward_seq *f = &e->batch[k];
         int decoding = s->n_fed == s->req.n_prompt;
-        f->n_tokens = chunk_of[slots[k]];
+        f->n_tokens = decoding ? 1 : s->chunk;
         f->tokens = decoding ? &s->last : s->prompt + s->n_fed;
         f->kv = s->kv;
         f->merged = s->req.merged;
@@ -240,39 +523,37 @@ int engine_step(engine *e, lr_error *err)
     }
     if (forward_batch(e->fwd, e->batch, n, e->logits, err)) {
         for (int k = 0; k < n; k++)
-            seq_finish(e, &e->seqs[slots[k]], ENGINE_FINISH_ERROR, err);
+            finish_slot(e, e->order[k]->slot, ENGINE_FINISH_ERROR, err);
+        publish(e, 1);
         return err ? err->code : LR_EINVAL;
     }
 
     int row = 0;
     for (int k = 0; k < n; k++) {
-        seq *s = &e->seqs[slots[k]];
+        seq *s = e->order[k];
         if (s->n_fed < s->req.n_prompt)
             s->n_fed += e->batch[k].n_tokens;
         if (!e->batch[k].want_logits)
             continue;
-        const float *lg = e->logits + (size_t)row++ * c->vocab_size;
-        engine_token tok;
-        tok.id = sampler_sample(s->smp, lg);
-        tok.n_top = s->req.logprobs ? sampler_top_logprobs(lg, c->vocab_size, s->req.logprobs,
-                                                           tok.top_ids, tok.top_logprobs)
-                                    : 0;
-        /* The chosen token's logprob, identical to its entry among the top ones. */
-        int in_top = -1;
-        for (int j = 0; j < tok.n_top && in_top < 0; j++)
-            if (tok.top_ids[j] == tok.id)
-                in_top = j;
-        tok.logprob = in_top >= 0 ? tok.top_logprobs[in_top]
-                                  : (float)((double)lg[tok.id] -
-                                            (double)sampler_logsumexp(lg, c->vocab_size));
-        s->last = tok.id;
-        s->n_generated++;
-        int stop = s->req.on_token ? s->req.on_token(s->req.user, &tok) : 0;
-        if (stop || (!s->req.ignore_eos && is_eos(c, tok.id)))
-            seq_finish(e, s, ENGINE_FINISH_STOP, NULL);
-        else if (s->n_generated >= s->req.max_tokens ||
-                 s->req.n_prompt + s->n_generated >= c->max_positions)
-            seq_finish(e, s, ENGINE_FINISH_LENGTH, NULL);
+        emit_token(e, s->slot, e->logits + (size_t)row++ * e->m->cfg.vocab_size);
     }
-    return e->running;
+    publish(e, 1);
+    return engine_running(e);
+}
+
+void engine_run(engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    while (!e->stop) {
+        if (e->accepted == 0 && e->n_cancels == 0 && !e->cancel_all) {
+            pthread_cond_wait(&e->wake, &e->lock);
+            continue;
+        }
+        pthread_mutex_unlock(&e->lock);
+        lr_error err = {0};
+        if (engine_step(e, &err) < 0)
+            log_error("engine step failed: %s", err.msg);
+        pthread_mutex_lock(&e->lock);
+    }
+    pthread_mutex_unlock(&e->lock);
 }

@@ -1,14 +1,23 @@
 /* engine: runs many generation requests over one model, a step at a time. Each step
- * decodes one token for every running sequence and prefills (a chunk of) new prompts,
+ * decodes one token for every running sequence and prefills (a chunk of) waiting prompts,
  * all in one forward_batch, with sequences ordered by weight variant and adapter mix so
- * that rows sharing weights share GEMMs. A sequence's tokens do not depend on what else
- * is in the batch.
+ * that rows sharing weights share products. A sequence's tokens do not depend on what
+ * else is in the batch.
  *
- * Threads: every function here belongs to the engine thread (the one that calls
- * engine_step); callbacks run on that thread too. The daemon puts a request queue in
- * front of engine_submit. */
+ * Requests pass three stages: submitted (in the inbox, thread-safe), waiting (admitted to
+ * the queue in arrival order, no memory held) and running (a slot, a KV cache and a
+ * sampler). A waiting request starts when a slot is free and its KV cache fits in the
+ * budget; the head of the queue is never overtaken, so prompts start in arrival order.
+ *
+ * Threads: engine_submit, engine_cancel, engine_cancel_all, engine_stop and engine_stats
+ * may be called from any thread. engine_step and engine_run belong to one thread, the
+ * engine thread; on_token and on_done are called on it. engine_create / engine_destroy
+ * belong to the owner, with no engine thread running. */
 #ifndef LORAD_ENGINE_H
 #define LORAD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 #include "error.h"
 #include "model.h"
@@ -18,14 +27,23 @@
 #define ENGINE_MAX_LOGPROBS 20
 
 typedef struct {
-    int max_batch_rows;  /* rows per step (prefill chunk budget); default 512 */
-    int max_seqs;        /* sequences running at once; default 16 */
+    int max_batch_rows;   /* prompt rows fed per step over all prefilling sequences (the
+                           * prefill chunk; decode rows come on top); default 512 */
+    int max_seqs;         /* sequences running at once; default 16 */
+    int max_queue;        /* requests waiting beyond those; more are refused with
+                           * LR_EBUSY; default 64 */
+    size_t max_kv_bytes;  /* KV cache memory of all running sequences; 0 = no limit */
+    int max_ctx;          /* positions per sequence (prompt + output), at most the model's
+                           * max_position_embeddings; 0 = the model's */
+    int threads;          /* threads of the engine's pool, its own included; 0 = one per
+                           * CPU */
 } engine_options;
 
 typedef enum {
-    ENGINE_FINISH_STOP,    /* EOS, or the token callback asked to stop (stop string) */
-    ENGINE_FINISH_LENGTH,  /* max_tokens reached, or the context is full */
-    ENGINE_FINISH_ERROR    /* see the error passed to on_done */
+    ENGINE_FINISH_STOP,      /* EOS, or the token callback asked to stop (stop string) */
+    ENGINE_FINISH_LENGTH,    /* max_tokens reached, or the context is full */
+    ENGINE_FINISH_ERROR,     /* see the error passed to on_done */
+    ENGINE_FINISH_CANCELLED  /* engine_cancel / engine_cancel_all */
 } engine_finish;
 
 typedef struct {
@@ -49,11 +67,21 @@ typedef struct {
     int logprobs;               /* top alternatives per token, 0..ENGINE_MAX_LOGPROBS */
     int ignore_eos;             /* 1: do not stop on the model's EOS ids */
     const variant *merged;      /* borrowed, or NULL; valid until on_done */
-    const variant_mix *lora;    /* borrowed, or NULL; valid until on_done */
+    const variant_mix *lora;    /* borrowed, or NULL; valid until on_done (the mix struct
+                                 * itself too) */
     engine_token_fn on_token;
     engine_done_fn on_done;
     void *user;
 } engine_request;
+
+typedef struct {
+    int running;           /* sequences with a slot */
+    int waiting;           /* accepted, not yet running */
+    size_t kv_bytes;       /* KV cache memory held by the running sequences */
+    size_t kv_limit;       /* engine_options.max_kv_bytes (0 = none) */
+    uint64_t steps;        /* steps run so far */
+    uint64_t cancelled;    /* requests finished with CANCELLED so far */
+} engine_stats;
 
 typedef struct engine engine;
 
@@ -62,18 +90,47 @@ engine_options engine_options_default(void);
 /* Creates an engine over m (borrowed; must outlive the engine). NULL + err on failure. */
 engine *engine_create(const model *m, const engine_options *opt, lr_error *err);
 
-/* Frees the engine; running sequences are finished with ERROR first. Accepts NULL. */
+/* Frees the engine; running and waiting requests are finished with ERROR first. The
+ * engine thread must have returned from engine_run. Accepts NULL. */
 void engine_destroy(engine *e);
 
-/* Accepts a request (validates it: prompt ids in range, fits the context, sampling
- * parameters, capacity). On error returns negative, fills err and calls no callback. */
-int engine_submit(engine *e, const engine_request *req, lr_error *err);
+/* Accepts a request: validates it (prompt ids in range, prompt + max_tokens within the
+ * context, KV cache within the budget, sampling parameters, adapters for this model) and
+ * queues it. On success returns 0, stores a request id (> 0, for engine_cancel) in *id
+ * when id is not NULL, and on_done will be called exactly once. On error returns negative
+ * (LR_EBUSY when running + waiting requests already fill max_seqs + max_queue, LR_EINVAL
+ * for a bad request), fills err and calls no callback. Thread-safe. */
+int engine_submit(engine *e, const engine_request *req, uint64_t *id, lr_error *err);
 
-/* Runs one step. Returns the number of sequences still running afterwards, or negative
- * if the step itself failed (every sequence in it is then finished with ERROR). */
+/* Asks the engine to finish request id with CANCELLED at its next step, wherever it is
+ * (waiting, prefilling, decoding); its KV memory is freed then. An id that has already
+ * finished (or never existed) is ignored. Thread-safe. */
+void engine_cancel(engine *e, uint64_t id);
+
+/* Cancels every request accepted so far. Thread-safe. */
+void engine_cancel_all(engine *e);
+
+/* Runs one step: takes in submitted requests and cancellations, starts waiting requests
+ * that fit, feeds one batch. Returns the number of requests still running or waiting
+ * afterwards, or negative if the step itself failed (every sequence in it is then
+ * finished with ERROR). Engine thread. */
 int engine_step(engine *e, lr_error *err);
 
-/* Number of running sequences. */
-int engine_running(const engine *e);
+/* The engine thread's loop: steps while there is work, sleeps on a condition variable
+ * (no polling) when there is none, returns after engine_stop. */
+void engine_run(engine *e);
+
+/* Makes engine_run return after its current step; requests stay where they are.
+ * Thread-safe. */
+void engine_stop(engine *e);
+
+/* Requests running or waiting (submitted ones included). Thread-safe. */
+int engine_running(engine *e);
+
+/* A consistent snapshot of the counters. Thread-safe. */
+void engine_stats_get(engine *e, engine_stats *st);
+
+/* Context length in positions (prompt + output) the engine serves. Thread-safe. */
+int engine_ctx(const engine *e);
 
 #endif

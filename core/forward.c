@@ -101,7 +101,7 @@ static void rope_init(const model_config *c, double *inv_freq)
     }
 }
 
-forward_ctx *forward_create(const model *m, int max_rows, lr_error *err)
+forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_error *err)
 {
     const model_config *c = &m->cfg;
     forward_ctx *f = calloc(1, sizeof *f);
@@ -130,7 +130,7 @@ forward_ctx *forward_create(const model *m, int max_rows, lr_error *err)
         !f->out || !f->cos_t || !f->sin_t || !f->inv_freq)
         goto oom;
     rope_init(c, f->inv_freq);
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = n_threads > 0 ? n_threads : sysconf(_SC_NPROCESSORS_ONLN);
     int nt = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
     f->pool = pool_create(nt, err);
     f->scores = calloc((size_t)nt, sizeof *f->scores);
@@ -224,7 +224,7 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
     for (int s = 0; s < n_seqs;) {
         const variant_mix *mix = seqs[s].lora;
         int e = s + 1;
-        while (e < n_seqs && seqs[e].lora == mix)
+        while (e < n_seqs && variant_mix_cmp(seqs[e].lora, mix) == 0)
             e++;
         if (mix) {
             int r0 = f->row0[s], nr = f->row0[e] - r0;

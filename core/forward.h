@@ -3,7 +3,7 @@
  * of all sequences are stacked into one activation matrix, so every projection is one
  * product per run of consecutive sequences sharing a weight variant (base W or a merged
  * W'), and every on-the-fly adapter two thin products per run of consecutive sequences
- * sharing the adapter mix. Callers order sequences to make those runs long. A sequence's
+ * whose mixes have the same content (variant_mix_cmp: same adapters, same weights). Callers order sequences to make those runs long. A sequence's
  * result does not depend on the others in its batch (attention is per sequence; the
  * products of decode-sized and prompt-sized batches differ only in float rounding). */
 #ifndef LORAD_FORWARD_H
@@ -25,9 +25,10 @@ typedef struct {
 
 typedef struct forward_ctx forward_ctx;
 
-/* Scratch for batches of up to max_rows rows in total. Owned by the caller
+/* Scratch for batches of up to max_rows rows in total, and a pool of n_threads threads
+ * (the caller's included; 0 = one per online CPU, at most 16). Owned by the caller
  * (forward_free); NULL + err on failure. Belongs to one thread (the engine's). */
-forward_ctx *forward_create(const model *m, int max_rows, lr_error *err);
+forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_error *err);
 void forward_free(forward_ctx *f);  /* accepts NULL */
 
 /* Runs the batch: appends every sequence's keys/values to its cache (kv->len advances by

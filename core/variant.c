@@ -3,6 +3,7 @@
 #include "variant.h"
 
 #include <cblas.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -14,6 +15,21 @@ int variant_mix_max_rank(const variant_mix *mix)
         if (mix->t[i].w->max_rank > r)
             r = mix->t[i].w->max_rank;
     return r;
+}
+
+int variant_mix_cmp(const variant_mix *a, const variant_mix *b)
+{
+    int na = a ? a->n : 0, nb = b ? b->n : 0;
+    if (na != nb)
+        return na < nb ? -1 : 1;
+    for (int i = 0; i < na; i++) {
+        uintptr_t x = (uintptr_t)a->t[i].w, y = (uintptr_t)b->t[i].w;
+        if (x != y)
+            return x < y ? -1 : 1;
+        if (a->t[i].weight != b->t[i].weight)
+            return a->t[i].weight < b->t[i].weight ? -1 : 1;
+    }
+    return 0;
 }
 
 const float *variant_weight(const model *m, const variant *v, int layer, model_proj p)

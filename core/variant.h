@@ -33,6 +33,12 @@ typedef struct {
     size_t arena_bytes;
 } variant;
 
+/* Orders mixes by content: the number of terms, then each term's adapter (by address:
+ * one loaded adapter is one lora_weights) and weight. 0 when a and b apply exactly the
+ * same thing, so requests that built their own copy of a mix still share its products.
+ * NULL and an empty mix are equal (no adapter). Thread-safe (pure). */
+int variant_mix_cmp(const variant_mix *a, const variant_mix *b);
+
 /* Largest rank over all terms (scratch sizing: variant_scratch_floats). */
 int variant_mix_max_rank(const variant_mix *mix);
 

@@ -329,7 +329,7 @@ static int cmd_generate(int argc, char **argv)
         .logprobs = (int)a.logprobs, .ignore_eos = a.ignore_eos,
         .merged = merged, .lora = merged || !la.mix.n ? NULL : &la.mix};
     generation_attach(g, &req);
-    if (engine_submit(e, &req, &err))
+    if (engine_submit(e, &req, NULL, &err))
         goto out_err;
     while (engine_step(e, &err) > 0)
         ;

@@ -6,14 +6,17 @@
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "adapters/peft.h"
 #include "core/engine.h"
+#include "core/kv_cache.h"
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/safetensors.h"
@@ -313,7 +316,7 @@ static void submit_ok(engine *e, const job *j, collector *c)
 {
     engine_request r = make_request(j, c);
     lr_error err = {0};
-    int rc = engine_submit(e, &r, &err);
+    int rc = engine_submit(e, &r, NULL, &err);
     ck_assert_msg(rc == 0, "engine_submit: %s", err.msg);
 }
 
@@ -741,6 +744,346 @@ START_TEST(test_destroy_finishes_running_requests_with_error_once)
 }
 END_TEST
 
+/* ---- the daemon's engine: queue, cancellation, KV budget, fairness ---- */
+
+static engine *engine_with(int max_seqs, int max_queue, int max_batch_rows, size_t max_kv)
+{
+    engine_options o = engine_options_default();
+    o.max_seqs = max_seqs;
+    o.max_queue = max_queue;
+    if (max_batch_rows)
+        o.max_batch_rows = max_batch_rows;
+    o.max_kv_bytes = max_kv;
+    lr_error err = {0};
+    engine *e = engine_create(g.m, &o, &err);
+    ck_assert_msg(e != NULL, "engine_create: %s", err.msg);
+    return e;
+}
+
+static uint64_t submit_id(engine *e, const job *j, collector *c)
+{
+    engine_request r = make_request(j, c);
+    lr_error err = {0};
+    uint64_t id = 0;
+    ck_assert_msg(engine_submit(e, &r, &id, &err) == 0, "engine_submit: %s", err.msg);
+    ck_assert_msg(id > 0, "engine_submit gave id 0");
+    return id;
+}
+
+static void step_ok(engine *e)
+{
+    lr_error err = {0};
+    ck_assert_msg(engine_step(e, &err) >= 0, "engine_step: %s", err.msg);
+}
+
+START_TEST(test_cancel_while_waiting_prefilling_and_decoding_frees_the_kv_cache)
+{
+    /* prefill chunk of 3 rows: a 10-token prompt is mid-prefill after one step */
+    engine *e = engine_with(2, 4, 3, 0);
+    collector c[4];
+    memset(c, 0, sizeof c);
+    job dec = make_job(2, 21, 30), pre = make_job(10, 22, 30), wait = make_job(3, 23, 5);
+    uint64_t id_dec = submit_id(e, &dec, &c[0]);
+    step_ok(e);
+    step_ok(e);                      /* dec is decoding */
+    ck_assert_int_ge(c[0].n, 1);
+    uint64_t id_pre = submit_id(e, &pre, &c[1]);
+    uint64_t id_wait = submit_id(e, &wait, &c[2]);
+    step_ok(e);                      /* pre fed 3 of 10 rows; wait has no slot */
+    engine_stats st;
+    engine_stats_get(e, &st);
+    ck_assert_int_eq(st.running, 2);
+    ck_assert_int_eq(st.waiting, 1);
+    ck_assert_uint_gt(st.kv_bytes, 0);
+    ck_assert_int_eq(c[1].n, 0);
+
+    engine_cancel(e, id_wait);
+    engine_cancel(e, id_pre);
+    step_ok(e);
+    ck_assert_int_eq(c[1].done_calls, 1);
+    ck_assert_int_eq(c[1].reason, ENGINE_FINISH_CANCELLED);
+    ck_assert_int_eq(c[1].n, 0);
+    ck_assert_int_eq(c[2].done_calls, 1);
+    ck_assert_int_eq(c[2].reason, ENGINE_FINISH_CANCELLED);
+    ck_assert_int_eq(c[2].n, 0);
+    int before = c[0].n;
+    engine_cancel(e, id_dec);
+    step_ok(e);
+    ck_assert_int_eq(c[0].done_calls, 1);
+    ck_assert_int_eq(c[0].reason, ENGINE_FINISH_CANCELLED);
+    ck_assert_int_eq(c[0].n, before);
+    engine_stats_get(e, &st);
+    ck_assert_int_eq(st.running, 0);
+    ck_assert_int_eq(st.waiting, 0);
+    ck_assert_uint_eq(st.kv_bytes, 0);
+    ck_assert_uint_eq(st.cancelled, 3);
+    ck_assert_int_eq(engine_running(e), 0);
+
+    /* a finished id is ignored; a new request runs normally */
+    engine_cancel(e, id_dec);
+    job ok = make_job(4, 24, 3);
+    submit_id(e, &ok, &c[3]);
+    run_to_end(e);
+    ck_assert_int_eq(c[3].n, 3);
+    ck_assert_int_eq(c[3].reason, ENGINE_FINISH_LENGTH);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(c[i].done_calls, 1);
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_cancel_all_finishes_every_request_once)
+{
+    engine *e = engine_with(2, 4, 0, 0);
+    collector c[4];
+    memset(c, 0, sizeof c);
+    for (int i = 0; i < 4; i++) {
+        job j = make_job(3 + i, 30 + (uint32_t)i, 20);
+        submit_id(e, &j, &c[i]);
+    }
+    step_ok(e);
+    engine_cancel_all(e);
+    step_ok(e);
+    ck_assert_int_eq(engine_running(e), 0);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(c[i].done_calls, 1);
+        ck_assert_int_eq(c[i].reason, ENGINE_FINISH_CANCELLED);
+    }
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_kv_budget_holds_the_next_request_until_memory_is_free)
+{
+    /* each request needs the KV cache of 4 + 8 - 1 = 11 positions */
+    size_t one = kv_cache_bytes(&g.m->cfg, 11);
+    engine *e = engine_with(4, 4, 0, one + one / 2);
+    collector c[3];
+    memset(c, 0, sizeof c);
+    job a = make_job(4, 41, 8), b = make_job(4, 42, 8);
+    submit_id(e, &a, &c[0]);
+    submit_id(e, &b, &c[1]);
+    step_ok(e);
+    engine_stats st;
+    engine_stats_get(e, &st);
+    ck_assert_int_eq(st.running, 1);
+    ck_assert_int_eq(st.waiting, 1);
+    ck_assert_uint_eq(st.kv_bytes, one);
+    ck_assert_uint_le(st.kv_bytes, st.kv_limit);
+    run_to_end(e);
+    ck_assert_int_eq(c[0].n, 8);
+    ck_assert_int_eq(c[1].n, 8);
+    /* b, run after a, gives what it gives alone */
+    collector alone;
+    run_alone(g.m, &b, &alone);
+    assert_same(&c[1], &alone, 0.0f, "after waiting for KV memory");
+
+    /* a request that could never fit is refused at submit */
+    job big = make_job(4, 43, 40);
+    engine_request r = make_request(&big, &c[2]);
+    lr_error err = {0};
+    ck_assert_int_eq(engine_submit(e, &r, NULL, &err), LR_EINVAL);
+    ck_assert_msg(strstr(err.msg, "KV") != NULL, "message \"%s\" lacks \"KV\"", err.msg);
+    ck_assert_int_eq(c[2].done_calls, 0);
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_decoders_never_starve_a_new_prompt_and_prefill_is_chunked)
+{
+    /* 3 decoding streams; a 20-token prompt arrives. With a 4-row prefill chunk it needs
+     * exactly 5 steps to start, and every decoder gets one token in each of them. */
+    engine *e = engine_with(4, 0, 4, 0);
+    collector c[4];
+    memset(c, 0, sizeof c);
+    for (int i = 0; i < 3; i++) {
+        job d = make_job(2, 50 + (uint32_t)i, 40);
+        submit_id(e, &d, &c[i]);
+    }
+    step_ok(e);
+    step_ok(e);   /* 6 prompt rows: two steps of 4 */
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_ge(c[i].n, 1);
+    job longp = make_job(20, 60, 4);
+    submit_id(e, &longp, &c[3]);
+    int before[3];
+    for (int i = 0; i < 3; i++)
+        before[i] = c[i].n;
+    for (int s = 0; s < 5; s++) {
+        ck_assert_int_eq(c[3].n, 0);
+        step_ok(e);
+        for (int i = 0; i < 3; i++)
+            ck_assert_int_eq(c[i].n, before[i] + s + 1);
+    }
+    ck_assert_int_eq(c[3].n, 1);   /* its first token came with its last chunk */
+    engine_cancel_all(e);
+    step_ok(e);
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_prompts_start_in_arrival_order)
+{
+    engine *e = engine_with(1, 8, 0, 0);
+    collector c[4];
+    memset(c, 0, sizeof c);
+    for (int i = 0; i < 4; i++) {
+        job j = make_job(3, 70 + (uint32_t)i, 2);
+        submit_id(e, &j, &c[i]);
+    }
+    for (int s = 0; s < 8; s++) {
+        step_ok(e);
+        /* after 2s+2 steps, exactly the first s+1 requests are done */
+        for (int i = 0; i < 4; i++)
+            ck_assert_int_eq(c[i].done_calls, i < (s + 1) / 2 ? 1 : 0);
+    }
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_mixes_equal_in_content_compare_equal_and_batch_alike)
+{
+    variant_mix copy = g.mix12;
+    ck_assert_int_eq(variant_mix_cmp(&copy, &g.mix12), 0);
+    ck_assert_int_eq(variant_mix_cmp(NULL, &(variant_mix){0}), 0);
+    ck_assert_int_ne(variant_mix_cmp(&g.mix1, &g.mix2), 0);
+    ck_assert_int_ne(variant_mix_cmp(NULL, &g.mix1), 0);
+    variant_mix other = g.mix12;
+    other.t[1].weight = 0.7f;
+    ck_assert_int_ne(variant_mix_cmp(&other, &g.mix12), 0);
+    ck_assert_int_eq(variant_mix_cmp(&other, &g.mix12), -variant_mix_cmp(&g.mix12, &other));
+
+    /* two requests with their own copies of one mix, batched with others, give what they
+     * give alone */
+    job j[4];
+    j[0] = make_job(5, 81, 6);
+    j[0].lora = &g.mix12;
+    j[1] = make_job(6, 82, 6);
+    j[1].lora = &copy;
+    j[2] = make_job(7, 83, 6);
+    j[2].lora = &g.mix1;
+    j[3] = make_job(4, 84, 6);
+    collector together[4], alone;
+    run_together(j, 4, NULL, 4, 0, together);
+    for (int i = 0; i < 4; i++) {
+        run_alone(g.m, &j[i], &alone);
+        assert_same(&together[i], &alone, 1e-4f, "copied mixes in one batch");
+    }
+}
+END_TEST
+
+START_TEST(test_non_finite_logits_finish_that_request_with_an_error)
+{
+    /* An adapter whose scale overflows the activations to Inf/NaN. */
+    lora_weights *w = lora_weights_new(LAYERS);
+    ck_assert_ptr_nonnull(w);
+    lora_matrix *lm = lora_weights_at(w, 1, PROJ_DOWN);
+    lm->r = 1;
+    lm->scale = 1e30f;
+    lm->a = malloc(INTER * sizeof(float));
+    lm->bt = malloc(HIDDEN * sizeof(float));
+    ck_assert(lm->a && lm->bt);
+    for (int i = 0; i < INTER; i++)
+        lm->a[i] = 1e10f;
+    for (int i = 0; i < HIDDEN; i++)
+        lm->bt[i] = 1e10f;
+    w->max_rank = 1;
+    variant_mix bad = {.n = 1, .t = {{w, 1.0f}}};
+    job j[2];
+    j[0] = make_job(5, 91, 4);
+    j[0].lora = &bad;
+    j[1] = make_job(5, 92, 4);
+    collector c[2], alone;
+    run_together(j, 2, NULL, 2, 0, c);
+    ck_assert_int_eq(c[0].done_calls, 1);
+    ck_assert_int_eq(c[0].reason, ENGINE_FINISH_ERROR);
+    ck_assert_int_eq(c[0].n, 0);
+    run_alone(g.m, &j[1], &alone);
+    assert_same(&c[1], &alone, 0.0f, "beside a request with non-finite logits");
+    lora_weights_free(w);
+}
+END_TEST
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    collector c;
+} waiter;
+
+static int w_token(void *user, const engine_token *t)
+{
+    waiter *w = user;
+    pthread_mutex_lock(&w->mu);
+    int r = on_token(&w->c, t);
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
+static void w_done(void *user, engine_finish reason, const lr_error *err)
+{
+    waiter *w = user;
+    pthread_mutex_lock(&w->mu);
+    on_done(&w->c, reason, err);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *run_thread(void *arg)
+{
+    engine_run(arg);
+    return NULL;
+}
+
+START_TEST(test_engine_thread_serves_submissions_from_other_threads_and_sleeps_when_idle)
+{
+    engine *e = engine_with(4, 4, 0, 0);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, run_thread, e), 0);
+    waiter w[3];
+    job j[3];
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 3; i++) {
+            memset(&w[i].c, 0, sizeof w[i].c);
+            pthread_mutex_init(&w[i].mu, NULL);
+            pthread_cond_init(&w[i].cv, NULL);
+            j[i] = make_job(3 + i, 100 + (uint32_t)i, 5);
+            engine_request r = make_request(&j[i], NULL);
+            r.on_token = w_token;
+            r.on_done = w_done;
+            r.user = &w[i];
+            lr_error err = {0};
+            ck_assert_msg(engine_submit(e, &r, NULL, &err) == 0, "submit: %s", err.msg);
+        }
+        for (int i = 0; i < 3; i++) {
+            struct timespec dl;
+            clock_gettime(CLOCK_REALTIME, &dl);
+            dl.tv_sec += 20;
+            pthread_mutex_lock(&w[i].mu);
+            while (!w[i].c.done_calls)
+                ck_assert_msg(pthread_cond_timedwait(&w[i].cv, &w[i].mu, &dl) == 0,
+                              "request %d not done within 20 s", i);
+            pthread_mutex_unlock(&w[i].mu);
+            collector alone;
+            run_alone(g.m, &j[i], &alone);
+            assert_same(&w[i].c, &alone, 0.0f, "on the engine thread");
+        }
+        /* idle: the thread sleeps, no step runs */
+        engine_stats a, b;
+        engine_stats_get(e, &a);
+        usleep(50000);
+        engine_stats_get(e, &b);
+        ck_assert_uint_eq(a.steps, b.steps);
+        for (int i = 0; i < 3; i++) {
+            pthread_mutex_destroy(&w[i].mu);
+            pthread_cond_destroy(&w[i].cv);
+        }
+    }
+    engine_stop(e);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    engine_destroy(e);
+}
+END_TEST
+
 /* ================================ limits ================================ */
 
 /* engine_submit must refuse r with want in the message and call no callback; the engine
@@ -752,7 +1095,7 @@ static void expect_reject(engine *e, job *bad, const char *want)
     int running = engine_running(e);
     engine_request r = make_request(bad, &c);
     lr_error err = {0};
-    int rc = engine_submit(e, &r, &err);
+    int rc = engine_submit(e, &r, NULL, &err);
     ck_assert_msg(rc < 0, "engine_submit accepted a request that should fail with \"%s\"",
                   want);
     ck_assert_int_eq(err.code, rc);
@@ -813,14 +1156,14 @@ END_TEST
 START_TEST(test_submit_rejects_prompt_as_long_as_the_context)
 {
     job j = make_job(CTX, 5, 3);
-    expect_reject_then_serve(&j, "the prompt has 64 tokens; the model's context is 64");
+    expect_reject_then_serve(&j, "the prompt has 64 tokens; the context is 64 positions");
 }
 END_TEST
 
 START_TEST(test_submit_rejects_prompt_longer_than_the_context)
 {
     job j = make_job(CTX + 8, 5, 3);
-    expect_reject_then_serve(&j, "the prompt has 72 tokens; the model's context is 64");
+    expect_reject_then_serve(&j, "the prompt has 72 tokens; the context is 64 positions");
 }
 END_TEST
 
@@ -856,27 +1199,41 @@ START_TEST(test_submit_rejects_top_p_zero)
 }
 END_TEST
 
-START_TEST(test_submit_rejects_when_engine_is_full_then_accepts_after_one_finishes)
+START_TEST(test_submit_refuses_busy_beyond_max_seqs_plus_max_queue_then_accepts)
 {
-    engine *e = new_engine(g.m, 2, 0);
-    collector c[2];
+    engine_options o = engine_options_default();
+    o.max_seqs = 2;
+    o.max_queue = 1;
+    lr_error err = {0};
+    engine *e = engine_create(g.m, &o, &err);
+    ck_assert_msg(e != NULL, "engine_create: %s", err.msg);
+    collector c[4];
     memset(c, 0, sizeof c);
-    job a = make_job(4, 8, 2), b = make_job(5, 9, 6);
+    job a = make_job(4, 8, 2), b = make_job(5, 9, 6), q = make_job(3, 11, 2);
     submit_ok(e, &a, &c[0]);
     submit_ok(e, &b, &c[1]);
-    job third = make_job(3, 10, 3);
-    expect_reject(e, &third, "engine is full (2 sequences running)");
-    /* four steps have run: a (2 tokens) is done, b is still going */
+    submit_ok(e, &q, &c[2]);   /* waits: both slots are taken */
+    job fourth = make_job(3, 10, 3);
+    engine_request r = make_request(&fourth, &c[3]);
+    ck_assert_int_eq(engine_submit(e, &r, NULL, &err), LR_EBUSY);
+    ck_assert_msg(strstr(err.msg, "busy") != NULL, "message \"%s\" lacks \"busy\"", err.msg);
+    ck_assert_int_eq(engine_running(e), 3);
+    engine_stats st;
+    ck_assert_int_ge(engine_step(e, &err), 0);
+    engine_stats_get(e, &st);
+    ck_assert_int_eq(st.running, 2);
+    ck_assert_int_eq(st.waiting, 1);
+    ck_assert_int_eq(c[2].n, 0);
+    /* a finishes after its second token; then the waiting one starts */
+    ck_assert_int_ge(engine_step(e, &err), 0);
     ck_assert_int_eq(c[0].done_calls, 1);
-    ck_assert_int_eq(engine_running(e), 1);
-    collector c3;
-    memset(&c3, 0, sizeof c3);
-    submit_ok(e, &third, &c3);
+    submit_ok(e, &fourth, &c[3]);
     run_to_end(e);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(c[i].done_calls, 1);
     ck_assert_int_eq(c[1].n, 6);
-    ck_assert_int_eq(c[1].done_calls, 1);
-    ck_assert_int_eq(c3.n, 3);
-    ck_assert_int_eq(c3.done_calls, 1);
+    ck_assert_int_eq(c[2].n, 2);
+    ck_assert_int_eq(c[3].n, 3);
     engine_destroy(e);
 }
 END_TEST
@@ -907,7 +1264,7 @@ START_TEST(test_submit_rejects_on_the_fly_adapter_with_fewer_layers_than_the_mod
     memset(&c, 0, sizeof c);
     engine_request r = make_request(&j, &c);
     memset(&err, 0, sizeof err);
-    int rc = engine_submit(e, &r, &err);
+    int rc = engine_submit(e, &r, NULL, &err);
     if (rc == 0) {
         engine_destroy(e);   /* finishes it with ERROR before any step reads the table */
         lora_weights_free(w);
@@ -943,6 +1300,14 @@ static Suite *engine_suite(void)
     tcase_add_test(core, test_seeded_sampling_is_reproducible_and_seed_dependent);
     tcase_add_test(core, test_base_weights_untouched_by_merge_requests_and_variant_free);
     tcase_add_test(core, test_destroy_finishes_running_requests_with_error_once);
+    tcase_add_test(core, test_cancel_while_waiting_prefilling_and_decoding_frees_the_kv_cache);
+    tcase_add_test(core, test_cancel_all_finishes_every_request_once);
+    tcase_add_test(core, test_kv_budget_holds_the_next_request_until_memory_is_free);
+    tcase_add_test(core, test_decoders_never_starve_a_new_prompt_and_prefill_is_chunked);
+    tcase_add_test(core, test_prompts_start_in_arrival_order);
+    tcase_add_test(core, test_mixes_equal_in_content_compare_equal_and_batch_alike);
+    tcase_add_test(core, test_non_finite_logits_finish_that_request_with_an_error);
+    tcase_add_test(core, test_engine_thread_serves_submissions_from_other_threads_and_sleeps_when_idle);
     suite_add_tcase(s, core);
 
     TCase *lim = tcase_create("limits");
@@ -958,7 +1323,7 @@ static Suite *engine_suite(void)
     tcase_add_test(lim, test_submit_rejects_negative_logprobs);
     tcase_add_test(lim, test_submit_rejects_negative_temperature);
     tcase_add_test(lim, test_submit_rejects_top_p_zero);
-    tcase_add_test(lim, test_submit_rejects_when_engine_is_full_then_accepts_after_one_finishes);
+    tcase_add_test(lim, test_submit_refuses_busy_beyond_max_seqs_plus_max_queue_then_accepts);
     tcase_add_test(lim, test_submit_rejects_on_the_fly_adapter_with_fewer_layers_than_the_model);
     suite_add_tcase(s, lim);
     return s;

@@ -1,0 +1,553 @@
+/* registry: adapter entries (one per subdirectory), the loaded versions they point to,
+ * and the loader thread that loads, merges and frees them. */
+#include "registry.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "core/log.h"
+
+struct registry_adapter {
+    struct entry *entry;        /* the entry it was loaded for (entries live until destroy) */
+    peft_adapter *ad;           /* owned */
+    variant *merged;            /* owned; NULL unless merge */
+    size_t bytes;
+    int refs;                   /* under lock */
+    int retired;                /* no longer its entry's current version */
+    registry_adapter *next_free;
+};
+
+/* What identifies the files an adapter was loaded (or refused) from. */
+typedef struct {
+    dev_t dev[2];
+    ino_t ino[2];
+    off_t size[2];
+    struct timespec mtime[2];
+} file_sig;
+
+typedef struct entry {
+    char name[REGISTRY_NAME_MAX + 1];
+    registry_state state;
+    registry_adapter *cur;      /* LOADED: the current version */
+    char reason[256];           /* FAILED */
+    int fail_code;
+    file_sig sig;               /* FAILED: the files that were refused */
+    int loading;                /* the loader thread is on it */
+    int waiters;                /* acquirers waiting for the load */
+    int gone;                   /* its directory disappeared (not listed) */
+    uint64_t last_used, requests, tokens;
+    struct entry *next;
+} entry;
+
+struct registry {
+    const model *m;
+    registry_options opt;
+    char dir[4096];
+    int has_dir;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;     /* a load finished */
+    pthread_cond_t work;        /* the loader has something to do */
+    entry *entries;
+    registry_adapter *to_free;
+    int stop;
+    int thread_started;
+    pthread_t loader;
+    uint64_t clock, loads, evictions;
+    int loaded;
+};
+
+registry_options registry_options_default(void)
+{
+    registry_options o = {.max_loaded = 64, .peft = peft_options_default()};
+    return o;
+}
+
+int registry_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > REGISTRY_NAME_MAX || name[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static const char *const sig_files[2] = {"adapter_config.json", "adapter_model.safetensors"};
+
+/* The signature of name's files; missing files count as zeros. Returns 1 when the config
+ * exists (the directory is an adapter). */
+static int read_sig(const registry *r, const char *name, file_sig *sig)
+{
+    memset(sig, 0, sizeof *sig);
+    int exists = 0;
+    for (int i = 0; i < 2; i++) {
+        char p[4096 + 2 * REGISTRY_NAME_MAX + 64];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s/%s", r->dir, name, sig_files[i]);
+        if (stat(p, &st) != 0)
+            continue;
+        exists |= i == 0 && S_ISREG(st.st_mode);
+        sig->dev[i] = st.st_dev;
+        sig->ino[i] = st.st_ino;
+        sig->size[i] = st.st_size;
+        sig->mtime[i] = st.st_mtim;
+    }
+    return exists;
+}
+
+static int sig_equal(const file_sig *a, const file_sig *b)
+{
+    for (int i = 0; i < 2; i++)
+        if (a->dev[i] != b->dev[i] || a->ino[i] != b->ino[i] || a->size[i] != b->size[i] ||
+            a->mtime[i].tv_sec != b->mtime[i].tv_sec ||
+            a->mtime[i].tv_nsec != b->mtime[i].tv_nsec)
+            return 0;
+    return 1;
+}
+
+static entry *find(registry *r, const char *name)
+{
+    for (entry *e = r->entries; e; e = e->next)
+        if (strcmp(e->name, name) == 0)
+            return e;
+    return NULL;
+}
+
+/* The entry for name, created (ON_DISK) if needed. Under lock. NULL when out of memory. */
+static entry *find_or_add(registry *r, const char *name)
+{
+    entry *e = find(r, name);
+    if (e) {
+        e->gone = 0;
+        return e;
+    }
+    e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->state = REGISTRY_ON_DISK;
+    e->next = r->entries;
+    r->entries = e;
+    return e;
+}
+
+/* Brings the entry list up to date with the directory. Under lock. */
+static void rescan(registry *r)
+{
+    if (!r->has_dir)
+        return;
+    for (entry *e = r->entries; e; e = e->next)
+        e->gone = 1;
+    DIR *d = opendir(r->dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            file_sig sig;
+            if (registry_name_valid(de->d_name) && read_sig(r, de->d_name, &sig))
+                find_or_add(r, de->d_name);
+        }
+        closedir(d);
+    }
+    /* Loaded or busy entries stay listed even if their directory went away. */
+    for (entry *e = r->entries; e; e = e->next)
+        if (e->state == REGISTRY_LOADED || e->state == REGISTRY_LOADING)
+            e->gone = 0;
+}
+
+static void version_free(registry_adapter *v)
+{
+    variant_free(v->merged);
+    peft_free(v->ad);
+    free(v);
+}
+
+/* Drops an entry's current version; freed (by the loader) once no request holds it.
+ * Under lock. */
+static void retire(registry *r, entry *e)
+{
+    registry_adapter *v = e->cur;
+    e->cur = NULL;
+    e->state = REGISTRY_ON_DISK;
+    r->loaded--;
+    v->retired = 1;
+    if (v->refs == 0) {
+        v->next_free = r->to_free;
+        r->to_free = v;
+        pthread_cond_signal(&r->work);
+    }
+}
+
+/* Unloads least recently used idle adapters while more than max_loaded are loaded.
+ * An adapter with waiters is not idle: it was just loaded for them, and unloading it
+ * before they take their reference would send them back to load it again, forever.
+ * Under lock. */
+static void evict(registry *r)
+{
+    while (r->loaded > r->opt.max_loaded) {
+        entry *lru = NULL;
+        for (entry *e = r->entries; e; e = e->next)
+            if (e->state == REGISTRY_LOADED && e->cur->refs == 0 && e->waiters == 0 &&
+                (!lru || e->last_used < lru->last_used))
+                lru = e;
+        if (!lru)
+            return;   /* every loaded adapter is in use: stay above the limit for now */
+        log_info("adapter '%s': unloaded (least recently used; %d loaded, limit %d)",
+                 lru->name, r->loaded, r->opt.max_loaded);
+        retire(r, lru);
+        r->evictions++;
+        if (r->opt.on_event)
+            r->opt.on_event(r->opt.user, lru->name, -1.0, 0);
+    }
+}
+
+/* Loads name's files into a new version (no lock held). NULL + err on failure. */
+static registry_adapter *load_version(registry *r, const char *name, lr_error *err)
+{
+    char path[4096 + REGISTRY_NAME_MAX + 2];
+    snprintf(path, sizeof path, "%s/%s", r->dir, name);
+    registry_adapter *v = calloc(1, sizeof *v);
+    if (!v) {
+        lr_error_set(err, LR_ENOMEM, "adapter '%s': out of memory", name);
+        return NULL;
+    }
+    v->ad = peft_load(path, &r->m->cfg, &r->opt.peft, err);
+    if (!v->ad) {
+        /* name the adapter as clients know it, not by its path on the server */
+        char prefix[sizeof path + 16];
+        snprintf(prefix, sizeof prefix, "adapter '%s': ", path);
+        size_t n = strlen(prefix);
+        if (err && strncmp(err->msg, prefix, n) == 0) {
+            char rest[sizeof err->msg];
+            snprintf(rest, sizeof rest, "%s", err->msg + n);
+            snprintf(err->msg, sizeof err->msg, "adapter '%s': %.*s", name,
+                     (int)(sizeof err->msg - REGISTRY_NAME_MAX - 16), rest);
+        }
+        goto fail;
+    }
+    v->bytes = v->ad->w->bytes;
+    if (r->opt.merge) {
+        variant_mix mix = {.n = 1, .t = {{v->ad->w, 1.0f}}};
+        v->merged = variant_merge(r->m, &mix, err);
+        if (!v->merged) {
+            lr_error_prefix(err, "adapter '%s': merging", name);
+            goto fail;
+        }
+        v->bytes += v->merged->bytes;
+    }
+    return v;
+fail:
+    version_free(v);
+    return NULL;
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+static void load_entry(registry *r, entry *e)
+{
+    char name[REGISTRY_NAME_MAX + 1];
+    memcpy(name, e->name, sizeof name);
+    file_sig sig;
+    int exists = read_sig(r, name, &sig);
+    e->loading = 1;
+    pthread_mutex_unlock(&r->lock);
+
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    lr_error err = {0};
+    registry_adapter *v = exists ? load_version(r, name, &err) : NULL;
+    double secs = seconds_since(&t0);
+    if (r->opt.on_event && exists)
+        r->opt.on_event(r->opt.user, name, secs, v ? 0 : err.code);
+
+    pthread_mutex_lock(&r->lock);
+    e->loading = 0;
+    r->loads += exists;
+    if (!exists) {
+        e->state = REGISTRY_ON_DISK;
+        e->gone = 1;
+    } else if (v) {
+        v->entry = e;
+        e->cur = v;
+        e->state = REGISTRY_LOADED;
+        e->last_used = ++r->clock;
+        r->loaded++;
+        log_info("adapter '%s': loaded in %.1f ms (%.1f MB%s)", name, secs * 1e3,
+                 v->bytes / 1e6, v->merged ? ", merged" : "");
+    } else {
+        e->state = REGISTRY_FAILED;
+        e->fail_code = err.code == LR_ENOMEM ? LR_ENOMEM : LR_EINVAL;
+        snprintf(e->reason, sizeof e->reason, "%s", err.msg);
+        e->sig = sig;
+        log_warn("%s", err.msg);
+    }
+    pthread_cond_broadcast(&r->changed);
+    evict(r);
+}
+
+static void *loader_main(void *arg)
+{
+    registry *r = arg;
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        if (r->to_free) {
+            registry_adapter *list = r->to_free;
+            r->to_free = NULL;
+            pthread_mutex_unlock(&r->lock);
+            while (list) {
+                registry_adapter *next = list->next_free;
+                version_free(list);
+                list = next;
+            }
+            pthread_mutex_lock(&r->lock);
+            continue;
+        }
+        entry *todo = NULL;
+        for (entry *e = r->entries; e && !todo; e = e->next)
+            if (e->state == REGISTRY_LOADING && !e->loading)
+                todo = e;
+        if (todo) {
+            load_entry(r, todo);
+            continue;
+        }
+        if (r->loaded > r->opt.max_loaded) {
+            evict(r);   /* a release left one idle */
+            if (r->to_free)
+                continue;
+        }
+        if (r->stop)
+            break;
+        pthread_cond_wait(&r->work, &r->lock);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+registry *registry_create(const model *m, const registry_options *opt, lr_error *err)
+{
+    registry *r = calloc(1, sizeof *r);
+    if (!r) {
+        lr_error_set(err, LR_ENOMEM, "out of memory creating the adapter registry");
+        return NULL;
+    }
+    r->m = m;
+    r->opt = opt ? *opt : registry_options_default();
+    if (r->opt.max_loaded < 1)
+        r->opt.max_loaded = 1;
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->changed, NULL);
+    pthread_cond_init(&r->work, NULL);
+    if (r->opt.dir) {
+        struct stat st;
+        if (snprintf(r->dir, sizeof r->dir, "%s", r->opt.dir) >= (int)sizeof r->dir) {
+            lr_error_set(err, LR_EINVAL, "adapter directory path is too long");
+            goto fail;
+        }
+        int rc = stat(r->dir, &st);
+        if (rc != 0 || !S_ISDIR(st.st_mode)) {
+            lr_error_set(err, LR_EIO, "adapter directory %s: %s", r->dir,
+                         rc != 0 ? strerror(errno) : "not a directory");
+            goto fail;
+        }
+        r->has_dir = 1;
+        r->opt.dir = r->dir;
+    }
+    pthread_mutex_lock(&r->lock);
+    rescan(r);
+    pthread_mutex_unlock(&r->lock);
+    if (pthread_create(&r->loader, NULL, loader_main, r) != 0) {
+        lr_error_set(err, LR_ENOMEM, "cannot start the adapter loader thread");
+        goto fail;
+    }
+    r->thread_started = 1;
+    return r;
+fail:
+    registry_destroy(r);
+    return NULL;
+}
+
+void registry_destroy(registry *r)
+{
+    if (!r)
+        return;
+    if (r->thread_started) {
+        pthread_mutex_lock(&r->lock);
+        r->stop = 1;
+        pthread_cond_signal(&r->work);
+        pthread_mutex_unlock(&r->lock);
+        pthread_join(r->loader, NULL);
+    }
+    while (r->to_free) {
+        registry_adapter *next = r->to_free->next_free;
+        version_free(r->to_free);
+        r->to_free = next;
+    }
+    while (r->entries) {
+        entry *e = r->entries;
+        r->entries = e->next;
+        if (e->cur)
+            version_free(e->cur);
+        free(e);
+    }
+    pthread_mutex_destroy(&r->lock);
+    pthread_cond_destroy(&r->changed);
+    pthread_cond_destroy(&r->work);
+    free(r);
+}
+
+registry_adapter *registry_acquire(registry *r, const char *name, lr_error *err)
+{
+    if (!r->has_dir || !registry_name_valid(name)) {
+        lr_error_set(err, LR_ENOTFOUND, "adapter '%.*s' does not exist", REGISTRY_NAME_MAX,
+                     name);
+        return NULL;
+    }
+    file_sig sig;
+    pthread_mutex_lock(&r->lock);
+    entry *e = find(r, name);
+    if (!e || e->gone) {
+        if (!read_sig(r, name, &sig)) {
+            pthread_mutex_unlock(&r->lock);
+            lr_error_set(err, LR_ENOTFOUND, "adapter '%s' does not exist", name);
+            return NULL;
+        }
+        if (!(e = find_or_add(r, name))) {
+            pthread_mutex_unlock(&r->lock);
+            lr_error_set(err, LR_ENOMEM, "adapter '%s': out of memory", name);
+            return NULL;
+        }
+    }
+    for (;;) {
+        switch (e->state) {
+        case REGISTRY_LOADED: {
+            registry_adapter *v = e->cur;
+            v->refs++;
+            e->last_used = ++r->clock;
+            pthread_mutex_unlock(&r->lock);
+            return v;
+        }
+        case REGISTRY_FAILED:
+            read_sig(r, name, &sig);
+            if (sig_equal(&sig, &e->sig)) {
+                lr_error_set(err, e->fail_code, "%s", e->reason);
+                pthread_mutex_unlock(&r->lock);
+                return NULL;
+            }
+            /* its files changed: try again */
+            /* fall through */
+        case REGISTRY_ON_DISK:
+            e->state = REGISTRY_LOADING;
+            pthread_cond_signal(&r->work);
+            /* fall through */
+        case REGISTRY_LOADING:
+            e->waiters++;
+            pthread_cond_wait(&r->changed, &r->lock);
+            e->waiters--;
+            if (e->gone) {
+                pthread_mutex_unlock(&r->lock);
+                lr_error_set(err, LR_ENOTFOUND, "adapter '%s' does not exist", name);
+                return NULL;
+            }
+            break;
+        }
+    }
+}
+
+void registry_release(registry *r, registry_adapter *v, uint64_t tokens)
+{
+    if (!v)
+        return;
+    pthread_mutex_lock(&r->lock);
+    v->entry->requests++;
+    v->entry->tokens += tokens;
+    if (--v->refs == 0) {
+        if (v->retired) {
+            v->next_free = r->to_free;
+            r->to_free = v;
+            pthread_cond_signal(&r->work);
+        } else if (r->loaded > r->opt.max_loaded) {
+            pthread_cond_signal(&r->work);   /* the loader evicts (and reports it) */
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+const char *registry_adapter_name(const registry_adapter *a)
+{
+    return a->entry->name;
+}
+
+const lora_weights *registry_adapter_weights(const registry_adapter *a)
+{
+    return a->ad->w;
+}
+
+const variant *registry_adapter_merged(const registry_adapter *a)
+{
+    return a->merged;
+}
+
+static int cmp_info(const void *a, const void *b)
+{
+    return strcmp(((const registry_info *)a)->name, ((const registry_info *)b)->name);
+}
+
+registry_info *registry_list(registry *r, int *n)
+{
+    *n = 0;
+    pthread_mutex_lock(&r->lock);
+    rescan(r);
+    int count = 0;
+    for (entry *e = r->entries; e; e = e->next)
+        count += !e->gone;
+    registry_info *out = count ? calloc((size_t)count, sizeof *out) : NULL;
+    if (!out) {
+        pthread_mutex_unlock(&r->lock);
+        return NULL;
+    }
+    int k = 0;
+    for (entry *e = r->entries; e; e = e->next) {
+        if (e->gone)
+            continue;
+        registry_info *i = &out[k++];
+        memcpy(i->name, e->name, sizeof i->name);
+        i->state = e->state;
+        if (e->state == REGISTRY_FAILED)
+            memcpy(i->reason, e->reason, sizeof i->reason);
+        i->requests = e->requests;
+        i->tokens = e->tokens;
+        if (e->cur) {
+            i->refs = e->cur->refs;
+            i->r = e->cur->ad->r;
+            i->alpha = e->cur->ad->alpha;
+            i->bytes = e->cur->bytes;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    qsort(out, (size_t)count, sizeof *out, cmp_info);
+    *n = count;
+    return out;
+}
+
+void registry_counts(registry *r, int *loaded, uint64_t *loads, uint64_t *evictions)
+{
+    pthread_mutex_lock(&r->lock);
+    *loaded = r->loaded;
+    *loads = r->loads;
+    *evictions = r->evictions;
+    pthread_mutex_unlock(&r->lock);
+}

@@ -7,10 +7,11 @@ PREFIX  ?= /usr/local
 BUILD   ?= build
 
 # Recursive (=) so pkg-config runs after `make test` has installed the packages.
-PKGS     = openblas jansson libpcre2-8
+PKGS     = openblas jansson libpcre2-8 libmicrohttpd
 CPPFLAGS = -std=c11 -D_GNU_SOURCE -I. -MMD -MP $(shell pkg-config --cflags $(PKGS))
 LDLIBS   = $(shell pkg-config --libs $(PKGS)) -lunistring -lm -lpthread
 CHECKLIBS = $(shell pkg-config --libs check)
+CURLLIBS  = $(shell pkg-config --libs libcurl)
 
 LIB_SRC  := $(wildcard core/*.c adapters/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -21,7 +22,7 @@ ifneq ($(V),1)
 Q := @
 endif
 
-.PHONY: all test check asan bench run install clean deps
+.PHONY: all test check asan bench bench-serve run install clean deps
 
 # all: the daemon/CLI binary build/lorad
 all: $(BUILD)/lorad
@@ -45,7 +46,7 @@ $(TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o $(BU
 
 $(BENCH_BIN): $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/liblorad.a
 	@echo "  LD    $@"
-	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) $(CURLLIBS) -o $@
 
 # deps: install missing Debian packages (apt-get, as root) — a no-op when all are there
 deps:
@@ -68,6 +69,11 @@ asan:
 # bench: benchmarks (never part of `make test`); see README "Performance"
 bench: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)PYTHON=$(PYTHON) bench/run.sh $(BUILD)
+
+# bench-serve: HTTP streaming vs the same requests in process (TPOT, TTFT); see README
+bench-serve: deps $(BUILD)/lorad $(BENCH_BIN)
+	$(Q)$(BUILD)/bench/bench_engine $(BUILD)/bench-data --prepare
+	$(Q)$(BUILD)/bench/bench_serve $(BUILD) $(BUILD)/bench-data $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 # run: lorad's main job on an embedded default (see README)
 run: deps $(BUILD)/lorad

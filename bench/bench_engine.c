@@ -1,7 +1,8 @@
 /* bench_engine: prefill / decode throughput of the engine on a random model with the
  * SmolLM2-135M shape, base vs adapters (on the fly, merged, a mix of two), adapter load
  * and merge times, and the machine's bounds (memory bandwidth for decode, sgemm peak for
- * prefill) measured in the same run. Usage: bench_engine [WORKDIR] [--quick] */
+ * prefill) measured in the same run. Usage: bench_engine [WORKDIR] [--quick] [--prepare]
+ * (--prepare: only write the model and adapters, for bench_serve). */
 #include <cblas.h>
 #include <errno.h>
 #include <immintrin.h>
@@ -343,10 +344,12 @@ int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
     const char *work = "build/bench-data";
-    int quick = 0;
+    int quick = 0, prepare = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--prepare") == 0)
+            prepare = 1;
         else
             work = argv[i];
     }
@@ -363,6 +366,8 @@ int main(int argc, char **argv)
         if (make_model(mdir) || make_adapter(a1, 16) || make_adapter(a2, 16))
             return 1;
     }
+    if (prepare)
+        return 0;
 
     lr_error err = {0};
     model *m = model_load(mdir, &err);

@@ -317,14 +317,14 @@ static int cmp_id(const void *a, const void *b)
 static void apply_cancels(engine *e, const uint64_t *ids, int n, int all)
 {
     for (int i = 0; i < e->opt.max_seqs; i++)
-        if (e->slots[i] && (all || bsearch(&e->slots[i]->id, ids, (size_t)n, sizeof *ids,
-                                           cmp_id)))
+        if (e->slots[i] && (all || (n && bsearch(&e->slots[i]->id, ids, (size_t)n,
+                                                 sizeof *ids, cmp_id))))
             finish_slot(e, i, ENGINE_FINISH_CANCELLED, NULL);
     seq **link = &e->wait_head;
     e->wait_tail = NULL;
     while (*link) {
         seq *s = *link;
-        if (all || bsearch(&s->id, ids, (size_t)n, sizeof *ids, cmp_id)) {
+        if (all || (n && bsearch(&s->id, ids, (size_t)n, sizeof *ids, cmp_id))) {
             *link = s->next;
             seq_finish(e, s, ENGINE_FINISH_CANCELLED, NULL);
         } else {
@@ -355,7 +355,8 @@ static void take_inbox(engine *e)
         e->wait_tail = in_tail;
     }
     if (n || all) {
-        qsort(ids, (size_t)n, sizeof *ids, cmp_id);
+        if (n)
+            qsort(ids, (size_t)n, sizeof *ids, cmp_id);
         apply_cancels(e, ids, n, all);
     }
     free(ids);

@@ -1,5 +1,6 @@
 /* lorad command line: generate, inspect, merge. Only this file exits. */
 #include <errno.h>
+#include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -19,6 +20,7 @@
 #include "core/tokenizer.h"
 #include "core/variant.h"
 #include "server/generation.h"
+#include "server/serve.h"
 
 static const char usage[] =
     "usage:\n"
@@ -28,7 +30,8 @@ static const char usage[] =
     "                 [--logprobs K] [--stop STR]... [--ignore-eos] [--max-rank R]\n"
     "                 [--json] [-v]\n"
     "  lorad inspect PATH          model dir or adapter dir: JSON description\n"
-    "  lorad merge --model DIR --adapter PATH[:WEIGHT]... --out DIR [--max-rank R]\n";
+    "  lorad merge --model DIR --adapter PATH[:WEIGHT]... --out DIR [--max-rank R]\n"
+    "  lorad serve --model DIR [options]   the OpenAI-compatible daemon (lorad serve --help)\n";
 
 static int fail(const char *what, const lr_error *err)
 {
@@ -566,6 +569,160 @@ out:
     return rc;
 }
 
+/* ------------------------------------------------------------------ serve ---------- */
+
+/* `lorad serve` flags: one table for getopt_long and for --help (the README lists the
+ * same). */
+enum {
+    OPT_MODEL = 256, OPT_NAME, OPT_ADAPTER_DIR, OPT_HOST, OPT_PORT, OPT_KEY, OPT_MAX_LOADED,
+    OPT_MAX_RANK, OPT_MERGE, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
+    OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP
+};
+
+static const struct {
+    struct option o;
+    const char *arg;
+    const char *help;
+} serve_flags[] = {
+    {{"model", required_argument, NULL, OPT_MODEL}, "DIR",
+     "Hugging Face model directory (required)"},
+    {{"served-model-name", required_argument, NULL, OPT_NAME}, "NAME",
+     "id of the base model in the API (default: the directory's name)"},
+    {{"adapter-dir", required_argument, NULL, OPT_ADAPTER_DIR}, "DIR",
+     "directory of PEFT adapters, one per subdirectory, named after it (default: none)"},
+    {{"host", required_argument, NULL, OPT_HOST}, "ADDR",
+     "address to listen on (default 127.0.0.1: this machine only)"},
+    {{"port", required_argument, NULL, OPT_PORT}, "N", "TCP port (default 8080; 0: any free)"},
+    {{"api-key-file", required_argument, NULL, OPT_KEY}, "FILE",
+     "require 'Authorization: Bearer KEY', KEY the file's first line (default: no key)"},
+    {{"max-loaded-adapters", required_argument, NULL, OPT_MAX_LOADED}, "N",
+     "adapters kept in memory; the least recently used idle one is unloaded (default 64)"},
+    {{"max-rank", required_argument, NULL, OPT_MAX_RANK}, "R",
+     "refuse adapters of a higher rank (default 256)"},
+    {{"merge", required_argument, NULL, OPT_MERGE}, "never|always",
+     "never: adapters on the fly; always: a merged W' per loaded adapter (default never)"},
+    {{"ctx", required_argument, NULL, OPT_CTX}, "N",
+     "context per request, prompt + output (default: the model's max_position_embeddings)"},
+    {{"max-tokens", required_argument, NULL, OPT_MAX_TOKENS}, "N",
+     "largest max_tokens a request may ask, and the default (default 256)"},
+    {{"max-seqs", required_argument, NULL, OPT_MAX_SEQS}, "N",
+     "requests generated at once (default 16)"},
+    {{"max-queue", required_argument, NULL, OPT_MAX_QUEUE}, "N",
+     "requests waiting beyond those; more get 429 (default 64)"},
+    {{"max-body-kb", required_argument, NULL, OPT_MAX_BODY}, "N",
+     "largest request body in KiB; larger ones get 413 (default 1024)"},
+    {{"kv-cache-mb", required_argument, NULL, OPT_KV_MB}, "N",
+     "KV cache memory of all running requests in MiB; requests wait for it (default: no "
+     "limit)"},
+    {{"chat-template", required_argument, NULL, OPT_TEMPLATE}, "NAME",
+     "chatml, llama3, llama2, mistral or a template file (default: the model's "
+     "tokenizer_config.json)"},
+    {{"threads", required_argument, NULL, OPT_THREADS}, "N",
+     "threads for the model's math (default: one per CPU)"},
+    {{"max-connections", required_argument, NULL, OPT_MAX_CONN}, "N",
+     "open HTTP connections at most (default 256)"},
+    {{"drain-seconds", required_argument, NULL, OPT_DRAIN}, "N",
+     "on SIGTERM/SIGINT, time running requests get to finish (default 30)"},
+    {{"verbose", no_argument, NULL, 'v'}, NULL, "debug logging"},
+    {{"help", no_argument, NULL, OPT_HELP}, NULL, "this help"},
+};
+#define N_SERVE_FLAGS (sizeof serve_flags / sizeof *serve_flags)
+
+static void serve_help(FILE *f)
+{
+    fputs("usage: lorad serve --model DIR [options]\n\n"
+          "The OpenAI-compatible daemon: POST /v1/completions, POST /v1/chat/completions,\n"
+          "GET /v1/models, GET /health, GET /metrics. Every request names the base model or\n"
+          "an adapter in 'model' (or a weighted mix in 'adapters').\n\noptions:\n", f);
+    for (size_t i = 0; i < N_SERVE_FLAGS; i++) {
+        char left[64];
+        if (serve_flags[i].o.val == 'v')
+            snprintf(left, sizeof left, "-v, --verbose");
+        else
+            snprintf(left, sizeof left, "--%s%s%s", serve_flags[i].o.name,
+                     serve_flags[i].arg ? " " : "", serve_flags[i].arg ? serve_flags[i].arg : "");
+        fprintf(f, "  %-30s %s\n", left, serve_flags[i].help);
+    }
+}
+
+static int flag_int(const char *name, const char *v, long lo, long hi, int *out)
+{
+    long x;
+    if (parse_long(v, lo, hi, &x)) {
+        fprintf(stderr, "lorad serve: --%s must be an integer in [%ld, %ld], got '%s'\n", name,
+                lo, hi, v);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    struct option longopts[N_SERVE_FLAGS + 1];
+    for (size_t i = 0; i < N_SERVE_FLAGS; i++)
+        longopts[i] = serve_flags[i].o;
+    memset(&longopts[N_SERVE_FLAGS], 0, sizeof longopts[0]);
+    serve_options o = serve_options_default();
+    log_level = LOG_LEVEL_INFO;   /* one line per request */
+    optind = 2;
+    int c, kv = 0;
+    while ((c = getopt_long(argc, argv, "v", longopts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case OPT_MODEL: o.model_dir = optarg; break;
+        case OPT_NAME: o.served_name = optarg; break;
+        case OPT_ADAPTER_DIR: o.adapter_dir = optarg; break;
+        case OPT_HOST: o.host = optarg; break;
+        case OPT_PORT: bad = flag_int("port", optarg, 0, 65535, &o.port); break;
+        case OPT_KEY: o.api_key_file = optarg; break;
+        case OPT_MAX_LOADED: bad = flag_int("max-loaded-adapters", optarg, 1, 1 << 20,
+                                            &o.max_loaded); break;
+        case OPT_MAX_RANK: bad = flag_int("max-rank", optarg, 1, 1 << 16, &o.max_rank); break;
+        case OPT_MERGE:
+            if (strcmp(optarg, "never") && strcmp(optarg, "always")) {
+                fprintf(stderr, "lorad serve: --merge must be never or always\n");
+                bad = 1;
+            }
+            o.merge = strcmp(optarg, "always") == 0;
+            break;
+        case OPT_CTX: bad = flag_int("ctx", optarg, 2, 1 << 24, &o.ctx); break;
+        case OPT_MAX_TOKENS: bad = flag_int("max-tokens", optarg, 1, 1 << 24, &o.max_tokens);
+            break;
+        case OPT_MAX_SEQS: bad = flag_int("max-seqs", optarg, 1, 4096, &o.max_seqs); break;
+        case OPT_MAX_QUEUE: bad = flag_int("max-queue", optarg, 0, 1 << 20, &o.max_queue);
+            break;
+        case OPT_MAX_BODY: bad = flag_int("max-body-kb", optarg, 1, 1 << 20, &o.max_body_kb);
+            break;
+        case OPT_KV_MB: bad = flag_int("kv-cache-mb", optarg, 0, 1 << 24, &kv); break;
+        case OPT_TEMPLATE: o.chat_template = optarg; break;
+        case OPT_THREADS: bad = flag_int("threads", optarg, 0, 256, &o.threads); break;
+        case OPT_MAX_CONN: bad = flag_int("max-connections", optarg, 1, 1 << 16,
+                                          &o.max_connections); break;
+        case OPT_DRAIN: bad = flag_int("drain-seconds", optarg, 0, 86400, &o.drain_seconds);
+            break;
+        case 'v': log_level = LOG_LEVEL_DEBUG; break;
+        case OPT_HELP: serve_help(stdout); return 0;
+        default: bad = 1; break;
+        }
+        if (bad) {
+            serve_help(stderr);
+            return 2;
+        }
+    }
+    o.kv_mb = kv;
+    if (optind < argc) {
+        fprintf(stderr, "lorad serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!o.model_dir) {
+        fprintf(stderr, "lorad serve: --model DIR is required\n");
+        serve_help(stderr);
+        return 2;
+    }
+    return serve_run(&o);
+}
+
 int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
@@ -580,6 +737,8 @@ int main(int argc, char **argv)
         return cmd_inspect(argc, argv);
     if (strcmp(cmd, "merge") == 0)
         return cmd_merge(argc, argv);
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve(argc, argv);
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
         fputs(usage, stdout);
         return 0;

@@ -2,13 +2,17 @@
 # Installs the Debian packages lorad needs to build and test, only those missing.
 # Runs apt-get only when something is missing; needs root for that.
 set -eu
-PKGS="build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev libunistring-dev check libsubunit-dev python3 python3-numpy"
+PKGS="build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev libunistring-dev check libsubunit-dev libmicrohttpd-dev libcurl4-openssl-dev python3 python3-numpy"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $p"
     fi
 done
+# Node.js runs the official OpenAI client in the tests; any install of it will do (the
+# Debian packages only when there is no node / npm at all).
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 echo "deps: installing:$missing"
 if [ "$(id -u)" != 0 ]; then

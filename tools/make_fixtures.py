@@ -368,6 +368,17 @@ ADAPTERS = [
          features=["all_projections", "qwen2"]),
     dict(name="mistral_ad", base="mistral_headdim", r=4, alpha=8, target=list(PROJS),
          dtype="F32", features=["all_projections", "explicit_head_dim"]),
+    # Adapters on the tokenizer-carrying Qwen2 model, for the daemon's tests (text, chat,
+    # per-request switching): all projections, attention only, MLP only. Larger deltas so
+    # that even greedy tokens of this 16-wide model change. Appended last: the adapters
+    # above keep their random streams.
+    dict(name="tq_all", base="qwen2_tok_qwen3", r=8, alpha=16, target=list(PROJS),
+         dtype="F32", features=["all_projections", "tokenizer"], delta=1.0),
+    dict(name="tq_attn", base="qwen2_tok_qwen3", r=4, alpha=8, target=["q_proj", "v_proj"],
+         dtype="F16", features=["attention_only", "tokenizer"], delta=1.0),
+    dict(name="tq_mlp", base="qwen2_tok_qwen3", r=2, alpha=4,
+         target=["gate_proj", "up_proj", "down_proj"], dtype="BF16",
+         features=["mlp_only", "tokenizer"], delta=1.0),
 ]
 
 

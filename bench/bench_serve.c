@@ -1,0 +1,317 @@
+/* bench_serve: what HTTP costs. One client streams completions from `lorad serve` (on
+ * loopback, libcurl) on the base model and on one adapter applied on the fly, and the same
+ * requests run through the engine in this process, exactly as `lorad generate` runs them
+ * (one engine, one request). Cases are interleaved, rotating their order, so the
+ * machine's noise hits them alike; medians over the repetitions, and paired ratios (the
+ * median over repetitions of each repetition's HTTP / in-process ratio).
+ *
+ * Time per output token (TPOT) = (last token's arrival - first token's) / (tokens - 1),
+ * over HTTP from the SSE chunks' arrival times (each chunk's tokens counted from its
+ * logprobs). Time to first token (TTFT) over HTTP = from sending the request to the first
+ * token's arrival; in process = from engine_submit to the first on_token.
+ *
+ * Usage: bench_serve BUILD WORKDIR [--quick]; WORKDIR holds the model and adapters that
+ * `bench_engine WORKDIR --prepare` writes. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "adapters/peft.h"
+#include "core/blas.h"
+#include "core/engine.h"
+#include "core/model.h"
+
+#define PROMPT_LEN 16
+#define MAX_TOKENS 128
+#define MAX_REPS 32
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n)
+{
+    double t[MAX_REPS];
+    memcpy(t, v, sizeof *v * (size_t)n);
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* Median over repetitions of a[r] / b[r]. */
+static double paired(const double *a, const double *b, int n)
+{
+    double q[MAX_REPS];
+    for (int r = 0; r < n; r++)
+        q[r] = a[r] / b[r];
+    return median(q, n);
+}
+
+/* ---- one streamed request's timings ---- */
+
+typedef struct {
+    double t0, t_first, t_last;
+    int n;              /* tokens seen */
+    char line[65536];   /* the SSE event being read */
+    size_t len;
+    int done;
+} timing;
+
+/* Counts the tokens of one SSE event: entries of "tokens":[...] in its logprobs. */
+static int tokens_in_event(const char *ev)
+{
+    const char *p = strstr(ev, "\"tokens\":[");
+    if (!p)
+        return 0;
+    p += 10;
+    int n = 0;
+    for (; *p && *p != ']'; p++)
+        n += *p == '"';
+    return n / 2;
+}
+
+static size_t on_data(char *data, size_t size, size_t nmemb, void *user)
+{
+    timing *t = user;
+    size_t n = size * nmemb;
+    double x = now();
+    for (size_t i = 0; i < n; i++) {
+        if (t->len + 1 < sizeof t->line)
+            t->line[t->len++] = data[i];
+        if (t->len >= 2 && t->line[t->len - 1] == '\n' && t->line[t->len - 2] == '\n') {
+            t->line[t->len] = '\0';
+            if (strncmp(t->line, "data: [DONE]", 12) == 0)
+                t->done = 1;
+            int k = tokens_in_event(t->line);
+            if (k > 0) {
+                if (t->n == 0)
+                    t->t_first = x;
+                t->t_last = x;
+                t->n += k;
+            }
+            t->len = 0;
+        }
+    }
+    return n;
+}
+
+static int http_run(CURL *c, int port, const char *model, double *ttft, double *tpot)
+{
+    char url[64], body[1024];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/completions", port);
+    int k = snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":[", model);
+    for (int i = 0; i < PROMPT_LEN; i++)
+        k += snprintf(body + k, sizeof body - (size_t)k, "%s%d", i ? "," : "", 100 + 37 * i);
+    snprintf(body + k, sizeof body - (size_t)k, "],\"max_tokens\":%d,\"temperature\":0,"
+             "\"ignore_eos\":true,\"stream\":true,\"logprobs\":0,"
+             "\"return_tokens_as_token_ids\":true}", MAX_TOKENS);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    timing t = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
+    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+    t.t0 = now();
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(h);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK || status != 200 || !t.done || t.n != MAX_TOKENS) {
+        fprintf(stderr, "bench_serve: %s: %s, status %ld, %d tokens\n", model,
+                curl_easy_strerror(rc), status, t.n);
+        return -1;
+    }
+    *ttft = t.t_first - t.t0;
+    *tpot = (t.t_last - t.t_first) / (t.n - 1);
+    return 0;
+}
+
+/* ---- the same request in process ---- */
+
+static int on_token(void *user, const engine_token *tok)
+{
+    (void)tok;
+    timing *t = user;
+    double x = now();
+    if (t->n++ == 0)
+        t->t_first = x;
+    t->t_last = x;
+    return 0;
+}
+
+static void on_done(void *user, engine_finish reason, const lr_error *err)
+{
+    (void)user;
+    if (reason == ENGINE_FINISH_ERROR)
+        fprintf(stderr, "bench_serve: generation failed: %s\n", err ? err->msg : "?");
+}
+
+static int engine_run_one(engine *e, const variant_mix *lora, double *ttft, double *tpot)
+{
+    int prompt[PROMPT_LEN];
+    for (int i = 0; i < PROMPT_LEN; i++)
+        prompt[i] = 100 + 37 * i;
+    timing t = {0};
+    engine_request req = {.prompt = prompt, .n_prompt = PROMPT_LEN, .max_tokens = MAX_TOKENS,
+                          .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
+                          .lora = lora, .on_token = on_token, .on_done = on_done, .user = &t};
+    lr_error err = {0};
+    t.t0 = now();
+    if (engine_submit(e, &req, NULL, &err)) {
+        fprintf(stderr, "bench_serve: %s\n", err.msg);
+        return -1;
+    }
+    while (engine_step(e, &err) > 0)
+        ;
+    if (t.n != MAX_TOKENS)
+        return -1;
+    *ttft = t.t_first - t.t0;
+    *tpot = (t.t_last - t.t_first) / (t.n - 1);
+    return 0;
+}
+
+/* ---- the daemon ---- */
+
+static pid_t start_daemon(const char *build, const char *mdir, const char *work, int *port)
+{
+    int fds[2];
+    if (pipe(fds))
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        char exe[4200];
+        snprintf(exe, sizeof exe, "%s/lorad", build);
+        execl(exe, exe, "serve", "--model", mdir, "--adapter-dir", work, "--port", "0",
+              "--max-tokens", "1024", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *f = fdopen(fds[0], "r");
+    char line[1024];
+    *port = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "on http://");
+        if (p && (p = strrchr(p, ':')) && sscanf(p + 1, "%d", port) == 1)
+            break;
+    }
+    if (*port == 0) {
+        fprintf(stderr, "bench_serve: the daemon did not start\n");
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    /* keep draining its log (one line per request) so it never blocks on the pipe */
+    if (fork() == 0) {
+        while (fgets(line, sizeof line, f))
+            ;
+        _exit(0);
+    }
+    fclose(f);
+    return pid;
+}
+
+enum { ENG_BASE, HTTP_BASE, ENG_AD, HTTP_AD, N_CASES };
+
+int main(int argc, char **argv)
+{
+    blas_select_kernels(argv);
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_serve BUILD WORKDIR [--quick]\n");
+        return 2;
+    }
+    const char *build = argv[1], *work = argv[2];
+    int reps = argc > 3 && strcmp(argv[3], "--quick") == 0 ? 2 : 11;
+    char mdir[4200], adir[4200];
+    snprintf(mdir, sizeof mdir, "%s/smollm2-135m-random", work);
+    snprintf(adir, sizeof adir, "%s/adapter-r16-a", work);
+
+    lr_error err = {0};
+    model *m = model_load(mdir, &err);
+    peft_adapter *ad = m ? peft_load(adir, &m->cfg, NULL, &err) : NULL;
+    engine_options eo = engine_options_default();
+    eo.max_seqs = 1;
+    engine *e = ad ? engine_create(m, &eo, &err) : NULL;
+    if (!e) {
+        fprintf(stderr, "bench_serve: %s (run bench_engine %s --prepare first)\n", err.msg,
+                work);
+        return 1;
+    }
+    variant_mix one = {.n = 1, .t = {{ad->w, 1.0f}}};
+    int port;
+    pid_t daemon = start_daemon(build, mdir, work, &port);
+    if (daemon < 0)
+        return 1;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    CURL *c = curl_easy_init();
+
+    double ttft[N_CASES][MAX_REPS], tpot[N_CASES][MAX_REPS], x, y;
+    /* warm-up: load the adapter in the daemon, fault in both copies of the weights */
+    if (http_run(c, port, "adapter-r16-a", &x, &y) || engine_run_one(e, &one, &x, &y))
+        goto fail;
+    for (int r = 0; r < reps; r++)
+        for (int k = 0; k < N_CASES; k++) {
+            int cs = (k + r) % N_CASES;
+            int rc = cs == ENG_BASE  ? engine_run_one(e, NULL, &ttft[cs][r], &tpot[cs][r])
+                     : cs == ENG_AD  ? engine_run_one(e, &one, &ttft[cs][r], &tpot[cs][r])
+                     : http_run(c, port, cs == HTTP_BASE ? "smollm2-135m-random"
+                                                         : "adapter-r16-a",
+                                &ttft[cs][r], &tpot[cs][r]);
+            if (rc)
+                goto fail;
+        }
+
+    printf("bench_serve: SmolLM2-135M-shaped F32 model, %d-token prompt, %d tokens, greedy, "
+           "one client streaming over loopback; %d interleaved repetitions, medians\n\n",
+           PROMPT_LEN, MAX_TOKENS, reps);
+    printf("%-28s %10s %10s %12s %12s\n", "case", "TTFT ms", "TPOT ms", "TPOT vs", "(paired)");
+    static const char *const names[N_CASES] = {"base, in process", "base, HTTP",
+                                               "1 adapter, in process", "1 adapter, HTTP"};
+    for (int k = 0; k < N_CASES; k++) {
+        int ref = k == HTTP_BASE ? ENG_BASE : k == HTTP_AD ? ENG_AD : k;
+        printf("%-28s %10.2f %10.3f %11.1f%% %11.1f%%\n", names[k], median(ttft[k], reps) * 1e3,
+               median(tpot[k], reps) * 1e3,
+               100.0 * median(tpot[k], reps) / median(tpot[ref], reps),
+               100.0 * paired(tpot[k], tpot[ref], reps));
+    }
+    for (int k = HTTP_BASE; k <= HTTP_AD; k += 2) {
+        int ref = k - 1;
+        printf("\n%s: HTTP adds %+.1f%% to time per output token (paired %+.1f%%); time to "
+               "first token %.2f ms = %.2f in-process decode steps (paired %.2f)",
+               k == HTTP_BASE ? "base" : "adapter",
+               100.0 * (median(tpot[k], reps) / median(tpot[ref], reps) - 1),
+               100.0 * (paired(tpot[k], tpot[ref], reps) - 1), median(ttft[k], reps) * 1e3,
+               median(ttft[k], reps) / median(tpot[ref], reps),
+               paired(ttft[k], tpot[ref], reps));
+    }
+    printf("\n");
+    curl_easy_cleanup(c);
+    kill(daemon, SIGTERM);
+    waitpid(daemon, NULL, 0);
+    engine_destroy(e);
+    peft_free(ad);
+    model_free(m);
+    return 0;
+fail:
+    kill(daemon, SIGKILL);
+    waitpid(daemon, NULL, 0);
+    return 1;
+}

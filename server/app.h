@@ -1,0 +1,57 @@
+/* app: what the daemon holds while it serves — options, the model and its tokenizer and
+ * chat template, the adapter registry, the engine, metrics — shared by the HTTP layer
+ * (server/http.c) and the API handlers (server/api.c). Built and torn down by
+ * server/serve.c; everything in it is either immutable while serving or thread-safe. */
+#ifndef LORAD_APP_H
+#define LORAD_APP_H
+
+#include <stddef.h>
+#include <time.h>
+
+#include "adapters/registry.h"
+#include "core/engine.h"
+#include "core/model.h"
+#include "core/tokenizer.h"
+#include "server/chat.h"
+#include "server/metrics.h"
+
+/* `lorad serve` options; defaults in serve_options_default (server/serve.h). */
+typedef struct {
+    const char *model_dir;
+    const char *served_name;      /* id reported for the base; default: model dir's name */
+    const char *adapter_dir;      /* NULL: no adapters */
+    const char *host;
+    int port;                     /* 0: any free port (printed at start) */
+    const char *api_key_file;
+    const char *chat_template;    /* NULL: the model's tokenizer_config.json */
+    int max_loaded;
+    int max_rank;
+    int merge;                    /* 1: serve adapters from merged W' */
+    int ctx;                      /* 0: the model's max_position_embeddings */
+    int max_tokens;               /* default and upper limit of a request's max_tokens */
+    int max_seqs;
+    int max_queue;
+    int max_body_kb;
+    long kv_mb;                   /* KV cache budget in MB; 0: none */
+    int threads;                  /* 0: one per CPU */
+    int max_connections;
+    int drain_seconds;            /* SIGTERM: how long running requests may finish */
+} serve_options;
+
+typedef struct {
+    serve_options opt;
+    char base_id[256];
+    model *m;
+    tokenizer *tok;               /* NULL: no tokenizer.json (token ids only) */
+    chat_template *chat;          /* NULL: chat answers 400 with chat_error */
+    char chat_error[512];
+    registry *reg;
+    engine *eng;
+    metrics *met;
+    char *api_key;                /* NULL: no authentication */
+    size_t api_key_len;
+    volatile int draining;        /* set once at shutdown: new requests get 503 */
+    time_t started;
+} app;
+
+#endif

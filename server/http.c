@@ -1,0 +1,385 @@
+/* http: libmicrohttpd in thread-per-connection mode; per-request state is made on the
+ * first callback and freed in the completion callback. */
+#include "http.h"
+
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "server/api.h"
+
+#define IDLE_TIMEOUT_S 300     /* an idle keep-alive connection is closed after this */
+#define STREAM_BLOCK 16384     /* bytes MHD asks the SSE reader for at most */
+
+struct http_server {
+    app *a;
+    struct MHD_Daemon *d;
+    int port;
+    int quiesced;
+};
+
+/* One request on a connection. */
+typedef struct {
+    char method[8];
+    char path[256];
+    double t0;
+    char *body;
+    size_t len, cap;
+    int too_large;
+    api_reply reply;
+    int sent;               /* status counted in metrics */
+} request;
+
+typedef enum { R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_NONE } route_id;
+
+#define MODEL_PREFIX "/v1/models/"   /* GET /v1/models/{id} */
+
+static const struct {
+    const char *path;
+    const char *method;
+    route_id id;
+} routes[] = {
+    {"/health", "GET", R_HEALTH},
+    {"/metrics", "GET", R_METRICS},
+    {"/v1/models", "GET", R_MODELS},
+    {"/v1/completions", "POST", R_COMPLETIONS},
+    {"/v1/chat/completions", "POST", R_CHAT},
+};
+
+static int route_of(const char *path, const char **method)
+{
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+        if (strcmp(path, routes[i].path) == 0) {
+            *method = routes[i].method;
+            return (int)routes[i].id;
+        }
+    if (strncmp(path, MODEL_PREFIX, sizeof MODEL_PREFIX - 1) == 0 &&
+        path[sizeof MODEL_PREFIX - 1]) {
+        *method = "GET";
+        return R_MODEL;
+    }
+    return R_NONE;
+}
+
+/* Constant time in the length of the presented key: every byte is compared. */
+static int key_matches(const app *a, const char *header)
+{
+    static const char bearer[] = "Bearer ";
+    if (!header || strncasecmp(header, bearer, sizeof bearer - 1) != 0)
+        return 0;
+    const char *k = header + sizeof bearer - 1;
+    size_t n = strlen(k);
+    unsigned char diff = n != a->api_key_len;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(k[i] ^ a->api_key[i % a->api_key_len]);
+    return diff == 0;
+}
+
+static int is_json_type(const char *ct)
+{
+    static const char want[] = "application/json";
+    if (!ct)
+        return 0;
+    while (*ct == ' ')
+        ct++;
+    return strncasecmp(ct, want, sizeof want - 1) == 0 &&
+           (ct[sizeof want - 1] == '\0' || ct[sizeof want - 1] == ';' ||
+            ct[sizeof want - 1] == ' ');
+}
+
+/* SSE: blocks (this connection's own thread) until the stream has bytes to send. */
+static ssize_t read_stream(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    request *rq = cls;
+    (void)pos;
+    ssize_t n = api_stream_read(rq->reply.stream, buf, max);
+    if (n > 0)
+        return n;
+    return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static enum MHD_Result send_reply(app *a, struct MHD_Connection *c, request *rq)
+{
+    api_reply *r = &rq->reply;
+    if (r->status == 499)
+        return MHD_NO;   /* the client went away: close without an answer */
+    struct MHD_Response *resp;
+    if (r->stream)
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, read_stream,
+                                                 rq, NULL);
+    else
+        resp = MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return MHD_NO;
+    if (r->stream) {
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    }
+    metrics_http(a->met, r->status);
+    rq->sent = 1;
+    MHD_add_response_header(resp, "Content-Type", r->content_type ? r->content_type
+                                                                   : "application/json");
+    if (r->retry_after) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", r->retry_after);
+        MHD_add_response_header(resp, "Retry-After", v);
+    }
+    if (r->status == 405) {
+        const char *allow = "GET";
+        route_of(rq->path, &allow);
+        MHD_add_response_header(resp, "Allow", allow);
+    }
+    if (r->status == 401)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+/* Checks that need only the headers: route, method, authentication, shutdown, content
+ * type and declared length. Returns 1 with rq->reply filled when the request is refused
+ * (answered at once, the body left unread). */
+static int refuse_early(app *a, struct MHD_Connection *c, request *rq)
+{
+    const char *method = NULL;
+    route_id id = (route_id)route_of(rq->path, &method);
+    api_reply *r = &rq->reply;
+    if (id == R_NONE) {
+        api_error(r, 404, NULL, "not_found", "no route %s %s", rq->method, rq->path);
+        return 1;
+    }
+    if (strcmp(rq->method, method) != 0) {
+        api_error(r, 405, NULL, "method_not_allowed", "%s %s is not allowed; use %s",
+                  rq->method, rq->path, method);
+        return 1;
+    }
+    if (id != R_HEALTH && a->api_key &&
+        !key_matches(a, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization"))) {
+        api_error(r, 401, NULL, "invalid_api_key", "a valid API key is required "
+                  "(Authorization: Bearer <key>)");
+        return 1;
+    }
+    if (a->draining && id != R_METRICS) {
+        api_error(r, 503, NULL, "shutting_down", "the server is shutting down");
+        r->retry_after = 5;
+        return 1;
+    }
+    if (strcmp(method, "POST") != 0)
+        return 0;
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    if (!is_json_type(ct)) {
+        api_error(r, 415, NULL, "unsupported_media_type", "Content-Type must be "
+                  "application/json (got %s)", ct ? ct : "none");
+        return 1;
+    }
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+    if (cl && strtoull(cl, NULL, 10) > (unsigned long long)a->opt.max_body_kb * 1024) {
+        api_error(r, 413, NULL, "request_too_large", "the body is %s bytes; the limit is %d "
+                  "KB (--max-body-kb)", cl, a->opt.max_body_kb);
+        return 1;
+    }
+    return 0;
+}
+
+static void handle(app *a, struct MHD_Connection *c, request *rq)
+{
+    const char *method = NULL;
+    api_reply *r = &rq->reply;
+    switch ((route_id)route_of(rq->path, &method)) {
+    case R_HEALTH:
+        r->status = 200;
+        r->body = strdup("{\"status\":\"ok\"}");
+        r->len = r->body ? strlen(r->body) : 0;
+        r->content_type = "application/json";
+        if (!r->body)
+            api_error(r, 500, NULL, NULL, "out of memory");
+        return;
+    case R_METRICS: {
+        engine_stats es;
+        engine_stats_get(a->eng, &es);
+        metrics_gauges g = {.running = es.running, .waiting = es.waiting,
+                            .kv_bytes = es.kv_bytes, .kv_limit = es.kv_limit,
+                            .cancelled = es.cancelled, .steps = es.steps};
+        registry_counts(a->reg, &g.adapters_loaded, &g.adapter_loads, &g.adapter_evictions);
+        r->body = metrics_render(a->met, &g, &r->len);
+        r->status = 200;
+        r->content_type = "text/plain; version=0.0.4; charset=utf-8";
+        if (!r->body)
+            api_error(r, 500, NULL, NULL, "out of memory");
+        return;
+    }
+    case R_MODELS:
+        api_models(a, r);
+        return;
+    case R_MODEL:
+        api_model(a, rq->path + sizeof MODEL_PREFIX - 1, r);
+        return;
+    case R_COMPLETIONS:
+    case R_CHAT: {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        api_request q = {.method = rq->method, .path = rq->path,
+                         .body = rq->body ? rq->body : "", .len = rq->len,
+                         .fd = ci ? ci->connect_fd : -1, .t_arrival = rq->t0};
+        api_completions(a, &q, route_of(rq->path, &method) == R_CHAT, r);
+        return;
+    }
+    case R_NONE:
+        break;
+    }
+    api_error(r, 404, NULL, "not_found", "no route %s %s", rq->method, rq->path);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload, size_t *upload_size, void **con_cls)
+{
+    app *a = cls;
+    request *rq = *con_cls;
+    (void)version;
+    if (!rq) {
+        if (!(rq = calloc(1, sizeof *rq)))
+            return MHD_NO;
+        *con_cls = rq;
+        rq->t0 = api_now();
+        snprintf(rq->method, sizeof rq->method, "%s", method);
+        snprintf(rq->path, sizeof rq->path, "%s", url);
+        if (refuse_early(a, c, rq))
+            return send_reply(a, c, rq);
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t limit = (size_t)a->opt.max_body_kb * 1024;
+        if (rq->too_large || rq->len + *upload_size > limit) {
+            /* No Content-Length (chunked): refuse as soon as the limit is passed. */
+            rq->too_large = 1;
+            *upload_size = 0;
+            api_error(&rq->reply, 413, NULL, "request_too_large", "the body is larger than "
+                      "the limit of %d KB (--max-body-kb)", a->opt.max_body_kb);
+            return send_reply(a, c, rq) == MHD_YES ? MHD_YES : MHD_NO;
+        }
+        if (rq->len + *upload_size + 1 > rq->cap) {
+            size_t cap = rq->cap ? rq->cap : 4096;
+            while (cap < rq->len + *upload_size + 1)
+                cap *= 2;
+            char *b = realloc(rq->body, cap);
+            if (!b)
+                return MHD_NO;
+            rq->body = b;
+            rq->cap = cap;
+        }
+        memcpy(rq->body + rq->len, upload, *upload_size);
+        rq->len += *upload_size;
+        rq->body[rq->len] = '\0';
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (rq->sent)
+        return MHD_YES;
+    handle(a, c, rq);
+    return send_reply(a, c, rq);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    app *a = cls;
+    request *rq = *con_cls;
+    (void)c;
+    if (!rq)
+        return;
+    api_reply *r = &rq->reply;
+    if (r->stream)
+        api_stream_free(r->stream, r);
+    double ms = (api_now() - rq->t0) * 1e3;
+    metrics_observe(a->met, METRICS_LATENCY, ms / 1e3);
+    log_info("%s %s adapter=%s status=%d prompt_tokens=%d output_tokens=%d %.1f ms%s",
+             rq->method, rq->path, r->adapter[0] ? r->adapter : "-", r->status,
+             r->prompt_tokens, r->output_tokens, ms,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+    free(rq->body);
+    free(r->body);
+    free(rq);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    (void)cls;
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n')
+        line[--n] = '\0';
+    log_info("http: %s", line);
+}
+
+http_server *http_start(app *a, lr_error *err)
+{
+    http_server *h = calloc(1, sizeof *h);
+    if (!h) {
+        lr_error_set(err, LR_ENOMEM, "out of memory");
+        return NULL;
+    }
+    h->a = a;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE}, *ai = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%d", a->opt.port);
+    int rc = getaddrinfo(a->opt.host, port, &hints, &ai);
+    if (rc) {
+        lr_error_set(err, LR_EINVAL, "--host %s: %s", a->opt.host, gai_strerror(rc));
+        free(h);
+        return NULL;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG |
+                     (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    h->d = MHD_start_daemon(flags, (uint16_t)a->opt.port, NULL, NULL, on_request, a,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)a->opt.max_connections,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                            MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!h->d) {
+        lr_error_set(err, LR_EIO, "cannot listen on %s:%d (address in use, or not an "
+                     "address of this machine?)", a->opt.host, a->opt.port);
+        free(h);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : a->opt.port;
+    return h;
+}
+
+int http_port(const http_server *h)
+{
+    return h->port;
+}
+
+void http_quiesce(http_server *h)
+{
+    if (!h || h->quiesced)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(h->d);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    h->quiesced = 1;
+}
+
+void http_stop(http_server *h)
+{
+    if (!h)
+        return;
+    MHD_stop_daemon(h->d);
+    free(h);
+}

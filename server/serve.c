@@ -1,0 +1,266 @@
+/* serve: the daemon's lifetime. A signal handler only records the signal and writes a
+ * byte to a pipe the main thread sleeps on (any thread may take a process signal:
+ * OpenBLAS starts its threads before main). */
+#include "serve.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "server/api.h"
+#include "server/http.h"
+
+serve_options serve_options_default(void)
+{
+    serve_options o = {
+        .host = "127.0.0.1", .port = 8080, .max_loaded = 64,
+        .max_rank = peft_options_default().max_rank, .max_tokens = 256, .max_seqs = 16,
+        .max_queue = 64, .max_body_kb = 1024, .kv_mb = 0, .max_connections = 256,
+        .drain_seconds = 30};
+    return o;
+}
+
+static volatile sig_atomic_t last_signal;
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    last_signal = sig;
+    char c = 0;
+    if (write(signal_pipe[1], &c, 1) < 0) {
+        /* the pipe is full: a wake-up is already pending */
+    }
+    errno = saved;
+}
+
+/* Blocks until SIGTERM or SIGINT; SIGHUP is logged and ignored. */
+static int wait_signal(void)
+{
+    for (;;) {
+        char c;
+        ssize_t n = read(signal_pipe[0], &c, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        int sig = last_signal;
+        if (sig == SIGHUP) {
+            log_info("SIGHUP: adapters are looked up in the directory on every request; "
+                     "nothing to reload");
+            continue;
+        }
+        if (sig == SIGTERM || sig == SIGINT)
+            return sig;
+    }
+}
+
+static int install_signals(void)
+{
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+        return -1;
+    int fl = fcntl(signal_pipe[0], F_GETFL);
+    fcntl(signal_pipe[0], F_SETFL, fl & ~O_NONBLOCK);   /* the reader blocks */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+static void *engine_main(void *arg)
+{
+    engine_run(arg);
+    return NULL;
+}
+
+/* Registry events (loader thread): load times, failures. */
+static void on_registry_event(void *user, const char *name, double seconds, int code)
+{
+    app *a = user;
+    (void)name;
+    if (seconds < 0)
+        return;   /* an eviction: counted by the registry */
+    metrics_observe(a->met, METRICS_LOAD, seconds);
+    if (code)
+        metrics_load_failed(a->met);
+}
+
+/* The key: the file's first line, surrounding whitespace removed. */
+static char *read_key(const char *path, size_t *len, lr_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        lr_error_set(err, LR_EIO, "--api-key-file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char line[1024];
+    char *ok = fgets(line, sizeof line, f);
+    fclose(f);
+    char *s = ok ? line : NULL;
+    while (s && (*s == ' ' || *s == '\t'))
+        s++;
+    size_t n = s ? strcspn(s, "\r\n") : 0;
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    if (n == 0) {
+        lr_error_set(err, LR_EINVAL, "--api-key-file %s: the first line holds no key", path);
+        return NULL;
+    }
+    char *k = strndup(s, n);
+    if (!k)
+        lr_error_set(err, LR_ENOMEM, "out of memory");
+    *len = n;
+    return k;
+}
+
+static int load_all(app *a, lr_error *err)
+{
+    const serve_options *o = &a->opt;
+    if (!(a->m = model_load(o->model_dir, err)))
+        return -1;
+    char path[4096 + 32];
+    snprintf(path, sizeof path, "%s/tokenizer.json", o->model_dir);
+    if (access(path, F_OK) == 0) {
+        if (!(a->tok = tokenizer_load(o->model_dir, err)))
+            return -1;
+    } else {
+        log_warn("%s: not found; requests must give token ids, and chat is unavailable",
+                 path);
+    }
+    lr_error cerr = {0};
+    if (!a->tok) {
+        snprintf(a->chat_error, sizeof a->chat_error, "chat needs the model's tokenizer.json");
+    } else if (!(a->chat = chat_template_load(o->model_dir, o->chat_template, &cerr))) {
+        if (o->chat_template) {
+            *err = cerr;
+            return -1;
+        }
+        snprintf(a->chat_error, sizeof a->chat_error, "this model has no usable chat "
+                 "template (%s); use /v1/completions or start with --chat-template NAME",
+                 cerr.msg);
+        log_warn("%s", a->chat_error);
+    }
+    if (o->api_key_file && !(a->api_key = read_key(o->api_key_file, &a->api_key_len, err)))
+        return -1;
+    if (!(a->met = metrics_create()))
+        return lr_error_set(err, LR_ENOMEM, "out of memory");
+    registry_options ro = registry_options_default();
+    ro.dir = o->adapter_dir;
+    ro.max_loaded = o->max_loaded;
+    ro.merge = o->merge;
+    ro.peft.max_rank = o->max_rank;
+    ro.on_event = on_registry_event;
+    ro.user = a;
+    if (!(a->reg = registry_create(a->m, &ro, err)))
+        return -1;
+    engine_options eo = engine_options_default();
+    eo.max_seqs = o->max_seqs;
+    eo.max_queue = o->max_queue;
+    eo.max_kv_bytes = (size_t)o->kv_mb << 20;
+    eo.max_ctx = o->ctx;
+    eo.threads = o->threads;
+    if (!(a->eng = engine_create(a->m, &eo, err)))
+        return -1;
+    return 0;
+}
+
+static void free_all(app *a)
+{
+    engine_destroy(a->eng);
+    registry_destroy(a->reg);
+    metrics_free(a->met);
+    chat_template_free(a->chat);
+    tokenizer_free(a->tok);
+    model_free(a->m);
+    free(a->api_key);
+}
+
+/* Waits until no request runs or waits, or the deadline (monotonic seconds) passes. */
+static void wait_idle(app *a, double deadline)
+{
+    while (engine_running(a->eng) > 0 && api_now() < deadline)
+        usleep(20000);
+}
+
+int serve_run(const serve_options *o)
+{
+    app *a = calloc(1, sizeof *a);
+    if (!a) {
+        log_error("out of memory");
+        return 1;
+    }
+    a->opt = *o;
+    a->started = time(NULL);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", o->model_dir);
+    snprintf(a->base_id, sizeof a->base_id, "%s", o->served_name ? o->served_name
+                                                                   : basename(dir));
+
+    if (install_signals()) {
+        log_error("cannot create the signal pipe: %s", strerror(errno));
+        free(a);
+        return 1;
+    }
+    if (o->threads > 0)
+        openblas_set_num_threads(o->threads);
+
+    lr_error err = {0};
+    int rc = 1;
+    pthread_t engine_thread;
+    int engine_started = 0;
+    http_server *h = NULL;
+    if (load_all(a, &err))
+        goto out;
+    if (pthread_create(&engine_thread, NULL, engine_main, a->eng) != 0) {
+        lr_error_set(&err, LR_ENOMEM, "cannot start the engine thread");
+        goto out;
+    }
+    engine_started = 1;
+    if (!(h = http_start(a, &err)))
+        goto out;
+    /* Always printed: scripts and tests read the port from it. */
+    fprintf(stderr, "lorad: serving '%s' on http://%s:%d (context %d, %s)\n", a->base_id,
+            o->host, http_port(h), engine_ctx(a->eng), a->m->dtype);
+    fflush(stderr);
+
+    int sig = wait_signal();
+    log_warn("%s: draining (up to %d s for running requests)", strsignal(sig),
+             o->drain_seconds);
+    a->draining = 1;
+    http_quiesce(h);
+    wait_idle(a, api_now() + o->drain_seconds);
+    if (engine_running(a->eng) > 0)
+        log_warn("drain time over: cancelling %d requests", engine_running(a->eng));
+    engine_cancel_all(a->eng);
+    wait_idle(a, api_now() + 10);
+    http_stop(h);   /* waits for every connection's thread */
+    h = NULL;
+    rc = 0;
+out:
+    if (rc)
+        log_error("%s", err.msg);
+    http_stop(h);
+    if (engine_started) {
+        engine_cancel_all(a->eng);
+        engine_stop(a->eng);
+        pthread_join(engine_thread, NULL);
+    }
+    free_all(a);
+    free(a);
+    if (rc == 0)
+        log_warn("stopped");
+    return rc;
+}

@@ -118,9 +118,10 @@ static int perr(parse_error *e, const char *param, const char *fmt, ...)
     return -1;
 }
 
+/* The get_* helpers leave *out as it is for a missing (NULL) or null value. */
 static int get_bool(json_t *v, const char *k, int *out, parse_error *e)
 {
-    if (json_is_null(v))
+    if (!v || json_is_null(v))
         return 0;
     if (!json_is_boolean(v))
         return perr(e, k, "'%s' must be a boolean", k);
@@ -132,7 +133,7 @@ static int get_bool(json_t *v, const char *k, int *out, parse_error *e)
  * accepted, as Python's OpenAI servers do. */
 static int get_int(json_t *v, const char *k, long lo, long hi, int *out, parse_error *e)
 {
-    if (json_is_null(v))
+    if (!v || json_is_null(v))
         return 0;
     double d;
     if (json_is_integer(v))
@@ -150,7 +151,7 @@ static int get_int(json_t *v, const char *k, long lo, long hi, int *out, parse_e
 static int get_num(json_t *v, const char *k, double lo, double hi, double *out,
                    parse_error *e)
 {
-    if (json_is_null(v))
+    if (!v || json_is_null(v))
         return 0;
     if (!json_is_number(v))
         return perr(e, k, "'%s' must be a number", k);
@@ -733,7 +734,8 @@ static int resolve_adapters(app *a, job *j, api_reply *out)
                 api_error(out, 404, n == 1 && want == &single ? "model" : "adapters",
                           "model_not_found", "The model '%s' does not exist.", want[i].name);
             else if (err.code == LR_EINVAL)
-                api_error(out, 422, "model", "adapter_invalid", "%s", err.msg);
+                api_error(out, 422, want == &single ? "model" : "adapters", "adapter_invalid",
+                          "%s", err.msg);
             else
                 api_error(out, 500, NULL, NULL, "%s", err.msg);
             return -1;
@@ -755,6 +757,12 @@ static int build_prompt(app *a, job *j, api_reply *out)
         j->prompt = p->prompt_ids;
         p->prompt_ids = NULL;
         j->n_prompt = p->n_prompt_ids;
+        for (int i = 0; i < j->n_prompt; i++)
+            if (j->prompt[i] >= a->m->cfg.vocab_size) {
+                api_error(out, 400, "prompt", NULL, "prompt token %d at index %d is out of "
+                          "range [0, %d)", j->prompt[i], i, a->m->cfg.vocab_size);
+                return -1;
+            }
         if (p->echo && a->tok && tokenizer_decode(a->tok, j->prompt, (size_t)j->n_prompt, 0,
                                                   &j->prompt_text, &j->prompt_text_len, &err)) {
             api_error(out, 400, "prompt", NULL, "%s", err.msg);
@@ -763,8 +771,12 @@ static int build_prompt(app *a, job *j, api_reply *out)
         return 0;
     }
     if (!a->tok) {
-        api_error(out, 400, p->chat ? "messages" : "prompt", NULL, "this model has no "
-                  "tokenizer.json: send 'prompt' as a list of token ids");
+        if (p->chat)
+            api_error(out, 400, "messages", NULL, "this model has no tokenizer.json, so chat "
+                      "is unavailable; use /v1/completions with 'prompt' as token ids");
+        else
+            api_error(out, 400, "prompt", NULL, "this model has no tokenizer.json: send "
+                      "'prompt' as a list of token ids");
         return -1;
     }
     const char *text = p->prompt_text;

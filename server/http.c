@@ -122,7 +122,6 @@ static enum MHD_Result send_reply(app *a, struct MHD_Connection *c, request *rq)
         MHD_add_response_header(resp, "Cache-Control", "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     }
-    metrics_http(a->met, r->status);
     rq->sent = 1;
     MHD_add_response_header(resp, "Content-Type", r->content_type ? r->content_type
                                                                    : "application/json");
@@ -140,6 +139,8 @@ static enum MHD_Result send_reply(app *a, struct MHD_Connection *c, request *rq)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
+    if (ok == MHD_YES)
+        metrics_http(a->met, r->status);
     return ok;
 }
 

@@ -109,11 +109,11 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *user)
     return n;
 }
 
-static int http_run(CURL *c, int port, const char *model, double *ttft, double *tpot)
+static int http_run(CURL *c, int port, const char *name, double *ttft, double *tpot)
 {
     char url[64], body[1024];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/completions", port);
-    int k = snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":[", model);
+    int k = snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":[", name);
     for (int i = 0; i < PROMPT_LEN; i++)
         k += snprintf(body + k, sizeof body - (size_t)k, "%s%d", i ? "," : "", 100 + 37 * i);
     snprintf(body + k, sizeof body - (size_t)k, "],\"max_tokens\":%d,\"temperature\":0,"
@@ -133,7 +133,7 @@ static int http_run(CURL *c, int port, const char *model, double *ttft, double *
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     if (rc != CURLE_OK || status != 200 || !t.done || t.n != MAX_TOKENS) {
-        fprintf(stderr, "bench_serve: %s: %s, status %ld, %d tokens\n", model,
+        fprintf(stderr, "bench_serve: %s: %s, status %ld, %d tokens\n", name,
                 curl_easy_strerror(rc), status, t.n);
         return -1;
     }
@@ -294,13 +294,18 @@ int main(int argc, char **argv)
     }
     for (int k = HTTP_BASE; k <= HTTP_AD; k += 2) {
         int ref = k - 1;
+        double extra[MAX_REPS];
+        for (int r = 0; r < reps; r++)
+            extra[r] = ttft[k][r] - ttft[ref][r];
         printf("\n%s: HTTP adds %+.1f%% to time per output token (paired %+.1f%%); time to "
-               "first token %.2f ms = %.2f in-process decode steps (paired %.2f)",
+               "first token %.2f ms over HTTP, %+.2f ms vs in process (paired), = %.2f "
+               "in-process decode steps (paired %.2f); in process the prefill alone is %.2f "
+               "steps",
                k == HTTP_BASE ? "base" : "adapter",
                100.0 * (median(tpot[k], reps) / median(tpot[ref], reps) - 1),
                100.0 * (paired(tpot[k], tpot[ref], reps) - 1), median(ttft[k], reps) * 1e3,
-               median(ttft[k], reps) / median(tpot[ref], reps),
-               paired(ttft[k], tpot[ref], reps));
+               median(extra, reps) * 1e3, median(ttft[k], reps) / median(tpot[ref], reps),
+               paired(ttft[k], tpot[ref], reps), paired(ttft[ref], tpot[ref], reps));
     }
     printf("\n");
     curl_easy_cleanup(c);

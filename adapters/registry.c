@@ -11,17 +11,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "adapters/store.h"
 #include "core/log.h"
-
-struct registry_adapter {
-    struct entry *entry;        /* the entry it was loaded for (entries live until destroy) */
-    peft_adapter *ad;           /* owned */
-    variant *merged;            /* owned; NULL unless merge */
-    size_t bytes;
-    int refs;                   /* under lock */
-    int retired;                /* no longer its entry's current version */
-    registry_adapter *next_free;
-};
 
 /* What identifies the files an adapter was loaded (or refused) from. */
 typedef struct {
@@ -30,6 +21,18 @@ typedef struct {
     off_t size[2];
     struct timespec mtime[2];
 } file_sig;
+
+struct registry_adapter {
+    struct entry *entry;        /* the entry it was loaded for (entries live until destroy) */
+    peft_adapter *ad;           /* owned */
+    variant *merged;            /* owned; NULL unless merge */
+    size_t bytes;               /* memory: A and B, + W' when merged */
+    uint64_t version;           /* content hash of the files */
+    file_sig sig;               /* the files it was loaded from */
+    int refs;                   /* under lock */
+    int retired;                /* no longer its entry's current version */
+    registry_adapter *next_free;
+};
 
 typedef struct entry {
     char name[REGISTRY_NAME_MAX + 1];
@@ -41,7 +44,10 @@ typedef struct entry {
     int loading;                /* the loader thread is on it */
     int waiters;                /* acquirers waiting for the load */
     int gone;                   /* its directory disappeared (not listed) */
+    peft_adapter *pending;      /* LOADING: validated already (an upload), use this */
+    uint64_t pending_version;
     uint64_t last_used, requests, tokens;
+    time_t last_used_at;        /* wall clock, for listings */
     struct entry *next;
 } entry;
 
@@ -60,6 +66,7 @@ struct registry {
     pthread_t loader;
     uint64_t clock, loads, evictions;
     int loaded;
+    size_t loaded_bytes;
 };
 
 registry_options registry_options_default(void)
@@ -71,7 +78,9 @@ registry_options registry_options_default(void)
 int registry_name_valid(const char *name)
 {
     size_t n = strlen(name);
-    if (n == 0 || n > REGISTRY_NAME_MAX || name[0] == '.')
+    char c0 = name[0];
+    if (n == 0 || n > REGISTRY_NAME_MAX ||
+        !((c0 >= 'a' && c0 <= 'z') || (c0 >= 'A' && c0 <= 'Z') || (c0 >= '0' && c0 <= '9')))
         return 0;
     for (size_t i = 0; i < n; i++) {
         char c = name[i];
@@ -134,12 +143,14 @@ static entry *find_or_add(registry *r, const char *name)
     e = calloc(1, sizeof *e);
     if (!e)
         return NULL;
-    snprintf(e->name, sizeof e->name, "%s", name);
+    snprintf(e->name, sizeof e->name, "%.*s", REGISTRY_NAME_MAX, name);
     e->state = REGISTRY_ON_DISK;
     e->next = r->entries;
     r->entries = e;
     return e;
 }
+
+static void retire(registry *r, entry *e);
 
 /* Brings the entry list up to date with the directory. Under lock. */
 static void rescan(registry *r)
@@ -158,10 +169,24 @@ static void rescan(registry *r)
         }
         closedir(d);
     }
-    /* Loaded or busy entries stay listed even if their directory went away. */
+    /* Busy entries stay listed even if their directory went away. */
     for (entry *e = r->entries; e; e = e->next)
-        if (e->state == REGISTRY_LOADED || e->state == REGISTRY_LOADING)
+        if (e->state == REGISTRY_LOADING)
             e->gone = 0;
+    /* A loaded adapter whose files changed (or went away) is dropped: requests running
+     * keep their version, the next one loads the files as they are now. */
+    for (entry *e = r->entries; e; e = e->next) {
+        if (e->state != REGISTRY_LOADED)
+            continue;
+        file_sig sig;
+        int exists = read_sig(r, e->name, &sig);
+        if (exists && sig_equal(&sig, &e->cur->sig))
+            continue;
+        log_info("adapter '%s': %s on disk; dropping the loaded version", e->name,
+                 exists ? "changed" : "removed");
+        retire(r, e);
+        e->gone = !exists;
+    }
 }
 
 static void version_free(registry_adapter *v)
@@ -179,6 +204,7 @@ static void retire(registry *r, entry *e)
     e->cur = NULL;
     e->state = REGISTRY_ON_DISK;
     r->loaded--;
+    r->loaded_bytes -= v->bytes;
     v->retired = 1;
     if (v->refs == 0) {
         v->next_free = r->to_free;
@@ -191,9 +217,15 @@ static void retire(registry *r, entry *e)
  * An adapter with waiters is not idle: it was just loaded for them, and unloading it
  * before they take their reference would send them back to load it again, forever.
  * Under lock. */
+static int over_limit(const registry *r)
+{
+    return r->loaded > r->opt.max_loaded ||
+           (r->opt.max_bytes && r->loaded > 1 && r->loaded_bytes > r->opt.max_bytes);
+}
+
 static void evict(registry *r)
 {
-    while (r->loaded > r->opt.max_loaded) {
+    while (over_limit(r)) {
         entry *lru = NULL;
         for (entry *e = r->entries; e; e = e->next)
             if (e->state == REGISTRY_LOADED && e->cur->refs == 0 && e->waiters == 0 &&
@@ -201,8 +233,8 @@ static void evict(registry *r)
                 lru = e;
         if (!lru)
             return;   /* every loaded adapter is in use: stay above the limit for now */
-        log_info("adapter '%s': unloaded (least recently used; %d loaded, limit %d)",
-                 lru->name, r->loaded, r->opt.max_loaded);
+        log_info("adapter '%s': unloaded (least recently used; %d loaded, %.1f MB)", lru->name,
+                 r->loaded, r->loaded_bytes / 1e6);
         retire(r, lru);
         r->evictions++;
         if (r->opt.on_event)
@@ -211,16 +243,18 @@ static void evict(registry *r)
 }
 
 /* Loads name's files into a new version (no lock held). NULL + err on failure. */
-static registry_adapter *load_version(registry *r, const char *name, lr_error *err)
+static registry_adapter *load_version(registry *r, const char *name, peft_adapter *pending,
+                                      lr_error *err)
 {
     char path[4096 + REGISTRY_NAME_MAX + 2];
     snprintf(path, sizeof path, "%s/%s", r->dir, name);
     registry_adapter *v = calloc(1, sizeof *v);
     if (!v) {
+        peft_free(pending);
         lr_error_set(err, LR_ENOMEM, "adapter '%s': out of memory", name);
         return NULL;
     }
-    v->ad = peft_load(path, &r->m->cfg, &r->opt.peft, err);
+    v->ad = pending ? pending : peft_load(path, &r->m->cfg, &r->opt.peft, err);
     if (!v->ad) {
         /* name the adapter as clients know it, not by its path on the server */
         char prefix[sizeof path + 16];
@@ -263,13 +297,23 @@ static void load_entry(registry *r, entry *e)
     memcpy(name, e->name, sizeof name);
     file_sig sig;
     int exists = read_sig(r, name, &sig);
+    peft_adapter *pending = e->pending;
+    uint64_t version = e->pending_version;
+    e->pending = NULL;
     e->loading = 1;
     pthread_mutex_unlock(&r->lock);
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     lr_error err = {0};
-    registry_adapter *v = exists ? load_version(r, name, &err) : NULL;
+    if (!exists)
+        peft_free(pending);
+    registry_adapter *v = exists ? load_version(r, name, pending, &err) : NULL;
+    if (v) {
+        /* an upload knows its hash; files found on disk are read once more for it */
+        v->version = pending ? version : store_version(r->dir, name);
+        v->sig = sig;
+    }
     double secs = seconds_since(&t0);
     if (r->opt.on_event && exists)
         r->opt.on_event(r->opt.user, name, secs, v ? 0 : err.code);
@@ -286,6 +330,7 @@ static void load_entry(registry *r, entry *e)
         e->state = REGISTRY_LOADED;
         e->last_used = ++r->clock;
         r->loaded++;
+        r->loaded_bytes += v->bytes;
         log_info("adapter '%s': loaded in %.1f ms (%.1f MB%s)", name, secs * 1e3,
                  v->bytes / 1e6, v->merged ? ", merged" : "");
     } else {
@@ -324,7 +369,7 @@ static void *loader_main(void *arg)
             load_entry(r, todo);
             continue;
         }
-        if (r->loaded > r->opt.max_loaded) {
+        if (over_limit(r)) {
             evict(r);   /* a release left one idle */
             if (r->to_free)
                 continue;
@@ -401,6 +446,7 @@ void registry_destroy(registry *r)
         r->entries = e->next;
         if (e->cur)
             version_free(e->cur);
+        peft_free(e->pending);
         free(e);
     }
     pthread_mutex_destroy(&r->lock);
@@ -437,6 +483,7 @@ registry_adapter *registry_acquire(registry *r, const char *name, lr_error *err)
             registry_adapter *v = e->cur;
             v->refs++;
             e->last_used = ++r->clock;
+            e->last_used_at = time(NULL);
             pthread_mutex_unlock(&r->lock);
             return v;
         }
@@ -479,7 +526,7 @@ void registry_release(registry *r, registry_adapter *v, uint64_t tokens)
             v->next_free = r->to_free;
             r->to_free = v;
             pthread_cond_signal(&r->work);
-        } else if (r->loaded > r->opt.max_loaded) {
+        } else if (over_limit(r)) {
             pthread_cond_signal(&r->work);   /* the loader evicts (and reports it) */
         }
     }
@@ -510,7 +557,8 @@ registry_info *registry_list(registry *r, int *n)
 {
     *n = 0;
     pthread_mutex_lock(&r->lock);
-    rescan(r);
+    if (!r->opt.cached_list)
+        rescan(r);
     int count = 0;
     for (entry *e = r->entries; e; e = e->next)
         count += !e->gone;
@@ -530,11 +578,21 @@ registry_info *registry_list(registry *r, int *n)
             memcpy(i->reason, e->reason, sizeof i->reason);
         i->requests = e->requests;
         i->tokens = e->tokens;
+        i->last_used = e->last_used_at;
         if (e->cur) {
+            const peft_adapter *ad = e->cur->ad;
             i->refs = e->cur->refs;
-            i->r = e->cur->ad->r;
-            i->alpha = e->cur->ad->alpha;
+            i->r = ad->r;
+            i->alpha = ad->alpha;
             i->bytes = e->cur->bytes;
+            i->merged = e->cur->merged != NULL;
+            i->version = e->cur->version;
+            i->proj_mask = ad->proj_mask;
+            i->n_matrices = ad->n_matrices;
+            i->use_rslora = ad->use_rslora;
+            memcpy(i->dtype, ad->dtype, sizeof i->dtype);
+            for (int f = 0; f < 2; f++)
+                i->disk_bytes += (size_t)e->cur->sig.size[f];
         }
     }
     pthread_mutex_unlock(&r->lock);
@@ -550,4 +608,49 @@ void registry_counts(registry *r, int *loaded, uint64_t *loads, uint64_t *evicti
     *loads = r->loads;
     *evictions = r->evictions;
     pthread_mutex_unlock(&r->lock);
+}
+
+void registry_rescan(registry *r)
+{
+    pthread_mutex_lock(&r->lock);
+    rescan(r);
+    pthread_mutex_unlock(&r->lock);
+}
+
+int registry_install(registry *r, const char *name, peft_adapter *ad, uint64_t version,
+                     lr_error *err)
+{
+    pthread_mutex_lock(&r->lock);
+    entry *e = find_or_add(r, name);
+    if (!e) {
+        pthread_mutex_unlock(&r->lock);
+        peft_free(ad);
+        return lr_error_set(err, LR_ENOMEM, "out of memory");
+    }
+    if (e->state == REGISTRY_LOADED)
+        retire(r, e);
+    peft_free(e->pending);   /* an older upload the loader has not taken yet */
+    e->pending = ad;
+    e->pending_version = version;
+    e->state = REGISTRY_LOADING;
+    pthread_cond_signal(&r->work);
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+int registry_remove(registry *r, const char *name)
+{
+    pthread_mutex_lock(&r->lock);
+    entry *e = find(r, name);
+    int found = e && !e->gone;
+    if (e) {
+        if (e->state == REGISTRY_LOADED)
+            retire(r, e);
+        if (e->state != REGISTRY_LOADING) {
+            e->state = REGISTRY_ON_DISK;
+            e->gone = 1;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return found;
 }

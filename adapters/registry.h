@@ -34,9 +34,14 @@ typedef struct {
     const char *dir;       /* adapter directory; NULL = no adapters */
     int max_loaded;        /* adapters kept loaded; default 64 */
     int merge;             /* 1: also build the merged W' of every loaded adapter */
+    size_t max_bytes;      /* memory of loaded adapters; beyond it LRU idle ones are
+                            * unloaded (0 = no limit; one adapter always fits) */
+    int cached_list;       /* 1: registry_list does not rescan the directory (someone calls
+                            * registry_rescan when it changes: the watcher) */
     peft_options peft;     /* validation options (max_rank) */
     /* Called on the loader thread after every load attempt (seconds it took, 0 / error
-     * code), and after each eviction (seconds < 0). May be NULL. */
+     * code), and after each eviction (seconds < 0), with the registry's lock held: it must
+     * not call back into the registry. May be NULL. */
     void (*on_event)(void *user, const char *name, double seconds, int code);
     void *user;
 } registry_options;
@@ -56,9 +61,18 @@ typedef struct {
     int refs;              /* requests using it now */
     uint64_t requests;     /* requests served since the daemon started */
     uint64_t tokens;       /* tokens generated for them */
-    int r;                 /* rank and alpha from its config (0 unless loaded) */
+    time_t last_used;      /* wall clock of the last acquire, 0 if never */
+    /* while loaded (zeros otherwise): */
+    int r;                 /* rank and alpha from its config */
     float alpha;
-    size_t bytes;          /* memory of A and B (+ W' when merged) while loaded */
+    int use_rslora;
+    char dtype[8];         /* of the file's tensors */
+    unsigned proj_mask;    /* bit (1u << model_proj) per projection it touches */
+    int n_matrices;
+    size_t bytes;          /* memory of A and B (+ W' when merged) */
+    size_t disk_bytes;     /* both files */
+    int merged;
+    uint64_t version;      /* content hash of the files */
 } registry_info;
 
 registry_options registry_options_default(void);
@@ -71,8 +85,8 @@ registry *registry_create(const model *m, const registry_options *opt, lr_error 
  * Accepts NULL. */
 void registry_destroy(registry *r);
 
-/* 1 if name is a valid adapter name: 1..REGISTRY_NAME_MAX of [A-Za-z0-9._-], not
- * starting with '.' (so it is always one path component). */
+/* 1 if name is a valid adapter name: [A-Za-z0-9][A-Za-z0-9._-]{0,63} (so it is always
+ * one path component, never "." or "..", never a store temporary ".tmp-…"). */
 int registry_name_valid(const char *name);
 
 /* A reference to the loaded adapter `name`, loading it first if needed (the caller
@@ -93,6 +107,23 @@ const variant *registry_adapter_merged(const registry_adapter *a);   /* NULL unl
  * in a malloc'd array the caller frees; *n its length. NULL with *n = 0 when empty or
  * out of memory. */
 registry_info *registry_list(registry *r, int *n);
+
+/* Brings the registry up to date with the directory: new adapters appear, removed ones
+ * disappear, loaded ones whose files changed are dropped (running requests keep their
+ * version; the next request loads the new files). */
+void registry_rescan(registry *r);
+
+/* Publishes ad (validated against the base, now owned by the registry) as the current
+ * version of `name`, e.g. right after an upload was committed to the directory; the
+ * previous version lives on until its last request releases it. version: its content
+ * hash. The loader thread finishes the install (and the merge, with opt.merge); a request
+ * acquiring it meanwhile waits for that. 0, or LR_ENOMEM (ad is freed). */
+int registry_install(registry *r, const char *name, peft_adapter *ad, uint64_t version,
+                     lr_error *err);
+
+/* Forgets `name` (after its directory was removed): running requests keep their version.
+ * Returns 1 if it was known. */
+int registry_remove(registry *r, const char *name);
 
 /* Adapters loaded now; loads and evictions so far. */
 void registry_counts(registry *r, int *loaded, uint64_t *loads, uint64_t *evictions);

@@ -12,7 +12,8 @@ enum {
     LR_ENOMEM = -3,   /* allocation failed */
     LR_ENOTSUP = -4,  /* valid but not supported by lorad (names what is supported) */
     LR_ENOTFOUND = -5, /* a named thing does not exist */
-    LR_EBUSY = -6      /* valid, but no capacity now (queue full); try again later */
+    LR_EBUSY = -6,     /* valid, but no capacity now (queue full); try again later */
+    LR_EEXIST = -7     /* a named thing exists already */
 };
 
 typedef struct {

@@ -23,6 +23,11 @@ typedef struct {
     const char *host;
     int port;                     /* 0: any free port (printed at start) */
     const char *api_key_file;
+    const char *admin_key_file;   /* NULL: adapter management from loopback clients only */
+    const char *allow_paths[8];   /* --allow-adapter-path: where load_lora_adapter may read */
+    int n_allow_paths;
+    int max_upload_mb;
+    long max_adapter_mb;          /* memory of loaded adapters; 0: no limit */
     const char *chat_template;    /* NULL: the model's tokenizer_config.json */
     int max_loaded;
     int max_rank;
@@ -50,6 +55,9 @@ typedef struct {
     metrics *met;
     char *api_key;                /* NULL: no authentication */
     size_t api_key_len;
+    char *admin_key;              /* NULL: see serve_options.admin_key_file */
+    size_t admin_key_len;
+    struct watch *watcher;        /* NULL when inotify is unavailable */
     volatile int draining;        /* set once at shutdown: new requests get 503 */
     time_t started;
 } app;

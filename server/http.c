@@ -3,7 +3,9 @@
 #include "http.h"
 
 #include <microhttpd.h>
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "server/admin.h"
 #include "server/api.h"
 
 #define IDLE_TIMEOUT_S 300     /* an idle keep-alive connection is closed after this */
@@ -30,56 +33,150 @@ typedef struct {
     char method[8];
     char path[256];
     double t0;
+    int route;              /* index in routes, -1 unknown path, -2 wrong method */
+    const char *arg;        /* the name in a /…/{name} route (points into path) */
+    char allow[64];         /* the path's methods, for 405 */
     char *body;
     size_t len, cap;
-    int too_large;
+    admin_upload *upload;   /* PUT /v1/adapters/{name} */
     api_reply reply;
     int sent;               /* status counted in metrics */
 } request;
 
-typedef enum { R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_NONE } route_id;
+typedef enum {
+    R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT,
+    R_ADAPTERS, R_ADAPTER_GET, R_ADAPTER_PUT, R_ADAPTER_DELETE, R_LOAD, R_UNLOAD,
+    R_NONE,        /* no such path */
+    R_BAD_METHOD   /* the path exists, not with this method */
+} route_id;
 
-#define MODEL_PREFIX "/v1/models/"   /* GET /v1/models/{id} */
+typedef enum { OPEN, INFERENCE, ADMIN } route_access;
 
+/* A path ending in '/' is a prefix: the rest is the route's argument (a name). */
 static const struct {
     const char *path;
     const char *method;
     route_id id;
+    route_access access;
 } routes[] = {
-    {"/health", "GET", R_HEALTH},
-    {"/metrics", "GET", R_METRICS},
-    {"/v1/models", "GET", R_MODELS},
-    {"/v1/completions", "POST", R_COMPLETIONS},
-    {"/v1/chat/completions", "POST", R_CHAT},
+    {"/health", "GET", R_HEALTH, OPEN},
+    {"/metrics", "GET", R_METRICS, INFERENCE},
+    {"/v1/models", "GET", R_MODELS, INFERENCE},
+    {"/v1/models/", "GET", R_MODEL, INFERENCE},
+    {"/v1/completions", "POST", R_COMPLETIONS, INFERENCE},
+    {"/v1/chat/completions", "POST", R_CHAT, INFERENCE},
+    {"/v1/adapters", "GET", R_ADAPTERS, ADMIN},
+    {"/v1/adapters/", "GET", R_ADAPTER_GET, ADMIN},
+    {"/v1/adapters/", "PUT", R_ADAPTER_PUT, ADMIN},
+    {"/v1/adapters/", "DELETE", R_ADAPTER_DELETE, ADMIN},
+    {"/v1/load_lora_adapter", "POST", R_LOAD, ADMIN},
+    {"/v1/unload_lora_adapter", "POST", R_UNLOAD, ADMIN},
 };
+#define N_ROUTES (sizeof routes / sizeof *routes)
 
-static int route_of(const char *path, const char **method)
+static int path_matches(const char *pattern, const char *path, const char **arg)
 {
-    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
-        if (strcmp(path, routes[i].path) == 0) {
-            *method = routes[i].method;
-            return (int)routes[i].id;
-        }
-    if (strncmp(path, MODEL_PREFIX, sizeof MODEL_PREFIX - 1) == 0 &&
-        path[sizeof MODEL_PREFIX - 1]) {
-        *method = "GET";
-        return R_MODEL;
+    size_t n = strlen(pattern);
+    if (pattern[n - 1] != '/')
+        return strcmp(pattern, path) == 0;
+    if (strncmp(pattern, path, n) != 0 || !path[n] || strchr(path + n, '/'))
+        return 0;
+    *arg = path + n;
+    return 1;
+}
+
+/* The route for (method, path): its index in routes, or -1 with *id R_NONE / R_BAD_METHOD
+ * (allow then lists the methods the path has, for the Allow header). */
+static int route_of(const char *method, const char *path, const char **arg, char *allow,
+                    size_t cap)
+{
+    int path_known = 0;
+    allow[0] = '\0';
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        if (!path_matches(routes[i].path, path, arg))
+            continue;
+        if (strcmp(routes[i].method, method) == 0)
+            return (int)i;
+        size_t n = strlen(allow);
+        snprintf(allow + n, cap - n, "%s%s", n ? ", " : "", routes[i].method);
+        path_known = 1;
     }
-    return R_NONE;
+    return path_known ? -2 : -1;
 }
 
 /* Constant time in the length of the presented key: every byte is compared. */
-static int key_matches(const app *a, const char *header)
+static int key_is(const char *key, size_t key_len, const char *header)
 {
     static const char bearer[] = "Bearer ";
-    if (!header || strncasecmp(header, bearer, sizeof bearer - 1) != 0)
+    if (!key || !header || strncasecmp(header, bearer, sizeof bearer - 1) != 0)
         return 0;
     const char *k = header + sizeof bearer - 1;
     size_t n = strlen(k);
-    unsigned char diff = n != a->api_key_len;
+    unsigned char diff = n != key_len;
     for (size_t i = 0; i < n; i++)
-        diff |= (unsigned char)(k[i] ^ a->api_key[i % a->api_key_len]);
+        diff |= (unsigned char)(k[i] ^ key[i % key_len]);
     return diff == 0;
+}
+
+static int from_loopback(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return 0;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a6))
+            return 1;
+        return IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+/* Who may do what: the inference key (or the admin key) for inference routes; the admin
+ * key for management — or, without one, any client on this machine. Returns 0, or the
+ * status to answer with (r filled). */
+static int authorize(const app *a, struct MHD_Connection *c, route_access access,
+                     api_reply *r)
+{
+    if (access == OPEN)
+        return 0;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    int admin = key_is(a->admin_key, a->admin_key_len, h);
+    int user = key_is(a->api_key, a->api_key_len, h);
+    if (access == INFERENCE) {
+        if (!a->api_key || user || admin)
+            return 0;
+        api_error(r, 401, NULL, "invalid_api_key", "a valid API key is required "
+                  "(Authorization: Bearer <key>)");
+        return 401;
+    }
+    if (a->admin_key) {
+        if (admin)
+            return 0;
+        if (user) {
+            api_error(r, 403, NULL, "permission_denied", "this key may not manage adapters "
+                      "(the admin key may)");
+            return 403;
+        }
+        api_error(r, 401, NULL, "invalid_api_key", "adapter management needs the admin key "
+                  "(Authorization: Bearer <admin key>)");
+        return 401;
+    }
+    if (!from_loopback(c)) {
+        api_error(r, 403, NULL, "permission_denied", "adapter management is allowed from "
+                  "this machine only (or start the server with --admin-key-file)");
+        return 403;
+    }
+    if (a->api_key && !user) {
+        api_error(r, 401, NULL, "invalid_api_key", "a valid API key is required "
+                  "(Authorization: Bearer <key>)");
+        return 401;
+    }
+    return 0;
 }
 
 static int is_json_type(const char *ct)
@@ -130,11 +227,8 @@ static enum MHD_Result send_reply(app *a, struct MHD_Connection *c, request *rq)
         snprintf(v, sizeof v, "%d", r->retry_after);
         MHD_add_response_header(resp, "Retry-After", v);
     }
-    if (r->status == 405) {
-        const char *allow = "GET";
-        route_of(rq->path, &allow);
-        MHD_add_response_header(resp, "Allow", allow);
-    }
+    if (r->status == 405)
+        MHD_add_response_header(resp, "Allow", rq->allow);
     if (r->status == 401)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
@@ -144,35 +238,35 @@ static enum MHD_Result send_reply(app *a, struct MHD_Connection *c, request *rq)
     return ok;
 }
 
-/* Checks that need only the headers: route, method, authentication, shutdown, content
- * type and declared length. Returns 1 with rq->reply filled when the request is refused
- * (answered at once, the body left unread). */
+/* Checks that need only the headers: route, method, authorization, shutdown, content
+ * type and declared length; an upload is opened here. Returns 1 with rq->reply filled
+ * when the request is refused (answered at once, the body left unread). */
 static int refuse_early(app *a, struct MHD_Connection *c, request *rq)
 {
-    const char *method = NULL;
-    route_id id = (route_id)route_of(rq->path, &method);
     api_reply *r = &rq->reply;
-    if (id == R_NONE) {
+    rq->route = route_of(rq->method, rq->path, &rq->arg, rq->allow, sizeof rq->allow);
+    if (rq->route == -1) {
         api_error(r, 404, NULL, "not_found", "no route %s %s", rq->method, rq->path);
         return 1;
     }
-    if (strcmp(rq->method, method) != 0) {
+    if (rq->route == -2) {
         api_error(r, 405, NULL, "method_not_allowed", "%s %s is not allowed; use %s",
-                  rq->method, rq->path, method);
+                  rq->method, rq->path, rq->allow);
         return 1;
     }
-    if (id != R_HEALTH && a->api_key &&
-        !key_matches(a, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization"))) {
-        api_error(r, 401, NULL, "invalid_api_key", "a valid API key is required "
-                  "(Authorization: Bearer <key>)");
+    route_id id = routes[rq->route].id;
+    if (authorize(a, c, routes[rq->route].access, r))
         return 1;
-    }
     if (a->draining && id != R_METRICS) {
         api_error(r, 503, NULL, "shutting_down", "the server is shutting down");
         r->retry_after = 5;
         return 1;
     }
-    if (strcmp(method, "POST") != 0)
+    if (id == R_ADAPTER_PUT) {
+        rq->upload = admin_upload_begin(a, c, rq->arg, r);
+        return rq->upload == NULL;
+    }
+    if (strcmp(rq->method, "POST") != 0)
         return 0;
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
     if (!is_json_type(ct)) {
@@ -189,18 +283,23 @@ static int refuse_early(app *a, struct MHD_Connection *c, request *rq)
     return 0;
 }
 
+static void reply_static(api_reply *r, const char *body)
+{
+    r->status = 200;
+    r->body = strdup(body);
+    r->len = r->body ? strlen(r->body) : 0;
+    r->content_type = "application/json";
+    if (!r->body)
+        api_error(r, 500, NULL, NULL, "out of memory");
+}
+
 static void handle(app *a, struct MHD_Connection *c, request *rq)
 {
-    const char *method = NULL;
     api_reply *r = &rq->reply;
-    switch ((route_id)route_of(rq->path, &method)) {
+    const char *body = rq->body ? rq->body : "";
+    switch (routes[rq->route].id) {
     case R_HEALTH:
-        r->status = 200;
-        r->body = strdup("{\"status\":\"ok\"}");
-        r->len = r->body ? strlen(r->body) : 0;
-        r->content_type = "application/json";
-        if (!r->body)
-            api_error(r, 500, NULL, NULL, "out of memory");
+        reply_static(r, "{\"status\":\"ok\"}");
         return;
     case R_METRICS: {
         engine_stats es;
@@ -220,19 +319,38 @@ static void handle(app *a, struct MHD_Connection *c, request *rq)
         api_models(a, r);
         return;
     case R_MODEL:
-        api_model(a, rq->path + sizeof MODEL_PREFIX - 1, r);
+        api_model(a, rq->arg, r);
         return;
     case R_COMPLETIONS:
     case R_CHAT: {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        api_request q = {.method = rq->method, .path = rq->path,
-                         .body = rq->body ? rq->body : "", .len = rq->len,
-                         .fd = ci ? ci->connect_fd : -1, .t_arrival = rq->t0};
-        api_completions(a, &q, route_of(rq->path, &method) == R_CHAT, r);
+        api_request q = {.method = rq->method, .path = rq->path, .body = body,
+                         .len = rq->len, .fd = ci ? ci->connect_fd : -1, .t_arrival = rq->t0};
+        api_completions(a, &q, routes[rq->route].id == R_CHAT, r);
         return;
     }
+    case R_ADAPTERS:
+        admin_list(a, r);
+        return;
+    case R_ADAPTER_GET:
+        admin_get(a, rq->arg, r);
+        return;
+    case R_ADAPTER_PUT:
+        admin_upload_finish(a, rq->upload, r);
+        rq->upload = NULL;
+        return;
+    case R_ADAPTER_DELETE:
+        admin_delete(a, rq->arg, r);
+        return;
+    case R_LOAD:
+        admin_load_vllm(a, body, rq->len, r);
+        return;
+    case R_UNLOAD:
+        admin_unload_vllm(a, body, rq->len, r);
+        return;
     case R_NONE:
+    case R_BAD_METHOD:
         break;
     }
     api_error(r, 404, NULL, "not_found", "no route %s %s", rq->method, rq->path);
@@ -257,18 +375,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (rq->sent)
+            return MHD_YES;
+        if (rq->upload) {
+            /* streamed to the store, never held whole in memory */
+            if (admin_upload_data(rq->upload, upload, n, &rq->reply) == 0)
+                return MHD_YES;
+            admin_upload_free(rq->upload);
+            rq->upload = NULL;
+            return send_reply(a, c, rq) == MHD_YES ? MHD_YES : MHD_NO;
+        }
         size_t limit = (size_t)a->opt.max_body_kb * 1024;
-        if (rq->too_large || rq->len + *upload_size > limit) {
+        if (rq->len + n > limit) {
             /* No Content-Length (chunked): refuse as soon as the limit is passed. */
-            rq->too_large = 1;
-            *upload_size = 0;
             api_error(&rq->reply, 413, NULL, "request_too_large", "the body is larger than "
                       "the limit of %d KB (--max-body-kb)", a->opt.max_body_kb);
             return send_reply(a, c, rq) == MHD_YES ? MHD_YES : MHD_NO;
         }
-        if (rq->len + *upload_size + 1 > rq->cap) {
+        if (rq->len + n + 1 > rq->cap) {
             size_t cap = rq->cap ? rq->cap : 4096;
-            while (cap < rq->len + *upload_size + 1)
+            while (cap < rq->len + n + 1)
                 cap *= 2;
             char *b = realloc(rq->body, cap);
             if (!b)
@@ -276,10 +404,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             rq->body = b;
             rq->cap = cap;
         }
-        memcpy(rq->body + rq->len, upload, *upload_size);
-        rq->len += *upload_size;
+        memcpy(rq->body + rq->len, upload, n);
+        rq->len += n;
         rq->body[rq->len] = '\0';
-        *upload_size = 0;
         return MHD_YES;
     }
     if (rq->sent)
@@ -299,6 +426,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     api_reply *r = &rq->reply;
     if (r->stream)
         api_stream_free(r->stream, r);
+    admin_upload_free(rq->upload);   /* the client went away mid-upload */
     double ms = (api_now() - rq->t0) * 1e3;
     metrics_observe(a->met, METRICS_LATENCY, ms / 1e3);
     log_info("%s %s adapter=%s status=%d prompt_tokens=%d output_tokens=%d %.1f ms%s",

@@ -576,7 +576,8 @@ out:
 enum {
     OPT_MODEL = 256, OPT_NAME, OPT_ADAPTER_DIR, OPT_HOST, OPT_PORT, OPT_KEY, OPT_MAX_LOADED,
     OPT_MAX_RANK, OPT_MERGE, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
-    OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP
+    OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP,
+    OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB
 };
 
 static const struct {
@@ -595,8 +596,18 @@ static const struct {
     {{"port", required_argument, NULL, OPT_PORT}, "N", "TCP port (default 8080; 0: any free)"},
     {{"api-key-file", required_argument, NULL, OPT_KEY}, "FILE",
      "require 'Authorization: Bearer KEY', KEY the file's first line (default: no key)"},
+    {{"admin-key-file", required_argument, NULL, OPT_ADMIN_KEY}, "FILE",
+     "adapter management needs 'Authorization: Bearer KEY' (default: from this machine "
+     "only)"},
+    {{"max-upload-mb", required_argument, NULL, OPT_MAX_UPLOAD}, "N",
+     "largest adapter upload in MiB; larger ones get 413 (default 512)"},
+    {{"allow-adapter-path", required_argument, NULL, OPT_ALLOW_PATH}, "DIR",
+     "load_lora_adapter may copy adapters from DIR (repeatable, up to 8; default: the "
+     "adapter directory only)"},
     {{"max-loaded-adapters", required_argument, NULL, OPT_MAX_LOADED}, "N",
      "adapters kept in memory; the least recently used idle one is unloaded (default 64)"},
+    {{"max-adapter-memory-mb", required_argument, NULL, OPT_ADAPTER_MB}, "N",
+     "memory of loaded adapters in MiB, likewise (default: no limit)"},
     {{"max-rank", required_argument, NULL, OPT_MAX_RANK}, "R",
      "refuse adapters of a higher rank (default 256)"},
     {{"merge", required_argument, NULL, OPT_MERGE}, "never|always",
@@ -666,7 +677,7 @@ static int cmd_serve(int argc, char **argv)
     serve_options o = serve_options_default();
     log_level = LOG_LEVEL_INFO;   /* one line per request */
     optind = 2;
-    int c, kv = 0;
+    int c, kv = 0, adapter_mb = 0;
     while ((c = getopt_long(argc, argv, "v", longopts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
@@ -676,6 +687,19 @@ static int cmd_serve(int argc, char **argv)
         case OPT_HOST: o.host = optarg; break;
         case OPT_PORT: bad = flag_int("port", optarg, 0, 65535, &o.port); break;
         case OPT_KEY: o.api_key_file = optarg; break;
+        case OPT_ADMIN_KEY: o.admin_key_file = optarg; break;
+        case OPT_MAX_UPLOAD: bad = flag_int("max-upload-mb", optarg, 1, 1 << 20,
+                                            &o.max_upload_mb); break;
+        case OPT_ALLOW_PATH:
+            if (o.n_allow_paths == 8) {
+                fprintf(stderr, "lorad serve: at most 8 --allow-adapter-path\n");
+                bad = 1;
+            } else {
+                o.allow_paths[o.n_allow_paths++] = optarg;
+            }
+            break;
+        case OPT_ADAPTER_MB: bad = flag_int("max-adapter-memory-mb", optarg, 0, 1 << 24,
+                                            &adapter_mb); break;
         case OPT_MAX_LOADED: bad = flag_int("max-loaded-adapters", optarg, 1, 1 << 20,
                                             &o.max_loaded); break;
         case OPT_MAX_RANK: bad = flag_int("max-rank", optarg, 1, 1 << 16, &o.max_rank); break;
@@ -711,6 +735,7 @@ static int cmd_serve(int argc, char **argv)
         }
     }
     o.kv_mb = kv;
+    o.max_adapter_mb = adapter_mb;
     if (optind < argc) {
         fprintf(stderr, "lorad serve: unexpected argument '%s'\n", argv[optind]);
         return 2;

@@ -15,9 +15,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "adapters/store.h"
+#include "adapters/watch.h"
 #include "core/log.h"
 #include "server/api.h"
 #include "server/http.h"
+
+#define WATCH_QUIET_MS 200   /* the adapter directory must be still this long */
 
 serve_options serve_options_default(void)
 {
@@ -25,7 +29,7 @@ serve_options serve_options_default(void)
         .host = "127.0.0.1", .port = 8080, .max_loaded = 64,
         .max_rank = peft_options_default().max_rank, .max_tokens = 256, .max_seqs = 16,
         .max_queue = 64, .max_body_kb = 1024, .kv_mb = 0, .max_connections = 256,
-        .drain_seconds = 30};
+        .drain_seconds = 30, .max_upload_mb = 512};
     return o;
 }
 
@@ -43,8 +47,17 @@ static void on_signal(int sig)
     errno = saved;
 }
 
-/* Blocks until SIGTERM or SIGINT; SIGHUP is logged and ignored. */
-static int wait_signal(void)
+/* The watcher saw the adapter directory settle after a change. */
+static void on_dir_changed(void *user)
+{
+    /* the watcher starts just before the registry exists */
+    registry *r = __atomic_load_n(&((app *)user)->reg, __ATOMIC_ACQUIRE);
+    if (r)
+        registry_rescan(r);
+}
+
+/* Blocks until SIGTERM or SIGINT; SIGHUP rescans the adapter directory. */
+static int wait_signal(app *a)
 {
     for (;;) {
         char c;
@@ -53,8 +66,8 @@ static int wait_signal(void)
             continue;
         int sig = last_signal;
         if (sig == SIGHUP) {
-            log_info("SIGHUP: adapters are looked up in the directory on every request; "
-                     "nothing to reload");
+            log_info("SIGHUP: rescanning the adapter directory");
+            registry_rescan(a->reg);
             continue;
         }
         if (sig == SIGTERM || sig == SIGINT)
@@ -155,6 +168,15 @@ static int load_all(app *a, lr_error *err)
     }
     if (o->api_key_file && !(a->api_key = read_key(o->api_key_file, &a->api_key_len, err)))
         return -1;
+    if (o->admin_key_file &&
+        !(a->admin_key = read_key(o->admin_key_file, &a->admin_key_len, err)))
+        return -1;
+    if (o->adapter_dir) {
+        int n = store_cleanup(o->adapter_dir);
+        if (n > 0)
+            log_warn("%s: removed %d unfinished uploads or deletions left by a crash",
+                     o->adapter_dir, n);
+    }
     if (!(a->met = metrics_create()))
         return lr_error_set(err, LR_ENOMEM, "out of memory");
     registry_options ro = registry_options_default();
@@ -162,10 +184,21 @@ static int load_all(app *a, lr_error *err)
     ro.max_loaded = o->max_loaded;
     ro.merge = o->merge;
     ro.peft.max_rank = o->max_rank;
+    ro.max_bytes = (size_t)o->max_adapter_mb << 20;
     ro.on_event = on_registry_event;
     ro.user = a;
-    if (!(a->reg = registry_create(a->m, &ro, err)))
+    if (o->adapter_dir) {
+        lr_error werr = {0};
+        a->watcher = watch_start(o->adapter_dir, WATCH_QUIET_MS, on_dir_changed, a, &werr);
+        if (!a->watcher)
+            log_warn("%s; adapters added to the directory are found when first requested, "
+                     "or after SIGHUP", werr.msg);
+        ro.cached_list = a->watcher != NULL;
+    }
+    registry *reg = registry_create(a->m, &ro, err);
+    if (!reg)
         return -1;
+    __atomic_store_n(&a->reg, reg, __ATOMIC_RELEASE);
     engine_options eo = engine_options_default();
     eo.max_seqs = o->max_seqs;
     eo.max_queue = o->max_queue;
@@ -179,6 +212,7 @@ static int load_all(app *a, lr_error *err)
 
 static void free_all(app *a)
 {
+    watch_stop(a->watcher);
     engine_destroy(a->eng);
     registry_destroy(a->reg);
     metrics_free(a->met);
@@ -186,6 +220,7 @@ static void free_all(app *a)
     tokenizer_free(a->tok);
     model_free(a->m);
     free(a->api_key);
+    free(a->admin_key);
 }
 
 /* Waits until no request runs or waits, or the deadline (monotonic seconds) passes. */
@@ -236,7 +271,7 @@ int serve_run(const serve_options *o)
             o->host, http_port(h), engine_ctx(a->eng), a->m->dtype);
     fflush(stderr);
 
-    int sig = wait_signal();
+    int sig = wait_signal(a);
     log_warn("%s: draining (up to %d s for running requests)", strsignal(sig),
              o->drain_seconds);
     a->draining = 1;

@@ -1,0 +1,287 @@
+/* store: temporary directories, fsync, atomic renames, cleanup, content hashes. */
+#include "store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+const char *const store_file_names[2] = {"adapter_config.json", "adapter_model.safetensors"};
+
+#define FNV_OFFSET 0xcbf29ce484222325ull
+#define FNV_PRIME 0x100000001b3ull
+
+struct store_upload {
+    char store[4096];
+    char tmp[4096 + 64];
+    int fd[2];
+    size_t size[2];
+    uint64_t hash[2];     /* FNV-1a of each file (parts may arrive in either order) */
+};
+
+static atomic_uint counter;
+
+static uint64_t fnv(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * FNV_PRIME;
+    return h;
+}
+
+static uint64_t combine(const uint64_t h[2])
+{
+    uint64_t v = h[0] * 0x9E3779B97F4A7C15ull ^ h[1];
+    return v ? v : 1;   /* 0 means "unknown" */
+}
+
+/* A unique name ".PREFIX-PID-TID-N" for a temporary entry of the store. */
+static void temp_name(char *buf, size_t cap, const char *dir, const char *prefix)
+{
+    snprintf(buf, cap, "%s/.%s-%d-%ld-%u", dir, prefix, (int)getpid(),
+             (long)syscall(SYS_gettid), atomic_fetch_add(&counter, 1));
+}
+
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Removes a directory of plain files (an adapter); best effort. */
+static void remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                continue;
+            char p[4096 + 512];
+            snprintf(p, sizeof p, "%s/%s", path, de->d_name);
+            if (unlink(p) != 0 && errno == EISDIR)
+                remove_tree(p);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+int store_cleanup(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, ".tmp-", 5) != 0 && strncmp(de->d_name, ".del-", 5) != 0)
+            continue;
+        char p[4096 + 512];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        remove_tree(p);
+        n++;
+    }
+    closedir(d);
+    if (n)
+        fsync_path(dir);
+    return n;
+}
+
+store_upload *store_upload_begin(const char *dir, lr_error *err)
+{
+    store_upload *u = calloc(1, sizeof *u);
+    if (!u) {
+        lr_error_set(err, LR_ENOMEM, "out of memory");
+        return NULL;
+    }
+    u->fd[0] = u->fd[1] = -1;
+    u->hash[0] = u->hash[1] = FNV_OFFSET;
+    snprintf(u->store, sizeof u->store, "%s", dir);
+    temp_name(u->tmp, sizeof u->tmp, dir, "tmp");
+    if (mkdir(u->tmp, 0755) != 0) {
+        lr_error_set(err, LR_EIO, "adapter store %s: cannot create a temporary directory: %s",
+                     dir, strerror(errno));
+        free(u);
+        return NULL;
+    }
+    return u;
+}
+
+int store_upload_write(store_upload *u, int file, const void *data, size_t n, lr_error *err)
+{
+    if (u->fd[file] < 0) {
+        char p[sizeof u->tmp + 64];
+        snprintf(p, sizeof p, "%s/%s", u->tmp, store_file_names[file]);
+        u->fd[file] = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (u->fd[file] < 0)
+            return lr_error_set(err, LR_EIO, "cannot create %s: %s", p, strerror(errno));
+    }
+    const char *s = data;
+    size_t left = n;
+    while (left) {
+        ssize_t w = write(u->fd[file], s, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return lr_error_set(err, LR_EIO, "writing %s: %s", store_file_names[file],
+                                w < 0 ? strerror(errno) : "no space");
+        s += w;
+        left -= (size_t)w;
+    }
+    u->hash[file] = fnv(u->hash[file], data, n);
+    u->size[file] += n;
+    return 0;
+}
+
+size_t store_upload_size(const store_upload *u, int file)
+{
+    return u->size[file];
+}
+
+const char *store_upload_dir(const store_upload *u)
+{
+    return u->tmp;
+}
+
+uint64_t store_upload_version(const store_upload *u)
+{
+    return combine(u->hash);
+}
+
+static void close_files(store_upload *u)
+{
+    for (int i = 0; i < 2; i++)
+        if (u->fd[i] >= 0) {
+            close(u->fd[i]);
+            u->fd[i] = -1;
+        }
+}
+
+void store_upload_abort(store_upload *u)
+{
+    if (!u)
+        return;
+    close_files(u);
+    remove_tree(u->tmp);
+    free(u);
+}
+
+int store_upload_commit(store_upload *u, const char *name, int replace, lr_error *err)
+{
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++)
+        if (u->fd[i] < 0 || fsync(u->fd[i]) != 0)
+            rc = lr_error_set(err, LR_EIO, "%s: %s", store_file_names[i],
+                              u->fd[i] < 0 ? "missing" : strerror(errno));
+    close_files(u);
+    if (!rc && fsync_path(u->tmp) != 0)
+        rc = lr_error_set(err, LR_EIO, "fsync %s: %s", u->tmp, strerror(errno));
+    char dst[4096 + 128];
+    snprintf(dst, sizeof dst, "%s/%s", u->store, name);
+    if (!rc) {
+        if (renameat2(AT_FDCWD, u->tmp, AT_FDCWD, dst, RENAME_NOREPLACE) == 0) {
+            u->tmp[0] = '\0';   /* nothing left to remove */
+        } else if (errno == EEXIST && !replace) {
+            rc = lr_error_set(err, LR_EEXIST, "adapter '%s' exists (replace it with "
+                              "?replace=true)", name);
+        } else if (errno == EEXIST &&
+                   renameat2(AT_FDCWD, u->tmp, AT_FDCWD, dst, RENAME_EXCHANGE) == 0) {
+            /* the old adapter is now at the temporary name: removed below */
+        } else {
+            rc = lr_error_set(err, LR_EIO, "cannot publish adapter '%s': %s", name,
+                              strerror(errno));
+        }
+    }
+    if (!rc && fsync_path(u->store) != 0)
+        rc = lr_error_set(err, LR_EIO, "fsync %s: %s", u->store, strerror(errno));
+    if (u->tmp[0])
+        remove_tree(u->tmp);
+    free(u);
+    return rc;
+}
+
+int store_remove(const char *dir, const char *name, lr_error *err)
+{
+    char src[4096 + 128], del[4096 + 64];
+    snprintf(src, sizeof src, "%s/%s", dir, name);
+    temp_name(del, sizeof del, dir, "del");
+    if (rename(src, del) != 0)
+        return lr_error_set(err, errno == ENOENT ? LR_ENOTFOUND : LR_EIO,
+                            "adapter '%s': %s", name, errno == ENOENT ? "does not exist"
+                                                                      : strerror(errno));
+    int rc = fsync_path(dir) == 0 ? 0 : lr_error_set(err, LR_EIO, "fsync %s: %s", dir,
+                                                     strerror(errno));
+    remove_tree(del);
+    return rc;
+}
+
+/* Reads path into the upload's file, or only into *hash when u is NULL. */
+static int pass_file(const char *path, store_upload *u, int file, uint64_t *hash,
+                     lr_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lr_error_set(err, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "%s: %s", path,
+                            strerror(errno));
+    static __thread char buf[1 << 16];
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = lr_error_set(err, LR_EIO, "%s: %s", path, strerror(errno));
+        if (n <= 0)
+            break;
+        if (u)
+            rc = store_upload_write(u, file, buf, (size_t)n, err);
+        else
+            *hash = fnv(*hash, buf, (size_t)n);
+        if (rc)
+            break;
+    }
+    close(fd);
+    return rc;
+}
+
+int store_copy_in(const char *dir, const char *src_dir, const char *name, int replace,
+                  uint64_t *version, lr_error *err)
+{
+    store_upload *u = store_upload_begin(dir, err);
+    if (!u)
+        return err ? err->code : LR_EIO;
+    for (int i = 0; i < 2; i++) {
+        char p[4096 + 64];
+        snprintf(p, sizeof p, "%s/%s", src_dir, store_file_names[i]);
+        if (pass_file(p, u, i, NULL, err)) {
+            store_upload_abort(u);
+            return err ? err->code : LR_EIO;
+        }
+    }
+    *version = store_upload_version(u);
+    return store_upload_commit(u, name, replace, err);
+}
+
+uint64_t store_version(const char *dir, const char *name)
+{
+    uint64_t h[2] = {FNV_OFFSET, FNV_OFFSET};
+    for (int i = 0; i < 2; i++) {
+        char p[4096 + 192];
+        snprintf(p, sizeof p, "%s/%s/%s", dir, name, store_file_names[i]);
+        if (pass_file(p, NULL, i, &h[i], NULL))
+            return 0;
+    }
+    return combine(h);
+}

@@ -15,30 +15,84 @@
 
 const char *const store_file_names[2] = {"adapter_config.json", "adapter_model.safetensors"};
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
+/* A streaming 64-bit hash, 8 bytes per step (xxhash64-style rounds on one lane), the same
+ * whatever the chunks it is fed in: bytes are carried over until a word is complete. */
+typedef struct {
+    uint64_t h;
+    uint64_t len;
+    unsigned char carry[8];
+    int n_carry;
+} hash64;
+
+#define K1 0x9E3779B185EBCA87ull
+#define K2 0xC2B2AE3D27D4EB4Full
+
+static uint64_t rotl(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+static void hash_word(hash64 *s, uint64_t w)
+{
+    s->h = rotl(s->h ^ (w * K2), 31) * K1;
+}
+
+static void hash_init(hash64 *s)
+{
+    memset(s, 0, sizeof *s);
+    s->h = K2;
+}
+
+static void hash_update(hash64 *s, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    s->len += n;
+    while (n && s->n_carry) {
+        s->carry[s->n_carry++] = *p++;
+        n--;
+        if (s->n_carry == 8) {
+            uint64_t w;
+            memcpy(&w, s->carry, 8);
+            hash_word(s, w);
+            s->n_carry = 0;
+        }
+    }
+    if (s->n_carry)
+        return;   /* all of it went into the carry */
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        hash_word(s, w);
+    }
+    memcpy(s->carry, p, n);
+    s->n_carry = (int)n;
+}
+
+static uint64_t hash_final(const hash64 *s)
+{
+    uint64_t h = s->h;
+    for (int i = 0; i < s->n_carry; i++)
+        h = rotl(h ^ (s->carry[i] * K1), 11) * K2;
+    h ^= s->len;
+    h ^= h >> 33;
+    h *= K2;
+    h ^= h >> 29;
+    return h;
+}
 
 struct store_upload {
     char store[4096];
     char tmp[4096 + 64];
     int fd[2];
     size_t size[2];
-    uint64_t hash[2];     /* FNV-1a of each file (parts may arrive in either order) */
+    hash64 hash[2];       /* of each file (parts may arrive in either order) */
 };
 
 static atomic_uint counter;
 
-static uint64_t fnv(uint64_t h, const void *data, size_t n)
+static uint64_t combine(const hash64 h[2])
 {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * FNV_PRIME;
-    return h;
-}
-
-static uint64_t combine(const uint64_t h[2])
-{
-    uint64_t v = h[0] * 0x9E3779B97F4A7C15ull ^ h[1];
+    uint64_t v = hash_final(&h[0]) * K1 ^ hash_final(&h[1]);
     return v ? v : 1;   /* 0 means "unknown" */
 }
 
@@ -107,7 +161,8 @@ store_upload *store_upload_begin(const char *dir, lr_error *err)
         return NULL;
     }
     u->fd[0] = u->fd[1] = -1;
-    u->hash[0] = u->hash[1] = FNV_OFFSET;
+    hash_init(&u->hash[0]);
+    hash_init(&u->hash[1]);
     snprintf(u->store, sizeof u->store, "%s", dir);
     temp_name(u->tmp, sizeof u->tmp, dir, "tmp");
     if (mkdir(u->tmp, 0755) != 0) {
@@ -140,7 +195,7 @@ int store_upload_write(store_upload *u, int file, const void *data, size_t n, lr
         s += w;
         left -= (size_t)w;
     }
-    u->hash[file] = fnv(u->hash[file], data, n);
+    hash_update(&u->hash[file], data, n);
     u->size[file] += n;
     return 0;
 }
@@ -228,7 +283,7 @@ int store_remove(const char *dir, const char *name, lr_error *err)
 }
 
 /* Reads path into the upload's file, or only into *hash when u is NULL. */
-static int pass_file(const char *path, store_upload *u, int file, uint64_t *hash,
+static int pass_file(const char *path, store_upload *u, int file, hash64 *hash,
                      lr_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -248,7 +303,7 @@ static int pass_file(const char *path, store_upload *u, int file, uint64_t *hash
         if (u)
             rc = store_upload_write(u, file, buf, (size_t)n, err);
         else
-            *hash = fnv(*hash, buf, (size_t)n);
+            hash_update(hash, buf, (size_t)n);
         if (rc)
             break;
     }
@@ -276,7 +331,9 @@ int store_copy_in(const char *dir, const char *src_dir, const char *name, int re
 
 uint64_t store_version(const char *dir, const char *name)
 {
-    uint64_t h[2] = {FNV_OFFSET, FNV_OFFSET};
+    hash64 h[2];
+    hash_init(&h[0]);
+    hash_init(&h[1]);
     for (int i = 0; i < 2; i++) {
         char p[4096 + 192];
         snprintf(p, sizeof p, "%s/%s/%s", dir, name, store_file_names[i]);

@@ -10,14 +10,19 @@
  * logprobs). Time to first token (TTFT) over HTTP = from sending the request to the first
  * token's arrival; in process = from engine_submit to the first on_token.
  *
+ * Then the admin API: an upload of a rank-16 adapter, and the first token of a request on
+ * it, while 8 other clients stream — and how much those streams slow down meanwhile.
+ *
  * Usage: bench_serve BUILD WORKDIR [--quick]; WORKDIR holds the model and adapters that
  * `bench_engine WORKDIR --prepare` writes. */
 #include <curl/curl.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -142,6 +147,13 @@ static int http_run(CURL *c, int port, const char *name, double *ttft, double *t
     return 0;
 }
 
+static size_t discard(char *data, size_t size, size_t nmemb, void *user)
+{
+    (void)data;
+    (void)user;
+    return size * nmemb;
+}
+
 /* ---- the same request in process ---- */
 
 static int on_token(void *user, const engine_token *tok)
@@ -188,7 +200,7 @@ static int engine_run_one(engine *e, const variant_mix *lora, double *ttft, doub
 
 /* ---- the daemon ---- */
 
-static pid_t start_daemon(const char *build, const char *mdir, const char *work, int *port)
+static pid_t start_daemon(const char *build, const char *mdir, const char *adir, int *port)
 {
     int fds[2];
     if (pipe(fds))
@@ -200,7 +212,7 @@ static pid_t start_daemon(const char *build, const char *mdir, const char *work,
         close(fds[1]);
         char exe[4200];
         snprintf(exe, sizeof exe, "%s/lorad", build);
-        execl(exe, exe, "serve", "--model", mdir, "--adapter-dir", work, "--port", "0",
+        execl(exe, exe, "serve", "--model", mdir, "--adapter-dir", adir, "--port", "0",
               "--max-tokens", "1024", (char *)NULL);
         _exit(127);
     }
@@ -229,6 +241,198 @@ static pid_t start_daemon(const char *build, const char *mdir, const char *work,
     return pid;
 }
 
+
+/* ---- upload while others stream ---- */
+
+#define N_STREAMERS 8
+#define MAX_TIMES 65536
+
+typedef struct {
+    int port, index;
+    volatile int stop;
+    int failed;
+    double *times;          /* [MAX_TIMES] arrival time of every token */
+    int n;
+    char line[65536];
+    size_t len;
+    pthread_t th;
+} streamer;
+
+static size_t on_stream_data(char *data, size_t size, size_t nmemb, void *user)
+{
+    streamer *s = user;
+    size_t n = size * nmemb;
+    double x = now();
+    for (size_t i = 0; i < n; i++) {
+        if (s->len + 1 < sizeof s->line)
+            s->line[s->len++] = data[i];
+        if (s->len >= 2 && s->line[s->len - 1] == '\n' && s->line[s->len - 2] == '\n') {
+            s->line[s->len] = '\0';
+            for (int k = tokens_in_event(s->line); k > 0 && s->n < MAX_TIMES; k--)
+                s->times[s->n++] = x;
+            s->len = 0;
+        }
+    }
+    return n;
+}
+
+/* Streams 300-token completions on the base, one after another, until told to stop. */
+static void *streamer_main(void *arg)
+{
+    streamer *s = arg;
+    CURL *c = curl_easy_init();
+    char url[64], body[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/completions", s->port);
+    snprintf(body, sizeof body, "{\"prompt\":[%d,7,9],\"max_tokens\":300,\"temperature\":0,"
+             "\"ignore_eos\":true,\"stream\":true,\"logprobs\":0,"
+             "\"return_tokens_as_token_ids\":true}", 100 + 7 * s->index);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    while (!s->stop && c) {
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream_data);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+        s->len = 0;
+        if (curl_easy_perform(c) != CURLE_OK)
+            s->failed = 1;
+    }
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return NULL;
+}
+
+/* Median gap between consecutive tokens of any streamer, both inside [t0, t1). */
+static double median_gap(streamer *ss, double t0, double t1)
+{
+    static double gaps[N_STREAMERS * MAX_TIMES / 8];
+    int n = 0;
+    for (int k = 0; k < N_STREAMERS; k++)
+        for (int i = 1; i < ss[k].n && n < (int)(sizeof gaps / sizeof *gaps); i++)
+            if (ss[k].times[i - 1] >= t0 && ss[k].times[i] < t1 &&
+                ss[k].times[i] > ss[k].times[i - 1])
+                gaps[n++] = ss[k].times[i] - ss[k].times[i - 1];
+    if (n == 0)
+        return 0;
+    qsort(gaps, (size_t)n, sizeof *gaps, cmp_double);
+    return gaps[n / 2];
+}
+
+/* PUT /v1/adapters/NAME with the two files of dir; returns the HTTP status. */
+static long upload(CURL *c, int port, const char *name, const char *dir)
+{
+    char url[128], cfg[4200], wts[4200];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/adapters/%s", port, name);
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+    snprintf(wts, sizeof wts, "%s/adapter_model.safetensors", dir);
+    curl_mime *mime = curl_mime_init(c);
+    curl_mimepart *part = curl_mime_addpart(mime);
+    curl_mime_name(part, "config");
+    curl_mime_filedata(part, cfg);
+    part = curl_mime_addpart(mime);
+    curl_mime_name(part, "weights");
+    curl_mime_filedata(part, wts);
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_mime_free(mime);
+    return status;
+}
+
+/* One token on `name` (a one-token prompt: the first token of a request is then one
+ * decode-sized step, not a prefill); returns the HTTP status. */
+static long first_token(CURL *c, int port, const char *name)
+{
+    char url[64], body[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/completions", port);
+    snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":[42],\"max_tokens\":1}", name);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    return status;
+}
+
+static void delete_adapter(CURL *c, int port, const char *name)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/adapters/%s", port, name);
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_perform(c);
+}
+
+/* Upload of a rank-16 all-projection adapter -> first token of a request on it, while 8
+ * clients stream; their token gaps during that time vs the same length just before. */
+static int bench_upload(int port, const char *adapter_dir, int reps)
+{
+    streamer ss[N_STREAMERS];
+    memset(ss, 0, sizeof ss);
+    for (int k = 0; k < N_STREAMERS; k++) {
+        ss[k].port = port;
+        ss[k].index = k;
+        ss[k].times = malloc(sizeof(double) * MAX_TIMES);
+        if (!ss[k].times || pthread_create(&ss[k].th, NULL, streamer_main, &ss[k]))
+            return -1;
+    }
+    CURL *c = curl_easy_init();
+    double ms[MAX_REPS], ratio[MAX_REPS];
+    int rc = 0;
+    usleep(1500000);   /* all 8 streaming */
+    for (int r = 0; r < reps && !rc; r++) {
+        char name[32];
+        snprintf(name, sizeof name, "upload-%d", r);
+        delete_adapter(c, port, name);
+        usleep(700000);
+        double t0 = now();
+        long st = upload(c, port, name, adapter_dir);
+        long st2 = st == 201 ? first_token(c, port, name) : 0;
+        double t1 = now();
+        if (st != 201 || st2 != 200) {
+            fprintf(stderr, "bench_serve: upload %ld, request %ld\n", st, st2);
+            rc = -1;
+            break;
+        }
+        double w = t1 - t0 > 0.3 ? t1 - t0 : 0.3;
+        double during = median_gap(ss, t0, t0 + w), before = median_gap(ss, t0 - w, t0);
+        ms[r] = (t1 - t0) * 1e3;
+        ratio[r] = before > 0 ? during / before : 0;
+        delete_adapter(c, port, name);
+    }
+    for (int k = 0; k < N_STREAMERS; k++)
+        ss[k].stop = 1;
+    for (int k = 0; k < N_STREAMERS; k++) {
+        pthread_join(ss[k].th, NULL);
+        rc |= -ss[k].failed;
+        free(ss[k].times);
+    }
+    curl_easy_cleanup(c);
+    if (rc)
+        return rc;
+    struct stat st;
+    char wts[4200];
+    snprintf(wts, sizeof wts, "%s/adapter_model.safetensors", adapter_dir);
+    double mb = stat(wts, &st) == 0 ? st.st_size / 1e6 : 0;
+    printf("\nupload of a rank-16 adapter on all 7 projections (%.1f MB) -> first token of a "
+           "request on it, while %d clients stream (median of %d): %.1f ms; the streams' "
+           "median gap between tokens meanwhile: %.1f%% of the same span just before\n",
+           mb, N_STREAMERS, reps, median(ms, reps), 100.0 * median(ratio, reps));
+    return 0;
+}
+
 enum { ENG_BASE, HTTP_BASE, ENG_AD, HTTP_AD, N_CASES };
 
 int main(int argc, char **argv)
@@ -240,9 +444,18 @@ int main(int argc, char **argv)
     }
     const char *build = argv[1], *work = argv[2];
     int reps = argc > 3 && strcmp(argv[3], "--quick") == 0 ? 2 : 11;
-    char mdir[4200], adir[4200];
+    char mdir[4200], adir[4200], bdir[4200], sdir[4200], link[4300];
     snprintf(mdir, sizeof mdir, "%s/smollm2-135m-random", work);
     snprintf(adir, sizeof adir, "%s/adapter-r16-a", work);
+    snprintf(bdir, sizeof bdir, "%s/adapter-r16-b", work);
+    /* the daemon's adapter directory: adapter-r16-a, and room for uploads */
+    snprintf(sdir, sizeof sdir, "%s/serve-adapters", work);
+    snprintf(link, sizeof link, "%s/adapter-r16-a", sdir);
+    mkdir(sdir, 0755);
+    if (symlink("../adapter-r16-a", link) != 0 && errno != EEXIST) {
+        fprintf(stderr, "bench_serve: %s: %s\n", link, strerror(errno));
+        return 1;
+    }
 
     lr_error err = {0};
     model *m = model_load(mdir, &err);
@@ -257,7 +470,7 @@ int main(int argc, char **argv)
     }
     variant_mix one = {.n = 1, .t = {{ad->w, 1.0f}}};
     int port;
-    pid_t daemon = start_daemon(build, mdir, work, &port);
+    pid_t daemon = start_daemon(build, mdir, sdir, &port);
     if (daemon < 0)
         return 1;
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -309,6 +522,8 @@ int main(int argc, char **argv)
     }
     printf("\n");
     curl_easy_cleanup(c);
+    if (bench_upload(port, bdir, reps < 5 ? reps : 5))
+        goto fail;
     kill(daemon, SIGTERM);
     waitpid(daemon, NULL, 0);
     engine_destroy(e);

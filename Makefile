@@ -16,7 +16,7 @@ CURLLIBS  = $(shell pkg-config --libs libcurl)
 LIB_SRC  := $(wildcard core/*.c adapters/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
-BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(filter-out bench/benchutil.c,$(wildcard bench/*.c)))
 
 ifneq ($(V),1)
 Q := @
@@ -44,7 +44,7 @@ $(TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o $(BU
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) $^ $(CHECKLIBS) $(LDLIBS) -o $@
 
-$(BENCH_BIN): $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/liblorad.a
+$(BENCH_BIN): $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/bench/benchutil.o $(BUILD)/liblorad.a
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) $(CURLLIBS) -o $@
 
@@ -88,4 +88,4 @@ clean:
 	rm -rf build build-asan
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/server/main.d $(BUILD)/tests/testutil.d $(TEST_BIN:=.d) \
-    $(BENCH_BIN:=.d)
+    $(BENCH_BIN:=.d) $(BUILD)/bench/benchutil.d

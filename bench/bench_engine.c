@@ -22,30 +22,15 @@
 #include "core/model.h"
 #include "core/safetensors.h"
 #include "core/variant.h"
+#include "bench/benchutil.h"
 
 /* SmolLM2-135M: hidden 576, 30 layers, 9 heads, 3 KV heads, inter 1536, vocab 49152. */
 static const model_config shape = {
     .hidden = 576, .intermediate = 1536, .n_layers = 30, .n_heads = 9, .n_kv_heads = 3,
     .head_dim = 64, .vocab_size = 49152};
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#define now bench_now
+#define median bench_median
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void)  /* uniform in [-1, 1) */
@@ -293,40 +278,17 @@ static double measure_sgemm(void)
 
 /* ---- engine runs ---- */
 
-typedef struct {
-    double t_first;   /* time of the first token (end of prefill) */
-    double t_last;
-    int n;
-} timing;
-
-static int on_token(void *user, const engine_token *tok)
-{
-    (void)tok;
-    timing *t = user;
-    double x = now();
-    if (t->n++ == 0)
-        t->t_first = x;
-    t->t_last = x;
-    return 0;
-}
-
-static void on_done(void *user, engine_finish reason, const lr_error *err)
-{
-    (void)user;
-    if (reason == ENGINE_FINISH_ERROR)
-        fprintf(stderr, "bench: generation failed: %s\n", err ? err->msg : "?");
-}
 
 /* Runs one request; returns prefill seconds and decode tokens/s (excluding the first). */
 static int run_one(engine *e, const int *prompt, int n_prompt, int max_tokens,
                    const variant *merged, const variant_mix *lora, double *prefill_s,
                    double *decode_tps)
 {
-    timing t = {0};
+    bench_timing t;
     engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens,
                           .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
-                          .merged = merged, .lora = lora, .on_token = on_token,
-                          .on_done = on_done, .user = &t};
+                          .merged = merged, .lora = lora};
+    bench_timing_attach(&req, &t);
     lr_error err = {0};
     double t0 = now();
     if (engine_submit(e, &req, NULL, &err)) {

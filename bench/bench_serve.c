@@ -31,31 +31,14 @@
 #include "core/blas.h"
 #include "core/engine.h"
 #include "core/model.h"
+#include "bench/benchutil.h"
 
 #define PROMPT_LEN 16
 #define MAX_TOKENS 128
 #define MAX_REPS 32
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(const double *v, int n)
-{
-    double t[MAX_REPS];
-    memcpy(t, v, sizeof *v * (size_t)n);
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
+#define now bench_now
+#define median bench_median
 
 /* Median over repetitions of a[r] / b[r]. */
 static double paired(const double *a, const double *b, int n)
@@ -156,35 +139,18 @@ static size_t discard(char *data, size_t size, size_t nmemb, void *user)
 
 /* ---- the same request in process ---- */
 
-static int on_token(void *user, const engine_token *tok)
-{
-    (void)tok;
-    timing *t = user;
-    double x = now();
-    if (t->n++ == 0)
-        t->t_first = x;
-    t->t_last = x;
-    return 0;
-}
-
-static void on_done(void *user, engine_finish reason, const lr_error *err)
-{
-    (void)user;
-    if (reason == ENGINE_FINISH_ERROR)
-        fprintf(stderr, "bench_serve: generation failed: %s\n", err ? err->msg : "?");
-}
-
 static int engine_run_one(engine *e, const variant_mix *lora, double *ttft, double *tpot)
 {
     int prompt[PROMPT_LEN];
     for (int i = 0; i < PROMPT_LEN; i++)
         prompt[i] = 100 + 37 * i;
-    timing t = {0};
+    bench_timing t;
     engine_request req = {.prompt = prompt, .n_prompt = PROMPT_LEN, .max_tokens = MAX_TOKENS,
                           .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
-                          .lora = lora, .on_token = on_token, .on_done = on_done, .user = &t};
+                          .lora = lora};
+    bench_timing_attach(&req, &t);
     lr_error err = {0};
-    t.t0 = now();
+    double t0 = now();
     if (engine_submit(e, &req, NULL, &err)) {
         fprintf(stderr, "bench_serve: %s\n", err.msg);
         return -1;
@@ -193,7 +159,7 @@ static int engine_run_one(engine *e, const variant_mix *lora, double *ttft, doub
         ;
     if (t.n != MAX_TOKENS)
         return -1;
-    *ttft = t.t_first - t.t0;
+    *ttft = t.t_first - t0;
     *tpot = (t.t_last - t.t_first) / (t.n - 1);
     return 0;
 }
@@ -314,8 +280,7 @@ static double median_gap(streamer *ss, double t0, double t1)
                 gaps[n++] = ss[k].times[i] - ss[k].times[i - 1];
     if (n == 0)
         return 0;
-    qsort(gaps, (size_t)n, sizeof *gaps, cmp_double);
-    return gaps[n / 2];
+    return median(gaps, n);
 }
 
 /* PUT /v1/adapters/NAME with the two files of dir; returns the HTTP status. */

@@ -1,0 +1,24 @@
+/* benchutil: what the benchmarks share — a monotonic clock, medians, and engine request
+ * callbacks that record when tokens arrive. */
+#ifndef LORAD_BENCHUTIL_H
+#define LORAD_BENCHUTIL_H
+
+#include "core/engine.h"
+
+/* CLOCK_MONOTONIC in seconds. */
+double bench_now(void);
+
+/* Median of v[0..n) (n >= 1); v is left as it was. */
+double bench_median(const double *v, int n);
+
+/* Token arrival times of one engine request. */
+typedef struct {
+    double t_first;   /* the first token (end of prefill) */
+    double t_last;
+    int n;
+} bench_timing;
+
+/* Points req's callbacks at t (zeroed); generation errors are reported on stderr. */
+void bench_timing_attach(engine_request *req, bench_timing *t);
+
+#endif

@@ -39,6 +39,7 @@ typedef struct {
     char *body;
     size_t len, cap;
     admin_upload *upload;   /* PUT /v1/adapters/{name} */
+    int discarding;         /* an upload was refused mid-body: its reply waits for the end */
     api_reply reply;
     int sent;               /* status counted in metrics */
 } request;
@@ -385,7 +386,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 return MHD_YES;
             admin_upload_free(rq->upload);
             rq->upload = NULL;
-            return send_reply(a, c, rq) == MHD_YES ? MHD_YES : MHD_NO;
+            if (rq->reply.status == 413)
+                return send_reply(a, c, rq) == MHD_YES ? MHD_YES : MHD_NO;
+            /* A bad part: read (and drop) the rest, up to the limit, then answer. */
+            rq->discarding = 1;
+            rq->len = n;
+            return MHD_YES;
+        }
+        if (rq->discarding) {
+            rq->len += n;
+            if (rq->len > (size_t)a->opt.max_upload_mb << 20)
+                return MHD_NO;
+            return MHD_YES;
         }
         size_t limit = (size_t)a->opt.max_body_kb * 1024;
         if (rq->len + n > limit) {
@@ -411,7 +423,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (rq->sent)
         return MHD_YES;
-    handle(a, c, rq);
+    if (!rq->discarding)
+        handle(a, c, rq);
     return send_reply(a, c, rq);
 }
 

@@ -22,7 +22,7 @@ ifneq ($(V),1)
 Q := @
 endif
 
-.PHONY: all test check asan bench bench-serve run install clean deps
+.PHONY: all test check asan bench bench-serve run demo-model install clean deps
 
 # all: the daemon/CLI binary build/lorad
 all: $(BUILD)/lorad
@@ -78,6 +78,12 @@ bench-serve: deps $(BUILD)/lorad $(BENCH_BIN)
 # run: lorad's main job on an embedded default (see README)
 run: deps $(BUILD)/lorad
 	$(Q)tools/run.sh $(BUILD)
+
+# demo-model: retrain models/demo from scratch (PyTorch; ~25 min on 2 cores; not part of test)
+demo-model:
+	$(Q)tools/demo/deps.sh
+	$(Q)$(PYTHON) tools/demo/train.py
+	$(Q)cd tools/demo/goldens && npm ci --no-audit --no-fund && node gen.js
 
 # install: the binary and systemd units under $(PREFIX) / $(DESTDIR)
 install: $(BUILD)/lorad

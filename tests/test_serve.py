@@ -313,8 +313,7 @@ def check_chat(d, build, fx):
             check(all("role" not in c["choices"][0]["delta"] for c in chunks[1:]),
                   "role repeated")
             text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-            check(text == c["message"]["content"] if False else
-                  text == r["choices"][0]["message"]["content"], "streamed chat content")
+            check(text == r["choices"][0]["message"]["content"], "streamed chat content")
             fins = [c["choices"][0]["finish_reason"] for c in chunks]
             check(fins[-1] == "length" and all(f is None for f in fins[:-1]), "chat finish")
             check(all(c["object"] == "chat.completion.chunk" for c in chunks), "chunk object")

@@ -113,9 +113,17 @@ static int fsync_path(const char *path)
     return rc;
 }
 
-/* Removes a directory of plain files (an adapter); best effort. */
+/* Removes an adapter directory, best effort. A symbolic link is removed itself, never
+ * followed: deleting an adapter that links elsewhere must not touch what it points to. */
 static void remove_tree(const char *path)
 {
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return;
+    if (!S_ISDIR(st.st_mode)) {
+        unlink(path);
+        return;
+    }
     DIR *d = opendir(path);
     if (d) {
         struct dirent *de;
@@ -124,8 +132,7 @@ static void remove_tree(const char *path)
                 continue;
             char p[4096 + 512];
             snprintf(p, sizeof p, "%s/%s", path, de->d_name);
-            if (unlink(p) != 0 && errno == EISDIR)
-                remove_tree(p);
+            remove_tree(p);
         }
         closedir(d);
     }

@@ -2,6 +2,7 @@
 #include "admin.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
@@ -15,6 +16,11 @@
 #include "core/log.h"
 
 #define POST_BUFFER 65536   /* libmicrohttpd's post processor buffer */
+
+/* Publishing (the store's rename, then the registry's install) and deleting are one step
+ * each under this lock, so two replaces of one name cannot leave the registry serving one
+ * upload while the store holds the other. Uploading and validating run outside it. */
+static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ------------------------------------------------------------------ listing --------- */
 
@@ -154,8 +160,10 @@ void admin_delete(app *a, const char *name, api_reply *out)
                   name);
         return;
     }
+    pthread_mutex_lock(&publish_lock);
     int rc = store_remove(a->opt.adapter_dir, name, &err);
     int known = registry_remove(a->reg, name);
+    pthread_mutex_unlock(&publish_lock);
     if (rc == LR_ENOTFOUND && !known) {
         api_error(out, 404, "name", "adapter_not_found", "adapter '%s' does not exist", name);
         return;
@@ -290,18 +298,28 @@ int admin_upload_data(admin_upload *u, const char *data, size_t n, api_reply *ou
     return 0;
 }
 
-/* peft_load names the adapter by its (temporary) path; clients know it by name. */
+/* peft_load names the adapter, and files in it, by its path on the server (for an upload a
+ * temporary directory); clients know it by name: "adapter '<path>': " becomes
+ * "adapter 'NAME': " and any other "<path>/" is dropped. */
 static void rename_in_message(lr_error *err, const char *path, const char *name)
 {
-    char prefix[4200];
+    char prefix[4200], out[sizeof err->msg];
     snprintf(prefix, sizeof prefix, "adapter '%s': ", path);
-    size_t n = strlen(prefix);
-    if (strncmp(err->msg, prefix, n) != 0)
-        return;
-    char rest[sizeof err->msg];
-    snprintf(rest, sizeof rest, "%s", err->msg + n);
-    snprintf(err->msg, sizeof err->msg, "adapter '%s': %.*s", name,
-             (int)(sizeof err->msg - REGISTRY_NAME_MAX - 16), rest);
+    const char *m = err->msg;
+    size_t n = strlen(prefix), k = 0;
+    if (strncmp(m, prefix, n) == 0)
+        m += n;
+    k = (size_t)snprintf(out, sizeof out, "adapter '%s': ", name);
+    size_t plen = strlen(path);
+    while (*m && k + 1 < sizeof out) {
+        if (strncmp(m, path, plen) == 0 && m[plen] == '/') {
+            m += plen + 1;
+            continue;
+        }
+        out[k++] = *m++;
+    }
+    out[k] = '\0';
+    memcpy(err->msg, out, sizeof out);
 }
 
 void admin_upload_finish(app *a, admin_upload *u, api_reply *out)
@@ -351,15 +369,19 @@ void admin_upload_finish(app *a, admin_upload *u, api_reply *out)
     info.version = store_upload_version(u->up);
     store_upload *up = u->up;
     u->up = NULL;
+    pthread_mutex_lock(&publish_lock);
     int rc = store_upload_commit(up, u->name, u->replace, &err);
     if (rc) {
+        pthread_mutex_unlock(&publish_lock);
         peft_free(ad);
         api_error(out, rc == LR_EEXIST ? 409 : 500, "name",
                   rc == LR_EEXIST ? "adapter_exists" : NULL, "%s", err.msg);
         admin_upload_free(u);
         return;
     }
-    if (registry_install(a->reg, u->name, ad, info.version, &err)) {
+    rc = registry_install(a->reg, u->name, ad, info.version, &err);
+    pthread_mutex_unlock(&publish_lock);
+    if (rc) {
         api_error(out, 500, NULL, NULL, "%s", err.msg);
         admin_upload_free(u);
         return;

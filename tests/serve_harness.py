@@ -173,6 +173,37 @@ class Daemon:
                 _running.remove(self)
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
+
+
+def wait_log_stable(d, timeout=5):
+    """After exit: lets the harness's reader take the last lines of stderr."""
+    n, since, deadline = -1, time.time(), time.time() + timeout
+    while time.time() < deadline:
+        m = len(d.log())
+        if m != n:
+            n, since = m, time.time()
+        elif time.time() - since > 0.5:
+            return
+        time.sleep(0.05)
+
+
+def check_sanitizer_clean(d):
+    for line in d.log():
+        for mark in SANITIZER_MARKS:
+            check(mark not in line, "sanitizer report in the daemon log: %s" % line)
+
+
+def check_alive_then_exit_0(d):
+    """The daemon is still alive and exits 0 on SIGTERM."""
+    check(d.alive(), "the daemon died (exit status %r); log tail:\n%s"
+          % (d.proc.poll(), "\n".join(d.log()[-15:])))
+    rc = d.stop()
+    wait_log_stable(d)
+    check(rc == 0, "exit status %d after SIGTERM; log tail:\n%s"
+          % (rc, "\n".join(d.log()[-15:])))
+
+
 def raw_exchange(port, data, timeout=30, read=True):
     """Sends raw bytes on a new connection; returns everything read until the server
     closes (or b'' when read is False)."""

@@ -60,7 +60,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from serve_harness import (SLOW_MODEL, Daemon, Fail, Suite, check,  # noqa: E402
-                           ensure_fixtures, lorad_generate, slow_model)
+                           check_alive_then_exit_0, check_sanitizer_clean, ensure_fixtures,
+                           lorad_generate, slow_model, wait_log_stable)
 import make_fixtures as MF  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -75,7 +76,6 @@ BOUNDARY = "lorad-test-7d1c0b"
 MP_CT = "multipart/form-data; boundary=" + BOUNDARY
 SOCK_TIMEOUT = 60                  # any one socket operation (ASan builds are slow)
 LIVE_WAIT = 20                     # seconds for the directory watcher to notice something
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 TEMP_PREFIXES = (".tmp-", ".del-")
 ANY = object()
 SECTIONS = ("main", "slow", "lru", "scale", "crash", "auth")
@@ -373,33 +373,6 @@ def start(suite, name, build, args):
     except Fail as e:
         suite.report("%s_daemon_starts" % name, str(e))
         return None
-
-
-def wait_log_stable(d, timeout=5):
-    """After exit: lets the harness's reader take the last lines of stderr."""
-    n, since, deadline = -1, time.time(), time.time() + timeout
-    while time.time() < deadline:
-        m = len(d.log())
-        if m != n:
-            n, since = m, time.time()
-        elif time.time() - since > 0.3:
-            return
-        time.sleep(0.05)
-
-
-def check_sanitizer_clean(d):
-    for line in d.log():
-        for mark in SANITIZER_MARKS:
-            check(mark not in line, "sanitizer report in the daemon log: %s" % line)
-
-
-def check_alive_then_exit_0(d):
-    check(d.alive(), "the daemon died (exit status %r); log tail:\n%s"
-          % (d.proc.poll(), "\n".join(d.log()[-15:])))
-    rc = d.stop()
-    wait_log_stable(d)
-    check(rc == 0, "exit status %d after SIGTERM; log tail:\n%s"
-          % (rc, "\n".join(d.log()[-15:])))
 
 
 def finish(suite, name, d):

@@ -37,6 +37,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "tools", "demo"))
 import criteria  # noqa: E402
+from test_reference import Fail, Suite  # noqa: E402
 import reference as R  # noqa: E402
 
 DEMO = os.path.join(REPO, "models", "demo")
@@ -49,33 +50,6 @@ MAX_BYTES = 40 * 1000 * 1000
 # An adapter's criterion on its greedy text at least ON; the base's at most OFF.
 BOUNDS = {"caps": (0.8, 0.1), "german": (0.3, 0.05), "kjv": (0.15, 0.05)}
 
-
-class Fail(Exception):
-    pass
-
-
-class Suite:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def report(self, name, err):
-        if err is None:
-            self.passed += 1
-            print("PASS " + name, flush=True)
-        else:
-            self.failed += 1
-            print("FAIL %s: %s" % (name, err), flush=True)
-
-    def run(self, name, fn, *args):
-        try:
-            fn(*args)
-            err = None
-        except Fail as e:
-            err = str(e)
-        except Exception as e:  # a bug in a check is a failure too, never a crash
-            err = "%s: %s" % (type(e).__name__, e)
-        self.report(name, err)
 
 
 def load(name):

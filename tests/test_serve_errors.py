@@ -44,7 +44,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from serve_harness import Daemon, Fail, Suite, check, ensure_fixtures, slow_model  # noqa: E402
+from serve_harness import (Daemon, Fail, Suite, check, check_alive_then_exit_0,  # noqa: E402
+                           check_sanitizer_clean, ensure_fixtures, slow_model,
+                           wait_log_stable)
 
 MODEL = "qwen2_tok_qwen3"     # context 128, vocabulary 151669
 CTX = 128
@@ -58,7 +60,6 @@ JSON_CT = {"Content-Type": "application/json"}
 NORMAL = {"prompt": "Hello", "max_tokens": 2}
 MSGS = [{"role": "user", "content": "Hello"}]
 SOCK_TIMEOUT = 60            # seconds for any one socket operation (ASan builds are slow)
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 ANY = object()               # a param / code the row does not check
 DEL = object()               # a field to remove from the base body
 
@@ -326,32 +327,6 @@ def check_chunked_past_limit(t):
 
 
 # ---- lifetime of a daemon
-def wait_log_stable(d, timeout=5):
-    """After exit: lets the harness's reader take the last lines of stderr."""
-    n, since, deadline = -1, time.time(), time.time() + timeout
-    while time.time() < deadline:
-        m = len(d.log())
-        if m != n:
-            n, since = m, time.time()
-        elif time.time() - since > 0.5:
-            return
-        time.sleep(0.05)
-
-
-def check_sanitizer_clean(d):
-    for line in d.log():
-        for mark in SANITIZER_MARKS:
-            check(mark not in line, "sanitizer report in the daemon log: %s" % line)
-
-
-def check_alive_then_exit_0(d):
-    check(d.alive(), "the daemon died (exit status %r); log tail:\n%s"
-          % (d.proc.poll(), "\n".join(d.log()[-15:])))
-    rc = d.stop()
-    wait_log_stable(d)
-    check(rc == 0, "exit status %d after SIGTERM; log tail:\n%s" % (rc, "\n".join(d.log()[-15:])))
-
-
 def finish_daemon(suite, t):
     suite.run("%s_daemon_alive_after_all_rows_then_exits_0_on_sigterm" % t.name,
               check_alive_then_exit_0, t.d)

@@ -24,41 +24,17 @@
 #include "core/variant.h"
 #include "tests/testutil.h"
 
-/* hidden 32, intermediate 48, 2 layers, 4 heads × 8, 2 kv heads, vocab 64, context 64 */
-enum { HIDDEN = 32, INTER = 48, LAYERS = 2, HEADS = 4, KV_HEADS = 2, HEAD_DIM = 8,
-       VOCAB = 64, CTX = 64, EOS = 2 };
+/* The tiny model of tests/testutil.h. */
+enum { HIDDEN = TINY_HIDDEN, INTER = TINY_INTER, LAYERS = TINY_LAYERS, HEADS = TINY_HEADS,
+       KV_HEADS = TINY_KV_HEADS, HEAD_DIM = TINY_HEAD_DIM, VOCAB = TINY_VOCAB, CTX = TINY_CTX,
+       EOS = TINY_EOS };
 
-static const char *const proj_hf[7] = {"self_attn.q_proj", "self_attn.k_proj",
-                                       "self_attn.v_proj", "self_attn.o_proj",
-                                       "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-static const int proj_out[7] = {HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM,
-                                HIDDEN, INTER, INTER, HIDDEN};
-static const int proj_in[7] = {HIDDEN, HIDDEN, HIDDEN, HEADS * HEAD_DIM, HIDDEN, HIDDEN, INTER};
-
+static void write_adapter(const char *dir, int r, double alpha, unsigned mask, uint32_t seed,
+                          int in_extra)
+{
+    testutil_write_tiny_adapter(dir, r, alpha, mask, seed, in_extra, "test/registry-tiny");
+}
 #define ALL_PROJ 0x7fu
-
-/* ---- deterministic random numbers (xorshift32) ---- */
-
-static float rnd(uint32_t *s)
-{
-    uint32_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    *s = x;
-    return (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;   /* [-1, 1) */
-}
-
-/* ---- files ---- */
-
-static void write_json(const char *dir, const char *file, json_t *j)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    ck_assert_ptr_nonnull(j);
-    ck_assert_int_eq(json_dump_file(j, path, JSON_INDENT(2)), 0);
-    json_decref(j);
-}
 
 static void write_text(const char *dir, const char *file, const char *text)
 {
@@ -70,124 +46,14 @@ static void write_text(const char *dir, const char *file, const char *text)
     ck_assert_int_eq(fclose(f), 0);
 }
 
-/* Tensors to write with safetensors_write; data owned here. */
-#define MAX_T 64
-typedef struct {
-    st_write_tensor t[MAX_T];
-    char name[MAX_T][128];
-    float *data[MAX_T];
-    int n;
-} tlist;
-
-static float *tl_add(tlist *l, const char *name, int d0, int d1)
-{
-    ck_assert_int_lt(l->n, MAX_T);
-    int i = l->n++;
-    snprintf(l->name[i], sizeof l->name[i], "%s", name);
-    size_t ne = (size_t)d0 * (d1 > 0 ? (size_t)d1 : 1);
-    l->data[i] = malloc(ne * sizeof(float));
-    ck_assert_ptr_nonnull(l->data[i]);
-    memset(&l->t[i], 0, sizeof l->t[i]);
-    l->t[i].name = l->name[i];
-    l->t[i].ndim = d1 > 0 ? 2 : 1;
-    l->t[i].shape[0] = d0;
-    l->t[i].shape[1] = d1 > 0 ? d1 : 0;
-    l->t[i].data = l->data[i];
-    return l->data[i];
-}
-
-static void tl_fill(float *d, size_t n, float scale, float offset, uint32_t *s)
-{
-    for (size_t i = 0; i < n; i++)
-        d[i] = offset + scale * rnd(s);
-}
-
-static void tl_write(tlist *l, const char *dir, const char *file)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    lr_error err = {0};
-    int rc = safetensors_write(path, l->t, l->n, NULL, &err);
-    for (int i = 0; i < l->n; i++)
-        free(l->data[i]);
-    l->n = 0;
-    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
-}
-
-static void write_model(const char *dir)
-{
-    write_json(dir, "config.json",
-               json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, "
-                         "s:b, s:i, s:i}",
-                         "architectures", "LlamaForCausalLM", "model_type", "llama",
-                         "vocab_size", VOCAB, "hidden_size", HIDDEN, "intermediate_size", INTER,
-                         "num_hidden_layers", LAYERS, "num_attention_heads", HEADS,
-                         "num_key_value_heads", KV_HEADS, "max_position_embeddings", CTX,
-                         "rms_norm_eps", 1e-5, "rope_theta", 10000.0, "hidden_act", "silu",
-                         "tie_word_embeddings", 0, "bos_token_id", 1, "eos_token_id", EOS));
-    static tlist l;
-    uint32_t s = 12345;
-    char nm[128];
-    tl_fill(tl_add(&l, "model.embed_tokens.weight", VOCAB, HIDDEN), VOCAB * HIDDEN, 1.0f, 0, &s);
-    tl_fill(tl_add(&l, "model.norm.weight", HIDDEN, 0), HIDDEN, 0.1f, 1.0f, &s);
-    tl_fill(tl_add(&l, "lm_head.weight", VOCAB, HIDDEN), VOCAB * HIDDEN, 0.6f, 0, &s);
-    for (int L = 0; L < LAYERS; L++) {
-        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", L);
-        tl_fill(tl_add(&l, nm, HIDDEN, 0), HIDDEN, 0.1f, 1.0f, &s);
-        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", L);
-        tl_fill(tl_add(&l, nm, HIDDEN, 0), HIDDEN, 0.1f, 1.0f, &s);
-        for (int p = 0; p < 7; p++) {
-            snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", L, proj_hf[p]);
-            tl_fill(tl_add(&l, nm, proj_out[p], proj_in[p]), (size_t)proj_out[p] * proj_in[p],
-                    1.7f / sqrtf((float)proj_in[p]), 0, &s);
-        }
-    }
-    tl_write(&l, dir, "model.safetensors");
-}
-
-/* A random PEFT adapter of rank r on the projections in mask, written into dir. Tensors
- * are drawn from seed in file order: for each layer, each projection, A [r, in] then
- * B [out, r], all 0.5·rnd. in_extra != 0 widens every lora_A (an adapter for another
- * base model). */
-static void write_adapter(const char *dir, int r, double alpha, unsigned mask, uint32_t seed,
-                          int in_extra)
-{
-    json_t *targets = json_array();
-    for (int p = 0; p < 7; p++)
-        if (mask & (1u << p))
-            json_array_append_new(targets, json_string(strchr(proj_hf[p], '.') + 1));
-    write_json(dir, "adapter_config.json",
-               json_pack("{s:s, s:s, s:s, s:i, s:f, s:o, s:f, s:s, s:b, s:b, s:b, s:b}",
-                         "peft_type", "LORA", "task_type", "CAUSAL_LM",
-                         "base_model_name_or_path", "test/registry-tiny", "r", r,
-                         "lora_alpha", alpha, "target_modules", targets, "lora_dropout", 0.0,
-                         "bias", "none", "fan_in_fan_out", 0, "inference_mode", 1,
-                         "use_rslora", 0, "use_dora", 0));
-    static tlist l;
-    char nm[160];
-    for (int L = 0; L < LAYERS; L++)
-        for (int p = 0; p < 7; p++) {
-            if (!(mask & (1u << p)))
-                continue;
-            int in = proj_in[p] + in_extra;
-            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_A.weight", L,
-                     proj_hf[p]);
-            tl_fill(tl_add(&l, nm, r, in), (size_t)r * in, 0.5f, 0, &seed);
-            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_B.weight", L,
-                     proj_hf[p]);
-            tl_fill(tl_add(&l, nm, proj_out[p], r), (size_t)proj_out[p] * r, 0.5f, 0, &seed);
-        }
-    tl_write(&l, dir, "adapter_model.safetensors");
-}
-
 /* The first matrix write_adapter writes (layer 0, lowest projection in the mask), replayed
  * from the seed: a [r, in], b [out, r] as in the file. */
 static void replay_first_matrix(uint32_t seed, int r, int in, int out, float *a, float *b)
 {
     for (int i = 0; i < r * in; i++)
-        a[i] = 0 + 0.5f * rnd(&seed);
+        a[i] = 0 + 0.5f * testutil_rnd(&seed);
     for (int i = 0; i < out * r; i++)
-        b[i] = 0 + 0.5f * rnd(&seed);
+        b[i] = 0 + 0.5f * testutil_rnd(&seed);
 }
 
 /* dir/name, made and filled with an adapter. */
@@ -259,7 +125,7 @@ static void fixture_setup(void)
 {
     lr_error err = {0};
     g.dir = testutil_mkdtemp("registry_model");
-    write_model(g.dir);
+    testutil_write_tiny_model(g.dir);
     g.m = model_load(g.dir, &err);
     ck_assert_msg(g.m != NULL, "model_load: %s", err.msg);
 }
@@ -415,8 +281,8 @@ static int weights_equal_peft_load(const lora_weights *w, const char *dir, const
             const lora_matrix *y = lora_weights_get(ref->w, l, (model_proj)p);
             same = x->r == y->r && x->scale == y->scale;
             if (same && x->r) {
-                same = memcmp(x->a, y->a, sizeof(float) * x->r * proj_in[p]) == 0 &&
-                       memcmp(x->bt, y->bt, sizeof(float) * x->r * proj_out[p]) == 0;
+                same = memcmp(x->a, y->a, sizeof(float) * x->r * tiny_proj_in[p]) == 0 &&
+                       memcmp(x->bt, y->bt, sizeof(float) * x->r * tiny_proj_out[p]) == 0;
             }
         }
     peft_free(ref);
@@ -807,7 +673,7 @@ START_TEST(test_threads_cycling_more_adapters_than_max_loaded_keep_counts_exact)
     for (int k = 0; k < CYCLE_ADAPTERS; k++) {
         add_adapter(dir, cycle_names[k], 2, 4.0, ALL_PROJ, 600u + (uint32_t)k);
         uint32_t s = 600u + (uint32_t)k;
-        first[k] = 0 + 0.5f * rnd(&s);
+        first[k] = 0 + 0.5f * testutil_rnd(&s);
     }
     events ev;
     events_init(&ev);
@@ -880,7 +746,7 @@ START_TEST(test_merge_builds_w_plus_s_b_a_for_targeted_matrices_only)
             }
             ck_assert_ptr_ne(wp, base);
             float maxd = 0;
-            for (int i = 0; i < proj_out[p] * proj_in[p]; i++)
+            for (int i = 0; i < tiny_proj_out[p] * tiny_proj_in[p]; i++)
                 maxd = fmaxf(maxd, fabsf(wp[i] - base[i]));
             ck_assert_msg(maxd > 1e-2f, "layer %d proj %d: merged equals base", l, p);
         }

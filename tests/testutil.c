@@ -1,8 +1,12 @@
-/* testutil: temporary directories for tests. */
+/* testutil: temporary directories and the tiny model the tests share. */
 #include "testutil.h"
+
+#include "core/safetensors.h"
 
 #include <check.h>
 #include <dirent.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,4 +39,138 @@ void testutil_rmdir(char *dir)
     }
     rmdir(dir);
     free(dir);
+}
+
+/* ---- the tiny model ---- */
+
+const char *const tiny_proj_hf[7] = {"self_attn.q_proj", "self_attn.k_proj",
+                                     "self_attn.v_proj", "self_attn.o_proj",
+                                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+const int tiny_proj_out[7] = {TINY_HEADS * TINY_HEAD_DIM, TINY_KV_HEADS * TINY_HEAD_DIM,
+                              TINY_KV_HEADS * TINY_HEAD_DIM, TINY_HIDDEN, TINY_INTER,
+                              TINY_INTER, TINY_HIDDEN};
+const int tiny_proj_in[7] = {TINY_HIDDEN, TINY_HIDDEN, TINY_HIDDEN, TINY_HEADS * TINY_HEAD_DIM,
+                             TINY_HIDDEN, TINY_HIDDEN, TINY_INTER};
+
+float testutil_rnd(uint32_t *s)
+{
+    uint32_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *s = x;
+    return (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+}
+
+void testutil_write_json(const char *dir, const char *file, json_t *j)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(json_dump_file(j, path, JSON_INDENT(2)), 0);
+    json_decref(j);
+}
+
+/* Tensors to write with safetensors_write; data owned here. */
+#define MAX_T 64
+typedef struct {
+    st_write_tensor t[MAX_T];
+    char name[MAX_T][160];
+    float *data[MAX_T];
+    int n;
+} tlist;
+
+/* Appends a [d0, d1] (d1 = 0: [d0]) tensor of offset + scale * rnd values. */
+static void tl_add(tlist *l, const char *name, int d0, int d1, float scale, float offset,
+                   uint32_t *s)
+{
+    ck_assert_int_lt(l->n, MAX_T);
+    int i = l->n++;
+    snprintf(l->name[i], sizeof l->name[i], "%s", name);
+    size_t ne = (size_t)d0 * (d1 > 0 ? (size_t)d1 : 1);
+    l->data[i] = malloc(ne * sizeof(float));
+    ck_assert_ptr_nonnull(l->data[i]);
+    for (size_t k = 0; k < ne; k++)
+        l->data[i][k] = offset + scale * testutil_rnd(s);
+    memset(&l->t[i], 0, sizeof l->t[i]);
+    l->t[i].name = l->name[i];
+    l->t[i].ndim = d1 > 0 ? 2 : 1;
+    l->t[i].shape[0] = d0;
+    l->t[i].shape[1] = d1 > 0 ? d1 : 0;
+    l->t[i].data = l->data[i];
+}
+
+static void tl_write(tlist *l, const char *dir, const char *file)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    lr_error err = {0};
+    int rc = safetensors_write(path, l->t, l->n, NULL, &err);
+    for (int i = 0; i < l->n; i++)
+        free(l->data[i]);
+    l->n = 0;
+    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
+}
+
+void testutil_write_tiny_model(const char *dir)
+{
+    testutil_write_json(dir, "config.json",
+               json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, "
+                         "s:b, s:i, s:i}",
+                         "architectures", "LlamaForCausalLM", "model_type", "llama",
+                         "vocab_size", TINY_VOCAB, "hidden_size", TINY_HIDDEN,
+                         "intermediate_size", TINY_INTER, "num_hidden_layers", TINY_LAYERS,
+                         "num_attention_heads", TINY_HEADS, "num_key_value_heads",
+                         TINY_KV_HEADS, "max_position_embeddings", TINY_CTX, "rms_norm_eps",
+                         1e-5, "rope_theta", 10000.0, "hidden_act", "silu",
+                         "tie_word_embeddings", 0, "bos_token_id", 1, "eos_token_id",
+                         TINY_EOS));
+    static tlist l;
+    uint32_t s = 12345;
+    char nm[128];
+    tl_add(&l, "model.embed_tokens.weight", TINY_VOCAB, TINY_HIDDEN, 1.0f, 0, &s);
+    tl_add(&l, "model.norm.weight", TINY_HIDDEN, 0, 0.1f, 1.0f, &s);
+    tl_add(&l, "lm_head.weight", TINY_VOCAB, TINY_HIDDEN, 0.6f, 0, &s);
+    for (int L = 0; L < TINY_LAYERS; L++) {
+        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", L);
+        tl_add(&l, nm, TINY_HIDDEN, 0, 0.1f, 1.0f, &s);
+        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", L);
+        tl_add(&l, nm, TINY_HIDDEN, 0, 0.1f, 1.0f, &s);
+        for (int p = 0; p < 7; p++) {
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", L, tiny_proj_hf[p]);
+            tl_add(&l, nm, tiny_proj_out[p], tiny_proj_in[p],
+                   1.7f / sqrtf((float)tiny_proj_in[p]), 0, &s);
+        }
+    }
+    tl_write(&l, dir, "model.safetensors");
+}
+
+void testutil_write_tiny_adapter(const char *dir, int r, double alpha, unsigned mask,
+                                 uint32_t seed, int in_extra, const char *base)
+{
+    json_t *targets = json_array();
+    for (int p = 0; p < 7; p++)
+        if (mask & (1u << p))
+            json_array_append_new(targets, json_string(strchr(tiny_proj_hf[p], '.') + 1));
+    testutil_write_json(dir, "adapter_config.json",
+               json_pack("{s:s, s:s, s:s, s:i, s:f, s:o, s:f, s:s, s:b, s:b, s:b, s:b}",
+                         "peft_type", "LORA", "task_type", "CAUSAL_LM",
+                         "base_model_name_or_path", base, "r", r, "lora_alpha", alpha,
+                         "target_modules", targets, "lora_dropout", 0.0, "bias", "none",
+                         "fan_in_fan_out", 0, "inference_mode", 1, "use_rslora", 0,
+                         "use_dora", 0));
+    static tlist l;
+    char nm[160];
+    for (int L = 0; L < TINY_LAYERS; L++)
+        for (int p = 0; p < 7; p++) {
+            if (!(mask & (1u << p)))
+                continue;
+            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_A.weight", L,
+                     tiny_proj_hf[p]);
+            tl_add(&l, nm, r, tiny_proj_in[p] + in_extra, 0.5f, 0, &seed);
+            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_B.weight", L,
+                     tiny_proj_hf[p]);
+            tl_add(&l, nm, tiny_proj_out[p], r, 0.5f, 0, &seed);
+        }
+    tl_write(&l, dir, "adapter_model.safetensors");
 }

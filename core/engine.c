@@ -105,7 +105,9 @@ fail:
     return NULL;
 }
 
-/* Frees s (running or not) and reports its end; the caller has unlinked it. */
+/* Frees s (running or not) and reports its end; the caller has unlinked it. The
+ * published counters are brought up to date first, so that whoever on_done wakes (a
+ * client reading /metrics next) sees the request gone. */
 static void seq_finish(engine *e, seq *s, engine_finish reason, const lr_error *err)
 {
     if (s->kv) {
@@ -114,14 +116,20 @@ static void seq_finish(engine *e, seq *s, engine_finish reason, const lr_error *
     }
     sampler_destroy(s->smp);
     free(s->prompt);
-    if (s->req.on_done)
-        s->req.on_done(s->req.user, reason, err);
-    free(s);
+    int running = 0;
+    for (int i = 0; e->slots && i < e->opt.max_seqs; i++)
+        running += e->slots[i] != NULL;
     pthread_mutex_lock(&e->lock);
     e->accepted--;
     if (reason == ENGINE_FINISH_CANCELLED)
         e->st.cancelled++;
+    e->st.running = running;
+    e->st.waiting = e->accepted - running;
+    e->st.kv_bytes = e->kv_in_use;
     pthread_mutex_unlock(&e->lock);
+    if (s->req.on_done)
+        s->req.on_done(s->req.user, reason, err);
+    free(s);
 }
 
 static void finish_slot(engine *e, int i, engine_finish reason, const lr_error *err)

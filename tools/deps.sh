@@ -1,8 +1,9 @@
 #!/bin/sh
-# Installs the Debian packages lorad needs to build and test, only those missing.
-# Runs apt-get only when something is missing; needs root for that.
+# Installs the Debian packages lorad needs to build and test, only those missing, plus any
+# given as arguments (tools/demo/deps.sh adds the demo model's). Runs apt-get only when
+# something is missing; needs root for that.
 set -eu
-PKGS="build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev libunistring-dev check libsubunit-dev libmicrohttpd-dev libcurl4-openssl-dev python3 python3-numpy"
+PKGS="$* build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev libunistring-dev check libsubunit-dev libmicrohttpd-dev libcurl4-openssl-dev python3 python3-numpy"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

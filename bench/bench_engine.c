@@ -170,84 +170,6 @@ static int make_adapter(const char *dir, int r)
 
 /* ---- machine bounds ---- */
 
-typedef struct {
-    const float *p;
-    size_t n;
-    double sum;
-} bw_job;
-
-/* Sums j->p [n]: wide loads into independent accumulators, so memory is the limit. */
-static void *bw_worker(void *arg)
-{
-    bw_job *j = arg;
-    size_t n = j->n & ~(size_t)63;
-#ifdef __AVX512F__
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i < n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(j->p + i));
-        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(j->p + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(j->p + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(j->p + i + 48));
-    }
-    j->sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#else
-    float part[64] = {0};
-    for (size_t i = 0; i < n; i += 64)
-        for (int k = 0; k < 64; k++)
-            part[k] += j->p[i + k];
-    double s = 0;
-    for (int k = 0; k < 64; k++)
-        s += part[k];
-    j->sum = s;
-#endif
-    return NULL;
-}
-
-/* Read bandwidth (bytes/s) over a buffer of `bytes` (the weights' size, so cache effects
- * match decode's): the best of three read kernels — our 2-thread wide-load sum,
- * OpenBLAS sasum and OpenBLAS sgemv over the buffer as a [n/576, 576] matrix — each the
- * median of 5 runs. */
-static double measure_bandwidth(size_t bytes)
-{
-    size_t n = bytes / sizeof(float);
-    float *buf = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
-    float *x = malloc(576 * sizeof(float)), *y = malloc((n / 576 + 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (float)(i & 7);
-    for (int i = 0; i < 576; i++)
-        x[i] = 1.0f;
-    double best = 0;
-    for (int method = 0; method < 3; method++) {
-        double runs[5];
-        for (int r = 0; r < 5; r++) {
-            double t0 = now();
-            if (method == 0) {
-                pthread_t th[2];
-                bw_job jobs[2];
-                for (int t = 0; t < 2; t++) {
-                    jobs[t] = (bw_job){buf + n / 2 * t, n / 2, 0};
-                    pthread_create(&th[t], NULL, bw_worker, &jobs[t]);
-                }
-                for (int t = 0; t < 2; t++)
-                    pthread_join(th[t], NULL);
-            } else if (method == 1) {
-                volatile float s = cblas_sasum((blasint)n, buf, 1);
-                (void)s;
-            } else {
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)(n / 576), 576, 1.0f, buf, 576,
-                            x, 1, 0.0f, y, 1);
-            }
-            runs[r] = (double)n * sizeof(float) / (now() - t0);
-        }
-        double m = median(runs, 5);
-        best = m > best ? m : best;
-    }
-    free(buf);
-    free(x);
-    free(y);
-    return best;
-}
-
 /* sgemm peak (flop/s): the best, over the prefill's GEMM shapes and a large square one,
  * of the median of 7 timed runs. */
 static double measure_sgemm(void)
@@ -405,7 +327,7 @@ int main(int argc, char **argv)
         bytes_tok -= (size_t)c->vocab_size * c->hidden * sizeof(float);
     /* The machine's bounds are measured before and after the runs; the higher of the two
      * is used (so the "of bound" ratios are conservative on a noisy shared machine). */
-    double bw_before = measure_bandwidth(bytes_tok), peak_before = measure_sgemm();
+    double bw_before = bench_read_bandwidth(bytes_tok), peak_before = measure_sgemm();
     /* Interleave the cases, rotating their order each repetition, so that machine noise
      * (this is a shared 2-core VM) hits them alike. */
     for (int r = 0; r < reps; r++)
@@ -419,7 +341,7 @@ int main(int argc, char **argv)
             dec[k][r] = d;
         }
 
-    double bw = measure_bandwidth(bytes_tok);
+    double bw = bench_read_bandwidth(bytes_tok);
     double peak = measure_sgemm();
     if (bw < bw_before)
         bw = bw_before;

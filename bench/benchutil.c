@@ -1,6 +1,9 @@
 /* benchutil: see benchutil.h. */
 #include "benchutil.h"
 
+#include <cblas.h>
+#include <immintrin.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,4 +58,136 @@ void bench_timing_attach(engine_request *req, bench_timing *t)
     req->on_token = on_token;
     req->on_done = on_done;
     req->user = t;
+}
+
+/* ---- machine bounds ---- */
+
+typedef struct {
+    const float *p;
+    size_t n;
+    double sum;
+} bw_job;
+
+/* Sums j->p [n]: wide loads into independent accumulators, so memory is the limit. */
+static void *bw_worker(void *arg)
+{
+    bw_job *j = arg;
+    size_t n = j->n & ~(size_t)63;
+#ifdef __AVX512F__
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(j->p + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(j->p + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(j->p + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(j->p + i + 48));
+    }
+    j->sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#else
+    float part[64] = {0};
+    for (size_t i = 0; i < n; i += 64)
+        for (int k = 0; k < 64; k++)
+            part[k] += j->p[i + k];
+    double s = 0;
+    for (int k = 0; k < 64; k++)
+        s += part[k];
+    j->sum = s;
+#endif
+    return NULL;
+}
+
+/* Read bandwidth (bytes/s) over a buffer of `bytes` (the weights' size, so cache effects
+ * match decode's): the best of three read kernels — our 2-thread wide-load sum,
+ * OpenBLAS sasum and OpenBLAS sgemv over the buffer as a [n/576, 576] matrix — each the
+ * median of 5 runs. */
+double bench_read_bandwidth(size_t bytes)
+{
+    size_t n = bytes / sizeof(float);
+    float *buf = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+    float *x = malloc(576 * sizeof(float)), *y = malloc((n / 576 + 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (float)(i & 7);
+    for (int i = 0; i < 576; i++)
+        x[i] = 1.0f;
+    double best = 0;
+    for (int method = 0; method < 3; method++) {
+        double runs[5];
+        for (int r = 0; r < 5; r++) {
+            double t0 = bench_now();
+            if (method == 0) {
+                pthread_t th[2];
+                bw_job jobs[2];
+                for (int t = 0; t < 2; t++) {
+                    jobs[t] = (bw_job){buf + n / 2 * t, n / 2, 0};
+                    pthread_create(&th[t], NULL, bw_worker, &jobs[t]);
+                }
+                for (int t = 0; t < 2; t++)
+                    pthread_join(th[t], NULL);
+            } else if (method == 1) {
+                volatile float s = cblas_sasum((blasint)n, buf, 1);
+                (void)s;
+            } else {
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)(n / 576), 576, 1.0f, buf, 576,
+                            x, 1, 0.0f, y, 1);
+            }
+            runs[r] = (double)n * sizeof(float) / (bench_now() - t0);
+        }
+        double m = bench_median(runs, 5);
+        best = m > best ? m : best;
+    }
+    free(buf);
+    free(x);
+    free(y);
+    return best;
+}
+
+
+typedef float bench_v16 __attribute__((vector_size(64)));
+
+typedef struct {
+    double seconds;
+    float sink;
+} fma_job;
+
+/* 12 independent chains of 16-lane FMAs on registers only: enough in flight to fill every
+ * FMA unit (latency 4 × 2 units, with room), so the time is the core's FMA throughput. */
+static void *fma_worker(void *arg)
+{
+    fma_job *j = arg;
+    bench_v16 a[12], x = {0}, y = {0};
+    for (int k = 0; k < 16; k++) {
+        x[k] = 0.999999f;
+        y[k] = 1e-7f * (float)k;
+    }
+    for (int i = 0; i < 12; i++)
+        a[i] = y + (float)i;
+    double t0 = bench_now();
+    for (long it = 0; it < 4000000; it++)
+        for (int i = 0; i < 12; i++)
+            a[i] = a[i] * x + y;  /* -ffp-contract=fast: one FMA */
+    j->seconds = bench_now() - t0;
+    float s = 0;
+    for (int i = 0; i < 12; i++)
+        s += a[i][0];
+    j->sink = s;
+    return NULL;
+}
+
+double bench_fma_peak(int threads)
+{
+    if (threads < 1 || threads > 64)
+        threads = 1;
+    double runs[5];
+    for (int r = 0; r < 5; r++) {
+        pthread_t th[64];
+        fma_job jobs[64];
+        for (int t = 0; t < threads; t++)
+            pthread_create(&th[t], NULL, fma_worker, &jobs[t]);
+        double slowest = 0;
+        for (int t = 0; t < threads; t++) {
+            pthread_join(th[t], NULL);
+            slowest = jobs[t].seconds > slowest ? jobs[t].seconds : slowest;
+        }
+        runs[r] = threads * 4000000.0 * 12 * 16 * 2 / slowest;
+    }
+    return bench_median(runs, 5);
 }

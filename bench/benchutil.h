@@ -3,6 +3,8 @@
 #ifndef LORAD_BENCHUTIL_H
 #define LORAD_BENCHUTIL_H
 
+#include <stddef.h>
+
 #include "core/engine.h"
 
 /* CLOCK_MONOTONIC in seconds. */
@@ -20,5 +22,13 @@ typedef struct {
 
 /* Points req's callbacks at t (zeroed); generation errors are reported on stderr. */
 void bench_timing_attach(engine_request *req, bench_timing *t);
+
+/* Read bandwidth (bytes/s) over a buffer of `bytes`: the best of three read kernels
+ * (a 2-thread wide-load sum, OpenBLAS sasum, OpenBLAS sgemv), each the median of 5 runs. */
+double bench_read_bandwidth(size_t bytes);
+
+/* Peak float32 FMA throughput (flop/s, an FMA counting 2) of `threads` threads running
+ * register-only 16-lane FMA chains: the compute roofline of the kernels. Median of 5. */
+double bench_fma_peak(int threads);
 
 #endif

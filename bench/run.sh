@@ -11,3 +11,5 @@ echo "== tokenizer"
 "$BUILD/bench/bench_tokenizer"
 echo "== engine"
 "$BUILD/bench/bench_engine" "$BUILD/bench-data" $Q
+echo "== decode step against batch size"
+"$BUILD/bench/bench_batch" "$BUILD/bench-data" $Q

@@ -1,8 +1,10 @@
 /* forward_batch: embedding → n_layers × (RMSNorm, attention, RMSNorm, SwiGLU) → norm →
  * lm_head, over the stacked rows of a batch of sequences. fp32 throughout. Matrix
- * products: decode-sized batches (<= SMALLMM_MAX_ROWS rows) by smallmm on the engine's
- * pool, base weights and adapters together; larger batches by OpenBLAS (its own
- * threads). Attention and, for prompt-sized batches, the row-wise steps on the pool;
+ * products: decode-sized batches (<= SMALLMM_MAX_ROWS rows) by smallmm, base weights and
+ * adapters together; larger batches by single-threaded OpenBLAS calls, one per share of
+ * the output columns (base) or rows (adapters). Everything parallel runs on the engine's
+ * own pool — OpenBLAS is set to one thread, so no second set of threads spins beside it.
+ * Attention and, for prompt-sized batches, the row-wise steps on the pool too;
  * everything else plain loops the compiler vectorizes. */
 #include "forward.h"
 
@@ -26,6 +28,21 @@ typedef struct {
     const float *w;
     int d, n;
 } rows_job;
+
+/* A prompt-sized product on the pool: Y [n, out] = X [n, in] · Wᵀ, task k taking its
+ * share of the columns; or one run's adapter group, task k taking its share of the rows. */
+typedef struct {
+    float *y;
+    const float *x, *w;
+    int n, in, out, tasks;
+    /* adapter group */
+    const variant_mix *mix;
+    int layer, n_ps, max_r;
+    const model_proj *ps;
+    float *const *ys;
+    const int *outs;
+    float *scratch;
+} gemm_job;
 
 /* One unit of attention work: query rows [r0, r1) of sequence seq, head h. */
 typedef struct {
@@ -71,6 +88,7 @@ struct forward_ctx {
     int cur_layer;
     double attn_work;  /* multiply-adds of this batch's attention, per layer (about) */
     rows_job rows;     /* the current row-parallel elementwise job */
+    gemm_job gemm;     /* the current prompt-sized product */
 };
 
 static void *xmalloc_floats(size_t n)
@@ -133,6 +151,10 @@ forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_erro
     long ncpu = n_threads > 0 ? n_threads : sysconf(_SC_NPROCESSORS_ONLN);
     int nt = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
     f->pool = pool_create(nt, err);
+    /* The pool splits prompt-sized products itself (see matmul); OpenBLAS's own threads
+     * would only spin beside it. Process-wide: lorad calls OpenBLAS nowhere else in
+     * parallel. */
+    openblas_set_num_threads(1);
     f->scores = calloc((size_t)nt, sizeof *f->scores);
     if (!f->pool || !f->scores)
         goto oom;
@@ -183,10 +205,44 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, int d, floa
 }
 
 /* Y [n, out] = X [n, in] · Wᵀ, W [out, in] row-major, by OpenBLAS (prefill-sized n). */
-static void matmul(float *y, const float *x, const float *w, int n, int in, int out)
+/* Task k of a matmul: the k-th share of the output columns, split at multiples of 64. */
+static void matmul_task(void *ctx, int task, int thread)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, 0.0f,
-                y, out);
+    (void)thread;
+    const gemm_job *g = &((forward_ctx *)ctx)->gemm;
+    int blocks = (g->out + 63) / 64;
+    int c0 = blocks * task / g->tasks * 64, c1 = blocks * (task + 1) / g->tasks * 64;
+    if (c1 > g->out)
+        c1 = g->out;
+    if (c0 < c1)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, c1 - c0, g->in, 1.0f, g->x,
+                    g->in, g->w + (size_t)c0 * g->in, g->in, 0.0f, g->y + c0, g->out);
+}
+
+/* Y [n, out] = X [n, in] · Wᵀ (prompt-sized n), one share of W's rows per thread. */
+static void matmul(forward_ctx *f, float *y, const float *x, const float *w, int n, int in,
+                   int out)
+{
+    f->gemm = (gemm_job){.y = y, .x = x, .w = w, .n = n, .in = in, .out = out,
+                         .tasks = pool_threads(f->pool)};
+    pool_run(f->pool, matmul_task, f, f->gemm.tasks);
+}
+
+/* Task k of an adapter group: its share of the rows, with its own part of the scratch
+ * (T of those rows: at most VARIANT_GROUP_MAX · max_r floats per row). */
+static void adapter_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const gemm_job *g = &((forward_ctx *)ctx)->gemm;
+    int r0 = g->n * task / g->tasks, r1 = g->n * (task + 1) / g->tasks;
+    if (r0 >= r1)
+        return;
+    float *ys[VARIANT_GROUP_MAX];
+    for (int k = 0; k < g->n_ps; k++)
+        ys[k] = g->ys[k] + (size_t)r0 * g->outs[k];
+    variant_apply_group(g->mix, g->layer, g->ps, g->n_ps, g->x + (size_t)r0 * g->in, r1 - r0,
+                        g->in, ys, g->outs,
+                        g->scratch + (size_t)r0 * VARIANT_GROUP_MAX * g->max_r);
 }
 
 /* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x: the base
@@ -217,7 +273,7 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
             if (small)
                 xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, nr, w, outs[k], y, outs[k]};
             else
-                matmul(y, x + (size_t)r0 * in, w, nr, in, outs[k]);
+                matmul(f, y, x + (size_t)r0 * in, w, nr, in, outs[k]);
             s = e;
         }
     float *scratch = f->lora;
@@ -237,8 +293,12 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
                 nx += c;
                 nt += c;
             } else {
-                variant_apply_group(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr, in, y_run,
-                                    outs, f->lora);
+                f->gemm = (gemm_job){.x = x + (size_t)r0 * in, .n = nr, .in = in,
+                                     .tasks = pool_threads(f->pool), .mix = mix,
+                                     .layer = layer, .n_ps = n_ps,
+                                     .max_r = variant_mix_max_rank(mix), .ps = ps, .ys = y_run,
+                                     .outs = outs, .scratch = f->lora};
+                pool_run(f->pool, adapter_task, f, f->gemm.tasks);
             }
         }
         s = e;
@@ -650,7 +710,7 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
             n_out++;
         }
     if (n_out > SMALLMM_MAX_ROWS)
-        matmul(logits, f->xn, m->lm_head, n_out, c->hidden, c->vocab_size);
+        matmul(f, logits, f->xn, m->lm_head, n_out, c->hidden, c->vocab_size);
     else if (n_out)
         smallmm_xmt_run(f->pool, c->hidden, &(smallmm_xmt){f->xn, n_out, m->lm_head,
                                                             c->vocab_size, logits,

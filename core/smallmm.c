@@ -7,68 +7,153 @@
 #include "pool.h"
 #include "vec16.h"
 
-static inline float hsum16(v16 v)
+/* The vector the kernels work in: 16 floats (one zmm) with AVX-512, 8 (one ymm)
+ * otherwise; a tile of X·Mᵀ is TI rows of X by TJ rows of M, TI·TJ = VL accumulators. */
+#ifdef __AVX512F__
+#define VL 16
+#define TI 4
+#define TJ 4
+typedef v16 vf;
+#define LDV ld16
+#else
+#define VL 8
+#define TI 2
+#define TJ 4
+typedef float vf __attribute__((vector_size(32)));
+typedef float vfu __attribute__((vector_size(32), aligned(4), may_alias));
+static inline vf ldv8(const float *p) { return *(const vfu *)p; }
+#define LDV ldv8
+#endif
+typedef int vi __attribute__((vector_size(VL * 4)));
+
+/* One level of the reduction tree. a and b each hold 2^(level-1) groups of partial sums
+ * (group size g = VL / 2^(level-1), group k belonging to accumulator k); the result holds
+ * a's groups then b's, each half as long: (first half + second half) of every group. */
+static inline __attribute__((always_inline)) vf fold(vf a, vf b, int level)
 {
-    float s = 0;
-    for (int k = 0; k < 16; k++)
-        s += v[k];
-    return s;
+#if VL == 16
+    switch (level) {
+    case 1:
+        return __builtin_shuffle(a, b, (vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}) +
+               __builtin_shuffle(a, b, (vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    case 2:
+        return __builtin_shuffle(a, b, (vi){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}) +
+               __builtin_shuffle(a, b, (vi){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+    case 3:
+        return __builtin_shuffle(a, b, (vi){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}) +
+               __builtin_shuffle(a, b, (vi){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
+    default:
+        return __builtin_shuffle(a, b, (vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}) +
+               __builtin_shuffle(a, b, (vi){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+    }
+#else
+    switch (level) {
+    case 1:
+        return __builtin_shuffle(a, b, (vi){0, 1, 2, 3, 8, 9, 10, 11}) +
+               __builtin_shuffle(a, b, (vi){4, 5, 6, 7, 12, 13, 14, 15});
+    case 2:
+        return __builtin_shuffle(a, b, (vi){0, 1, 4, 5, 8, 9, 12, 13}) +
+               __builtin_shuffle(a, b, (vi){2, 3, 6, 7, 10, 11, 14, 15});
+    default:
+        return __builtin_shuffle(a, b, (vi){0, 2, 4, 6, 8, 10, 12, 14}) +
+               __builtin_shuffle(a, b, (vi){1, 3, 5, 7, 9, 11, 13, 15});
+    }
+#endif
 }
 
-/* y[i·ldy + j] = x_i · m_j for NJ rows m_j of M (rows past nj repeat the last one and are
- * not written) and NI rows x_i (likewise past ni): every load of M feeds NI FMAs, NI·NJ
- * accumulators stay in registers. The next NJ rows of M are prefetched as these stream:
- * ~10% more bandwidth than the hardware prefetchers alone reach on the NJ interleaved
- * streams (measured on the 2-core VM; prefetching past M's end is harmless). */
-static inline __attribute__((always_inline)) void
-dots_block(const float *x, int ni, int in, const float *m, int nj, float *y, int ldy, int NI,
-           int NJ)
+/* Horizontal sums of the n <= VL accumulators acc[0..n): lane k of the result is the sum
+ * of acc[k]'s lanes. A tree of folds (log2 VL levels, ~n folds of 2 permutes + 1 add)
+ * instead of n scalar reductions. acc is clobbered. */
+static inline __attribute__((always_inline)) vf reduce_lanes(vf *acc, int n)
 {
-    const float *mr[8], *xr[4];
+    int p = 1, level = 1;
+    while (p < n)
+        p *= 2;
+    for (int k = n; k < p && k < VL; k++)
+        acc[k] = (vf){0};
+#pragma GCC unroll 16
+    for (; p > 1; p /= 2, level++)
+#pragma GCC unroll 16
+        for (int k = 0; k < p / 2; k++)
+            acc[k] = fold(acc[2 * k], acc[2 * k + 1], level);
+    for (; (1 << (level - 1)) < VL; level++)
+        acc[0] = fold(acc[0], acc[0], level);
+    return acc[0];
+}
+
+/* y[i·ldy + j] = x_i · m_j for ni <= NI rows x_i of X and nj <= NJ rows m_j of M (rows
+ * past nj / ni repeat the last one and are not written; NI, NJ are constants at every
+ * call so each shape compiles to its own register-blocked loop): every load of M feeds
+ * NI FMAs and every load of X NJ, the NI·NJ accumulators stay in registers, and one tree
+ * reduction ends the tile. With prefetch, the next NJ rows of M are prefetched as these
+ * stream: ~10% more bandwidth than the hardware prefetchers alone reach on the NJ
+ * interleaved streams (measured on the 2-core VM; prefetching past M's end is harmless). */
+static inline __attribute__((always_inline)) void
+dots_tile(const float *x, int ni, int in, const float *m, int nj, float *y, int ldy,
+          int prefetch, int NI, int NJ)
+{
+    const float *mr[8], *xr[TI];
     for (int j = 0; j < NJ; j++)
         mr[j] = m + (size_t)(j < nj ? j : nj - 1) * in;
     for (int i = 0; i < NI; i++)
         xr[i] = x + (size_t)(i < ni ? i : ni - 1) * in;
-    v16 acc[4][8];
-    for (int i = 0; i < NI; i++)
-        for (int j = 0; j < NJ; j++)
-            acc[i][j] = (v16){0};
+    vf acc[VL];
+    for (int k = 0; k < NI * NJ; k++)
+        acc[k] = (vf){0};
     int d = 0;
-    for (; d + 16 <= in; d += 16) {
-        v16 mv[8];
+    for (; d + VL <= in; d += VL) {
+        vf mv[8];
         for (int j = 0; j < NJ; j++) {
-            __builtin_prefetch(mr[j] + d + (size_t)NJ * in, 0, 3);
-            mv[j] = ld16(mr[j] + d);
+            if (prefetch)
+                __builtin_prefetch(mr[j] + d + (size_t)NJ * in, 0, 3);
+            mv[j] = LDV(mr[j] + d);
         }
         for (int i = 0; i < NI; i++) {
-            v16 xv = ld16(xr[i] + d);
+            vf xv = LDV(xr[i] + d);
             for (int j = 0; j < NJ; j++)
-                acc[i][j] += xv * mv[j];
+                acc[i * NJ + j] += xv * mv[j];
         }
     }
+    vf sum = reduce_lanes(acc, NI * NJ);
     for (int i = 0; i < ni && i < NI; i++)
         for (int j = 0; j < nj && j < NJ; j++) {
-            float s = hsum16(acc[i][j]);
+            float s = sum[i * NJ + j];
             for (int e = d; e < in; e++)
                 s += xr[i][e] * mr[j][e];
             y[(size_t)i * ldy + j] = s;
         }
 }
 
-/* Rows [lo, hi) of one product. */
+/* Rows [lo, hi) of one product: blocks of TJ rows of M (8 for a single row of X, which
+ * is bound by streaming M), and for each, every tile of TI rows of X (the block of M is
+ * in L1 by then; X, at most 64 rows, in L2), the last tile with exactly the rows left. */
 static void xmt_rows(const smallmm_xmt *jb, int in, int lo, int hi)
 {
     if (jb->n == 1) {
         for (int j = lo; j < hi; j += 8)
-            dots_block(jb->x, 1, in, jb->m + (size_t)j * in, hi - j < 8 ? hi - j : 8, jb->y + j,
-                       jb->ldy, 1, 8);
+            dots_tile(jb->x, 1, in, jb->m + (size_t)j * in, hi - j < 8 ? hi - j : 8, jb->y + j,
+                      jb->ldy, 1, 1, 8);
         return;
     }
-    for (int j = lo; j < hi; j += 4)
-        for (int i = 0; i < jb->n; i += 4)
-            dots_block(jb->x + (size_t)i * in, jb->n - i < 4 ? jb->n - i : 4, in,
-                       jb->m + (size_t)j * in, hi - j < 4 ? hi - j : 4,
-                       jb->y + (size_t)i * jb->ldy + j, jb->ldy, 4, 4);
+    for (int j = lo; j < hi; j += TJ) {
+        const float *m = jb->m + (size_t)j * in;
+        int nj = hi - j < TJ ? hi - j : TJ;
+        for (int i = 0; i < jb->n; i += TI) {
+            const float *x = jb->x + (size_t)i * in;
+            float *y = jb->y + (size_t)i * jb->ldy + j;
+            int ni = jb->n - i, pf = i == 0;
+            if (ni >= TI)
+                dots_tile(x, TI, in, m, nj, y, jb->ldy, pf, TI, TJ);
+#if TI > 2
+            else if (ni == 3)
+                dots_tile(x, 3, in, m, nj, y, jb->ldy, pf, 3, TJ);
+#endif
+            else if (ni == 2)
+                dots_tile(x, 2, in, m, nj, y, jb->ldy, pf, 2, TJ);
+            else
+                dots_tile(x, 1, in, m, nj, y, jb->ldy, pf, 1, TJ);
+        }
+    }
 }
 
 typedef struct {
@@ -94,7 +179,7 @@ static void xmt_task(void *ctx, int task, int thread)
 
 void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs)
 {
-    xmt_pass ps = {jobs, n_jobs, in, p ? pool_threads(p) : 1, 0};
+    xmt_pass ps = {jobs, n_jobs, in, p ? 8 * pool_threads(p) : 1, 0};
     for (int k = 0; k < n_jobs; k++)
         ps.rows += jobs[k].rows;
     if (ps.rows == 0)

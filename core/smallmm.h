@@ -10,13 +10,16 @@
 
 struct pool;
 
-/* Most activation rows one product takes (decode batches; prefill goes to OpenBLAS). */
-#define SMALLMM_MAX_ROWS 16
+/* Most activation rows forward() sends here (decode batches of up to 64 sequences, short
+ * prompts); larger batches go to OpenBLAS. The kernels themselves take any n: each tile of
+ * M is read from memory once and reused for every tile of X, which stays in L2 up to a
+ * few hundred rows. */
+#define SMALLMM_MAX_ROWS 64
 
 /* Y [n, rows] (row stride ldy) = X [n, in] (row stride in) · Mᵀ, M [rows, in] row-major. */
 typedef struct {
     const float *x;
-    int n;            /* 1 .. SMALLMM_MAX_ROWS */
+    int n;            /* >= 1 */
     const float *m;
     int rows;
     float *y;
@@ -28,7 +31,7 @@ typedef struct {
  * each thread owns the same columns of every product. */
 typedef struct {
     const float *t;
-    int ldt, n;       /* n: 1 .. SMALLMM_MAX_ROWS */
+    int ldt, n;       /* n >= 1 */
     const float *bt;
     int r, out;
     float alpha;

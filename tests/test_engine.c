@@ -389,6 +389,52 @@ START_TEST(test_batch_invariance_of_seeded_sampling)
 }
 END_TEST
 
+/* A crowd: n jobs of every kind (base, merged, single adapters and mixes with 8
+ * different weightings — 8 distinct groups as far as the engine is concerned), prompts
+ * of 3..17 tokens, all submitted at once (decode steps of n rows) or over the first
+ * steps (late prompts' chunks beside many decode rows). Each must equal its run alone. */
+static void check_crowd(int n, int max_batch_rows, int staggered)
+{
+    enum { CROWD_MAX = 80 };
+    static job j[CROWD_MAX];
+    static collector alone[CROWD_MAX], together[CROWD_MAX];
+    static variant_mix mixes[CROWD_MAX];
+    int at[CROWD_MAX];
+    ck_assert_int_le(n, CROWD_MAX);
+    for (int i = 0; i < n; i++) {
+        j[i] = make_job(3 + i % 15, 1000 + (uint32_t)i, 6);
+        float w = 0.5f + 0.125f * (float)(i % 8);
+        switch (i % 5) {
+        case 0: break;
+        case 1: mixes[i] = (variant_mix){.n = 1, .t = {{g.a1->w, w}}}; j[i].lora = &mixes[i]; break;
+        case 2: j[i].merged = g.merged2; break;
+        case 3: mixes[i] = (variant_mix){.n = 2, .t = {{g.a1->w, w}, {g.a2->w, 0.8f}}};
+                j[i].lora = &mixes[i]; break;
+        default: mixes[i] = (variant_mix){.n = 1, .t = {{g.a2->w, w}}}; j[i].lora = &mixes[i];
+        }
+        at[i] = staggered ? i % 7 : 0;
+        run_alone(g.m, &j[i], &alone[i]);
+    }
+    run_together(j, n, at, n, max_batch_rows, together);
+    for (int i = 0; i < n; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "crowd of %d, job %d (kind %d)", n, i, i % 5);
+        ck_assert_int_eq(alone[i].n, 6);
+        assert_same(&alone[i], &together[i], 1e-4f, what);
+    }
+}
+
+/* Decode batches past the old 16-row kernel limit (smallmm now takes up to 64 rows) and
+ * past 64 (OpenBLAS products, split over the pool), with prompts chunked beside them. */
+START_TEST(test_batch_invariance_in_crowds_of_24_and_80_sequences)
+{
+    check_crowd(24, 0, 0);
+    check_crowd(24, 7, 1);
+    check_crowd(80, 0, 0);
+    check_crowd(80, 40, 1);
+}
+END_TEST
+
 START_TEST(test_merged_equals_on_the_fly_for_each_adapter)
 {
     collector fly, merged;
@@ -1160,6 +1206,7 @@ static Suite *engine_suite(void)
     tcase_add_test(core, test_batch_invariance_mixed_variants_prefill_and_decode_in_one_step);
     tcase_add_test(core, test_batch_invariance_with_prompts_prefilled_in_chunks_of_three_rows);
     tcase_add_test(core, test_batch_invariance_of_seeded_sampling);
+    tcase_add_test(core, test_batch_invariance_in_crowds_of_24_and_80_sequences);
     tcase_add_test(core, test_merged_equals_on_the_fly_for_each_adapter);
     tcase_add_test(core, test_merged_mix_equals_on_the_fly_mix);
     tcase_add_test(core, test_greedy_token_is_top_logprob_and_logprobs_are_normalized);

@@ -1,6 +1,7 @@
 /* Tests for core/smallmm: the decode-sized products against a float64 reference written
  * here, over row counts, input lengths and output widths that hit every blocking edge
- * (tails of 16 lanes, partial blocks of 4 or 8 rows, splits of a product between tasks),
+ * (tails of 8 and 16 lanes, partial tiles of 1..3 rows of X and of 4 or 8 rows of M, splits
+ * of a product between tasks, batches up to and past SMALLMM_MAX_ROWS),
  * inline and on pools of 2 and 3 threads. */
 #include <check.h>
 #include <math.h>
@@ -80,12 +81,16 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 {
     static const int ins[] = {1, 15, 16, 17, 64, 100};
     static const int rows[] = {1, 3, 4, 5, 7, 8, 9, 33};
+    /* every remainder of the 4- (2-) row tiles of X, and batches up to and past
+     * SMALLMM_MAX_ROWS */
+    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 31, 32, 33, 63,
+                             SMALLMM_MAX_ROWS, SMALLMM_MAX_ROWS + 1};
     for (int threads = 1; threads <= 3; threads++) {
         pool *p = make_pool(threads);
-        for (int n = 1; n <= SMALLMM_MAX_ROWS; n++)
+        for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
             for (size_t a = 0; a < sizeof ins / sizeof *ins; a++)
                 for (size_t b = 0; b < sizeof rows / sizeof *rows; b++)
-                    check_xmt(p, n, ins[a], rows[b]);
+                    check_xmt(p, ns[k], ins[a], rows[b]);
         pool_free(p);
     }
 }
@@ -167,7 +172,7 @@ START_TEST(test_tb_adds_to_outputs_for_every_edge_and_mix)
 {
     static const int rs[] = {1, 3, 16, 17};
     static const int outs[] = {1, 15, 16, 17, 63, 64, 65, 100, 130};
-    static const int ns[] = {1, 2, 4, 5, 16};
+    static const int ns[] = {1, 2, 4, 5, 16, 33, SMALLMM_MAX_ROWS};
     for (int threads = 1; threads <= 3; threads++) {
         pool *p = make_pool(threads);
         for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)

@@ -1,0 +1,218 @@
+/* bench_batch: the cost of one decode step against the number of sequences decoding
+ * together, on the base and on 8 different adapters, each printed beside its roofline
+ * bound — max(bytes read ÷ read bandwidth, flops ÷ FMA peak) — measured in the same run.
+ * Uses the random SmolLM2-135M-shaped model and rank-16 adapters that `bench_engine
+ * --prepare` writes. Usage: bench_batch [WORKDIR] [--quick] [--rows N,N,...] [--steps N]
+ * (--steps: timed steps per run, default 12; e.g. many for profiling one row count). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapters/peft.h"
+#include "core/blas.h"
+#include "core/engine.h"
+#include "core/model.h"
+#include "core/variant.h"
+#include "bench/benchutil.h"
+
+#define MAX_SEQS 64
+#define N_ADAPTERS 8
+#define PROMPT 16
+
+typedef struct {
+    int tokens;  /* tokens received so far */
+} counter;
+
+static int on_token(void *user, const engine_token *tok)
+{
+    (void)tok;
+    ((counter *)user)->tokens++;
+    return 0;
+}
+
+static void on_done(void *user, engine_finish reason, const lr_error *err)
+{
+    (void)user;
+    if (reason == ENGINE_FINISH_ERROR)
+        fprintf(stderr, "bench: generation failed: %s\n", err ? err->msg : "?");
+}
+
+/* Starts n sequences (sequence i on mixes[i % n_mixes], or the base when n_mixes is 0),
+ * steps until every one has its first token, then times `steps` steps in which all n
+ * decode one token each; returns the median step time in seconds (negative on error). */
+static double time_steps(engine *e, int n, const variant_mix *mixes, int n_mixes, int steps,
+                         const int *prompt)
+{
+    counter cnt[MAX_SEQS] = {{0}};
+    lr_error err = {0};
+    for (int i = 0; i < n; i++) {
+        engine_request req = {.prompt = prompt + i, .n_prompt = PROMPT, .max_tokens = 4096,
+                              .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
+                              .lora = n_mixes ? &mixes[i % n_mixes] : NULL,
+                              .on_token = on_token, .on_done = on_done, .user = &cnt[i]};
+        if (engine_submit(e, &req, NULL, &err)) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            return -1;
+        }
+    }
+    for (int guard = 0;; guard++) {
+        int started = 0;
+        for (int i = 0; i < n; i++)
+            started += cnt[i].tokens > 0;
+        if (started == n)
+            break;
+        if (guard > 10000 || engine_step(e, &err) < 0) {
+            fprintf(stderr, "bench: prefill did not finish: %s\n", err.msg);
+            return -1;
+        }
+    }
+    double t[1000];
+    for (int s = 0; s < steps; s++) {
+        double t0 = bench_now();
+        if (engine_step(e, &err) < 0) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            return -1;
+        }
+        t[s] = bench_now() - t0;
+    }
+    engine_cancel_all(e);
+    while (engine_step(e, &err) > 0)
+        ;
+    return bench_median(t, steps);
+}
+
+static int parse_rows(const char *s, int *rows)
+{
+    int n = 0;
+    for (char *end; *s && n < 32; s = *end ? end + 1 : end) {
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > MAX_SEQS)
+            return -1;
+        rows[n++] = (int)v;
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    blas_select_kernels(argv);
+    const char *work = "build/bench-data";
+    int quick = 0, steps = 0;
+    int rows[32] = {1, 2, 4, 8, 12, 16, 17, 24, 32, 48, 64}, n_rows = 11;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
+            if ((n_rows = parse_rows(argv[++i], rows)) <= 0) {
+                fprintf(stderr, "bench: --rows takes numbers 1..%d separated by commas\n",
+                        MAX_SEQS);
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
+            steps = atoi(argv[++i]);
+            if (steps < 1 || steps > 1000) {
+                fprintf(stderr, "bench: --steps takes 1..1000\n");
+                return 2;
+            }
+        } else
+            work = argv[i];
+    }
+    int reps = quick ? 2 : 5;
+    if (!steps)
+        steps = quick ? 6 : 12;
+
+    char mdir[4096], adir[2][4096];
+    snprintf(mdir, sizeof mdir, "%s/smollm2-135m-random", work);
+    snprintf(adir[0], sizeof adir[0], "%s/adapter-r16-a", work);
+    snprintf(adir[1], sizeof adir[1], "%s/adapter-r16-b", work);
+    lr_error err = {0};
+    model *m = model_load(mdir, &err);
+    if (!m) {
+        fprintf(stderr, "bench: %s (run `bench_engine %s --prepare` first)\n", err.msg, work);
+        return 1;
+    }
+    const model_config *c = &m->cfg;
+    /* 8 adapters, each its own copy in memory (the two files loaded 4 times each), so a
+     * step really reads 8 sets of A and B. */
+    peft_adapter *ad[N_ADAPTERS];
+    variant_mix mixes[N_ADAPTERS];
+    for (int i = 0; i < N_ADAPTERS; i++) {
+        if (!(ad[i] = peft_load(adir[i % 2], c, NULL, &err))) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            return 1;
+        }
+        mixes[i] = (variant_mix){.n = 1, .t = {{ad[i]->w, 1.0f}}};
+    }
+    engine_options eo = engine_options_default();
+    eo.max_seqs = MAX_SEQS;
+    eo.max_ctx = 1024;
+    engine *e = engine_create(m, &eo, &err);
+    if (!e) {
+        fprintf(stderr, "bench: %s\n", err.msg);
+        return 1;
+    }
+    int prompt[PROMPT + MAX_SEQS];
+    for (int i = 0; i < PROMPT + MAX_SEQS; i++)
+        prompt[i] = (int)((i * 7919u + 13) % (unsigned)c->vocab_size);
+
+    /* Per step: every layer matrix once, the lm_head (tied: the embedding) once, plus
+     * each distinct adapter's A and B once; 2 flops per weight per row, the same for
+     * each row's adapter, plus attention over ~PROMPT + steps/2 keys (small here). */
+    double base_bytes = (double)m->weight_bytes, params = 0;
+    if (!c->tie_embeddings)
+        base_bytes -= (double)c->vocab_size * c->hidden * sizeof(float);
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        int out, in;
+        model_config_proj_shape(c, (model_proj)p, &out, &in);
+        params += (double)out * in;
+    }
+    params = params * c->n_layers + (double)c->vocab_size * c->hidden;
+    double ad_params = (double)ad[0]->w->bytes / sizeof(float);
+    double attn_flops = 4.0 * c->n_layers * c->n_heads * c->head_dim * (PROMPT + steps / 2.0);
+
+    double t_base[32][8], t_ad[32][8];
+    time_steps(e, 4, NULL, 0, 2, prompt);  /* warm up */
+    double bw0 = bench_read_bandwidth((size_t)base_bytes), peak0 = bench_fma_peak(2);
+    for (int r = 0; r < reps; r++)
+        for (int kk = 0; kk < n_rows; kk++) {
+            int k = (kk + r) % n_rows;
+            /* alternate which case runs first, so drift hits both alike */
+            for (int c2 = 0; c2 < 2; c2++) {
+                int adapters = (c2 + r) % 2;
+                double t = time_steps(e, rows[k], mixes, adapters ? N_ADAPTERS : 0, steps,
+                                      prompt);
+                if (t < 0)
+                    return 1;
+                (adapters ? t_ad : t_base)[k][r] = t;
+            }
+        }
+    double bw = bench_read_bandwidth((size_t)base_bytes), peak = bench_fma_peak(2);
+    bw = bw > bw0 ? bw : bw0;
+    peak = peak > peak0 ? peak : peak0;
+
+    printf("\nlorad decode step against batch size (random SmolLM2-135M shape, F32; rank-16 "
+           "adapters on all 7 projections; %d interleaved repetitions x %d steps, medians)\n",
+           reps, steps);
+    printf("machine (higher of before/after): read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s "
+           "(2 threads)\n", bw / 1e9, peak / 1e9);
+    printf("bound = max(bytes / bandwidth, flops / peak) per step; 'of bound' = bound / "
+           "measured step time\n\n");
+    printf("%5s | %10s %10s %9s %9s | %10s %10s %9s %9s | %8s\n", "rows", "base ms", "bound ms",
+           "of bound", "tok/s", "8 ad. ms", "bound ms", "of bound", "tok/s", "8 ad/base");
+    for (int k = 0; k < n_rows; k++) {
+        int n = rows[k], distinct = n < N_ADAPTERS ? n : N_ADAPTERS;
+        double tb = bench_median(t_base[k], reps), ta = bench_median(t_ad[k], reps);
+        double fb = n * (2 * params + attn_flops), fa = fb + n * 2 * ad_params;
+        double bb = base_bytes, ba = base_bytes + distinct * ad_params * sizeof(float);
+        double lb = bb / bw > fb / peak ? bb / bw : fb / peak;
+        double la = ba / bw > fa / peak ? ba / bw : fa / peak;
+        printf("%5d | %10.2f %10.2f %8.0f%% %9.1f | %10.2f %10.2f %8.0f%% %9.1f | %7.2fx\n", n,
+               tb * 1e3, lb * 1e3, 100 * lb / tb, n / tb, ta * 1e3, la * 1e3, 100 * la / ta,
+               n / ta, tb / ta);
+    }
+    engine_destroy(e);
+    for (int i = 0; i < N_ADAPTERS; i++)
+        peft_free(ad[i]);
+    model_free(m);
+    return 0;
+}

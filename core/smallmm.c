@@ -110,6 +110,9 @@ dots_tile(const float *x, int ni, int in, const float *m, int nj, float *y, int 
         }
         for (int i = 0; i < NI; i++) {
             vf xv = LDV(xr[i] + d);
+            /* in a register: GCC would otherwise fold this load into each of the NJ FMAs,
+             * and the loads, not the FMAs, would bound the loop */
+            __asm__("" : "+v"(xv));
             for (int j = 0; j < NJ; j++)
                 acc[i * NJ + j] += xv * mv[j];
         }

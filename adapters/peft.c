@@ -4,6 +4,7 @@
 #include "peft.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
@@ -25,6 +26,7 @@
 #define PEFT_MAX_PATTERNS 256            /* rank/alpha_pattern keys, layers_pattern items */
 #define PEFT_MAX_INFERRED_LAYERS 4096    /* layer count accepted without a base model */
 #define PEFT_MODULE_MAX 96               /* "model.layers.NNNNNNN.self_attn.gate_proj" */
+#define PEFT_MAX_SCALE 1e5               /* |s| accepted; real adapters have s of 0.01 .. 100 */
 
 /* The prefix PEFT's save_pretrained gives a causal LM's LoRA tensors: PeftModel
  * ("base_model") → LoraModel ("model") → LlamaForCausalLM, whose modules are named
@@ -368,6 +370,10 @@ static int config_load(const char *path, peft_config *c, lr_error *err)
         if (!json_is_number(v) || !isfinite(json_number_value(v)))
             return wrong_type("lora_alpha", "a number", v, err);
         c->alpha = json_number_value(v);
+        /* peft_adapter.alpha is a float; modules' scales are checked where they are made */
+        if (fabs(c->alpha) > FLT_MAX)
+            return lr_error_set(err, LR_EINVAL, "adapter_config.json: 'lora_alpha' %g does not "
+                                "fit in a float", c->alpha);
     }
     if ((rc = get_bool(root, "use_rslora", 0, &c->use_rslora, err)) < 0)
         return rc;
@@ -732,6 +738,13 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
     if (r > opt->max_rank)
         return lr_error_set(err, LR_EINVAL, "%s has rank %d, above the limit of %d (max_rank)",
                             mod, r, opt->max_rank);
+    /* A scale that overflows a float (or merely an absurd one) would turn every output of
+     * the adapter into Inf/NaN: refused here, before any weight is converted. */
+    double scale = c->use_rslora ? alpha / sqrt((double)r) : alpha / (double)r;
+    if (!isfinite(scale) || fabs(scale) > PEFT_MAX_SCALE)
+        return lr_error_set(err, LR_EINVAL, "%s: scale %g = %s %g / %sr=%d is out of range "
+                            "(|s| <= %g)", mod, scale, v ? "alpha_pattern" : "lora_alpha",
+                            alpha, c->use_rslora ? "sqrt " : "", r, PEFT_MAX_SCALE);
 
     const st_tensor *t[2] = {ta, tb};
     for (int k = 0; k < 2; k++) {
@@ -811,7 +824,7 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
         for (int j = 0; j < r; j++)
             m->bt[(size_t)j * (size_t)out + (size_t)o] = b[(size_t)o * (size_t)r + (size_t)j];
     free(b);
-    m->scale = (float)(c->use_rslora ? alpha / sqrt((double)r) : alpha / (double)r);
+    m->scale = (float)scale;
     return 0;
 }
 

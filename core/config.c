@@ -89,13 +89,24 @@ static int get_bool(json_t *root, const char *key, int def, int *out, lr_error *
 }
 
 /* eos_token_id may be an integer or a list of integers. */
+/* A BOS/EOS id: an integer in [0, vocab_size), else -1 (an id no token has is of no use,
+ * and a cast would turn 2^32 + 2 into token 2). */
+static int token_id(json_t *v, const model_config *cfg)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) >= cfg->vocab_size)
+        return -1;
+    return (int)json_integer_value(v);
+}
+
 static int read_eos(json_t *v, model_config *cfg, const char *file, lr_error *err)
 {
     if (!v || json_is_null(v))
         return 0;
     cfg->n_eos = 0;
     if (json_is_integer(v)) {
-        cfg->eos_ids[cfg->n_eos++] = (int)json_integer_value(v);
+        if (token_id(v, cfg) >= 0)
+            cfg->eos_ids[cfg->n_eos++] = token_id(v, cfg);
         return 0;
     }
     if (!json_is_array(v))
@@ -107,8 +118,8 @@ static int read_eos(json_t *v, model_config *cfg, const char *file, lr_error *er
         if (!json_is_integer(e))
             return lr_error_set(err, LR_EINVAL, "%s: 'eos_token_id' entries must be integers",
                                 file);
-        if (cfg->n_eos < CONFIG_MAX_EOS)
-            cfg->eos_ids[cfg->n_eos++] = (int)json_integer_value(e);
+        if (cfg->n_eos < CONFIG_MAX_EOS && token_id(e, cfg) >= 0)
+            cfg->eos_ids[cfg->n_eos++] = token_id(e, cfg);
     }
     return 0;
 }
@@ -217,7 +228,7 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
                       err)) ||
         (rc = get_num(root, "rope_theta", 10000.0, 1.0, 1e12, &cfg->rope_theta, err)))
         goto done;
-    if ((rc = get_num(root, "rms_norm_eps", 1e-6, 0.0, 1.0, &cfg->rms_eps, err)) ||
+    if ((rc = get_num(root, "rms_norm_eps", 1e-6, 1e-12, 1.0, &cfg->rms_eps, err)) ||
         (rc = get_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, err)))
         goto done;
     if (cfg->hidden % cfg->n_heads != 0 && !json_object_get(root, "head_dim")) {
@@ -323,7 +334,7 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
 
     json_t *bos = json_object_get(root, "bos_token_id");
     if (json_is_integer(bos))
-        cfg->bos_id = (int)json_integer_value(bos);
+        cfg->bos_id = token_id(bos, cfg);
     if ((rc = read_eos(json_object_get(root, "eos_token_id"), cfg, "config.json", err)))
         goto done;
 
@@ -337,14 +348,12 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
     if (gen) {
         bos = json_object_get(gen, "bos_token_id");
         if (json_is_integer(bos))
-            cfg->bos_id = (int)json_integer_value(bos);
+            cfg->bos_id = token_id(bos, cfg);
         rc = read_eos(json_object_get(gen, "eos_token_id"), cfg, "generation_config.json", err);
         json_decref(gen);
         if (rc)
             goto done;
     }
-    if (cfg->bos_id >= cfg->vocab_size)
-        cfg->bos_id = -1;
 done:
     json_decref(root);
     return rc;

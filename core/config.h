@@ -36,8 +36,8 @@ typedef struct {
     int rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_positions;
-    int bos_id;               /* -1 when unknown */
-    int eos_ids[CONFIG_MAX_EOS];
+    int bos_id;               /* -1 when unknown (or not an id of the vocabulary) */
+    int eos_ids[CONFIG_MAX_EOS];  /* those of eos_token_id in [0, vocab_size) */
     int n_eos;
 } model_config;
 

@@ -29,4 +29,10 @@ int lr_error_set(lr_error *err, int code, const char *fmt, ...)
 /* Prepends "prefix: " to an already set message (used to add a file or adapter name). */
 void lr_error_prefix(lr_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Makes s (NUL-terminated) one line of valid UTF-8, in place: control characters become
+ * spaces, bytes of an invalid or cut-off UTF-8 sequence become '?'. lr_error_set and
+ * lr_error_prefix apply it to every message, which may quote file contents or a request
+ * (so messages stay one log line, and JSON can carry them). */
+void lr_text_tidy(char *s);
+
 #endif

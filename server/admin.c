@@ -155,7 +155,10 @@ static int check_name(app *a, const char *name, const char *param, api_reply *ou
 void admin_delete(app *a, const char *name, api_reply *out)
 {
     lr_error err = {0};
-    if (!registry_name_valid(name) || !a->opt.adapter_dir) {
+    registry_info known_info;
+    /* Only an adapter (what GET lists) is deleted, never another entry of the directory
+     * (a file, a directory without adapter_config.json, a link to one). */
+    if (!registry_name_valid(name) || !a->opt.adapter_dir || !lookup(a, name, &known_info)) {
         api_error(out, 404, "name", "adapter_not_found", "adapter '%.100s' does not exist",
                   name);
         return;
@@ -274,7 +277,9 @@ admin_upload *admin_upload_begin(app *a, struct MHD_Connection *c, const char *n
     snprintf(u->name, sizeof u->name, "%s", name);
     u->pp = MHD_create_post_processor(c, POST_BUFFER, on_part, u);
     if (!u->pp) {
-        api_error(out, 400, NULL, NULL, "the multipart/form-data body has no boundary");
+        /* libmicrohttpd also refuses a one-character boundary (RFC 2046 allows 1 to 70) */
+        api_error(out, 400, NULL, NULL, "the multipart/form-data body has no boundary "
+                  "lorad can use (Content-Type needs boundary=... of 2 to 70 characters)");
         admin_upload_free(u);
         return NULL;
     }

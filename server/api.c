@@ -52,8 +52,13 @@ void api_error(api_reply *out, int status, const char *param, const char *code,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    char par[128];
+    snprintf(par, sizeof par, "%s", param ? param : "");
+    /* a quoted name may have been cut mid-character: JSON needs UTF-8 */
+    lr_text_tidy(msg);
+    lr_text_tidy(par);
     json_t *e = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", msg, "type",
-                          error_type(status), "param", param ? json_string(param) : json_null(),
+                          error_type(status), "param", param ? json_string(par) : json_null(),
                           "code", code ? json_string(code) : json_null());
     free(out->body);
     out->body = e ? json_dumps(e, JSON_COMPACT) : NULL;

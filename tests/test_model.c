@@ -530,6 +530,30 @@ START_TEST(test_eos_token_id_may_be_an_int_or_a_list)
 }
 END_TEST
 
+/* An id that names no token is dropped (BOS -1), and is never cast into one: 2^32 + 2 is not
+ * token 2 (found by fuzzing). */
+START_TEST(test_bos_and_eos_ids_outside_the_vocabulary_are_dropped)
+{
+    tiny t = tiny_default();
+    char *dir = testutil_mkdtemp("model_test");
+    json_t *j = tiny_config(&t);
+    json_object_set_new(j, "bos_token_id", json_integer(4294967297LL));
+    json_object_set_new(j, "eos_token_id", json_pack("[I,i,i,i]", (json_int_t)4294967298LL,
+                                                     -3, t.vocab, 2));
+    write_json(dir, "config.json", j);
+    model_config c = config_ok(dir);
+    ck_assert_int_eq(c.bos_id, -1);
+    ck_assert_int_eq(c.n_eos, 1);
+    ck_assert_int_eq(c.eos_ids[0], 2);
+
+    write_text(dir, "generation_config.json", "{\"bos_token_id\": -5, \"eos_token_id\": -1}");
+    c = config_ok(dir);
+    ck_assert_int_eq(c.bos_id, -1);
+    ck_assert_int_eq(c.n_eos, 0);
+    testutil_rmdir(dir);
+}
+END_TEST
+
 START_TEST(test_generation_config_overrides_bos_and_eos)
 {
     tiny t = tiny_default();
@@ -755,6 +779,13 @@ START_TEST(test_refuses_zero_num_hidden_layers)
 {
     expect_config_fail("num_hidden_layers", json_integer(0),
                        "'num_hidden_layers' = 0 is out of range");
+}
+END_TEST
+
+/* RMSNorm divides by sqrt(mean(x^2) + eps): eps 0 gives Inf/NaN on a zero row (fuzzing). */
+START_TEST(test_refuses_zero_rms_norm_eps)
+{
+    expect_config_fail("rms_norm_eps", json_real(0.0), "'rms_norm_eps' = 0 is out of range");
 }
 END_TEST
 
@@ -993,6 +1024,7 @@ static Suite *model_suite(void)
     tcase_add_test(core, test_config_defaults_kv_heads_to_heads_and_head_dim_to_hidden_over_heads);
     tcase_add_test(core, test_explicit_head_dim_sets_projection_shapes);
     tcase_add_test(core, test_eos_token_id_may_be_an_int_or_a_list);
+    tcase_add_test(core, test_bos_and_eos_ids_outside_the_vocabulary_are_dropped);
     tcase_add_test(core, test_generation_config_overrides_bos_and_eos);
     tcase_add_test(core, test_f16_weights_convert_to_exact_fp32_values);
     tcase_add_test(core, test_bf16_weights_convert_to_exact_fp32_values);
@@ -1011,6 +1043,7 @@ static Suite *model_suite(void)
     tcase_add_test(lim, test_refuses_unsupported_architecture_listing_supported_ones);
     tcase_add_test(lim, test_refuses_config_missing_hidden_size);
     tcase_add_test(lim, test_refuses_zero_num_hidden_layers);
+    tcase_add_test(lim, test_refuses_zero_rms_norm_eps);
     tcase_add_test(lim, test_refuses_negative_intermediate_size);
     tcase_add_test(lim, test_refuses_hidden_not_multiple_of_heads_without_head_dim);
     tcase_add_test(lim, test_refuses_heads_not_multiple_of_kv_heads);

@@ -952,6 +952,44 @@ START_TEST(test_refuses_rank_above_max_rank)
 }
 END_TEST
 
+/* A scale s = alpha / r (or alpha / sqrt r) that overflows a float, or is absurd, would make
+ * every output of the adapter Inf/NaN: refused, naming the module (found by fuzzing). */
+START_TEST(test_refuses_scale_out_of_range_naming_the_module)
+{
+    static const struct {
+        const char *extra;   /* spliced into a config of r=4, alpha=8, all seven targets */
+        double alpha;
+        const char *want;
+    } cases[] = {
+        {"", 1e39, "'lora_alpha' 1e+39 does not fit in a float"},
+        {"", 3e38, "layers.0.self_attn.q_proj: scale 7.5e+37 = lora_alpha 3e+38 / r=4 is out "
+                   "of range"},
+        {"", -4.4e5, "scale -110000 = lora_alpha -440000 / r=4 is out of range (|s| <= 100000)"},
+        {", \"alpha_pattern\": {\"v_proj\": 1e300}", 8,
+         "layers.0.self_attn.v_proj: scale 2.5e+299 = alpha_pattern 1e+300 / r=4"},
+        {", \"alpha_pattern\": {\"down_proj\": 3.4e38}", 8,
+         "layers.0.mlp.down_proj: scale 8.5e+37 = alpha_pattern 3.4e+38 / r=4"},
+        {", \"use_rslora\": true", 2.2e5, "scale 110000 = lora_alpha 220000 / sqrt r=4"},
+    };
+    model_config base = tiny_config(2);
+    tbuild b = {0};
+    char *dir = valid_adapter(&b);
+    char extra[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(extra, sizeof extra, "\"target_modules\": " ALL7_JSON "%s", cases[i].extra);
+        write_config(dir, 4, cases[i].alpha, extra);
+        expect_fail(dir, &base, NULL, cases[i].want);
+    }
+    /* The edge of the range is accepted, and gives exactly that scale. */
+    write_config(dir, 4, 4e5, "\"target_modules\": " ALL7_JSON);
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_float_eq(lora_weights_get(a->w, 1, PROJ_DOWN)->scale, 1e5f);
+    peft_free(a);
+    tb_free(&b);
+    testutil_rmdir(dir);
+}
+END_TEST
+
 START_TEST(test_refuses_bad_regex_with_pcre2_message)
 {
     model_config base = tiny_config(2);
@@ -1067,6 +1105,7 @@ static Suite *peft_suite(void)
     tcase_add_test(limits, test_refuses_nan_in_b);
     tcase_add_test(limits, test_refuses_inf_in_a);
     tcase_add_test(limits, test_refuses_rank_above_max_rank);
+    tcase_add_test(limits, test_refuses_scale_out_of_range_naming_the_module);
     tcase_add_test(limits, test_refuses_bad_regex_with_pcre2_message);
     tcase_add_test(limits, test_refuses_non_float_dtype);
     tcase_add_test(limits, test_refuses_tensor_outside_target_modules);

@@ -4,6 +4,7 @@
 #include "core/safetensors.h"
 
 #include <check.h>
+#include <stdarg.h>
 #include <dirent.h>
 #include <jansson.h>
 #include <math.h>
@@ -11,6 +12,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* The model and adapter writers are also linked into the fuzz harnesses (fuzz/), which run
+ * outside libcheck: a failure there aborts with a message instead of ck_assert. */
+static void must(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void must(int ok, const char *fmt, ...)
+{
+    if (ok)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "testutil: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    abort();
+}
 
 char *testutil_mkdtemp(const char *prefix)
 {
@@ -66,8 +83,8 @@ void testutil_write_json(const char *dir, const char *file, json_t *j)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, file);
-    ck_assert_ptr_nonnull(j);
-    ck_assert_int_eq(json_dump_file(j, path, JSON_INDENT(2)), 0);
+    must(j != NULL, "%s: no JSON to write", path);
+    must(json_dump_file(j, path, JSON_INDENT(2)) == 0, "cannot write %s", path);
     json_decref(j);
 }
 
@@ -84,12 +101,12 @@ typedef struct {
 static void tl_add(tlist *l, const char *name, int d0, int d1, float scale, float offset,
                    uint32_t *s)
 {
-    ck_assert_int_lt(l->n, MAX_T);
+    must(l->n < MAX_T, "more than %d tensors", MAX_T);
     int i = l->n++;
     snprintf(l->name[i], sizeof l->name[i], "%s", name);
     size_t ne = (size_t)d0 * (d1 > 0 ? (size_t)d1 : 1);
     l->data[i] = malloc(ne * sizeof(float));
-    ck_assert_ptr_nonnull(l->data[i]);
+    must(l->data[i] != NULL, "out of memory");
     for (size_t k = 0; k < ne; k++)
         l->data[i][k] = offset + scale * testutil_rnd(s);
     memset(&l->t[i], 0, sizeof l->t[i]);
@@ -109,7 +126,7 @@ static void tl_write(tlist *l, const char *dir, const char *file)
     for (int i = 0; i < l->n; i++)
         free(l->data[i]);
     l->n = 0;
-    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
+    must(rc == 0, "safetensors_write: %s", err.msg);
 }
 
 void testutil_write_tiny_model(const char *dir)

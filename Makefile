@@ -4,10 +4,13 @@ CFLAGS  ?= -O3 -g -march=native -ffp-contract=fast
 WARN    := -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes
 PYTHON  ?= /usr/bin/python3
 PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 BUILD   ?= build
 
 # Recursive (=) so pkg-config runs after `make test` has installed the packages.
-PKGS     = openblas jansson libpcre2-8 libmicrohttpd
+PKGS     = openblas jansson libpcre2-8 libmicrohttpd libsystemd
 CPPFLAGS = -std=c11 -D_GNU_SOURCE -I. -MMD -MP $(shell pkg-config --cflags $(PKGS))
 LDLIBS   = $(shell pkg-config --libs $(PKGS)) -lunistring -lm -lpthread
 CHECKLIBS = $(shell pkg-config --libs check)
@@ -17,12 +20,18 @@ LIB_SRC  := $(wildcard core/*.c adapters/*.c) $(filter-out server/main.c,$(wildc
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(filter-out bench/benchutil.c,$(wildcard bench/*.c)))
+# fuzz/fuzz_NAME.c: one harness per input surface, built as $(BUILD)/fuzz/NAME (replays its
+# corpus in `make check`) and, by `make fuzz` only, as build-fuzz/fuzz/NAME-libfuzzer.
+FUZZ_TARGETS := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%-libfuzzer)
+FUZZ_SECONDS ?= 60
 
 ifneq ($(V),1)
 Q := @
 endif
 
-.PHONY: all test check asan bench bench-serve run demo-model install clean deps
+.PHONY: all test check asan bench bench-serve run demo-model install deb clean deps fuzz
 
 # all: the daemon/CLI binary build/lorad
 all: $(BUILD)/lorad
@@ -38,7 +47,7 @@ $(BUILD)/liblorad.a: $(LIB_OBJ)
 
 $(BUILD)/lorad: $(BUILD)/server/main.o $(BUILD)/liblorad.a
 	@echo "  LD    $@"
-	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o $(BUILD)/liblorad.a
 	@echo "  LD    $@"
@@ -47,6 +56,16 @@ $(TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o $(BU
 $(BENCH_BIN): $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/bench/benchutil.o $(BUILD)/liblorad.a
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) $^ $(LDLIBS) $(CURLLIBS) -o $@
+
+FUZZ_OBJ := $(BUILD)/fuzz/fuzzutil.o $(BUILD)/tests/testutil.o $(BUILD)/liblorad.a
+
+$(FUZZ_REPLAY): $(BUILD)/fuzz/%: $(BUILD)/fuzz/fuzz_%.o $(BUILD)/fuzz/replay.o $(FUZZ_OBJ)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) $^ $(CHECKLIBS) $(LDLIBS) -o $@
+
+$(FUZZ_BIN): $(BUILD)/fuzz/%-libfuzzer: $(BUILD)/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) -fsanitize=fuzzer $^ $(CHECKLIBS) $(LDLIBS) -o $@
 
 # deps: install missing Debian packages (apt-get, as root) — a no-op when all are there
 deps:
@@ -58,13 +77,26 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory asan
 
 # check: build and run unit tests + reference/integration tests in $(BUILD)
-check: $(BUILD)/lorad $(TEST_BIN)
+check: $(BUILD)/lorad $(TEST_BIN) $(FUZZ_REPLAY)
 	$(Q)PYTHON=$(PYTHON) tests/run.sh $(BUILD)
 
 # asan: the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer
 asan:
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan \
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" check
+
+# fuzz: every libFuzzer harness for FUZZ_SECONDS (default 60) each, in build-fuzz (clang,
+# ASan/UBSan; never part of `make test`); see README "Fuzzing"
+# (core/smallmm.c uses GCC's __builtin_shuffle, so gcc compiles it, uninstrumented: no
+# harness reaches its kernels.)
+fuzz:
+	$(Q)tools/deps.sh clang libclang-rt-14-dev
+	$(Q)$(MAKE) --no-print-directory BUILD=build-fuzz CFLAGS="-O2 -g -march=native" \
+	    build-fuzz/core/smallmm.o
+	$(Q)$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CFLAGS="-O1 -g -march=native \
+	    -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
+	    -fno-omit-frame-pointer" $(FUZZ_TARGETS:%=build-fuzz/fuzz/%-libfuzzer)
+	$(Q)tools/fuzz.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # bench: benchmarks (never part of `make test`); see README "Performance"
 bench: deps $(BUILD)/lorad $(BENCH_BIN)
@@ -85,13 +117,33 @@ demo-model:
 	$(Q)$(PYTHON) tools/demo/train.py
 	$(Q)cd tools/demo/goldens && npm ci --no-audit --no-fund && node gen.js
 
-# install: the binary and systemd units under $(PREFIX) / $(DESTDIR)
+# install: binary, man page, systemd units under $(DESTDIR)$(PREFIX); lorad.env unless there
 install: $(BUILD)/lorad
-	install -D -m 0755 $(BUILD)/lorad $(DESTDIR)$(PREFIX)/bin/lorad
+	install -D -m 0755 $(BUILD)/lorad $(DESTDIR)$(BINDIR)/lorad
+	install -D -m 0644 man/lorad.1 $(DESTDIR)$(MANDIR)/man1/lorad.1
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/bin/lorad|$(BINDIR)/lorad|' systemd/lorad.service \
+	    >$(DESTDIR)$(UNITDIR)/lorad.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/lorad.service
+	install -m 0644 systemd/lorad.socket $(DESTDIR)$(UNITDIR)/lorad.socket
+	[ -e $(DESTDIR)/etc/lorad/lorad.env ] || \
+	    install -D -m 0644 systemd/lorad.env $(DESTDIR)/etc/lorad/lorad.env
+
+# deb: the Debian package, built by dpkg-buildpackage in a copy of the tree: $(BUILD)/deb/
+deb:
+	$(Q)tools/deps.sh debhelper dpkg-dev
+	$(Q)rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb/lorad
+	$(Q)tar -c --exclude=./.git --exclude='./build*' --exclude=./$(BUILD) \
+	    --exclude=node_modules --exclude=__pycache__ --exclude=./debian/lorad \
+	    --exclude=./debian/.debhelper -f - . | tar -x -C $(BUILD)/deb/lorad
+	$(Q)cd $(BUILD)/deb/lorad && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u CFLAGS \
+	    -u PREFIX -u DESTDIR dpkg-buildpackage -us -uc -b
+	$(Q)ls $(BUILD)/deb/*.deb
 
 # clean: remove build outputs
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/server/main.d $(BUILD)/tests/testutil.d $(TEST_BIN:=.d) \
-    $(BENCH_BIN:=.d) $(BUILD)/bench/benchutil.d
+    $(BENCH_BIN:=.d) $(BUILD)/bench/benchutil.d $(BUILD)/fuzz/fuzzutil.d $(BUILD)/fuzz/replay.d \
+    $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%.d)

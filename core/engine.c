@@ -2,10 +2,12 @@
  * finishing. */
 #include "engine.h"
 
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "forward.h"
 #include "kv_cache.h"
@@ -15,16 +17,19 @@ typedef struct seq seq;
 struct seq {
     uint64_t id;          /* submission order, > 0 */
     engine_request req;   /* prompt pointer replaced by our copy */
-    int *prompt;          /* [n_prompt] owned copy */
-    int cap;              /* KV positions it needs */
-    size_t kv_bytes;      /* kv_cache_bytes(cap) */
-    int n_fed;            /* prompt tokens already in the cache */
+    int *prompt;          /* [n_prompt + most tokens it may generate] owned: the prompt,
+                           * then the tokens generated so far */
+    int cap;              /* KV positions it needs at most */
+    int n_feed;           /* tokens of prompt[] to prefill: the prompt; after a preemption,
+                           * the prompt and every generated token but the last */
+    int n_fed;            /* of those, already in the cache */
     int n_generated;
     int last;             /* last sampled token, input of the next decode step */
     int slot;             /* index in slots while running */
     int chunk;            /* prompt rows this step feeds */
-    kv_cache *kv;         /* NULL until it runs */
-    sampler *smp;
+    kv_cache kv;          /* its blocks; none unless running */
+    sampler *smp;         /* from its first admission on, kept across preemptions (a
+                           * seeded RNG continues where it was) */
     seq *next;            /* inbox / waiting list */
 };
 
@@ -37,7 +42,9 @@ struct engine {
     /* Engine thread only. */
     seq **slots;          /* [max_seqs] running sequences, NULL = free */
     seq *wait_head, *wait_tail;
-    size_t kv_in_use;
+    kv_pool *kv;          /* every sequence's KV blocks */
+    size_t block_bytes;   /* of one KV block */
+    uint64_t preemptions;
     float *logits;        /* [max_seqs, vocab] */
     forward_seq *batch;   /* [max_seqs] */
     seq **order;          /* [max_seqs] this step's sequences, in batch order */
@@ -73,16 +80,33 @@ engine *engine_create(const model *m, const engine_options *opt, lr_error *err)
     e->opt = opt ? *opt : engine_options_default();
     e->next_id = 1;
     pthread_mutex_init(&e->lock, NULL);
-    pthread_cond_init(&e->wake, NULL);
+    pthread_condattr_t ca;   /* monotonic: heartbeat timeouts ignore clock changes */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->wake, &ca);
+    pthread_condattr_destroy(&ca);
     if (e->opt.max_batch_rows < 1 || e->opt.max_seqs < 1 || e->opt.max_queue < 0 ||
-        e->opt.max_ctx < 0 || e->opt.threads < 0) {
+        e->opt.max_ctx < 0 || e->opt.threads < 0 || e->opt.heartbeat_ms < 0) {
         lr_error_set(err, LR_EINVAL, "engine: max_batch_rows and max_seqs must be positive, "
-                     "max_queue, max_ctx and threads not negative");
+                     "max_queue, max_ctx, threads and heartbeat_ms not negative");
         goto fail;
     }
     e->ctx = m->cfg.max_positions;
     if (e->opt.max_ctx > 0 && e->opt.max_ctx < e->ctx)
         e->ctx = e->opt.max_ctx;
+    /* The KV pool: max_kv_bytes in whole blocks, or without a limit room for every slot's
+     * full context — a bound that never preempts, and costs only what is used (blocks are
+     * allocated on first use). */
+    e->block_bytes = kv_block_bytes(&m->cfg);
+    double n_blocks = e->opt.max_kv_bytes
+                          ? (double)(e->opt.max_kv_bytes / e->block_bytes)
+                          : (double)e->opt.max_seqs * kv_blocks_for(e->ctx);
+    e->kv = kv_pool_new(&m->cfg, n_blocks > INT_MAX ? INT_MAX : (int)n_blocks, err);
+    if (!e->kv) {
+        if (e->opt.max_kv_bytes)
+            lr_error_prefix(err, "engine: KV cache limit of %.2f MB", e->opt.max_kv_bytes / 1e6);
+        goto fail;
+    }
     /* A step holds at most max_seqs decode rows plus the prefill chunk. */
     int rows = e->opt.max_batch_rows + e->opt.max_seqs;
     e->fwd = forward_create(m, rows, e->opt.threads, err);
@@ -98,11 +122,22 @@ engine *engine_create(const model *m, const engine_options *opt, lr_error *err)
         lr_error_set(err, LR_ENOMEM, "out of memory creating the engine");
         goto fail;
     }
-    e->st.kv_limit = e->opt.max_kv_bytes;
+    e->st.kv_limit = (size_t)kv_pool_total(e->kv) * e->block_bytes;
+    e->st.kv_blocks_total = e->st.kv_blocks_free = kv_pool_total(e->kv);
     return e;
 fail:
     engine_destroy(e);
     return NULL;
+}
+
+/* The KV counters of e->st; under e->lock. */
+static void publish_kv(engine *e)
+{
+    int used = kv_pool_used(e->kv), total = kv_pool_total(e->kv);
+    e->st.kv_bytes = (size_t)used * e->block_bytes;
+    e->st.kv_blocks_used = used;
+    e->st.kv_blocks_free = total - used;
+    e->st.preemptions = e->preemptions;
 }
 
 /* Frees s (running or not) and reports its end; the caller has unlinked it. The
@@ -110,10 +145,9 @@ fail:
  * client reading /metrics next) sees the request gone. */
 static void seq_finish(engine *e, seq *s, engine_finish reason, const lr_error *err)
 {
-    if (s->kv) {
-        kv_cache_free(s->kv);
-        e->kv_in_use -= s->kv_bytes;
-    }
+    if (s->kv.n_blocks)
+        kv_cache_release(e->kv, &s->kv);
+    kv_cache_clear(&s->kv);
     sampler_destroy(s->smp);
     free(s->prompt);
     int running = 0;
@@ -125,7 +159,7 @@ static void seq_finish(engine *e, seq *s, engine_finish reason, const lr_error *
         e->st.cancelled++;
     e->st.running = running;
     e->st.waiting = e->accepted - running;
-    e->st.kv_bytes = e->kv_in_use;
+    publish_kv(e);
     pthread_mutex_unlock(&e->lock);
     if (s->req.on_done)
         s->req.on_done(s->req.user, reason, err);
@@ -159,6 +193,7 @@ void engine_destroy(engine *e)
             finish_slot(e, i, ENGINE_FINISH_ERROR, &err);
     finish_list(e, e->wait_head, ENGINE_FINISH_ERROR, &err);
     finish_list(e, e->inbox_head, ENGINE_FINISH_ERROR, &err);
+    kv_pool_free(e->kv);
     forward_free(e->fwd);
     free(e->slots);
     free(e->logits);
@@ -237,13 +272,17 @@ int engine_submit(engine *e, const engine_request *req, uint64_t *id, lr_error *
     long cap = (long)req->n_prompt + req->max_tokens - 1;
     if (cap > e->ctx - 1)
         cap = e->ctx - 1;
-    size_t kv_bytes = kv_cache_bytes(&e->m->cfg, (int)cap);
-    if (e->opt.max_kv_bytes && kv_bytes > e->opt.max_kv_bytes)
-        return lr_error_set(err, LR_EINVAL, "the request needs %.1f MB of KV cache for %ld "
-                            "positions; the server's KV budget is %.1f MB (ask for fewer "
-                            "tokens)", kv_bytes / 1e6, cap, e->opt.max_kv_bytes / 1e6);
+    /* Alone in the pool it always finishes: it is never preempted for a younger one. */
+    int blocks = kv_blocks_for(cap), total = kv_pool_total(e->kv);
+    if (blocks > total)
+        return lr_error_set(err, LR_EINVAL, "the request needs %d KV cache blocks (%.1f MB) "
+                            "for %ld positions; the server's KV cache holds %d (%.1f MB) in "
+                            "all (ask for fewer tokens)", blocks, blocks * (e->block_bytes / 1e6),
+                            cap, total, total * (e->block_bytes / 1e6));
+    long max_new = req->max_tokens < e->ctx - req->n_prompt ? req->max_tokens
+                                                             : e->ctx - req->n_prompt;
     seq *s = calloc(1, sizeof *s);
-    int *prompt = malloc(sizeof(int) * (size_t)req->n_prompt);
+    int *prompt = malloc(sizeof(int) * (size_t)(req->n_prompt + max_new));
     if (!s || !prompt) {
         free(s);
         free(prompt);
@@ -253,7 +292,7 @@ int engine_submit(engine *e, const engine_request *req, uint64_t *id, lr_error *
     s->req = *req;
     s->req.prompt = s->prompt = prompt;
     s->cap = (int)cap;
-    s->kv_bytes = kv_bytes;
+    s->n_feed = req->n_prompt;
 
     pthread_mutex_lock(&e->lock);
     if (e->accepted >= e->opt.max_seqs + e->opt.max_queue) {
@@ -370,8 +409,10 @@ static void take_inbox(engine *e)
     free(ids);
 }
 
-/* Starts waiting requests, in arrival order, while a slot is free and the head's KV cache
- * fits in the budget. */
+/* Starts waiting requests, in arrival order (preempted ones rejoin at the front), while
+ * a slot is free and the pool has the blocks of the head's prefill: its prompt, or for a
+ * preempted one everything it recomputes. Later positions get their blocks as they come
+ * (grow). */
 static void admit(engine *e)
 {
     const model_config *c = &e->m->cfg;
@@ -379,21 +420,15 @@ static void admit(engine *e)
         if (e->slots[i])
             continue;
         seq *s = e->wait_head;
-        if (e->opt.max_kv_bytes && e->kv_in_use + s->kv_bytes > e->opt.max_kv_bytes)
+        if (kv_blocks_for(s->n_feed) > kv_pool_total(e->kv) - kv_pool_used(e->kv))
             return;
         e->wait_head = s->next;
         if (!e->wait_head)
             e->wait_tail = NULL;
         s->next = NULL;
         lr_error err = {0};
-        s->kv = kv_cache_new(c, s->cap);
-        s->smp = sampler_create(&s->req.sampling, c->vocab_size, &err);
-        if (s->kv)
-            e->kv_in_use += s->kv_bytes;
-        if (!s->kv || !s->smp) {
-            if (!s->kv)
-                lr_error_set(&err, LR_ENOMEM, "out of memory for a KV cache of %d positions "
-                             "(%.1f MB)", s->cap, s->kv_bytes / 1e6);
+        if ((!s->smp && !(s->smp = sampler_create(&s->req.sampling, c->vocab_size, &err))) ||
+            kv_cache_reserve(e->kv, &s->kv, s->n_feed, &err)) {
             seq_finish(e, s, ENGINE_FINISH_ERROR, &err);
             i--;   /* the slot is still free */
             continue;
@@ -445,7 +480,7 @@ static void publish(engine *e, int stepped)
     pthread_mutex_lock(&e->lock);
     e->st.running = running;
     e->st.waiting = e->accepted - running;
-    e->st.kv_bytes = e->kv_in_use;
+    publish_kv(e);
     e->st.steps += (uint64_t)stepped;
     pthread_mutex_unlock(&e->lock);
 }
@@ -459,7 +494,7 @@ static void emit_token(engine *e, int slot, const float *lg)
         lr_error err;
         lr_error_set(&err, LR_EINVAL, "the model produced non-finite logits (NaN or Inf) at "
                      "position %d; the weights or the adapter's scale are out of range",
-                     s->n_fed + s->n_generated);
+                     s->req.n_prompt + s->n_generated);
         finish_slot(e, slot, ENGINE_FINISH_ERROR, &err);
         return;
     }
@@ -477,7 +512,7 @@ static void emit_token(engine *e, int slot, const float *lg)
                               : (float)((double)lg[tok.id] -
                                         (double)sampler_logsumexp(lg, c->vocab_size));
     s->last = tok.id;
-    s->n_generated++;
+    s->prompt[s->req.n_prompt + s->n_generated++] = tok.id;   /* for a recompute */
     int stop = s->req.on_token ? s->req.on_token(s->req.user, &tok) : 0;
     if (stop || (!s->req.ignore_eos && is_eos(c, tok.id)))
         finish_slot(e, slot, ENGINE_FINISH_STOP, NULL);
@@ -485,10 +520,72 @@ static void emit_token(engine *e, int slot, const float *lg)
         finish_slot(e, slot, ENGINE_FINISH_LENGTH, NULL);
 }
 
+/* The running sequence admitted last: the one with the highest id (admission takes the
+ * queue in arrival order, and a preempted sequence rejoins it ahead of every later
+ * arrival, so every running sequence arrived before every waiting one). */
+static seq *newest_running(engine *e)
+{
+    seq *n = NULL;
+    for (int i = 0; i < e->opt.max_seqs; i++)
+        if (e->slots[i] && (!n || e->slots[i]->id > n->id))
+            n = e->slots[i];
+    return n;
+}
+
+/* Frees s's blocks and puts it at the front of the waiting queue, to be recomputed when
+ * admitted again: its prompt and every generated token but the last become its prefill
+ * (no logits wanted), the last one stays its next decode input. Its sampler is kept, so
+ * it continues as if never interrupted and no token is produced twice. */
+static void preempt(engine *e, seq *s)
+{
+    e->slots[s->slot] = NULL;
+    kv_cache_release(e->kv, &s->kv);
+    s->n_fed = 0;
+    s->n_feed = s->req.n_prompt + (s->n_generated > 0 ? s->n_generated - 1 : 0);
+    s->next = e->wait_head;
+    e->wait_head = s;
+    if (!e->wait_tail)
+        e->wait_tail = s;
+    e->preemptions++;
+    log_debug("engine: request %llu preempted after %d tokens (KV cache full); %d positions "
+              "to recompute", (unsigned long long)s->id, s->n_generated, s->n_feed);
+}
+
+/* Gives each decoding sequence whose blocks are full the block its next position needs,
+ * oldest first; when the pool has none, preempts the newest running sequence (perhaps the
+ * one asking) until it does. So the oldest sequence always progresses, and a request that
+ * fits the pool alone always finishes. Returns the number of preemptions. */
+static int grow(engine *e)
+{
+    int n = 0, preempted = 0;
+    for (int i = 0; i < e->opt.max_seqs; i++)
+        if (e->slots[i])
+            e->prefill[n++] = e->slots[i];
+    qsort(e->prefill, (size_t)n, sizeof *e->prefill, cmp_arrival);
+    for (int k = 0; k < n; k++) {
+        seq *s = e->prefill[k];
+        /* skip: preempted above, prefilling (its blocks came at admission), or room left */
+        if (e->slots[s->slot] != s || s->n_fed < s->n_feed ||
+            s->kv.len < s->kv.n_blocks * KV_BLOCK)
+            continue;
+        while (kv_pool_used(e->kv) == kv_pool_total(e->kv) && e->slots[s->slot] == s) {
+            preempt(e, newest_running(e));
+            preempted++;
+        }
+        lr_error err = {0};
+        if (e->slots[s->slot] == s && kv_cache_reserve(e->kv, &s->kv, s->kv.len + 1, &err))
+            finish_slot(e, s->slot, ENGINE_FINISH_ERROR, &err);
+    }
+    return preempted;
+}
+
 int engine_step(engine *e, lr_error *err)
 {
     take_inbox(e);
-    admit(e);
+    /* Running sequences first; none starts in a step that had to preempt (it would only
+     * take the blocks back from the one just preempted). */
+    if (!grow(e))
+        admit(e);
 
     /* Every decoding sequence gets its row; prefilling ones share max_batch_rows rows in
      * arrival order, so a crowd of decoders never starves a new prompt and a long prompt
@@ -498,7 +595,7 @@ int engine_step(engine *e, lr_error *err)
         seq *s = e->slots[i];
         if (!s)
             continue;
-        if (s->n_fed == s->req.n_prompt)
+        if (s->n_fed == s->n_feed)
             e->order[n++] = s;
         else
             e->prefill[n_pre++] = s;
@@ -507,7 +604,7 @@ int engine_step(engine *e, lr_error *err)
     int budget = e->opt.max_batch_rows;
     for (int k = 0; k < n_pre && budget > 0; k++) {
         seq *s = e->prefill[k];
-        int chunk = s->req.n_prompt - s->n_fed;
+        int chunk = s->n_feed - s->n_fed;
         chunk = chunk < budget ? chunk : budget;
         e->order[n++] = s;
         s->chunk = chunk;
@@ -522,13 +619,14 @@ int engine_step(engine *e, lr_error *err)
     for (int k = 0; k < n; k++) {
         seq *s = e->order[k];
         forward_seq *f = &e->batch[k];
-        int decoding = s->n_fed == s->req.n_prompt;
+        int decoding = s->n_fed == s->n_feed;
         f->n_tokens = decoding ? 1 : s->chunk;
         f->tokens = decoding ? &s->last : s->prompt + s->n_fed;
-        f->kv = s->kv;
+        f->kv = &s->kv;
         f->merged = s->req.merged;
         f->lora = s->req.lora;
-        f->want_logits = decoding || s->n_fed + f->n_tokens == s->req.n_prompt;
+        /* a recompute ends without a token: its next one comes from decoding s->last */
+        f->want_logits = decoding || (s->n_fed + f->n_tokens == s->n_feed && !s->n_generated);
     }
     if (forward_batch(e->fwd, e->batch, n, e->logits, err)) {
         for (int k = 0; k < n; k++)
@@ -540,7 +638,7 @@ int engine_step(engine *e, lr_error *err)
     int row = 0;
     for (int k = 0; k < n; k++) {
         seq *s = e->order[k];
-        if (s->n_fed < s->req.n_prompt)
+        if (s->n_fed < s->n_feed)
             s->n_fed += e->batch[k].n_tokens;
         if (!e->batch[k].want_logits)
             continue;
@@ -550,12 +648,43 @@ int engine_step(engine *e, lr_error *err)
     return engine_running(e);
 }
 
+static struct timespec ms_later(const struct timespec *t, int ms)
+{
+    struct timespec r = {t->tv_sec + ms / 1000, t->tv_nsec + (long)(ms % 1000) * 1000000L};
+    if (r.tv_nsec >= 1000000000L) {
+        r.tv_sec++;
+        r.tv_nsec -= 1000000000L;
+    }
+    return r;
+}
+
+static int is_due(const struct timespec *due)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > due->tv_sec || (now.tv_sec == due->tv_sec && now.tv_nsec >= due->tv_nsec);
+}
+
 void engine_run(engine *e)
 {
+    int hb = e->opt.on_heartbeat && e->opt.heartbeat_ms > 0;
+    struct timespec due;   /* next heartbeat (CLOCK_MONOTONIC) */
+    clock_gettime(CLOCK_MONOTONIC, &due);
     pthread_mutex_lock(&e->lock);
     while (!e->stop) {
+        if (hb && is_due(&due)) {
+            pthread_mutex_unlock(&e->lock);
+            e->opt.on_heartbeat(e->opt.heartbeat_user);
+            clock_gettime(CLOCK_MONOTONIC, &due);
+            due = ms_later(&due, e->opt.heartbeat_ms);
+            pthread_mutex_lock(&e->lock);
+            continue;
+        }
         if (e->accepted == 0 && e->n_cancels == 0 && !e->cancel_all) {
-            pthread_cond_wait(&e->wake, &e->lock);
+            if (hb)
+                pthread_cond_timedwait(&e->wake, &e->lock, &due);
+            else
+                pthread_cond_wait(&e->wake, &e->lock);
             continue;
         }
         pthread_mutex_unlock(&e->lock);

@@ -5,9 +5,15 @@
  * else is in the batch.
  *
  * Requests pass three stages: submitted (in the inbox, thread-safe), waiting (admitted to
- * the queue in arrival order, no memory held) and running (a slot, a KV cache and a
- * sampler). A waiting request starts when a slot is free and its KV cache fits in the
- * budget; the head of the queue is never overtaken, so prompts start in arrival order.
+ * the queue in arrival order, no KV memory held) and running (a slot, KV blocks and a
+ * sampler). The KV cache is one pool of blocks of KV_BLOCK positions (core/kv_cache.h):
+ * a waiting request starts when a slot is free and the pool has the blocks of its
+ * prompt; the head of the queue is never overtaken, so prompts start in arrival order.
+ * A running sequence takes one more block each time its positions fill the last; when
+ * the pool has none, the most recently admitted running sequence is preempted — its
+ * blocks freed, itself put back at the front of the queue — and later recomputed (its
+ * prompt and the tokens it had generated prefilled again) and continued: never failed,
+ * no token produced twice, and with the same tokens as if it had never been interrupted.
  *
  * Threads: engine_submit, engine_cancel, engine_cancel_all, engine_stop and engine_stats
  * may be called from any thread. engine_step and engine_run belong to one thread, the
@@ -32,11 +38,21 @@ typedef struct {
     int max_seqs;         /* sequences running at once; default 16 */
     int max_queue;        /* requests waiting beyond those; more are refused with
                            * LR_EBUSY; default 64 */
-    size_t max_kv_bytes;  /* KV cache memory of all running sequences; 0 = no limit */
+    size_t max_kv_bytes;  /* KV cache memory of all running sequences, in whole blocks
+                           * (at least one); 0 = room for max_seqs full contexts. Either
+                           * way blocks are allocated on first use, then reused */
     int max_ctx;          /* positions per sequence (prompt + output), at most the model's
                            * max_position_embeddings; 0 = the model's */
     int threads;          /* threads of the engine's pool, its own included; 0 = one per
                            * CPU */
+    /* A liveness signal from the loop itself (the systemd watchdog): engine_run calls
+     * on_heartbeat(heartbeat_user) on the engine thread at least every heartbeat_ms while
+     * it turns — between steps, and on a timer while idle — never from inside a step, so
+     * a step that hangs stops the heartbeats and an idle engine keeps them. 0 / NULL =
+     * none. */
+    int heartbeat_ms;
+    void (*on_heartbeat)(void *user);
+    void *heartbeat_user;
 } engine_options;
 
 typedef enum {
@@ -76,18 +92,25 @@ typedef struct {
 
 typedef struct {
     int running;           /* sequences with a slot */
-    int waiting;           /* accepted, not yet running */
-    size_t kv_bytes;       /* KV cache memory held by the running sequences */
-    size_t kv_limit;       /* engine_options.max_kv_bytes (0 = none) */
+    int waiting;           /* accepted, not yet running (preempted ones included) */
+    size_t kv_bytes;       /* KV cache memory held by the running sequences:
+                            * kv_blocks_used blocks */
+    size_t kv_limit;       /* the KV pool: kv_blocks_total blocks */
+    int kv_blocks_used;    /* KV blocks held by running sequences */
+    int kv_blocks_free;    /* kv_blocks_total - kv_blocks_used */
+    int kv_blocks_total;   /* blocks of KV_BLOCK positions in the pool (max_kv_bytes /
+                            * the block size, or max_seqs full contexts); constant */
     uint64_t steps;        /* steps run so far */
     uint64_t cancelled;    /* requests finished with CANCELLED so far */
+    uint64_t preemptions;  /* running sequences preempted for want of KV blocks so far */
 } engine_stats;
 
 typedef struct engine engine;
 
 engine_options engine_options_default(void);
 
-/* Creates an engine over m (borrowed; must outlive the engine). NULL + err on failure. */
+/* Creates an engine over m (borrowed; must outlive the engine). NULL + err on failure,
+ * among them a max_kv_bytes below one KV block. */
 engine *engine_create(const model *m, const engine_options *opt, lr_error *err);
 
 /* Frees the engine; running and waiting requests are finished with ERROR first. The
@@ -95,7 +118,8 @@ engine *engine_create(const model *m, const engine_options *opt, lr_error *err);
 void engine_destroy(engine *e);
 
 /* Accepts a request: validates it (prompt ids in range, prompt + max_tokens within the
- * context, KV cache within the budget, sampling parameters, adapters for this model) and
+ * context, the KV blocks of prompt + max_tokens within the whole pool, sampling
+ * parameters, adapters for this model) and
  * queues it. On success returns 0, stores a request id (> 0, for engine_cancel) in *id
  * when id is not NULL, and on_done will be called exactly once. On error returns negative
  * (LR_EBUSY when running + waiting requests already fill max_seqs + max_queue, LR_EINVAL
@@ -103,7 +127,7 @@ void engine_destroy(engine *e);
 int engine_submit(engine *e, const engine_request *req, uint64_t *id, lr_error *err);
 
 /* Asks the engine to finish request id with CANCELLED at its next step, wherever it is
- * (waiting, prefilling, decoding); its KV memory is freed then. An id that has already
+ * (waiting, preempted, prefilling, decoding); its KV blocks are freed then. An id that has already
  * finished (or never existed) is ignored. Thread-safe. */
 void engine_cancel(engine *e, uint64_t id);
 
@@ -117,7 +141,8 @@ void engine_cancel_all(engine *e);
 int engine_step(engine *e, lr_error *err);
 
 /* The engine thread's loop: steps while there is work, sleeps on a condition variable
- * (no polling) when there is none, returns after engine_stop. */
+ * (no polling; with a heartbeat, it wakes to call it) when there is none, returns after
+ * engine_stop. */
 void engine_run(engine *e);
 
 /* Makes engine_run return after its current step; requests stay where they are.

@@ -394,14 +394,16 @@ static void softmax_row(float *s, int n)
 
 /* Attention of up to NR query rows (consecutive positions pos0 .. pos0+nr-1 of one
  * sequence, one head) against the cache: scores over the keys the rows may see, softmax
- * per row, weighted sum of values. q rows are q_dim apart; out likewise. Kt is the head's
- * transposed keys [hd, stride] (stride a multiple of 16, zero past the last key), V its
- * values (row j at V + j·kv_dim). S: [NR, stride] scratch. Padding rows (r >= nr) repeat
+ * per row, weighted sum of values. q rows are q_dim apart; out likewise. blk is the
+ * sequence's block table: block b holds positions [b·KV_BLOCK, (b+1)·KV_BLOCK), with
+ * this layer and head's transposed keys at blk[b] + kofs ([hd, KV_BLOCK], finite past
+ * the last key) and its values at blk[b] + vofs (position i of the block at + i·kv_dim).
+ * S: [NR, ss] scratch, ss >= pos0 + nr rounded up to 16. Padding rows (r >= nr) repeat
  * the last real row and are not written out. */
 #define ATTN_KERNEL(NAME, NR)                                                               \
-static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, int stride,  \
-                 const float *V, int kv_dim, int hd, float scale, int win, float *S,       \
-                 float *out)                                                               \
+static void NAME(const float *q, int q_dim, int nr, int pos0, float *const *blk,           \
+                 size_t kofs, size_t vofs, int kv_dim, int hd, float scale, int win,       \
+                 float *S, int ss, float *out)                                             \
 {                                                                                          \
     int first[NR], last[NR];                                                               \
     float qs[NR][256];                                                                     \
@@ -413,45 +415,54 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, i
             qs[r][d] = q[(size_t)rr * q_dim + d] * scale;                                  \
     }                                                                                      \
     int j0 = first[0] & ~15, j1 = last[NR - 1] + 1;                                        \
-    /* scores, 16 keys at a time: NR rows share each load of the keys */                   \
+    /* scores, 16 keys at a time (one block, or a part of one): NR rows share each load    \
+     * of the keys */                                                                      \
     for (int jb = j0; jb < j1; jb += 16) {                                                 \
         v16 acc[NR];                                                                       \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
             acc[r] = (v16){0};                                                             \
-        const float *kd = Kt + jb;                                                         \
-        for (int d = 0; d < hd; d++, kd += stride) {                                       \
+        const float *kd = blk[jb / KV_BLOCK] + kofs + jb % KV_BLOCK;                       \
+        /* the next 16 keys: another block, which the hardware does not prefetch */       \
+        int jn = jb + 16 < j1 ? jb + 16 : jb;                                              \
+        const float *kn = blk[jn / KV_BLOCK] + kofs + jn % KV_BLOCK;                       \
+        for (int d = 0; d < hd; d++, kd += KV_BLOCK, kn += KV_BLOCK) {                     \
+            __builtin_prefetch(kn);                                                        \
             v16 k = ld16(kd);                                                              \
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                           \
                 acc[r] += qs[r][d] * k;                                                    \
         }                                                                                  \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
-            st16(S + (size_t)r * stride + jb, acc[r]);                                     \
+            st16(S + (size_t)r * ss + jb, acc[r]);                                         \
     }                                                                                      \
     for (int r = 0; r < NR; r++) {                                                         \
-        float *row = S + (size_t)r * stride;                                               \
+        float *row = S + (size_t)r * ss;                                                   \
         for (int j = j0; j < first[r]; j++)                                                \
             row[j] = 0;                                                                    \
         softmax_row(row + first[r], last[r] + 1 - first[r]);                               \
         for (int j = last[r] + 1; j < j1; j++)                                             \
             row[j] = 0;                                                                    \
     }                                                                                      \
-    /* out = S V, 64 output dims at a time (then 32, then a scalar tail): NR rows share   \
-     * each load of a value row */                                                         \
+    /* out = S V, 64 output dims at a time (then 32, then a scalar tail), block by block:  \
+     * NR rows share each load of a value row */                                           \
     int jv = j0 > first[0] ? j0 : first[0];                                                \
     int d0 = 0;                                                                            \
     for (; d0 + 64 <= hd; d0 += 64) {                                                      \
         v16 a0[NR], a1[NR], a2[NR], a3[NR];                                                \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
             a0[r] = a1[r] = a2[r] = a3[r] = (v16){0};                                      \
-        for (int j = jv; j < j1; j++) {                                                    \
-            const float *vj = V + (size_t)j * kv_dim + d0;                                 \
-            v16 x0 = ld16(vj), x1 = ld16(vj + 16), x2 = ld16(vj + 32), x3 = ld16(vj + 48);  \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                         \
-                float p = S[(size_t)r * stride + j];                                       \
-                a0[r] += p * x0;                                                           \
-                a1[r] += p * x1;                                                           \
-                a2[r] += p * x2;                                                           \
-                a3[r] += p * x3;                                                           \
+        for (int j = jv; j < j1;) {                                                        \
+            int b = j / KV_BLOCK, je = (b + 1) * KV_BLOCK < j1 ? (b + 1) * KV_BLOCK : j1;  \
+            const float *vj = blk[b] + vofs + (size_t)(j - b * KV_BLOCK) * kv_dim + d0;    \
+            for (; j < je; j++, vj += kv_dim) {                                            \
+                v16 x0 = ld16(vj), x1 = ld16(vj + 16), x2 = ld16(vj + 32);                 \
+                v16 x3 = ld16(vj + 48);                                                    \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                     \
+                    float p = S[(size_t)r * ss + j];                                       \
+                    a0[r] += p * x0;                                                       \
+                    a1[r] += p * x1;                                                       \
+                    a2[r] += p * x2;                                                       \
+                    a3[r] += p * x3;                                                       \
+                }                                                                          \
             }                                                                              \
         }                                                                                  \
         for (int r = 0; r < nr; r++) {                                                     \
@@ -466,13 +477,16 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, i
         v16 a0[NR], a1[NR];                                                                \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
             a0[r] = a1[r] = (v16){0};                                                      \
-        for (int j = jv; j < j1; j++) {                                                    \
-            const float *vj = V + (size_t)j * kv_dim + d0;                                 \
-            v16 x0 = ld16(vj), x1 = ld16(vj + 16);                                         \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                         \
-                float p = S[(size_t)r * stride + j];                                       \
-                a0[r] += p * x0;                                                           \
-                a1[r] += p * x1;                                                           \
+        for (int j = jv; j < j1;) {                                                        \
+            int b = j / KV_BLOCK, je = (b + 1) * KV_BLOCK < j1 ? (b + 1) * KV_BLOCK : j1;  \
+            const float *vj = blk[b] + vofs + (size_t)(j - b * KV_BLOCK) * kv_dim + d0;    \
+            for (; j < je; j++, vj += kv_dim) {                                            \
+                v16 x0 = ld16(vj), x1 = ld16(vj + 16);                                     \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                     \
+                    float p = S[(size_t)r * ss + j];                                       \
+                    a0[r] += p * x0;                                                       \
+                    a1[r] += p * x1;                                                       \
+                }                                                                          \
             }                                                                              \
         }                                                                                  \
         for (int r = 0; r < nr; r++) {                                                     \
@@ -484,7 +498,8 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, const float *Kt, i
         for (int r = 0; r < nr; r++) {                                                     \
             float a = 0;                                                                   \
             for (int j = jv; j < j1; j++)                                                  \
-                a += S[(size_t)r * stride + j] * V[(size_t)j * kv_dim + d0];               \
+                a += S[(size_t)r * ss + j] *                                               \
+                     blk[j / KV_BLOCK][vofs + (size_t)(j % KV_BLOCK) * kv_dim + d0];       \
             out[(size_t)r * q_dim + d0] = a;                                               \
         }                                                                                  \
     }                                                                                      \
@@ -500,11 +515,12 @@ static void attn_task_run(void *ctx, int task, int thread)
     const attn_task *t = &f->tasks[task];
     const forward_seq *sq = &f->cur_seqs[t->seq];
     kv_cache *kv = sq->kv;
-    int hd = c->head_dim, q_dim = c->n_heads * hd;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
     int g = t->head / (c->n_heads / c->n_kv_heads);
     int pos_first = kv->len;  /* this step's rows are at kv->len ..; their keys are cached */
-    const float *Kt = kv_cache_kt(kv, f->cur_layer, g);
-    const float *V = kv_cache_v(kv, f->cur_layer) + (size_t)g * hd;
+    /* offsets of this layer and KV head inside every block */
+    size_t kofs = kv_block_kt_offset(c, f->cur_layer, g);
+    size_t vofs = kv_block_v_offset(c, f->cur_layer) + (size_t)g * hd;
     float scale = 1.0f / sqrtf((float)hd);
     int win = f->cur_layer >= c->window_from_layer ? c->sliding_window : 0;
     int base = f->row0[t->seq];
@@ -513,11 +529,11 @@ static void attn_task_run(void *ctx, int task, int thread)
         const float *q = f->q + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
         float *out = f->att + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
         if (nr == 1)
-            attn_rows1(q, q_dim, 1, pos_first + r, Kt, kv->stride, V, kv->kv_dim, hd, scale,
-                       win, f->scores[thread], out);
+            attn_rows1(q, q_dim, 1, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd, scale,
+                       win, f->scores[thread], (int)f->scores_cap, out);
         else
-            attn_rows4(q, q_dim, nr, pos_first + r, Kt, kv->stride, V, kv->kv_dim, hd, scale,
-                       win, f->scores[thread], out);
+            attn_rows4(q, q_dim, nr, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd, scale,
+                       win, f->scores[thread], (int)f->scores_cap, out);
     }
 }
 
@@ -530,17 +546,19 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         f->row0 = r;
         f->row0_cap = n_seqs + 1;
     }
-    size_t stride = 0;
+    size_t stride = 0;   /* scores of a row: every position it may see, rounded up to 16 */
     size_t lora = 0;
     int n_tasks = 0;
     for (int s = 0; s < n_seqs; s++) {
-        size_t st = (size_t)seqs[s].kv->stride;
+        size_t st = ((size_t)seqs[s].kv->len + seqs[s].n_tokens + 15) & ~(size_t)15;
         stride = st > stride ? st : stride;
         size_t need = variant_scratch_floats(seqs[s].lora, f->max_rows);
         lora = need > lora ? need : lora;
         n_tasks += f->m->cfg.n_heads * ((seqs[s].n_tokens + ATTN_TASK_ROWS - 1) / ATTN_TASK_ROWS);
     }
     if (stride > f->scores_cap) {
+        /* contexts grow 16 positions at a time: grow the scratch in larger steps */
+        stride = stride > 2 * f->scores_cap ? stride : 2 * f->scores_cap;
         for (int t = 0; t < pool_threads(f->pool); t++) {
             float *s = realloc(f->scores[t], ATTN_ROWS * stride * sizeof(float));
             if (!s)
@@ -610,9 +628,10 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         const forward_seq *sq = &seqs[s];
         if (sq->n_tokens < 1)
             return lr_error_set(err, LR_EINVAL, "sequence %d has no tokens", s);
-        if (sq->kv->len + sq->n_tokens > sq->kv->cap)
-            return lr_error_set(err, LR_EINVAL, "sequence %d: %d + %d tokens exceed its cache "
-                                "of %d positions", s, sq->kv->len, sq->n_tokens, sq->kv->cap);
+        if (sq->kv->len + sq->n_tokens > sq->kv->n_blocks * KV_BLOCK)
+            return lr_error_set(err, LR_EINVAL, "sequence %d: %d + %d tokens exceed its %d KV "
+                                "blocks of %d positions", s, sq->kv->len, sq->n_tokens,
+                                sq->kv->n_blocks, KV_BLOCK);
         for (int i = 0; i < sq->n_tokens; i++)
             if (sq->tokens[i] < 0 || sq->tokens[i] >= c->vocab_size)
                 return lr_error_set(err, LR_EINVAL, "token id %d is out of range [0, %d)",
@@ -668,15 +687,22 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         for (int s = 0; s < n_seqs; s++) {
             kv_cache *kv = seqs[s].kv;
             int r0 = f->row0[s], n = seqs[s].n_tokens;
-            for (int g = 0; g < c->n_kv_heads; g++) {
-                float *kt = kv_cache_kt(kv, l, g) + kv->len;
-                const float *kg = f->k + (size_t)r0 * kv_dim + (size_t)g * hd;
-                for (int d = 0; d < hd; d++)  /* contiguous writes along positions */
-                    for (int i = 0; i < n; i++)
-                        kt[(size_t)d * kv->stride + i] = kg[(size_t)i * kv_dim + d];
+            /* the rows' positions kv->len .. +n, one block's share at a time */
+            for (int i0 = 0; i0 < n;) {
+                int p = kv->len + i0, off = p % KV_BLOCK;
+                int nb = KV_BLOCK - off < n - i0 ? KV_BLOCK - off : n - i0;
+                float *blk = kv->blocks[p / KV_BLOCK];
+                for (int g = 0; g < c->n_kv_heads; g++) {
+                    float *kt = blk + kv_block_kt_offset(c, l, g) + off;
+                    const float *kg = f->k + (size_t)(r0 + i0) * kv_dim + (size_t)g * hd;
+                    for (int d = 0; d < hd; d++)  /* contiguous writes along positions */
+                        for (int i = 0; i < nb; i++)
+                            kt[(size_t)d * KV_BLOCK + i] = kg[(size_t)i * kv_dim + d];
+                }
+                memcpy(blk + kv_block_v_offset(c, l) + (size_t)off * kv_dim,
+                       f->v + (size_t)(r0 + i0) * kv_dim, sizeof(float) * nb * kv_dim);
+                i0 += nb;
             }
-            memcpy(kv_cache_v(kv, l) + (size_t)kv->len * kv_dim, f->v + (size_t)r0 * kv_dim,
-                   sizeof(float) * n * kv_dim);
         }
         f->cur_seqs = seqs;
         f->cur_layer = l;

@@ -17,7 +17,8 @@
 typedef struct {
     const int *tokens;          /* [n_tokens] token ids */
     int n_tokens;               /* >= 1 */
-    kv_cache *kv;               /* positions [kv->len, kv->len + n_tokens) are written */
+    kv_cache *kv;               /* positions [kv->len, kv->len + n_tokens) are written;
+                                 * its blocks must hold them (kv_cache_reserve) */
     const variant *merged;      /* merged W' or NULL (base W) */
     const variant_mix *lora;    /* adapters applied on the fly, or NULL */
     int want_logits;            /* 1: logits of the last token are produced */
@@ -34,7 +35,7 @@ void forward_free(forward_ctx *f);  /* accepts NULL */
 /* Runs the batch: appends every sequence's keys/values to its cache (kv->len advances by
  * n_tokens) and writes, for each sequence with want_logits, in order, one row of
  * vocab_size logits to logits [n_want, vocab]. Fails (nothing written) when a
- * token id is out of range, a cache is too small or the batch exceeds max_rows. */
+ * token id is out of range, a cache has too few blocks or the batch exceeds max_rows. */
 int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, lr_error *err);
 
 #endif

@@ -34,8 +34,43 @@ static int file_exists(const char *path)
     return access(path, F_OK) == 0;
 }
 
+typedef struct {
+    model_progress_fn fn;   /* NULL: nobody listens */
+    void *user;
+} progress;
+
+static void report(const progress *p, const char *what, int done, int total)
+{
+    if (p->fn)
+        p->fn(p->user, what, done, total);
+}
+
+/* Number of distinct file names in weight_map (for progress; 0 on any oddity, which
+ * open_sharded then reports). */
+static int count_shards(json_t *map)
+{
+    const char *seen[MAX_SHARDS];
+    int n = 0;
+    const char *name;
+    json_t *v;
+    json_object_foreach(map, name, v) {
+        const char *f = json_string_value(v);
+        if (!f)
+            return 0;
+        int dup = 0;
+        for (int i = 0; i < n && !dup; i++)
+            dup = strcmp(seen[i], f) == 0;
+        if (dup)
+            continue;
+        if (n == MAX_SHARDS)
+            return 0;
+        seen[n++] = f;
+    }
+    return n;
+}
+
 /* Opens the shards named by model.safetensors.index.json (each once, in order). */
-static int open_sharded(model *m, const char *index_path, lr_error *err)
+static int open_sharded(model *m, const char *index_path, const progress *pr, lr_error *err)
 {
     json_error_t je;
     json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &je);
@@ -48,6 +83,7 @@ static int open_sharded(model *m, const char *index_path, lr_error *err)
         rc = lr_error_set(err, LR_EINVAL, "%s: 'weight_map' must be an object", index_path);
         goto done;
     }
+    int total = count_shards(map);
     const char *name;
     json_t *v;
     json_object_foreach(map, name, v) {
@@ -79,6 +115,7 @@ static int open_sharded(model *m, const char *index_path, lr_error *err)
             goto done;
         }
         m->files->st[m->files->n++] = st;
+        report(pr, "files", m->files->n, total);
     }
     if (m->files->n == 0)
         rc = lr_error_set(err, LR_EINVAL, "%s: 'weight_map' is empty", index_path);
@@ -163,6 +200,13 @@ typedef struct {
 
 model *model_load(const char *dir, lr_error *err)
 {
+    return model_load_progress(dir, NULL, NULL, err);
+}
+
+model *model_load_progress(const char *dir, model_progress_fn progress_fn, void *user,
+                           lr_error *err)
+{
+    progress pr = {progress_fn, user};
     model *m = calloc(1, sizeof *m);
     wanted *want = NULL;
     if (!m || !(m->files = calloc(1, sizeof *m->files))) {
@@ -179,7 +223,7 @@ model *model_load(const char *dir, lr_error *err)
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     if (file_exists(path)) {
-        if (open_sharded(m, path, err))
+        if (open_sharded(m, path, &pr, err))
             goto fail;
     } else {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -199,6 +243,7 @@ model *model_load(const char *dir, lr_error *err)
         if (!st)
             goto fail;
         m->files->st[m->files->n++] = st;
+        report(&pr, "files", 1, 1);
     }
     m->n_shards = m->files->n;
 
@@ -254,12 +299,14 @@ model *model_load(const char *dir, lr_error *err)
 
     size_t convert = 0;
     int dtypes = 0;  /* bit per dtype seen */
+    int n_convert = 0;
     for (size_t i = 0; i < n; i++) {
         const model_tensor *mt = &m->tensors[i];
         if (check_tensor(m, mt->name, mt->shape[0], mt->ndim == 1 ? -1 : mt->shape[1],
                          &want[i].t, &convert, err))
             goto fail;
         dtypes |= 1 << want[i].t->dtype;
+        n_convert += needs_copy(want[i].t);
         m->weight_bytes += (size_t)want[i].t->numel * sizeof(float);
     }
     snprintf(m->dtype, sizeof m->dtype, "%s",
@@ -277,10 +324,13 @@ model *model_load(const char *dir, lr_error *err)
         m->files->converted = arena;
         m->files->converted_cap = convert;
     }
+    int converted = 0;
     for (size_t i = 0; i < n; i++) {
         *want[i].dst = m->tensors[i].data = materialize(m, want[i].t, err);
         if (!*want[i].dst)
             goto fail;
+        if (needs_copy(want[i].t))
+            report(&pr, "tensors converted", ++converted, n_convert);
     }
     if (convert && mprotect(m->files->converted, convert, PROT_READ) != 0) {
         lr_error_set(err, LR_EIO, "%s: mprotect of converted weights failed", dir);

@@ -53,6 +53,16 @@ typedef struct {
  * from any thread. */
 model *model_load(const char *dir, lr_error *err);
 
+/* Told how far a load has come: done of total files mapped (what = "files"), then done of
+ * total tensors converted to fp32 (what = "tensors converted", F16/BF16 checkpoints only,
+ * the slow part). Called on the loading thread, done rising to total. */
+typedef void (*model_progress_fn)(void *user, const char *what, int done, int total);
+
+/* model_load, reporting its progress to progress(user, ...) (NULL: none), for a daemon
+ * whose supervisor shows it (systemd's STATUS=). */
+model *model_load_progress(const char *dir, model_progress_fn progress, void *user,
+                           lr_error *err);
+
 /* Unmaps and frees everything; accepts NULL. */
 void model_free(model *m);
 

@@ -37,10 +37,12 @@ typedef struct {
     int max_seqs;
     int max_queue;
     int max_body_kb;
-    long kv_mb;                   /* KV cache budget in MB; 0: none */
+    long kv_mb;                   /* KV cache pool in MiB; 0: max_seqs full contexts */
     int threads;                  /* 0: one per CPU */
     int max_connections;
     int drain_seconds;            /* SIGTERM: how long running requests may finish */
+    int test_stall_engine;        /* test-only: SIGUSR1 wedges the engine thread (so a test
+                                   * can see its watchdog pings stop) */
 } serve_options;
 
 typedef struct {
@@ -59,6 +61,8 @@ typedef struct {
     size_t admin_key_len;
     struct watch *watcher;        /* NULL when inotify is unavailable */
     volatile int draining;        /* set once at shutdown: new requests get 503 */
+    int engine_stalled;           /* test_stall_engine: set by SIGUSR1, cleared at shutdown
+                                   * (atomic builtins) */
     time_t started;
 } app;
 

@@ -4,6 +4,8 @@
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -24,6 +26,7 @@
 struct http_server {
     app *a;
     struct MHD_Daemon *d;
+    char host[256];        /* numeric when the socket was passed, else --host */
     int port;
     int quiesced;
 };
@@ -307,6 +310,10 @@ static void handle(app *a, struct MHD_Connection *c, request *rq)
         engine_stats_get(a->eng, &es);
         metrics_gauges g = {.running = es.running, .waiting = es.waiting,
                             .kv_bytes = es.kv_bytes, .kv_limit = es.kv_limit,
+                            .kv_blocks_used = es.kv_blocks_used,
+                            .kv_blocks_free = es.kv_blocks_free,
+                            .kv_blocks_total = es.kv_blocks_total,
+                            .preemptions = es.preemptions,
                             .cancelled = es.cancelled, .steps = es.steps};
         registry_counts(a->reg, &g.adapters_loaded, &g.adapter_loads, &g.adapter_evictions);
         r->body = metrics_render(a->met, &g, &r->len);
@@ -491,14 +498,73 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_info("http: %s", line);
 }
 
-http_server *http_start(app *a, lr_error *err)
+/* A passed listening socket's address, numeric. */
+static int socket_address(int fd, char *host, size_t cap, int *port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        *port = ntohs(s6->sin6_port);
+        return inet_ntop(AF_INET6, &s6->sin6_addr, host, (socklen_t)cap) ? 0 : -1;
+    }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    *port = ntohs(s4->sin_port);
+    return inet_ntop(AF_INET, &s4->sin_addr, host, (socklen_t)cap) ? 0 : -1;
+}
+
+/* Serves on fd, a listening TCP socket handed over by systemd. */
+static http_server *start_on_socket(http_server *h, int fd, lr_error *err)
+{
+    app *a = h->a;
+    if (socket_address(fd, h->host, sizeof h->host, &h->port) != 0) {
+        lr_error_set(err, LR_EIO, "the passed listening socket: getsockname: %s",
+                     strerror(errno));
+        goto fail;
+    }
+    /* MHD polls before it accepts: a blocking socket could hang on a connection that
+     * another process (or a reset) took first. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+        lr_error_set(err, LR_EIO, "the passed listening socket: %s", strerror(errno));
+        goto fail;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)a->opt.max_connections,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                            MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                            MHD_OPTION_END);
+    if (!h->d) {
+        lr_error_set(err, LR_EIO, "cannot serve on the passed listening socket %s:%d",
+                     h->host, h->port);
+        goto fail;
+    }
+    return h;
+fail:
+    close(fd);
+    free(h);
+    return NULL;
+}
+
+http_server *http_start(app *a, int listen_fd, lr_error *err)
 {
     http_server *h = calloc(1, sizeof *h);
     if (!h) {
         lr_error_set(err, LR_ENOMEM, "out of memory");
+        if (listen_fd >= 0)
+            close(listen_fd);
         return NULL;
     }
     h->a = a;
+    if (listen_fd >= 0)
+        return start_on_socket(h, listen_fd, err);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICSERV | AI_PASSIVE}, *ai = NULL;
     char port[16];
@@ -529,7 +595,13 @@ http_server *http_start(app *a, lr_error *err)
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : a->opt.port;
+    snprintf(h->host, sizeof h->host, "%s", a->opt.host);
     return h;
+}
+
+const char *http_host(const http_server *h)
+{
+    return h->host;
 }
 
 int http_port(const http_server *h)

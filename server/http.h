@@ -15,11 +15,14 @@
 
 typedef struct http_server http_server;
 
-/* Listens on host:port (port 0: a free port, see http_port) and serves a (borrowed,
- * outlives the server). NULL + err when the address cannot be bound. */
-http_server *http_start(app *a, lr_error *err);
+/* Serves a (borrowed, outlives the server) on listen_fd, a listening TCP socket that the
+ * server owns from then on (socket activation), or, when listen_fd is -1, listens on
+ * --host:--port itself (port 0: a free port, see http_port). NULL + err when the address
+ * cannot be bound (listen_fd is then closed). */
+http_server *http_start(app *a, int listen_fd, lr_error *err);
 
-/* The port actually bound. */
+/* The address served (--host as given; numeric for a passed socket) and the port bound. */
+const char *http_host(const http_server *h);
 int http_port(const http_server *h);
 
 /* Stops accepting connections (the listening socket is closed); open connections go on. */

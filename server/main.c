@@ -1,4 +1,5 @@
 /* lorad command line: generate, inspect, merge. Only this file exits. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -577,7 +578,7 @@ enum {
     OPT_MODEL = 256, OPT_NAME, OPT_ADAPTER_DIR, OPT_HOST, OPT_PORT, OPT_KEY, OPT_MAX_LOADED,
     OPT_MAX_RANK, OPT_MERGE, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
     OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP,
-    OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB
+    OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB, OPT_TEST_STALL
 };
 
 static const struct {
@@ -623,8 +624,9 @@ static const struct {
     {{"max-body-kb", required_argument, NULL, OPT_MAX_BODY}, "N",
      "largest request body in KiB; larger ones get 413 (default 1024)"},
     {{"kv-cache-mb", required_argument, NULL, OPT_KV_MB}, "N",
-     "KV cache memory of all running requests in MiB; requests wait for it (default: no "
-     "limit)"},
+     "KV cache pool in MiB, blocks of 16 positions; requests wait for their prompt's "
+     "blocks, and the newest running one is preempted when they run out (default: "
+     "max-seqs full contexts, allocated as used)"},
     {{"chat-template", required_argument, NULL, OPT_TEMPLATE}, "NAME",
      "chatml, llama3, llama2, mistral or a template file (default: the model's "
      "tokenizer_config.json)"},
@@ -636,6 +638,9 @@ static const struct {
      "on SIGTERM/SIGINT, time running requests get to finish (default 30)"},
     {{"verbose", no_argument, NULL, 'v'}, NULL, "debug logging"},
     {{"help", no_argument, NULL, OPT_HELP}, NULL, "this help"},
+    /* Test-only, not in --help: SIGUSR1 then wedges the engine thread, so that
+     * tests/test_systemd.py can show the watchdog pings stop. */
+    {{"test-stall-engine", no_argument, NULL, OPT_TEST_STALL}, NULL, NULL},
 };
 #define N_SERVE_FLAGS (sizeof serve_flags / sizeof *serve_flags)
 
@@ -647,6 +652,8 @@ static void serve_help(FILE *f)
           "an adapter in 'model' (or a weighted mix in 'adapters').\n\noptions:\n", f);
     for (size_t i = 0; i < N_SERVE_FLAGS; i++) {
         char left[64];
+        if (!serve_flags[i].help)
+            continue;
         if (serve_flags[i].o.val == 'v')
             snprintf(left, sizeof left, "-v, --verbose");
         else
@@ -654,6 +661,10 @@ static void serve_help(FILE *f)
                      serve_flags[i].arg ? " " : "", serve_flags[i].arg ? serve_flags[i].arg : "");
         fprintf(f, "  %-30s %s\n", left, serve_flags[i].help);
     }
+    fputs("\nEvery option may also come from the environment as LORAD_ and its name in\n"
+          "capitals, '-' as '_' (LORAD_MODEL, LORAD_MAX_SEQS; LORAD_VERBOSE=1; paths of\n"
+          "LORAD_ALLOW_ADAPTER_PATH separated by ':'); the command line wins. The systemd\n"
+          "unit reads them from /etc/lorad/lorad.env.\n", f);
 }
 
 static int flag_int(const char *name, const char *v, long lo, long hi, int *out)
@@ -668,6 +679,112 @@ static int flag_int(const char *name, const char *v, long lo, long hi, int *out)
     return 0;
 }
 
+/* What parsing `serve`'s flags builds beside serve_options. */
+typedef struct {
+    int kv, adapter_mb;
+    int help;
+    char *allow_env;   /* LORAD_ALLOW_ADAPTER_PATH split in place; owned, freed by cmd_serve */
+} serve_extra;
+
+/* Applies flag c with argument v (NULL for a flag without one). Returns 0, or -1 after
+ * printing why v is wrong. */
+static int serve_flag(serve_options *o, serve_extra *x, int c, const char *v)
+{
+    int bad = 0;
+    switch (c) {
+    case OPT_MODEL: o->model_dir = v; break;
+    case OPT_NAME: o->served_name = v; break;
+    case OPT_ADAPTER_DIR: o->adapter_dir = v; break;
+    case OPT_HOST: o->host = v; break;
+    case OPT_PORT: bad = flag_int("port", v, 0, 65535, &o->port); break;
+    case OPT_KEY: o->api_key_file = v; break;
+    case OPT_ADMIN_KEY: o->admin_key_file = v; break;
+    case OPT_MAX_UPLOAD: bad = flag_int("max-upload-mb", v, 1, 1 << 20, &o->max_upload_mb);
+        break;
+    case OPT_ALLOW_PATH:
+        if (o->n_allow_paths == 8) {
+            fprintf(stderr, "lorad serve: at most 8 --allow-adapter-path\n");
+            bad = 1;
+        } else {
+            o->allow_paths[o->n_allow_paths++] = v;
+        }
+        break;
+    case OPT_ADAPTER_MB: bad = flag_int("max-adapter-memory-mb", v, 0, 1 << 24,
+                                        &x->adapter_mb); break;
+    case OPT_MAX_LOADED: bad = flag_int("max-loaded-adapters", v, 1, 1 << 20, &o->max_loaded);
+        break;
+    case OPT_MAX_RANK: bad = flag_int("max-rank", v, 1, 1 << 16, &o->max_rank); break;
+    case OPT_MERGE:
+        if (strcmp(v, "never") && strcmp(v, "always")) {
+            fprintf(stderr, "lorad serve: --merge must be never or always\n");
+            bad = 1;
+        }
+        o->merge = strcmp(v, "always") == 0;
+        break;
+    case OPT_CTX: bad = flag_int("ctx", v, 2, 1 << 24, &o->ctx); break;
+    case OPT_MAX_TOKENS: bad = flag_int("max-tokens", v, 1, 1 << 24, &o->max_tokens); break;
+    case OPT_MAX_SEQS: bad = flag_int("max-seqs", v, 1, 4096, &o->max_seqs); break;
+    case OPT_MAX_QUEUE: bad = flag_int("max-queue", v, 0, 1 << 20, &o->max_queue); break;
+    case OPT_MAX_BODY: bad = flag_int("max-body-kb", v, 1, 1 << 20, &o->max_body_kb); break;
+    case OPT_KV_MB: bad = flag_int("kv-cache-mb", v, 0, 1 << 24, &x->kv); break;
+    case OPT_TEMPLATE: o->chat_template = v; break;
+    case OPT_THREADS: bad = flag_int("threads", v, 0, 256, &o->threads); break;
+    case OPT_MAX_CONN: bad = flag_int("max-connections", v, 1, 1 << 16, &o->max_connections);
+        break;
+    case OPT_DRAIN: bad = flag_int("drain-seconds", v, 0, 86400, &o->drain_seconds); break;
+    case OPT_TEST_STALL: o->test_stall_engine = 1; break;
+    case 'v': log_level = LOG_LEVEL_DEBUG; break;
+    case OPT_HELP: x->help = 1; break;
+    default: bad = 1; break;
+    }
+    return bad ? -1 : 0;
+}
+
+/* LORAD_<FLAG> environment variables (systemd's EnvironmentFile=), applied before the
+ * command line; an empty one is unset. Returns 0, or -1 after printing which is wrong. */
+static int serve_env(serve_options *o, serve_extra *x)
+{
+    for (size_t i = 0; i < N_SERVE_FLAGS; i++) {
+        const struct option *f = &serve_flags[i].o;
+        if (!serve_flags[i].help || f->val == OPT_HELP)
+            continue;
+        char name[64] = "LORAD_";
+        size_t k = strlen(name);
+        for (const char *p = f->name; *p && k + 1 < sizeof name; p++)
+            name[k++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+        name[k] = '\0';
+        const char *v = getenv(name);
+        if (!v || !*v)
+            continue;
+        int rc = 0;
+        if (f->has_arg == no_argument) {
+            if (strcmp(v, "1") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "true") == 0) {
+                rc = serve_flag(o, x, f->val, NULL);
+            } else if (strcmp(v, "0") && strcmp(v, "no") && strcmp(v, "false")) {
+                fprintf(stderr, "lorad serve: %s must be 1 or 0, got '%s'\n", name, v);
+                rc = -1;
+            }
+        } else if (f->val == OPT_ALLOW_PATH) {
+            /* several directories, ':'-separated */
+            if (!(x->allow_env = strdup(v))) {
+                fprintf(stderr, "lorad serve: out of memory\n");
+                return -1;
+            }
+            char *save = NULL;
+            for (char *d = strtok_r(x->allow_env, ":", &save); d && rc == 0;
+                 d = strtok_r(NULL, ":", &save))
+                rc = serve_flag(o, x, f->val, d);
+        } else {
+            rc = serve_flag(o, x, f->val, v);
+        }
+        if (rc) {
+            fprintf(stderr, "lorad serve: (%s=%s in the environment)\n", name, v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     struct option longopts[N_SERVE_FLAGS + 1];
@@ -675,77 +792,45 @@ static int cmd_serve(int argc, char **argv)
         longopts[i] = serve_flags[i].o;
     memset(&longopts[N_SERVE_FLAGS], 0, sizeof longopts[0]);
     serve_options o = serve_options_default();
+    serve_extra x = {0};
     log_level = LOG_LEVEL_INFO;   /* one line per request */
+    int rc = 2;
+    if (serve_env(&o, &x))
+        goto out;
+    int env_allow = o.n_allow_paths;   /* replaced by the first --allow-adapter-path */
     optind = 2;
-    int c, kv = 0, adapter_mb = 0;
+    int c;
     while ((c = getopt_long(argc, argv, "v", longopts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case OPT_MODEL: o.model_dir = optarg; break;
-        case OPT_NAME: o.served_name = optarg; break;
-        case OPT_ADAPTER_DIR: o.adapter_dir = optarg; break;
-        case OPT_HOST: o.host = optarg; break;
-        case OPT_PORT: bad = flag_int("port", optarg, 0, 65535, &o.port); break;
-        case OPT_KEY: o.api_key_file = optarg; break;
-        case OPT_ADMIN_KEY: o.admin_key_file = optarg; break;
-        case OPT_MAX_UPLOAD: bad = flag_int("max-upload-mb", optarg, 1, 1 << 20,
-                                            &o.max_upload_mb); break;
-        case OPT_ALLOW_PATH:
-            if (o.n_allow_paths == 8) {
-                fprintf(stderr, "lorad serve: at most 8 --allow-adapter-path\n");
-                bad = 1;
-            } else {
-                o.allow_paths[o.n_allow_paths++] = optarg;
-            }
-            break;
-        case OPT_ADAPTER_MB: bad = flag_int("max-adapter-memory-mb", optarg, 0, 1 << 24,
-                                            &adapter_mb); break;
-        case OPT_MAX_LOADED: bad = flag_int("max-loaded-adapters", optarg, 1, 1 << 20,
-                                            &o.max_loaded); break;
-        case OPT_MAX_RANK: bad = flag_int("max-rank", optarg, 1, 1 << 16, &o.max_rank); break;
-        case OPT_MERGE:
-            if (strcmp(optarg, "never") && strcmp(optarg, "always")) {
-                fprintf(stderr, "lorad serve: --merge must be never or always\n");
-                bad = 1;
-            }
-            o.merge = strcmp(optarg, "always") == 0;
-            break;
-        case OPT_CTX: bad = flag_int("ctx", optarg, 2, 1 << 24, &o.ctx); break;
-        case OPT_MAX_TOKENS: bad = flag_int("max-tokens", optarg, 1, 1 << 24, &o.max_tokens);
-            break;
-        case OPT_MAX_SEQS: bad = flag_int("max-seqs", optarg, 1, 4096, &o.max_seqs); break;
-        case OPT_MAX_QUEUE: bad = flag_int("max-queue", optarg, 0, 1 << 20, &o.max_queue);
-            break;
-        case OPT_MAX_BODY: bad = flag_int("max-body-kb", optarg, 1, 1 << 20, &o.max_body_kb);
-            break;
-        case OPT_KV_MB: bad = flag_int("kv-cache-mb", optarg, 0, 1 << 24, &kv); break;
-        case OPT_TEMPLATE: o.chat_template = optarg; break;
-        case OPT_THREADS: bad = flag_int("threads", optarg, 0, 256, &o.threads); break;
-        case OPT_MAX_CONN: bad = flag_int("max-connections", optarg, 1, 1 << 16,
-                                          &o.max_connections); break;
-        case OPT_DRAIN: bad = flag_int("drain-seconds", optarg, 0, 86400, &o.drain_seconds);
-            break;
-        case 'v': log_level = LOG_LEVEL_DEBUG; break;
-        case OPT_HELP: serve_help(stdout); return 0;
-        default: bad = 1; break;
+        if (c == OPT_ALLOW_PATH && env_allow) {
+            o.n_allow_paths = 0;
+            env_allow = 0;
         }
-        if (bad) {
+        if (serve_flag(&o, &x, c, optarg)) {
             serve_help(stderr);
-            return 2;
+            goto out;
+        }
+        if (x.help) {
+            serve_help(stdout);
+            rc = 0;
+            goto out;
         }
     }
-    o.kv_mb = kv;
-    o.max_adapter_mb = adapter_mb;
+    o.kv_mb = x.kv;
+    o.max_adapter_mb = x.adapter_mb;
     if (optind < argc) {
         fprintf(stderr, "lorad serve: unexpected argument '%s'\n", argv[optind]);
-        return 2;
+        goto out;
     }
     if (!o.model_dir) {
-        fprintf(stderr, "lorad serve: --model DIR is required\n");
+        fprintf(stderr, "lorad serve: --model DIR is required (LORAD_MODEL in "
+                "/etc/lorad/lorad.env under systemd)\n");
         serve_help(stderr);
-        return 2;
+        goto out;
     }
-    return serve_run(&o);
+    rc = serve_run(&o);
+out:
+    free(x.allow_env);
+    return rc;
 }
 
 int main(int argc, char **argv)

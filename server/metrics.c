@@ -215,8 +215,18 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len)
               g->waiting);
     put_gauge(&b, "lorad_kv_cache_bytes", "KV cache memory held by running sequences.",
               (double)g->kv_bytes);
-    put_gauge(&b, "lorad_kv_cache_limit_bytes", "KV cache budget (0: none).",
+    put_gauge(&b, "lorad_kv_cache_limit_bytes",
+              "KV cache pool size (--kv-cache-mb, or room for --max-seqs full contexts).",
               (double)g->kv_limit);
+    put_gauge(&b, "lorad_kv_cache_blocks_used", "KV cache blocks held by running sequences.",
+              g->kv_blocks_used);
+    put_gauge(&b, "lorad_kv_cache_blocks_free", "KV cache blocks free in the pool.",
+              g->kv_blocks_free);
+    put_gauge(&b, "lorad_kv_cache_blocks_total", "KV cache blocks in the pool.",
+              g->kv_blocks_total);
+    put_counter(&b, "lorad_preemptions_total",
+                "Running sequences preempted for want of KV blocks (recomputed later).",
+                (double)g->preemptions);
     put_gauge(&b, "lorad_adapters_loaded", "Adapters loaded in memory now.",
               g->adapters_loaded);
     put_counter(&b, "lorad_adapter_loads_total", "Adapter load attempts.",

@@ -25,6 +25,10 @@ typedef struct {
     int waiting;
     size_t kv_bytes;
     size_t kv_limit;
+    int kv_blocks_used;
+    int kv_blocks_free;
+    int kv_blocks_total;
+    uint64_t preemptions;
     int adapters_loaded;
     uint64_t adapter_loads;
     uint64_t adapter_evictions;

@@ -1,6 +1,7 @@
 /* serve: the daemon's lifetime. A signal handler only records the signal and writes a
  * byte to a pipe the main thread sleeps on (any thread may take a process signal:
- * OpenBLAS starts its threads before main). */
+ * OpenBLAS starts its threads before main). systemd's side goes through libsystemd
+ * (sd_notify, sd_watchdog_enabled, sd_listen_fds), every call a no-op outside systemd. */
 #include "serve.h"
 
 #include <cblas.h>
@@ -12,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +25,9 @@
 #include "server/http.h"
 
 #define WATCH_QUIET_MS 200   /* the adapter directory must be still this long */
+#define START_EXTEND_S 60    /* each sign of loading progress gives systemd's start timeout
+                              * this much more time: a big model may load for minutes, a
+                              * hung load is still caught */
 
 serve_options serve_options_default(void)
 {
@@ -57,7 +63,7 @@ static void on_dir_changed(void *user)
 }
 
 /* Blocks until SIGTERM or SIGINT; SIGHUP rescans the adapter directory. */
-static int wait_signal(app *a)
+static int wait_signal(app *a, const char *status)
 {
     for (;;) {
         char c;
@@ -67,7 +73,14 @@ static int wait_signal(app *a)
         int sig = last_signal;
         if (sig == SIGHUP) {
             log_info("SIGHUP: rescanning the adapter directory");
+            sd_notify(0, "RELOADING=1\nSTATUS=rescanning the adapter directory");
             registry_rescan(a->reg);
+            sd_notifyf(0, "READY=1\nSTATUS=%s", status);
+            continue;
+        }
+        if (sig == SIGUSR1 && a->opt.test_stall_engine) {
+            log_warn("SIGUSR1: stalling the engine thread (--test-stall-engine)");
+            __atomic_store_n(&a->engine_stalled, 1, __ATOMIC_RELEASE);
             continue;
         }
         if (sig == SIGTERM || sig == SIGINT)
@@ -75,7 +88,7 @@ static int wait_signal(app *a)
     }
 }
 
-static int install_signals(void)
+static int install_signals(int test_stall)
 {
     if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
         return -1;
@@ -89,6 +102,8 @@ static int install_signals(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    if (test_stall)
+        sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     return 0;
 }
@@ -97,6 +112,41 @@ static void *engine_main(void *arg)
 {
     engine_run(arg);
     return NULL;
+}
+
+/* The engine loop's heartbeat (engine thread): systemd's watchdog hears from the loop
+ * itself, so a wedged step stops the pings and an idle engine goes on sending them. */
+static void on_heartbeat(void *user)
+{
+    app *a = user;
+    if (__atomic_load_n(&a->engine_stalled, __ATOMIC_ACQUIRE)) {
+        /* --test-stall-engine: a wedged engine, released (without a ping) by shutdown */
+        while (__atomic_load_n(&a->engine_stalled, __ATOMIC_ACQUIRE))
+            usleep(10000);
+        return;
+    }
+    sd_notify(0, "WATCHDOG=1");
+}
+
+/* Model loading progress as systemd STATUS= (what `systemctl status` shows), at most ten
+ * a second, each extending the start timeout. */
+typedef struct {
+    double last;   /* api_now() of the last report */
+} load_status;
+
+static void on_load_progress(void *user, const char *what, int done, int total)
+{
+    load_status *ls = user;
+    double now = api_now();
+    if (done < total && now - ls->last < 0.1)
+        return;
+    ls->last = now;
+    if (strcmp(what, "files") == 0)
+        sd_notifyf(0, "STATUS=loading model: %d/%d files\nEXTEND_TIMEOUT_USEC=%llu", done,
+                   total, START_EXTEND_S * 1000000ULL);
+    else
+        sd_notifyf(0, "STATUS=loading model: converting to fp32, %d/%d tensors\n"
+                   "EXTEND_TIMEOUT_USEC=%llu", done, total, START_EXTEND_S * 1000000ULL);
 }
 
 /* Registry events (loader thread): load times, failures. */
@@ -142,8 +192,11 @@ static char *read_key(const char *path, size_t *len, lr_error *err)
 static int load_all(app *a, lr_error *err)
 {
     const serve_options *o = &a->opt;
-    if (!(a->m = model_load(o->model_dir, err)))
+    sd_notifyf(0, "STATUS=loading model %s", o->model_dir);
+    load_status ls = {0};
+    if (!(a->m = model_load_progress(o->model_dir, on_load_progress, &ls, err)))
         return -1;
+    sd_notify(0, "STATUS=loading tokenizer, chat template and adapter registry");
     char path[4096 + 32];
     snprintf(path, sizeof path, "%s/tokenizer.json", o->model_dir);
     if (access(path, F_OK) == 0) {
@@ -205,6 +258,14 @@ static int load_all(app *a, lr_error *err)
     eo.max_kv_bytes = (size_t)o->kv_mb << 20;
     eo.max_ctx = o->ctx;
     eo.threads = o->threads;
+    uint64_t wd_usec = 0;
+    if (sd_watchdog_enabled(0, &wd_usec) > 0) {
+        eo.heartbeat_ms = (int)(wd_usec / 2000) > 0 ? (int)(wd_usec / 2000) : 1;
+        eo.on_heartbeat = on_heartbeat;
+        eo.heartbeat_user = a;
+        log_info("systemd watchdog: %.3f s; the engine loop pings every %d ms",
+                 (double)wd_usec / 1e6, eo.heartbeat_ms);
+    }
     if (!(a->eng = engine_create(a->m, &eo, err)))
         return -1;
     return 0;
@@ -221,6 +282,35 @@ static void free_all(app *a)
     model_free(a->m);
     free(a->api_key);
     free(a->admin_key);
+}
+
+/* The listening socket systemd passed (socket activation), -1 when none; -2 + err when
+ * what was passed cannot be served. The environment variables are cleared so that nothing
+ * this process starts inherits them. */
+static int passed_socket(lr_error *err)
+{
+    int n = sd_listen_fds(1);
+    if (n < 0) {
+        lr_error_set(err, LR_EINVAL, "socket activation: %s", strerror(-n));
+        return -2;
+    }
+    if (n == 0)
+        return -1;
+    if (n > 1) {
+        for (int i = 0; i < n; i++)
+            close(SD_LISTEN_FDS_START + i);
+        lr_error_set(err, LR_EINVAL, "socket activation passed %d sockets; lorad serves one "
+                     "(one ListenStream= in lorad.socket)", n);
+        return -2;
+    }
+    int fd = SD_LISTEN_FDS_START;
+    if (sd_is_socket_inet(fd, 0, SOCK_STREAM, 1, 0) <= 0) {
+        close(fd);
+        lr_error_set(err, LR_EINVAL, "socket activation passed a socket that is not a "
+                     "listening TCP socket (lorad.socket needs ListenStream=[ADDR:]PORT)");
+        return -2;
+    }
+    return fd;
 }
 
 /* Waits until no request runs or waits, or the deadline (monotonic seconds) passes. */
@@ -244,7 +334,7 @@ int serve_run(const serve_options *o)
     snprintf(a->base_id, sizeof a->base_id, "%s", o->served_name ? o->served_name
                                                                    : basename(dir));
 
-    if (install_signals()) {
+    if (install_signals(o->test_stall_engine)) {
         log_error("cannot create the signal pipe: %s", strerror(errno));
         free(a);
         return 1;
@@ -257,23 +347,38 @@ int serve_run(const serve_options *o)
     pthread_t engine_thread;
     int engine_started = 0;
     http_server *h = NULL;
-    if (load_all(a, &err))
+    int listen_fd = passed_socket(&err);
+    if (listen_fd == -2)
         goto out;
+    if (load_all(a, &err)) {
+        if (listen_fd >= 0)
+            close(listen_fd);
+        goto out;
+    }
     if (pthread_create(&engine_thread, NULL, engine_main, a->eng) != 0) {
         lr_error_set(&err, LR_ENOMEM, "cannot start the engine thread");
+        if (listen_fd >= 0)
+            close(listen_fd);
         goto out;
     }
     engine_started = 1;
-    if (!(h = http_start(a, &err)))
+    if (!(h = http_start(a, listen_fd, &err)))
         goto out;
     /* Always printed: scripts and tests read the port from it. */
-    fprintf(stderr, "lorad: serving '%s' on http://%s:%d (context %d, %s)\n", a->base_id,
-            o->host, http_port(h), engine_ctx(a->eng), a->m->dtype);
+    char status[512];
+    snprintf(status, sizeof status, "serving '%s' on http://%s:%d (context %d, %s)",
+             a->base_id, http_host(h), http_port(h), engine_ctx(a->eng), a->m->dtype);
+    fprintf(stderr, "lorad: %s%s\n", status, listen_fd >= 0 ? " (socket activation)" : "");
     fflush(stderr);
+    sd_notifyf(0, "READY=1\nSTATUS=%s", status);
 
-    int sig = wait_signal(a);
+    int sig = wait_signal(a, status);
     log_warn("%s: draining (up to %d s for running requests)", strsignal(sig),
              o->drain_seconds);
+    /* The stop timeout covers the drain, whatever --drain-seconds is. */
+    sd_notifyf(0, "STOPPING=1\nSTATUS=draining: %d requests running (up to %d s)\n"
+               "EXTEND_TIMEOUT_USEC=%llu", engine_running(a->eng), o->drain_seconds,
+               (o->drain_seconds + 15) * 1000000ULL);
     a->draining = 1;
     http_quiesce(h);
     wait_idle(a, api_now() + o->drain_seconds);
@@ -285,10 +390,13 @@ int serve_run(const serve_options *o)
     h = NULL;
     rc = 0;
 out:
-    if (rc)
+    if (rc) {
         log_error("%s", err.msg);
+        sd_notifyf(0, "STATUS=failed to start: %s", err.msg);
+    }
     http_stop(h);
     if (engine_started) {
+        __atomic_store_n(&a->engine_stalled, 0, __ATOMIC_RELEASE);
         engine_cancel_all(a->eng);
         engine_stop(a->eng);
         pthread_join(engine_thread, NULL);

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Runs every test of a build: each libcheck binary in BUILD/tests, then each
-# tests/test_*.py (reference and integration tests, given BUILD as argument).
+# Runs every test of a build: each libcheck binary in BUILD/tests, each fuzz harness's
+# corpus replay in BUILD/fuzz, then each tests/test_*.py (reference and integration tests,
+# given BUILD as argument).
 # Prints one "N passed, N failed" line at the end; exits non-zero on any failure.
 set -u
 BUILD=${1:-build}
@@ -25,6 +26,23 @@ for t in "$BUILD"/tests/test_*; do
         failed=$((failed + f))
     fi
     if [ $rc -ne 0 ] && { [ -z "$line" ] || [ "$f" -eq 0 ]; }; then
+        echo "$t: exited with status $rc"
+        failed=$((failed + 1))
+    fi
+done
+# Fuzz harnesses built without libFuzzer (fuzz/replay.c): each replays its seed corpus and
+# the inputs that once found a bug (fuzz/regressions/<target>/); one check per harness.
+for t in "$BUILD"/fuzz/*; do
+    case "$t" in *.o|*.d|*-libfuzzer) continue ;; esac
+    [ -x "$t" ] && [ -f "$t" ] || continue
+    name=$(basename "$t")
+    echo "== $t"
+    "$t" "fuzz/corpus/$name" "fuzz/regressions/$name" >"$log" 2>&1
+    rc=$?
+    cat "$log"
+    if [ $rc -eq 0 ]; then
+        passed=$((passed + 1))
+    else
         echo "$t: exited with status $rc"
         failed=$((failed + 1))
     fi

@@ -769,38 +769,270 @@ START_TEST(test_cancel_all_finishes_every_request_once)
 }
 END_TEST
 
-START_TEST(test_kv_budget_holds_the_next_request_until_memory_is_free)
+/* ---- the paged KV cache: blocks of KV_BLOCK positions from one pool ---- */
+
+/* An engine whose KV pool holds exactly `blocks` blocks. */
+static engine *engine_with_blocks(int max_seqs, int max_batch_rows, int blocks)
 {
-    /* each request needs the KV cache of 4 + 8 - 1 = 11 positions */
-    size_t one = kv_cache_bytes(&g.m->cfg, 11);
-    engine *e = engine_with(4, 4, 0, one + one / 2);
-    collector c[3];
-    memset(c, 0, sizeof c);
-    job a = make_job(4, 41, 8), b = make_job(4, 42, 8);
-    submit_id(e, &a, &c[0]);
-    submit_id(e, &b, &c[1]);
-    step_ok(e);
+    engine *e = engine_with(max_seqs, 64, max_batch_rows,
+                            (size_t)blocks * kv_block_bytes(&g.m->cfg));
     engine_stats st;
     engine_stats_get(e, &st);
-    ck_assert_int_eq(st.running, 1);
-    ck_assert_int_eq(st.waiting, 1);
-    ck_assert_uint_eq(st.kv_bytes, one);
-    ck_assert_uint_le(st.kv_bytes, st.kv_limit);
+    ck_assert_int_eq(st.kv_blocks_total, blocks);
+    return e;
+}
+
+/* The pool's counters agree with each other. */
+static engine_stats kv_stats(engine *e)
+{
+    engine_stats st;
+    engine_stats_get(e, &st);
+    ck_assert_int_eq(st.kv_blocks_used + st.kv_blocks_free, st.kv_blocks_total);
+    ck_assert_uint_eq(st.kv_bytes, (size_t)st.kv_blocks_used * kv_block_bytes(&g.m->cfg));
+    ck_assert_uint_eq(st.kv_limit, (size_t)st.kv_blocks_total * kv_block_bytes(&g.m->cfg));
+    return st;
+}
+
+START_TEST(test_kv_blocks_follow_the_tokens_held_and_return_after_finish_and_cancel)
+{
+    /* No limit: still a bounded pool, one full context per slot. */
+    engine *e = engine_with(4, 4, 4, 0);
+    engine_stats st = kv_stats(e);
+    ck_assert_int_eq(st.kv_blocks_total, 4 * kv_blocks_for(CTX));
+    ck_assert_int_eq(st.kv_blocks_used, 0);
+    /* 5 prompt tokens + 50 new ones: the cache grows to 54 positions, 4 blocks; at every
+     * step it holds the blocks of the positions written so far, not of its maximum. */
+    collector c[2];
+    memset(c, 0, sizeof c);
+    job a = make_job(5, 201, 50);
+    submit_id(e, &a, &c[0]);
+    int grew = 0, last_used = 0;
+    while (c[0].done_calls == 0) {
+        step_ok(e);
+        st = kv_stats(e);
+        if (c[0].done_calls)
+            break;
+        int held = a.n_prompt + c[0].n - 1;   /* positions written: all but the last token */
+        ck_assert_msg(st.kv_blocks_used == kv_blocks_for(held), "%d tokens: %d blocks used, "
+                      "the %d positions held need %d", c[0].n, st.kv_blocks_used, held,
+                      kv_blocks_for(held));
+        grew += st.kv_blocks_used > last_used;
+        last_used = st.kv_blocks_used;
+    }
+    ck_assert_int_eq(c[0].n, 50);
+    ck_assert_int_eq(grew, kv_blocks_for(a.n_prompt + 50 - 1));   /* one block at a time */
+    st = kv_stats(e);
+    ck_assert_int_eq(st.kv_blocks_used, 0);
+    ck_assert_uint_eq(st.kv_bytes, 0);
+
+    /* cancelled mid-decode: every block comes back */
+    job b = make_job(20, 202, 40);
+    uint64_t id = submit_id(e, &b, &c[1]);
+    for (int i = 0; i < 5; i++)
+        step_ok(e);   /* 20 prompt rows in chunks of 4, then decoding */
+    st = kv_stats(e);
+    ck_assert_int_eq(c[1].n, 1);
+    ck_assert_int_eq(st.kv_blocks_used, kv_blocks_for(20));
+    engine_cancel(e, id);
+    step_ok(e);
+    st = kv_stats(e);
+    ck_assert_int_eq(c[1].reason, ENGINE_FINISH_CANCELLED);
+    ck_assert_int_eq(st.kv_blocks_used, 0);
+    ck_assert_int_eq(st.kv_blocks_free, st.kv_blocks_total);
+    ck_assert_uint_eq(st.preemptions, 0);
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_admission_waits_for_the_prompt_blocks_in_arrival_order)
+{
+    /* 3 blocks of 16 positions. a and b: 20-token prompts (2 blocks each), 8 new tokens
+     * (27 positions: still 2 blocks). b must wait for a; c (one block) would fit beside
+     * a but does not overtake b. */
+    engine *e = engine_with_blocks(4, 0, 3);
+    collector c[4];
+    memset(c, 0, sizeof c);
+    job a = make_job(20, 41, 8), b = make_job(20, 42, 8), cj = make_job(4, 43, 3);
+    submit_id(e, &a, &c[0]);
+    submit_id(e, &b, &c[1]);
+    submit_id(e, &cj, &c[2]);
+    for (int i = 0; i < 7; i++) {   /* a's first token, then 6 more: not yet done */
+        step_ok(e);
+        engine_stats st = kv_stats(e);
+        ck_assert_int_eq(st.running, 1);
+        ck_assert_int_eq(st.waiting, 2);
+        ck_assert_int_eq(st.kv_blocks_used, 2);
+        ck_assert_int_eq(c[1].n + c[2].n, 0);
+    }
     run_to_end(e);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(c[i].done_calls, 1);
     ck_assert_int_eq(c[0].n, 8);
     ck_assert_int_eq(c[1].n, 8);
-    /* b, run after a, gives what it gives alone */
+    ck_assert_int_eq(c[2].n, 3);
+    engine_stats st = kv_stats(e);
+    ck_assert_uint_eq(st.preemptions, 0);
+    ck_assert_int_eq(st.kv_blocks_used, 0);
+    /* b, run after waiting, gives what it gives alone */
     collector alone;
     run_alone(g.m, &b, &alone);
-    assert_same(&c[1], &alone, 0.0f, "after waiting for KV memory");
+    assert_same(&c[1], &alone, 0.0f, "after waiting for KV blocks");
+    engine_destroy(e);
+}
+END_TEST
 
-    /* a request that could never fit is refused at submit */
-    job big = make_job(4, 43, 40);
-    engine_request r = make_request(&big, &c[2]);
+START_TEST(test_request_larger_than_the_whole_pool_is_refused_at_submit)
+{
+    engine *e = engine_with_blocks(4, 0, 3);
+    collector c[2];
+    memset(c, 0, sizeof c);
+    /* 4 + 45 - 1 = 48 positions: exactly the pool, accepted and served alone */
+    job fits = make_job(4, 44, 45);
+    submit_id(e, &fits, &c[0]);
+    /* 4 + 46 - 1 = 49 positions: 4 blocks, never */
+    job big = make_job(4, 45, 46);
+    engine_request r = make_request(&big, &c[1]);
     lr_error err = {0};
     ck_assert_int_eq(engine_submit(e, &r, NULL, &err), LR_EINVAL);
+    ck_assert_msg(strstr(err.msg, "needs 4 KV cache blocks") && strstr(err.msg, "holds 3"),
+                  "message \"%s\" does not say what the request needs and the pool holds",
+                  err.msg);
+    run_to_end(e);
+    ck_assert_int_eq(c[0].n, 45);
+    ck_assert_int_eq(c[1].done_calls, 0);
+    ck_assert_uint_eq(kv_stats(e).preemptions, 0);
+    engine_destroy(e);
+
+    /* a limit below one block is refused when the engine is made */
+    engine_options o = engine_options_default();
+    o.max_kv_bytes = kv_block_bytes(&g.m->cfg) - 1;
+    ck_assert_ptr_null(engine_create(g.m, &o, &err));
     ck_assert_msg(strstr(err.msg, "KV") != NULL, "message \"%s\" lacks \"KV\"", err.msg);
-    ck_assert_int_eq(c[2].done_calls, 0);
+}
+END_TEST
+
+/* A crowd that does not fit a pool of `blocks` blocks at once: n jobs of every kind
+ * (base, merged, single adapters and mixes), prompts of 3..17 tokens and 12..40 new
+ * ones, greedy or seeded sampling, submitted at once or staggered. Every one must give
+ * what it gives alone — tokens, each seen once, and logprobs — and the engine must have
+ * preempted. */
+static void check_preemption_crowd(int n, int blocks, int max_batch_rows, int sampled,
+                                   int staggered)
+{
+    enum { PCROWD_MAX = 24 };
+    static job j[PCROWD_MAX];
+    static collector alone[PCROWD_MAX], together[PCROWD_MAX];
+    static variant_mix mixes[PCROWD_MAX];
+    ck_assert_int_le(n, PCROWD_MAX);
+    for (int i = 0; i < n; i++) {
+        j[i] = make_job(3 + (i * 7) % 15, 3000 + (uint32_t)i, 12 + (i * 5) % 29);
+        float w = 0.5f + 0.125f * (float)(i % 8);
+        switch (i % 5) {
+        case 0: break;
+        case 1: mixes[i] = (variant_mix){.n = 1, .t = {{g.a1->w, w}}}; j[i].lora = &mixes[i]; break;
+        case 2: j[i].merged = g.merged2; break;
+        case 3: mixes[i] = (variant_mix){.n = 2, .t = {{g.a1->w, w}, {g.a2->w, 0.8f}}};
+                j[i].lora = &mixes[i]; break;
+        default: mixes[i] = (variant_mix){.n = 1, .t = {{g.a2->w, w}}}; j[i].lora = &mixes[i];
+        }
+        if (sampled) {
+            j[i].sp.temperature = 1.2f;
+            j[i].sp.top_p = 0.9f;
+            j[i].sp.seed = 500u + (unsigned)i;
+        }
+        run_alone(g.m, &j[i], &alone[i]);
+    }
+    engine *e = engine_with_blocks(n, max_batch_rows, blocks);
+    memset(together, 0, sizeof together);
+    int submitted = 0, peak = 0;
+    for (int step = 0; submitted < n || engine_running(e) > 0; step++) {
+        ck_assert_msg(step < 5000, "engine did not finish");
+        for (int i = 0; i < n; i++)
+            if ((staggered ? i % 6 : 0) == step) {
+                submit_id(e, &j[i], &together[i]);
+                submitted++;
+            }
+        step_ok(e);
+        engine_stats st = kv_stats(e);
+        ck_assert_int_le(st.kv_blocks_used, blocks);
+        peak = st.kv_blocks_used > peak ? st.kv_blocks_used : peak;
+    }
+    engine_stats st = kv_stats(e);
+    ck_assert_msg(st.preemptions > 0, "crowd of %d in %d blocks: no preemption, the test "
+                  "proves nothing", n, blocks);
+    ck_assert_int_gt(peak, blocks / 2);
+    ck_assert_int_eq(st.kv_blocks_used, 0);
+    for (int i = 0; i < n; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "%s crowd of %d in %d blocks, job %d (kind %d)",
+                 sampled ? "sampled" : "greedy", n, blocks, i, i % 5);
+        ck_assert_int_eq(together[i].tokens_after_done, 0);
+        assert_same(&alone[i], &together[i], 1e-4f, what);
+    }
+    engine_destroy(e);
+}
+
+START_TEST(test_preemption_under_a_tiny_pool_gives_every_request_its_output_alone)
+{
+    /* a sequence holds 1..4 blocks; 10 blocks for 12 or 20 of them */
+    check_preemption_crowd(12, 10, 0, 0, 0);
+    check_preemption_crowd(20, 10, 5, 0, 1);
+    check_preemption_crowd(12, 10, 0, 1, 0);
+    check_preemption_crowd(20, 10, 5, 1, 1);
+}
+END_TEST
+
+START_TEST(test_cancel_of_a_preempted_request_frees_everything)
+{
+    /* 2 blocks, 2 slots: a and b (14-token prompts, 23 positions each) take one block
+     * each; at position 16 a (older) needs a second block and b is preempted. */
+    engine *e = engine_with_blocks(2, 0, 2);
+    collector c[3];
+    memset(c, 0, sizeof c);
+    job a = make_job(14, 61, 10), b = make_job(14, 62, 10);
+    submit_id(e, &a, &c[0]);
+    uint64_t id_b = submit_id(e, &b, &c[1]);
+    for (int i = 0; i < 3; i++)
+        step_ok(e);   /* tokens 1..3 of each: positions 14 and 15 written */
+    engine_stats st = kv_stats(e);
+    ck_assert_uint_eq(st.preemptions, 0);
+    ck_assert_int_eq(st.kv_blocks_used, 2);
+    step_ok(e);       /* a writes position 16 */
+    st = kv_stats(e);
+    ck_assert_uint_eq(st.preemptions, 1);
+    ck_assert_int_eq(st.running, 1);
+    ck_assert_int_eq(st.waiting, 1);
+    ck_assert_int_eq(st.kv_blocks_used, 2);   /* both a's */
+    ck_assert_int_eq(c[0].n, 4);
+    ck_assert_int_eq(c[1].n, 3);
+    ck_assert_int_eq(c[1].done_calls, 0);
+    engine_cancel(e, id_b);
+    step_ok(e);
+    st = kv_stats(e);
+    ck_assert_int_eq(c[1].done_calls, 1);
+    ck_assert_int_eq(c[1].reason, ENGINE_FINISH_CANCELLED);
+    ck_assert_int_eq(c[1].n, 3);
+    ck_assert_int_eq(st.waiting, 0);
+    ck_assert_int_eq(st.kv_blocks_used, 2);
+    ck_assert_uint_eq(st.cancelled, 1);
+    run_to_end(e);
+    st = kv_stats(e);
+    ck_assert_int_eq(c[0].n, 10);
+    ck_assert_int_eq(st.kv_blocks_used, 0);
+    collector alone;
+    run_alone(g.m, &a, &alone);
+    assert_same(&c[0], &alone, 0.0f, "the sequence that kept its blocks");
+
+    /* the same, but left alone b is recomputed and finishes as if never interrupted */
+    memset(c, 0, 2 * sizeof *c);
+    submit_id(e, &a, &c[0]);
+    submit_id(e, &b, &c[1]);
+    run_to_end(e);
+    st = kv_stats(e);
+    ck_assert_uint_ge(st.preemptions, 2);
+    run_alone(g.m, &b, &alone);
+    assert_same(&c[1], &alone, 1e-4f, "the preempted sequence");
+    ck_assert_int_eq(st.kv_blocks_used, 0);
     engine_destroy(e);
 }
 END_TEST
@@ -1219,7 +1451,10 @@ static Suite *engine_suite(void)
     tcase_add_test(core, test_destroy_finishes_running_requests_with_error_once);
     tcase_add_test(core, test_cancel_while_waiting_prefilling_and_decoding_frees_the_kv_cache);
     tcase_add_test(core, test_cancel_all_finishes_every_request_once);
-    tcase_add_test(core, test_kv_budget_holds_the_next_request_until_memory_is_free);
+    tcase_add_test(core, test_kv_blocks_follow_the_tokens_held_and_return_after_finish_and_cancel);
+    tcase_add_test(core, test_admission_waits_for_the_prompt_blocks_in_arrival_order);
+    tcase_add_test(core, test_preemption_under_a_tiny_pool_gives_every_request_its_output_alone);
+    tcase_add_test(core, test_cancel_of_a_preempted_request_frees_everything);
     tcase_add_test(core, test_decoders_never_starve_a_new_prompt_and_prefill_is_chunked);
     tcase_add_test(core, test_prompts_start_in_arrival_order);
     tcase_add_test(core, test_mixes_equal_in_content_compare_equal_and_batch_alike);
@@ -1241,6 +1476,7 @@ static Suite *engine_suite(void)
     tcase_add_test(lim, test_submit_rejects_negative_temperature);
     tcase_add_test(lim, test_submit_rejects_top_p_zero);
     tcase_add_test(lim, test_submit_refuses_busy_beyond_max_seqs_plus_max_queue_then_accepts);
+    tcase_add_test(lim, test_request_larger_than_the_whole_pool_is_refused_at_submit);
     tcase_add_test(lim, test_submit_rejects_on_the_fly_adapter_with_fewer_layers_than_the_model);
     suite_add_tcase(s, lim);
     return s;

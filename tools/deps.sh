@@ -3,7 +3,7 @@
 # given as arguments (tools/demo/deps.sh adds the demo model's). Runs apt-get only when
 # something is missing; needs root for that.
 set -eu
-PKGS="$* build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev libunistring-dev check libsubunit-dev libmicrohttpd-dev libcurl4-openssl-dev python3 python3-numpy"
+PKGS="$* build-essential pkg-config libopenblas-dev libjansson-dev libpcre2-dev libunistring-dev check libsubunit-dev libmicrohttpd-dev libsystemd-dev systemd debhelper groff-base libcurl4-openssl-dev python3 python3-numpy"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

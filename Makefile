@@ -22,7 +22,7 @@ ifneq ($(V),1)
 Q := @
 endif
 
-.PHONY: all test check asan bench bench-serve run demo-model install clean deps
+.PHONY: all test check asan bench bench-serve bench-load run demo-model install clean deps
 
 # all: the daemon/CLI binary build/lorad
 all: $(BUILD)/lorad
@@ -70,10 +70,19 @@ asan:
 bench: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)PYTHON=$(PYTHON) bench/run.sh $(BUILD)
 
-# bench-serve: HTTP streaming vs the same requests in process (TPOT, TTFT); see README
+# bench-serve: HTTP streaming vs the same requests in process (TPOT, TTFT), then the
+# serving benchmark (bench-load); see README and docs/benchmarks.md
 bench-serve: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)$(BUILD)/bench/bench_engine $(BUILD)/bench-data --prepare
 	$(Q)$(BUILD)/bench/bench_serve $(BUILD) $(BUILD)/bench-data $(if $(filter 1,$(BENCH_QUICK)),--quick)
+	$(Q)$(MAKE) --no-print-directory bench-load
+
+# bench-load: many clients x many adapters against `lorad serve` (tokens/s, TTFT, TPOT);
+# the table also goes to BUILD/bench-load.tsv (tools/plot_bench.py draws it)
+bench-load: deps $(BUILD)/lorad $(BENCH_BIN)
+	$(Q)$(BUILD)/bench/bench_engine $(BUILD)/bench-data --prepare
+	$(Q)$(BUILD)/bench/bench_load $(BUILD) $(BUILD)/bench-data --tsv $(BUILD)/bench-load.tsv \
+	    $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 # run: lorad's main job on an embedded default (see README)
 run: deps $(BUILD)/lorad

@@ -85,8 +85,14 @@ struct store_upload {
     char tmp[4096 + 64];
     int fd[2];
     size_t size[2];
+    size_t flushed[2];    /* bytes whose write-back has been started */
     hash64 hash[2];       /* of each file (parts may arrive in either order) */
 };
+
+/* Write-back is started every this many bytes while an upload streams in, so the fsync
+ * at commit waits for the last few MB only, not the whole file (an upload's commit took
+ * ~50 ms of fsync for a 19.5 MB adapter on the VM's disk). */
+#define STORE_WRITE_BEHIND ((size_t)2 << 20)
 
 static atomic_uint counter;
 
@@ -204,6 +210,12 @@ int store_upload_write(store_upload *u, int file, const void *data, size_t n, lr
     }
     hash_update(&u->hash[file], data, n);
     u->size[file] += n;
+    if (u->size[file] - u->flushed[file] >= STORE_WRITE_BEHIND) {
+        /* asynchronous; errors show at the fsync in store_upload_commit */
+        sync_file_range(u->fd[file], (off_t)u->flushed[file],
+                        (off_t)(u->size[file] - u->flushed[file]), SYNC_FILE_RANGE_WRITE);
+        u->flushed[file] = u->size[file];
+    }
     return 0;
 }
 

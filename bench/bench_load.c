@@ -10,7 +10,9 @@
  *   3. 32 and 64 clients over 100 adapters with Zipf popularity (s = 1), with
  *      --max-loaded-adapters 20, so the LRU churns;
  *   4. 32 clients over 1,000 adapters on disk, --max-loaded-adapters 50 (S-LoRA's case),
- *      against 32 clients on one adapter; and 32 and 64 clients on the base.
+ *      against 32 clients on one adapter; and 32 and 64 clients on the base;
+ *   5. fairness: 16 clients, 90% of requests on one adapter, 10% on 7 others.
+ * Scenarios 1 and 3 also run with --merge auto.
  * The adapter directories hold 100 and 1,000 adapters whose weight files are hard links
  * to the 8 distinct generated ones (the daemon loads each name on its own: a load reads
  * the file — from the page cache — parses, converts and allocates as for any adapter).
@@ -45,10 +47,10 @@
 #define PROMPT_LEN 16
 
 /* How a request picks its model. */
-typedef enum { PICK_BASE, PICK_ONE, PICK_DISTINCT8, PICK_MIX8, PICK_ZIPF } pick_rule;
+typedef enum { PICK_BASE, PICK_ONE, PICK_DISTINCT8, PICK_MIX8, PICK_ZIPF, PICK_SKEW } pick_rule;
 
 /* The daemon a case runs against. */
-typedef enum { D_MAIN, D_MERGED, D_MANY, N_DAEMONS } daemon_kind;
+typedef enum { D_MAIN, D_MERGED, D_AUTO, D_MANY, N_DAEMONS } daemon_kind;
 
 typedef struct {
     const char *name;
@@ -62,22 +64,27 @@ static const bench_case cases[] = {
     {"1 client, base", 1, 1, D_MAIN, PICK_BASE},
     {"1 client, adapter on the fly", 1, 1, D_MAIN, PICK_ONE},
     {"1 client, adapter merged", 1, 1, D_MERGED, PICK_ONE},
+    {"1 client, adapter, --merge auto", 1, 1, D_AUTO, PICK_ONE},
     {"8 clients, base", 2, 8, D_MAIN, PICK_BASE},
     {"8 clients, one adapter", 2, 8, D_MAIN, PICK_ONE},
     {"8 clients, 8 adapters", 2, 8, D_MAIN, PICK_DISTINCT8},
     {"8 clients, 8 mixes of 2", 2, 8, D_MAIN, PICK_MIX8},
     {"32 clients, 100 adapters (Zipf)", 3, 32, D_MAIN, PICK_ZIPF},
     {"64 clients, 100 adapters (Zipf)", 3, 64, D_MAIN, PICK_ZIPF},
+    {"32 clients, 100 adapters, auto", 3, 32, D_AUTO, PICK_ZIPF},
+    {"64 clients, 100 adapters, auto", 3, 64, D_AUTO, PICK_ZIPF},
     {"32 clients, base", 4, 32, D_MANY, PICK_BASE},
     {"64 clients, base", 4, 64, D_MANY, PICK_BASE},
     {"32 clients, one adapter", 4, 32, D_MANY, PICK_ONE},
     {"32 clients, 1000 adapters (Zipf)", 4, 32, D_MANY, PICK_ZIPF},
+    {"16 clients, 90% on one adapter", 5, 16, D_MAIN, PICK_SKEW},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
 typedef struct {
     double t0, t_first, t_last;
     int n;
+    int popular;        /* PICK_SKEW: on the popular adapter */
 } record;
 
 typedef struct {
@@ -183,6 +190,13 @@ static void pick_model(client *c, char *out, size_t cap)
         snprintf(out, cap, "\"adapters\":[{\"name\":\"a%03d\",\"weight\":0.7},"
                  "{\"name\":\"a%03d\",\"weight\":0.3}]", c->index % 8, (c->index + 1) % 8);
         break;
+    case PICK_SKEW:
+        c->cur.popular = next_rand(&c->seed) % 10 != 0;
+        if (c->cur.popular)
+            snprintf(out, cap, "\"model\":\"a000\"");
+        else
+            snprintf(out, cap, "\"model\":\"a%03d\"", 1 + (int)(next_rand(&c->seed) % 7));
+        break;
     case PICK_ZIPF: {
         int k = zipf_pick(c->zipf_cdf, c->n_adapters, &c->seed);
         if (c->bc->daemon == D_MANY)
@@ -206,6 +220,7 @@ static void *client_main(void *arg)
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/completions", c->port);
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
     while (!atomic_load(c->stop)) {
+        memset(&c->cur, 0, sizeof c->cur);
         pick_model(c, pick, sizeof pick);
         int k = snprintf(body, sizeof body, "{%s,\"prompt\":[", pick);
         for (int i = 0; i < PROMPT_LEN; i++)
@@ -223,7 +238,6 @@ static void *client_main(void *arg)
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-        memset(&c->cur, 0, sizeof c->cur);
         c->len = 0;
         c->cur.t0 = bench_now();
         CURLcode rc = curl_easy_perform(h);
@@ -249,6 +263,7 @@ static void *client_main(void *arg)
 typedef struct {
     double tps, ttft50, ttft99, tpot50, tpot99;
     int requests;
+    double tpot99_popular, tpot99_others;   /* PICK_SKEW */
 } result;
 
 static double percentile(double *v, int n, double p)
@@ -293,7 +308,8 @@ static int run_case(const bench_case *bc, int port, int n_adapters, const double
         usleep(20000);
     atomic_store(&stop, 1);
     static double ttft[MAX_CLIENTS * MAX_RECORDS], tpot[MAX_CLIENTS * MAX_RECORDS];
-    int n = 0, failures = 0;
+    static double tp_pop[MAX_CLIENTS * MAX_RECORDS], tp_oth[MAX_CLIENTS * MAX_RECORDS];
+    int n = 0, failures = 0, n_pop = 0, n_oth = 0;
     long tokens = 0;
     for (int i = 0; i < bc->clients; i++) {
         client *c = &clients_mem[i];
@@ -303,6 +319,10 @@ static int run_case(const bench_case *bc, int port, int n_adapters, const double
         for (int k = 0; k < c->n_rec; k++, n++) {
             ttft[n] = c->rec[k].t_first - c->rec[k].t0;
             tpot[n] = (c->rec[k].t_last - c->rec[k].t_first) / (c->rec[k].n - 1);
+            if (c->rec[k].popular)
+                tp_pop[n_pop++] = tpot[n];
+            else
+                tp_oth[n_oth++] = tpot[n];
         }
     }
     if (failures) {
@@ -315,6 +335,8 @@ static int run_case(const bench_case *bc, int port, int n_adapters, const double
     out->ttft99 = percentile(ttft, n, 0.99);
     out->tpot50 = percentile(tpot, n, 0.5);
     out->tpot99 = percentile(tpot, n, 0.99);
+    out->tpot99_popular = percentile(tp_pop, n_pop, 0.99);
+    out->tpot99_others = percentile(tp_oth, n_oth, 0.99);
     return 0;
 }
 
@@ -380,6 +402,7 @@ int main(int argc, char **argv)
     const char *extra[N_DAEMONS][8] = {
         [D_MAIN] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "never"},
         [D_MERGED] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "always"},
+        [D_AUTO] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "auto"},
         [D_MANY] = {"--adapter-dir", d1000, "--max-loaded-adapters", "50", "--merge", "never"},
     };
 
@@ -418,17 +441,20 @@ int main(int argc, char **argv)
     /* medians over repetitions */
     result med[N_CASES];
     for (int k = 0; k < N_CASES; k++) {
-        double v[5][MAX_REPS];
+        double v[7][MAX_REPS];
         for (int r = 0; r < reps; r++) {
             v[0][r] = res[k][r].tps;
             v[1][r] = res[k][r].ttft50;
             v[2][r] = res[k][r].ttft99;
             v[3][r] = res[k][r].tpot50;
             v[4][r] = res[k][r].tpot99;
+            v[5][r] = res[k][r].tpot99_popular;
+            v[6][r] = res[k][r].tpot99_others;
         }
         med[k] = (result){bench_median(v[0], reps), bench_median(v[1], reps),
                           bench_median(v[2], reps), bench_median(v[3], reps),
-                          bench_median(v[4], reps), res[k][0].requests};
+                          bench_median(v[4], reps), res[k][0].requests,
+                          bench_median(v[5], reps), bench_median(v[6], reps)};
     }
     printf("\nlorad serving benchmark: random SmolLM2-135M shape, F32, rank-16 adapters on all 7 "
            "projections; loopback HTTP streaming, %d-token prompts, %d output tokens per "
@@ -453,7 +479,7 @@ int main(int argc, char **argv)
         fclose(tf);
 
     /* the targets, as ratios of this run's medians */
-    enum { B1, A1, M1, B8, O8, D8, X8, Z32, Z64, B32, B64, O32, Z1000 };
+    enum { B1, A1, M1, AUTO1, B8, O8, D8, X8, Z32, Z64, ZA32, ZA64, B32, B64, O32, Z1000, SKEW };
     double limit = 538.0 / (538.0 + 8 * 19.5);  /* reading the base once + 8 adapters */
     printf("\ntargets (ratios within this run):\n");
     printf("  8 clients x 8 adapters / 8 on the base     %.2f (target >= 0.70; the bandwidth "
@@ -470,12 +496,18 @@ int main(int argc, char **argv)
            med[B8].tps / 142.6);
     printf("  1 client merged / 1 client base            %.3f (target 1 +- 0.03)\n",
            med[M1].tps / med[B1].tps);
+    printf("  1 client, --merge auto / 1 client base     %.3f (target 1 +- 0.03, once merged)\n",
+           med[AUTO1].tps / med[B1].tps);
+    printf("  scenario 3, auto / never: 32, 64 clients   %.2f, %.2f (target >= 1)\n",
+           med[ZA32].tps / med[Z32].tps, med[ZA64].tps / med[Z64].tps);
+    printf("  skewed 90%%: others' TPOT p99 / popular's   %.2f (target <= 1.5)\n",
+           med[SKEW].tpot99_others / med[SKEW].tpot99_popular);
     printf("  32 clients x 1000 adapters / 32 on one     %.2f (target >= 0.7)\n",
            med[Z1000].tps / med[O32].tps);
     printf("  scenario 2 TPOT p99 / p50 (worst case)     %.2f (target <= 2)\n",
            fmax(fmax(med[B8].tpot99 / med[B8].tpot50, med[O8].tpot99 / med[O8].tpot50),
                 fmax(med[D8].tpot99 / med[D8].tpot50, med[X8].tpot99 / med[X8].tpot50)));
-    (void)A1, (void)Z32, (void)Z64, (void)B32;
+    (void)A1, (void)B32;
     free(cdf100);
     free(cdf1000);
     curl_global_cleanup();

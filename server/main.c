@@ -575,7 +575,7 @@ out:
  * same). */
 enum {
     OPT_MODEL = 256, OPT_NAME, OPT_ADAPTER_DIR, OPT_HOST, OPT_PORT, OPT_KEY, OPT_MAX_LOADED,
-    OPT_MAX_RANK, OPT_MERGE, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
+    OPT_MAX_RANK, OPT_MERGE, OPT_MERGE_BUDGET, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
     OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP,
     OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB
 };
@@ -610,8 +610,11 @@ static const struct {
      "memory of loaded adapters in MiB, likewise (default: no limit)"},
     {{"max-rank", required_argument, NULL, OPT_MAX_RANK}, "R",
      "refuse adapters of a higher rank (default 256)"},
-    {{"merge", required_argument, NULL, OPT_MERGE}, "never|always",
-     "never: adapters on the fly; always: a merged W' per loaded adapter (default never)"},
+    {{"merge", required_argument, NULL, OPT_MERGE}, "never|always|auto",
+     "never: adapters on the fly; always: a merged W' per loaded adapter; auto: a W' for the "
+     "adapter that carries nearly all recent tokens (default never)"},
+    {{"merge-budget-mb", required_argument, NULL, OPT_MERGE_BUDGET}, "N",
+     "memory for --merge auto's W' in MiB (default: room for one)"},
     {{"ctx", required_argument, NULL, OPT_CTX}, "N",
      "context per request, prompt + output (default: the model's max_position_embeddings)"},
     {{"max-tokens", required_argument, NULL, OPT_MAX_TOKENS}, "N",
@@ -677,7 +680,7 @@ static int cmd_serve(int argc, char **argv)
     serve_options o = serve_options_default();
     log_level = LOG_LEVEL_INFO;   /* one line per request */
     optind = 2;
-    int c, kv = 0, adapter_mb = 0;
+    int c, kv = 0, adapter_mb = 0, merge_mb = 0;
     while ((c = getopt_long(argc, argv, "v", longopts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
@@ -704,11 +707,15 @@ static int cmd_serve(int argc, char **argv)
                                             &o.max_loaded); break;
         case OPT_MAX_RANK: bad = flag_int("max-rank", optarg, 1, 1 << 16, &o.max_rank); break;
         case OPT_MERGE:
-            if (strcmp(optarg, "never") && strcmp(optarg, "always")) {
-                fprintf(stderr, "lorad serve: --merge must be never or always\n");
+            if (strcmp(optarg, "never") && strcmp(optarg, "always") && strcmp(optarg, "auto")) {
+                fprintf(stderr, "lorad serve: --merge must be never, always or auto\n");
                 bad = 1;
             }
-            o.merge = strcmp(optarg, "always") == 0;
+            o.merge = strcmp(optarg, "always") == 0   ? REGISTRY_MERGE_ALWAYS
+                      : strcmp(optarg, "auto") == 0 ? REGISTRY_MERGE_AUTO
+                                                    : REGISTRY_MERGE_NEVER;
+            break;
+        case OPT_MERGE_BUDGET: bad = flag_int("merge-budget-mb", optarg, 1, 1 << 24, &merge_mb);
             break;
         case OPT_CTX: bad = flag_int("ctx", optarg, 2, 1 << 24, &o.ctx); break;
         case OPT_MAX_TOKENS: bad = flag_int("max-tokens", optarg, 1, 1 << 24, &o.max_tokens);
@@ -736,6 +743,7 @@ static int cmd_serve(int argc, char **argv)
     }
     o.kv_mb = kv;
     o.max_adapter_mb = adapter_mb;
+    o.merge_budget_mb = merge_mb;
     if (optind < argc) {
         fprintf(stderr, "lorad serve: unexpected argument '%s'\n", argv[optind]);
         return 2;

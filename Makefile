@@ -57,8 +57,15 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory check
 	$(Q)$(MAKE) --no-print-directory asan
 
+# tests/faultshim.so: LD_PRELOAD'ed by tests/test_faults.py; never sanitized (it must load
+# before an ASan runtime without being one)
+$(BUILD)/tests/faultshim.so: tests/faultshim.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $@"
+	$(Q)$(CC) -std=c11 -O2 -g -fPIC -shared $(WARN) $< -o $@ -ldl
+
 # check: build and run unit tests + reference/integration tests in $(BUILD)
-check: $(BUILD)/lorad $(TEST_BIN)
+check: $(BUILD)/lorad $(TEST_BIN) $(BUILD)/tests/faultshim.so
 	$(Q)PYTHON=$(PYTHON) tests/run.sh $(BUILD)
 
 # asan: the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer

@@ -109,6 +109,12 @@ static void temp_name(char *buf, size_t cap, const char *dir, const char *prefix
              (long)syscall(SYS_gettid), atomic_fetch_add(&counter, 1));
 }
 
+/* LR_ENOSPC for a full disk or quota, LR_EIO for any other failure of the OS. */
+static int disk_error(int e)
+{
+    return e == ENOSPC || e == EDQUOT ? LR_ENOSPC : LR_EIO;
+}
+
 static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -203,8 +209,8 @@ int store_upload_write(store_upload *u, int file, const void *data, size_t n, lr
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
-            return lr_error_set(err, LR_EIO, "writing %s: %s", store_file_names[file],
-                                w < 0 ? strerror(errno) : "no space");
+            return lr_error_set(err, disk_error(w < 0 ? errno : ENOSPC), "writing %s: %s",
+                                store_file_names[file], w < 0 ? strerror(errno) : "no space");
         s += w;
         left -= (size_t)w;
     }
@@ -257,11 +263,11 @@ int store_upload_commit(store_upload *u, const char *name, int replace, lr_error
     int rc = 0;
     for (int i = 0; i < 2 && !rc; i++)
         if (u->fd[i] < 0 || fsync(u->fd[i]) != 0)
-            rc = lr_error_set(err, LR_EIO, "%s: %s", store_file_names[i],
-                              u->fd[i] < 0 ? "missing" : strerror(errno));
+            rc = lr_error_set(err, u->fd[i] < 0 ? LR_EIO : disk_error(errno), "%s: %s",
+                              store_file_names[i], u->fd[i] < 0 ? "missing" : strerror(errno));
     close_files(u);
     if (!rc && fsync_path(u->tmp) != 0)
-        rc = lr_error_set(err, LR_EIO, "fsync %s: %s", u->tmp, strerror(errno));
+        rc = lr_error_set(err, disk_error(errno), "fsync %s: %s", u->tmp, strerror(errno));
     char dst[4096 + 128];
     snprintf(dst, sizeof dst, "%s/%s", u->store, name);
     if (!rc) {

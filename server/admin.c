@@ -232,7 +232,8 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *k
     }
     lr_error err = {0};
     if (size && store_upload_write(u->up, file, data, size, &err)) {
-        api_error(u->err_out, 500, NULL, NULL, "%s", err.msg);
+        api_error(u->err_out, err.code == LR_ENOSPC ? 507 : 500, NULL,
+                  err.code == LR_ENOSPC ? "insufficient_storage" : NULL, "%s", err.msg);
         u->failed = 1;
         return MHD_NO;
     }
@@ -386,8 +387,10 @@ void admin_upload_finish(app *a, admin_upload *u, api_reply *out)
     if (rc) {
         pthread_mutex_unlock(&publish_lock);
         peft_free(ad);
-        api_error(out, rc == LR_EEXIST ? 409 : 500, "name",
-                  rc == LR_EEXIST ? "adapter_exists" : NULL, "%s", err.msg);
+        api_error(out, rc == LR_EEXIST ? 409 : rc == LR_ENOSPC ? 507 : 500,
+                  rc == LR_EEXIST ? "name" : NULL,
+                  rc == LR_EEXIST ? "adapter_exists"
+                  : rc == LR_ENOSPC ? "insufficient_storage" : NULL, "%s", err.msg);
         admin_upload_free(u);
         return;
     }

@@ -57,6 +57,10 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory check
 	$(Q)$(MAKE) --no-print-directory asan
 
+# test_faults_alloc: every allocation lorad's code makes goes through the test's counters
+$(BUILD)/tests/test_faults_alloc: LDLIBS += -Wl,--wrap=malloc -Wl,--wrap=calloc \
+    -Wl,--wrap=realloc -Wl,--wrap=posix_memalign -Wl,--wrap=aligned_alloc -Wl,--wrap=mmap
+
 # tests/faultshim.so: LD_PRELOAD'ed by tests/test_faults.py; never sanitized (it must load
 # before an ASan runtime without being one)
 $(BUILD)/tests/faultshim.so: tests/faultshim.c

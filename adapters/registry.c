@@ -54,6 +54,9 @@ typedef struct entry {
     uint64_t pending_version;
     uint64_t last_used, requests, tokens;
     time_t last_used_at;        /* wall clock, for listings */
+    uint64_t attempts;          /* load attempts finished */
+    int last_oom;               /* the last one ran out of memory: its waiters get that, but
+                                 * it is no verdict on the files (the next acquire retries) */
     struct entry *next;
 } entry;
 
@@ -348,13 +351,19 @@ static void load_entry(registry *r, entry *e)
         r->loaded_bytes += v->bytes;
         log_info("adapter '%s': loaded in %.1f ms (%.1f MB%s)", name, secs * 1e3,
                  v->bytes / 1e6, v->merged ? ", merged" : "");
+    } else if (err.code == LR_ENOMEM) {
+        e->state = REGISTRY_ON_DISK;
+        snprintf(e->reason, sizeof e->reason, "%s", err.msg);
+        log_warn("%s (the next request for it tries again)", err.msg);
     } else {
         e->state = REGISTRY_FAILED;
-        e->fail_code = err.code == LR_ENOMEM ? LR_ENOMEM : LR_EINVAL;
+        e->fail_code = LR_EINVAL;
         snprintf(e->reason, sizeof e->reason, "%s", err.msg);
         e->sig = sig;
         log_warn("%s", err.msg);
     }
+    e->attempts++;
+    e->last_oom = !v && exists && err.code == LR_ENOMEM;
     pthread_cond_broadcast(&r->changed);
     evict(r);
 }
@@ -681,7 +690,8 @@ registry_adapter *registry_acquire(registry *r, const char *name, lr_error *err)
             e->state = REGISTRY_LOADING;
             pthread_cond_signal(&r->work);
             /* fall through */
-        case REGISTRY_LOADING:
+        case REGISTRY_LOADING: {
+            uint64_t attempts = e->attempts;
             e->waiters++;
             pthread_cond_wait(&r->changed, &r->lock);
             e->waiters--;
@@ -690,7 +700,13 @@ registry_adapter *registry_acquire(registry *r, const char *name, lr_error *err)
                 lr_error_set(err, LR_ENOTFOUND, "adapter '%s' does not exist", name);
                 return NULL;
             }
+            if (e->attempts != attempts && e->last_oom && e->state != REGISTRY_LOADED) {
+                lr_error_set(err, LR_ENOMEM, "%s", e->reason);
+                pthread_mutex_unlock(&r->lock);
+                return NULL;
+            }
             break;
+        }
         }
     }
 }

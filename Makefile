@@ -22,7 +22,7 @@ ifneq ($(V),1)
 Q := @
 endif
 
-.PHONY: all test check asan bench bench-serve bench-load run demo-model install clean deps
+.PHONY: all test check asan bench bench-serve bench-load soak run demo-model install clean deps
 
 # all: the daemon/CLI binary build/lorad
 all: $(BUILD)/lorad
@@ -94,6 +94,13 @@ bench-load: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)$(BUILD)/bench/bench_engine $(BUILD)/bench-data --prepare
 	$(Q)$(BUILD)/bench/bench_load $(BUILD) $(BUILD)/bench-data --tsv $(BUILD)/bench-load.tsv \
 	    $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+# soak: lorad serve under a long mixed load (streams, abandoned streams, chat, uploads,
+# replaces, deletes) on the demo model; RSS, fds, errors and p99 per interval; minutes
+# from SOAK_MINUTES (default 10). Not part of `make test`; see docs/benchmarks.md
+SOAK_MINUTES ?= 10
+soak: deps $(BUILD)/lorad $(BENCH_BIN)
+	$(Q)$(BUILD)/bench/bench_soak $(BUILD) $(BUILD)/bench-data --minutes $(SOAK_MINUTES)
 
 # run: lorad's main job on an embedded default (see README)
 run: deps $(BUILD)/lorad

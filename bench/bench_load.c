@@ -25,7 +25,9 @@
  * table gives medians over repetitions. A tab-separated copy of the table goes to
  * --tsv FILE for tools/plot_bench.py.
  *
- * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] */
+ * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] [--reps N] [--warmup S] [--window S]
+ * [--max-tokens N] (defaults 3 repetitions, 8 s + 20 s, 64 tokens; --quick: 1, 3 s + 8 s,
+ * 32 tokens). */
 #include <curl/curl.h>
 #include <errno.h>
 #include <math.h>
@@ -376,15 +378,35 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *build = argv[1], *work = argv[2], *tsv = NULL;
-    int quick = 0;
+    int quick = 0, reps = 0, max_tokens = 0;
+    double warmup = 0, window = 0;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
         else if (strcmp(argv[i], "--tsv") == 0 && i + 1 < argc)
             tsv = argv[++i];
+        else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--warmup") == 0 && i + 1 < argc)
+            warmup = atof(argv[++i]);
+        else if (strcmp(argv[i], "--window") == 0 && i + 1 < argc)
+            window = atof(argv[++i]);
+        else if (strcmp(argv[i], "--max-tokens") == 0 && i + 1 < argc)
+            max_tokens = atoi(argv[++i]);
     }
-    int reps = quick ? 1 : 3, max_tokens = quick ? 32 : 64;
-    double warmup = quick ? 3 : 8, window = quick ? 8 : 20;
+    if (!reps)
+        reps = quick ? 1 : 3;
+    if (!max_tokens)
+        max_tokens = quick ? 32 : 64;
+    if (!warmup)
+        warmup = quick ? 3 : 8;
+    if (!window)
+        window = quick ? 8 : 20;
+    if (reps < 1 || reps > MAX_REPS || max_tokens < 2 || warmup < 0 || window < 1) {
+        fprintf(stderr, "bench_load: --reps 1..%d, --max-tokens >= 2, --window >= 1\n",
+                MAX_REPS);
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 

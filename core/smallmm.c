@@ -93,7 +93,7 @@ static inline __attribute__((always_inline)) void
 dots_tile(const float *x, int ni, int in, const float *m, int nj, float *y, int ldy,
           int prefetch, int NI, int NJ)
 {
-    const float *mr[8], *xr[8];
+    const float *mr[8], *xr[TI];
     for (int j = 0; j < NJ; j++)
         mr[j] = m + (size_t)(j < nj ? j : nj - 1) * in;
     for (int i = 0; i < NI; i++)
@@ -140,28 +140,19 @@ dots_tile(const float *x, int ni, int in, const float *m, int nj, float *y, int 
  * are bound by streaming M: more rows of M in flight, 17% faster for two rows), and for
  * each, every tile of TI rows of X (the block of M is in L1 by then; X, at most 64 rows,
  * in L2), the last tile with exactly the rows left. */
-/* Rows [lo, hi) of M against all n = NI rows of X in one tile each time: M streams from
- * memory once and evenly (no burst while the first of several X tiles runs). */
-static inline __attribute__((always_inline)) void
-one_tile_rows(const smallmm_xmt *jb, int in, int lo, int hi, int NI, int NJ)
-{
-    for (int j = lo; j < hi; j += NJ)
-        dots_tile(jb->x, NI, in, jb->m + (size_t)j * in, hi - j < NJ ? hi - j : NJ, jb->y + j,
-                  jb->ldy, 1, NI, NJ);
-}
-
 static void xmt_rows(const smallmm_xmt *jb, int in, int lo, int hi)
 {
-    switch (jb->n) {   /* bound by streaming M: one tile covering every row of X */
-    case 1: one_tile_rows(jb, in, lo, hi, 1, 8); return;
-    case 2: one_tile_rows(jb, in, lo, hi, 2, 8); return;
-#if VL == 16
-    case 5: one_tile_rows(jb, in, lo, hi, 5, 2); return;
-    case 6: one_tile_rows(jb, in, lo, hi, 6, 2); return;
-    case 7: one_tile_rows(jb, in, lo, hi, 7, 2); return;
-    case 8: one_tile_rows(jb, in, lo, hi, 8, 2); return;
-#endif
-    default: break;
+    if (jb->n == 1) {
+        for (int j = lo; j < hi; j += 8)
+            dots_tile(jb->x, 1, in, jb->m + (size_t)j * in, hi - j < 8 ? hi - j : 8, jb->y + j,
+                      jb->ldy, 1, 1, 8);
+        return;
+    }
+    if (jb->n == 2) {
+        for (int j = lo; j < hi; j += 8)
+            dots_tile(jb->x, 2, in, jb->m + (size_t)j * in, hi - j < 8 ? hi - j : 8, jb->y + j,
+                      jb->ldy, 1, 2, 8);
+        return;
     }
     for (int j = lo; j < hi; j += TJ) {
         const float *m = jb->m + (size_t)j * in;

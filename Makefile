@@ -31,7 +31,8 @@ ifneq ($(V),1)
 Q := @
 endif
 
-.PHONY: all test check asan bench bench-serve run demo-model install deb clean deps fuzz
+.PHONY: all test check asan bench bench-serve bench-load soak run demo-model install deb clean \
+    deps fuzz
 
 # all: the daemon/CLI binary build/lorad
 all: $(BUILD)/lorad
@@ -76,8 +77,19 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory check
 	$(Q)$(MAKE) --no-print-directory asan
 
+# test_faults_alloc: every allocation lorad's code makes goes through the test's counters
+$(BUILD)/tests/test_faults_alloc: LDLIBS += -Wl,--wrap=malloc -Wl,--wrap=calloc \
+    -Wl,--wrap=realloc -Wl,--wrap=posix_memalign -Wl,--wrap=aligned_alloc -Wl,--wrap=mmap
+
+# tests/faultshim.so: LD_PRELOAD'ed by tests/test_faults.py; never sanitized (it must load
+# before an ASan runtime without being one)
+$(BUILD)/tests/faultshim.so: tests/faultshim.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $@"
+	$(Q)$(CC) -std=c11 -O2 -g -fPIC -shared $(WARN) $< -o $@ -ldl
+
 # check: build and run unit tests + reference/integration tests in $(BUILD)
-check: $(BUILD)/lorad $(TEST_BIN) $(FUZZ_REPLAY)
+check: $(BUILD)/lorad $(TEST_BIN) $(FUZZ_REPLAY) $(BUILD)/tests/faultshim.so
 	$(Q)PYTHON=$(PYTHON) tests/run.sh $(BUILD)
 
 # asan: the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer
@@ -102,10 +114,26 @@ fuzz:
 bench: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)PYTHON=$(PYTHON) bench/run.sh $(BUILD)
 
-# bench-serve: HTTP streaming vs the same requests in process (TPOT, TTFT); see README
+# bench-serve: HTTP streaming vs the same requests in process (TPOT, TTFT), then the
+# serving benchmark (bench-load); see README and docs/benchmarks.md
 bench-serve: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)$(BUILD)/bench/bench_engine $(BUILD)/bench-data --prepare
 	$(Q)$(BUILD)/bench/bench_serve $(BUILD) $(BUILD)/bench-data $(if $(filter 1,$(BENCH_QUICK)),--quick)
+	$(Q)$(MAKE) --no-print-directory bench-load
+
+# bench-load: many clients x many adapters against `lorad serve` (tokens/s, TTFT, TPOT);
+# the table also goes to BUILD/bench-load.tsv (tools/plot_bench.py draws it)
+bench-load: deps $(BUILD)/lorad $(BENCH_BIN)
+	$(Q)$(BUILD)/bench/bench_engine $(BUILD)/bench-data --prepare
+	$(Q)$(BUILD)/bench/bench_load $(BUILD) $(BUILD)/bench-data --tsv $(BUILD)/bench-load.tsv \
+	    $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+# soak: lorad serve under a long mixed load (streams, abandoned streams, chat, uploads,
+# replaces, deletes) on the demo model; RSS, fds, errors and p99 per interval; minutes
+# from SOAK_MINUTES (default 10). Not part of `make test`; see docs/benchmarks.md
+SOAK_MINUTES ?= 10
+soak: deps $(BUILD)/lorad $(BENCH_BIN)
+	$(Q)$(BUILD)/bench/bench_soak $(BUILD) $(BUILD)/bench-data --minutes $(SOAK_MINUTES)
 
 # run: lorad's main job on an embedded default (see README)
 run: deps $(BUILD)/lorad

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,12 @@ typedef struct {
 struct registry_adapter {
     struct entry *entry;        /* the entry it was loaded for (entries live until destroy) */
     peft_adapter *ad;           /* owned */
-    variant *merged;            /* owned; NULL unless merge */
+    variant *merged;            /* owned; ALWAYS: built at load; AUTO: by the policy */
+    int merged_users;           /* requests using merged (under lock) */
+    int merge_dropped;          /* AUTO: no new users; freed once merged_users is 0 */
+    _Atomic uint64_t noted;     /* tokens generated on it alone (registry_note_tokens) */
+    uint64_t noted_seen;        /* loader: noted at the last policy tick */
+    double rate;                /* loader: decayed tokens per tick */
     size_t bytes;               /* memory: A and B, + W' when merged */
     uint64_t version;           /* content hash of the files */
     file_sig sig;               /* the files it was loaded from */
@@ -48,6 +54,9 @@ typedef struct entry {
     uint64_t pending_version;
     uint64_t last_used, requests, tokens;
     time_t last_used_at;        /* wall clock, for listings */
+    uint64_t attempts;          /* load attempts finished */
+    int last_oom;               /* the last one ran out of memory: its waiters get that, but
+                                 * it is no verdict on the files (the next acquire retries) */
     struct entry *next;
 } entry;
 
@@ -67,11 +76,18 @@ struct registry {
     uint64_t clock, loads, evictions;
     int loaded;
     size_t loaded_bytes;
+    /* --merge auto */
+    _Atomic uint64_t noted;     /* every generated token */
+    uint64_t noted_seen;
+    double rate;
+    size_t merged_bytes;        /* W' built by the policy and not yet freed */
+    uint64_t merges_built, merges_dropped;
 };
 
 registry_options registry_options_default(void)
 {
-    registry_options o = {.max_loaded = 64, .peft = peft_options_default()};
+    registry_options o = {.max_loaded = 64, .merge_tick_ms = 250,
+                          .peft = peft_options_default()};
     return o;
 }
 
@@ -205,6 +221,8 @@ static void retire(registry *r, entry *e)
     e->state = REGISTRY_ON_DISK;
     r->loaded--;
     r->loaded_bytes -= v->bytes;
+    if (v->merged && r->opt.merge == REGISTRY_MERGE_AUTO)
+        r->merged_bytes -= v->merged->bytes;   /* freed with the version */
     v->retired = 1;
     if (v->refs == 0) {
         v->next_free = r->to_free;
@@ -269,7 +287,7 @@ static registry_adapter *load_version(registry *r, const char *name, peft_adapte
         goto fail;
     }
     v->bytes = v->ad->w->bytes;
-    if (r->opt.merge) {
+    if (r->opt.merge == REGISTRY_MERGE_ALWAYS) {
         variant_mix mix = {.n = 1, .t = {{v->ad->w, 1.0f}}};
         v->merged = variant_merge(r->m, &mix, err);
         if (!v->merged) {
@@ -333,20 +351,170 @@ static void load_entry(registry *r, entry *e)
         r->loaded_bytes += v->bytes;
         log_info("adapter '%s': loaded in %.1f ms (%.1f MB%s)", name, secs * 1e3,
                  v->bytes / 1e6, v->merged ? ", merged" : "");
+    } else if (err.code == LR_ENOMEM) {
+        e->state = REGISTRY_ON_DISK;
+        snprintf(e->reason, sizeof e->reason, "%s", err.msg);
+        log_warn("%s (the next request for it tries again)", err.msg);
     } else {
         e->state = REGISTRY_FAILED;
-        e->fail_code = err.code == LR_ENOMEM ? LR_ENOMEM : LR_EINVAL;
+        e->fail_code = LR_EINVAL;
         snprintf(e->reason, sizeof e->reason, "%s", err.msg);
         e->sig = sig;
         log_warn("%s", err.msg);
     }
+    e->attempts++;
+    e->last_oom = !v && exists && err.code == LR_ENOMEM;
     pthread_cond_broadcast(&r->changed);
     evict(r);
+}
+
+/* ---- --merge auto ----
+ * Every tick the loader decays each loaded adapter's token count (tokens generated on it
+ * alone, at weight 1) and the total (every token), and merges the adapter whose share of
+ * the decayed total reaches MERGE_ON; a W' whose share falls below MERGE_OFF is dropped.
+ *
+ * Why nearly all: a decode step reads every weight it uses once for all its rows. Rows on
+ * W' and rows on anything else in one step read both W' and W — twice the bytes of a
+ * step that is bound by reading them — while what the merge saves is only the adapter's
+ * own A and B and its two thin products per row (for a rank-16 adapter on all seven
+ * projections of SmolLM2-135M: 3.6% of the bytes, ~2% of the flops). So W' pays only in
+ * steps where the adapter's rows are alone: with k rows decoding at a share p that is p^k
+ * of the steps, and p^k · 3.6% must beat (1 − p^k) · 100%, i.e. p^k > 0.965. One client
+ * (k = 1) on one adapter: merge (then TPOT equals the base's); a crowd shared with anyone
+ * else: never. MERGE_ON = 0.98 stays on the safe side of that for k = 1; the gap to
+ * MERGE_OFF keeps a W' from being built and dropped over and over.
+ *
+ * W' is built on the loader thread, paced to MERGE_DUTY of a core (variant_merge_paced),
+ * so the engine's decode of others slows by about that much while it builds; it is
+ * dropped first when a new one would exceed merge_budget. */
+#define MERGE_ON 0.98
+#define MERGE_OFF 0.90
+#define MERGE_DECAY 0.75     /* per tick: ~4 ticks (1 s) of memory */
+#define MERGE_MIN_RATE 32.0  /* decayed tokens: ignore trickles (one request's first tokens) */
+#define MERGE_DUTY 0.1
+
+/* Bytes of the W' a single adapter needs: every projection it touches. */
+static size_t merged_size(const registry *r, const lora_weights *w)
+{
+    size_t n = 0;
+    for (int l = 0; l < w->n_layers; l++)
+        for (int p = 0; p < PROJ_COUNT; p++)
+            if (lora_weights_get(w, l, (model_proj)p)->r) {
+                int out, in;
+                model_config_proj_shape(&r->m->cfg, (model_proj)p, &out, &in);
+                n += (size_t)out * in * sizeof(float);
+            }
+    return n;
+}
+
+static size_t merge_budget(const registry *r)
+{
+    if (r->opt.merge_budget)
+        return r->opt.merge_budget;
+    size_t n = 0;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        int out, in;
+        model_config_proj_shape(&r->m->cfg, (model_proj)p, &out, &in);
+        n += (size_t)out * in * sizeof(float);
+    }
+    return n * (size_t)r->m->cfg.n_layers;
+}
+
+/* Frees the W' of dropped versions nobody uses any more (their memory is accounted until
+ * then). Under lock; unlocks around each free. */
+static void free_dropped_merges(registry *r)
+{
+    for (;;) {
+        registry_adapter *v = NULL;
+        for (entry *e = r->entries; e && !v; e = e->next)
+            if (e->cur && e->cur->merged && e->cur->merge_dropped && e->cur->merged_users == 0)
+                v = e->cur;
+        if (!v)
+            return;
+        variant *w = v->merged;
+        v->merged = NULL;
+        v->merge_dropped = 0;
+        v->bytes -= w->bytes;
+        r->loaded_bytes -= w->bytes;
+        r->merged_bytes -= w->bytes;
+        pthread_mutex_unlock(&r->lock);
+        variant_free(w);
+        pthread_mutex_lock(&r->lock);
+    }
+}
+
+/* One tick of the policy. Under lock; unlocks while a W' builds. */
+static void merge_tick(registry *r)
+{
+    uint64_t total = atomic_load_explicit(&r->noted, memory_order_relaxed);
+    r->rate = r->rate * MERGE_DECAY + (double)(total - r->noted_seen);
+    r->noted_seen = total;
+    registry_adapter *best = NULL;
+    for (entry *e = r->entries; e; e = e->next) {
+        registry_adapter *v = e->cur;
+        if (e->state != REGISTRY_LOADED || !v)
+            continue;
+        uint64_t t = atomic_load_explicit(&v->noted, memory_order_relaxed);
+        v->rate = v->rate * MERGE_DECAY + (double)(t - v->noted_seen);
+        v->noted_seen = t;
+        double share = r->rate > 0 ? v->rate / r->rate : 0;
+        if (v->merged && !v->merge_dropped && share < MERGE_OFF) {
+            v->merge_dropped = 1;
+            r->merges_dropped++;
+            log_info("adapter '%s': merged W' dropped (%.0f%% of recent tokens; --merge auto)",
+                     e->name, 100 * share);
+        }
+        if (!v->merged && share >= MERGE_ON && r->rate >= MERGE_MIN_RATE &&
+            (!best || v->rate > best->rate))
+            best = v;
+    }
+    free_dropped_merges(r);
+    if (!best)
+        return;
+    size_t need = merged_size(r, best->ad->w);
+    if (r->merged_bytes + need > merge_budget(r))
+        return;   /* the W' in the budget are still in use by running requests */
+    char name[REGISTRY_NAME_MAX + 1];
+    memcpy(name, best->entry->name, sizeof name);
+    best->refs++;   /* keeps the version while it builds unlocked */
+    r->merged_bytes += need;
+    pthread_mutex_unlock(&r->lock);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    lr_error err = {0};
+    variant_mix mix = {.n = 1, .t = {{best->ad->w, 1.0f}}};
+    variant *w = variant_merge_paced(r->m, &mix, MERGE_DUTY, &err);
+    double secs = seconds_since(&t0);
+    pthread_mutex_lock(&r->lock);
+    r->merged_bytes -= need;
+    if (w && !best->retired) {
+        best->merged = w;
+        best->bytes += w->bytes;
+        r->loaded_bytes += w->bytes;
+        r->merged_bytes += w->bytes;
+        r->merges_built++;
+        log_info("adapter '%s': merged W' ready in %.0f ms (%.0f MB; --merge auto)", name,
+                 secs * 1e3, w->bytes / 1e6);
+        w = NULL;
+    } else if (!w) {
+        log_warn("adapter '%s': --merge auto could not merge: %s", name, err.msg);
+    }
+    if (--best->refs == 0 && best->retired) {
+        best->next_free = r->to_free;
+        r->to_free = best;
+    }
+    if (w) {   /* retired while it built */
+        pthread_mutex_unlock(&r->lock);
+        variant_free(w);
+        pthread_mutex_lock(&r->lock);
+    }
 }
 
 static void *loader_main(void *arg)
 {
     registry *r = arg;
+    struct timespec next_tick;
+    clock_gettime(CLOCK_MONOTONIC, &next_tick);
     pthread_mutex_lock(&r->lock);
     for (;;) {
         if (r->to_free) {
@@ -376,7 +544,22 @@ static void *loader_main(void *arg)
         }
         if (r->stop)
             break;
-        pthread_cond_wait(&r->work, &r->lock);
+        if (r->opt.merge != REGISTRY_MERGE_AUTO) {
+            pthread_cond_wait(&r->work, &r->lock);
+            continue;
+        }
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > next_tick.tv_sec ||
+            (now.tv_sec == next_tick.tv_sec && now.tv_nsec >= next_tick.tv_nsec)) {
+            merge_tick(r);
+            clock_gettime(CLOCK_MONOTONIC, &next_tick);
+            next_tick.tv_nsec += (long)r->opt.merge_tick_ms * 1000000L;
+            next_tick.tv_sec += next_tick.tv_nsec / 1000000000L;
+            next_tick.tv_nsec %= 1000000000L;
+            continue;
+        }
+        pthread_cond_timedwait(&r->work, &r->lock, &next_tick);
     }
     pthread_mutex_unlock(&r->lock);
     return NULL;
@@ -393,9 +576,16 @@ registry *registry_create(const model *m, const registry_options *opt, lr_error 
     r->opt = opt ? *opt : registry_options_default();
     if (r->opt.max_loaded < 1)
         r->opt.max_loaded = 1;
+    if (r->opt.merge_tick_ms < 1)
+        r->opt.merge_tick_ms = 250;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->changed, NULL);
-    pthread_cond_init(&r->work, NULL);
+    /* the loader's timed waits (--merge auto) are on the monotonic clock */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->work, &ca);
+    pthread_condattr_destroy(&ca);
     if (r->opt.dir) {
         struct stat st;
         if (snprintf(r->dir, sizeof r->dir, "%s", r->opt.dir) >= (int)sizeof r->dir) {
@@ -500,7 +690,8 @@ registry_adapter *registry_acquire(registry *r, const char *name, lr_error *err)
             e->state = REGISTRY_LOADING;
             pthread_cond_signal(&r->work);
             /* fall through */
-        case REGISTRY_LOADING:
+        case REGISTRY_LOADING: {
+            uint64_t attempts = e->attempts;
             e->waiters++;
             pthread_cond_wait(&r->changed, &r->lock);
             e->waiters--;
@@ -509,7 +700,13 @@ registry_adapter *registry_acquire(registry *r, const char *name, lr_error *err)
                 lr_error_set(err, LR_ENOTFOUND, "adapter '%s' does not exist", name);
                 return NULL;
             }
+            if (e->attempts != attempts && e->last_oom && e->state != REGISTRY_LOADED) {
+                lr_error_set(err, LR_ENOMEM, "%s", e->reason);
+                pthread_mutex_unlock(&r->lock);
+                return NULL;
+            }
             break;
+        }
         }
     }
 }
@@ -546,6 +743,43 @@ const lora_weights *registry_adapter_weights(const registry_adapter *a)
 const variant *registry_adapter_merged(const registry_adapter *a)
 {
     return a->merged;
+}
+
+const variant *registry_use_merged(registry *r, registry_adapter *a)
+{
+    pthread_mutex_lock(&r->lock);
+    const variant *w = a->merged && !a->merge_dropped ? a->merged : NULL;
+    if (w)
+        a->merged_users++;
+    pthread_mutex_unlock(&r->lock);
+    return w;
+}
+
+void registry_done_merged(registry *r, registry_adapter *a)
+{
+    pthread_mutex_lock(&r->lock);
+    if (--a->merged_users == 0 && a->merge_dropped)
+        pthread_cond_signal(&r->work);   /* the loader frees it */
+    pthread_mutex_unlock(&r->lock);
+}
+
+void registry_note_tokens(registry *r, registry_adapter *a, int n)
+{
+    atomic_fetch_add_explicit(&r->noted, (uint64_t)n, memory_order_relaxed);
+    if (a)
+        atomic_fetch_add_explicit(&a->noted, (uint64_t)n, memory_order_relaxed);
+}
+
+void registry_merge_counts(registry *r, int *merged, uint64_t *built, uint64_t *dropped)
+{
+    pthread_mutex_lock(&r->lock);
+    int n = 0;
+    for (entry *e = r->entries; e; e = e->next)
+        n += e->cur && e->cur->merged && !e->cur->merge_dropped;
+    *merged = n;
+    *built = r->merges_built;
+    *dropped = r->merges_dropped;
+    pthread_mutex_unlock(&r->lock);
 }
 
 static int cmp_info(const void *a, const void *b)

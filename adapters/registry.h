@@ -30,10 +30,21 @@
 typedef struct registry registry;
 typedef struct registry_adapter registry_adapter;   /* one loaded version, refcounted */
 
+/* When loaded adapters get a merged W' (the base's projections with s·B·A added). */
+typedef enum {
+    REGISTRY_MERGE_NEVER,   /* adapters are applied on the fly */
+    REGISTRY_MERGE_ALWAYS,  /* every loaded adapter, as it loads */
+    REGISTRY_MERGE_AUTO     /* the adapter that carries nearly all recent decode tokens (see
+                             * registry.c, "--merge auto"), within merge_budget */
+} registry_merge;
+
 typedef struct {
     const char *dir;       /* adapter directory; NULL = no adapters */
     int max_loaded;        /* adapters kept loaded; default 64 */
-    int merge;             /* 1: also build the merged W' of every loaded adapter */
+    int merge;             /* registry_merge */
+    size_t merge_budget;   /* AUTO: memory for merged W' in all (0: room for one W' of
+                            * every projection) */
+    int merge_tick_ms;     /* AUTO: how often the policy looks at the traffic (default 250) */
     size_t max_bytes;      /* memory of loaded adapters; beyond it LRU idle ones are
                             * unloaded (0 = no limit; one adapter always fits) */
     int cached_list;       /* 1: registry_list does not rescan the directory (someone calls
@@ -101,7 +112,19 @@ void registry_release(registry *r, registry_adapter *a, uint64_t tokens);
 /* What a reference gives (borrowed; valid while the reference is held). */
 const char *registry_adapter_name(const registry_adapter *a);
 const lora_weights *registry_adapter_weights(const registry_adapter *a);
-const variant *registry_adapter_merged(const registry_adapter *a);   /* NULL unless merge */
+const variant *registry_adapter_merged(const registry_adapter *a);   /* NULL unless merged */
+
+/* The merged W' for a new request on a alone at weight 1, or NULL (not merged, or being
+ * dropped by --merge auto): a request that gets one uses it to its end and then calls
+ * registry_done_merged (before registry_release); W' lives until then. A request keeps
+ * the path it started on, so its output never changes rounding halfway. */
+const variant *registry_use_merged(registry *r, registry_adapter *a);
+void registry_done_merged(registry *r, registry_adapter *a);
+
+/* Counts n generated tokens for --merge auto's policy: a is the adapter of a request on
+ * that one adapter at weight 1 (the only kind a W' serves), NULL for any other request
+ * (base, mixes), which count in the total only. Lock-free; any thread. */
+void registry_note_tokens(registry *r, registry_adapter *a, int n);
 
 /* Rescans the directory and returns every adapter known (loaded or not), sorted by name,
  * in a malloc'd array the caller frees; *n its length. NULL with *n = 0 when empty or
@@ -124,6 +147,9 @@ int registry_install(registry *r, const char *name, peft_adapter *ad, uint64_t v
 /* Forgets `name` (after its directory was removed): running requests keep their version.
  * Returns 1 if it was known. */
 int registry_remove(registry *r, const char *name);
+
+/* Adapters merged now (W' ready), and merges built / dropped by --merge auto so far. */
+void registry_merge_counts(registry *r, int *merged, uint64_t *built, uint64_t *dropped);
 
 /* Adapters loaded now; loads and evictions so far. */
 void registry_counts(registry *r, int *loaded, uint64_t *loads, uint64_t *evictions);

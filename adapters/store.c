@@ -85,8 +85,14 @@ struct store_upload {
     char tmp[4096 + 64];
     int fd[2];
     size_t size[2];
+    size_t flushed[2];    /* bytes whose write-back has been started */
     hash64 hash[2];       /* of each file (parts may arrive in either order) */
 };
+
+/* Write-back is started every this many bytes while an upload streams in, so the fsync
+ * at commit waits for the last few MB only, not the whole file (an upload's commit took
+ * ~50 ms of fsync for a 19.5 MB adapter on the VM's disk). */
+#define STORE_WRITE_BEHIND ((size_t)2 << 20)
 
 static atomic_uint counter;
 
@@ -101,6 +107,12 @@ static void temp_name(char *buf, size_t cap, const char *dir, const char *prefix
 {
     snprintf(buf, cap, "%s/.%s-%d-%ld-%u", dir, prefix, (int)getpid(),
              (long)syscall(SYS_gettid), atomic_fetch_add(&counter, 1));
+}
+
+/* LR_ENOSPC for a full disk or quota, LR_EIO for any other failure of the OS. */
+static int disk_error(int e)
+{
+    return e == ENOSPC || e == EDQUOT ? LR_ENOSPC : LR_EIO;
 }
 
 static int fsync_path(const char *path)
@@ -197,13 +209,19 @@ int store_upload_write(store_upload *u, int file, const void *data, size_t n, lr
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
-            return lr_error_set(err, LR_EIO, "writing %s: %s", store_file_names[file],
-                                w < 0 ? strerror(errno) : "no space");
+            return lr_error_set(err, disk_error(w < 0 ? errno : ENOSPC), "writing %s: %s",
+                                store_file_names[file], w < 0 ? strerror(errno) : "no space");
         s += w;
         left -= (size_t)w;
     }
     hash_update(&u->hash[file], data, n);
     u->size[file] += n;
+    if (u->size[file] - u->flushed[file] >= STORE_WRITE_BEHIND) {
+        /* asynchronous; errors show at the fsync in store_upload_commit */
+        sync_file_range(u->fd[file], (off_t)u->flushed[file],
+                        (off_t)(u->size[file] - u->flushed[file]), SYNC_FILE_RANGE_WRITE);
+        u->flushed[file] = u->size[file];
+    }
     return 0;
 }
 
@@ -245,11 +263,11 @@ int store_upload_commit(store_upload *u, const char *name, int replace, lr_error
     int rc = 0;
     for (int i = 0; i < 2 && !rc; i++)
         if (u->fd[i] < 0 || fsync(u->fd[i]) != 0)
-            rc = lr_error_set(err, LR_EIO, "%s: %s", store_file_names[i],
-                              u->fd[i] < 0 ? "missing" : strerror(errno));
+            rc = lr_error_set(err, u->fd[i] < 0 ? LR_EIO : disk_error(errno), "%s: %s",
+                              store_file_names[i], u->fd[i] < 0 ? "missing" : strerror(errno));
     close_files(u);
     if (!rc && fsync_path(u->tmp) != 0)
-        rc = lr_error_set(err, LR_EIO, "fsync %s: %s", u->tmp, strerror(errno));
+        rc = lr_error_set(err, disk_error(errno), "fsync %s: %s", u->tmp, strerror(errno));
     char dst[4096 + 128];
     snprintf(dst, sizeof dst, "%s/%s", u->store, name);
     if (!rc) {

@@ -3,7 +3,8 @@
  * bound — max(bytes read ÷ read bandwidth, flops ÷ FMA peak) — measured in the same run.
  * Uses the random SmolLM2-135M-shaped model and rank-16 adapters that `bench_engine
  * --prepare` writes. Usage: bench_batch [WORKDIR] [--quick] [--rows N,N,...] [--steps N]
- * (--steps: timed steps per run, default 12; e.g. many for profiling one row count). */
+ * [--tsv FILE] (--steps: timed steps per run, default 12, e.g. many for profiling one row
+ * count; --tsv: the table, tab-separated, for tools/plot_bench.py). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,7 +97,7 @@ static int parse_rows(const char *s, int *rows)
 int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
-    const char *work = "build/bench-data";
+    const char *work = "build/bench-data", *tsv = NULL;
     int quick = 0, steps = 0;
     int rows[32] = {1, 2, 4, 8, 12, 16, 17, 24, 32, 48, 64}, n_rows = 11;
     for (int i = 1; i < argc; i++) {
@@ -108,6 +109,8 @@ int main(int argc, char **argv)
                         MAX_SEQS);
                 return 2;
             }
+        } else if (strcmp(argv[i], "--tsv") == 0 && i + 1 < argc) {
+            tsv = argv[++i];
         } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
             steps = atoi(argv[++i]);
             if (steps < 1 || steps > 1000) {
@@ -199,6 +202,9 @@ int main(int argc, char **argv)
            "measured step time\n\n");
     printf("%5s | %10s %10s %9s %9s | %10s %10s %9s %9s | %8s\n", "rows", "base ms", "bound ms",
            "of bound", "tok/s", "8 ad. ms", "bound ms", "of bound", "tok/s", "8 ad/base");
+    FILE *tf = tsv ? fopen(tsv, "w") : NULL;
+    if (tf)
+        fprintf(tf, "rows\tbase_ms\tbase_bound_ms\tadapters_ms\tadapters_bound_ms\n");
     for (int k = 0; k < n_rows; k++) {
         int n = rows[k], distinct = n < N_ADAPTERS ? n : N_ADAPTERS;
         double tb = bench_median(t_base[k], reps), ta = bench_median(t_ad[k], reps);
@@ -209,7 +215,12 @@ int main(int argc, char **argv)
         printf("%5d | %10.2f %10.2f %8.0f%% %9.1f | %10.2f %10.2f %8.0f%% %9.1f | %7.2fx\n", n,
                tb * 1e3, lb * 1e3, 100 * lb / tb, n / tb, ta * 1e3, la * 1e3, 100 * la / ta,
                n / ta, tb / ta);
+        if (tf)
+            fprintf(tf, "%d\t%.3f\t%.3f\t%.3f\t%.3f\n", n, tb * 1e3, lb * 1e3, ta * 1e3,
+                    la * 1e3);
     }
+    if (tf)
+        fclose(tf);
     engine_destroy(e);
     for (int i = 0; i < N_ADAPTERS; i++)
         peft_free(ad[i]);

@@ -2,7 +2,7 @@
  * SmolLM2-135M shape, base vs adapters (on the fly, merged, a mix of two), adapter load
  * and merge times, and the machine's bounds (memory bandwidth for decode, sgemm peak for
  * prefill) measured in the same run. Usage: bench_engine [WORKDIR] [--quick] [--prepare]
- * (--prepare: only write the model and adapters, for bench_serve). */
+ * (--prepare: only write the model and adapters a..h, for bench_serve and bench_load). */
 #include <cblas.h>
 #include <errno.h>
 #include <immintrin.h>
@@ -248,6 +248,14 @@ int main(int argc, char **argv)
     if (access(probe, F_OK) != 0) {
         printf("generating the random model and adapters in %s ...\n", work);
         if (make_model(mdir) || make_adapter(a1, 16) || make_adapter(a2, 16))
+            return 1;
+    }
+    /* six more distinct adapters (c..h), for bench_load's 8 different adapters */
+    for (char x = 'c'; x <= 'h'; x++) {
+        char ad[4096];
+        snprintf(ad, sizeof ad, "%s/adapter-r16-%c", work, x);
+        snprintf(probe, sizeof probe, "%s/adapter_model.safetensors", ad);
+        if (access(probe, F_OK) != 0 && make_adapter(ad, 16))
             return 1;
     }
     if (prepare)

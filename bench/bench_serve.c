@@ -59,19 +59,6 @@ typedef struct {
     int done;
 } timing;
 
-/* Counts the tokens of one SSE event: entries of "tokens":[...] in its logprobs. */
-static int tokens_in_event(const char *ev)
-{
-    const char *p = strstr(ev, "\"tokens\":[");
-    if (!p)
-        return 0;
-    p += 10;
-    int n = 0;
-    for (; *p && *p != ']'; p++)
-        n += *p == '"';
-    return n / 2;
-}
-
 static size_t on_data(char *data, size_t size, size_t nmemb, void *user)
 {
     timing *t = user;
@@ -84,7 +71,7 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *user)
             t->line[t->len] = '\0';
             if (strncmp(t->line, "data: [DONE]", 12) == 0)
                 t->done = 1;
-            int k = tokens_in_event(t->line);
+            int k = bench_sse_tokens(t->line);
             if (k > 0) {
                 if (t->n == 0)
                     t->t_first = x;
@@ -166,46 +153,6 @@ static int engine_run_one(engine *e, const variant_mix *lora, double *ttft, doub
 
 /* ---- the daemon ---- */
 
-static pid_t start_daemon(const char *build, const char *mdir, const char *adir, int *port)
-{
-    int fds[2];
-    if (pipe(fds))
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        close(fds[1]);
-        char exe[4200];
-        snprintf(exe, sizeof exe, "%s/lorad", build);
-        execl(exe, exe, "serve", "--model", mdir, "--adapter-dir", adir, "--port", "0",
-              "--max-tokens", "1024", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    FILE *f = fdopen(fds[0], "r");
-    char line[1024];
-    *port = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        const char *p = strstr(line, "on http://");
-        if (p && (p = strrchr(p, ':')) && sscanf(p + 1, "%d", port) == 1)
-            break;
-    }
-    if (*port == 0) {
-        fprintf(stderr, "bench_serve: the daemon did not start\n");
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        return -1;
-    }
-    /* keep draining its log (one line per request) so it never blocks on the pipe */
-    if (fork() == 0) {
-        while (fgets(line, sizeof line, f))
-            ;
-        _exit(0);
-    }
-    fclose(f);
-    return pid;
-}
 
 
 /* ---- upload while others stream ---- */
@@ -234,7 +181,7 @@ static size_t on_stream_data(char *data, size_t size, size_t nmemb, void *user)
             s->line[s->len++] = data[i];
         if (s->len >= 2 && s->line[s->len - 1] == '\n' && s->line[s->len - 2] == '\n') {
             s->line[s->len] = '\0';
-            for (int k = tokens_in_event(s->line); k > 0 && s->n < MAX_TIMES; k--)
+            for (int k = bench_sse_tokens(s->line); k > 0 && s->n < MAX_TIMES; k--)
                 s->times[s->n++] = x;
             s->len = 0;
         }
@@ -435,7 +382,8 @@ int main(int argc, char **argv)
     }
     variant_mix one = {.n = 1, .t = {{ad->w, 1.0f}}};
     int port;
-    pid_t daemon = start_daemon(build, mdir, sdir, &port);
+    const char *args[] = {"--model", mdir, "--adapter-dir", sdir, "--max-tokens", "1024", NULL};
+    pid_t daemon = bench_start_daemon(build, args, &port);
     if (daemon < 0)
         return 1;
     curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -4,10 +4,13 @@
 #include <cblas.h>
 #include <immintrin.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 double bench_now(void)
 {
@@ -190,4 +193,65 @@ double bench_fma_peak(int threads)
         runs[r] = threads * 4000000.0 * 12 * 16 * 2 / slowest;
     }
     return bench_median(runs, 5);
+}
+
+/* ---- the daemon ---- */
+
+int bench_sse_tokens(const char *ev)
+{
+    const char *p = strstr(ev, "\"tokens\":[");
+    if (!p)
+        return 0;
+    p += 10;
+    int n = 0;
+    for (; *p && *p != ']'; p++)
+        n += *p == '"';
+    return n / 2;
+}
+
+pid_t bench_start_daemon(const char *build, const char *const *args, int *port)
+{
+    int fds[2];
+    if (pipe(fds))
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        char exe[4200];
+        const char *argv[64] = {exe, "serve", "--port", "0"};
+        int n = 4;
+        for (int i = 0; args[i] && n < 63; i++)
+            argv[n++] = args[i];
+        argv[n] = NULL;
+        snprintf(exe, sizeof exe, "%s/lorad", build);
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *f = fdopen(fds[0], "r");
+    char line[1024];
+    *port = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "on http://");
+        if (p && (p = strrchr(p, ':')) && sscanf(p + 1, "%d", port) == 1)
+            break;
+    }
+    if (*port == 0) {
+        fprintf(stderr, "bench: the daemon did not start\n");
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    /* keep draining its log (one line per request) so it never blocks on the pipe */
+    if (fork() == 0) {
+        while (fgets(line, sizeof line, f))
+            ;
+        _exit(0);
+    }
+    fclose(f);
+    return pid;
 }

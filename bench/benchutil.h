@@ -4,6 +4,7 @@
 #define LORAD_BENCHUTIL_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "core/engine.h"
 
@@ -30,5 +31,14 @@ double bench_read_bandwidth(size_t bytes);
 /* Peak float32 FMA throughput (flop/s, an FMA counting 2) of `threads` threads running
  * register-only 16-lane FMA chains: the compute roofline of the kernels. Median of 5. */
 double bench_fma_peak(int threads);
+
+/* Tokens in one SSE event of a streamed completion that asked for logprobs: the entries
+ * of its "tokens":[...] list. */
+int bench_sse_tokens(const char *ev);
+
+/* Starts BUILD/lorad serve --port 0 ARGS... (args NULL-terminated), waits until it
+ * listens and stores the port; its log is drained in the background. Returns its pid,
+ * or -1 (message on stderr). */
+pid_t bench_start_daemon(const char *build, const char *const *args, int *port);
 
 #endif

@@ -12,4 +12,4 @@ echo "== tokenizer"
 echo "== engine"
 "$BUILD/bench/bench_engine" "$BUILD/bench-data" $Q
 echo "== decode step against batch size"
-"$BUILD/bench/bench_batch" "$BUILD/bench-data" $Q
+"$BUILD/bench/bench_batch" "$BUILD/bench-data" $Q --tsv "$BUILD/bench-batch.tsv"

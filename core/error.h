@@ -13,7 +13,8 @@ enum {
     LR_ENOTSUP = -4,  /* valid but not supported by lorad (names what is supported) */
     LR_ENOTFOUND = -5, /* a named thing does not exist */
     LR_EBUSY = -6,     /* valid, but no capacity now (queue full); try again later */
-    LR_EEXIST = -7     /* a named thing exists already */
+    LR_EEXIST = -7,    /* a named thing exists already */
+    LR_ENOSPC = -8     /* the disk (or quota) is full */
 };
 
 typedef struct {

@@ -33,7 +33,9 @@ lora_weights *lora_weights_new(int n_layers);
 /* Frees the set and every A/B; accepts NULL. */
 void lora_weights_free(lora_weights *w);
 /* Reserves one arena of n floats (huge-page backed where the kernel allows) for
- * lora_weights_alloc. Returns 0, or -1 when out of memory (w unchanged). */
+ * lora_weights_alloc: an arena a freed set left behind when one of n .. 2n floats is
+ * cached (up to 8 arenas, 256 MiB, are kept by lora_weights_free), else a fresh mapping.
+ * Returns 0, or -1 when out of memory (w unchanged). */
 int lora_weights_reserve(lora_weights *w, size_t n);
 /* n floats, 64-byte aligned, from the arena when it has room, else from malloc. Owned by
  * w: freed by lora_weights_free, never by the caller. NULL when out of memory. */

@@ -12,8 +12,15 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
-#define POOL_SPIN 256  /* polls before a worker sleeps (~10 us): OpenBLAS needs the cores */
+/* How long an idle worker polls before it sleeps on the condition variable. A decode
+ * step is ~200 jobs (per layer: q/k/v, their adapters' B, attention, o, gate/up, down)
+ * with a little serial work between them; a worker that fell asleep in such a gap costs
+ * a futex wake-up (tens of microseconds on a VM) at the next job. So workers poll through
+ * a whole step and sleep only when the engine has been idle this long. Nothing else
+ * needs the cores meanwhile: OpenBLAS runs single-threaded, on these same workers. */
+#define POOL_SPIN_NS 300000L
 #if defined(__x86_64__) || defined(__i386__)
 #define POOL_PAUSE() __builtin_ia32_pause()
 #else
@@ -60,6 +67,14 @@ static void run_tasks(pool *p, uint32_t gen, int thread)
     }
 }
 
+/* Whether POOL_SPIN_NS have passed since t0. */
+static int spun_out(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec) >= POOL_SPIN_NS;
+}
+
 static void *worker(void *arg)
 {
     worker_arg *wa = arg;
@@ -70,10 +85,12 @@ static void *worker(void *arg)
     for (;;) {
         uint32_t g;
         int spins = 0;
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         while ((g = (uint32_t)(atomic_load_explicit(&p->claim, memory_order_acquire) >> 32)) ==
                    seen &&
                !atomic_load(&p->quit)) {
-            if (++spins < POOL_SPIN) {
+            if (++spins % 64 != 0 || !spun_out(&t0)) {
                 POOL_PAUSE();
                 continue;
             }

@@ -113,7 +113,9 @@ dots_tile(const float *x, int ni, int in, const float *m, int nj, float *y, int 
             vf xv = LDV(xr[i] + d);
             /* in a register: GCC would otherwise fold this load into each of the NJ FMAs,
              * and the loads, not the FMAs, would bound the loop */
+#if defined(__AVX512F__) || defined(__AVX__)   /* one register holds a vf */
             __asm__("" : "+v"(xv));
+#endif
             for (int j = 0; j < NJ; j++)
                 acc[i * NJ + j] += xv * mv[j];
         }

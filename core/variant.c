@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 
 int variant_mix_max_rank(const variant_mix *mix)
@@ -51,7 +52,20 @@ static int mix_touches(const variant_mix *mix, int layer, model_proj p)
     return 0;
 }
 
+static double mono_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
+{
+    return variant_merge_paced(m, mix, 1.0, err);
+}
+
+variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty,
+                             lr_error *err)
 {
     const model_config *c = &m->cfg;
     variant *v = calloc(1, sizeof *v);
@@ -96,6 +110,7 @@ variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
                 continue;
             int out, in;
             model_config_proj_shape(c, (model_proj)p, &out, &in);
+            double t0 = duty < 1.0 ? mono_seconds() : 0;
             memcpy(dst, m->layers[l].w[p], (size_t)out * in * sizeof(float));
             for (int i = 0; i < mix->n; i++) {
                 const lora_matrix *lm = lora_weights_get(mix->t[i].w, l, (model_proj)p);
@@ -108,6 +123,12 @@ variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
             }
             v->w[l * PROJ_COUNT + p] = dst;
             dst += (size_t)out * in;
+            if (duty < 1.0) {
+                /* busy for t, then idle t·(1 − duty)/duty: on average a core's duty */
+                double idle = (mono_seconds() - t0) * (1.0 - duty) / duty;
+                struct timespec ts = {(time_t)idle, (long)((idle - (time_t)idle) * 1e9)};
+                nanosleep(&ts, NULL);
+            }
         }
     if (mprotect(arena, total, PROT_READ) != 0) {
         lr_error_set(err, LR_EIO, "mprotect of merged weights failed");

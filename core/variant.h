@@ -47,6 +47,11 @@ int variant_mix_max_rank(const variant_mix *mix);
  * (variant_free); on error returns NULL and fills err. Costs 2·r·in·out flops per matrix.
  * Thread-safe (reads the model and the adapters only). */
 variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err);
+/* The same, pacing itself to use at most `duty` (0 < duty <= 1) of one core: after each
+ * matrix it sleeps in proportion to the time the matrix took, so a merge built beside a
+ * decoding engine takes that share of the CPU from it (--merge auto builds at 0.1). */
+variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty,
+                             lr_error *err);
 void variant_free(variant *v);  /* accepts NULL */
 
 /* Weight to use for (layer, p): W' when v has one, else the base W. v may be NULL. */

@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -190,7 +191,15 @@ struct admin_upload {
     size_t total, limit;
     int failed;            /* out already holds the error */
     api_reply *err_out;    /* where the iterator reports (set during admin_upload_data) */
+    double t_begin;        /* CLOCK_MONOTONIC at admin_upload_begin, for the debug log */
 };
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static int part_of(const char *key)
 {
@@ -226,7 +235,8 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *k
     }
     lr_error err = {0};
     if (size && store_upload_write(u->up, file, data, size, &err)) {
-        api_error(u->err_out, 500, NULL, NULL, "%s", err.msg);
+        api_error(u->err_out, err.code == LR_ENOSPC ? 507 : 500, NULL,
+                  err.code == LR_ENOSPC ? "insufficient_storage" : NULL, "%s", err.msg);
         u->failed = 1;
         return MHD_NO;
     }
@@ -272,6 +282,7 @@ admin_upload *admin_upload_begin(app *a, struct MHD_Connection *c, const char *n
         return NULL;
     }
     u->a = a;
+    u->t_begin = mono_now();
     u->replace = replace;
     u->limit = limit;
     snprintf(u->name, sizeof u->name, "%s", name);
@@ -352,7 +363,9 @@ void admin_upload_finish(app *a, admin_upload *u, api_reply *out)
     lr_error err = {0};
     peft_options po = peft_options_default();
     po.max_rank = a->opt.max_rank;
+    double t_received = mono_now();
     peft_adapter *ad = peft_load(store_upload_dir(u->up), &a->m->cfg, &po, &err);
+    double t_validated = mono_now();
     if (!ad) {
         rename_in_message(&err, store_upload_dir(u->up), u->name);
         api_error(out, err.code == LR_ENOMEM ? 500 : 422, NULL, "adapter_invalid", "%s",
@@ -379,13 +392,20 @@ void admin_upload_finish(app *a, admin_upload *u, api_reply *out)
     if (rc) {
         pthread_mutex_unlock(&publish_lock);
         peft_free(ad);
-        api_error(out, rc == LR_EEXIST ? 409 : 500, "name",
-                  rc == LR_EEXIST ? "adapter_exists" : NULL, "%s", err.msg);
+        api_error(out, rc == LR_EEXIST ? 409 : rc == LR_ENOSPC ? 507 : 500,
+                  rc == LR_EEXIST ? "name" : NULL,
+                  rc == LR_EEXIST ? "adapter_exists"
+                  : rc == LR_ENOSPC ? "insufficient_storage" : NULL, "%s", err.msg);
         admin_upload_free(u);
         return;
     }
+    double t_committed = mono_now();
     rc = registry_install(a->reg, u->name, ad, info.version, &err);
     pthread_mutex_unlock(&publish_lock);
+    log_debug("adapter '%s': upload received in %.1f ms, validated and loaded in %.1f ms, "
+              "committed (fsync, rename) in %.1f ms, published in %.1f ms", u->name,
+              (t_received - u->t_begin) * 1e3, (t_validated - t_received) * 1e3,
+              (t_committed - t_validated) * 1e3, (mono_now() - t_committed) * 1e3);
     if (rc) {
         api_error(out, 500, NULL, NULL, "%s", err.msg);
         admin_upload_free(u);

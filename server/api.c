@@ -565,6 +565,8 @@ typedef struct {
     /* what the request holds */
     registry_adapter *held[API_MAX_MIX];
     int n_held;
+    registry_adapter *alone;      /* held[0] when the request is on it alone at weight 1 */
+    int uses_merged;              /* runs on held[0]'s merged W' (registry_use_merged) */
     variant_mix mix;              /* the on-the-fly mix (engine_request.lora points here) */
     char adapter_label[160];      /* "a" / "a:0.5+b:0.5" / "" for the base */
     gen_params p;
@@ -612,6 +614,10 @@ static void job_unref(job *j)
 
 static void release_adapters(job *j, uint64_t tokens)
 {
+    if (j->uses_merged)
+        registry_done_merged(j->a->reg, j->held[0]);
+    j->uses_merged = 0;
+    j->alone = NULL;
     for (int i = 0; i < j->n_held; i++)
         registry_release(j->a->reg, j->held[i], tokens);
     j->n_held = 0;
@@ -633,6 +639,8 @@ static int on_token(void *user, const engine_token *tok)
     pthread_mutex_lock(&j->mu);
     int stop = j->gen_token(j->gen, tok);
     j->n_tokens++;
+    if (j->a->reg)
+        registry_note_tokens(j->a->reg, j->alone, 1);
     if (j->n_tokens == 1)
         j->t_first = now;
     else
@@ -911,9 +919,12 @@ static job *start_job(app *a, const api_request *rq, int chat, api_reply *out)
     req.on_token = on_token;
     req.on_done = on_done;
     req.user = j;
-    if (j->mix.n == 1 && registry_adapter_merged(j->held[0]) && j->mix.t[0].weight == 1.0f)
-        req.merged = registry_adapter_merged(j->held[0]);
-    else if (j->mix.n)
+    if (j->mix.n == 1 && j->mix.t[0].weight == 1.0f) {
+        j->alone = j->held[0];
+        req.merged = registry_use_merged(a->reg, j->held[0]);
+        j->uses_merged = req.merged != NULL;
+    }
+    if (j->mix.n && !req.merged)
         req.lora = &j->mix;
     j->refs = 2;   /* the engine's, dropped in on_done */
     int rc = engine_submit(a->eng, &req, &j->engine_id, &err);

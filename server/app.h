@@ -31,7 +31,8 @@ typedef struct {
     const char *chat_template;    /* NULL: the model's tokenizer_config.json */
     int max_loaded;
     int max_rank;
-    int merge;                    /* 1: serve adapters from merged W' */
+    int merge;                    /* registry_merge: never, always, auto */
+    long merge_budget_mb;         /* --merge auto's W' memory; 0: room for one */
     int ctx;                      /* 0: the model's max_position_embeddings */
     int max_tokens;               /* default and upper limit of a request's max_tokens */
     int max_seqs;

@@ -316,6 +316,7 @@ static void handle(app *a, struct MHD_Connection *c, request *rq)
                             .preemptions = es.preemptions,
                             .cancelled = es.cancelled, .steps = es.steps};
         registry_counts(a->reg, &g.adapters_loaded, &g.adapter_loads, &g.adapter_evictions);
+        registry_merge_counts(a->reg, &g.adapters_merged, &g.merges_built, &g.merges_dropped);
         r->body = metrics_render(a->met, &g, &r->len);
         r->status = 200;
         r->content_type = "text/plain; version=0.0.4; charset=utf-8";

@@ -576,7 +576,7 @@ out:
  * same). */
 enum {
     OPT_MODEL = 256, OPT_NAME, OPT_ADAPTER_DIR, OPT_HOST, OPT_PORT, OPT_KEY, OPT_MAX_LOADED,
-    OPT_MAX_RANK, OPT_MERGE, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
+    OPT_MAX_RANK, OPT_MERGE, OPT_MERGE_BUDGET, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
     OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP,
     OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB, OPT_TEST_STALL
 };
@@ -611,8 +611,11 @@ static const struct {
      "memory of loaded adapters in MiB, likewise (default: no limit)"},
     {{"max-rank", required_argument, NULL, OPT_MAX_RANK}, "R",
      "refuse adapters of a higher rank (default 256)"},
-    {{"merge", required_argument, NULL, OPT_MERGE}, "never|always",
-     "never: adapters on the fly; always: a merged W' per loaded adapter (default never)"},
+    {{"merge", required_argument, NULL, OPT_MERGE}, "never|always|auto",
+     "never: adapters on the fly; always: a merged W' per loaded adapter; auto: a W' for the "
+     "adapter that carries nearly all recent tokens (default never)"},
+    {{"merge-budget-mb", required_argument, NULL, OPT_MERGE_BUDGET}, "N",
+     "memory for --merge auto's W' in MiB (default: room for one)"},
     {{"ctx", required_argument, NULL, OPT_CTX}, "N",
      "context per request, prompt + output (default: the model's max_position_embeddings)"},
     {{"max-tokens", required_argument, NULL, OPT_MAX_TOKENS}, "N",
@@ -681,7 +684,7 @@ static int flag_int(const char *name, const char *v, long lo, long hi, int *out)
 
 /* What parsing `serve`'s flags builds beside serve_options. */
 typedef struct {
-    int kv, adapter_mb;
+    int kv, adapter_mb, merge_mb;
     int help;
     char *allow_env;   /* LORAD_ALLOW_ADAPTER_PATH split in place; owned, freed by cmd_serve */
 } serve_extra;
@@ -715,11 +718,15 @@ static int serve_flag(serve_options *o, serve_extra *x, int c, const char *v)
         break;
     case OPT_MAX_RANK: bad = flag_int("max-rank", v, 1, 1 << 16, &o->max_rank); break;
     case OPT_MERGE:
-        if (strcmp(v, "never") && strcmp(v, "always")) {
-            fprintf(stderr, "lorad serve: --merge must be never or always\n");
+        if (strcmp(v, "never") && strcmp(v, "always") && strcmp(v, "auto")) {
+            fprintf(stderr, "lorad serve: --merge must be never, always or auto\n");
             bad = 1;
         }
-        o->merge = strcmp(v, "always") == 0;
+        o->merge = strcmp(v, "always") == 0   ? REGISTRY_MERGE_ALWAYS
+                   : strcmp(v, "auto") == 0 ? REGISTRY_MERGE_AUTO
+                                            : REGISTRY_MERGE_NEVER;
+        break;
+    case OPT_MERGE_BUDGET: bad = flag_int("merge-budget-mb", v, 1, 1 << 24, &x->merge_mb);
         break;
     case OPT_CTX: bad = flag_int("ctx", v, 2, 1 << 24, &o->ctx); break;
     case OPT_MAX_TOKENS: bad = flag_int("max-tokens", v, 1, 1 << 24, &o->max_tokens); break;
@@ -817,6 +824,7 @@ static int cmd_serve(int argc, char **argv)
     }
     o.kv_mb = x.kv;
     o.max_adapter_mb = x.adapter_mb;
+    o.merge_budget_mb = x.merge_mb;
     if (optind < argc) {
         fprintf(stderr, "lorad serve: unexpected argument '%s'\n", argv[optind]);
         goto out;

@@ -234,6 +234,13 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len)
     put_counter(&b, "lorad_adapter_evictions_total",
                 "Adapters unloaded to stay within --max-loaded-adapters.",
                 (double)g->adapter_evictions);
+    put_gauge(&b, "lorad_adapters_merged", "Adapters with a merged W' serving new requests.",
+              g->adapters_merged);
+    put_counter(&b, "lorad_adapter_merges_total", "Merged W' built by --merge auto.",
+                (double)g->merges_built);
+    put_counter(&b, "lorad_adapter_merge_drops_total",
+                "Merged W' dropped by --merge auto (its adapter's share of tokens fell).",
+                (double)g->merges_dropped);
     put_counter(&b, "lorad_requests_cancelled_total",
                 "Requests cancelled (client gone, or shutdown).", (double)g->cancelled);
     put_counter(&b, "lorad_engine_steps_total", "Engine steps run.", (double)g->steps);

@@ -32,6 +32,8 @@ typedef struct {
     int adapters_loaded;
     uint64_t adapter_loads;
     uint64_t adapter_evictions;
+    int adapters_merged;          /* adapters with a merged W' serving new requests */
+    uint64_t merges_built, merges_dropped;   /* by --merge auto */
     uint64_t cancelled;
     uint64_t steps;
 } metrics_gauges;

@@ -236,6 +236,7 @@ static int load_all(app *a, lr_error *err)
     ro.dir = o->adapter_dir;
     ro.max_loaded = o->max_loaded;
     ro.merge = o->merge;
+    ro.merge_budget = (size_t)o->merge_budget_mb << 20;
     ro.peft.max_rank = o->max_rank;
     ro.max_bytes = (size_t)o->max_adapter_mb << 20;
     ro.on_event = on_registry_event;

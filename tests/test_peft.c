@@ -386,6 +386,49 @@ START_TEST(test_lora_values_round_trip_exactly)
 }
 END_TEST
 
+/* A freed adapter's arena is reused by the next load of a similar size (lora.c keeps
+ * it), and the new adapter's values are all its own: nothing of the old one shows. */
+START_TEST(test_reused_arena_holds_only_the_new_adapters_values)
+{
+    model_config base = tiny_config(2);
+    char *d1 = testutil_mkdtemp("peft_test"), *d2 = testutil_mkdtemp("peft_test");
+    tbuild b1 = {.seed = 61}, b2 = {.seed = 62};
+    tb_add_all(&b1, 2, ALL7, 3);
+    tb_write(&b1, d1);
+    write_config(d1, 3, 6, "\"target_modules\": " ALL7_JSON);
+    tb_add_all(&b2, 2, ALL7, 3);
+    tb_write(&b2, d2);
+    write_config(d2, 3, 6, "\"target_modules\": " ALL7_JSON);
+
+    peft_adapter *first = expect_load(d1, &base);
+    const float *arena = first->w->arena;
+    ck_assert_ptr_nonnull(arena);
+    peft_free(first);
+    peft_adapter *a = expect_load(d2, &base);      /* takes the cached arena */
+    ck_assert_ptr_eq(a->w->arena, arena);
+    peft_adapter *fresh = expect_load(d2, &base);  /* the cache is empty again: new memory */
+    ck_assert_ptr_ne(fresh->w->arena, arena);
+    char nm[128];
+    int differ = 0;
+    for (int l = 0; l < 2; l++)
+        for (int p = 0; p < 7; p++) {
+            const lora_matrix *m = lora_weights_get(a->w, l, (model_proj)p);
+            const lora_matrix *f = lora_weights_get(fresh->w, l, (model_proj)p);
+            ck_assert(memcmp(m->a, f->a, (size_t)3 * tiny_in[p] * sizeof(float)) == 0);
+            ck_assert(memcmp(m->bt, f->bt, (size_t)3 * tiny_out[p] * sizeof(float)) == 0);
+            key_name(nm, sizeof nm, l, p, 'A');
+            differ |= memcmp(m->a, tb_find(&b1, nm), (size_t)3 * tiny_in[p] * sizeof(float));
+        }
+    ck_assert_msg(differ, "the two adapters must differ for this test to mean anything");
+    peft_free(a);
+    peft_free(fresh);
+    tb_free(&b1);
+    tb_free(&b2);
+    testutil_rmdir(d1);
+    testutil_rmdir(d2);
+}
+END_TEST
+
 static uint16_t bf16_bits(int i)
 {
     /* sign, exponent 126..129, mantissa: exact bf16 values like ±0.5 … ±7.x */
@@ -1074,6 +1117,7 @@ static Suite *peft_suite(void)
     tcase_add_test(core, test_pattern_keys_match_only_whole_dotted_suffixes);
     tcase_add_test(core, test_target_modules_regex_selects_and_restricts);
     tcase_add_test(core, test_lora_values_round_trip_exactly);
+    tcase_add_test(core, test_reused_arena_holds_only_the_new_adapters_values);
     tcase_add_test(core, test_bf16_adapter_converts_exactly);
     tcase_add_test(core, test_describe_reports_every_field);
     tcase_add_test(core, test_without_base_layer_count_is_inferred_from_keys);

@@ -781,6 +781,112 @@ START_TEST(test_merge_builds_w_plus_s_b_a_for_targeted_matrices_only)
 }
 END_TEST
 
+/* --merge auto, with a fast policy tick: feeds token counts as a decoding engine would
+ * (registry_note_tokens) and waits, for at most 5 s, until the merged count is want. */
+static registry *open_auto(const char *dir, size_t budget)
+{
+    registry_options o = registry_options_default();
+    o.dir = dir;
+    o.max_loaded = 8;
+    o.merge = REGISTRY_MERGE_AUTO;
+    o.merge_budget = budget;
+    o.merge_tick_ms = 10;
+    lr_error err = {0};
+    registry *r = registry_create(g.m, &o, &err);
+    ck_assert_msg(r != NULL, "registry_create: %s", err.msg);
+    return r;
+}
+
+/* Notes n_a tokens on a and n_other on nothing in particular (base, mixes) every 5 ms,
+ * until the registry has `want` merged adapters (1) or `rounds` rounds pass (0); 100
+ * rounds are 50 policy ticks, long past the decayed shares' convergence. */
+static int feed_until_merged(registry *r, registry_adapter *a, int n_a, int n_other, int want,
+                             int rounds)
+{
+    for (int i = 0; i < rounds; i++) {
+        registry_note_tokens(r, a, n_a);
+        registry_note_tokens(r, NULL, n_other);
+        int merged;
+        uint64_t built, dropped;
+        registry_merge_counts(r, &merged, &built, &dropped);
+        if (merged == want)
+            return 1;
+        nanosleep(&(struct timespec){0, 5000000}, NULL);
+    }
+    return 0;
+}
+
+START_TEST(test_merge_auto_merges_an_adapter_with_all_the_tokens_and_drops_it_when_shared)
+{
+    char *dir = adir_new();
+    add_adapter(dir, "hot", 4, 8.0, ALL_PROJ, 51);
+    add_adapter(dir, "cold", 4, 8.0, ALL_PROJ, 52);
+    registry *r = open_auto(dir, 0);
+    registry_adapter *hot = acquire_ok(r, "hot"), *cold = acquire_ok(r, "cold");
+    ck_assert_ptr_null(registry_use_merged(r, hot));   /* nothing merged before traffic */
+
+    /* 80% of the tokens is far from "nearly all": never merged */
+    ck_assert_int_eq(feed_until_merged(r, hot, 8, 2, 1, 100), 0);
+    /* all of them: merged, and the W' equals variant_merge's exactly */
+    ck_assert_int_eq(feed_until_merged(r, hot, 10, 0, 1, 1000), 1);
+    const variant *w = registry_use_merged(r, hot);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_ptr_null(registry_use_merged(r, cold));
+    lr_error err = {0};
+    variant_mix mix = {.n = 1, .t = {{registry_adapter_weights(hot), 1.0f}}};
+    variant *ref = variant_merge(g.m, &mix, &err);
+    ck_assert_ptr_nonnull(ref);
+    for (int l = 0; l < LAYERS; l++)
+        for (int p = 0; p < PROJ_COUNT; p++)
+            ck_assert(memcmp(variant_weight(g.m, w, l, (model_proj)p),
+                             variant_weight(g.m, ref, l, (model_proj)p),
+                             sizeof(float) * tiny_proj_out[p] * tiny_proj_in[p]) == 0);
+    ck_assert_int_eq(info_of(r, "hot").merged, 1);
+
+    /* the traffic turns to the other adapter: dropped for new requests, while the request
+     * using it keeps reading it (checked again after the drop), freed after its end */
+    ck_assert_int_eq(feed_until_merged(r, cold, 1, 9, 0, 1000), 1);
+    ck_assert_ptr_null(registry_use_merged(r, hot));
+    for (int l = 0; l < LAYERS; l++)
+        ck_assert(memcmp(variant_weight(g.m, w, l, PROJ_Q), variant_weight(g.m, ref, l, PROJ_Q),
+                         sizeof(float) * tiny_proj_out[PROJ_Q] * tiny_proj_in[PROJ_Q]) == 0);
+    ck_assert_int_eq(info_of(r, "hot").merged, 1);   /* still in memory: one user */
+    registry_done_merged(r, hot);
+    int freed = 0;
+    for (int i = 0; i < 500 && !freed; i++) {
+        freed = !info_of(r, "hot").merged;
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+    ck_assert_msg(freed, "the dropped W' was not freed after its last user");
+    ck_assert_uint_eq(info_of(r, "hot").bytes, registry_adapter_weights(hot)->bytes);
+    int merged;
+    uint64_t built, dropped;
+    registry_merge_counts(r, &merged, &built, &dropped);
+    ck_assert_int_eq(merged, 0);
+    ck_assert_uint_eq(built, 1);
+    ck_assert_uint_eq(dropped, 1);
+    variant_free(ref);
+    registry_release(r, hot, 0);
+    registry_release(r, cold, 0);
+    registry_destroy(r);
+    adir_free(dir);
+}
+END_TEST
+
+START_TEST(test_merge_auto_stays_within_its_budget)
+{
+    char *dir = adir_new();
+    add_adapter(dir, "hot", 4, 8.0, ALL_PROJ, 53);
+    registry *r = open_auto(dir, 1000);   /* bytes: less than any W' */
+    registry_adapter *hot = acquire_ok(r, "hot");
+    ck_assert_int_eq(feed_until_merged(r, hot, 10, 0, 1, 100), 0);
+    ck_assert_ptr_null(registry_use_merged(r, hot));
+    registry_release(r, hot, 0);
+    registry_destroy(r);
+    adir_free(dir);
+}
+END_TEST
+
 START_TEST(test_on_event_reports_each_load_failure_and_eviction_on_the_loader_thread)
 {
     char *dir = adir_new();
@@ -1082,6 +1188,8 @@ static Suite *registry_suite(void)
     tcase_add_test(core, test_eight_threads_acquiring_one_unloaded_adapter_share_one_load);
     tcase_add_test(core, test_threads_cycling_more_adapters_than_max_loaded_keep_counts_exact);
     tcase_add_test(core, test_merge_builds_w_plus_s_b_a_for_targeted_matrices_only);
+    tcase_add_test(core, test_merge_auto_merges_an_adapter_with_all_the_tokens_and_drops_it_when_shared);
+    tcase_add_test(core, test_merge_auto_stays_within_its_budget);
     tcase_add_test(core, test_on_event_reports_each_load_failure_and_eviction_on_the_loader_thread);
     tcase_add_test(core, test_destroy_right_after_evictions_frees_loaded_and_pending_versions);
     suite_add_tcase(s, core);

@@ -14,7 +14,7 @@ reference by test_reference.py) and the same request sent alone:
 * cancellation: a client that disconnects while waiting, mid-prefill and mid-stream
   frees its sequence (metrics: running 0, cancelled count, queue 0);
 * SIGTERM drains running requests and exits 0; past --drain-seconds they are cancelled;
-* /metrics counters and histograms, LRU eviction of adapters, --merge always equal to
+* /metrics counters and histograms, LRU eviction of adapters, --merge always and auto equal to
   on the fly, one log line per request.
 """
 import concurrent.futures
@@ -373,6 +373,35 @@ def check_merge_always(build, fx, ref):
         check(d.stop() == 0, "exit status")
 
 
+def check_merge_auto(build, fx, ref):
+    """--merge auto: one client on one adapter gets it merged (within 10 s of steady
+    traffic); its outputs stay those of the on-the-fly path (within rounding); then traffic
+    on the base drops the W', and the adapter still answers the same."""
+    a = ADAPTERS[0]
+    d = Daemon(build, ["--model", os.path.join(fx, MODEL), "--served-model-name", NAME,
+                       "--adapter-dir", os.path.join(fx, "adapters"), "--merge", "auto"])
+    try:
+        deadline = time.time() + 10
+        merged = False
+        while time.time() < deadline and not merged:
+            same_output(completion(d, PROMPTS[0], model=a), ref[a], "%s under --merge auto" % a)
+            merged = d.metrics().get("lorad_adapters_merged") == 1
+        check(merged, "no W' after 10 s of traffic on one adapter: %s" % d.log()[-3:])
+        check(any("merged W' ready" in l for l in d.log()), "no merge in the log")
+        same_output(completion(d, PROMPTS[0], model=a), ref[a], "%s on its merged W'" % a)
+        deadline = time.time() + 10
+        while time.time() < deadline and d.metrics().get("lorad_adapters_merged") != 0:
+            completion(d, PROMPTS[0])
+        m = d.metrics()
+        check(m.get("lorad_adapters_merged") == 0 and
+              m.get("lorad_adapter_merge_drops_total") == 1,
+              "W' not dropped once the traffic moved to the base: %r"
+              % {k: v for k, v in m.items() if "merge" in k})
+        same_output(completion(d, PROMPTS[0], model=a), ref[a], "%s after the drop" % a)
+    finally:
+        check(d.stop() == 0, "exit status")
+
+
 # --------------------------------------------------------------- the slow model ---------
 def long_stream(port, body, read_events):
     """Starts a streaming request on a raw socket, reads read_events events, returns the
@@ -527,6 +556,8 @@ def main(argv):
               lambda: check(d.alive() and d.stop() == 0, "daemon died or bad exit status"))
     suite.run("lru_evicts_idle_adapter_beyond_max_loaded", check_lru_eviction, build, fx)
     suite.run("merge_always_equals_on_the_fly", check_merge_always, build, fx, ref)
+    suite.run("merge_auto_merges_the_only_adapter_in_use_then_drops_it", check_merge_auto,
+              build, fx, ref)
     suite.run("cancel_on_disconnect_waiting_prefilling_streaming", check_cancellation, build)
     suite.run("sigterm_drains_running_requests_then_cancels", check_drain_on_sigterm, build)
     print("time: %.1f s" % (time.time() - t0))

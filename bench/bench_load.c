@@ -1,0 +1,537 @@
+/* bench_load: the serving benchmark. Closed-loop clients (one thread and one libcurl
+ * handle each) stream completions from a running `lorad serve` on loopback, each request
+ * on the base, an adapter or a weighted mix chosen by the scenario; the random
+ * SmolLM2-135M-shaped F32 model and rank-16 adapters on all seven projections that
+ * `bench_engine --prepare` writes.
+ *
+ * Scenarios (issue 10):
+ *   1. one client: base, one adapter on the fly, the same adapter merged (--merge always);
+ *   2. 8 clients: base; all on one adapter; 8 different adapters; 8 different mixes of 2;
+ *   3. 32 and 64 clients over 100 adapters with Zipf popularity (s = 1), with
+ *      --max-loaded-adapters 20, so the LRU churns;
+ *   4. 32 clients over 1,000 adapters on disk, --max-loaded-adapters 50 (S-LoRA's case),
+ *      against 32 clients on one adapter; and 32 and 64 clients on the base;
+ *   5. fairness: 16 clients, 90% of requests on one adapter, 10% on 7 others.
+ * Scenarios 1 and 3 also run with --merge auto.
+ * The adapter directories hold 100 and 1,000 adapters whose weight files are hard links
+ * to the 8 distinct generated ones (the daemon loads each name on its own: a load reads
+ * the file — from the page cache — parses, converts and allocates as for any adapter).
+ *
+ * Each case runs for a warm-up, then a measured window; then in-flight requests are
+ * aborted. Throughput = tokens arriving inside the window / its length. Time to first
+ * token (TTFT) and time per output token (TPOT = (last - first token) / (n - 1)) over
+ * the requests that finished inside the window; p50 and p99 over them. Each
+ * case is repeated (daemons restarted each repetition, cases in rotating order); the
+ * table gives medians over repetitions. A tab-separated copy of the table goes to
+ * --tsv FILE for tools/plot_bench.py.
+ *
+ * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] [--reps N] [--warmup S] [--window S]
+ * [--max-tokens N] (defaults 3 repetitions, 8 s + 20 s, 64 tokens; --quick: 1, 3 s + 8 s,
+ * 32 tokens). */
+#include <curl/curl.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench/benchutil.h"
+
+#define MAX_CLIENTS 64
+#define MAX_RECORDS 4096   /* requests per client per case */
+#define MAX_REPS 5
+#define PROMPT_LEN 16
+
+/* How a request picks its model. */
+typedef enum { PICK_BASE, PICK_ONE, PICK_DISTINCT8, PICK_MIX8, PICK_ZIPF, PICK_SKEW } pick_rule;
+
+/* The daemon a case runs against. */
+typedef enum { D_MAIN, D_MERGED, D_AUTO, D_MANY, N_DAEMONS } daemon_kind;
+
+typedef struct {
+    const char *name;
+    int scenario;
+    int clients;
+    daemon_kind daemon;
+    pick_rule pick;
+} bench_case;
+
+static const bench_case cases[] = {
+    {"1 client, base", 1, 1, D_MAIN, PICK_BASE},
+    {"1 client, adapter on the fly", 1, 1, D_MAIN, PICK_ONE},
+    {"1 client, adapter merged", 1, 1, D_MERGED, PICK_ONE},
+    {"1 client, adapter, --merge auto", 1, 1, D_AUTO, PICK_ONE},
+    {"8 clients, base", 2, 8, D_MAIN, PICK_BASE},
+    {"8 clients, one adapter", 2, 8, D_MAIN, PICK_ONE},
+    {"8 clients, 8 adapters", 2, 8, D_MAIN, PICK_DISTINCT8},
+    {"8 clients, 8 mixes of 2", 2, 8, D_MAIN, PICK_MIX8},
+    {"32 clients, 100 adapters (Zipf)", 3, 32, D_MAIN, PICK_ZIPF},
+    {"64 clients, 100 adapters (Zipf)", 3, 64, D_MAIN, PICK_ZIPF},
+    {"32 clients, 100 adapters, auto", 3, 32, D_AUTO, PICK_ZIPF},
+    {"64 clients, 100 adapters, auto", 3, 64, D_AUTO, PICK_ZIPF},
+    {"32 clients, base", 4, 32, D_MANY, PICK_BASE},
+    {"64 clients, base", 4, 64, D_MANY, PICK_BASE},
+    {"32 clients, one adapter", 4, 32, D_MANY, PICK_ONE},
+    {"32 clients, 1000 adapters (Zipf)", 4, 32, D_MANY, PICK_ZIPF},
+    {"16 clients, 90% on one adapter", 5, 16, D_MAIN, PICK_SKEW},
+};
+#define N_CASES ((int)(sizeof cases / sizeof *cases))
+
+typedef struct {
+    double t0, t_first, t_last;
+    int n;
+    int popular;        /* PICK_SKEW: on the popular adapter */
+} record;
+
+typedef struct {
+    /* set up by the case */
+    int port, index, max_tokens;
+    const bench_case *bc;
+    int n_adapters;             /* adapters in the daemon's directory (Zipf) */
+    const double *zipf_cdf;
+    double w0, w1;              /* the measured window */
+    atomic_int *stop;
+    unsigned seed;
+    /* results */
+    record rec[MAX_RECORDS];
+    int n_rec;
+    long tokens_in_window;
+    int failures;
+    /* the request being read */
+    record cur;
+    char line[65536];
+    size_t len;
+    pthread_t th;
+} client;
+
+static unsigned next_rand(unsigned *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+/* Zipf(s = 1) over n items: cdf[k] = Σ_{i <= k} 1/(i+1) / H_n. */
+static double *zipf_cdf(int n)
+{
+    double *c = malloc(sizeof *c * (size_t)n), h = 0;
+    for (int i = 0; c && i < n; i++)
+        c[i] = h += 1.0 / (i + 1);
+    for (int i = 0; c && i < n; i++)
+        c[i] /= h;
+    return c;
+}
+
+static int zipf_pick(const double *cdf, int n, unsigned *seed)
+{
+    double u = (next_rand(seed) & 0xFFFFFF) / 16777216.0;
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (cdf[mid] < u)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static size_t on_data(char *data, size_t size, size_t nmemb, void *user)
+{
+    client *c = user;
+    size_t n = size * nmemb;
+    double x = bench_now();
+    for (size_t i = 0; i < n; i++) {
+        if (c->len + 1 < sizeof c->line)
+            c->line[c->len++] = data[i];
+        if (c->len >= 2 && c->line[c->len - 1] == '\n' && c->line[c->len - 2] == '\n') {
+            c->line[c->len] = '\0';
+            int k = bench_sse_tokens(c->line);
+            if (k > 0) {
+                if (c->cur.n == 0)
+                    c->cur.t_first = x;
+                c->cur.t_last = x;
+                c->cur.n += k;
+                if (x >= c->w0 && x < c->w1)
+                    c->tokens_in_window += k;
+            }
+            c->len = 0;
+        }
+    }
+    return n;
+}
+
+/* Aborts the transfer once the case is over. */
+static int on_progress(void *user, curl_off_t a, curl_off_t b, curl_off_t c2, curl_off_t d)
+{
+    (void)a, (void)b, (void)c2, (void)d;
+    return atomic_load(((client *)user)->stop) != 0;
+}
+
+/* The request body's model part for this request. */
+static void pick_model(client *c, char *out, size_t cap)
+{
+    switch (c->bc->pick) {
+    case PICK_BASE:
+        snprintf(out, cap, "\"model\":\"base\"");
+        break;
+    case PICK_ONE:
+        snprintf(out, cap, "\"model\":\"%s\"", c->bc->daemon == D_MANY ? "b0000" : "a000");
+        break;
+    case PICK_DISTINCT8:
+        snprintf(out, cap, "\"model\":\"a%03d\"", c->index % 8);
+        break;
+    case PICK_MIX8:
+        snprintf(out, cap, "\"adapters\":[{\"name\":\"a%03d\",\"weight\":0.7},"
+                 "{\"name\":\"a%03d\",\"weight\":0.3}]", c->index % 8, (c->index + 1) % 8);
+        break;
+    case PICK_SKEW:
+        c->cur.popular = next_rand(&c->seed) % 10 != 0;
+        if (c->cur.popular)
+            snprintf(out, cap, "\"model\":\"a000\"");
+        else
+            snprintf(out, cap, "\"model\":\"a%03d\"", 1 + (int)(next_rand(&c->seed) % 7));
+        break;
+    case PICK_ZIPF: {
+        int k = zipf_pick(c->zipf_cdf, c->n_adapters, &c->seed);
+        if (c->bc->daemon == D_MANY)
+            snprintf(out, cap, "\"model\":\"b%04d\"", k);
+        else
+            snprintf(out, cap, "\"model\":\"a%03d\"", k);
+        break;
+    }
+    }
+}
+
+static void *client_main(void *arg)
+{
+    client *c = arg;
+    CURL *h = curl_easy_init();
+    if (!h) {
+        c->failures++;
+        return NULL;
+    }
+    char url[64], body[1024], pick[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/completions", c->port);
+    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    while (!atomic_load(c->stop)) {
+        memset(&c->cur, 0, sizeof c->cur);
+        pick_model(c, pick, sizeof pick);
+        int k = snprintf(body, sizeof body, "{%s,\"prompt\":[", pick);
+        for (int i = 0; i < PROMPT_LEN; i++)
+            k += snprintf(body + k, sizeof body - (size_t)k, "%s%u", i ? "," : "",
+                          100 + next_rand(&c->seed) % 20000);
+        snprintf(body + k, sizeof body - (size_t)k, "],\"max_tokens\":%d,\"temperature\":0,"
+                 "\"ignore_eos\":true,\"stream\":true,\"logprobs\":0,"
+                 "\"return_tokens_as_token_ids\":true}", c->max_tokens);
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+        c->len = 0;
+        c->cur.t0 = bench_now();
+        CURLcode rc = curl_easy_perform(h);
+        long status = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        if (atomic_load(c->stop))
+            break;
+        if (rc != CURLE_OK || status != 200 || c->cur.n != c->max_tokens) {
+            if (c->failures++ < 3)
+                fprintf(stderr, "bench_load: %s: %s, status %ld, %d tokens\n", c->bc->name,
+                        curl_easy_strerror(rc), status, c->cur.n);
+            usleep(100000);
+            continue;
+        }
+        if (c->cur.t_last >= c->w0 && c->cur.t_last < c->w1 && c->n_rec < MAX_RECORDS)
+            c->rec[c->n_rec++] = c->cur;
+    }
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+typedef struct {
+    double tps, ttft50, ttft99, tpot50, tpot99;
+    int requests;
+    double tpot99_popular, tpot99_others;   /* PICK_SKEW */
+} result;
+
+static double percentile(double *v, int n, double p)
+{
+    if (n == 0)
+        return NAN;
+    for (int i = 1; i < n; i++)  /* insertion sort: n is a few thousand at most */
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    double r = p * (n - 1);
+    int lo = (int)r;
+    return lo + 1 < n ? v[lo] + (r - lo) * (v[lo + 1] - v[lo]) : v[lo];
+}
+
+static client clients_mem[MAX_CLIENTS];
+
+static int run_case(const bench_case *bc, int port, int n_adapters, const double *cdf,
+                    double warmup, double window, int max_tokens, unsigned seed, result *out)
+{
+    atomic_int stop = 0;
+    double t = bench_now();
+    for (int i = 0; i < bc->clients; i++) {
+        client *c = &clients_mem[i];
+        memset(c, 0, sizeof *c);
+        *c = (client){.port = port, .index = i, .max_tokens = max_tokens, .bc = bc,
+                      .n_adapters = n_adapters, .zipf_cdf = cdf, .w0 = t + warmup,
+                      .w1 = t + warmup + window, .stop = &stop,
+                      .seed = seed * 7919u + (unsigned)i * 104729u + 1u};
+        if (pthread_create(&c->th, NULL, client_main, c)) {
+            fprintf(stderr, "bench_load: cannot start client threads\n");
+            atomic_store(&stop, 1);
+            for (int j = 0; j < i; j++)
+                pthread_join(clients_mem[j].th, NULL);
+            return -1;
+        }
+    }
+    double end = t + warmup + window;
+    while (bench_now() < end)
+        usleep(20000);
+    atomic_store(&stop, 1);
+    static double ttft[MAX_CLIENTS * MAX_RECORDS], tpot[MAX_CLIENTS * MAX_RECORDS];
+    static double tp_pop[MAX_CLIENTS * MAX_RECORDS], tp_oth[MAX_CLIENTS * MAX_RECORDS];
+    int n = 0, failures = 0, n_pop = 0, n_oth = 0;
+    long tokens = 0;
+    for (int i = 0; i < bc->clients; i++) {
+        client *c = &clients_mem[i];
+        pthread_join(c->th, NULL);
+        failures += c->failures;
+        tokens += c->tokens_in_window;
+        for (int k = 0; k < c->n_rec; k++, n++) {
+            ttft[n] = c->rec[k].t_first - c->rec[k].t0;
+            tpot[n] = (c->rec[k].t_last - c->rec[k].t_first) / (c->rec[k].n - 1);
+            if (c->rec[k].popular)
+                tp_pop[n_pop++] = tpot[n];
+            else
+                tp_oth[n_oth++] = tpot[n];
+        }
+    }
+    if (failures) {
+        fprintf(stderr, "bench_load: %s: %d failed requests\n", bc->name, failures);
+        return -1;
+    }
+    out->tps = tokens / window;
+    out->requests = n;
+    out->ttft50 = percentile(ttft, n, 0.5);
+    out->ttft99 = percentile(ttft, n, 0.99);
+    out->tpot50 = percentile(tpot, n, 0.5);
+    out->tpot99 = percentile(tpot, n, 0.99);
+    out->tpot99_popular = percentile(tp_pop, n_pop, 0.99);
+    out->tpot99_others = percentile(tp_oth, n_oth, 0.99);
+    return 0;
+}
+
+/* dir/NAME{i} for i < n, each with adapter_config.json and adapter_model.safetensors
+ * hard-linked from the 8 generated adapters (i % 8). Existing entries are kept. */
+static int make_adapter_dir(const char *work, const char *dir, const char *fmt, int n)
+{
+    mkdir(dir, 0755);
+    for (int i = 0; i < n; i++) {
+        char name[32], sub[4200], src[4200], dst[4300];
+        snprintf(name, sizeof name, fmt, i);
+        snprintf(sub, sizeof sub, "%s/%s", dir, name);
+        mkdir(sub, 0755);
+        static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors"};
+        for (int f = 0; f < 2; f++) {
+            snprintf(src, sizeof src, "%s/adapter-r16-%c/%s", work, 'a' + i % 8, files[f]);
+            snprintf(dst, sizeof dst, "%s/%s", sub, files[f]);
+            if (link(src, dst) && errno != EEXIST) {
+                fprintf(stderr, "bench_load: link %s: %s\n", dst, strerror(errno));
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static void stop_daemon(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE]\n");
+        return 2;
+    }
+    const char *build = argv[1], *work = argv[2], *tsv = NULL;
+    int quick = 0, reps = 0, max_tokens = 0;
+    double warmup = 0, window = 0;
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[i], "--tsv") == 0 && i + 1 < argc)
+            tsv = argv[++i];
+        else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--warmup") == 0 && i + 1 < argc)
+            warmup = atof(argv[++i]);
+        else if (strcmp(argv[i], "--window") == 0 && i + 1 < argc)
+            window = atof(argv[++i]);
+        else if (strcmp(argv[i], "--max-tokens") == 0 && i + 1 < argc)
+            max_tokens = atoi(argv[++i]);
+    }
+    if (!reps)
+        reps = quick ? 1 : 3;
+    if (!max_tokens)
+        max_tokens = quick ? 32 : 64;
+    if (!warmup)
+        warmup = quick ? 3 : 8;
+    if (!window)
+        window = quick ? 8 : 20;
+    if (reps < 1 || reps > MAX_REPS || max_tokens < 2 || warmup < 0 || window < 1) {
+        fprintf(stderr, "bench_load: --reps 1..%d, --max-tokens >= 2, --window >= 1\n",
+                MAX_REPS);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    char mdir[4096], d100[4096], d1000[4096];
+    snprintf(mdir, sizeof mdir, "%s/smollm2-135m-random", work);
+    snprintf(d100, sizeof d100, "%s/load-100", work);
+    snprintf(d1000, sizeof d1000, "%s/load-1000", work);
+    if (make_adapter_dir(work, d100, "a%03d", 100) || make_adapter_dir(work, d1000, "b%04d", 1000))
+        return 1;
+    double *cdf100 = zipf_cdf(100), *cdf1000 = zipf_cdf(1000);
+
+    /* Every daemon: 64 running requests, a queue for the rest, the base named "base". */
+    const char *common[] = {"--model", mdir, "--served-model-name", "base", "--max-seqs", "64",
+                            "--max-queue", "256", "--max-tokens", "1024"};
+    const char *extra[N_DAEMONS][8] = {
+        [D_MAIN] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "never"},
+        [D_MERGED] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "always"},
+        [D_AUTO] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "auto"},
+        [D_MANY] = {"--adapter-dir", d1000, "--max-loaded-adapters", "50", "--merge", "never"},
+    };
+
+    static result res[N_CASES][MAX_REPS];
+    for (int r = 0; r < reps; r++)
+        for (int d = 0; d < N_DAEMONS; d++) {
+            const char *args[32];
+            int n = 0;
+            for (size_t i = 0; i < sizeof common / sizeof *common; i++)
+                args[n++] = common[i];
+            for (int i = 0; extra[d][i]; i++)
+                args[n++] = extra[d][i];
+            args[n] = NULL;
+            int port;
+            pid_t pid = bench_start_daemon(build, args, &port);
+            if (pid < 0)
+                return 1;
+            int mine[N_CASES], n_mine = 0;
+            for (int k = 0; k < N_CASES; k++)
+                if ((int)cases[k].daemon == d)
+                    mine[n_mine++] = k;
+            for (int kk = 0; kk < n_mine; kk++) {
+                int k = mine[(kk + r) % n_mine];
+                const bench_case *bc = &cases[k];
+                int many = bc->daemon == D_MANY;
+                fprintf(stderr, "bench_load: repetition %d/%d: %s\n", r + 1, reps, bc->name);
+                if (run_case(bc, port, many ? 1000 : 100, many ? cdf1000 : cdf100, warmup,
+                             window, max_tokens, (unsigned)(r * 131 + k), &res[k][r])) {
+                    stop_daemon(pid);
+                    return 1;
+                }
+            }
+            stop_daemon(pid);
+        }
+
+    /* medians over repetitions */
+    result med[N_CASES];
+    for (int k = 0; k < N_CASES; k++) {
+        double v[7][MAX_REPS];
+        for (int r = 0; r < reps; r++) {
+            v[0][r] = res[k][r].tps;
+            v[1][r] = res[k][r].ttft50;
+            v[2][r] = res[k][r].ttft99;
+            v[3][r] = res[k][r].tpot50;
+            v[4][r] = res[k][r].tpot99;
+            v[5][r] = res[k][r].tpot99_popular;
+            v[6][r] = res[k][r].tpot99_others;
+        }
+        med[k] = (result){bench_median(v[0], reps), bench_median(v[1], reps),
+                          bench_median(v[2], reps), bench_median(v[3], reps),
+                          bench_median(v[4], reps), res[k][0].requests,
+                          bench_median(v[5], reps), bench_median(v[6], reps)};
+    }
+    printf("\nlorad serving benchmark: random SmolLM2-135M shape, F32, rank-16 adapters on all 7 "
+           "projections; loopback HTTP streaming, %d-token prompts, %d output tokens per "
+           "request, closed-loop clients; %.0f s warm-up + %.0f s window; medians of %d "
+           "repetitions\n\n", PROMPT_LEN, max_tokens, warmup, window, reps);
+    printf("%-2s %-34s %10s %10s %10s %10s %10s %9s\n", "#", "case", "tok/s", "TTFT p50",
+           "TTFT p99", "TPOT p50", "TPOT p99", "requests");
+    FILE *tf = tsv ? fopen(tsv, "w") : NULL;
+    if (tf)
+        fprintf(tf, "scenario\tcase\tclients\ttok_s\tttft_p50_ms\tttft_p99_ms\ttpot_p50_ms\t"
+                "tpot_p99_ms\n");
+    for (int k = 0; k < N_CASES; k++) {
+        printf("%-2d %-34s %10.1f %8.0f ms %8.0f ms %7.1f ms %7.1f ms %9d\n", cases[k].scenario,
+               cases[k].name, med[k].tps, med[k].ttft50 * 1e3, med[k].ttft99 * 1e3,
+               med[k].tpot50 * 1e3, med[k].tpot99 * 1e3, med[k].requests);
+        if (tf)
+            fprintf(tf, "%d\t%s\t%d\t%.2f\t%.2f\t%.2f\t%.3f\t%.3f\n", cases[k].scenario,
+                    cases[k].name, cases[k].clients, med[k].tps, med[k].ttft50 * 1e3,
+                    med[k].ttft99 * 1e3, med[k].tpot50 * 1e3, med[k].tpot99 * 1e3);
+    }
+    if (tf)
+        fclose(tf);
+
+    /* the issue's targets, as ratios of this run's medians */
+    enum { B1, A1, M1, AUTO1, B8, O8, D8, X8, Z32, Z64, ZA32, ZA64, B32, B64, O32, Z1000, SKEW };
+    double limit = 538.0 / (538.0 + 8 * 19.5);  /* reading the base once + 8 adapters */
+    printf("\ntargets (ratios within this run):\n");
+    printf("  8 clients x 8 adapters / 8 on the base     %.2f (target >= 0.70; the bandwidth "
+           "limit is %.2f: %.0f%% of it)\n", med[D8].tps / med[B8].tps, limit,
+           100 * med[D8].tps / med[B8].tps / limit);
+    printf("  8 clients on the base / 1 client           %.2f (target >= 5.5)\n",
+           med[B8].tps / med[B1].tps);
+    printf("  8 clients x 8 adapters / 1 client, base    %.2f (target >= 4)\n",
+           med[D8].tps / med[B1].tps);
+    printf("  64 clients on the base / 1 client          %.2f (target >= 8)\n",
+           med[B64].tps / med[B1].tps);
+    printf("  8 clients on the base vs llama.cpp server  %.2f (target >= 1.3; llama.cpp's "
+           "142.6 tok/s is the figure from the issue, not measured here)\n",
+           med[B8].tps / 142.6);
+    printf("  1 client merged / 1 client base            %.3f (target 1 +- 0.03)\n",
+           med[M1].tps / med[B1].tps);
+    printf("  1 client, --merge auto / 1 client base     %.3f (target 1 +- 0.03, once merged)\n",
+           med[AUTO1].tps / med[B1].tps);
+    printf("  scenario 3, auto / never: 32, 64 clients   %.2f, %.2f (target >= 1)\n",
+           med[ZA32].tps / med[Z32].tps, med[ZA64].tps / med[Z64].tps);
+    printf("  skewed 90%%: others' TPOT p99 / popular's   %.2f (target <= 1.5)\n",
+           med[SKEW].tpot99_others / med[SKEW].tpot99_popular);
+    printf("  32 clients x 1000 adapters / 32 on one     %.2f (target >= 0.7)\n",
+           med[Z1000].tps / med[O32].tps);
+    printf("  scenario 2 TPOT p99 / p50 (worst case)     %.2f (target <= 2)\n",
+           fmax(fmax(med[B8].tpot99 / med[B8].tpot50, med[O8].tpot99 / med[O8].tpot50),
+                fmax(med[D8].tpot99 / med[D8].tpot50, med[X8].tpot99 / med[X8].tpot50)));
+    (void)A1, (void)B32;
+    free(cdf100);
+    free(cdf1000);
+    curl_global_cleanup();
+    return 0;
+}

@@ -143,9 +143,17 @@ static const char *tensor_file(const model *m, const st_tensor *t)
 }
 
 /* Needs conversion (not F32, or F32 not 4-byte aligned in the mapping). */
+/* Every weight is copied out of the file mapping into one anonymous arena (converted to
+ * F32 on the way when it is F16/BF16): the arena is backed by transparent huge pages,
+ * the page cache's mapping by 4 KB pages, and decode streams all the weights every step —
+ * on 4 KB pages the hardware prefetchers stop at every page boundary and every page costs
+ * a TLB miss (measured: decode read W' of a merged adapter, an anonymous copy, 48% faster
+ * than the identical W in the file mapping). The page cache's copy is dropped by the
+ * kernel as it needs the memory; RSS is the weights once. */
 static int needs_copy(const st_tensor *t)
 {
-    return t->dtype != ST_F32 || ((uintptr_t)t->data & 3u) != 0;
+    (void)t;
+    return 1;
 }
 
 /* Looks up a tensor and checks dtype + shape ([d0] or [d0, d1]); adds its converted size
@@ -321,6 +329,7 @@ model *model_load_progress(const char *dir, model_progress_fn progress_fn, void 
                          dir, convert >> 20);
             goto fail;
         }
+        madvise(arena, convert, MADV_HUGEPAGE);   /* optional: fewer TLB misses */
         m->files->converted = arena;
         m->files->converted_cap = convert;
     }

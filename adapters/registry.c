@@ -73,6 +73,9 @@ struct registry {
     int stop;
     int thread_started;
     pthread_t loader;
+    int merger_started;         /* --merge auto: the policy's own thread */
+    pthread_t merger;
+    pthread_cond_t merge_wake;  /* stop, for the merger's timed wait */
     uint64_t clock, loads, evictions;
     int loaded;
     size_t loaded_bytes;
@@ -384,9 +387,10 @@ static void load_entry(registry *r, entry *e)
  * else: never. MERGE_ON = 0.98 stays on the safe side of that for k = 1; the gap to
  * MERGE_OFF keeps a W' from being built and dropped over and over.
  *
- * W' is built on the loader thread, paced to MERGE_DUTY of a core (variant_merge_paced),
- * so the engine's decode of others slows by about that much while it builds; it is
- * dropped first when a new one would exceed merge_budget. */
+ * W' is built on the registry's merge thread (not the loader: adapter loads must not wait
+ * seconds behind it), paced to MERGE_DUTY of a core (variant_merge_paced), so the engine's
+ * decode of others slows by about that much while it builds; a new W' waits until the
+ * budget has room. */
 #define MERGE_ON 0.98
 #define MERGE_OFF 0.90
 #define MERGE_DECAY 0.75     /* per tick: ~4 ticks (1 s) of memory */
@@ -502,6 +506,7 @@ static void merge_tick(registry *r)
     if (--best->refs == 0 && best->retired) {
         best->next_free = r->to_free;
         r->to_free = best;
+        pthread_cond_signal(&r->work);   /* the loader frees it */
     }
     if (w) {   /* retired while it built */
         pthread_mutex_unlock(&r->lock);
@@ -510,11 +515,29 @@ static void merge_tick(registry *r)
     }
 }
 
+/* --merge auto's thread: a policy tick every merge_tick_ms; builds run here, so loads on
+ * the loader thread never wait behind a paced build (seconds long). */
+static void *merger_main(void *arg)
+{
+    registry *r = arg;
+    pthread_mutex_lock(&r->lock);
+    while (!r->stop) {
+        merge_tick(r);
+        struct timespec next;
+        clock_gettime(CLOCK_MONOTONIC, &next);
+        next.tv_nsec += (long)r->opt.merge_tick_ms * 1000000L;
+        next.tv_sec += next.tv_nsec / 1000000000L;
+        next.tv_nsec %= 1000000000L;
+        if (!r->stop)
+            pthread_cond_timedwait(&r->merge_wake, &r->lock, &next);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
 static void *loader_main(void *arg)
 {
     registry *r = arg;
-    struct timespec next_tick;
-    clock_gettime(CLOCK_MONOTONIC, &next_tick);
     pthread_mutex_lock(&r->lock);
     for (;;) {
         if (r->to_free) {
@@ -544,22 +567,7 @@ static void *loader_main(void *arg)
         }
         if (r->stop)
             break;
-        if (r->opt.merge != REGISTRY_MERGE_AUTO) {
-            pthread_cond_wait(&r->work, &r->lock);
-            continue;
-        }
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec > next_tick.tv_sec ||
-            (now.tv_sec == next_tick.tv_sec && now.tv_nsec >= next_tick.tv_nsec)) {
-            merge_tick(r);
-            clock_gettime(CLOCK_MONOTONIC, &next_tick);
-            next_tick.tv_nsec += (long)r->opt.merge_tick_ms * 1000000L;
-            next_tick.tv_sec += next_tick.tv_nsec / 1000000000L;
-            next_tick.tv_nsec %= 1000000000L;
-            continue;
-        }
-        pthread_cond_timedwait(&r->work, &r->lock, &next_tick);
+        pthread_cond_wait(&r->work, &r->lock);
     }
     pthread_mutex_unlock(&r->lock);
     return NULL;
@@ -580,11 +588,12 @@ registry *registry_create(const model *m, const registry_options *opt, lr_error 
         r->opt.merge_tick_ms = 250;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->changed, NULL);
-    /* the loader's timed waits (--merge auto) are on the monotonic clock */
+    pthread_cond_init(&r->work, NULL);
+    /* the merger's timed waits are on the monotonic clock */
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->work, &ca);
+    pthread_cond_init(&r->merge_wake, &ca);
     pthread_condattr_destroy(&ca);
     if (r->opt.dir) {
         struct stat st;
@@ -609,6 +618,13 @@ registry *registry_create(const model *m, const registry_options *opt, lr_error 
         goto fail;
     }
     r->thread_started = 1;
+    if (r->opt.merge == REGISTRY_MERGE_AUTO) {
+        if (pthread_create(&r->merger, NULL, merger_main, r) != 0) {
+            lr_error_set(err, LR_ENOMEM, "cannot start the --merge auto thread");
+            goto fail;
+        }
+        r->merger_started = 1;
+    }
     return r;
 fail:
     registry_destroy(r);
@@ -623,8 +639,11 @@ void registry_destroy(registry *r)
         pthread_mutex_lock(&r->lock);
         r->stop = 1;
         pthread_cond_signal(&r->work);
+        pthread_cond_signal(&r->merge_wake);
         pthread_mutex_unlock(&r->lock);
         pthread_join(r->loader, NULL);
+        if (r->merger_started)
+            pthread_join(r->merger, NULL);
     }
     while (r->to_free) {
         registry_adapter *next = r->to_free->next_free;
@@ -642,6 +661,7 @@ void registry_destroy(registry *r)
     pthread_mutex_destroy(&r->lock);
     pthread_cond_destroy(&r->changed);
     pthread_cond_destroy(&r->work);
+    pthread_cond_destroy(&r->merge_wake);
     free(r);
 }
 

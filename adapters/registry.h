@@ -7,8 +7,9 @@
  *
  * Every request holds a reference (registry_acquire … registry_release) to the version it
  * started with; an unloaded (or, later, replaced) version lives on until its last
- * reference goes. Loads, merges and frees all run on the loader thread, so neither the
- * HTTP threads' nor the engine thread's time is spent on big allocations or frees.
+ * reference goes. Loads, merges and frees run on the loader thread (--merge auto's on its
+ * own thread), so neither the HTTP threads' nor the engine thread's time is spent on big
+ * allocations or frees.
  *
  * Threads: every function is thread-safe except registry_create / registry_destroy (the
  * owner's, with no reference outstanding). registry_acquire blocks its caller while the

@@ -26,7 +26,7 @@
  * --tsv FILE for tools/plot_bench.py.
  *
  * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] [--reps N] [--warmup S] [--window S]
- * [--max-tokens N] (defaults 3 repetitions, 8 s + 20 s, 64 tokens; --quick: 1, 3 s + 8 s,
+ * [--max-tokens N] [--only TEXT] (--only: the cases whose name contains TEXT; defaults 3 repetitions, 8 s + 20 s, 64 tokens; --quick: 1, 3 s + 8 s,
  * 32 tokens). */
 #include <curl/curl.h>
 #include <errno.h>
@@ -377,7 +377,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE]\n");
         return 2;
     }
-    const char *build = argv[1], *work = argv[2], *tsv = NULL;
+    const char *build = argv[1], *work = argv[2], *tsv = NULL, *only = NULL;
     int quick = 0, reps = 0, max_tokens = 0;
     double warmup = 0, window = 0;
     for (int i = 3; i < argc; i++) {
@@ -393,6 +393,8 @@ int main(int argc, char **argv)
             window = atof(argv[++i]);
         else if (strcmp(argv[i], "--max-tokens") == 0 && i + 1 < argc)
             max_tokens = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
+            only = argv[++i];
     }
     if (!reps)
         reps = quick ? 1 : 3;
@@ -438,14 +440,16 @@ int main(int argc, char **argv)
             for (int i = 0; extra[d][i]; i++)
                 args[n++] = extra[d][i];
             args[n] = NULL;
+            int mine[N_CASES], n_mine = 0;
+            for (int k = 0; k < N_CASES; k++)
+                if ((int)cases[k].daemon == d && (!only || strstr(cases[k].name, only)))
+                    mine[n_mine++] = k;
+            if (n_mine == 0)
+                continue;
             int port;
             pid_t pid = bench_start_daemon(build, args, &port);
             if (pid < 0)
                 return 1;
-            int mine[N_CASES], n_mine = 0;
-            for (int k = 0; k < N_CASES; k++)
-                if ((int)cases[k].daemon == d)
-                    mine[n_mine++] = k;
             for (int kk = 0; kk < n_mine; kk++) {
                 int k = mine[(kk + r) % n_mine];
                 const bench_case *bc = &cases[k];
@@ -489,6 +493,8 @@ int main(int argc, char **argv)
         fprintf(tf, "scenario\tcase\tclients\ttok_s\tttft_p50_ms\tttft_p99_ms\ttpot_p50_ms\t"
                 "tpot_p99_ms\n");
     for (int k = 0; k < N_CASES; k++) {
+        if (only && !strstr(cases[k].name, only))
+            continue;
         printf("%-2d %-34s %10.1f %8.0f ms %8.0f ms %7.1f ms %7.1f ms %9d\n", cases[k].scenario,
                cases[k].name, med[k].tps, med[k].ttft50 * 1e3, med[k].ttft99 * 1e3,
                med[k].tpot50 * 1e3, med[k].tpot99 * 1e3, med[k].requests);
@@ -500,6 +506,12 @@ int main(int argc, char **argv)
     if (tf)
         fclose(tf);
 
+    if (only) {   /* a subset: no targets */
+        free(cdf100);
+        free(cdf1000);
+        curl_global_cleanup();
+        return 0;
+    }
     /* the targets, as ratios of this run's medians */
     enum { B1, A1, M1, AUTO1, B8, O8, D8, X8, Z32, Z64, ZA32, ZA64, B32, B64, O32, Z1000, SKEW };
     double limit = 538.0 / (538.0 + 8 * 19.5);  /* reading the base once + 8 adapters */

@@ -4,6 +4,8 @@ upload is written. tests/faultshim.c (LD_PRELOAD) fails write() or fsync() on th
 temporary files when its control file says so; each case must answer with a clear error
 (507 for a full disk, 500 for an I/O error), leave no partial adapter and no temporary in
 the store, and leave the daemon serving — the next upload, once the disk is back, works.
+And the model's files truncated or overwritten under the running daemon: the weights were
+copied at load, so its outputs do not change and it keeps serving.
 
     tests/test_faults.py BUILD
 """
@@ -119,6 +121,38 @@ def check_recovers(ctx):
     check(st == 200, "a completion on the new adapter answered %d: %s" % (st, out[:200]))
 
 
+def check_model_files_changed_under_the_daemon(build):
+    fx, _ = ensure_fixtures(build)
+    tmp = tempfile.mkdtemp(prefix="lorad-faults-model-")
+    model = os.path.join(tmp, "model")
+    # an F32 checkpoint, which lorad used to read in place from the file mapping
+    shutil.copytree(os.path.join(fx, "llama_tok_llama2"), model)
+    d = Daemon(build, ["--model", model])
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0,
+                       "logprobs": 2}).encode()
+    hdr = {"Content-Type": "application/json"}
+    try:
+        st, _, ref = d.request("POST", "/v1/completions", body, hdr)
+        check(st == 200, "first completion answered %d" % st)
+        weights = os.path.join(model, "model.safetensors")
+        size = os.path.getsize(weights)
+        with open(weights, "r+b") as f:       # overwritten in place, then cut short
+            f.write(os.urandom(min(size, 1 << 16)))
+            f.truncate(size // 3)
+        st, _, again = d.request("POST", "/v1/completions", body, hdr)
+        check(st == 200, "a completion after the model file changed answered %d" % st)
+        a, b = json.loads(ref)["choices"][0], json.loads(again)["choices"][0]
+        check(a["text"] == b["text"] and a["logprobs"] == b["logprobs"],
+              "the output changed after the model file did: %r vs %r" % (a, b))
+        check_alive_then_exit_0(d)
+        wait_log_stable(d)
+        check_sanitizer_clean(d)
+    finally:
+        if d.alive():
+            d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv):
     build = argv[1] if len(argv) > 1 else "build"
     suite = Suite()
@@ -138,6 +172,8 @@ def main(argv):
         suite.run("io_error_at_fsync_500_nothing_left", fault_case, ctx, "fsync EIO",
                   "eiosync", 500, ["Input/output error"])
         suite.run("upload_works_again_once_the_disk_is_back", check_recovers, ctx)
+        suite.run("model_file_truncated_and_overwritten_outputs_unchanged",
+                  check_model_files_changed_under_the_daemon, build)
         suite.run("daemon_alive_and_exits_0", check_alive_then_exit_0, ctx.d)
         wait_log_stable(ctx.d)
         suite.run("no_sanitizer_reports", check_sanitizer_clean, ctx.d)

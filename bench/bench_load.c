@@ -105,8 +105,7 @@ typedef struct {
     int failures;
     /* the request being read */
     record cur;
-    char line[65536];
-    size_t len;
+    bench_sse sse;
     pthread_t th;
 } client;
 
@@ -148,21 +147,16 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *user)
     client *c = user;
     size_t n = size * nmemb;
     double x = bench_now();
-    for (size_t i = 0; i < n; i++) {
-        if (c->len + 1 < sizeof c->line)
-            c->line[c->len++] = data[i];
-        if (c->len >= 2 && c->line[c->len - 1] == '\n' && c->line[c->len - 2] == '\n') {
-            c->line[c->len] = '\0';
-            int k = bench_sse_tokens(c->line);
-            if (k > 0) {
-                if (c->cur.n == 0)
-                    c->cur.t_first = x;
-                c->cur.t_last = x;
-                c->cur.n += k;
-                if (x >= c->w0 && x < c->w1)
-                    c->tokens_in_window += k;
-            }
-            c->len = 0;
+    size_t i = 0;
+    for (const char *ev; (ev = bench_sse_event(&c->sse, data, n, &i));) {
+        int k = bench_sse_tokens(ev);
+        if (k > 0) {
+            if (c->cur.n == 0)
+                c->cur.t_first = x;
+            c->cur.t_last = x;
+            c->cur.n += k;
+            if (x >= c->w0 && x < c->w1)
+                c->tokens_in_window += k;
         }
     }
     return n;
@@ -240,7 +234,7 @@ static void *client_main(void *arg)
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-        c->len = 0;
+        c->sse.len = 0;
         c->cur.t0 = bench_now();
         CURLcode rc = curl_easy_perform(h);
         long status = 0;

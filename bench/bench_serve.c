@@ -54,8 +54,7 @@ static double paired(const double *a, const double *b, int n)
 typedef struct {
     double t0, t_first, t_last;
     int n;              /* tokens seen */
-    char line[65536];   /* the SSE event being read */
-    size_t len;
+    bench_sse sse;      /* the SSE event being read */
     int done;
 } timing;
 
@@ -64,21 +63,16 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *user)
     timing *t = user;
     size_t n = size * nmemb;
     double x = now();
-    for (size_t i = 0; i < n; i++) {
-        if (t->len + 1 < sizeof t->line)
-            t->line[t->len++] = data[i];
-        if (t->len >= 2 && t->line[t->len - 1] == '\n' && t->line[t->len - 2] == '\n') {
-            t->line[t->len] = '\0';
-            if (strncmp(t->line, "data: [DONE]", 12) == 0)
-                t->done = 1;
-            int k = bench_sse_tokens(t->line);
-            if (k > 0) {
-                if (t->n == 0)
-                    t->t_first = x;
-                t->t_last = x;
-                t->n += k;
-            }
-            t->len = 0;
+    size_t i = 0;
+    for (const char *ev; (ev = bench_sse_event(&t->sse, data, n, &i));) {
+        if (strncmp(ev, "data: [DONE]", 12) == 0)
+            t->done = 1;
+        int k = bench_sse_tokens(ev);
+        if (k > 0) {
+            if (t->n == 0)
+                t->t_first = x;
+            t->t_last = x;
+            t->n += k;
         }
     }
     return n;
@@ -166,8 +160,7 @@ typedef struct {
     int failed;
     double *times;          /* [MAX_TIMES] arrival time of every token */
     int n;
-    char line[65536];
-    size_t len;
+    bench_sse sse;
     pthread_t th;
 } streamer;
 
@@ -176,16 +169,10 @@ static size_t on_stream_data(char *data, size_t size, size_t nmemb, void *user)
     streamer *s = user;
     size_t n = size * nmemb;
     double x = now();
-    for (size_t i = 0; i < n; i++) {
-        if (s->len + 1 < sizeof s->line)
-            s->line[s->len++] = data[i];
-        if (s->len >= 2 && s->line[s->len - 1] == '\n' && s->line[s->len - 2] == '\n') {
-            s->line[s->len] = '\0';
-            for (int k = bench_sse_tokens(s->line); k > 0 && s->n < MAX_TIMES; k--)
-                s->times[s->n++] = x;
-            s->len = 0;
-        }
-    }
+    size_t i = 0;
+    for (const char *ev; (ev = bench_sse_event(&s->sse, data, n, &i));)
+        for (int k = bench_sse_tokens(ev); k > 0 && s->n < MAX_TIMES; k--)
+            s->times[s->n++] = x;
     return n;
 }
 
@@ -206,7 +193,7 @@ static void *streamer_main(void *arg)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream_data);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
-        s->len = 0;
+        s->sse.len = 0;
         if (curl_easy_perform(c) != CURLE_OK)
             s->failed = 1;
     }

@@ -197,6 +197,21 @@ double bench_fma_peak(int threads)
 
 /* ---- the daemon ---- */
 
+const char *bench_sse_event(bench_sse *s, const char *data, size_t n, size_t *pos)
+{
+    while (*pos < n) {
+        if (s->len + 1 < sizeof s->line)
+            s->line[s->len++] = data[*pos];
+        (*pos)++;
+        if (s->len >= 2 && s->line[s->len - 1] == '\n' && s->line[s->len - 2] == '\n') {
+            s->line[s->len] = '\0';
+            s->len = 0;
+            return s->line;
+        }
+    }
+    return NULL;
+}
+
 int bench_sse_tokens(const char *ev)
 {
     const char *p = strstr(ev, "\"tokens\":[");

@@ -32,6 +32,17 @@ double bench_read_bandwidth(size_t bytes);
  * register-only 16-lane FMA chains: the compute roofline of the kernels. Median of 5. */
 double bench_fma_peak(int threads);
 
+/* The server-sent event being read from a stream. */
+typedef struct {
+    char line[65536];   /* its text so far (longer events are cut, still delimited) */
+    size_t len;
+} bench_sse;
+
+/* Feeds data[*pos, n) into s until an event (text ending in a blank line) is complete;
+ * returns it, NUL-terminated and valid until the next call, with *pos past it, or NULL
+ * once data is used up (the partial event is kept for the next chunk). */
+const char *bench_sse_event(bench_sse *s, const char *data, size_t n, size_t *pos);
+
 /* Tokens in one SSE event of a streamed completion that asked for logprobs: the entries
  * of its "tokens":[...] list. */
 int bench_sse_tokens(const char *ev);

@@ -31,7 +31,7 @@ ifneq ($(V),1)
 Q := @
 endif
 
-.PHONY: all test check asan bench bench-serve bench-load soak run demo-model install deb clean \
+.PHONY: all test check asan bench bench-serve bench-load bench-large soak run demo-model install deb clean \
     deps fuzz
 
 # all: the daemon/CLI binary build/lorad
@@ -134,6 +134,11 @@ bench-load: deps $(BUILD)/lorad $(BENCH_BIN)
 SOAK_MINUTES ?= 10
 soak: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)$(BUILD)/bench/bench_soak $(BUILD) $(BUILD)/bench-data --minutes $(SOAK_MINUTES)
+
+# bench-large: an 8B-parameter model (16 GB of BF16, written to $(BUILD)/bench-data on first
+# use) in bf16 and q8 — load time, RSS, tokens/s; f32 must be refused (see README)
+bench-large: deps $(BENCH_BIN)
+	$(Q)$(BUILD)/bench/bench_large $(BUILD)/bench-data $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 # run: lorad's main job on an embedded default (see README)
 run: deps $(BUILD)/lorad

@@ -13,3 +13,5 @@ echo "== engine"
 "$BUILD/bench/bench_engine" "$BUILD/bench-data" $Q
 echo "== decode step against batch size"
 "$BUILD/bench/bench_batch" "$BUILD/bench-data" $Q --tsv "$BUILD/bench-batch.tsv"
+echo "== base weights in f32, bf16, q8"
+"$BUILD/bench/bench_weights" "$BUILD/bench-data" $Q

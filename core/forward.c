@@ -1,9 +1,12 @@
 /* forward_batch: embedding → n_layers × (RMSNorm, attention, RMSNorm, SwiGLU) → norm →
- * lm_head, over the stacked rows of a batch of sequences. fp32 throughout. Matrix
- * products: decode-sized batches (<= SMALLMM_MAX_ROWS rows) by smallmm, base weights and
- * adapters together; larger batches by single-threaded OpenBLAS calls, one per share of
- * the output columns (base) or rows (adapters). Everything parallel runs on the engine's
- * own pool — OpenBLAS is set to one thread, so no second set of threads spins beside it.
+ * lm_head, over the stacked rows of a batch of sequences. Activations and sums in F32;
+ * the base matrices in the model's precision (F32, BF16 or Q8). Matrix products:
+ * decode-sized batches (<= SMALLMM_MAX_ROWS rows) by smallmm, base weights and adapters
+ * together, reading BF16/Q8 weights directly; larger batches by single-threaded OpenBLAS
+ * calls, one per share of the output columns (base; BF16/Q8 weights converted to F32 a
+ * block of rows at a time into the thread's buffer) or rows (adapters). Everything
+ * parallel runs on the engine's own pool — OpenBLAS is set to one thread, so no second set
+ * of threads spins beside it.
  * Attention and, for prompt-sized batches, the row-wise steps on the pool too;
  * everything else plain loops the compiler vectorizes. */
 #include "forward.h"
@@ -33,7 +36,8 @@ typedef struct {
  * share of the columns; or one run's adapter group, task k taking its share of the rows. */
 typedef struct {
     float *y;
-    const float *x, *w;
+    const float *x;
+    const wtensor *w;
     int n, in, out, tasks;
     /* adapter group */
     const variant_mix *mix;
@@ -51,6 +55,10 @@ typedef struct {
 
 #define ATTN_ROWS 4      /* query rows that share one pass over the keys */
 #define ATTN_TASK_ROWS 32 /* rows per task during prefill */
+/* Floats of one thread's conversion buffer (1 MB: the block of W it converts stays in L2
+ * while OpenBLAS reads it). */
+#define WBUF_FLOATS (256 * 1024)
+
 /* Below this many multiply-adds per layer, attention runs on the calling thread: waking a
  * worker costs more than it saves (a decode step of one sequence is ~1e5). */
 #define ATTN_INLINE_WORK 2e6
@@ -77,6 +85,8 @@ struct forward_ctx {
     smallmm_xmt small_xmt[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * (1 + VARIANT_MAX_TERMS)];
     smallmm_tb small_tb[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * VARIANT_MAX_TERMS];
     pool *pool;      /* the engine's own threads: attention */
+    float **wbuf;    /* per thread: [wbuf_floats] BF16/Q8 weights converted for OpenBLAS */
+    size_t wbuf_floats;
     float **scores;  /* per thread: [ATTN_ROWS, scores_cap] scores of a block of rows */
     size_t scores_cap;
     attn_task *tasks;/* [tasks_cap] (sequence, head, rows) units of attention work */
@@ -156,8 +166,14 @@ forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_erro
      * parallel. */
     openblas_set_num_threads(1);
     f->scores = calloc((size_t)nt, sizeof *f->scores);
-    if (!f->pool || !f->scores)
+    f->wbuf = calloc((size_t)nt, sizeof *f->wbuf);
+    if (!f->pool || !f->scores || !f->wbuf)
         goto oom;
+    f->wbuf_floats = WBUF_FLOATS > (size_t)wide ? WBUF_FLOATS : (size_t)wide;  /* >= a row */
+    if (m->weights != WT_F32)
+        for (int t = 0; t < nt; t++)
+            if (!(f->wbuf[t] = xmalloc_floats(f->wbuf_floats)))
+                goto oom;
     return f;
 oom:
     forward_free(f);
@@ -175,7 +191,11 @@ void forward_free(forward_ctx *f)
     if (f->scores && f->pool)
         for (int t = 0; t < pool_threads(f->pool); t++)
             free(f->scores[t]);
+    if (f->wbuf && f->pool)
+        for (int t = 0; t < pool_threads(f->pool); t++)
+            free(f->wbuf[t]);
     free(f->scores);
+    free(f->wbuf);
     pool_free(f->pool);
     free(f);
 }
@@ -204,23 +224,39 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, int d, floa
     }
 }
 
-/* Y [n, out] = X [n, in] · Wᵀ, W [out, in] row-major, by OpenBLAS (prefill-sized n). */
-/* Task k of a matmul: the k-th share of the output columns, split at multiples of 64. */
+/* Task k of a matmul: the k-th share of the output columns, split at multiples of 64.
+ * F32 weights go to OpenBLAS as they are; BF16/Q8 ones a block of rows at a time,
+ * converted into the thread's buffer (a GEMM's columns do not depend on each other, so
+ * the blocks' products are the whole product's). */
 static void matmul_task(void *ctx, int task, int thread)
 {
-    (void)thread;
-    const gemm_job *g = &((forward_ctx *)ctx)->gemm;
+    forward_ctx *f = ctx;
+    const gemm_job *g = &f->gemm;
     int blocks = (g->out + 63) / 64;
     int c0 = blocks * task / g->tasks * 64, c1 = blocks * (task + 1) / g->tasks * 64;
     if (c1 > g->out)
         c1 = g->out;
-    if (c0 < c1)
+    if (c0 >= c1)
+        return;
+    if (g->w->type == WT_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, c1 - c0, g->in, 1.0f, g->x,
-                    g->in, g->w + (size_t)c0 * g->in, g->in, 0.0f, g->y + c0, g->out);
+                    g->in, (const float *)g->w->data + (size_t)c0 * g->in, g->in, 0.0f,
+                    g->y + c0, g->out);
+        return;
+    }
+    int step = (int)(f->wbuf_floats / (size_t)g->in);  /* rows: as many as the buffer holds */
+    step = step > 256 ? 256 : step;
+    float *buf = f->wbuf[thread];
+    for (int r = c0; r < c1; r += step) {
+        int nr = c1 - r < step ? c1 - r : step;
+        wtensor_rows_f32(g->w, g->in, r, r + nr, buf);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, nr, g->in, 1.0f, g->x,
+                    g->in, buf, g->in, 0.0f, g->y + r, g->out);
+    }
 }
 
 /* Y [n, out] = X [n, in] · Wᵀ (prompt-sized n), one share of W's rows per thread. */
-static void matmul(forward_ctx *f, float *y, const float *x, const float *w, int n, int in,
+static void matmul(forward_ctx *f, float *y, const float *x, const wtensor *w, int n, int in,
                    int out)
 {
     f->gemm = (gemm_job){.y = y, .x = x, .w = w, .n = n, .in = in, .out = out,
@@ -264,14 +300,15 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
     smallmm_tb *tb = f->small_tb;
     for (int k = 0; k < n_ps; k++)
         for (int s = 0; s < n_seqs;) {
-            const float *w = variant_weight(m, seqs[s].merged, layer, ps[k]);
+            const wtensor *w = variant_weight(m, seqs[s].merged, layer, ps[k]);
             int e = s + 1;
-            while (e < n_seqs && variant_weight(m, seqs[e].merged, layer, ps[k]) == w)
+            while (e < n_seqs &&
+                   variant_weight(m, seqs[e].merged, layer, ps[k])->data == w->data)
                 e++;
             int r0 = f->row0[s], nr = f->row0[e] - r0;
             float *y = ys[k] + (size_t)r0 * outs[k];
             if (small)
-                xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, nr, w, outs[k], y, outs[k]};
+                xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, nr, *w, outs[k], y, outs[k]};
             else
                 matmul(f, y, x + (size_t)r0 * in, w, nr, in, outs[k]);
             s = e;
@@ -651,8 +688,8 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         int r0 = f->row0[s];
         f->row0[s + 1] = r0 + sq->n_tokens;
         for (int i = 0; i < sq->n_tokens; i++) {
-            memcpy(f->x + (size_t)(r0 + i) * c->hidden,
-                   m->embed + (size_t)sq->tokens[i] * c->hidden, sizeof(float) * c->hidden);
+            wtensor_rows_f32(&m->embed, c->hidden, sq->tokens[i], sq->tokens[i] + 1,
+                             f->x + (size_t)(r0 + i) * c->hidden);
             double pos = sq->kv->len + i;
             for (int j = 0; j < half; j++) {
                 double a = pos * f->inv_freq[j];
@@ -736,7 +773,7 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
             n_out++;
         }
     if (n_out > SMALLMM_MAX_ROWS)
-        matmul(f, logits, f->xn, m->lm_head, n_out, c->hidden, c->vocab_size);
+        matmul(f, logits, f->xn, &m->lm_head, n_out, c->hidden, c->vocab_size);
     else if (n_out)
         smallmm_xmt_run(f->pool, c->hidden, &(smallmm_xmt){f->xn, n_out, m->lm_head,
                                                             c->vocab_size, logits,

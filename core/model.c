@@ -1,4 +1,4 @@
-/* model_load: a Hugging Face model directory → read-only fp32 weights. */
+/* model_load: a Hugging Face model directory → read-only weights in one arena. */
 #include "model.h"
 
 #include <jansson.h>
@@ -142,24 +142,17 @@ static const char *tensor_file(const model *m, const st_tensor *t)
     return "?";
 }
 
-/* Needs conversion (not F32, or F32 not 4-byte aligned in the mapping). */
-/* Every weight is copied out of the file mapping into one anonymous arena (converted to
- * F32 on the way when it is F16/BF16): the arena is backed by transparent huge pages,
- * the page cache's mapping by 4 KB pages, and decode streams all the weights every step —
- * on 4 KB pages the hardware prefetchers stop at every page boundary and every page costs
- * a TLB miss (measured: decode read W' of a merged adapter, an anonymous copy, 48% faster
- * than the identical W in the file mapping). The page cache's copy is dropped by the
- * kernel as it needs the memory; RSS is the weights once. */
-static int needs_copy(const st_tensor *t)
-{
-    (void)t;
-    return 1;
-}
+/* Every weight is copied out of the file mapping into one anonymous arena (converted on
+ * the way when the precision changes): the arena is backed by transparent huge pages, the
+ * page cache's mapping by 4 KB pages, and decode streams all the weights every step — on
+ * 4 KB pages the hardware prefetchers stop at every page boundary and every page costs a
+ * TLB miss (measured: decode read W' of a merged adapter, an anonymous copy, 48% faster
+ * than the identical W in the file mapping). The files are unmapped once copied, so RSS
+ * is the weights once and a file changed under the daemon changes nothing. */
 
-/* Looks up a tensor and checks dtype + shape ([d0] or [d0, d1]); adds its converted size
- * to *convert_bytes when it cannot be used in place. */
+/* Looks up a tensor and checks dtype + shape ([d0] or [d0, d1]). */
 static int check_tensor(const model *m, const char *name, int64_t d0, int64_t d1,
-                        const st_tensor **out, size_t *convert_bytes, lr_error *err)
+                        const st_tensor **out, lr_error *err)
 {
     const st_tensor *t = find_tensor(m, name);
     if (!t)
@@ -182,41 +175,111 @@ static int check_tensor(const model *m, const char *name, int64_t d0, int64_t d1
                             "[%lld,%lld]", tensor_file(m, t), name, got, (long long)d0,
                             (long long)d1);
     }
-    if (needs_copy(t))
-        *convert_bytes += (size_t)t->numel * sizeof(float);
     *out = t;
     return 0;
 }
 
-/* Returns the fp32 data of a checked tensor: in place, or converted into the arena. */
-static const float *materialize(model *m, const st_tensor *t, lr_error *err)
+/* The tensor's precision in memory: vectors F32, matrices the model's. */
+static wt_type held_type(const model *m, const model_tensor *mt)
 {
-    if (!needs_copy(t))
-        return t->data;
-    float *dst = (float *)((char *)m->files->converted + m->files->converted_used);
-    if (st_tensor_to_f32(t, dst, err))
-        return NULL;
-    m->files->converted_used += (size_t)t->numel * sizeof(float);
-    return dst;
+    return mt->ndim == 2 ? m->weights : WT_F32;
 }
 
-/* Loader state for m->tensors[i]: where its fp32 pointer goes, and its file entry. */
+#define ARENA_ALIGN 64
+
+static size_t align_up(size_t n)
+{
+    return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+}
+
+/* Arena bytes of a tensor: its data, then (Q8) its scales, each 64-byte aligned. */
+static size_t held_bytes(wt_type t, const model_tensor *mt)
+{
+    int64_t rows = mt->shape[0], cols = mt->ndim == 2 ? mt->shape[1] : 1;
+    return align_up(wtensor_data_bytes(t, rows, cols)) +
+           align_up(wtensor_scale_bytes(t, rows, cols));
+}
+
+/* Rows converted per step when the precision changes (an F32 staging buffer this size
+ * instead of a whole embedding matrix: 2 GB for a 128k vocabulary). */
+#define CONVERT_ROWS 256
+
+/* Copies a checked tensor into the arena in the precision it is held in. */
+static int materialize(model *m, const st_tensor *t, model_tensor *mt, float *stage,
+                       lr_error *err)
+{
+    wt_type type = held_type(m, mt);
+    int64_t rows = mt->shape[0], cols = mt->ndim == 2 ? mt->shape[1] : 1;
+    char *dst = (char *)m->files->converted + m->files->converted_used;
+    float *scale = type == WT_Q8 ? (float *)(dst + align_up(wtensor_data_bytes(type, rows,
+                                                                               cols)))
+                                 : NULL;
+    m->files->converted_used += held_bytes(type, mt);
+    mt->data = (wtensor){type, dst, scale};
+    if (type == WT_F32)
+        return st_tensor_to_f32(t, (float *)dst, err);
+    if (type == WT_BF16 && t->dtype == ST_BF16) {
+        memcpy(dst, t->data, t->nbytes);
+        return 0;
+    }
+    size_t esize = st_dtype_size(t->dtype);
+    for (int64_t r0 = 0; r0 < rows; r0 += CONVERT_ROWS) {
+        int64_t n = rows - r0 < CONVERT_ROWS ? rows - r0 : CONVERT_ROWS;
+        st_tensor part = *t;
+        part.data = (const char *)t->data + (size_t)r0 * cols * esize;
+        part.numel = n * cols;
+        part.nbytes = (size_t)part.numel * esize;
+        if (st_tensor_to_f32(&part, stage, err))
+            return -1;
+        wtensor_from_f32(type, stage, n, cols,
+                         dst + wtensor_data_bytes(type, r0, cols),
+                         scale ? scale + (size_t)r0 * wtensor_q8_blocks(cols) : NULL);
+    }
+    return 0;
+}
+
+/* Bytes the kernel could give us now (MemAvailable: free memory and reclaimable caches),
+ * or -1 when it does not say. Refusing a model larger than that up front beats the OOM
+ * killer finding it half-copied. */
+static long long mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+wt_type model_default_weights(const char *dtype)
+{
+    return strcmp(dtype, "BF16") == 0 ? WT_BF16 : WT_F32;
+}
+
+/* Loader state for m->tensors[i]: where its pointer goes, and its file entry. */
 typedef struct {
-    const float **dst;
+    wtensor *wdst;          /* matrices */
+    const float **fdst;     /* vectors */
     const st_tensor *t;
 } wanted;
 
 model *model_load(const char *dir, lr_error *err)
 {
-    return model_load_progress(dir, NULL, NULL, err);
+    return model_load_with(dir, NULL, err);
 }
 
-model *model_load_progress(const char *dir, model_progress_fn progress_fn, void *user,
-                           lr_error *err)
+model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *err)
 {
-    progress pr = {progress_fn, user};
+    model_load_opts defaults = {MODEL_WEIGHTS_AUTO, NULL, NULL};
+    const model_load_opts *o = opts ? opts : &defaults;
+    progress pr = {o->progress, o->user};
     model *m = calloc(1, sizeof *m);
     wanted *want = NULL;
+    float *stage = NULL;
     if (!m || !(m->files = calloc(1, sizeof *m->files))) {
         lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
         goto fail;
@@ -265,8 +328,8 @@ model *model_load_progress(const char *dir, model_progress_fn progress_fn, void 
     }
     size_t n = 0;
     /* Every tensor the model reads, in one table (m->tensors) that checking, loading and
-     * `lorad merge` walk alike. d1 < 0 for vectors. */
-#define WANT(ptr, layer_, proj_, d0_, d1_, ...)                                        \
+     * `lorad merge` walk alike. d1 < 0 for vectors (fdst), matrices go to wdst. */
+#define WANT(wdst_, fdst_, layer_, proj_, d0_, d1_, ...)                               \
     do {                                                                               \
         model_tensor *mt = &m->tensors[n];                                             \
         snprintf(mt->name, sizeof mt->name, __VA_ARGS__);                              \
@@ -275,84 +338,119 @@ model *model_load_progress(const char *dir, model_progress_fn progress_fn, void 
         mt->shape[1] = (d1_) < 0 ? 0 : (d1_);                                          \
         mt->layer = (layer_);                                                          \
         mt->proj = (proj_);                                                            \
-        want[n].dst = (ptr);                                                           \
+        want[n].wdst = (wdst_);                                                        \
+        want[n].fdst = (fdst_);                                                        \
         n++;                                                                           \
     } while (0)
-    WANT(&m->embed, -1, -1, c->vocab_size, c->hidden, "model.embed_tokens.weight");
-    WANT(&m->norm, -1, -1, c->hidden, -1, "model.norm.weight");
+    WANT(&m->embed, NULL, -1, -1, c->vocab_size, c->hidden, "model.embed_tokens.weight");
+    WANT(NULL, &m->norm, -1, -1, c->hidden, -1, "model.norm.weight");
     if (!c->tie_embeddings)
-        WANT(&m->lm_head, -1, -1, c->vocab_size, c->hidden, "lm_head.weight");
+        WANT(&m->lm_head, NULL, -1, -1, c->vocab_size, c->hidden, "lm_head.weight");
     for (int l = 0; l < c->n_layers; l++) {
         model_layer *L = &m->layers[l];
-        WANT(&L->attn_norm, l, -1, c->hidden, -1, "model.layers.%d.input_layernorm.weight", l);
-        WANT(&L->ffn_norm, l, -1, c->hidden, -1,
+        WANT(NULL, &L->attn_norm, l, -1, c->hidden, -1,
+             "model.layers.%d.input_layernorm.weight", l);
+        WANT(NULL, &L->ffn_norm, l, -1, c->hidden, -1,
              "model.layers.%d.post_attention_layernorm.weight", l);
         for (int p = 0; p < PROJ_COUNT; p++) {
             int out, in;
             model_config_proj_shape(c, (model_proj)p, &out, &in);
             char name[128];
-            WANT(&L->w[p], l, p, out, in, "%s",
+            WANT(&L->w[p], NULL, l, p, out, in, "%s",
                  model_tensor_name(l, (model_proj)p, name, sizeof name));
         }
         if (c->qkv_bias)
             for (int p = 0; p < 3; p++) {
                 int out, in;
                 model_config_proj_shape(c, (model_proj)p, &out, &in);
-                WANT(&L->bias[p], l, -1, out, -1, "model.layers.%d.self_attn.%s.bias", l,
-                     model_proj_name((model_proj)p));
+                WANT(NULL, &L->bias[p], l, -1, out, -1, "model.layers.%d.self_attn.%s.bias",
+                     l, model_proj_name((model_proj)p));
             }
     }
 #undef WANT
     m->n_tensors = (int)n;
 
-    size_t convert = 0;
     int dtypes = 0;  /* bit per dtype seen */
-    int n_convert = 0;
     for (size_t i = 0; i < n; i++) {
         const model_tensor *mt = &m->tensors[i];
         if (check_tensor(m, mt->name, mt->shape[0], mt->ndim == 1 ? -1 : mt->shape[1],
-                         &want[i].t, &convert, err))
+                         &want[i].t, err))
             goto fail;
         dtypes |= 1 << want[i].t->dtype;
-        n_convert += needs_copy(want[i].t);
-        m->weight_bytes += (size_t)want[i].t->numel * sizeof(float);
     }
     snprintf(m->dtype, sizeof m->dtype, "%s",
              dtypes == 1 << ST_F32 ? "F32" : dtypes == 1 << ST_F16 ? "F16"
              : dtypes == 1 << ST_BF16 ? "BF16" : "mixed");
+    if (o->weights != MODEL_WEIGHTS_AUTO && o->weights != WT_F32 && o->weights != WT_BF16 &&
+        o->weights != WT_Q8) {
+        lr_error_set(err, LR_EINVAL, "%s: unknown weight precision %d", dir, o->weights);
+        goto fail;
+    }
+    m->weights = o->weights == MODEL_WEIGHTS_AUTO ? model_default_weights(m->dtype)
+                                                  : (wt_type)o->weights;
 
-    if (convert) {
-        void *arena = mmap(NULL, convert, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                           -1, 0);
-        if (arena == MAP_FAILED) {
-            lr_error_set(err, LR_ENOMEM, "%s: cannot allocate %zu MB for converted weights",
-                         dir, convert >> 20);
-            goto fail;
-        }
-        madvise(arena, convert, MADV_HUGEPAGE);   /* optional: fewer TLB misses */
-        m->files->converted = arena;
-        m->files->converted_cap = convert;
-    }
-    int converted = 0;
+    size_t arena = 0;
+    int64_t max_cols = 1;
     for (size_t i = 0; i < n; i++) {
-        *want[i].dst = m->tensors[i].data = materialize(m, want[i].t, err);
-        if (!*want[i].dst)
-            goto fail;
-        if (needs_copy(want[i].t))
-            report(&pr, "tensors converted", ++converted, n_convert);
+        const model_tensor *mt = &m->tensors[i];
+        wt_type t = held_type(m, mt);
+        int64_t cols = mt->ndim == 2 ? mt->shape[1] : 1;
+        arena += held_bytes(t, mt);
+        m->weight_bytes += wtensor_data_bytes(t, mt->shape[0], cols) +
+                           wtensor_scale_bytes(t, mt->shape[0], cols);
+        if (mt->ndim == 2 && mt->shape[1] > max_cols)
+            max_cols = mt->shape[1];
     }
-    if (convert && mprotect(m->files->converted, convert, PROT_READ) != 0) {
-        lr_error_set(err, LR_EIO, "%s: mprotect of converted weights failed", dir);
+    long long avail = mem_available();
+    if (avail >= 0 && arena > (unsigned long long)avail) {
+        lr_error_set(err, LR_ENOMEM, "%s: the weights need %zu MB as %s, the machine has %lld MB "
+                     "available%s", dir, arena >> 20, wtensor_type_name(m->weights),
+                     avail >> 20, m->weights == WT_Q8 ? "" : " (try --weights q8, 1.125 "
+                     "bytes per weight)");
+        goto fail;
+    }
+    void *mem = mmap(NULL, arena, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        lr_error_set(err, LR_ENOMEM, "%s: cannot allocate %zu MB for the weights", dir,
+                     arena >> 20);
+        goto fail;
+    }
+    madvise(mem, arena, MADV_HUGEPAGE);   /* optional: fewer TLB misses */
+    m->files->converted = mem;
+    m->files->converted_cap = arena;
+    if (m->weights != WT_F32 &&
+        !(stage = malloc((size_t)CONVERT_ROWS * (size_t)max_cols * sizeof(float)))) {
+        lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        model_tensor *mt = &m->tensors[i];
+        if (materialize(m, want[i].t, mt, stage, err))
+            goto fail;
+        if (want[i].wdst)
+            *want[i].wdst = mt->data;
+        else
+            *want[i].fdst = mt->data.data;
+        report(&pr, "tensors converted", (int)i + 1, (int)n);
+    }
+    if (mprotect(mem, arena, PROT_READ) != 0) {
+        lr_error_set(err, LR_EIO, "%s: mprotect of the weights failed", dir);
         goto fail;
     }
     if (c->tie_embeddings)
         m->lm_head = m->embed;
+    /* Everything is copied: the files' mappings would only hold page cache in RSS. */
+    for (int i = 0; i < m->files->n; i++)
+        safetensors_close(m->files->st[i]);
+    m->files->n = 0;
+    free(stage);
     free(want);
-    log_info("loaded %s: %s, %d layers, hidden %d, %zu MB of fp32 weights (%s, %d file%s)",
-             dir, c->arch_name, c->n_layers, c->hidden, m->weight_bytes >> 20, m->dtype,
-             m->n_shards, m->n_shards == 1 ? "" : "s");
+    log_info("loaded %s: %s, %d layers, hidden %d, %zu MB of weights (%s held as %s, "
+             "%d file%s)", dir, c->arch_name, c->n_layers, c->hidden, m->weight_bytes >> 20,
+             m->dtype, wtensor_type_name(m->weights), m->n_shards, m->n_shards == 1 ? "" : "s");
     return m;
 fail:
+    free(stage);
     free(want);
     model_free(m);
     return NULL;

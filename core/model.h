@@ -1,7 +1,8 @@
 /* model: the frozen base weights of a Hugging Face Llama-family checkpoint.
- * Every weight is fp32 in memory that is mapped read-only: F32 tensors point straight
- * into the safetensors mapping, F16/BF16 ones are converted once at load into an
- * anonymous mapping that is then mprotect()ed read-only. A stray write crashes. */
+ * The matrices (projections, embeddings, lm_head) are held in one precision — F32, BF16 or
+ * Q8 (wtensor.h), the checkpoint's own by default — and the vectors (norms, biases) in F32,
+ * all copied once at load into one anonymous mapping on huge pages that is then
+ * mprotect()ed read-only. A stray write crashes. */
 #ifndef LORAD_MODEL_H
 #define LORAD_MODEL_H
 
@@ -10,10 +11,11 @@
 
 #include "config.h"
 #include "error.h"
+#include "wtensor.h"
 
 typedef struct {
     const float *attn_norm;      /* [hidden] input_layernorm */
-    const float *w[PROJ_COUNT];  /* [out, in] row-major per model_config_proj_shape */
+    wtensor w[PROJ_COUNT];       /* [out, in] row-major per model_config_proj_shape */
     const float *bias[3];        /* q/k/v biases [out] (Qwen2), NULL otherwise */
     const float *ffn_norm;       /* [hidden] post_attention_layernorm */
 } model_layer;
@@ -24,7 +26,8 @@ typedef struct {
     char name[128];        /* Hugging Face name, e.g. "model.layers.3.self_attn.q_proj.weight" */
     int ndim;              /* 1 or 2 */
     int64_t shape[2];      /* [out, in] for matrices, [n] for vectors */
-    const float *data;     /* fp32, read-only, owned by the model */
+    wtensor data;          /* read-only, owned by the model: F32 for vectors, the model's
+                            * precision (model.weights) for matrices */
     int layer;             /* decoder layer, or -1 (embeddings, final norm, lm_head) */
     int proj;              /* model_proj of a projection weight, -1 for anything else */
 } model_tensor;
@@ -33,12 +36,13 @@ typedef struct model_files model_files;  /* mappings owned by the model (private
 
 typedef struct {
     model_config cfg;
-    const float *embed;    /* [vocab, hidden] embed_tokens */
-    const float *lm_head;  /* [vocab, hidden]; == embed when embeddings are tied */
+    wtensor embed;         /* [vocab, hidden] embed_tokens */
+    wtensor lm_head;       /* [vocab, hidden]; the same data as embed when tied */
     const float *norm;     /* [hidden] final norm */
     model_layer *layers;   /* [n_layers] */
-    size_t weight_bytes;   /* fp32 bytes of all distinct weights (what decode reads) */
+    size_t weight_bytes;   /* bytes of all distinct weights as held (what decode reads) */
     char dtype[8];         /* dtype of the checkpoint's weights: "F32", "F16", "BF16", "mixed" */
+    wt_type weights;       /* precision the matrices are held in */
     int n_shards;          /* number of safetensors files */
     char dir[4096];
     model_tensor *tensors; /* [n_tensors] every tensor read from the checkpoint */
@@ -54,14 +58,27 @@ typedef struct {
 model *model_load(const char *dir, lr_error *err);
 
 /* Told how far a load has come: done of total files mapped (what = "files"), then done of
- * total tensors converted to fp32 (what = "tensors converted", F16/BF16 checkpoints only,
+ * total tensors copied (what = "tensors converted": converted where the precision changes,
  * the slow part). Called on the loading thread, done rising to total. */
 typedef void (*model_progress_fn)(void *user, const char *what, int done, int total);
 
-/* model_load, reporting its progress to progress(user, ...) (NULL: none), for a daemon
- * whose supervisor shows it (systemd's STATUS=). */
-model *model_load_progress(const char *dir, model_progress_fn progress, void *user,
-                           lr_error *err);
+/* The matrices' precision when loading: the checkpoint's own (BF16 stays BF16; F32 stays
+ * F32; F16 becomes F32, which holds every F16 value exactly — BF16 has 3 fewer mantissa
+ * bits, so F16 → BF16 would round; ask for bf16 to have it), or one of wt_type. */
+#define MODEL_WEIGHTS_AUTO (-1)
+
+typedef struct {
+    int weights;                /* MODEL_WEIGHTS_AUTO or a wt_type */
+    model_progress_fn progress; /* NULL: none */
+    void *user;                 /* passed to progress */
+} model_load_opts;
+
+/* model_load with options (NULL: the defaults), reporting progress for a daemon whose
+ * supervisor shows it (systemd's STATUS=). */
+model *model_load_with(const char *dir, const model_load_opts *o, lr_error *err);
+
+/* Which precision MODEL_WEIGHTS_AUTO picks for a checkpoint of dtype ("F32", "BF16", ...). */
+wt_type model_default_weights(const char *dtype);
 
 /* Unmaps and frees everything; accepts NULL. */
 void model_free(model *m);

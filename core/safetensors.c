@@ -753,7 +753,7 @@ static int plan_write(const char *shown, const st_write_tensor *ts, int n,
         if (numel > 0 && !t->data)
             return lr_error_set(err, LR_EINVAL, "%s: tensor '%s': data is NULL for %lld "
                                                 "elements", shown, nm, (long long)numel);
-        nbytes[i] = numel * 4;
+        nbytes[i] = numel * (t->bf16 ? 2 : 4);
         int64_t b = (off + 7) & ~(int64_t)7;
         if (b < off || b > INT64_MAX - nbytes[i])
             return lr_error_set(err, LR_EINVAL, "%s: data section size overflows", shown);
@@ -810,7 +810,8 @@ static int build_header(const char *shown, const st_write_tensor *ts, int n,
                 goto nomem;
             }
         /* "o" steals shape, also when json_pack fails. */
-        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape", shape,
+        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", t->bf16 ? "BF16" : "F32",
+                              "shape", shape,
                               "data_offsets", (json_int_t)begins[i],
                               (json_int_t)(begins[i] + nbytes[i]));
         if (!e)

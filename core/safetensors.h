@@ -62,15 +62,17 @@ int st_tensor_to_f32(const st_tensor *t, float *dst, lr_error *err);
 float st_f16_to_f32(uint16_t h);
 float st_bf16_to_f32(uint16_t b);
 
-/* One tensor to write: F32 data, row-major, borrowed from the caller. */
+/* One tensor to write: row-major data borrowed from the caller, F32 floats or, with bf16
+ * set, BF16 (uint16_t upper halves of F32). */
 typedef struct {
     const char *name;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    const float *data;
+    const void *data;
+    int bf16;
 } st_write_tensor;
 
-/* Writes an F32 safetensors file atomically: to "path.tmp.<pid>", fsync, rename over
+/* Writes a safetensors file (F32 and BF16 tensors) atomically: to "path.tmp.<pid>", fsync, rename over
  * path, fsync the directory. metadata may be NULL or a NULL-terminated list of
  * key, value, key, value, ... strings. Tensors are written in the order given, each
  * aligned to 8 bytes in the data section. On error nothing is left at path. */

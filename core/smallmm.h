@@ -8,6 +8,8 @@
 #ifndef LORAD_SMALLMM_H
 #define LORAD_SMALLMM_H
 
+#include "wtensor.h"
+
 struct pool;
 
 /* Most activation rows forward() sends here (decode batches of up to 64 sequences, short
@@ -16,11 +18,12 @@ struct pool;
  * few hundred rows. */
 #define SMALLMM_MAX_ROWS 64
 
-/* Y [n, rows] (row stride ldy) = X [n, in] (row stride in) · Mᵀ, M [rows, in] row-major. */
+/* Y [n, rows] (row stride ldy) = X [n, in] (row stride in) · Mᵀ, M [rows, in] row-major
+ * in F32, BF16 or Q8 (products in F32 on the dequantized weights). */
 typedef struct {
     const float *x;
     int n;            /* >= 1 */
-    const float *m;
+    wtensor m;
     int rows;
     float *y;
     int ldy;
@@ -45,5 +48,28 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
 /* Computes every product, the columns of each split evenly over the pool's threads (p
  * NULL: on the caller). Engine thread. */
 void smallmm_tb_run(struct pool *p, const smallmm_tb *jobs, int n_jobs);
+
+/* The kernel families, each for an instruction set; SMALLMM_AUTO picks the best this CPU
+ * runs (or the one named by the environment variable LORAD_ISA, when the CPU runs it). */
+typedef enum {
+    SMALLMM_AUTO = -1,
+    SMALLMM_PORTABLE = 0,  /* plain C with vector extensions, the compiler's baseline ISA */
+    SMALLMM_AVX2,          /* AVX2 + FMA, 8-float vectors */
+    SMALLMM_AVX512,        /* AVX-512 F/BW/DQ/VL, 16-float vectors */
+} smallmm_isa;
+
+/* 1 when this CPU (and this build) can run isa. Thread-safe. */
+int smallmm_isa_supported(smallmm_isa isa);
+
+/* Chooses the kernels every later product uses (tests and benchmarks force each in turn);
+ * -1 when the CPU cannot run them (nothing changes). Call with no product running. */
+int smallmm_set_isa(smallmm_isa isa);
+
+/* The kernels in use (chosen on first use when nobody set them). */
+smallmm_isa smallmm_get_isa(void);
+
+/* "portable", "avx2", "avx512" ("auto" for SMALLMM_AUTO); parse: -1 for anything else. */
+const char *smallmm_isa_name(smallmm_isa isa);
+int smallmm_isa_parse(const char *s, smallmm_isa *isa);
 
 #endif

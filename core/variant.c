@@ -33,14 +33,22 @@ int variant_mix_cmp(const variant_mix *a, const variant_mix *b)
     return 0;
 }
 
-const float *variant_weight(const model *m, const variant *v, int layer, model_proj p)
+const wtensor *variant_weight(const model *m, const variant *v, int layer, model_proj p)
 {
-    if (v) {
-        const float *w = v->w[layer * PROJ_COUNT + p];
-        if (w)
-            return w;
-    }
-    return m->layers[layer].w[p];
+    if (v && v->w[layer * PROJ_COUNT + p].data)
+        return &v->w[layer * PROJ_COUNT + p];
+    return &m->layers[layer].w[p];
+}
+
+static size_t align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+/* Arena bytes of one W' [out, in] in precision t: data, then scales, 64-byte aligned. */
+static size_t merged_bytes(wt_type t, int out, int in)
+{
+    return align64(wtensor_data_bytes(t, out, in)) + align64(wtensor_scale_bytes(t, out, in));
 }
 
 /* Whether any term of the mix has a LoRA matrix on (layer, p). */
@@ -68,6 +76,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                              lr_error *err)
 {
     const model_config *c = &m->cfg;
+    float *f32 = NULL;  /* [out, in] staging for BF16 / Q8 */
     variant *v = calloc(1, sizeof *v);
     if (!v || !(v->w = calloc((size_t)c->n_layers * PROJ_COUNT, sizeof *v->w))) {
         lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
@@ -82,13 +91,16 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
         }
 
     /* First pass: which matrices are touched, and how much memory W' needs. */
-    size_t total = 0;
+    size_t total = 0, stage = 0;
+    wt_type type = m->weights;
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
             if (mix_touches(mix, l, (model_proj)p)) {
                 int out, in;
                 model_config_proj_shape(c, (model_proj)p, &out, &in);
-                total += (size_t)out * in * sizeof(float);
+                total += merged_bytes(type, out, in);
+                if ((size_t)out * in > stage)
+                    stage = (size_t)out * in;
             }
         }
     v->bytes = total;
@@ -101,9 +113,14 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     }
     v->arena = arena;
     v->arena_bytes = total;
+    /* BF16 / Q8: the sum is made in F32 in a staging matrix, then rounded once. */
+    if (type != WT_F32 && !(f32 = malloc(stage * sizeof(float)))) {
+        lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
+        goto fail;
+    }
 
     /* Second pass: W' = W, then W' += (weight·s) B A per term. */
-    float *dst = arena;
+    char *next = arena;
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
             if (!mix_touches(mix, l, (model_proj)p))
@@ -111,7 +128,9 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
             int out, in;
             model_config_proj_shape(c, (model_proj)p, &out, &in);
             double t0 = duty < 1.0 ? mono_seconds() : 0;
-            memcpy(dst, m->layers[l].w[p], (size_t)out * in * sizeof(float));
+            const wtensor *w = &m->layers[l].w[p];
+            float *dst = type == WT_F32 ? (float *)next : f32;
+            wtensor_rows_f32(w, in, 0, out, dst);
             for (int i = 0; i < mix->n; i++) {
                 const lora_matrix *lm = lora_weights_get(mix->t[i].w, l, (model_proj)p);
                 if (lm->r == 0)
@@ -121,8 +140,13 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                             mix->t[i].weight * lm->scale, lm->bt, out, lm->a, in, 1.0f, dst,
                             in);
             }
-            v->w[l * PROJ_COUNT + p] = dst;
-            dst += (size_t)out * in;
+            float *scale = NULL;
+            if (type == WT_Q8)
+                scale = (float *)(next + align64(wtensor_data_bytes(type, out, in)));
+            if (type != WT_F32)
+                wtensor_from_f32(type, f32, out, in, next, scale);
+            v->w[l * PROJ_COUNT + p] = (wtensor){type, next, scale};
+            next += merged_bytes(type, out, in);
             if (duty < 1.0) {
                 /* busy for t, then idle t·(1 − duty)/duty: on average a core's duty */
                 double idle = (mono_seconds() - t0) * (1.0 - duty) / duty;
@@ -134,8 +158,10 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
         lr_error_set(err, LR_EIO, "mprotect of merged weights failed");
         goto fail;
     }
+    free(f32);
     return v;
 fail:
+    free(f32);
     variant_free(v);
     return NULL;
 }
@@ -164,7 +190,7 @@ int variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, 
                 continue;
             float *t = *scratch;
             *scratch += (size_t)n * lm->r;
-            xa[k] = (smallmm_xmt){x, n, lm->a, lm->r, t, lm->r};
+            xa[k] = (smallmm_xmt){x, n, {WT_F32, lm->a, NULL}, lm->r, t, lm->r};
             tb[k] = (smallmm_tb){t, lm->r, n, lm->bt, lm->r, outs[g],
                                  mix->t[i].weight * lm->scale, ys[g]};
             k++;

@@ -24,10 +24,12 @@ typedef struct {
     variant_term t[VARIANT_MAX_TERMS];
 } variant_mix;
 
-/* Merged weights: W' for every (layer, proj) some term touches, NULL elsewhere (use W). */
+/* Merged weights: W' for every (layer, proj) some term touches, in the base's precision
+ * (model.weights: the F32 sum rounded once to BF16 / requantized to Q8 with fresh
+ * scales), data NULL elsewhere (use W). */
 typedef struct {
     int n_layers;
-    const float **w;   /* [n_layers * PROJ_COUNT], each [out, in] row-major or NULL */
+    wtensor *w;        /* [n_layers * PROJ_COUNT], each [out, in] row-major */
     size_t bytes;      /* bytes of all W' */
     void *arena;       /* one read-only mapping holding every W' (private) */
     size_t arena_bytes;
@@ -42,8 +44,8 @@ int variant_mix_cmp(const variant_mix *a, const variant_mix *b);
 /* Largest rank over all terms (scratch sizing: variant_scratch_floats). */
 int variant_mix_max_rank(const variant_mix *mix);
 
-/* Builds W' = W + Σ weight·s·B A for every targeted matrix (one sgemm each), in memory
- * that is made read-only once written. Returns a new variant owned by the caller
+/* Builds W' = W + Σ weight·s·B A for every targeted matrix (one sgemm each, in F32 on
+ * the dequantized W), in memory that is made read-only once written. Returns a new variant owned by the caller
  * (variant_free); on error returns NULL and fills err. Costs 2·r·in·out flops per matrix.
  * Thread-safe (reads the model and the adapters only). */
 variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err);
@@ -55,7 +57,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
 void variant_free(variant *v);  /* accepts NULL */
 
 /* Weight to use for (layer, p): W' when v has one, else the base W. v may be NULL. */
-const float *variant_weight(const model *m, const variant *v, int layer, model_proj p);
+const wtensor *variant_weight(const model *m, const variant *v, int layer, model_proj p);
 
 /* Floats of scratch the on-the-fly functions below need for batches of up to max_rows
  * rows (all runs of sequences using mix together). */

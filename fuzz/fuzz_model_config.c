@@ -76,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 int out = cfg.hidden, in = 0;
                 if (t->proj >= 0)
                     model_config_proj_shape(&cfg, (model_proj)t->proj, &out, &in);
-                FUZZ_CHECK(t->data && (t->proj < 0 || (t->ndim == 2 && t->shape[0] == out &&
+                FUZZ_CHECK(t->data.data && (t->proj < 0 || (t->ndim == 2 && t->shape[0] == out &&
                                                         t->shape[1] == in)),
                            "tensor %s shape", t->name);
             }

@@ -31,6 +31,7 @@ typedef struct {
     const char *chat_template;    /* NULL: the model's tokenizer_config.json */
     int max_loaded;
     int max_rank;
+    int weights;                  /* MODEL_WEIGHTS_AUTO (the checkpoint's) or a wt_type */
     int merge;                    /* registry_merge: never, always, auto */
     long merge_budget_mb;         /* --merge auto's W' memory; 0: room for one */
     int ctx;                      /* 0: the model's max_position_embeddings */

@@ -29,9 +29,10 @@ static const char usage[] =
     "                 (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]\n"
     "                 [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
     "                 [--logprobs K] [--stop STR]... [--ignore-eos] [--max-rank R]\n"
-    "                 [--json] [-v]\n"
+    "                 [--weights f32|bf16|q8] [--json] [-v]\n"
     "  lorad inspect PATH          model dir or adapter dir: JSON description\n"
     "  lorad merge --model DIR --adapter PATH[:WEIGHT]... --out DIR [--max-rank R]\n"
+    "              [--weights f32|bf16]\n"
     "  lorad serve --model DIR [options]   the OpenAI-compatible daemon (lorad serve --help)\n";
 
 static int fail(const char *what, const lr_error *err)
@@ -141,6 +142,7 @@ typedef struct {
     int json;
     const char *out_dir;
     long max_rank;
+    int weights;      /* MODEL_WEIGHTS_AUTO or a wt_type */
 } cli_args;
 
 /* Parses the options shared by generate and merge. Returns 0, or an exit code. */
@@ -150,6 +152,7 @@ static int parse_args(int argc, char **argv, cli_args *a, int is_merge)
     a->max_tokens = 64;
     a->sp.top_p = 1.0f;
     a->max_rank = peft_options_default().max_rank;
+    a->weights = MODEL_WEIGHTS_AUTO;
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         int has = i + 1 < argc;
@@ -183,6 +186,15 @@ static int parse_args(int argc, char **argv, cli_args *a, int is_merge)
         } else if (strcmp(o, "--max-rank") == 0) {
             if (parse_long(v, 1, 1 << 16, &a->max_rank))
                 return bad_arg("--max-rank must be a positive integer, got '%s'", v);
+        } else if (strcmp(o, "--weights") == 0) {
+            wt_type t;
+            if (wtensor_type_parse(v, &t))
+                return bad_arg("--weights must be f32, bf16 or q8, got '%s'", v);
+            /* a safetensors file has no 8-bit block format Hugging Face loaders read */
+            if (is_merge && t == WT_Q8)
+                return bad_arg("merge writes f32 or bf16 (safetensors has no q8 format "
+                               "transformers reads), got '%s'", v);
+            a->weights = (int)t;
         } else if (is_merge && strcmp(o, "--out") == 0) {
             a->out_dir = v;
         } else if (is_merge) {
@@ -290,7 +302,7 @@ static int cmd_generate(int argc, char **argv)
     int n_ids = 0;
     rc = 1;
 
-    if (!(m = model_load(a.model_dir, &err)))
+    if (!(m = model_load_with(a.model_dir, &(model_load_opts){a.weights, NULL, NULL}, &err)))
         goto out_err;
     char tpath[4096 + 32];
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", a.model_dir);
@@ -431,6 +443,7 @@ static int cmd_inspect(int argc, char **argv)
         json_object_set_new(o, "path", json_string(path));
         json_object_set_new(o, "architecture", json_string(c->arch_name));
         json_object_set_new(o, "dtype", json_string(m->dtype));
+        json_object_set_new(o, "weights", json_string(wtensor_type_name(m->weights)));
         json_object_set_new(o, "files", json_integer(m->n_shards));
         json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
         json_object_set_new(o, "hidden_size", json_integer(c->hidden));
@@ -510,7 +523,8 @@ static int cmd_merge(int argc, char **argv)
     st_write_tensor *tw = NULL;
     json_t *cfg = NULL;
     rc = 1;
-    if (!(m = model_load(a.model_dir, &err)) || adapters_load(&a, m, &la, &err) ||
+    if (!(m = model_load_with(a.model_dir, &(model_load_opts){a.weights, NULL, NULL}, &err)) ||
+        adapters_load(&a, m, &la, &err) ||
         !(v = variant_merge(m, &la.mix, &err)))
         goto out_err;
     if (mkdir(a.out_dir, 0755) != 0 && errno != EEXIST) {
@@ -531,22 +545,25 @@ static int cmd_merge(int argc, char **argv)
         tw[i].ndim = mt->ndim;
         tw[i].shape[0] = mt->shape[0];
         tw[i].shape[1] = mt->shape[1];
-        tw[i].data = mt->proj >= 0 ? variant_weight(m, v, mt->layer, (model_proj)mt->proj)
-                                   : mt->data;
+        const wtensor *w = mt->proj < 0 ? &mt->data
+                                        : variant_weight(m, v, mt->layer, (model_proj)mt->proj);
+        tw[i].data = w->data;
+        tw[i].bf16 = w->type == WT_BF16;
     }
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/model.safetensors", a.out_dir);
     const char *meta[] = {"format", "pt", NULL};
     if (safetensors_write(path, tw, n, meta, &err))
         goto out_err;
-    /* config.json with torch_dtype float32; the other files verbatim. */
+    /* config.json with the torch_dtype written; the other files verbatim. */
     snprintf(path, sizeof path, "%s/config.json", a.model_dir);
     json_error_t je;
     if (!(cfg = json_load_file(path, 0, &je))) {
         lr_error_set(&err, LR_EINVAL, "%s: %s", path, je.text);
         goto out_err;
     }
-    json_object_set_new(cfg, "torch_dtype", json_string("float32"));
+    json_object_set_new(cfg, "torch_dtype",
+                        json_string(m->weights == WT_BF16 ? "bfloat16" : "float32"));
     snprintf(path, sizeof path, "%s/config.json", a.out_dir);
     if (json_dump_file(cfg, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) {
         lr_error_set(&err, LR_EIO, "%s: write failed", path);
@@ -578,7 +595,7 @@ enum {
     OPT_MODEL = 256, OPT_NAME, OPT_ADAPTER_DIR, OPT_HOST, OPT_PORT, OPT_KEY, OPT_MAX_LOADED,
     OPT_MAX_RANK, OPT_MERGE, OPT_MERGE_BUDGET, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
     OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP,
-    OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB, OPT_TEST_STALL
+    OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB, OPT_TEST_STALL, OPT_WEIGHTS
 };
 
 static const struct {
@@ -588,6 +605,8 @@ static const struct {
 } serve_flags[] = {
     {{"model", required_argument, NULL, OPT_MODEL}, "DIR",
      "Hugging Face model directory (required)"},
+    {{"weights", required_argument, NULL, OPT_WEIGHTS}, "f32|bf16|q8",
+     "precision the base matrices are held in (default: the checkpoint's; F16 becomes f32)"},
     {{"served-model-name", required_argument, NULL, OPT_NAME}, "NAME",
      "id of the base model in the API (default: the directory's name)"},
     {{"adapter-dir", required_argument, NULL, OPT_ADAPTER_DIR}, "DIR",
@@ -696,6 +715,16 @@ static int serve_flag(serve_options *o, serve_extra *x, int c, const char *v)
     int bad = 0;
     switch (c) {
     case OPT_MODEL: o->model_dir = v; break;
+    case OPT_WEIGHTS: {
+        wt_type t;
+        if (wtensor_type_parse(v, &t)) {
+            fprintf(stderr, "lorad serve: --weights must be f32, bf16 or q8\n");
+            bad = 1;
+        } else {
+            o->weights = (int)t;
+        }
+        break;
+    }
     case OPT_NAME: o->served_name = v; break;
     case OPT_ADAPTER_DIR: o->adapter_dir = v; break;
     case OPT_HOST: o->host = v; break;

@@ -35,7 +35,7 @@ serve_options serve_options_default(void)
         .host = "127.0.0.1", .port = 8080, .max_loaded = 64,
         .max_rank = peft_options_default().max_rank, .max_tokens = 256, .max_seqs = 16,
         .max_queue = 64, .max_body_kb = 1024, .kv_mb = 0, .max_connections = 256,
-        .drain_seconds = 30, .max_upload_mb = 512};
+        .drain_seconds = 30, .max_upload_mb = 512, .weights = MODEL_WEIGHTS_AUTO};
     return o;
 }
 
@@ -194,7 +194,8 @@ static int load_all(app *a, lr_error *err)
     const serve_options *o = &a->opt;
     sd_notifyf(0, "STATUS=loading model %s", o->model_dir);
     load_status ls = {0};
-    if (!(a->m = model_load_progress(o->model_dir, on_load_progress, &ls, err)))
+    model_load_opts lo = {o->weights, on_load_progress, &ls};
+    if (!(a->m = model_load_with(o->model_dir, &lo, err)))
         return -1;
     sd_notify(0, "STATUS=loading tokenizer, chat template and adapter registry");
     char path[4096 + 32];
@@ -367,8 +368,9 @@ int serve_run(const serve_options *o)
         goto out;
     /* Always printed: scripts and tests read the port from it. */
     char status[512];
-    snprintf(status, sizeof status, "serving '%s' on http://%s:%d (context %d, %s)",
-             a->base_id, http_host(h), http_port(h), engine_ctx(a->eng), a->m->dtype);
+    snprintf(status, sizeof status, "serving '%s' on http://%s:%d (context %d, %s weights "
+             "held as %s)", a->base_id, http_host(h), http_port(h), engine_ctx(a->eng),
+             a->m->dtype, wtensor_type_name(a->m->weights));
     fprintf(stderr, "lorad: %s%s\n", status, listen_fd >= 0 ? " (socket activation)" : "");
     fflush(stderr);
     sd_notifyf(0, "READY=1\nSTATUS=%s", status);

@@ -6,12 +6,18 @@ It reads the model files itself (its own safetensors reader, F32/F16/BF16 decodi
 sharded checkpoints) and shares no code with lorad or with tools/make_fixtures.py.
 
     logprobs(model_dir, token_ids, adapters=[(adapter_dir, weight), ...], merged=False,
-             windows=None)
+             windows=None, weights=None)
         -> [len(token_ids), vocab] float64 log-softmax of the next-token logits at every
            position. merged=True folds W' = W + sum_i w_i s_i B_i A_i into the weights
            first instead of adding s (x A^T) B^T on the fly (the results must agree).
            windows: per-layer sliding windows overriding config.json's (None entries =
            full attention), for tests that need the model with another window.
+           weights: None (the checkpoint's values), "bf16" or "q8": the matrices (embeddings,
+           lm_head, projections; not norms or biases) as lorad --weights holds them —
+           "bf16": each value rounded to the nearest BF16, ties to even; "q8": per block of
+           32 consecutive values of a row, d = max|x| / 127 and q = round-half-even(x * (1/d))
+           in float32, the value being float32(q * d). Merged W' is the float32 sum rounded
+           the same way.
 
 Sliding-window attention follows transformers' masking_utils (sliding_window_overlay
 and causal_mask_function: kv_idx > q_idx - W and kv_idx <= q_idx), i.e. a query at
@@ -236,11 +242,57 @@ def log_softmax(z):
     return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
 
 
+def bf16_round(a):
+    """float64 values -> float64 of the nearest BF16 of their float32, ties to even
+    (written from the definition: of the two BF16 neighbours, the closer)."""
+    f = np.ascontiguousarray(a, dtype=np.float32)
+    lo_bits = f.view(np.uint32) & np.uint32(0xFFFF0000)
+    lo = lo_bits.view(np.float32).astype(np.float64)
+    hi = (lo_bits + np.uint32(0x10000)).view(np.float32).astype(np.float64)
+    x = f.astype(np.float64)
+    dl, dh = np.abs(x - lo), np.abs(hi - x)
+    even_lo = ((lo_bits >> np.uint32(16)) & np.uint32(1)) == 0
+    take_hi = (dh < dl) | ((dh == dl) & ~even_lo)
+    return np.where(take_hi, hi, lo).reshape(np.shape(a))
+
+
+def q8_round(a):
+    """[rows, cols] float64 -> float64 of Q8 blocks of 32 along each row, dequantized."""
+    x = np.ascontiguousarray(a, dtype=np.float32)
+    rows, cols = x.shape
+    out = np.empty_like(x)
+    for b0 in range(0, cols, 32):
+        blk = x[:, b0:b0 + 32]
+        amax = np.abs(blk).max(axis=1)
+        d = (amax / np.float32(127)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        q = np.clip(np.rint(blk * inv[:, None]), -127, 127).astype(np.float32)
+        out[:, b0:b0 + 32] = q * d[:, None]
+    return out.astype(np.float64)
+
+
+def held(w, weights):
+    """A matrix as lorad holds it under --weights (None: as it is)."""
+    if weights is None or weights == "f32":
+        return w
+    if weights == "bf16":
+        return bf16_round(w)
+    if weights == "q8":
+        return q8_round(w)
+    raise ValueError("weights %r" % weights)
+
+
 class Model:
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, weights=None):
         self.dir = model_dir
         self.cfg = Config(model_dir)
         self.w = read_model_weights(model_dir)
+        self.weights = weights
+        if weights is not None:
+            for name, v in self.w.items():
+                if v.ndim == 2:
+                    self.w[name] = held(v, weights)
         cfg = self.cfg
         if self.w["model.embed_tokens.weight"].shape != (cfg.vocab, cfg.hidden):
             raise ValueError("embed_tokens shape")
@@ -345,10 +397,10 @@ _MODEL_CACHE = {}
 _ADAPTER_CACHE = {}
 
 
-def load_model(model_dir):
-    key = os.path.abspath(model_dir)
+def load_model(model_dir, weights=None):
+    key = (os.path.abspath(model_dir), weights)
     if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = Model(model_dir)
+        _MODEL_CACHE[key] = Model(model_dir, weights)
     return _MODEL_CACHE[key]
 
 
@@ -395,6 +447,8 @@ def forward_logits(model, ids, adapters=(), merged=False, windows=None):
             w = w.copy()
             for s, A, B in deltas[mod]:
                 w += s * (B @ A)
+            if model.weights is not None and deltas[mod]:
+                w = held(w, model.weights)   # W' in the base's precision
             y = x @ w.T
         else:
             y = x @ w.T
@@ -447,9 +501,9 @@ def _adapters(adapters):
     return out
 
 
-def logprobs(model_dir, token_ids, adapters=(), merged=False, windows=None):
+def logprobs(model_dir, token_ids, adapters=(), merged=False, windows=None, weights=None):
     """[len(token_ids), vocab] float64 log-softmax at every position."""
-    model = load_model(model_dir)
+    model = load_model(model_dir, weights)
     return log_softmax(forward_logits(model, token_ids, _adapters(adapters), merged,
                                       windows))
 

@@ -280,14 +280,15 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 static uint64_t weights_checksum(const model *m)
 {
     uint64_t h = 1469598103934665603ull;
-    h = fnv(h, m->embed, sizeof(float) * VOCAB * HIDDEN);
-    h = fnv(h, m->lm_head, sizeof(float) * VOCAB * HIDDEN);
+    h = fnv(h, m->embed.data, sizeof(float) * VOCAB * HIDDEN);
+    h = fnv(h, m->lm_head.data, sizeof(float) * VOCAB * HIDDEN);
     h = fnv(h, m->norm, sizeof(float) * HIDDEN);
     for (int l = 0; l < LAYERS; l++) {
         h = fnv(h, m->layers[l].attn_norm, sizeof(float) * HIDDEN);
         h = fnv(h, m->layers[l].ffn_norm, sizeof(float) * HIDDEN);
         for (int p = 0; p < 7; p++)
-            h = fnv(h, m->layers[l].w[p], sizeof(float) * tiny_proj_out[p] * tiny_proj_in[p]);
+            h = fnv(h, m->layers[l].w[p].data,
+                    sizeof(float) * tiny_proj_out[p] * tiny_proj_in[p]);
     }
     return h;
 }
@@ -635,7 +636,8 @@ START_TEST(test_base_weights_untouched_by_merge_requests_and_variant_free)
     /* merged W' is a separate copy from W */
     for (int l = 0; l < LAYERS; l++)
         for (int p = 0; p < 7; p++)
-            ck_assert_ptr_ne(variant_weight(g.m, v, l, (model_proj)p), g.m->layers[l].w[p]);
+            ck_assert_ptr_ne(variant_weight(g.m, v, l, (model_proj)p)->data,
+                             g.m->layers[l].w[p].data);
     variant_free(v);
     ck_assert_uint_eq(weights_checksum(g.m), before);
 }

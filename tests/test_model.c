@@ -314,24 +314,45 @@ static model_config config_ok(const char *dir)
     return c;
 }
 
-/* Where model_load put tensor s. */
-static const float *loaded(const model *m, const tspec *s)
+/* The matrix model_load put at role s, or NULL for a vector. */
+static const wtensor *loaded_matrix(const model *m, const tspec *s)
 {
     switch (s->role) {
-    case R_EMBED:     return m->embed;
+    case R_EMBED:     return &m->embed;
+    case R_LM_HEAD:   return &m->lm_head;
+    case R_NORM: case R_ATTN_NORM: case R_FFN_NORM: return NULL;
+    default:          return &m->layers[s->layer].w[s->proj];
+    }
+}
+
+/* Tensor s as model_load holds it, as floats: vectors and F32 matrices as they are, BF16
+ * matrices widened here (the bits shifted up) into buf [numel]. */
+static const float *loaded(const model *m, const tspec *s, float *buf)
+{
+    switch (s->role) {
     case R_NORM:      return m->norm;
-    case R_LM_HEAD:   return m->lm_head;
     case R_ATTN_NORM: return m->layers[s->layer].attn_norm;
     case R_FFN_NORM:  return m->layers[s->layer].ffn_norm;
-    default:          return m->layers[s->layer].w[s->proj];
+    default:          break;
     }
+    const wtensor *w = loaded_matrix(m, s);
+    if (w->type == WT_F32)
+        return w->data;
+    ck_assert_int_eq(w->type, WT_BF16);
+    for (int64_t e = 0; e < spec_numel(s); e++) {
+        uint32_t u = (uint32_t)((const uint16_t *)w->data)[e] << 16;
+        memcpy(&buf[e], &u, 4);
+    }
+    return buf;
 }
 
 /* Every element of every tensor equals the expected value, bit for bit (so -0.0 and
  * infinities count). */
 static void check_all_one(const model *m, const tspec *s, int k, const char *dtype)
 {
-    const float *got = loaded(m, s);
+    float *buf = malloc(sizeof(float) * (size_t)spec_numel(s));
+    ck_assert_ptr_nonnull(buf);
+    const float *got = loaded(m, s, buf);
     ck_assert_msg(got != NULL, "%s not loaded", s->name);
     for (int64_t e = 0; e < spec_numel(s); e++) {
         float want = expected_value(dtype, k, e);
@@ -341,6 +362,7 @@ static void check_all_one(const model *m, const tspec *s, int k, const char *dty
         ck_assert_msg(gb == wb, "%s %s[%lld] = %a (0x%08x), expected %a (0x%08x)", dtype,
                       s->name, (long long)e, (double)got[e], gb, (double)want, wb);
     }
+    free(buf);
 }
 
 static void check_all(const model *m, const tspec *s, int n, const char *dtype)
@@ -387,7 +409,7 @@ START_TEST(test_untied_f32_model_loads_every_tensor_exactly)
     tspec s[MAX_T];
     int n = tiny_tensors(&t, s);
     check_all(m, s, n, "F32");
-    ck_assert_ptr_ne(m->lm_head, m->embed);
+    ck_assert_ptr_ne(m->lm_head.data, m->embed.data);
     ck_assert_str_eq(m->dtype, "F32");
     ck_assert_int_eq(m->n_shards, 1);
     /* 16·8 embed + 16·8 lm_head + 8 norm + 2 × (8+8 norms + 64+32+32+64 attn + 3·96 mlp) */
@@ -407,7 +429,7 @@ START_TEST(test_tied_model_shares_embedding_as_lm_head_without_lm_head_tensor)
     int n = tiny_tensors(&t, s);
     check_all(m, s, n, "F32");
     ck_assert_int_eq(m->cfg.tie_embeddings, 1);
-    ck_assert_ptr_eq(m->lm_head, m->embed);
+    ck_assert_ptr_eq(m->lm_head.data, m->embed.data);
     ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 8 + 2 * (16 + 192 + 288)) * 4);
     model_free(m);
     testutil_rmdir(dir);
@@ -605,7 +627,8 @@ START_TEST(test_bf16_weights_convert_to_exact_fp32_values)
     int n = tiny_tensors(&t, s);
     check_all(m, s, n, "BF16");
     ck_assert_str_eq(m->dtype, "BF16");
-    ck_assert_ptr_eq(m->lm_head, m->embed);
+    ck_assert_int_eq(m->weights, WT_BF16);   /* kept in the checkpoint's precision */
+    ck_assert_ptr_eq(m->lm_head.data, m->embed.data);
     model_free(m);
     testutil_rmdir(dir);
 }
@@ -625,8 +648,8 @@ START_TEST(test_unaligned_f32_tensors_are_copied_exactly)
     write_json(dir, "config.json", tiny_config(&t));
     model *m = load_ok(dir);
     ck_assert_str_eq(m->dtype, "F32");
-    ck_assert_uint_eq((uintptr_t)m->embed % 4, 0);
-    ck_assert_uint_eq((uintptr_t)m->layers[1].w[PROJ_UP] % 4, 0);
+    ck_assert_uint_eq((uintptr_t)m->embed.data % 4, 0);
+    ck_assert_uint_eq((uintptr_t)m->layers[1].w[PROJ_UP].data % 4, 0);
     check_all(m, s, n, "F32");
     model_free(m);
     testutil_rmdir(dir);
@@ -669,7 +692,7 @@ START_TEST(test_write_to_f32_mapped_weight_raises_sigsegv)
     char *dir = make_model(&t, "F32");
     model *m = load_ok(dir);
     ck_assert_str_eq(m->dtype, "F32");
-    write_into_weight(dir, (float *)m->layers[1].w[PROJ_DOWN]);
+    write_into_weight(dir, (float *)m->layers[1].w[PROJ_DOWN].data);
 }
 END_TEST
 
@@ -679,7 +702,7 @@ START_TEST(test_write_to_bf16_converted_weight_raises_sigsegv)
     char *dir = make_model(&t, "BF16");
     model *m = load_ok(dir);
     ck_assert_str_eq(m->dtype, "BF16");
-    write_into_weight(dir, (float *)m->embed);
+    write_into_weight(dir, (float *)m->embed.data);
 }
 END_TEST
 
@@ -723,8 +746,9 @@ START_TEST(test_sharded_model_with_index_loads_tensors_from_each_shard)
     /* one tensor from each shard, spot-checked, then everything */
     const tspec *e = spec_find(s, n, "model.embed_tokens.weight");
     const tspec *d = spec_find(s, n, "model.layers.1.mlp.down_proj.weight");
-    ck_assert_float_eq(m->embed[5], f32_value((int)(e - s), 5));
-    ck_assert_float_eq(m->layers[1].w[PROJ_DOWN][95], f32_value((int)(d - s), 95));
+    ck_assert_float_eq(((const float *)m->embed.data)[5], f32_value((int)(e - s), 5));
+    ck_assert_float_eq(((const float *)m->layers[1].w[PROJ_DOWN].data)[95],
+                       f32_value((int)(d - s), 95));
     check_all(m, s, n, "F32");
     model_free(m);
     testutil_rmdir(dir);

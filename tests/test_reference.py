@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -188,9 +189,12 @@ def pick_prompt(fx, man, model, length, want_eos=False, tries=400):
 
 
 # --------------------------------------------------------------------------- checking
-def verify(result, fx, man, model, prompt, adapters, max_tokens=MAX_TOKENS):
+def verify(result, fx, man, model, prompt, adapters, max_tokens=MAX_TOKENS, weights=None,
+           merged=False):
     """Teacher-forced comparison of one `lorad generate --json` result with the reference.
-    adapters: [(adapter_name, weight)]; max_tokens: the --max-tokens of the run."""
+    adapters: [(adapter_name, weight)]; max_tokens: the --max-tokens of the run; weights:
+    the run's --weights (the reference holds the matrices the same way); merged: the run
+    merged the adapters (which matters only when W' is rounded: bf16, q8)."""
     info = man["models"][model]
     mdir = os.path.join(fx, info["path"])
     ads = [(os.path.join(fx, man["adapters"][a]["path"]), w) for a, w in adapters]
@@ -213,7 +217,12 @@ def verify(result, fx, man, model, prompt, adapters, max_tokens=MAX_TOKENS):
     if not isinstance(lps, list) or len(lps) != len(ids):
         raise Fail("logprobs has %s entries for %d ids"
                    % (len(lps) if isinstance(lps, list) else "no", len(ids)))
-    ref = R.logprobs(mdir, prompt + ids, ads)
+    rounded = merged and weights in ("bf16", "q8")
+
+    def ref_logprobs(seq):
+        return R.logprobs(mdir, seq, ads, merged=rounded, weights=weights)
+
+    ref = ref_logprobs(prompt + ids)
     n0 = len(prompt) - 1
     for j, (t, e) in enumerate(zip(ids, lps)):
         row = ref[n0 + j]
@@ -254,7 +263,7 @@ def verify(result, fx, man, model, prompt, adapters, max_tokens=MAX_TOKENS):
             raise Fail("ended with EOS %d but finish_reason %r" % (ids[-1], fr))
     elif fr == "stop":
         # EOS not echoed in ids: then the reference must have chosen EOS next
-        nxt = R.logprobs(mdir, prompt + ids, ads)[-1]
+        nxt = ref_logprobs(prompt + ids)[-1]
         if int(np.argmax(nxt)) not in eos or len(ids) >= max_tokens:
             raise Fail("finish_reason stop without EOS (next ref argmax %d)"
                        % int(np.argmax(nxt)))
@@ -265,8 +274,10 @@ def verify(result, fx, man, model, prompt, adapters, max_tokens=MAX_TOKENS):
         raise Fail("finish_reason %r" % fr)
 
 
-def gen_args(fx, man, model, prompt, adapters, merge):
+def gen_args(fx, man, model, prompt, adapters, merge, weights=None):
     a = ["generate", "--model", os.path.join(fx, man["models"][model]["path"])]
+    if weights:
+        a += ["--weights", weights]
     for name, w in adapters:
         p = os.path.join(fx, man["adapters"][name]["path"])
         a += ["--adapter", p if w == 1.0 else "%s:%g" % (p, w)]
@@ -277,8 +288,9 @@ def gen_args(fx, man, model, prompt, adapters, merge):
     return a
 
 
-def run_generate(lorad, fx, man, model, prompt, adapters=(), merge=False, model_dir=None):
-    args = gen_args(fx, man, model, prompt, adapters, merge)
+def run_generate(lorad, fx, man, model, prompt, adapters=(), merge=False, model_dir=None,
+                 weights=None):
+    args = gen_args(fx, man, model, prompt, adapters, merge, weights)
     if model_dir is not None:
         args[2] = model_dir
     rc, out, err = lorad.run(args)
@@ -508,6 +520,55 @@ def check_unmodified(fx, man):
 def case_generate(lorad, fx, man, model, prompt, adapters=(), merge=False):
     res = run_generate(lorad, fx, man, model, prompt, adapters, merge)
     verify(res, fx, man, model, prompt, adapters)
+
+
+def case_weights(lorad, fx, man, model, prompt, weights, adapters=(), merge=False):
+    """--weights bf16 / q8 (and f32 on a BF16 checkpoint): the reference holds the matrices
+    the same way, so the same tolerance applies; and the rounding must matter — the
+    reference's own logprobs with and without it differ by more than the tolerance (else
+    the case could not tell a --weights that does nothing)."""
+    res = run_generate(lorad, fx, man, model, prompt, adapters, merge, weights=weights)
+    verify(res, fx, man, model, prompt, adapters, weights=weights, merged=merge)
+    mdir = os.path.join(fx, man["models"][model]["path"])
+    ads = [(os.path.join(fx, man["adapters"][a]["path"]), w) for a, w in adapters]
+    seq = prompt + res["ids"]
+    plain = R.logprobs(mdir, seq, ads)
+    held = R.logprobs(mdir, seq, ads, merged=merge and weights != "f32", weights=weights)
+    n0 = len(prompt) - 1
+    gap = float(np.abs(plain[n0:] - held[n0:]).max())
+    if weights != "f32" and gap <= ATOL:
+        raise Fail("rounding to %s moves the reference's logprobs only %.1e: the case "
+                   "proves nothing" % (weights, gap))
+
+
+def case_merge_cli_bf16(lorad, fx, man, scratch, model, prompt, adapters):
+    """`lorad merge --weights bf16` writes BF16 tensors whose model generates what the
+    reference's merged, BF16-rounded W' gives."""
+    out = os.path.join(scratch, "merged_bf16")
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["merge", "--model", os.path.join(fx, man["models"][model]["path"]),
+            "--weights", "bf16"]
+    for name, w in adapters:
+        args += ["--adapter", "%s:%g" % (os.path.join(fx, man["adapters"][name]["path"]), w)]
+    rc, _, err = lorad.run(args + ["--out", out])
+    if rc != 0:
+        raise Fail("merge exit %d: %s" % (rc, tail(err)))
+    with open(os.path.join(out, "model.safetensors"), "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    dtypes = {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    if dtypes.get("model.layers.0.self_attn.q_proj.weight") != "BF16":
+        raise Fail("merged q_proj is %s, want BF16" % dtypes.get(
+            "model.layers.0.self_attn.q_proj.weight"))
+    with open(os.path.join(out, "config.json")) as f:
+        if json.load(f).get("torch_dtype") != "bfloat16":
+            raise Fail("config.json torch_dtype is not bfloat16")
+    merged = run_generate(lorad, fx, man, model, prompt, model_dir=out)
+    verify(merged, fx, man, model, prompt, adapters, weights="bf16", merged=True)
+    rc, _, err = lorad.run(args[:-2] + ["--weights", "q8", "--out", out + "_q8"])
+    if rc == 0 or "q8" not in err:
+        raise Fail("merge --weights q8 should be refused with a reason (exit %d: %s)"
+                   % (rc, tail(err)))
 
 
 def case_window_layers(lorad, fx, man, scratch, prompt):
@@ -1073,6 +1134,40 @@ def main(argv):
     if prompts.get("qwen2_window"):
         cases.append(("window_qwen2_max_window_layers", case_window_layers, lorad, fx, man,
                       scratch, prompts["qwen2_window"]))
+    # --weights: every precision on models of several shapes (hidden 32..64: Q8 blocks of
+    # 32 whole and cut short; biases; untied lm_head; F16 and BF16 checkpoints), adapters
+    # on the fly and merged into a rounded W'
+    # (llama3_rope's 72-token prompt and a 90-token one on mistral_headdim + the q8 adapter
+    # case below pass 64 rows: prefill through OpenBLAS on blocks converted to F32)
+    weight_models = ["llama_tied", "llama_untied", "qwen2_bias", "mistral_headdim",
+                     "llama_f16", "llama_bf16", "llama3_rope"]
+    for model in weight_models:
+        if prompts.get(model):
+            for wt in ("bf16", "q8"):
+                if wt == "bf16" and man["models"][model]["dtype"] == "BF16":
+                    continue   # held as BF16 by default: base_llama_bf16 is that case
+                cases.append(("weights_%s_%s" % (wt, model), case_weights, lorad, fx, man,
+                              model, prompts[model], wt))
+    if prompts.get("llama_bf16"):
+        cases.append(("weights_f32_llama_bf16", case_weights, lorad, fx, man, "llama_bf16",
+                      prompts["llama_bf16"], "f32"))
+    if pt:
+        for wt in ("bf16", "q8"):
+            for merge in (False, True):
+                cases.append(("weights_%s_%s_ad_all" % (wt, "merged" if merge else "fly"),
+                              case_weights, lorad, fx, man, "llama_tied", pt, wt,
+                              [("ad_all", 1.0)], merge))
+        try:
+            long_pt = pick_prompt(fx, man, "mistral_headdim", 90)
+            for wt in ("bf16", "q8"):
+                cases.append(("weights_%s_long_prompt_mistral_headdim" % wt, case_weights,
+                              lorad, fx, man, "mistral_headdim", long_pt, wt))
+        except Exception as e:
+            suite.report("prompt_long_mistral_headdim", str(e))
+        cases.append(("weights_q8_mix_merged", case_weights, lorad, fx, man, "llama_tied", pt,
+                      "q8", MIX, True))
+        cases.append(("merge_cli_bf16", case_merge_cli_bf16, lorad, fx, man, scratch,
+                      "llama_tied", pt, [("ad_all", 1.0)]))
     if prompts["qwen2_bias"]:
         cases.append(("merge_cli_qwen2", case_merge_cli, lorad, fx, man, scratch, "qwen2",
                       "qwen2_bias", prompts["qwen2_bias"], [("qwen2_ad", 1.0)]))
@@ -1093,6 +1188,9 @@ def main(argv):
     # every model/adapter is loaded before the pool starts (the caches are then read-only).
     for a in man["adapters"].values():
         R.load_adapter(os.path.join(fx, a["path"]))
+    for model in weight_models:
+        for wt in ("f32", "bf16", "q8"):
+            R.load_model(os.path.join(fx, man["models"][model]["path"]), wt)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futs = [(c[0], pool.submit(_call, c[1], *c[2:])) for c in cases]
         for name, fut in futs:

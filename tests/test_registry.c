@@ -738,8 +738,8 @@ START_TEST(test_merge_builds_w_plus_s_b_a_for_targeted_matrices_only)
     ck_assert_ptr_nonnull(v);
     for (int l = 0; l < LAYERS; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
-            const float *base = g.m->layers[l].w[p];
-            const float *wp = variant_weight(g.m, v, l, (model_proj)p);
+            const float *base = g.m->layers[l].w[p].data;
+            const float *wp = variant_weight(g.m, v, l, (model_proj)p)->data;
             if (!(mask & (1u << p))) {
                 ck_assert_ptr_eq(wp, base);
                 continue;
@@ -755,8 +755,8 @@ START_TEST(test_merge_builds_w_plus_s_b_a_for_targeted_matrices_only)
     enum { OUT = HEADS * HEAD_DIM, IN = HIDDEN };
     float A[R * IN], B[OUT * R];
     replay_first_matrix(4242, R, IN, OUT, A, B);
-    const float *W = g.m->layers[0].w[PROJ_Q];
-    const float *Wm = variant_weight(g.m, v, 0, PROJ_Q);
+    const float *W = g.m->layers[0].w[PROJ_Q].data;
+    const float *Wm = variant_weight(g.m, v, 0, PROJ_Q)->data;
     double worst = 0;
     for (int o = 0; o < OUT; o++)
         for (int i = 0; i < IN; i++) {
@@ -838,8 +838,8 @@ START_TEST(test_merge_auto_merges_an_adapter_with_all_the_tokens_and_drops_it_wh
     ck_assert_ptr_nonnull(ref);
     for (int l = 0; l < LAYERS; l++)
         for (int p = 0; p < PROJ_COUNT; p++)
-            ck_assert(memcmp(variant_weight(g.m, w, l, (model_proj)p),
-                             variant_weight(g.m, ref, l, (model_proj)p),
+            ck_assert(memcmp(variant_weight(g.m, w, l, (model_proj)p)->data,
+                             variant_weight(g.m, ref, l, (model_proj)p)->data,
                              sizeof(float) * tiny_proj_out[p] * tiny_proj_in[p]) == 0);
     ck_assert_int_eq(info_of(r, "hot").merged, 1);
 
@@ -848,7 +848,8 @@ START_TEST(test_merge_auto_merges_an_adapter_with_all_the_tokens_and_drops_it_wh
     ck_assert_int_eq(feed_until_merged(r, cold, 1, 9, 0, 1000), 1);
     ck_assert_ptr_null(registry_use_merged(r, hot));
     for (int l = 0; l < LAYERS; l++)
-        ck_assert(memcmp(variant_weight(g.m, w, l, PROJ_Q), variant_weight(g.m, ref, l, PROJ_Q),
+        ck_assert(memcmp(variant_weight(g.m, w, l, PROJ_Q)->data,
+                         variant_weight(g.m, ref, l, PROJ_Q)->data,
                          sizeof(float) * tiny_proj_out[PROJ_Q] * tiny_proj_in[PROJ_Q]) == 0);
     ck_assert_int_eq(info_of(r, "hot").merged, 1);   /* still in memory: one user */
     registry_done_merged(r, hot);

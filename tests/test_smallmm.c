@@ -1,11 +1,13 @@
 /* Tests for core/smallmm: the decode-sized products against a float64 reference written
  * here, over row counts, input lengths and output widths that hit every blocking edge
  * (tails of 8 and 16 lanes, partial tiles of 1..3 rows of X and of 4 or 8 rows of M, splits
- * of a product between tasks, batches up to and past SMALLMM_MAX_ROWS),
- * inline and on pools of 2 and 3 threads. */
+ * of a product between tasks, batches up to and past SMALLMM_MAX_ROWS, Q8 blocks cut by
+ * the row's end), inline and on pools of 2 and 3 threads, with weights in F32, BF16 and
+ * Q8, for every instruction set's kernels this CPU runs (each forced in turn). */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,17 +49,76 @@ static pool *make_pool(int threads)
     return p;
 }
 
+/* A random [rows, in] weight matrix of type t, built from its parts — BF16 bit patterns,
+ * int8 values and scales — so the reference below (*deq, the F32 value of each element as
+ * the format defines it: the bits shifted up; q · scale) does not use core/wtensor.c. */
+typedef struct {
+    wtensor w;
+    void *data;
+    float *scale;
+    float *deq;   /* [rows, in] */
+} test_matrix;
+
+static test_matrix make_matrix(wt_type t, int rows, int in)
+{
+    test_matrix tm = {0};
+    size_t n = (size_t)rows * in;
+    int nb = (in + 31) / 32;
+    tm.deq = malloc((n ? n : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(tm.deq);
+    if (t == WT_F32) {
+        tm.data = rand_floats(n);
+        memcpy(tm.deq, tm.data, n * sizeof(float));
+    } else if (t == WT_BF16) {
+        uint16_t *h = malloc((n ? n : 1) * 2);
+        ck_assert_ptr_nonnull(h);
+        for (size_t i = 0; i < n; i++) {
+            float f = frand();
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            h[i] = (uint16_t)(u >> 16);
+            u = (uint32_t)h[i] << 16;
+            memcpy(&tm.deq[i], &u, 4);
+        }
+        tm.data = h;
+    } else {
+        int8_t *q = malloc(n ? n : 1);
+        tm.scale = malloc(sizeof(float) * rows * nb);
+        ck_assert(q && tm.scale);
+        for (int b = 0; b < rows * nb; b++)
+            tm.scale[b] = (frand() + 1.5f) / (2.5f * 127.0f);   /* |q · scale| <= 1 */
+        for (int r = 0; r < rows; r++)
+            for (int d = 0; d < in; d++) {
+                size_t i = (size_t)r * in + d;
+                q[i] = (int8_t)(int)(frand() * 127.0f);
+                tm.deq[i] = (float)q[i] * tm.scale[r * nb + d / 32];
+            }
+        tm.data = q;
+    }
+    tm.w = (wtensor){t, tm.data, tm.scale};
+    return tm;
+}
+
+static void free_matrix(test_matrix *tm)
+{
+    free(tm->data);
+    free(tm->scale);
+    free(tm->deq);
+}
+
 /* Y = X Mᵀ for one product written into columns [off, off + rows) of a wider Y; the
  * columns around it must stay untouched. */
-static void check_xmt(pool *p, int n, int in, int rows)
+static void check_xmt_type(pool *p, int n, int in, int rows, wt_type t)
 {
     int off = 3, ldy = rows + 5;
-    float *x = rand_floats((size_t)n * in), *m = rand_floats((size_t)rows * in);
+    float *x = rand_floats((size_t)n * in);
+    test_matrix tm = make_matrix(t, rows, in);
+    const float *m = tm.deq;
     float *y = malloc(sizeof(float) * n * ldy);
     ck_assert_ptr_nonnull(y);
     for (int i = 0; i < n * ldy; i++)
         y[i] = 1234.5f;
-    smallmm_xmt jb = {x, n, m, rows, y + off, ldy};
+    smallmm_xmt jb = {x, n, tm.w, rows, y + off, ldy};
     smallmm_xmt_run(p, in, &jb, 1);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < ldy; j++) {
@@ -73,12 +134,32 @@ static void check_xmt(pool *p, int n, int in, int rows)
             expect_near(got, want, in, "Y", i, j - off);
         }
     free(x);
-    free(m);
+    free_matrix(&tm);
     free(y);
+}
+
+static void check_xmt(pool *p, int n, int in, int rows)
+{
+    check_xmt_type(p, n, in, rows, WT_F32);
+}
+
+/* Forces the kernels of instruction set `isa` (the loop index of a test over all three);
+ * 0 when this CPU cannot run them (the test then checks nothing, and says so). */
+static int use_isa(int isa)
+{
+    if (smallmm_set_isa((smallmm_isa)isa) != 0) {
+        fprintf(stderr, "smallmm: this CPU has no %s; its kernels are not tested here\n",
+                smallmm_isa_name((smallmm_isa)isa));
+        return 0;
+    }
+    ck_assert_int_eq(smallmm_get_isa(), isa);
+    return 1;
 }
 
 START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 {
+    if (!use_isa(_i))
+        return;
     static const int ins[] = {1, 15, 16, 17, 64, 100};
     static const int rows[] = {1, 3, 4, 5, 7, 8, 9, 33};
     /* every remainder of the 4- (2-) row tiles of X, and batches up to and past
@@ -96,8 +177,55 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 }
 END_TEST
 
+START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
+{
+    if (!use_isa(_i))
+        return;
+    /* in: lane tails of 8 and 16, Q8 blocks of 32 cut short (31, 33, 100) */
+    static const int ins[] = {1, 15, 16, 17, 31, 32, 33, 64, 100};
+    static const int rows[] = {1, 3, 4, 5, 8, 9, 33};
+    static const int ns[] = {1, 2, 3, 4, 5, 8, 9, 17, 33, SMALLMM_MAX_ROWS + 1};
+    for (int threads = 1; threads <= 2; threads++) {
+        pool *p = make_pool(threads);
+        for (int t = WT_BF16; t <= WT_Q8; t++)
+            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
+                for (size_t a = 0; a < sizeof ins / sizeof *ins; a++)
+                    for (size_t b = 0; b < sizeof rows / sizeof *rows; b++)
+                        check_xmt_type(p, ns[k], ins[a], rows[b], (wt_type)t);
+        pool_free(p);
+    }
+}
+END_TEST
+
+START_TEST(test_isa_choice)
+{
+    /* portable always runs; an ISA the CPU lacks is refused and changes nothing */
+    ck_assert_int_eq(smallmm_set_isa(SMALLMM_PORTABLE), 0);
+    ck_assert_int_eq(smallmm_get_isa(), SMALLMM_PORTABLE);
+    for (int i = SMALLMM_AVX2; i <= SMALLMM_AVX512; i++)
+        if (!smallmm_isa_supported((smallmm_isa)i)) {
+            ck_assert_int_eq(smallmm_set_isa((smallmm_isa)i), -1);
+            ck_assert_int_eq(smallmm_get_isa(), SMALLMM_PORTABLE);
+        }
+    /* auto takes the best one the CPU runs */
+    ck_assert_int_eq(smallmm_set_isa(SMALLMM_AUTO), 0);
+    int best = SMALLMM_PORTABLE;
+    for (int i = SMALLMM_AVX2; i <= SMALLMM_AVX512; i++)
+        if (smallmm_isa_supported((smallmm_isa)i))
+            best = i;
+    if (!getenv("LORAD_ISA"))
+        ck_assert_int_eq(smallmm_get_isa(), best);
+    smallmm_isa parsed;
+    ck_assert_int_eq(smallmm_isa_parse("avx2", &parsed), 0);
+    ck_assert_int_eq(parsed, SMALLMM_AVX2);
+    ck_assert_int_eq(smallmm_isa_parse("sse9", &parsed), -1);
+}
+END_TEST
+
 START_TEST(test_xmt_many_products_in_one_pass)
 {
+    if (!use_isa(_i))
+        return;
     /* Several products with their own X, n and M in one call (as project_small issues
      * for runs of sequences and adapter terms); the split between tasks falls inside
      * products of every size. */
@@ -110,7 +238,7 @@ START_TEST(test_xmt_many_products_in_one_pass)
         for (int k = 0; k < JOBS; k++) {
             xs[k] = rand_floats((size_t)ns[k] * IN);
             ms[k] = rand_floats((size_t)rws[k] * IN);
-            jobs[k] = (smallmm_xmt){xs[k], ns[k], ms[k], rws[k],
+            jobs[k] = (smallmm_xmt){xs[k], ns[k], {WT_F32, ms[k], NULL}, rws[k],
                                     malloc(sizeof(float) * ns[k] * rws[k]), rws[k]};
         }
         smallmm_xmt_run(p, IN, jobs, JOBS);
@@ -170,6 +298,8 @@ static void check_tb(pool *p, int n, int r, int out, int terms)
 
 START_TEST(test_tb_adds_to_outputs_for_every_edge_and_mix)
 {
+    if (!use_isa(_i))
+        return;
     static const int rs[] = {1, 3, 16, 17};
     static const int outs[] = {1, 15, 16, 17, 63, 64, 65, 100, 130};
     static const int ns[] = {1, 2, 4, 5, 16, 33, SMALLMM_MAX_ROWS};
@@ -199,10 +329,17 @@ static Suite *smallmm_suite(void)
 {
     Suite *s = suite_create("smallmm");
     TCase *core = tcase_create("core");
-    tcase_set_timeout(core, 120);
-    tcase_add_test(core, test_xmt_matches_reference_for_every_row_count_and_edge);
-    tcase_add_test(core, test_xmt_many_products_in_one_pass);
-    tcase_add_test(core, test_tb_adds_to_outputs_for_every_edge_and_mix);
+    tcase_set_timeout(core, 300);
+    /* each over the three kernel families: loop index = smallmm_isa */
+    tcase_add_loop_test(core, test_xmt_matches_reference_for_every_row_count_and_edge,
+                        SMALLMM_PORTABLE, SMALLMM_AVX512 + 1);
+    tcase_add_loop_test(core, test_bf16_and_q8_weights_match_reference_at_every_edge,
+                        SMALLMM_PORTABLE, SMALLMM_AVX512 + 1);
+    tcase_add_loop_test(core, test_xmt_many_products_in_one_pass, SMALLMM_PORTABLE,
+                        SMALLMM_AVX512 + 1);
+    tcase_add_loop_test(core, test_tb_adds_to_outputs_for_every_edge_and_mix,
+                        SMALLMM_PORTABLE, SMALLMM_AVX512 + 1);
+    tcase_add_test(core, test_isa_choice);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");
     tcase_add_test(limits, test_empty_calls_do_nothing);

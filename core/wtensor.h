@@ -1,0 +1,70 @@
+/* wtensor: a weight matrix in the precision the model holds it — F32, BF16 (the upper half
+ * of an F32, as Hugging Face checkpoints store it), or Q8 (8-bit integers with one F32
+ * scale per block of 32 consecutive elements of a row, symmetric, as llama.cpp's Q8_0) —
+ * and the conversions between them. Decode reads every weight once per token, so the
+ * bytes per weight (4, 2, 1.125) set its speed; activations and sums stay F32. */
+#ifndef LORAD_WTENSOR_H
+#define LORAD_WTENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef enum { WT_F32, WT_BF16, WT_Q8 } wt_type;
+
+/* Elements per Q8 scale. 32 as llama.cpp's Q8_0: a scale costs 4 bytes per 32 (12.5%
+ * more bytes than the integers alone); blocks of 64 would save 6% of the bytes but let one
+ * outlier coarsen twice as many weights. */
+#define WT_Q8_BLOCK 32
+
+typedef struct {
+    wt_type type;
+    const void *data;     /* [rows, cols] row-major: float, uint16_t (BF16 bits) or int8_t */
+    const float *scale;   /* Q8: [rows, wtensor_q8_blocks(cols)] row-major; NULL otherwise */
+} wtensor;
+
+/* Scales per row of a Q8 matrix (the last block of a row may be shorter than 32). */
+static inline int64_t wtensor_q8_blocks(int64_t cols)
+{
+    return (cols + WT_Q8_BLOCK - 1) / WT_Q8_BLOCK;
+}
+
+/* BF16 of f, rounded to nearest even (NaN stays a quiet NaN), as torch's .to(bfloat16). */
+static inline uint16_t wtensor_bf16_round(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+static inline float wtensor_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* "f32", "bf16", "q8". */
+const char *wtensor_type_name(wt_type t);
+
+/* Parses "f32" | "bf16" | "q8" into *t; -1 for anything else. */
+int wtensor_type_parse(const char *s, wt_type *t);
+
+/* Bytes of the integers / floats, then of the scales, of a [rows, cols] matrix of type t. */
+size_t wtensor_data_bytes(wt_type t, int64_t rows, int64_t cols);
+size_t wtensor_scale_bytes(wt_type t, int64_t rows, int64_t cols);
+
+/* dst [r1 - r0, cols] = rows [r0, r1) of w as F32 (a Q8 element is q · scale, one F32
+ * product). Thread-safe. */
+void wtensor_rows_f32(const wtensor *w, int64_t cols, int64_t r0, int64_t r1, float *dst);
+
+/* Writes src [rows, cols] (F32) as type t into data (wtensor_data_bytes) and, for Q8, scale
+ * (wtensor_scale_bytes): BF16 rounds to nearest even; Q8 takes per block d = max|x| / 127
+ * and q = round-half-even(x · (1/d)) (0 for an all-zero block). Thread-safe. */
+void wtensor_from_f32(wt_type t, const float *src, int64_t rows, int64_t cols, void *data,
+                      float *scale);
+
+#endif

@@ -1,6 +1,8 @@
 # lorad — build, test, bench, run, install. The only entry point.
 CC      ?= cc
-CFLAGS  ?= -O3 -g -march=native -ffp-contract=fast
+# x86-64-v3 (AVX2, FMA: every x86 server CPU since 2013-15) so a binary built on an AVX-512
+# machine runs on one without; the decode kernels for AVX-512 are chosen at run time.
+CFLAGS  ?= -O3 -g -march=x86-64-v3 -mtune=native -ffp-contract=fast
 WARN    := -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes
 PYTHON  ?= /usr/bin/python3
 PREFIX  ?= /usr/local

@@ -145,7 +145,7 @@ static void on_load_progress(void *user, const char *what, int done, int total)
         sd_notifyf(0, "STATUS=loading model: %d/%d files\nEXTEND_TIMEOUT_USEC=%llu", done,
                    total, START_EXTEND_S * 1000000ULL);
     else
-        sd_notifyf(0, "STATUS=loading model: converting to fp32, %d/%d tensors\n"
+        sd_notifyf(0, "STATUS=loading model: copying weights, %d/%d tensors\n"
                    "EXTEND_TIMEOUT_USEC=%llu", done, total, START_EXTEND_S * 1000000ULL);
 }
 

@@ -431,7 +431,7 @@ def check_bf16_progress_no_watchdog(build, fx, tmp):
         ready = ns.wait_for(lambda m: has(m, "READY=1"), 30, "READY=1")
         statuses = [fields(m).get("STATUS", "") for _, _, m in ns.messages()[:ready]]
         done = [s for s in statuses if re.fullmatch(
-            r"loading model: converting to fp32, (\d+)/\1 tensors", s)]
+            r"loading model: copying weights, (\d+)/\1 tensors", s)]
         check(done, "no STATUS= for the finished BF16 conversion: %r" % statuses)
         time.sleep(1.0)
         n = len(ns.pings_between(0, time.time()))

@@ -59,9 +59,11 @@ typedef struct {
  * while OpenBLAS reads it). */
 #define WBUF_FLOATS (256 * 1024)
 
-/* Below this many multiply-adds per layer, attention runs on the calling thread: waking a
- * worker costs more than it saves (a decode step of one sequence is ~1e5). */
-#define ATTN_INLINE_WORK 2e6
+/* Below this many multiply-adds per layer, attention runs on the calling thread: handing
+ * tasks to the workers (spinning between the steps' jobs, so ~1 µs away) costs more than
+ * it saves. A decode step of one sequence at position p is ~n_heads·hd·p: parallel from a
+ * few dozen positions on. */
+#define ATTN_INLINE_WORK 2e4
 
 struct forward_ctx {
     const model *m;
@@ -455,21 +457,36 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, float *const *blk,
     /* scores, 16 keys at a time (one block, or a part of one): NR rows share each load    \
      * of the keys */                                                                      \
     for (int jb = j0; jb < j1; jb += 16) {                                                 \
-        v16 acc[NR];                                                                       \
+        /* NR·CH independent sums (CH chains over d for each row): with one row, a single  \
+         * chain would wait out the FMA latency at every d */                              \
+        enum { CH = NR >= 4 ? 1 : 4 };                                                     \
+        v16 acc[NR][CH];                                                                   \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
-            acc[r] = (v16){0};                                                             \
+            _Pragma("GCC unroll 4") for (int u = 0; u < CH; u++)                           \
+                acc[r][u] = (v16){0};                                                      \
         const float *kd = blk[jb / KV_BLOCK] + kofs + jb % KV_BLOCK;                       \
         /* the next 16 keys: another block, which the hardware does not prefetch */       \
         int jn = jb + 16 < j1 ? jb + 16 : jb;                                              \
         const float *kn = blk[jn / KV_BLOCK] + kofs + jn % KV_BLOCK;                       \
-        for (int d = 0; d < hd; d++, kd += KV_BLOCK, kn += KV_BLOCK) {                     \
-            __builtin_prefetch(kn);                                                        \
-            v16 k = ld16(kd);                                                              \
+        int d = 0;                                                                         \
+        for (; d + CH <= hd; d += CH)                                                      \
+            _Pragma("GCC unroll 4") for (int u = 0; u < CH; u++) {                         \
+                __builtin_prefetch(kn + (size_t)(d + u) * KV_BLOCK);                       \
+                v16 k = ld16(kd + (size_t)(d + u) * KV_BLOCK);                             \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                       \
+                    acc[r][u] += qs[r][d + u] * k;                                         \
+            }                                                                              \
+        for (; d < hd; d++) {                                                              \
+            v16 k = ld16(kd + (size_t)d * KV_BLOCK);                                       \
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                           \
-                acc[r] += qs[r][d] * k;                                                    \
+                acc[r][0] += qs[r][d] * k;                                                 \
         }                                                                                  \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                               \
-            st16(S + (size_t)r * ss + jb, acc[r]);                                         \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                             \
+            v16 sum = acc[r][0];                                                           \
+            _Pragma("GCC unroll 4") for (int u = 1; u < CH; u++)                           \
+                sum += acc[r][u];                                                          \
+            st16(S + (size_t)r * ss + jb, sum);                                            \
+        }                                                                                  \
     }                                                                                      \
     for (int r = 0; r < NR; r++) {                                                         \
         float *row = S + (size_t)r * ss;                                                   \

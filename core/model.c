@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,9 +18,8 @@
 struct model_files {
     safetensors *st[MAX_SHARDS];
     int n;
-    void *converted;          /* anonymous mapping holding converted weights, read-only */
+    void *converted;          /* anonymous mapping holding every weight, read-only */
     size_t converted_cap;
-    size_t converted_used;
 };
 
 char *model_tensor_name(int layer, model_proj p, char *buf, size_t cap)
@@ -204,17 +204,16 @@ static size_t held_bytes(wt_type t, const model_tensor *mt)
  * instead of a whole embedding matrix: 2 GB for a 128k vocabulary). */
 #define CONVERT_ROWS 256
 
-/* Copies a checked tensor into the arena in the precision it is held in. */
-static int materialize(model *m, const st_tensor *t, model_tensor *mt, float *stage,
-                       lr_error *err)
+/* Copies a checked tensor into the arena at dst in the precision it is held in. stage:
+ * CONVERT_ROWS · cols floats, for a change of precision. */
+static int materialize(const model *m, const st_tensor *t, model_tensor *mt, char *dst,
+                       float *stage, lr_error *err)
 {
     wt_type type = held_type(m, mt);
     int64_t rows = mt->shape[0], cols = mt->ndim == 2 ? mt->shape[1] : 1;
-    char *dst = (char *)m->files->converted + m->files->converted_used;
     float *scale = type == WT_Q8 ? (float *)(dst + align_up(wtensor_data_bytes(type, rows,
                                                                                cols)))
                                  : NULL;
-    m->files->converted_used += held_bytes(type, mt);
     mt->data = (wtensor){type, dst, scale};
     if (type == WT_F32)
         return st_tensor_to_f32(t, (float *)dst, err);
@@ -255,6 +254,18 @@ static long long mem_available(void)
     return kb < 0 ? -1 : kb * 1024;
 }
 
+/* Unmaps the whole pages of a copied tensor from the file mapping: they stay in the page
+ * cache (reclaimable) but leave this process's RSS, which would otherwise hold the file
+ * and its copy at once while a large model loads (22 GB peak for a 16 GB model). */
+static void drop_file_pages(const st_tensor *t)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)t->data + page - 1) & ~(page - 1);
+    uintptr_t e = ((uintptr_t)t->data + t->nbytes) & ~(page - 1);
+    if (e > b)
+        madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
 wt_type model_default_weights(const char *dtype)
 {
     return strcmp(dtype, "BF16") == 0 ? WT_BF16 : WT_F32;
@@ -266,6 +277,80 @@ typedef struct {
     const float **fdst;     /* vectors */
     const st_tensor *t;
 } wanted;
+
+/* Copying every tensor into the arena, on a few threads (converting an 8B model to Q8
+ * is ~1 minute of one core): each takes the next tensor in order, so the files are read
+ * about sequentially. */
+typedef struct {
+    model *m;
+    wanted *want;
+    const size_t *offset;   /* [n] each tensor's place in the arena */
+    size_t n, stage_floats;
+    size_t next, done;      /* atomic: the next tensor to take; tensors copied */
+    int failed;             /* atomic: stop taking tensors */
+    pthread_mutex_t lock;
+    lr_error err;           /* the first failure */
+} copy_job;
+
+/* Takes and copies tensors until none are left; with pr (the loading thread), reports
+ * the progress of all threads after each of its own. */
+static int copy_tensors(copy_job *j, const progress *pr)
+{
+    float *stage = j->stage_floats ? malloc(j->stage_floats * sizeof(float)) : NULL;
+    lr_error err = {0};
+    int rc = j->stage_floats && !stage
+             ? lr_error_set(&err, LR_ENOMEM, "out of memory loading %s", j->m->dir) : 0;
+    while (rc == 0 && !__atomic_load_n(&j->failed, __ATOMIC_RELAXED)) {
+        size_t i = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        if (i >= j->n)
+            break;
+        model_tensor *mt = &j->m->tensors[i];
+        rc = materialize(j->m, j->want[i].t, mt, (char *)j->m->files->converted + j->offset[i],
+                         stage, &err);
+        drop_file_pages(j->want[i].t);
+        size_t done = __atomic_add_fetch(&j->done, 1, __ATOMIC_RELAXED);
+        if (pr && rc == 0)
+            report(pr, "tensors converted", (int)done, (int)j->n);
+    }
+    if (rc) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&j->lock);
+        if (j->err.code == 0)
+            j->err = err;
+        pthread_mutex_unlock(&j->lock);
+    }
+    free(stage);
+    return rc;
+}
+
+static void *copy_worker(void *arg)
+{
+    copy_tensors(arg, NULL);
+    return NULL;
+}
+
+/* Runs copy_tensors on up to 8 threads (one per CPU), the caller's included. */
+static int copy_all(copy_job *j, const progress *pr, lr_error *err)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = ncpu < 1 ? 1 : ncpu > 8 ? 8 : (int)ncpu, started = 0;
+    pthread_t th[8];
+    pthread_mutex_init(&j->lock, NULL);
+    for (; started < nt - 1 && (size_t)started + 1 < j->n; started++)
+        if (pthread_create(&th[started], NULL, copy_worker, j) != 0)
+            break;   /* fewer threads: slower, not wrong */
+    copy_tensors(j, pr);
+    for (int t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
+    pthread_mutex_destroy(&j->lock);
+    if (j->err.code) {
+        if (err)
+            *err = j->err;
+        return j->err.code;
+    }
+    report(pr, "tensors converted", (int)j->n, (int)j->n);
+    return 0;
+}
 
 model *model_load(const char *dir, lr_error *err)
 {
@@ -279,7 +364,7 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
     progress pr = {o->progress, o->user};
     model *m = calloc(1, sizeof *m);
     wanted *want = NULL;
-    float *stage = NULL;
+    size_t *offset = NULL;
     if (!m || !(m->files = calloc(1, sizeof *m->files))) {
         lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
         goto fail;
@@ -391,10 +476,15 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
 
     size_t arena = 0;
     int64_t max_cols = 1;
+    if (!(offset = malloc(n * sizeof *offset))) {
+        lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
+        goto fail;
+    }
     for (size_t i = 0; i < n; i++) {
         const model_tensor *mt = &m->tensors[i];
         wt_type t = held_type(m, mt);
         int64_t cols = mt->ndim == 2 ? mt->shape[1] : 1;
+        offset[i] = arena;
         arena += held_bytes(t, mt);
         m->weight_bytes += wtensor_data_bytes(t, mt->shape[0], cols) +
                            wtensor_scale_bytes(t, mt->shape[0], cols);
@@ -418,20 +508,16 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
     madvise(mem, arena, MADV_HUGEPAGE);   /* optional: fewer TLB misses */
     m->files->converted = mem;
     m->files->converted_cap = arena;
-    if (m->weights != WT_F32 &&
-        !(stage = malloc((size_t)CONVERT_ROWS * (size_t)max_cols * sizeof(float)))) {
-        lr_error_set(err, LR_ENOMEM, "out of memory loading %s", dir);
+    copy_job job = {.m = m, .want = want, .offset = offset, .n = n,
+                    .stage_floats = m->weights == WT_F32 ? 0
+                                    : (size_t)CONVERT_ROWS * (size_t)max_cols};
+    if (copy_all(&job, &pr, err))
         goto fail;
-    }
     for (size_t i = 0; i < n; i++) {
-        model_tensor *mt = &m->tensors[i];
-        if (materialize(m, want[i].t, mt, stage, err))
-            goto fail;
         if (want[i].wdst)
-            *want[i].wdst = mt->data;
+            *want[i].wdst = m->tensors[i].data;
         else
-            *want[i].fdst = mt->data.data;
-        report(&pr, "tensors converted", (int)i + 1, (int)n);
+            *want[i].fdst = m->tensors[i].data.data;
     }
     if (mprotect(mem, arena, PROT_READ) != 0) {
         lr_error_set(err, LR_EIO, "%s: mprotect of the weights failed", dir);
@@ -443,14 +529,14 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
     for (int i = 0; i < m->files->n; i++)
         safetensors_close(m->files->st[i]);
     m->files->n = 0;
-    free(stage);
+    free(offset);
     free(want);
     log_info("loaded %s: %s, %d layers, hidden %d, %zu MB of weights (%s held as %s, "
              "%d file%s)", dir, c->arch_name, c->n_layers, c->hidden, m->weight_bytes >> 20,
              m->dtype, wtensor_type_name(m->weights), m->n_shards, m->n_shards == 1 ? "" : "s");
     return m;
 fail:
-    free(stage);
+    free(offset);
     free(want);
     model_free(m);
     return NULL;

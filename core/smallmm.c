@@ -24,18 +24,24 @@ typedef struct {
  * x86-64, NEON on arm64) for the same 8-float vectors. */
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
 #define SMALLMM_X86 1
+#include <immintrin.h>
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")
 #define KSUF avx512
 #define VL 16
 #define TI 4
 #define TJ 4
+#define TJ2 8
 #define KPIN 1
+#define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
+    _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
 #include "smallmm_kern.h"
+#undef KQ8
 #undef KSUF
 #undef VL
 #undef TI
 #undef TJ
+#undef TJ2
 #undef KPIN
 #pragma GCC pop_options
 
@@ -45,20 +51,34 @@ typedef struct {
 #define VL 8
 #define TI 2
 #define TJ 4
+#define TJ2 4
 #define KPIN 1
+#define KQ8(m, d) ((vf_avx2)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                      \
+    _mm_loadl_epi64((const __m128i *)((const int8_t *)(m) + (d))))))
 #include "smallmm_kern.h"
+#undef KQ8
 #undef KSUF
 #undef VL
 #undef TI
 #undef TJ
+#undef TJ2
 #undef KPIN
 #pragma GCC pop_options
 #endif
+
+typedef float vf8_portable __attribute__((vector_size(32)));
+
+static inline vf8_portable q8_portable(const int8_t *q)
+{
+    return (vf8_portable){q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
+}
 
 #define KSUF portable
 #define VL 8
 #define TI 2
 #define TJ 4
+#define TJ2 4
+#define KQ8(m, d) q8_portable((const int8_t *)(m) + (d))
 #if defined(__AVX__)    /* the baseline itself has 32-byte registers */
 #define KPIN 1
 #else
@@ -69,7 +89,10 @@ typedef struct {
 #undef VL
 #undef TI
 #undef TJ
+#undef TJ2
 #undef KPIN
+
+#undef KQ8
 
 static const struct {
     const char *name;

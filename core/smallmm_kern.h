@@ -2,8 +2,12 @@
  * (included by smallmm.c with KSUF, VL, TI, TJ, KPIN defined and the target set by
  * #pragma GCC target). Every function here is static and named with the KSUF suffix.
  *   VL    floats per vector (16: AVX-512 zmm; 8: AVX2 ymm, or two SSE registers)
- *   TI×TJ tile of X·Mᵀ: TI rows of X by TJ rows of M, TI·TJ accumulators
+ *   TI×TJ tile of X·Mᵀ: TI rows of X by TJ rows of M, TI·TJ accumulators; TJ2 the rows
+ *         of M in a tile for two rows of X (8 with 32 registers; 4 with 16, where 2 × 8
+ *         accumulators would spill)
  *   KPIN  1 when one register holds a vector (see the asm in dots_tile)
+ *   KQ8(m, d)  VL int8 weights of row m from element d as floats (GCC's generic vector
+ *         conversion scalarizes int8 → float, so the x86 builds use the intrinsics) 
  * The weights M may be F32, BF16 or Q8 (wtensor.h); each element is widened to F32 in a
  * register (BF16: a 16-bit shift; Q8: integer → float, times its block's scale) and
  * multiplied in F32, so the products equal F32 products on the dequantized weights. */
@@ -17,7 +21,6 @@ typedef float K(vfu) __attribute__((vector_size(VL * 4), aligned(4), may_alias))
 typedef int K(vi) __attribute__((vector_size(VL * 4)));
 typedef unsigned K(vu) __attribute__((vector_size(VL * 4)));
 typedef unsigned short K(vh) __attribute__((vector_size(VL * 2), aligned(2), may_alias));
-typedef signed char K(vb) __attribute__((vector_size(VL), aligned(1), may_alias));
 
 #define vf K(vf)
 #define vi K(vi)
@@ -43,8 +46,7 @@ static inline __attribute__((always_inline)) vf K(ldw)(const void *m, const floa
         K(vu) w = __builtin_convertvector(*(const K(vh) *)((const uint16_t *)m + d), K(vu));
         return (vf)(w << 16);
     }
-    vf q = __builtin_convertvector(*(const K(vb) *)((const int8_t *)m + d), vf);
-    return q * sc[d / WT_Q8_BLOCK];
+    return KQ8(m, d) * sc[d / WT_Q8_BLOCK];
 }
 
 /* One weight as F32 (the scalar tail). */
@@ -176,9 +178,9 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
         }
 }
 
-/* Rows [lo, hi) of one product for weight type MT: blocks of TJ rows of M (8 for one or
- * two rows of X, which are bound by streaming M: more rows of M in flight, 17% faster for
- * two rows), and for each, every tile of TI rows of X (the block of M is in L1 by then;
+/* Rows [lo, hi) of one product for weight type MT: blocks of TJ rows of M (8 for one row
+ * of X and TJ2 for two, which are bound by streaming M: more rows of M in flight, 17%
+ * faster for two rows on AVX-512), and for each, every tile of TI rows of X (the block of M is in L1 by then;
  * X, at most 64 rows, in L2), the last tile with exactly the rows left. */
 static inline __attribute__((always_inline)) void
 K(xmt_rows_t)(const smallmm_xmt *jb, int in, int lo, int hi, int MT)
@@ -191,9 +193,9 @@ K(xmt_rows_t)(const smallmm_xmt *jb, int in, int lo, int hi, int MT)
         return;
     }
     if (jb->n == 2) {
-        for (int j = lo; j < hi; j += 8)
-            K(dots_tile)(jb->x, 2, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j, jb->ldy, 1,
-                         2, 8, MT);
+        for (int j = lo; j < hi; j += TJ2)
+            K(dots_tile)(jb->x, 2, in, m, j, hi - j < TJ2 ? hi - j : TJ2, jb->y + j, jb->ldy,
+                         1, 2, TJ2, MT);
         return;
     }
     for (int j = lo; j < hi; j += TJ) {

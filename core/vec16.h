@@ -4,6 +4,10 @@
 #ifndef LORAD_VEC16_H
 #define LORAD_VEC16_H
 
+/* Passing a 64-byte vector by value has no fixed ABI without AVX-512 (GCC warns); these
+ * helpers are static inline, never called across objects. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 

@@ -82,8 +82,14 @@ void wtensor_from_f32(wt_type t, const float *src, int64_t rows, int64_t cols, v
                     amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
                 float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
                 scale[(size_t)r * nb + b] = d;
-                for (int i = 0; i < len; i++)   /* |x·id| <= 127 up to rounding: clamp */
-                    q[i] = (int8_t)fmaxf(-127.0f, fminf(127.0f, nearbyintf(x[i] * id)));
+                for (int i = 0; i < len; i++) {   /* |x·id| <= 127 up to rounding: clamp */
+                    float v = nearbyintf(x[i] * id);
+                    if (!(v >= -127.0f))     /* below the range, or NaN (then 0) */
+                        v = v < 0 ? -127.0f : 0.0f;
+                    else if (v > 127.0f)
+                        v = 127.0f;
+                    q[i] = (int8_t)v;
+                }
             }
         break;
     }

@@ -3,7 +3,7 @@
  * adapter on the fly) and prefill (a 512-token prompt) per precision, each against its
  * own bandwidth bound (the bytes it holds per token ÷ the machine's read bandwidth,
  * measured in the same run), the three interleaved so machine noise hits them alike; then
- * decode per kernel family (portable, AVX2, AVX-512) this CPU runs.
+ * decode per kernel family (portable, AVX2, AVX-512, AVX-512 BF16) this CPU runs.
  * Usage: bench_weights [WORKDIR] [--quick] (WORKDIR as bench_engine's, which writes the
  * model on first use: run `make bench` or bench_engine --prepare first). */
 #include <stdio.h>
@@ -144,7 +144,7 @@ int main(int argc, char **argv)
 
     /* Decode per kernel family, base only, fewer repetitions. */
     printf("\n%-9s %12s %12s %12s   (decode tok/s, base)\n", "kernels", "f32", "bf16", "q8");
-    for (int isa = SMALLMM_PORTABLE; isa <= SMALLMM_AVX512; isa++) {
+    for (int isa = SMALLMM_PORTABLE; isa <= SMALLMM_AVX512BF16; isa++) {
         if (smallmm_set_isa((smallmm_isa)isa) != 0) {
             printf("%-9s %12s\n", smallmm_isa_name((smallmm_isa)isa), "(not on this CPU)");
             continue;

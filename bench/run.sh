@@ -15,3 +15,5 @@ echo "== decode step against batch size"
 "$BUILD/bench/bench_batch" "$BUILD/bench-data" $Q --tsv "$BUILD/bench-batch.tsv"
 echo "== base weights in f32, bf16, q8"
 "$BUILD/bench/bench_weights" "$BUILD/bench-data" $Q
+echo "== drift of bf16 / q8 weights from f32 on the demo model"
+"$BUILD/bench/bench_drift" models/demo/base $Q

@@ -46,6 +46,28 @@ typedef struct {
 #pragma GCC pop_options
 
 #pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,bmi2")
+#define KSUF avx512bf16
+#define VL 16
+#define TI 4
+#define TJ 4
+#define TJ2 8
+#define KPIN 1
+#define KDPBF16 1
+#define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \
+    _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
+#include "smallmm_kern.h"
+#undef KQ8
+#undef KDPBF16
+#undef KSUF
+#undef VL
+#undef TI
+#undef TJ
+#undef TJ2
+#undef KPIN
+#pragma GCC pop_options
+
+#pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi2")
 #define KSUF avx2
 #define VL 8
@@ -102,9 +124,11 @@ static const struct {
 #ifdef SMALLMM_X86
     [SMALLMM_AVX2] = {"avx2", &kernels_avx2},
     [SMALLMM_AVX512] = {"avx512", &kernels_avx512},
+    [SMALLMM_AVX512BF16] = {"avx512bf16", &kernels_avx512bf16},
 #else
     [SMALLMM_AVX2] = {"avx2", NULL},
     [SMALLMM_AVX512] = {"avx512", NULL},
+    [SMALLMM_AVX512BF16] = {"avx512bf16", NULL},
 #endif
 };
 
@@ -118,21 +142,24 @@ int smallmm_isa_supported(smallmm_isa isa)
     __builtin_cpu_init();
     if (isa == SMALLMM_AVX2)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     if (isa == SMALLMM_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+        return avx512;
+    if (isa == SMALLMM_AVX512BF16)
+        return avx512 && __builtin_cpu_supports("avx512bf16");
 #endif
     return 0;
 }
 
 const char *smallmm_isa_name(smallmm_isa isa)
 {
-    return isa >= SMALLMM_PORTABLE && isa <= SMALLMM_AVX512 ? isas[isa].name : "auto";
+    return isa >= SMALLMM_PORTABLE && isa <= SMALLMM_AVX512BF16 ? isas[isa].name : "auto";
 }
 
 int smallmm_isa_parse(const char *s, smallmm_isa *isa)
 {
-    for (int i = SMALLMM_PORTABLE; i <= SMALLMM_AVX512; i++)
+    for (int i = SMALLMM_PORTABLE; i <= SMALLMM_AVX512BF16; i++)
         if (strcmp(s, isas[i].name) == 0) {
             *isa = (smallmm_isa)i;
             return 0;
@@ -148,10 +175,10 @@ static smallmm_isa auto_isa(void)
     if (env && *env) {
         if (smallmm_isa_parse(env, &want) == 0 && smallmm_isa_supported(want))
             return want;
-        log_warn("LORAD_ISA=%s: not one of portable, avx2, avx512 that this CPU runs; "
-                 "choosing the best one", env);
+        log_warn("LORAD_ISA=%s: not one of portable, avx2, avx512, avx512bf16 that this CPU "
+                 "runs; choosing the best one", env);
     }
-    for (int i = SMALLMM_AVX512; i > SMALLMM_PORTABLE; i--)
+    for (int i = SMALLMM_AVX512BF16; i > SMALLMM_PORTABLE; i--)
         if (smallmm_isa_supported((smallmm_isa)i))
             return (smallmm_isa)i;
     return SMALLMM_PORTABLE;

@@ -56,6 +56,7 @@ typedef enum {
     SMALLMM_PORTABLE = 0,  /* plain C with vector extensions, the compiler's baseline ISA */
     SMALLMM_AVX2,          /* AVX2 + FMA, 8-float vectors */
     SMALLMM_AVX512,        /* AVX-512 F/BW/DQ/VL, 16-float vectors */
+    SMALLMM_AVX512BF16,    /* the same, BF16 weights × one or two rows in vdpbf16ps */
 } smallmm_isa;
 
 /* 1 when this CPU (and this build) can run isa. Thread-safe. */
@@ -68,7 +69,7 @@ int smallmm_set_isa(smallmm_isa isa);
 /* The kernels in use (chosen on first use when nobody set them). */
 smallmm_isa smallmm_get_isa(void);
 
-/* "portable", "avx2", "avx512" ("auto" for SMALLMM_AUTO); parse: -1 for anything else. */
+/* "portable", "avx2", "avx512", "avx512bf16" ("auto" for SMALLMM_AUTO); parse: -1 for anything else. */
 const char *smallmm_isa_name(smallmm_isa isa);
 int smallmm_isa_parse(const char *s, smallmm_isa *isa);
 

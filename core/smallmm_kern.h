@@ -6,6 +6,7 @@
  *         of M in a tile for two rows of X (8 with 32 registers; 4 with 16, where 2 × 8
  *         accumulators would spill)
  *   KPIN  1 when one register holds a vector (see the asm in dots_tile)
+ *   KDPBF16 1: BF16 weights meet one or two rows of X in vdpbf16ps (AVX-512 BF16)
  *   KQ8(m, d)  VL int8 weights of row m from element d as floats (GCC's generic vector
  *         conversion scalarizes int8 → float, so the x86 builds use the intrinsics) 
  * The weights M may be F32, BF16 or Q8 (wtensor.h); each element is widened to F32 in a
@@ -178,6 +179,66 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
         }
 }
 
+#if KDPBF16
+/* The BF16 tile with AVX-512 BF16's dot products (vdpbf16ps: 32 products a μop, in F32),
+ * for one or two rows of X (decode of one or two sequences, where the widening kernel
+ * above runs out of μops before memory runs out of bytes). Each 32 elements of a row of X
+ * are split into two BF16 vectors, hi = bf16(x) and lo = bf16(x − hi), and every weight
+ * vector meets both: x·w to within 2^-17 of x (F32 would be 2^-24) — where rounding x
+ * to BF16 alone (one vdpbf16ps) would cost 2^-9, too coarse to match the F32 reference.
+ * The split costs ~12 μops per 32 elements of a row of X, shared by the NJ rows of M. */
+static inline __attribute__((always_inline)) void
+K(dots_dpbf16)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, float *y,
+               int ldy, int NI, int NJ)
+{
+    const uint16_t *mr[16];
+    const float *xr[2];
+    for (int j = 0; j < NJ; j++)
+        mr[j] = (const uint16_t *)mt->data + (size_t)(j0 + (j < nj ? j : nj - 1)) * in;
+    for (int i = 0; i < NI; i++)
+        xr[i] = x + (size_t)(i < ni ? i : ni - 1) * in;
+    __m512 acc[32];
+    for (int k = 0; k < NI * NJ; k++)
+        acc[k] = _mm512_setzero_ps();
+    int d = 0;
+    for (; d + 32 <= in; d += 32) {
+        __m512bh xh[2], xl[2];
+        for (int i = 0; i < NI; i++) {
+            __m512 x0 = _mm512_loadu_ps(xr[i] + d), x1 = _mm512_loadu_ps(xr[i] + d + 16);
+            __m256bh h0 = _mm512_cvtneps_pbh(x0), h1 = _mm512_cvtneps_pbh(x1);
+            __m512 f0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32((__m256i)h0), 16));
+            __m512 f1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32((__m256i)h1), 16));
+            xh[i] = (__m512bh)_mm512_inserti64x4(_mm512_castsi256_si512((__m256i)h0),
+                                                 (__m256i)h1, 1);
+            xl[i] = _mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, f1), _mm512_sub_ps(x0, f0));
+        }
+        for (int j = 0; j < NJ; j++) {
+            __builtin_prefetch(mr[j] + d + (size_t)NJ * in, 0, 3);
+            __m512bh w = (__m512bh)_mm512_loadu_si512(mr[j] + d);
+            for (int i = 0; i < NI; i++) {
+                acc[i * NJ + j] = _mm512_dpbf16_ps(acc[i * NJ + j], xh[i], w);
+                acc[i * NJ + j] = _mm512_dpbf16_ps(acc[i * NJ + j], xl[i], w);
+            }
+        }
+    }
+    float sums[32];
+    for (int c = 0; c < NI * NJ; c += VL) {
+        vf part = K(reduce_lanes)((vf *)acc + c, NI * NJ - c < VL ? NI * NJ - c : VL);
+        for (int k = 0; k < VL; k++)
+            sums[c + k] = part[k];
+    }
+    for (int i = 0; i < ni && i < NI; i++)
+        for (int j = 0; j < nj && j < NJ; j++) {
+            float s = sums[i * NJ + j];
+            for (int e = d; e < in; e++)
+                s += xr[i][e] * wtensor_bf16_to_f32(mr[j][e]);
+            y[(size_t)i * ldy + j] = s;
+        }
+}
+#endif
+
 /* Rows [lo, hi) of one product for weight type MT: blocks of TJ rows of M (8 for one row
  * of X and TJ2 for two, which are bound by streaming M: more rows of M in flight, 17%
  * faster for two rows on AVX-512), and for each, every tile of TI rows of X (the block of M is in L1 by then;
@@ -186,6 +247,19 @@ static inline __attribute__((always_inline)) void
 K(xmt_rows_t)(const smallmm_xmt *jb, int in, int lo, int hi, int MT)
 {
     const wtensor *m = &jb->m;
+#if KDPBF16
+    if (MT == WT_BF16 && jb->n <= 2) {
+        int nj = jb->n == 1 ? 16 : 8;
+        for (int j = lo; j < hi; j += nj)
+            if (jb->n == 1)
+                K(dots_dpbf16)(jb->x, 1, in, m, j, hi - j < 16 ? hi - j : 16, jb->y + j,
+                               jb->ldy, 1, 16);
+            else
+                K(dots_dpbf16)(jb->x, 2, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j,
+                               jb->ldy, 2, 8);
+        return;
+    }
+#endif
     if (jb->n == 1) {
         for (int j = lo; j < hi; j += 8)
             K(dots_tile)(jb->x, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j, jb->ldy, 1,

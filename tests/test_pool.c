@@ -1,12 +1,17 @@
 /* Tests for core/pool: every task runs exactly once per pool_run, on a valid thread; a
- * pool can be created, used at once and destroyed repeatedly; sleeping workers wake. */
+ * pool can be created, used at once and destroyed repeatedly; workers that went to sleep
+ * wake for the next job and take their share of it. */
 #include <check.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "core/pool.h"
+
+enum { POOL_TEST_MAX_THREADS = 8 };
 
 typedef struct {
     atomic_int *hits;     /* [n] times each task ran */
@@ -65,9 +70,96 @@ START_TEST(test_create_run_free_at_once_does_not_hang)
 }
 END_TEST
 
-START_TEST(test_workers_sleep_and_wake)
+/* A barrier for the tasks of one pool_run: each task records its thread and waits until
+ * `want` tasks have arrived, or until a deadline (so a pool whose workers never come
+ * fails the test instead of hanging it). Once the deadline has passed, later tasks do
+ * not wait again: a broken pool costs one timeout, not one per task. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int want, arrived;
+    int timed_out;
+    struct timespec deadline;     /* CLOCK_MONOTONIC */
+    atomic_int ran_on[POOL_TEST_MAX_THREADS];  /* tasks run by each thread */
+    atomic_int bad_thread;
+} rendezvous;
+
+static void rendezvous_task(void *ctx, int task, int thread)
 {
-    /* Runs spaced out enough that workers go to sleep on the condvar between them. */
+    rendezvous *r = ctx;
+    (void)task;
+    if (thread < 0 || thread >= POOL_TEST_MAX_THREADS) {
+        atomic_fetch_add(&r->bad_thread, 1);
+        return;
+    }
+    atomic_fetch_add(&r->ran_on[thread], 1);
+    pthread_mutex_lock(&r->mu);
+    r->arrived++;
+    pthread_cond_broadcast(&r->cv);
+    while (r->arrived < r->want && !r->timed_out)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &r->deadline) == ETIMEDOUT)
+            r->timed_out = 1;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* One pool_run of n tasks on a pool of n threads, each task blocking until all n have
+ * started: it can only complete (before the deadline) if every thread — the caller and
+ * each worker — runs exactly one task. Returns how many distinct threads ran one. */
+static int run_rendezvous(pool *p, int n, double timeout_s)
+{
+    rendezvous r;
+    memset(&r, 0, sizeof r);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&r.mu, NULL);
+    r.want = n;
+    clock_gettime(CLOCK_MONOTONIC, &r.deadline);
+    long ns = r.deadline.tv_nsec + (long)((timeout_s - (long)timeout_s) * 1e9);
+    r.deadline.tv_sec += (time_t)timeout_s + ns / 1000000000L;
+    r.deadline.tv_nsec = ns % 1000000000L;
+
+    pool_run(p, rendezvous_task, &r, n);
+
+    ck_assert_int_eq(atomic_load(&r.bad_thread), 0);
+    int threads = 0;
+    for (int t = 0; t < POOL_TEST_MAX_THREADS; t++)
+        threads += atomic_load(&r.ran_on[t]) > 0;
+    pthread_mutex_destroy(&r.mu);
+    pthread_cond_destroy(&r.cv);
+    return threads;
+}
+
+START_TEST(test_sleeping_workers_wake_and_each_runs_a_task)
+{
+    /* After 20 ms of idleness (far past pool.c's 0.3 ms POOL_SPIN_NS) the workers sleep
+     * on the condvar. A job of n blocking tasks on n threads then needs every worker to
+     * wake: the caller alone would run its task, wait for the others until the deadline,
+     * then run the rest one by one. So a pool whose wake-up is lost fails here (after one
+     * 5 s timeout) instead of passing on the caller's work. Bounded: 3 pool sizes x 5
+     * rounds, each at most 20 ms + 5 s. */
+    for (int n = 2; n <= 4; n++) {
+        pool *p = pool_create(n, NULL);
+        ck_assert_ptr_nonnull(p);
+        for (int round = 0; round < 5; round++) {
+            struct timespec idle = {0, 20000000};  /* 20 ms */
+            nanosleep(&idle, NULL);
+            int threads = run_rendezvous(p, n, 5.0);
+            ck_assert_msg(threads == n, "pool of %d threads, round %d after 20 ms idle: only "
+                          "%d thread(s) ran the %d tasks (sleeping workers did not wake)", n,
+                          round, threads, n);
+        }
+        pool_free(p);
+    }
+}
+END_TEST
+
+START_TEST(test_workers_sleep_and_wake_between_spaced_runs)
+{
+    /* Runs spaced out enough that workers go to sleep on the condvar between them; every
+     * task still runs exactly once (whoever runs it). */
     pool *p = pool_create(2, NULL);
     ck_assert_ptr_nonnull(p);
     for (int i = 0; i < 20; i++) {
@@ -111,7 +203,8 @@ static Suite *pool_suite(void)
     tcase_set_timeout(core, 60);
     tcase_add_test(core, test_every_task_runs_exactly_once);
     tcase_add_test(core, test_create_run_free_at_once_does_not_hang);
-    tcase_add_test(core, test_workers_sleep_and_wake);
+    tcase_add_test(core, test_sleeping_workers_wake_and_each_runs_a_task);
+    tcase_add_test(core, test_workers_sleep_and_wake_between_spaced_runs);
     tcase_add_test(core, test_back_to_back_runs_never_run_a_task_twice);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");

@@ -524,19 +524,23 @@ START_TEST(test_without_tokenizer_tokens_are_collected_and_there_is_no_text)
 }
 END_TEST
 
-START_TEST(test_error_finish_is_reported_with_its_message)
+START_TEST(test_error_finish_is_reported_with_its_message_and_keeps_the_output)
 {
     size_t n;
     int *ids = encode("Hello world", &n);
     run r;
     run_start(&r, tok, NULL, 0);
-    run_feed(&r, ids, n);
+    ck_assert_int_eq(run_feed(&r, ids, n), -1);
     lr_error e = {0};
     lr_error_set(&e, LR_EIO, "engine step failed");
     r.req.on_done(r.req.user, ENGINE_FINISH_ERROR, &e);
     ck_assert_int_eq(generation_finished(r.g), 1);
     ck_assert_int_eq(generation_finish_reason(r.g), ENGINE_FINISH_ERROR);
+    ck_assert_int_eq(generation_error(r.g)->code, LR_EIO);
     ck_assert_str_eq(generation_error(r.g)->msg, "engine step failed");
+    /* what came before the error is kept and was streamed, as in any other finish */
+    check_invariants(&r, ids);
+    ck_assert_str_eq(generation_text(r.g, NULL), "Hello world");
     free(ids);
     generation_free(r.g);
 }
@@ -554,6 +558,7 @@ static void check_refused(const tokenizer *t, const char *const *stops, int n_st
     generation *g = generation_new(&o, &err);
     ck_assert_msg(g == NULL, "generation_new accepted %d stop strings (needle '%s')", n_stop,
                   needle);
+    generation_free(g);   /* accepts the NULL of a refusal */
     ck_assert_int_eq(err.code, LR_EINVAL);
     ck_assert_msg(strstr(err.msg, needle) != NULL, "message '%s' lacks '%s'", err.msg, needle);
 }
@@ -606,12 +611,6 @@ START_TEST(test_id_outside_the_tokenizer_vocab_is_collected_without_text)
 }
 END_TEST
 
-START_TEST(test_free_accepts_null)
-{
-    generation_free(NULL);
-}
-END_TEST
-
 static Suite *generation_suite(void)
 {
     Suite *s = suite_create("generation");
@@ -637,12 +636,11 @@ static Suite *generation_suite(void)
     tcase_add_test(core, test_stop_string_in_the_text_flushed_at_done_finishes_with_stop);
     tcase_add_test(core, test_special_tokens_are_collected_but_not_in_the_text);
     tcase_add_test(core, test_without_tokenizer_tokens_are_collected_and_there_is_no_text);
-    tcase_add_test(core, test_error_finish_is_reported_with_its_message);
+    tcase_add_test(core, test_error_finish_is_reported_with_its_message_and_keeps_the_output);
     tcase_add_test(limits, test_empty_stop_string_is_refused);
     tcase_add_test(limits, test_more_than_max_stop_strings_are_refused_max_accepted);
     tcase_add_test(limits, test_stop_strings_without_tokenizer_are_refused);
     tcase_add_test(limits, test_id_outside_the_tokenizer_vocab_is_collected_without_text);
-    tcase_add_test(limits, test_free_accepts_null);
     suite_add_tcase(s, core);
     suite_add_tcase(s, limits);
     return s;

@@ -316,13 +316,43 @@ START_TEST(test_tb_adds_to_outputs_for_every_edge_and_mix)
 }
 END_TEST
 
-START_TEST(test_empty_calls_do_nothing)
+/* No jobs (n_jobs 0, with and without a job array behind it): nothing is written. The
+ * array holds real products, so a run that ignored n_jobs would change their outputs. */
+START_TEST(test_empty_calls_write_nothing)
 {
-    pool *p = make_pool(2);
-    smallmm_xmt_run(p, 16, NULL, 0);
-    smallmm_tb_run(p, NULL, 0);
-    smallmm_xmt_run(NULL, 16, NULL, 0);
-    pool_free(p);
+    enum { N = 3, IN = 16, ROWS = 5, OUT = 9, R = 2 };
+    float *x = rand_floats(N * IN), *m = rand_floats(ROWS * IN);
+    float *t = rand_floats(N * R), *bt = rand_floats(R * OUT);
+    float y1[N * ROWS], y2[N * OUT];
+    smallmm_xmt xmt = {x, N, m, ROWS, y1, ROWS};
+    smallmm_tb tb = {t, R, N, bt, R, OUT, 1.0f, y2};
+    for (int threads = 1; threads <= 2; threads++) {
+        pool *p = make_pool(threads);
+        for (int i = 0; i < N * ROWS; i++)
+            y1[i] = 1234.5f;
+        for (int i = 0; i < N * OUT; i++)
+            y2[i] = -77.25f;
+        smallmm_xmt_run(p, IN, &xmt, 0);
+        smallmm_xmt_run(p, IN, NULL, 0);
+        smallmm_tb_run(p, &tb, 0);
+        smallmm_tb_run(p, NULL, 0);
+        for (int i = 0; i < N * ROWS; i++)
+            ck_assert_msg(y1[i] == 1234.5f, "%d threads: X·Mᵀ with no jobs wrote Y[%d] = %g",
+                          threads, i, y1[i]);
+        for (int i = 0; i < N * OUT; i++)
+            ck_assert_msg(y2[i] == -77.25f, "%d threads: T·Bt with no jobs wrote Y[%d] = %g",
+                          threads, i, y2[i]);
+        /* the same arrays with n_jobs 1 do write: the sentinels above could change */
+        smallmm_xmt_run(p, IN, &xmt, 1);
+        smallmm_tb_run(p, &tb, 1);
+        ck_assert_msg(y1[0] != 1234.5f && y2[0] != -77.25f, "%d threads: one job wrote "
+                      "nothing", threads);
+        pool_free(p);
+    }
+    free(x);
+    free(m);
+    free(t);
+    free(bt);
 }
 END_TEST
 
@@ -343,7 +373,7 @@ static Suite *smallmm_suite(void)
     tcase_add_test(core, test_isa_choice);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");
-    tcase_add_test(limits, test_empty_calls_do_nothing);
+    tcase_add_test(limits, test_empty_calls_write_nothing);
     suite_add_tcase(s, limits);
     return s;
 }

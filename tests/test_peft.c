@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "adapters/peft.h"
@@ -610,16 +609,8 @@ START_TEST(test_exclude_modules_deselects)
 }
 END_TEST
 
-/* CPU time of this thread (user + system, page faults included): unlike wall time it
- * does not grow when other jobs share the machine's two cores. */
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-START_TEST(test_smollm2_shaped_rank16_adapter_loads_fast)
+/* A real-sized adapter (its load time is measured by `make bench`, bench_engine). */
+START_TEST(test_smollm2_shaped_rank16_adapter_loads_with_every_matrix)
 {
     /* SmolLM2-135M: hidden 576, intermediate 1536, 9 heads × 64, 3 kv heads; 30 layers.
      * r=16 on all seven projections ≈ 20 MB of fp32. */
@@ -655,22 +646,11 @@ START_TEST(test_smollm2_shaped_rank16_adapter_loads_fast)
     ck_assert_msg(safetensors_write(path, t, n, NULL, &err) == 0, "%s", err.msg);
     write_config(dir, 16, 32, "\"target_modules\": " ALL7_JSON);
 
-    double best = 1e9;
-    for (int k = 0; k < 5; k++) {
-        double t0 = now_ms();
-        peft_adapter *a = expect_load(dir, &base);
-        double dt = now_ms() - t0;
-        best = dt < best ? dt : best;
-        ck_assert_int_eq(a->n_matrices, 210);
-        /* 30 layers × r 16 × Σ(in+out) 10176 × 4 bytes */
-        ck_assert_uint_eq(a->w->bytes, (size_t)30 * 16 * 10176 * 4);
-        peft_free(a);
-    }
-    fprintf(stderr, "test_peft: SmolLM2-shaped r=16 adapter (~20 MB fp32) loads in %.1f ms CPU\n",
-            best);
-#if !defined(__SANITIZE_ADDRESS__)
-    ck_assert_msg(best < 30.0, "load took %.1f ms (budget 30 ms)", best);
-#endif
+    peft_adapter *a = expect_load(dir, &base);
+    ck_assert_int_eq(a->n_matrices, 210);
+    /* 30 layers × r 16 × Σ(in+out) 10176 × 4 bytes */
+    ck_assert_uint_eq(a->w->bytes, (size_t)30 * 16 * 10176 * 4);
+    peft_free(a);
     free(t);
     free(names);
     free(ones);
@@ -1124,7 +1104,7 @@ static Suite *peft_suite(void)
     tcase_add_test(core, test_layers_to_transform_restricts_layers);
     tcase_add_test(core, test_all_linear_null_targets_and_fan_in_fan_out_are_accepted);
     tcase_add_test(core, test_exclude_modules_deselects);
-    tcase_add_test(core, test_smollm2_shaped_rank16_adapter_loads_fast);
+    tcase_add_test(core, test_smollm2_shaped_rank16_adapter_loads_with_every_matrix);
     suite_add_tcase(s, core);
 
     TCase *limits = tcase_create("limits");

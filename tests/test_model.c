@@ -1,5 +1,5 @@
-/* Tests for core/config and core/model: tiny Llama checkpoints written here (F32 through
- * safetensors_write, F16/BF16/I32 and broken files as raw bytes), loaded back. Expected
+/* Tests for core/config and core/model: tiny Llama checkpoints written here (with
+ * testutil_write_safetensors, every dtype's bytes worked out here), loaded back. Expected
  * values come from a formula or from bit patterns worked out independently (Python's
  * struct module for F16, the bf16 = top half of an fp32 rule), never from the loader. */
 #include <check.h>
@@ -14,7 +14,6 @@
 
 #include "core/config.h"
 #include "core/model.h"
-#include "core/safetensors.h"
 #include "tests/testutil.h"
 
 /* ---- the tiny model: its shape and its tensor list, written out independently of
@@ -180,110 +179,49 @@ static json_t *tiny_config(const tiny *t)
     return j;
 }
 
-/* F32 tensors s[0..n) (global indices k0..) through safetensors_write. */
-static void write_f32(const char *path, const tspec *s, int n, int k0)
+/* Tensors s[0..n) (global indices k0..) in dtype — each tensor may override it — with
+ * testutil_write_safetensors: F16/BF16 cycle through the tables, F32 uses f32_value, I32
+ * holds the element index. skew 2 puts every tensor's data at an address that is not
+ * 4-byte aligned in the mapping. */
+static void write_tensors(const char *path, const tspec *s, int n, int k0, const char *dtype,
+                          int skew)
 {
-    st_write_tensor w[MAX_T];
-    float *data[MAX_T];
-    memset(w, 0, sizeof w);
-    for (int i = 0; i < n; i++) {
-        int64_t ne = spec_numel(&s[i]);
-        data[i] = malloc((size_t)ne * sizeof(float));
-        ck_assert_ptr_nonnull(data[i]);
-        for (int64_t e = 0; e < ne; e++)
-            data[i][e] = f32_value(k0 + i, e);
-        w[i].name = s[i].name;
-        w[i].ndim = s[i].ndim;
-        w[i].shape[0] = s[i].shape[0];
-        w[i].shape[1] = s[i].shape[1];
-        w[i].data = data[i];
-    }
-    lr_error err = {0};
-    int rc = safetensors_write(path, w, n, NULL, &err);
-    for (int i = 0; i < n; i++)
-        free(data[i]);
-    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
-}
-
-/* Any dtype, bytes by hand: F16/BF16 cycle through the tables, F32 uses f32_value, I32
- * holds the element index. Each tensor may override the file's dtype. The header is
- * padded with spaces to a multiple of 8 bytes, plus `skew` more (skew 2 puts every tensor
- * of the data section at an address that is not 4-byte aligned in the mapping). */
-static void write_raw(const char *path, const tspec *s, int n, const char *dtype, int skew)
-{
-    size_t hcap = 16384, hlen = 0, off = 0;
-    char *hdr = malloc(hcap);
-    ck_assert_ptr_nonnull(hdr);
-    size_t offs[MAX_T], sizes[MAX_T];
-    hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "{");
+    testutil_tensor t[MAX_T] = {{0}};
+    unsigned char *data[MAX_T];
     for (int i = 0; i < n; i++) {
         const char *dt = s[i].dtype ? s[i].dtype : dtype;
         size_t es = strcmp(dt, "F16") == 0 || strcmp(dt, "BF16") == 0 ? 2 : 4;
-        sizes[i] = (size_t)spec_numel(&s[i]) * es;
-        offs[i] = off;
-        char shape[64];
-        if (s[i].ndim == 1)
-            snprintf(shape, sizeof shape, "[%lld]", (long long)s[i].shape[0]);
-        else
-            snprintf(shape, sizeof shape, "[%lld,%lld]", (long long)s[i].shape[0],
-                     (long long)s[i].shape[1]);
-        hlen += (size_t)snprintf(hdr + hlen, hcap - hlen,
-                                 "%s\"%s\":{\"dtype\":\"%s\",\"shape\":%s,"
-                                 "\"data_offsets\":[%zu,%zu]}",
-                                 i ? "," : "", s[i].name, dt, shape, off, off + sizes[i]);
-        off += sizes[i];
-        ck_assert_uint_lt(hlen, hcap - 64);
-    }
-    hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "}");
-    while (hlen % 8)
-        hdr[hlen++] = ' ';
-    for (int i = 0; i < skew; i++)
-        hdr[hlen++] = ' ';
-    unsigned char *data = calloc(off ? off : 1, 1);
-    ck_assert_ptr_nonnull(data);
-    for (int i = 0; i < n; i++) {
-        const char *dt = s[i].dtype ? s[i].dtype : dtype;
-        unsigned char *p = data + offs[i];
+        data[i] = malloc((size_t)spec_numel(&s[i]) * es);
+        ck_assert_ptr_nonnull(data[i]);
         for (int64_t e = 0; e < spec_numel(&s[i]); e++) {
             uint32_t v;
             if (strcmp(dt, "F16") == 0)
-                v = f16_table[(i + e) % F16_N].bits;
+                v = f16_table[(k0 + i + e) % F16_N].bits;
             else if (strcmp(dt, "BF16") == 0)
-                v = bf16_table[(i + e) % BF16_N].bits;
+                v = bf16_table[(k0 + i + e) % BF16_N].bits;
             else if (strcmp(dt, "I32") == 0)
                 v = (uint32_t)e;
             else {
-                float f = f32_value(i, e);
+                float f = f32_value(k0 + i, e);
                 memcpy(&v, &f, 4);
             }
-            size_t es = strcmp(dt, "F16") == 0 || strcmp(dt, "BF16") == 0 ? 2 : 4;
             for (size_t b = 0; b < es; b++)  /* little-endian */
-                p[(size_t)e * es + b] = (unsigned char)(v >> (8 * b));
+                data[i][(size_t)e * es + b] = (unsigned char)(v >> (8 * b));
         }
+        t[i] = (testutil_tensor){.name = s[i].name, .dtype = dt, .ndim = s[i].ndim,
+                                 .shape = {s[i].shape[0], s[i].shape[1]}, .data = data[i]};
     }
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    unsigned char len8[8];
-    for (int b = 0; b < 8; b++)
-        len8[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
-    ck_assert_int_eq(fwrite(len8, 1, 8, f), 8);
-    ck_assert_int_eq(fwrite(hdr, 1, hlen, f), hlen);
-    if (off)
-        ck_assert_int_eq(fwrite(data, 1, off, f), off);
-    ck_assert_int_eq(fclose(f), 0);
-    free(hdr);
-    free(data);
+    testutil_write_safetensors(path, t, n, skew);
+    for (int i = 0; i < n; i++)
+        free(data[i]);
 }
 
-/* Writes DIR/model.safetensors with tensors s in dtype ("F32" through safetensors_write). */
+/* Writes DIR/model.safetensors with tensors s in dtype. */
 static void write_weights(const char *dir, const tspec *s, int n, const char *dtype)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (strcmp(dtype, "F32") == 0)
-        write_f32(path, s, n, 0);
-    else
-        write_raw(path, s, n, dtype, 0);
+    write_tensors(path, s, n, 0, dtype, 0);
 }
 
 /* A complete tiny model directory (config.json + model.safetensors). */
@@ -644,7 +582,7 @@ START_TEST(test_unaligned_f32_tensors_are_copied_exactly)
     int n = tiny_tensors(&t, s);
     char path[512];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    write_raw(path, s, n, "F32", 2);
+    write_tensors(path, s, n, 0, "F32", 2);
     write_json(dir, "config.json", tiny_config(&t));
     model *m = load_ok(dir);
     ck_assert_str_eq(m->dtype, "F32");
@@ -715,9 +653,9 @@ static char *make_sharded(const tiny *t, int split, json_t **index_out)
     write_json(dir, "config.json", tiny_config(t));
     char path[512];
     snprintf(path, sizeof path, "%s/model-00001-of-00002.safetensors", dir);
-    write_f32(path, s, split, 0);
+    write_tensors(path, s, split, 0, "F32", 0);
     snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", dir);
-    write_f32(path, s + split, n - split, split);
+    write_tensors(path, s + split, n - split, split, "F32", 0);
     json_t *map = json_object();
     for (int k = 0; k < n; k++)
         json_object_set_new(map, s[k].name, json_string(k < split

@@ -1,5 +1,5 @@
-/* Tests for adapters/peft: PEFT adapter directories built here (safetensors_write, or raw
- * bytes for dtypes it cannot write) against a tiny hand-filled Llama config. Expected
+/* Tests for adapters/peft: PEFT adapter directories built here (testutil_write_safetensors)
+ * against a tiny hand-filled Llama config. Expected
  * scales, shapes and sizes are worked out by hand from PEFT's rules, not by the loader. */
 #include <check.h>
 #include <math.h>
@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "adapters/peft.h"
-#include "core/safetensors.h"
 #include "tests/testutil.h"
 
 /* hidden 16, intermediate 24, 4 heads × 4 = q width 16, 2 kv heads × 4 = kv width 8 */
@@ -51,7 +50,7 @@ static const int tiny_in[7] = {16, 16, 16, 16, 16, 16, 24};
 #define TB_MAX 256
 
 typedef struct {
-    st_write_tensor t[TB_MAX];
+    testutil_tensor t[TB_MAX];
     char name[TB_MAX][128];
     float *data[TB_MAX];
     int n;
@@ -117,10 +116,8 @@ static float *tb_find(tbuild *b, const char *name)
 static void tb_write(tbuild *b, const char *dir)
 {
     char path[512];
-    lr_error err = {0};
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    int rc = safetensors_write(path, b->t, b->n, NULL, &err);
-    ck_assert_msg(rc == 0, "safetensors_write: %s", err.msg);
+    testutil_write_safetensors(path, b->t, b->n, 0);
 }
 
 static void tb_free(tbuild *b)
@@ -176,43 +173,12 @@ static peft_adapter *expect_load(const char *dir, const model_config *base)
     return a;
 }
 
-/* Writes a raw safetensors file (for dtypes safetensors_write does not produce). */
-typedef struct {
-    const char *name;
-    const char *dtype;
-    int rows, cols, elem;
-    const void *data;
-} raw_tensor;
-
-static void write_raw(const char *dir, const raw_tensor *t, int n)
+/* Writes dir/adapter_model.safetensors with tensors of any dtype. */
+static void write_tensors(const char *dir, const testutil_tensor *t, int n)
 {
-    char header[4096], path[512];
-    size_t len = 0, off = 0;
-    len += (size_t)snprintf(header + len, sizeof header - len, "{");
-    for (int i = 0; i < n; i++) {
-        size_t nb = (size_t)t[i].rows * (size_t)t[i].cols * (size_t)t[i].elem;
-        len += (size_t)snprintf(header + len, sizeof header - len,
-                                "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%d,%d],"
-                                "\"data_offsets\":[%zu,%zu]}", i ? "," : "", t[i].name,
-                                t[i].dtype, t[i].rows, t[i].cols, off, off + nb);
-        off += nb;
-    }
-    len += (size_t)snprintf(header + len, sizeof header - len, "}");
-    while (len % 8)
-        header[len++] = ' ';
+    char path[512];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    unsigned char l8[8];
-    for (int b = 0; b < 8; b++)
-        l8[b] = (unsigned char)((uint64_t)len >> (8 * b));
-    ck_assert_int_eq(fwrite(l8, 1, 8, f), 8);
-    ck_assert_int_eq(fwrite(header, 1, len, f), len);
-    for (int i = 0; i < n; i++) {
-        size_t nb = (size_t)t[i].rows * (size_t)t[i].cols * (size_t)t[i].elem;
-        ck_assert_int_eq(fwrite(t[i].data, 1, nb, f), nb);
-    }
-    ck_assert_int_eq(fclose(f), 0);
+    testutil_write_safetensors(path, t, n, 0);
 }
 
 /* ---- core ---- */
@@ -451,11 +417,13 @@ START_TEST(test_bf16_adapter_converts_exactly)
         a_bits[i] = bf16_bits(i);
     for (int i = 0; i < 32; i++)
         b_bits[i] = bf16_bits(i + 7);
-    raw_tensor t[2] = {
-        {"base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", "BF16", 4, 16, 2, a_bits},
-        {"base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight", "BF16", 8, 4, 2, b_bits},
+    testutil_tensor t[2] = {
+        {"base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", "BF16", 2, {4, 16},
+         a_bits},
+        {"base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight", "BF16", 2, {8, 4},
+         b_bits},
     };
-    write_raw(dir, t, 2);
+    write_tensors(dir, t, 2);
     write_config(dir, 4, 4, "\"target_modules\": [\"k_proj\"]");
     peft_adapter *a = expect_load(dir, &base);
     ck_assert_str_eq(a->dtype, "BF16");
@@ -623,7 +591,7 @@ START_TEST(test_smollm2_shaped_rank16_adapter_loads_with_every_matrix)
     const int out[7] = {576, 192, 192, 576, 1536, 1536, 576};
     const int in[7] = {576, 576, 576, 576, 576, 576, 1536};
     char *dir = testutil_mkdtemp("peft_test");
-    st_write_tensor *t = calloc(30 * 7 * 2, sizeof *t);
+    testutil_tensor *t = calloc(30 * 7 * 2, sizeof *t);
     char (*names)[128] = calloc(30 * 7 * 2, sizeof *names);
     float *ones = malloc((size_t)1536 * 16 * sizeof(float));
     ck_assert(t && names && ones);
@@ -640,10 +608,7 @@ START_TEST(test_smollm2_shaped_rank16_adapter_loads_with_every_matrix)
                 t[n].shape[1] = ab ? 16 : in[p];
                 t[n].data = ones;
             }
-    char path[512];
-    lr_error err = {0};
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    ck_assert_msg(safetensors_write(path, t, n, NULL, &err) == 0, "%s", err.msg);
+    write_tensors(dir, t, n);
     write_config(dir, 16, 32, "\"target_modules\": " ALL7_JSON);
 
     peft_adapter *a = expect_load(dir, &base);
@@ -1033,11 +998,13 @@ START_TEST(test_refuses_non_float_dtype)
     model_config base = tiny_config(2);
     char *dir = testutil_mkdtemp("peft_test");
     int32_t a[4 * 16] = {0}, bb[16 * 4] = {0};
-    raw_tensor t[2] = {
-        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "I32", 4, 16, 4, a},
-        {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", "I32", 16, 4, 4, bb},
+    testutil_tensor t[2] = {
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "I32", 2, {4, 16},
+         a},
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", "I32", 2, {16, 4},
+         bb},
     };
-    write_raw(dir, t, 2);
+    write_tensors(dir, t, 2);
     write_config(dir, 4, 8, "\"target_modules\": [\"q_proj\"]");
     expect_fail(dir, &base, NULL, "layers.0.self_attn.q_proj lora_A has dtype I32");
     testutil_rmdir(dir);

@@ -1,8 +1,6 @@
 /* testutil: temporary directories and the tiny model the tests share. */
 #include "testutil.h"
 
-#include "core/safetensors.h"
-
 #include <check.h>
 #include <stdarg.h>
 #include <dirent.h>
@@ -58,6 +56,86 @@ void testutil_rmdir(char *dir)
     free(dir);
 }
 
+/* ---- safetensors files ---- */
+
+/* Bytes per element of a safetensors dtype. */
+static size_t dtype_size(const char *dtype)
+{
+    static const struct {
+        const char *name;
+        size_t size;
+    } sizes[] = {{"F64", 8}, {"I64", 8}, {"U64", 8}, {"F32", 4}, {"I32", 4}, {"U32", 4},
+                 {"F16", 2}, {"BF16", 2}, {"I16", 2}, {"U16", 2}, {"I8", 1}, {"U8", 1},
+                 {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        if (strcmp(dtype, sizes[i].name) == 0)
+            return sizes[i].size;
+    must(0, "unknown dtype '%s'", dtype);
+    return 0;
+}
+
+void testutil_write_safetensors_raw(const char *path, const char *header, size_t hlen,
+                                    const void *data, size_t data_len)
+{
+    FILE *f = fopen(path, "wb");
+    must(f != NULL, "cannot create %s", path);
+    unsigned char len8[8];
+    for (int b = 0; b < 8; b++)
+        len8[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
+    int ok = fwrite(len8, 1, 8, f) == 8 && (hlen == 0 || fwrite(header, 1, hlen, f) == hlen);
+    for (size_t i = 0; ok && i < data_len; i++)
+        ok = putc(data ? ((const unsigned char *)data)[i] : (int)(i & 0xff), f) != EOF;
+    must(fclose(f) == 0 && ok, "cannot write %s", path);
+}
+
+void testutil_write_safetensors(const char *path, const testutil_tensor *t, int n, int skew)
+{
+    size_t cap = 256 + (size_t)(n > 0 ? n : 0) * 256 + (size_t)skew, hlen = 0, off = 0;
+    char *hdr = malloc(cap);
+    must(hdr != NULL, "out of memory");
+    hlen += (size_t)snprintf(hdr, cap, "{");
+    for (int i = 0; i < n; i++) {
+        const char *dt = t[i].dtype ? t[i].dtype : "F32";
+        size_t numel = 1;
+        char shape[64] = "[]";
+        if (t[i].ndim == 1)
+            snprintf(shape, sizeof shape, "[%lld]", (long long)t[i].shape[0]);
+        else if (t[i].ndim == 2)
+            snprintf(shape, sizeof shape, "[%lld,%lld]", (long long)t[i].shape[0],
+                     (long long)t[i].shape[1]);
+        for (int d = 0; d < t[i].ndim; d++)
+            numel *= (size_t)t[i].shape[d];
+        size_t bytes = numel * dtype_size(dt);
+        must(strlen(t[i].name) < 160 && t[i].ndim >= 0 && t[i].ndim <= 2,
+             "tensor %d: name too long or ndim %d", i, t[i].ndim);
+        hlen += (size_t)snprintf(hdr + hlen, cap - hlen,
+                                 "%s\"%s\":{\"dtype\":\"%s\",\"shape\":%s,"
+                                 "\"data_offsets\":[%zu,%zu]}",
+                                 i ? "," : "", t[i].name, dt, shape, off, off + bytes);
+        off += bytes;
+    }
+    hlen += (size_t)snprintf(hdr + hlen, cap - hlen, "}");
+    while (hlen % 8)
+        hdr[hlen++] = ' ';
+    for (int i = 0; i < skew; i++)
+        hdr[hlen++] = ' ';
+    unsigned char *data = calloc(off ? off : 1, 1);
+    must(data != NULL, "out of memory for %zu bytes of tensors", off);
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        size_t numel = 1;
+        for (int d = 0; d < t[i].ndim; d++)
+            numel *= (size_t)t[i].shape[d];
+        size_t bytes = numel * dtype_size(t[i].dtype ? t[i].dtype : "F32");
+        if (t[i].data)
+            memcpy(data + off, t[i].data, bytes);
+        off += bytes;
+    }
+    testutil_write_safetensors_raw(path, hdr, hlen, data, off);
+    free(data);
+    free(hdr);
+}
+
 /* ---- the tiny model ---- */
 
 const char *const tiny_proj_hf[7] = {"self_attn.q_proj", "self_attn.k_proj",
@@ -88,10 +166,10 @@ void testutil_write_json(const char *dir, const char *file, json_t *j)
     json_decref(j);
 }
 
-/* Tensors to write with safetensors_write; data owned here. */
+/* Tensors to write with testutil_write_safetensors; data owned here. */
 #define MAX_T 64
 typedef struct {
-    st_write_tensor t[MAX_T];
+    testutil_tensor t[MAX_T];
     char name[MAX_T][160];
     float *data[MAX_T];
     int n;
@@ -121,12 +199,10 @@ static void tl_write(tlist *l, const char *dir, const char *file)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, file);
-    lr_error err = {0};
-    int rc = safetensors_write(path, l->t, l->n, NULL, &err);
+    testutil_write_safetensors(path, l->t, l->n, 0);
     for (int i = 0; i < l->n; i++)
         free(l->data[i]);
     l->n = 0;
-    must(rc == 0, "safetensors_write: %s", err.msg);
 }
 
 void testutil_write_tiny_model(const char *dir)

@@ -16,6 +16,11 @@
    a 48-token one) + 8 generated tokens; the reference proves first that its window
    really changes the compared logprobs (vs full attention and vs W+-1), so these
    cases cannot pass with a missing or off-by-one window.
+   Many sequences at once: MANY requests (every llama_tied adapter, the mix and the base,
+   prompts of 6 to 36 tokens) reach one `lorad serve` together (sent while the daemon is
+   stopped with SIGSTOP, so the engine admits them into the same batches; its step count
+   must stay below half of what running them one after another takes), and each answer
+   passes the same teacher-forced check.
 4. `lorad inspect` on every fixture (exit 0, JSON) and on broken ones (exit 1).
 5. Models with a real tokenizer (llama_tok_llama2, qwen2_tok_qwen3): `--prompt TEXT` on
    golden corpus strings gives exactly the golden encode-with-special-tokens ids (the
@@ -35,6 +40,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -57,6 +63,7 @@ ATOL = 2e-4          # float32 engine vs float64 reference, tiny models
 TIE = 1e-4           # reference gaps below this are near-ties: either order is fine
 TIMEOUT = 120        # seconds per lorad run (ASan builds are slow)
 MIX = [("ad_all", 0.7), ("ad_qv", 0.5)]
+MANY = 16            # sequences sent to one daemon at once (case many_sequences_at_once)
 
 
 class Fail(Exception):
@@ -632,6 +639,126 @@ def case_merge_cli(lorad, fx, man, scratch, tag, model, prompt, adapters):
     close_results(merged, fly, "merged dir vs on-the-fly")
 
 
+def serve_harness():
+    """tests/serve_harness.py, sharing this module's Fail (it imports test_reference, which
+    runs as __main__ here: without this it would load a second copy)."""
+    sys.modules.setdefault("test_reference", sys.modules[__name__])
+    import serve_harness as sh
+    return sh
+
+
+def many_jobs(fx, man, model):
+    """MANY (prompt, adapters) on model: the base, each of its adapters and the mix in
+    turn, prompts of 6, 8, ... tokens (picked as for the one-at-a-time cases)."""
+    variants = ([[]] + [[(n, 1.0)] for n, a in sorted(man["adapters"].items())
+                        if a["base"] == model] + [MIX])
+    return [(pick_prompt(fx, man, model, 6 + 2 * i), variants[i % len(variants)])
+            for i in range(MANY)]
+
+
+def as_generate_json(prompt, choice):
+    """A completion choice (logprobs with return_tokens_as_token_ids) in the shape of
+    `lorad generate --json`, for verify()."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        raise Fail("no logprobs in %r" % choice)
+
+    def tid(t):
+        if not (isinstance(t, str) and t.startswith("token_id:")):
+            raise Fail("token %r is not 'token_id:N'" % t)
+        return int(t[len("token_id:"):])
+
+    ids = [tid(t) for t in lp["tokens"]]
+    entries = []
+    for t, l, top in zip(ids, lp["token_logprobs"], lp["top_logprobs"]):
+        tops = sorted(({"id": tid(k), "logprob": v} for k, v in top.items()),
+                      key=lambda e: -e["logprob"])
+        entries.append({"id": t, "logprob": l, "top": tops})
+    return {"prompt_ids": prompt, "ids": ids, "text": choice.get("text"),
+            "finish_reason": choice.get("finish_reason"), "logprobs": entries}
+
+
+def case_many_at_once(build, fx, man, model, jobs):
+    """Every job in one `lorad serve` at once, each checked against the reference like a
+    lone `lorad generate`. The requests are sent while the daemon is stopped (SIGSTOP), so
+    they arrive together; the engine's step count then proves they shared its steps."""
+    sh = serve_harness()
+    d = sh.Daemon(build, ["--model", os.path.join(fx, man["models"][model]["path"]),
+                          "--served-model-name", "base", "--adapter-dir",
+                          os.path.join(fx, "adapters"), "--max-seqs", str(MANY)])
+    try:
+        def body(prompt, adapters, max_tokens=MAX_TOKENS):
+            b = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                 "logprobs": TOPK, "return_tokens_as_token_ids": True}
+            if len(adapters) == 1 and adapters[0][1] == 1.0:
+                b["model"] = adapters[0][0]
+            elif adapters:
+                b["adapters"] = [{"name": n, "weight": w} for n, w in adapters]
+            else:
+                b["model"] = "base"
+            return b
+
+        # load every adapter first: a request waiting for a lazy load would start late
+        for name in sorted({n for _, ads in jobs for n, _ in ads}):
+            st, r = d.post("/v1/completions", body([1, 5], [(name, 1.0)], 1))
+            sh.check(st == 200, "warm-up of %s answered %d: %s" % (name, st, r))
+        steps0 = d.metrics()["lorad_engine_steps_total"]
+        answers = [None] * len(jobs)
+        sent = threading.Semaphore(0)
+
+        def post(i):
+            c = d.conn()
+            try:
+                c.request("POST", "/v1/completions", body=json.dumps(body(*jobs[i])).encode(),
+                          headers={"Content-Type": "application/json"})
+                sent.release()
+                r = c.getresponse()
+                answers[i] = (r.status, r.read())
+            except Exception as e:  # reported below, with the job
+                answers[i] = (None, repr(e))
+                sent.release()
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=post, args=(i,), daemon=True)
+                   for i in range(len(jobs))]
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            for t in threads:
+                t.start()
+            for _ in threads:
+                if not sent.acquire(timeout=30):
+                    raise Fail("the requests were not all sent within 30 s")
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        deadline = time.time() + TIMEOUT
+        for t in threads:
+            t.join(max(0.0, deadline - time.time()))
+            if t.is_alive():
+                raise Fail("no answer within %d s" % TIMEOUT)
+        steps = d.metrics()["lorad_engine_steps_total"] - steps0
+        n_tokens = 0
+        for i, ((prompt, adapters), (st, data)) in enumerate(zip(jobs, answers)):
+            what = "job %d (%d-token prompt, %s)" % (i, len(prompt), adapters or "base")
+            if st != 200:
+                raise Fail("%s: answered %s: %r" % (what, st, data[:300]))
+            try:
+                res = as_generate_json(prompt, json.loads(data)["choices"][0])
+                verify(res, fx, man, model, prompt, adapters)
+            except Fail as e:
+                raise Fail("%s: %s" % (what, e))
+            n_tokens += len(res["ids"])
+        # one after another: at least one step per generated token of each request
+        if steps > n_tokens / 2:
+            raise Fail("%d engine steps for %d tokens of %d requests: they did not run "
+                       "together" % (steps, n_tokens, len(jobs)))
+        sh.check_alive_then_exit_0(d)
+        sh.check_sanitizer_clean(d)
+    finally:
+        if d.alive():
+            d.stop()
+
+
 def case_inspect(lorad, path):
     rc, out, err = lorad.run(["inspect", path])
     if rc != 0:
@@ -1129,6 +1256,12 @@ def main(argv):
                       "llama_tied", pt, [("ad_all", 1.0)]))
         cases.append(("merge_cli_mix", case_merge_cli, lorad, fx, man, scratch, "mix",
                       "llama_tied", pt, MIX))
+    try:
+        many = many_jobs(fx, man, "llama_tied")
+        cases.append(("many_sequences_at_once_llama_tied", case_many_at_once, build, fx, man,
+                      "llama_tied", many))
+    except Exception as e:
+        suite.report("prompt_many_sequences", str(e))
     for model, p in long_prompts.items():
         cases.append(("window_long_prompt_" + model, case_generate, lorad, fx, man, model, p))
     if prompts.get("qwen2_window"):

@@ -1093,15 +1093,9 @@ END_TEST
 
 START_TEST(test_mixes_equal_in_content_compare_equal_and_batch_alike)
 {
+    /* (the order of mixes itself: test_variant) */
     variant_mix copy = g.mix12;
     ck_assert_int_eq(variant_mix_cmp(&copy, &g.mix12), 0);
-    ck_assert_int_eq(variant_mix_cmp(NULL, &(variant_mix){0}), 0);
-    ck_assert_int_ne(variant_mix_cmp(&g.mix1, &g.mix2), 0);
-    ck_assert_int_ne(variant_mix_cmp(NULL, &g.mix1), 0);
-    variant_mix other = g.mix12;
-    other.t[1].weight = 0.7f;
-    ck_assert_int_ne(variant_mix_cmp(&other, &g.mix12), 0);
-    ck_assert_int_eq(variant_mix_cmp(&other, &g.mix12), -variant_mix_cmp(&g.mix12, &other));
 
     /* two requests with their own copies of one mix, batched with others, give what they
      * give alone */

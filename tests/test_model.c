@@ -1,8 +1,8 @@
 /* Tests for core/model (config.json's own cases are test_config's): tiny Llama checkpoints
  * written here (testutil_write_safetensors, every dtype's bytes worked out here), loaded
- * back. Expected
- * values come from a formula or from bit patterns worked out independently (Python's
- * struct module for F16, the bf16 = top half of an fp32 rule), never from the loader. */
+ * back. Expected values come from a formula or from bit patterns worked out independently
+ * (Python's struct module for F16, the bf16 = top half of an fp32 rule), never from the
+ * loader. */
 #include <check.h>
 #include <jansson.h>
 #include <math.h>

@@ -324,7 +324,7 @@ START_TEST(test_empty_calls_write_nothing)
     float *x = rand_floats(N * IN), *m = rand_floats(ROWS * IN);
     float *t = rand_floats(N * R), *bt = rand_floats(R * OUT);
     float y1[N * ROWS], y2[N * OUT];
-    smallmm_xmt xmt = {x, N, m, ROWS, y1, ROWS};
+    smallmm_xmt xmt = {x, N, {WT_F32, m, NULL}, ROWS, y1, ROWS};
     smallmm_tb tb = {t, R, N, bt, R, OUT, 1.0f, y2};
     for (int threads = 1; threads <= 2; threads++) {
         pool *p = make_pool(threads);

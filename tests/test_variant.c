@@ -183,10 +183,13 @@ static int mix_touches(const variant_mix *mix, int l, model_proj p)
     return 0;
 }
 
-/* The weight forward() would use: the one accessor of merged weights here. */
+/* The weight forward() would use, as floats (the model is F32, so W' is too): the one
+ * accessor of merged weights here. */
 static const float *weight_of(const variant *v, int l, model_proj p)
 {
-    return variant_weight(g.m, v, l, p);
+    const wtensor *w = variant_weight(g.m, v, l, p);
+    ck_assert_int_eq(w->type, WT_F32);
+    return w->data;
 }
 
 /* Every W' of v against the float64 reference; untouched matrices are W itself. */
@@ -240,7 +243,7 @@ START_TEST(test_merged_mix_is_w_plus_weighted_scaled_deltas)
     ck_assert_msg(v != NULL, "variant_merge: %s", err.msg);
     check_merged(v, &one, "ad2");
     for (int l = 0; l < LAYERS; l++)
-        ck_assert_ptr_null(v->w[l * PROJ_COUNT + PROJ_GATE]);
+        ck_assert_ptr_null(v->w[l * PROJ_COUNT + PROJ_GATE].data);
     variant_free(v);
 }
 END_TEST

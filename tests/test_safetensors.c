@@ -78,11 +78,11 @@ START_TEST(test_write_open_round_trip_keeps_order_shapes_data_metadata)
         c[i] = 1e-3f * (float)(i + 1);
     /* b has 7 floats = 28 bytes, so the next tensor needs padding to reach 8 alignment. */
     st_write_tensor ts[] = {
-        {"layers.0.q_proj.weight", 2, {3, 5}, a},
-        {"b", 1, {7}, b},
-        {"scalar", 0, {0}, &s},
-        {"empty", 2, {0, 7}, NULL},
-        {"c", 3, {2, 1, 3}, c},
+        {"layers.0.q_proj.weight", 2, {3, 5}, a, 0},
+        {"b", 1, {7}, b, 0},
+        {"scalar", 0, {0}, &s, 0},
+        {"empty", 2, {0, 7}, NULL, 0},
+        {"c", 3, {2, 1, 3}, c, 0},
     };
     const char *meta[] = {"format", "pt", "note", "lorad test", NULL};
     lr_error e = {0};
@@ -130,7 +130,7 @@ START_TEST(test_write_aligns_header_and_tensors_to_8_bytes)
     char path[512];
     path_in(path, sizeof path, "aligned.safetensors");
     float x[3] = {1, 2, 3}, y[1] = {4}, z[5] = {5, 6, 7, 8, 9};
-    st_write_tensor ts[] = {{"x", 1, {3}, x}, {"y", 1, {1}, y}, {"z", 1, {5}, z}};
+    st_write_tensor ts[] = {{"x", 1, {3}, x, 0}, {"y", 1, {1}, y, 0}, {"z", 1, {5}, z, 0}};
     lr_error e = {0};
     ck_assert_int_eq(safetensors_write(path, ts, 3, NULL, &e), 0);
 
@@ -176,7 +176,7 @@ START_TEST(test_write_replaces_existing_file)
     path_in(path, sizeof path, "replace.safetensors");
     write_bytes(path, "old contents", 12);
     float v = 3.0f;
-    st_write_tensor t = {"v", 1, {1}, &v};
+    st_write_tensor t = {"v", 1, {1}, &v, 0};
     lr_error e = {0};
     ck_assert_int_eq(safetensors_write(path, &t, 1, NULL, &e), 0);
     safetensors *st = safetensors_open(path, &e);
@@ -200,7 +200,7 @@ START_TEST(test_find_300_tensors_by_name_and_missing_is_null)
         snprintf(names[i], sizeof names[i], "model.layers.%d.mlp.%s.weight", i / 3,
                  (const char *[]){"up_proj", "down_proj", "gate_proj"}[i % 3]);
         vals[i] = (float)i;
-        ts[i] = (st_write_tensor){names[i], 1, {1}, &vals[i]};
+        ts[i] = (st_write_tensor){names[i], 1, {1}, &vals[i], 0};
     }
     lr_error e = {0};
     ck_assert_int_eq(safetensors_write(path, ts, N, NULL, &e), 0);
@@ -374,7 +374,7 @@ START_TEST(test_write_into_missing_directory_fails_and_leaves_nothing)
     char path[512];
     snprintf(path, sizeof path, "%s/no/such/dir/out.safetensors", tmpdir);
     float v = 1.0f;
-    st_write_tensor t = {"v", 1, {1}, &v};
+    st_write_tensor t = {"v", 1, {1}, &v, 0};
     lr_error e = {0};
     ck_assert_int_lt(safetensors_write(path, &t, 1, NULL, &e), 0);
     ck_assert_int_eq(e.code, LR_EIO);
@@ -394,15 +394,15 @@ START_TEST(test_write_rejects_bad_inputs_and_leaves_nothing)
         int n;
         const char *want;
     } cases[] = {
-        {{{"a", 9, {1, 1, 1, 1, 1, 1, 1, 1}, v}}, 1, "ndim 9"},
-        {{{"a", -1, {0}, v}}, 1, "ndim -1"},
-        {{{"a", 2, {2, -2}, v}}, 1, "shape[1] = -2 is negative"},
-        {{{"a", 1, {4}, NULL}}, 1, "data is NULL for 4 elements"},
-        {{{NULL, 1, {4}, v}}, 1, "has no name"},
-        {{{"__metadata__", 1, {4}, v}}, 1, "reserved"},
-        {{{"a", 1, {4}, v}, {"a", 1, {1}, v}}, 2, "'a' given twice"},
-        {{{"a", 2, {INT64_MAX / 2, 4}, v}}, 1, "overflows"},
-        {{{"bad\xff", 1, {1}, v}}, 1, "not valid UTF-8"},
+        {{{"a", 9, {1, 1, 1, 1, 1, 1, 1, 1}, v, 0}}, 1, "ndim 9"},
+        {{{"a", -1, {0}, v, 0}}, 1, "ndim -1"},
+        {{{"a", 2, {2, -2}, v, 0}}, 1, "shape[1] = -2 is negative"},
+        {{{"a", 1, {4}, NULL, 0}}, 1, "data is NULL for 4 elements"},
+        {{{NULL, 1, {4}, v, 0}}, 1, "has no name"},
+        {{{"__metadata__", 1, {4}, v, 0}}, 1, "reserved"},
+        {{{"a", 1, {4}, v, 0}, {"a", 1, {1}, v, 0}}, 2, "'a' given twice"},
+        {{{"a", 2, {INT64_MAX / 2, 4}, v, 0}}, 1, "overflows"},
+        {{{"bad\xff", 1, {1}, v, 0}}, 1, "not valid UTF-8"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         lr_error e = {0};
@@ -412,7 +412,7 @@ START_TEST(test_write_rejects_bad_inputs_and_leaves_nothing)
         ck_assert(!file_exists(path));
     }
     lr_error e = {0};
-    st_write_tensor ok = {"a", 1, {4}, v};
+    st_write_tensor ok = {"a", 1, {4}, v, 0};
     const char *odd_meta[] = {"key", NULL};
     ck_assert_int_eq(safetensors_write(path, &ok, 1, odd_meta, &e), LR_EINVAL);
     ck_assert_msg(strstr(e.msg, "'key' has no value") != NULL, "%s", e.msg);
@@ -423,7 +423,7 @@ START_TEST(test_write_rejects_bad_inputs_and_leaves_nothing)
     ck_assert(!file_exists(path));
     assert_no_temp_files();
     /* NULL data is fine when there are no elements. */
-    st_write_tensor empty = {"e", 2, {3, 0}, NULL};
+    st_write_tensor empty = {"e", 2, {3, 0}, NULL, 0};
     ck_assert_int_eq(safetensors_write(path, &empty, 1, NULL, &e), 0);
     ck_assert(file_exists(path));
 }
@@ -436,7 +436,7 @@ START_TEST(test_write_refuses_taken_temp_name_and_keeps_it)
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     write_bytes(tmp, "someone else's", 14);
     float v = 1.0f;
-    st_write_tensor t = {"v", 1, {1}, &v};
+    st_write_tensor t = {"v", 1, {1}, &v, 0};
     lr_error e = {0};
     ck_assert_int_eq(safetensors_write(path, &t, 1, NULL, &e), LR_EIO);
     ck_assert_msg(strstr(e.msg, "cannot create temporary file") != NULL, "%s", e.msg);
@@ -452,7 +452,7 @@ START_TEST(test_write_failing_midway_leaves_nothing)
     char path[512];
     path_in(path, sizeof path, "efbig.safetensors");
     static float big[4096];
-    st_write_tensor t = {"big", 1, {4096}, big};
+    st_write_tensor t = {"big", 1, {4096}, big, 0};
     struct rlimit old, lim;
     ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
     lim = old;
@@ -782,7 +782,7 @@ START_TEST(test_truncated_and_corrupted_files_never_crash)
     path_in(good, sizeof good, "fuzz_src.safetensors");
     path_in(path, sizeof path, "fuzz.safetensors");
     float a[6] = {1, 2, 3, 4, 5, 6}, s = 7;
-    st_write_tensor ts[] = {{"a", 2, {2, 3}, a}, {"s", 0, {0}, &s}, {"e", 1, {0}, NULL}};
+    st_write_tensor ts[] = {{"a", 2, {2, 3}, a, 0}, {"s", 0, {0}, &s, 0}, {"e", 1, {0}, NULL, 0}};
     const char *meta[] = {"format", "pt", NULL};
     lr_error e = {0};
     ck_assert_int_eq(safetensors_write(good, ts, 3, meta, &e), 0);

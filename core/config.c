@@ -287,13 +287,15 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
 
     /* Sliding window, as transformers reads it. Mistral: every layer, sliding_window
      * defaulting to 4096 when the key is absent (null = none). Qwen2: only with
-     * use_sliding_window, and only in layers >= max_window_layers (default 28). A query
-     * at position p then sees keys p - W + 1 .. p. */
+     * use_sliding_window (sliding_window again 4096 when absent), and only in layers >=
+     * max_window_layers (default 28) — or the sliding layers of an explicit layer_types,
+     * which without use_sliding_window slide nothing (Qwen2Config sets the window to
+     * None). A query at position p then sees keys p - W + 1 .. p. */
     int sw = 0, use_sw = cfg->arch == ARCH_MISTRAL;
     json_t *swj = json_object_get(root, "sliding_window");
     if ((rc = get_int(root, "sliding_window", 0, 0, big, &sw, err)))
         goto done;
-    if (cfg->arch == ARCH_MISTRAL && !swj)
+    if ((cfg->arch == ARCH_MISTRAL || cfg->arch == ARCH_QWEN2) && !swj)
         sw = 4096;
     if (cfg->arch == ARCH_QWEN2) {
         if ((rc = get_bool(root, "use_sliding_window", 0, &use_sw, err)) ||
@@ -324,7 +326,7 @@ int model_config_load(const char *dir, model_config *cfg, lr_error *err)
             goto done;
         }
         cfg->window_from_layer = (int)first_sliding;
-        use_sw = n_sliding > 0;
+        use_sw = use_sw && n_sliding > 0;
     }
     if (use_sw && sw > 0 && sw < cfg->max_positions && cfg->window_from_layer < cfg->n_layers)
         cfg->sliding_window = sw;

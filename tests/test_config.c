@@ -280,6 +280,16 @@ static const accepted_case accepted[] = {
          "\"layer_types\": [\"full_attention\", \"sliding_attention\"]"), NULL,
      {QWEN2_IS, TINY_IS, .n_kv_heads = 1, .max_positions = 2048, NORMS_IS, .bos_id = -1,
       .sliding_window = 5, .window_from_layer = 1}},
+    /* Qwen2Config: sliding_window 4096 when absent; layer_types without use_sliding_window
+     * slides nothing (the window is None) */
+    {CFG(QWEN2, TINY, ", \"use_sliding_window\": true, \"max_window_layers\": 1, "
+         "\"max_position_embeddings\": 8192"), NULL,
+     {QWEN2_IS, TINY_IS, .n_kv_heads = 1, .max_positions = 8192, NORMS_IS, .bos_id = -1,
+      .sliding_window = 4096, .window_from_layer = 1}},
+    {CFG(QWEN2, TINY, ", \"sliding_window\": 5, "
+         "\"layer_types\": [\"full_attention\", \"sliding_attention\"]"), NULL,
+     {QWEN2_IS, TINY_IS, .n_kv_heads = 1, .max_positions = 2048, NORMS_IS, .bos_id = -1,
+      .window_from_layer = 1}},
 };
 
 static void check_accepted(int i, const model_config *got, const model_config *want)

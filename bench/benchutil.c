@@ -150,53 +150,66 @@ double bench_read_bandwidth(size_t bytes)
 }
 
 
-typedef float bench_v16 __attribute__((vector_size(64)));
-
 typedef struct {
     double seconds;
     float sink;
 } fma_job;
 
-/* 12 independent chains of 16-lane FMAs on registers only: enough in flight to fill every
- * FMA unit (latency 4 × 2 units, with room), so the time is the core's FMA throughput. */
-static void *fma_worker(void *arg)
-{
-    fma_job *j = arg;
-    bench_v16 a[12], x = {0}, y = {0};
-    for (int k = 0; k < 16; k++) {
-        x[k] = 0.999999f;
-        y[k] = 1e-7f * (float)k;
+/* 12 independent chains of VL-lane FMAs on registers only: enough in flight to fill every
+ * FMA unit (latency 4 × 2 units, with room), so the time is the core's FMA throughput. One
+ * copy per vector width, each compiled for its instruction set (12 zmm on AVX-512; with
+ * 16-lane vectors on AVX2 the 24 ymm would spill): the peak is the best the CPU has, as
+ * smallmm's kernels are chosen. */
+#define FMA_WORKER(NAME, VLEN)                                                             \
+    static void *NAME(void *arg)                                                           \
+    {                                                                                      \
+        typedef float vec __attribute__((vector_size(VLEN * 4)));                          \
+        fma_job *j = arg;                                                                  \
+        vec a[12], x = {0}, y = {0};                                                       \
+        for (int k = 0; k < VLEN; k++) {                                                   \
+            x[k] = 0.999999f;                                                              \
+            y[k] = 1e-7f * (float)k;                                                       \
+        }                                                                                  \
+        for (int i = 0; i < 12; i++)                                                       \
+            a[i] = y + (float)i;                                                           \
+        double t0 = bench_now();                                                           \
+        for (long it = 0; it < 4000000; it++)                                              \
+            for (int i = 0; i < 12; i++)                                                   \
+                a[i] = a[i] * x + y;  /* -ffp-contract=fast: one FMA */                    \
+        j->seconds = bench_now() - t0;                                                     \
+        float s = 0;                                                                       \
+        for (int i = 0; i < 12; i++)                                                       \
+            s += a[i][0];                                                                  \
+        j->sink = s;                                                                       \
+        return NULL;                                                                       \
     }
-    for (int i = 0; i < 12; i++)
-        a[i] = y + (float)i;
-    double t0 = bench_now();
-    for (long it = 0; it < 4000000; it++)
-        for (int i = 0; i < 12; i++)
-            a[i] = a[i] * x + y;  /* -ffp-contract=fast: one FMA */
-    j->seconds = bench_now() - t0;
-    float s = 0;
-    for (int i = 0; i < 12; i++)
-        s += a[i][0];
-    j->sink = s;
-    return NULL;
-}
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+FMA_WORKER(fma_worker16, 16)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+FMA_WORKER(fma_worker8, 8)
+#pragma GCC pop_options
 
 double bench_fma_peak(int threads)
 {
     if (threads < 1 || threads > 64)
         threads = 1;
+    __builtin_cpu_init();
+    int wide = __builtin_cpu_supports("avx512f");
     double runs[5];
     for (int r = 0; r < 5; r++) {
         pthread_t th[64];
         fma_job jobs[64];
         for (int t = 0; t < threads; t++)
-            pthread_create(&th[t], NULL, fma_worker, &jobs[t]);
+            pthread_create(&th[t], NULL, wide ? fma_worker16 : fma_worker8, &jobs[t]);
         double slowest = 0;
         for (int t = 0; t < threads; t++) {
             pthread_join(th[t], NULL);
             slowest = jobs[t].seconds > slowest ? jobs[t].seconds : slowest;
         }
-        runs[r] = threads * 4000000.0 * 12 * 16 * 2 / slowest;
+        runs[r] = threads * 4000000.0 * 12 * (wide ? 16 : 8) * 2 / slowest;
     }
     return bench_median(runs, 5);
 }

@@ -49,14 +49,6 @@ static float *random_tensor(size_t n, float scale)
     return p;
 }
 
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
 
 /* Writes the random F32 base model to dir (config.json + model.safetensors). */
 static int make_model(const char *dir)
@@ -74,7 +66,7 @@ static int make_model(const char *dir)
              "\"tie_word_embeddings\":true,\"hidden_act\":\"silu\",\"bos_token_id\":1,"
              "\"eos_token_id\":2,\"torch_dtype\":\"float32\"}\n",
              c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size);
-    if (write_text(path, cfg))
+    if (bench_write_text(path, cfg))
         return -1;
     int n_max = 2 + c->n_layers * (2 + PROJ_COUNT);
     st_write_tensor *tw = calloc((size_t)n_max, sizeof *tw);
@@ -135,7 +127,7 @@ static int make_adapter(const char *dir, int r)
              "\"modules_to_save\":null,\"fan_in_fan_out\":false,\"target_modules\":[\"q_proj\","
              "\"k_proj\",\"v_proj\",\"o_proj\",\"gate_proj\",\"up_proj\",\"down_proj\"]}\n",
              r, 2 * r);
-    if (write_text(path, cfg))
+    if (bench_write_text(path, cfg))
         return -1;
     int n_max = c->n_layers * PROJ_COUNT * 2, n = 0;
     st_write_tensor *tw = calloc((size_t)n_max, sizeof *tw);
@@ -215,18 +207,9 @@ static int run_one(engine *e, const int *prompt, int n_prompt, int max_tokens,
                    double *decode_tps)
 {
     bench_timing t;
-    engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens,
-                          .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
-                          .merged = merged, .lora = lora};
-    bench_timing_attach(&req, &t);
-    lr_error err = {0};
-    double t0 = now();
-    if (engine_submit(e, &req, NULL, &err)) {
-        fprintf(stderr, "bench: %s\n", err.msg);
+    double t0;
+    if (bench_run_request(e, prompt, n_prompt, max_tokens, merged, lora, &t, &t0))
         return -1;
-    }
-    while (engine_step(e, &err) > 0)
-        ;
     *prefill_s = t.t_first - t0;
     *decode_tps = t.n > 1 ? (t.n - 1) / (t.t_last - t.t_first) : 0;
     return 0;

@@ -98,14 +98,6 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
 
 /* Writes the model into dir: config.json, four BF16 shards, the index. */
 static int make_model(const char *dir)
@@ -124,7 +116,7 @@ static int make_model(const char *dir)
              "\"tie_word_embeddings\":false,\"hidden_act\":\"silu\",\"bos_token_id\":128000,"
              "\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}\n",
              HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB);
-    if (write_text(path, cfg))
+    if (bench_write_text(path, cfg))
         return -1;
     size_t cap = 1 << 20;
     char *index = malloc(64 << 10), *hdr = malloc(cap);
@@ -182,7 +174,7 @@ static int make_model(const char *dir)
     }
     ilen += snprintf(index + ilen, (64 << 10) - (size_t)ilen, "}}\n");
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    int rc = write_text(path, index);
+    int rc = bench_write_text(path, index);
     free(index);
     free(hdr);
     free(buf);
@@ -238,15 +230,9 @@ static void run_precision(const char *dir, wt_type w, int quick, result *r)
     for (int i = 0; i < n_prompt; i++)
         prompt[i] = (int)((i * 7919u + 13) % VOCAB);
     bench_timing t;
-    engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = n_gen,
-                          .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1};
-    bench_timing_attach(&req, &t);
-    t0 = bench_now();
-    if (engine_submit(e, &req, NULL, &err)) {
-        snprintf(r->msg, sizeof r->msg, "%s", err.msg);
+    if (bench_run_request(e, prompt, n_prompt, n_gen, NULL, NULL, &t, &t0)) {
+        snprintf(r->msg, sizeof r->msg, "the request was refused (see above)");
     } else {
-        while (engine_step(e, &err) > 0)
-            ;
         r->prefill_tps = n_prompt / (t.t_first - t0);
         r->decode_tps = t.n > 1 ? (t.n - 1) / (t.t_last - t.t_first) : 0;
         r->ok = t.n == n_gen;

@@ -126,19 +126,9 @@ static int engine_run_one(engine *e, const variant_mix *lora, double *ttft, doub
     for (int i = 0; i < PROMPT_LEN; i++)
         prompt[i] = 100 + 37 * i;
     bench_timing t;
-    engine_request req = {.prompt = prompt, .n_prompt = PROMPT_LEN, .max_tokens = MAX_TOKENS,
-                          .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
-                          .lora = lora};
-    bench_timing_attach(&req, &t);
-    lr_error err = {0};
-    double t0 = now();
-    if (engine_submit(e, &req, NULL, &err)) {
-        fprintf(stderr, "bench_serve: %s\n", err.msg);
-        return -1;
-    }
-    while (engine_step(e, &err) > 0)
-        ;
-    if (t.n != MAX_TOKENS)
+    double t0;
+    if (bench_run_request(e, prompt, PROMPT_LEN, MAX_TOKENS, NULL, lora, &t, &t0) ||
+        t.n != MAX_TOKENS)
         return -1;
     *ttft = t.t_first - t0;
     *tpot = (t.t_last - t.t_first) / (t.n - 1);

@@ -28,18 +28,9 @@ static int run_one(engine *e, const int *prompt, int n_prompt, int max_tokens,
                    const variant_mix *lora, double *prefill_s, double *decode_tps)
 {
     bench_timing t;
-    engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens,
-                          .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
-                          .lora = lora};
-    bench_timing_attach(&req, &t);
-    lr_error err = {0};
-    double t0 = now();
-    if (engine_submit(e, &req, NULL, &err)) {
-        fprintf(stderr, "bench_weights: %s\n", err.msg);
+    double t0;
+    if (bench_run_request(e, prompt, n_prompt, max_tokens, NULL, lora, &t, &t0))
         return -1;
-    }
-    while (engine_step(e, &err) > 0)
-        ;
     *prefill_s = t.t_first - t0;
     *decode_tps = t.n > 1 ? (t.n - 1) / (t.t_last - t.t_first) : 0;
     return 0;

@@ -214,6 +214,34 @@ double bench_fma_peak(int threads)
     return bench_median(runs, 5);
 }
 
+int bench_run_request(engine *e, const int *prompt, int n_prompt, int max_tokens,
+                      const variant *merged, const variant_mix *lora, bench_timing *t,
+                      double *t0)
+{
+    engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens,
+                          .sampling = {.temperature = 0, .top_p = 1}, .ignore_eos = 1,
+                          .merged = merged, .lora = lora};
+    bench_timing_attach(&req, t);
+    lr_error err = {0};
+    *t0 = bench_now();
+    if (engine_submit(e, &req, NULL, &err)) {
+        fprintf(stderr, "bench: %s\n", err.msg);
+        return -1;
+    }
+    while (engine_step(e, &err) > 0)
+        ;
+    return 0;
+}
+
+int bench_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
 /* ---- the daemon ---- */
 
 const char *bench_sse_event(bench_sse *s, const char *data, size_t n, size_t *pos)

@@ -24,6 +24,15 @@ typedef struct {
 /* Points req's callbacks at t (zeroed); generation errors are reported on stderr. */
 void bench_timing_attach(engine_request *req, bench_timing *t);
 
+/* Runs one greedy request (EOS ignored) on e, stepping the engine until it is idle: t gets
+ * its token times, *t0 the time it was submitted. 0, or -1 (message on stderr). */
+int bench_run_request(engine *e, const int *prompt, int n_prompt, int max_tokens,
+                      const variant *merged, const variant_mix *lora, bench_timing *t,
+                      double *t0);
+
+/* Writes text to path (created or truncated); 0 or -1. */
+int bench_write_text(const char *path, const char *text);
+
 /* Read bandwidth (bytes/s) over a buffer of `bytes`: the best of three read kernels
  * (a 2-thread wide-load sum, OpenBLAS sasum, OpenBLAS sgemv), each the median of 5 runs. */
 double bench_read_bandwidth(size_t bytes);

@@ -116,6 +116,28 @@ static inline __attribute__((always_inline)) vf K(reduce_lanes)(vf *acc, int n)
     return acc[0];
 }
 
+/* Ends a tile: the NI·NJ accumulators (k = i·NJ + j) VL at a time through the reduction
+ * tree, the elements [d, in) past the last whole vector added one by one, and the ni × nj
+ * results that are real written to y. */
+static inline __attribute__((always_inline)) void
+K(tile_store)(vf *acc, int ni, int nj, const float *const *xr, const void *const *mr,
+              const float *const *sr, int d, int in, float *y, int ldy, int NI, int NJ, int MT)
+{
+    float sums[32];
+    for (int c = 0; c < NI * NJ; c += VL) {
+        vf part = K(reduce_lanes)(acc + c, NI * NJ - c < VL ? NI * NJ - c : VL);
+        for (int k = 0; k < VL; k++)
+            sums[c + k] = part[k];
+    }
+    for (int i = 0; i < ni && i < NI; i++)
+        for (int j = 0; j < nj && j < NJ; j++) {
+            float s = sums[i * NJ + j];
+            for (int e = d; e < in; e++)
+                s += xr[i][e] * K(w1)(mr[j], sr[j], e, MT);
+            y[(size_t)i * ldy + j] = s;
+        }
+}
+
 /* y[i·ldy + j] = x_i · m_j for ni <= NI rows x_i of X and nj <= NJ rows m_j of M (rows
  * past nj / ni repeat the last one and are not written; NI, NJ, MT are constants at every
  * call so each shape and weight type compiles to its own register-blocked loop): every
@@ -163,20 +185,7 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
                 acc[i * NJ + j] += xv * mv[j];
         }
     }
-    /* the accumulators VL at a time through the reduction tree; k = i·NJ + j */
-    float sums[2 * VL];
-    for (int c = 0; c < NI * NJ; c += VL) {
-        vf part = K(reduce_lanes)(acc + c, NI * NJ - c < VL ? NI * NJ - c : VL);
-        for (int k = 0; k < VL; k++)
-            sums[c + k] = part[k];
-    }
-    for (int i = 0; i < ni && i < NI; i++)
-        for (int j = 0; j < nj && j < NJ; j++) {
-            float s = sums[i * NJ + j];
-            for (int e = d; e < in; e++)
-                s += xr[i][e] * K(w1)(mr[j], sr[j], e, MT);
-            y[(size_t)i * ldy + j] = s;
-        }
+    K(tile_store)(acc, ni, nj, xr, mr, sr, d, in, y, ldy, NI, NJ, MT);
 }
 
 #if KDPBF16
@@ -223,19 +232,11 @@ K(dots_dpbf16)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj
             }
         }
     }
-    float sums[32];
-    for (int c = 0; c < NI * NJ; c += VL) {
-        vf part = K(reduce_lanes)((vf *)acc + c, NI * NJ - c < VL ? NI * NJ - c : VL);
-        for (int k = 0; k < VL; k++)
-            sums[c + k] = part[k];
-    }
-    for (int i = 0; i < ni && i < NI; i++)
-        for (int j = 0; j < nj && j < NJ; j++) {
-            float s = sums[i * NJ + j];
-            for (int e = d; e < in; e++)
-                s += xr[i][e] * wtensor_bf16_to_f32(mr[j][e]);
-            y[(size_t)i * ldy + j] = s;
-        }
+    const void *mv[16];
+    const float *sr[16] = {0};
+    for (int j = 0; j < NJ; j++)
+        mv[j] = mr[j];
+    K(tile_store)((vf *)acc, ni, nj, xr, mv, sr, d, in, y, ldy, NI, NJ, WT_BF16);
 }
 #endif
 

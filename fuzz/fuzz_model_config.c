@@ -77,8 +77,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (t->proj >= 0)
                     model_config_proj_shape(&cfg, (model_proj)t->proj, &out, &in);
                 FUZZ_CHECK(t->data.data && (t->proj < 0 || (t->ndim == 2 && t->shape[0] == out &&
-                                                        t->shape[1] == in)),
+                                                             t->shape[1] == in)),
                            "tensor %s shape", t->name);
+            }
+            /* the same files held as Q8: the same tensors, matrices quantized, or a clear
+             * refusal (only memory can fail now) */
+            model *q = model_load_with(dir, &(model_load_opts){WT_Q8, NULL, NULL}, &err);
+            if (!q) {
+                fuzz_check_error(err.code, &err);
+            } else {
+                FUZZ_CHECK(q->weights == WT_Q8 && q->n_tensors == m->n_tensors,
+                           "q8 model differs in its tensors");
+                for (int i = 0; i < q->n_tensors; i++)
+                    FUZZ_CHECK(q->tensors[i].data.type == (q->tensors[i].ndim == 2 ? WT_Q8
+                                                                                  : WT_F32),
+                               "tensor %s held as %d", q->tensors[i].name,
+                               q->tensors[i].data.type);
+                model_free(q);
             }
             model_free(m);
         }

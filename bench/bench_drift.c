@@ -19,6 +19,7 @@
 #include "core/kv_cache.h"
 #include "core/model.h"
 #include "core/variant.h"
+#include "bench/benchutil.h"
 
 enum { GEN = 256, NW = 3 };
 
@@ -152,13 +153,8 @@ int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
     const char *dir = "models/demo/base";
-    int quick = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0)
-            quick = 1;
-        else
-            dir = argv[i];
-    }
+    int quick;
+    bench_args(argc, argv, &dir, &quick);
     static const wt_type types[NW] = {WT_F32, WT_BF16, WT_Q8};
     static const char *const adapter_names[] = {"shout", "kjv", "german"};
     enum { N_ADAPTERS = 3 };

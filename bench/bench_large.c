@@ -249,13 +249,8 @@ int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
     const char *work = "build/bench-data";
-    int quick = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0)
-            quick = 1;
-        else
-            work = argv[i];
-    }
+    int quick;
+    bench_args(argc, argv, &work, &quick);
     char dir[4096], probe[4200];
     mkdir(work, 0755);
     snprintf(dir, sizeof dir, "%s/llama3-8b-random", work);

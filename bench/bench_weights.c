@@ -40,13 +40,8 @@ int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
     const char *work = "build/bench-data";
-    int quick = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0)
-            quick = 1;
-        else
-            work = argv[i];
-    }
+    int quick;
+    bench_args(argc, argv, &work, &quick);
     int reps = quick ? 3 : 9, decode_tokens = quick ? 64 : 128;
     char mdir[4096], adir[4096];
     snprintf(mdir, sizeof mdir, "%s/smollm2-135m-random", work);

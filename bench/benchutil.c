@@ -233,6 +233,17 @@ int bench_run_request(engine *e, const int *prompt, int n_prompt, int max_tokens
     return 0;
 }
 
+void bench_args(int argc, char **argv, const char **dir, int *quick)
+{
+    *quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            *quick = 1;
+        else
+            *dir = argv[i];
+    }
+}
+
 int bench_write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");

@@ -30,6 +30,10 @@ int bench_run_request(engine *e, const int *prompt, int n_prompt, int max_tokens
                       const variant *merged, const variant_mix *lora, bench_timing *t,
                       double *t0);
 
+/* The usual benchmark arguments, [DIR] [--quick]: a plain argument sets *dir (its default
+ * is left otherwise), --quick sets *quick to 1. */
+void bench_args(int argc, char **argv, const char **dir, int *quick);
+
 /* Writes text to path (created or truncated); 0 or -1. */
 int bench_write_text(const char *path, const char *text);
 

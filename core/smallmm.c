@@ -36,13 +36,6 @@ typedef struct {
 #define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
 #include "smallmm_kern.h"
-#undef KQ8
-#undef KSUF
-#undef VL
-#undef TI
-#undef TJ
-#undef TJ2
-#undef KPIN
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -57,14 +50,6 @@ typedef struct {
 #define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
 #include "smallmm_kern.h"
-#undef KQ8
-#undef KDPBF16
-#undef KSUF
-#undef VL
-#undef TI
-#undef TJ
-#undef TJ2
-#undef KPIN
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -78,13 +63,6 @@ typedef struct {
 #define KQ8(m, d) ((vf_avx2)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                      \
     _mm_loadl_epi64((const __m128i *)((const int8_t *)(m) + (d))))))
 #include "smallmm_kern.h"
-#undef KQ8
-#undef KSUF
-#undef VL
-#undef TI
-#undef TJ
-#undef TJ2
-#undef KPIN
 #pragma GCC pop_options
 #endif
 
@@ -107,14 +85,6 @@ static inline vf8_portable q8_portable(const int8_t *q)
 #define KPIN 0
 #endif
 #include "smallmm_kern.h"
-#undef KSUF
-#undef VL
-#undef TI
-#undef TJ
-#undef TJ2
-#undef KPIN
-
-#undef KQ8
 
 static const struct {
     const char *name;

@@ -1,6 +1,7 @@
 /* smallmm_kern.h: the smallmm kernels, written once and compiled once per instruction set
- * (included by smallmm.c with KSUF, VL, TI, TJ, KPIN defined and the target set by
- * #pragma GCC target). Every function here is static and named with the KSUF suffix.
+ * (included by smallmm.c with KSUF, VL, TI, TJ, TJ2, KPIN, KQ8 (and KDPBF16) defined and
+ * the target set by #pragma GCC target; undefined again at the end). Every function here
+ * is static and named with the KSUF suffix.
  *   VL    floats per vector (16: AVX-512 zmm; 8: AVX2 ymm, or two SSE registers)
  *   TI×TJ tile of X·Mᵀ: TI rows of X by TJ rows of M, TI·TJ accumulators; TJ2 the rows
  *         of M in a tile for two rows of X (8 with 32 registers; 4 with 16, where 2 × 8
@@ -359,3 +360,12 @@ static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols)};
 #undef K
 #undef KCAT
 #undef KCAT2
+/* the parameters too: the next family defines its own */
+#undef KSUF
+#undef VL
+#undef TI
+#undef TJ
+#undef TJ2
+#undef KPIN
+#undef KDPBF16
+#undef KQ8

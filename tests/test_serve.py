@@ -381,6 +381,37 @@ def check_merge_always(build, fx, ref):
         check(d.stop() == 0, "exit status")
 
 
+def check_weights_q8(build, fx, ref):
+    """--weights q8 (and LORAD_WEIGHTS=q8) reach the daemon's model: its completions equal
+    `lorad generate --weights q8`, base and an adapter, and differ from the bf16 ones (ref),
+    so the flag cannot pass by being ignored."""
+    a = ADAPTERS[0]
+    want = {None: lorad_generate(build, ["--model", os.path.join(fx, MODEL), "--prompt",
+                                          PROMPTS[0], "--max-tokens", str(N_TOK),
+                                          "--logprobs", "5", "--ignore-eos",
+                                          "--weights", "q8"]),
+            a: lorad_generate(build, ["--model", os.path.join(fx, MODEL), "--prompt",
+                                       PROMPTS[0], "--max-tokens", str(N_TOK), "--logprobs",
+                                       "5", "--ignore-eos", "--weights", "q8", "--adapter",
+                                       os.path.join(fx, "adapters", a)])}
+    base_lp = [x["logprob"] for x in want[None]["logprobs"]]
+    ref_lp = ref["base"]["choices"][0]["logprobs"]["token_logprobs"]
+    check(max(abs(x - y) for x, y in zip(base_lp, ref_lp)) > 10 * TOL,
+          "q8 logprobs equal bf16 ones: the precision would not show")
+    for how, args, env in (("flag", ["--weights", "q8"], None),
+                           ("environment", [], {"LORAD_WEIGHTS": "q8"})):
+        d = Daemon(build, ["--model", os.path.join(fx, MODEL), "--served-model-name", NAME,
+                           "--adapter-dir", os.path.join(fx, "adapters")] + args, env=env)
+        try:
+            check(any("held as q8" in ln for ln in d.log()), "%s: the start-up line does not "
+                  "say q8" % how)
+            matches_generate(completion(d, PROMPTS[0]), want[None], "q8 base (%s)" % how)
+            matches_generate(completion(d, PROMPTS[0], model=a), want[a],
+                             "q8 %s (%s)" % (a, how))
+        finally:
+            check(d.stop() == 0, "exit status")
+
+
 def check_merge_auto(build, fx, ref):
     """--merge auto: one client on one adapter gets it merged (within 10 s of steady
     traffic); its outputs stay those of the on-the-fly path (within rounding); then traffic
@@ -561,10 +592,13 @@ def main(argv):
     suite.run("metrics_counters_histograms_and_request_log", check_metrics_and_log, d)
     ref = {a: completion(d, PROMPTS[0], model=a) for a in ADAPTERS}
     ref["mix"] = completion(d, PROMPTS[0], adapters=MIX)
+    ref["base"] = completion(d, PROMPTS[0])
     suite.run("daemon_alive_and_exits_0_on_sigterm",
               lambda: check(d.alive() and d.stop() == 0, "daemon died or bad exit status"))
     suite.run("lru_evicts_idle_adapter_beyond_max_loaded", check_lru_eviction, build, fx)
     suite.run("merge_always_equals_on_the_fly", check_merge_always, build, fx, ref)
+    suite.run("weights_q8_by_flag_and_environment_equal_lorad_generate", check_weights_q8,
+              build, fx, ref)
     suite.run("merge_auto_merges_the_only_adapter_in_use_then_drops_it", check_merge_auto,
               build, fx, ref)
     suite.run("cancel_on_disconnect_waiting_prefilling_streaming", check_cancellation, build)

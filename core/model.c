@@ -185,20 +185,6 @@ static wt_type held_type(const model *m, const model_tensor *mt)
     return mt->ndim == 2 ? m->weights : WT_F32;
 }
 
-#define ARENA_ALIGN 64
-
-static size_t align_up(size_t n)
-{
-    return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
-}
-
-/* Arena bytes of a tensor: its data, then (Q8) its scales, each 64-byte aligned. */
-static size_t held_bytes(wt_type t, const model_tensor *mt)
-{
-    int64_t rows = mt->shape[0], cols = mt->ndim == 2 ? mt->shape[1] : 1;
-    return align_up(wtensor_data_bytes(t, rows, cols)) +
-           align_up(wtensor_scale_bytes(t, rows, cols));
-}
 
 /* Rows converted per step when the precision changes (an F32 staging buffer this size
  * instead of a whole embedding matrix: 2 GB for a 128k vocabulary). */
@@ -211,10 +197,8 @@ static int materialize(const model *m, const st_tensor *t, model_tensor *mt, cha
 {
     wt_type type = held_type(m, mt);
     int64_t rows = mt->shape[0], cols = mt->ndim == 2 ? mt->shape[1] : 1;
-    float *scale = type == WT_Q8 ? (float *)(dst + align_up(wtensor_data_bytes(type, rows,
-                                                                               cols)))
-                                 : NULL;
-    mt->data = (wtensor){type, dst, scale};
+    mt->data = wtensor_at(type, rows, cols, dst);
+    float *scale = (float *)mt->data.scale;
     if (type == WT_F32)
         return st_tensor_to_f32(t, (float *)dst, err);
     if (type == WT_BF16 && t->dtype == ST_BF16) {
@@ -485,7 +469,7 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
         wt_type t = held_type(m, mt);
         int64_t cols = mt->ndim == 2 ? mt->shape[1] : 1;
         offset[i] = arena;
-        arena += held_bytes(t, mt);
+        arena += wtensor_arena_bytes(t, mt->shape[0], cols);
         m->weight_bytes += wtensor_data_bytes(t, mt->shape[0], cols) +
                            wtensor_scale_bytes(t, mt->shape[0], cols);
         if (mt->ndim == 2 && mt->shape[1] > max_cols)

@@ -40,16 +40,6 @@ const wtensor *variant_weight(const model *m, const variant *v, int layer, model
     return &m->layers[layer].w[p];
 }
 
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
-}
-
-/* Arena bytes of one W' [out, in] in precision t: data, then scales, 64-byte aligned. */
-static size_t merged_bytes(wt_type t, int out, int in)
-{
-    return align64(wtensor_data_bytes(t, out, in)) + align64(wtensor_scale_bytes(t, out, in));
-}
 
 /* Whether any term of the mix has a LoRA matrix on (layer, p). */
 static int mix_touches(const variant_mix *mix, int layer, model_proj p)
@@ -98,7 +88,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
             if (mix_touches(mix, l, (model_proj)p)) {
                 int out, in;
                 model_config_proj_shape(c, (model_proj)p, &out, &in);
-                total += merged_bytes(type, out, in);
+                total += wtensor_arena_bytes(type, out, in);
                 if ((size_t)out * in > stage)
                     stage = (size_t)out * in;
             }
@@ -140,13 +130,11 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                             mix->t[i].weight * lm->scale, lm->bt, out, lm->a, in, 1.0f, dst,
                             in);
             }
-            float *scale = NULL;
-            if (type == WT_Q8)
-                scale = (float *)(next + align64(wtensor_data_bytes(type, out, in)));
+            wtensor wp = wtensor_at(type, out, in, next);
             if (type != WT_F32)
-                wtensor_from_f32(type, f32, out, in, next, scale);
-            v->w[l * PROJ_COUNT + p] = (wtensor){type, next, scale};
-            next += merged_bytes(type, out, in);
+                wtensor_from_f32(type, f32, out, in, next, (float *)wp.scale);
+            v->w[l * PROJ_COUNT + p] = wp;
+            next += wtensor_arena_bytes(type, out, in);
             if (duty < 1.0) {
                 /* busy for t, then idle t·(1 − duty)/duty: on average a core's duty */
                 double idle = (mono_seconds() - t0) * (1.0 - duty) / duty;

@@ -30,6 +30,25 @@ size_t wtensor_scale_bytes(wt_type t, int64_t rows, int64_t cols)
     return t == WT_Q8 ? (size_t)rows * (size_t)wtensor_q8_blocks(cols) * sizeof(float) : 0;
 }
 
+static size_t align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+size_t wtensor_arena_bytes(wt_type t, int64_t rows, int64_t cols)
+{
+    return align64(wtensor_data_bytes(t, rows, cols)) +
+           align64(wtensor_scale_bytes(t, rows, cols));
+}
+
+wtensor wtensor_at(wt_type t, int64_t rows, int64_t cols, void *dst)
+{
+    float *scale = NULL;
+    if (t == WT_Q8)
+        scale = (float *)((char *)dst + align64(wtensor_data_bytes(t, rows, cols)));
+    return (wtensor){t, dst, scale};
+}
+
 void wtensor_rows_f32(const wtensor *w, int64_t cols, int64_t r0, int64_t r1, float *dst)
 {
     size_t n = (size_t)(r1 - r0) * (size_t)cols;

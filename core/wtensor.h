@@ -57,6 +57,14 @@ int wtensor_type_parse(const char *s, wt_type *t);
 size_t wtensor_data_bytes(wt_type t, int64_t rows, int64_t cols);
 size_t wtensor_scale_bytes(wt_type t, int64_t rows, int64_t cols);
 
+/* Bytes a [rows, cols] matrix of type t takes in an arena of weights: its data, then (Q8)
+ * its scales, each rounded up to 64 bytes so the next one starts on a cache line. */
+size_t wtensor_arena_bytes(wt_type t, int64_t rows, int64_t cols);
+
+/* The [rows, cols] matrix of type t laid out at dst (wtensor_arena_bytes of room, 64-byte
+ * aligned) as wtensor_arena_bytes counts it: data at dst, Q8 scales after it. */
+wtensor wtensor_at(wt_type t, int64_t rows, int64_t cols, void *dst);
+
 /* dst [r1 - r0, cols] = rows [r0, r1) of w as F32 (a Q8 element is q · scale, one F32
  * product). Thread-safe. */
 void wtensor_rows_f32(const wtensor *w, int64_t cols, int64_t r0, int64_t r1, float *dst);

@@ -47,11 +47,24 @@ class Daemon:
 
     def __init__(self, build, args, env=None):
         self.build = build
+        cmd = [os.path.join(build, "lorad"), "serve", "--port", "0"] + list(args)
+        self._spawn(cmd, self.environment(env))
+        if not self._ready.wait(START_TIMEOUT) or self.port is None:
+            self.proc.kill()
+            raise Fail("lorad serve did not start: %s\n%s" % (" ".join(cmd),
+                                                               "\n".join(self.log()[-20:])))
+
+    @staticmethod
+    def environment(env):
+        """The daemon's environment: ours, one OpenBLAS thread unless set, then env."""
         e = dict(os.environ)
         e.setdefault("OPENBLAS_NUM_THREADS", "1")
-        if env:
-            e.update(env)
-        cmd = [os.path.join(build, "lorad"), "serve", "--port", "0"] + list(args)
+        e.update(env or {})
+        return e
+
+    def _spawn(self, cmd, e):
+        """Starts cmd with environment e; its stderr is collected (log()) and the port
+        read from the start-up line by a thread of its own."""
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=e)
@@ -61,10 +74,6 @@ class Daemon:
         self._ready = threading.Event()
         self.port = None
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._ready.wait(START_TIMEOUT) or self.port is None:
-            self.proc.kill()
-            raise Fail("lorad serve did not start: %s\n%s" % (" ".join(cmd),
-                                                               "\n".join(self.log()[-20:])))
 
     def _read_stderr(self):
         for raw in self.proc.stderr:

@@ -293,25 +293,14 @@ class ActivatedDaemon(Daemon):
     def __init__(self, build, args, env):
         self.build = build
         self.listen_port = free_port()
-        e = dict(os.environ)
-        e.setdefault("OPENBLAS_NUM_THREADS", "1")
-        e.update(env)
+        e = self.environment(env)
         cmd = ["systemd-socket-activate", "-l", "127.0.0.1:%d" % self.listen_port]
         for k in ["OPENBLAS_NUM_THREADS", "ASAN_OPTIONS", "UBSAN_OPTIONS",
                   "LSAN_OPTIONS"] + list(env):
             if k in e:
                 cmd += ["-E", k]
         cmd += [os.path.join(build, "lorad"), "serve"] + list(args)
-        self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=e)
-        from serve_harness import _running
-        _running.append(self)
-        self.lines = []
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self.port = None
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._spawn(cmd, e)
 
     def first_request(self):
         """The connection that starts lorad; answered once it has loaded."""

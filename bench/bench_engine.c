@@ -56,17 +56,7 @@ static int make_model(const char *dir)
     const model_config *c = &shape;
     mkdir(dir, 0755);
     char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    char cfg[1024];
-    snprintf(cfg, sizeof cfg,
-             "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
-             "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,"
-             "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"vocab_size\":%d,"
-             "\"max_position_embeddings\":8192,\"rope_theta\":100000.0,\"rms_norm_eps\":1e-05,"
-             "\"tie_word_embeddings\":true,\"hidden_act\":\"silu\",\"bos_token_id\":1,"
-             "\"eos_token_id\":2,\"torch_dtype\":\"float32\"}\n",
-             c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size);
-    if (bench_write_text(path, cfg))
+    if (bench_write_llama_config(dir, c, 100000.0, 1, 1, 2, "float32"))
         return -1;
     int n_max = 2 + c->n_layers * (2 + PROJ_COUNT);
     st_write_tensor *tw = calloc((size_t)n_max, sizeof *tw);

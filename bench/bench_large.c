@@ -106,17 +106,9 @@ static int make_model(const char *dir)
     int n = list_tensors(t);
     mkdir(dir, 0755);
     char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    char cfg[1024];
-    snprintf(cfg, sizeof cfg,
-             "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
-             "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,"
-             "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"vocab_size\":%d,"
-             "\"max_position_embeddings\":8192,\"rope_theta\":500000.0,\"rms_norm_eps\":1e-05,"
-             "\"tie_word_embeddings\":false,\"hidden_act\":\"silu\",\"bos_token_id\":128000,"
-             "\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}\n",
-             HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB);
-    if (bench_write_text(path, cfg))
+    const model_config cfg = {.hidden = HIDDEN, .intermediate = INTER, .n_layers = LAYERS,
+                              .n_heads = HEADS, .n_kv_heads = KV_HEADS, .vocab_size = VOCAB};
+    if (bench_write_llama_config(dir, &cfg, 500000.0, 0, 128000, 128001, "bfloat16"))
         return -1;
     size_t cap = 1 << 20;
     char *index = malloc(64 << 10), *hdr = malloc(cap);

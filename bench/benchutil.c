@@ -253,6 +253,23 @@ int bench_write_text(const char *path, const char *text)
     return fclose(f);
 }
 
+int bench_write_llama_config(const char *dir, const model_config *c, double rope_theta,
+                             int tied, int bos, int eos, const char *torch_dtype)
+{
+    char path[4200], cfg[1024];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    snprintf(cfg, sizeof cfg,
+             "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
+             "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,"
+             "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"vocab_size\":%d,"
+             "\"max_position_embeddings\":8192,\"rope_theta\":%.1f,\"rms_norm_eps\":1e-05,"
+             "\"tie_word_embeddings\":%s,\"hidden_act\":\"silu\",\"bos_token_id\":%d,"
+             "\"eos_token_id\":%d,\"torch_dtype\":\"%s\"}\n",
+             c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size,
+             rope_theta, tied ? "true" : "false", bos, eos, torch_dtype);
+    return bench_write_text(path, cfg);
+}
+
 /* ---- the daemon ---- */
 
 const char *bench_sse_event(bench_sse *s, const char *data, size_t n, size_t *pos)

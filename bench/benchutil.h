@@ -37,6 +37,12 @@ void bench_args(int argc, char **argv, const char **dir, int *quick);
 /* Writes text to path (created or truncated); 0 or -1. */
 int bench_write_text(const char *path, const char *text);
 
+/* Writes dir/config.json of a LlamaForCausalLM shaped as c (hidden, intermediate, layers,
+ * heads, KV heads, vocabulary; 8192 positions, RMSNorm eps 1e-5) with the given RoPE
+ * theta, tied embeddings or not, BOS and EOS ids and torch_dtype. 0 or -1. */
+int bench_write_llama_config(const char *dir, const model_config *c, double rope_theta,
+                             int tied, int bos, int eos, const char *torch_dtype);
+
 /* Read bandwidth (bytes/s) over a buffer of `bytes`: the best of three read kernels
  * (a 2-thread wide-load sum, OpenBLAS sasum, OpenBLAS sgemv), each the median of 5 runs. */
 double bench_read_bandwidth(size_t bytes);

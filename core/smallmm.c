@@ -18,10 +18,11 @@ typedef struct {
     void (*tb_cols)(const smallmm_tb *jb, int c0, int c1);
 } smallmm_kernels;
 
-/* The kernels, compiled three times. Tiles: 4×4 on AVX-512 (16 accumulators of its 32
- * registers; 4×6 was ~10% slower: 31 live registers leave the loop no slack), 2×4 with 16
- * registers. The portable build uses whatever the compiler's baseline gives (SSE2 on
- * x86-64, NEON on arm64) for the same 8-float vectors. */
+/* The kernels, compiled four times: AVX-512, AVX-512 with BF16 dot products (the same
+ * kernels but for BF16 weights times one or two rows), AVX2, portable. Tiles: 4×4 on
+ * AVX-512 (16 accumulators of its 32 registers; 4×6 was ~10% slower: 31 live registers
+ * leave the loop no slack), 2×4 with 16 registers. The portable build uses whatever the
+ * compiler's baseline gives (SSE2 on x86-64, NEON on arm64) for the same 8-float vectors. */
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
 #define SMALLMM_X86 1
 #include <immintrin.h>

@@ -373,34 +373,26 @@ static void rope(float *v, int n, int n_h, int hd, const float *cos_t, const flo
     }
 }
 
-/* e^x for x <= 0 in the softmax/SiLU hot loops: Cephes-style range reduction and a
- * degree-6 polynomial, relative error ~2e-7 (below fp32 rounding of the sums it feeds),
- * written so the compiler vectorizes it (no libm call, no branches). Inputs below -87
- * are clamped (result ~1e-38, i.e. zero for a softmax). */
+/* e^x (exp8 on one lane) for the tails of the loops below. */
 static inline float exp_fast(float x)
 {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    const float shift = 12582912.0f;  /* 1.5 · 2^23: adding it rounds to an integer */
-    float n = (x * 1.44269504088896341f + shift) - shift;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { float f; int32_t i; } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
+    return exp8((v8){0} + x)[0];
 }
 
-/* gate [n, d] ← silu(gate) · up, elementwise. */
+/* gate [n, d] ← silu(gate) · up, elementwise: silu(g) = g / (1 + e^-g), with e^-g from
+ * exp8 for g >= 0, else e^g / (1 + e^g) (no overflow either way). */
 static void swiglu(float *gate, const float *up, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8 g = ld8(gate + i);
+        vi8 neg = g < 0;
+        v8 e = exp8(sel8(neg, g, -g));
+        v8 num = sel8(neg, e, (v8){0} + 1.0f);
+        st8(gate + i, g * (num / (1.0f + e)) * ld8(up + i));
+    }
+    for (; i < n; i++) {
         float g = gate[i];
-        /* silu(g) = g / (1 + e^-g); e^-g via exp_fast for g >= 0, else e^g / (1 + e^g) */
         float e = exp_fast(g < 0 ? g : -g);
         float sig = g < 0 ? e / (1.0f + e) : 1.0f / (1.0f + e);
         gate[i] = g * sig * up[i];
@@ -413,12 +405,14 @@ static void softmax_row(float *s, int n)
     float mx = -INFINITY;
     for (int j = 0; j < n; j++)
         mx = s[j] > mx ? s[j] : mx;
-    for (int j = 0; j < n; j++)
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        st8(s + j, exp8(ld8(s + j) - mx));
+    for (; j < n; j++)
         s[j] = exp_fast(s[j] - mx);
     /* 16 partial sums so the reduction vectorizes without reassociation flags */
     float part[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16)
+    for (j = 0; j + 16 <= n; j += 16)
         for (int k = 0; k < 16; k++)
             part[k] += s[j + k];
     float sum = 0;

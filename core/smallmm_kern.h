@@ -143,13 +143,16 @@ K(tile_store)(vf *acc, int ni, int nj, const float *const *xr, const void *const
  * past nj / ni repeat the last one and are not written; NI, NJ, MT are constants at every
  * call so each shape and weight type compiles to its own register-blocked loop): every
  * load of M feeds NI FMAs and every load of X NJ, the NI·NJ accumulators stay in
- * registers, and one tree reduction ends the tile. With prefetch, the next NJ rows of M
- * are prefetched as these stream: ~10% more bandwidth than the hardware prefetchers alone
- * reach on the NJ interleaved streams (measured on the 2-core VM; prefetching past M's end
- * is harmless). */
+ * registers, and one tree reduction ends the tile. Rows j of M with bit j set in pf_rows
+ * prefetch the row NJ further on (the same row of the next block of M) as they stream:
+ * ~10% more bandwidth than the hardware prefetchers alone reach on the NJ interleaved
+ * streams (measured on the 2-core VM; prefetching past M's end is harmless). PFM (a
+ * constant) 0: pf_rows is 0 or every row, tested once per step; 1: any set of rows, tested
+ * row by row (the tests cost ~10% where the FMAs bound the loop, so only tiles that
+ * prefetch part of a block use that loop). */
 static inline __attribute__((always_inline)) void
 K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, float *y,
-             int ldy, int prefetch, int NI, int NJ, int MT)
+             int ldy, int pf_rows, int PFM, int NI, int NJ, int MT)
 {
     size_t es = MT == WT_F32 ? 4 : MT == WT_BF16 ? 2 : 1;
     int64_t nb = wtensor_q8_blocks(in);
@@ -170,7 +173,7 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
     for (; d + VL <= in; d += VL) {
         vf mv[8];
         for (int j = 0; j < NJ; j++) {
-            if (prefetch)
+            if (PFM ? pf_rows >> j & 1 : pf_rows)
                 __builtin_prefetch((const char *)mr[j] + ((size_t)d + (size_t)NJ * in) * es,
                                    0, 3);
             mv[j] = K(ldw)(mr[j], sr[j], d, MT);
@@ -241,6 +244,23 @@ K(dots_dpbf16)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj
 }
 #endif
 
+/* One tile of min(ni, TI) rows of X (the last tile of a product has the rows left). */
+static inline __attribute__((always_inline)) void
+K(tile_rows)(const float *x, int ni, int in, const wtensor *m, int j, int nj, float *y,
+             int ldy, int pf_rows, int PFM, int MT)
+{
+    if (ni >= TI)
+        K(dots_tile)(x, TI, in, m, j, nj, y, ldy, pf_rows, PFM, TI, TJ, MT);
+#if TI > 2
+    else if (ni == 3)
+        K(dots_tile)(x, 3, in, m, j, nj, y, ldy, pf_rows, PFM, 3, TJ, MT);
+#endif
+    else if (ni == 2)
+        K(dots_tile)(x, 2, in, m, j, nj, y, ldy, pf_rows, PFM, 2, TJ, MT);
+    else
+        K(dots_tile)(x, 1, in, m, j, nj, y, ldy, pf_rows, PFM, 1, TJ, MT);
+}
+
 /* Rows [lo, hi) of one product for weight type MT: blocks of TJ rows of M (8 for one row
  * of X and TJ2 for two, which are bound by streaming M: more rows of M in flight, 17%
  * faster for two rows on AVX-512), and for each, every tile of TI rows of X (the block of M is in L1 by then;
@@ -264,32 +284,35 @@ K(xmt_rows_t)(const smallmm_xmt *jb, int in, int lo, int hi, int MT)
 #endif
     if (jb->n == 1) {
         for (int j = lo; j < hi; j += 8)
-            K(dots_tile)(jb->x, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j, jb->ldy, 1,
+            K(dots_tile)(jb->x, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j, jb->ldy, 1, 0,
                          1, 8, MT);
         return;
     }
     if (jb->n == 2) {
         for (int j = lo; j < hi; j += TJ2)
             K(dots_tile)(jb->x, 2, in, m, j, hi - j < TJ2 ? hi - j : TJ2, jb->y + j, jb->ldy,
-                         1, 2, TJ2, MT);
+                         1, 0, 2, TJ2, MT);
         return;
     }
+    /* The next block of M is prefetched while this one meets the T tiles of X: spread
+     * over them when T < TJ (row q of the block by tile q mod T), so that memory streams
+     * during every tile (5-8 rows of X: ~15% faster than the first tile fetching it all
+     * and memory idling during the second); by the first tile alone when each tile would
+     * fetch at most one row (the FMAs bound the product by then). */
+    int T = (jb->n + TI - 1) / TI;
     for (int j = lo; j < hi; j += TJ) {
         int nj = hi - j < TJ ? hi - j : TJ;
         for (int i = 0; i < jb->n; i += TI) {
             const float *x = jb->x + (size_t)i * in;
             float *y = jb->y + (size_t)i * jb->ldy + j;
-            int ni = jb->n - i, pf = i == 0;
-            if (ni >= TI)
-                K(dots_tile)(x, TI, in, m, j, nj, y, jb->ldy, pf, TI, TJ, MT);
-#if TI > 2
-            else if (ni == 3)
-                K(dots_tile)(x, 3, in, m, j, nj, y, jb->ldy, pf, 3, TJ, MT);
-#endif
-            else if (ni == 2)
-                K(dots_tile)(x, 2, in, m, j, nj, y, jb->ldy, pf, 2, TJ, MT);
-            else
-                K(dots_tile)(x, 1, in, m, j, nj, y, jb->ldy, pf, 1, TJ, MT);
+            int ni = jb->n - i, t = i / TI, pf = 0;
+            if (T >= TJ) {
+                K(tile_rows)(x, ni, in, m, j, nj, y, jb->ldy, t == 0, 0, MT);
+            } else {
+                for (int q = t % T; q < TJ; q += T)
+                    pf |= 1 << q;
+                K(tile_rows)(x, ni, in, m, j, nj, y, jb->ldy, pf, 1, MT);
+            }
         }
     }
 }

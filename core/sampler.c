@@ -228,7 +228,20 @@ static void logits_select_top_k(const float *logits, int vocab, int k, float *v,
 static double cand_weights(float *v, int n, float max, float inv_t)
 {
     double sum = 0.0;
-    for (int j = 0; j < n; j++) {
+    const v8 m = (v8){0} + max, ninf = (v8){0} - INFINITY;
+    int j = 0;
+    while (j + 8 <= n) {
+        v8 part = {0};
+        for (int c = 0; c < 128 && j + 8 <= n; c++, j += 8) {
+            v8 x = ld8(v + j);
+            v8 w = sel8(x == ninf, (v8){0}, exp8((x - m) * inv_t));
+            st8(v + j, w);
+            part += w;
+        }
+        for (int k = 0; k < 8; k++)
+            sum += part[k];
+    }
+    for (; j < n; j++) {
         float x = v[j];
         float w = x == -INFINITY ? 0.0f : expf((x - max) * inv_t);
         v[j] = w;

@@ -32,13 +32,14 @@ static inline v8 sel8(vi8 mask, v8 a, v8 b)
 
 /* e^x lane by lane for the softmax/SiLU/log-sum-exp hot loops: Cephes-style range
  * reduction and a degree-6 polynomial, relative error ~2e-7 (below the fp32 rounding of
- * the sums it feeds). Inputs are clamped to [-87, 88] (e^-87 ~ 1e-38: zero for a
- * softmax). Written on vectors rather than left to the auto-vectorizer, which keeps a
+ * the sums it feeds). 0 below -87 (e^-87 ~ 1.6e-38, the smallest normal floats), e^88 above
+ * 88 (no overflow to infinity). Written on vectors rather than left to the auto-vectorizer, which keeps a
  * scalar loop around the float-to-int conversion unless FP traps are declared off. */
 static inline v8 exp8(v8 x)
 {
     const v8 lo = (v8){0} - 87.0f, hi = (v8){0} + 88.0f;
-    x = sel8(x < lo, lo, x);
+    vi8 under = x < lo;
+    x = sel8(under, lo, x);
     x = sel8(x > hi, hi, x);
     const float shift = 12582912.0f;  /* 1.5 · 2^23: adding it rounds to an integer */
     v8 n = (x * 1.44269504088896341f + shift) - shift;
@@ -50,7 +51,7 @@ static inline v8 exp8(v8 x)
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     vi8 scale = (__builtin_convertvector(n, vi8) + 127) << 23;
-    return p * (v8)scale;
+    return sel8(under, (v8){0}, p * (v8)scale);
 }
 
 #endif

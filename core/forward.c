@@ -48,9 +48,12 @@ typedef struct {
     float *scratch;
 } gemm_job;
 
-/* One unit of attention work: query rows [r0, r1) of sequence seq, head h. */
+/* One unit of attention work: query rows [r0, r1) of sequence seq, head h; or, for a
+ * sequence decoding one row (r0 = 0, r1 = 1), with heads > 1, the heads [head, head +
+ * heads) that share one KV head (grouped-query attention): they meet each key and value
+ * in one pass, as consecutive positions do in prefill. */
 typedef struct {
-    int seq, head, r0, r1;
+    int seq, head, heads, r0, r1;
 } attn_task;
 
 #define ATTN_ROWS 4      /* query rows that share one pass over the keys */
@@ -425,16 +428,28 @@ static void softmax_row(float *s, int n)
         s[j] *= inv;
 }
 
+/* The attention kernels keep NR·4 16-float accumulators in registers: 32 registers with
+ * AVX-512, twice too many for AVX2's 16 (the spills cost ~2x). The build targets AVX2 so
+ * that one binary runs everywhere; GCC compiles these kernels a second time for
+ * x86-64-v4 (AVX-512) and picks the clone at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ATTN_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define ATTN_CLONES
+#endif
+
 /* Attention of up to NR query rows (consecutive positions pos0 .. pos0+nr-1 of one
- * sequence, one head) against the cache: scores over the keys the rows may see, softmax
- * per row, weighted sum of values. q rows are q_dim apart; out likewise. blk is the
- * sequence's block table: block b holds positions [b·KV_BLOCK, (b+1)·KV_BLOCK), with
- * this layer and head's transposed keys at blk[b] + kofs ([hd, KV_BLOCK], finite past
- * the last key) and its values at blk[b] + vofs (position i of the block at + i·kv_dim).
+ * sequence, one head; pstep 1) or up to NR heads of one position sharing a KV head (pstep
+ * 0) against the cache: scores over the keys the rows may see, softmax per row, weighted
+ * sum of values. q rows are rs apart; out likewise. blk is the sequence's block table:
+ * block b holds positions [b·KV_BLOCK, (b+1)·KV_BLOCK), with this layer and head's
+ * transposed keys at blk[b] + kofs ([hd, KV_BLOCK], finite past the last key) and its
+ * values at blk[b] + vofs (position i of the block at + i·kv_dim).
  * S: [NR, ss] scratch, ss >= pos0 + nr rounded up to 16. Padding rows (r >= nr) repeat
  * the last real row and are not written out. */
 #define ATTN_KERNEL(NAME, NR)                                                               \
-static void NAME(const float *q, int q_dim, int nr, int pos0, float *const *blk,           \
+ATTN_CLONES                                                                                 \
+static void NAME(const float *q, int rs, int pstep, int nr, int pos0, float *const *blk,  \
                  size_t kofs, size_t vofs, int kv_dim, int hd, float scale, int win,       \
                  float *S, int ss, float *out)                                             \
 {                                                                                          \
@@ -442,10 +457,10 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, float *const *blk,
     float qs[NR][256];                                                                     \
     for (int r = 0; r < NR; r++) {                                                         \
         int rr = r < nr ? r : nr - 1;                                                      \
-        last[r] = pos0 + rr;                                                               \
+        last[r] = pos0 + rr * pstep;                                                       \
         first[r] = win && last[r] + 1 > win ? last[r] + 1 - win : 0;                       \
         for (int d = 0; d < hd; d++)                                                       \
-            qs[r][d] = q[(size_t)rr * q_dim + d] * scale;                                  \
+            qs[r][d] = q[(size_t)rr * rs + d] * scale;                                     \
     }                                                                                      \
     int j0 = first[0] & ~15, j1 = last[NR - 1] + 1;                                        \
     /* scores, 16 keys at a time (one block, or a part of one): NR rows share each load    \
@@ -514,7 +529,7 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, float *const *blk,
             }                                                                              \
         }                                                                                  \
         for (int r = 0; r < nr; r++) {                                                     \
-            float *o = out + (size_t)r * q_dim + d0;                                       \
+            float *o = out + (size_t)r * rs + d0;                                          \
             st16(o, a0[r]);                                                                \
             st16(o + 16, a1[r]);                                                           \
             st16(o + 32, a2[r]);                                                           \
@@ -538,8 +553,8 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, float *const *blk,
             }                                                                              \
         }                                                                                  \
         for (int r = 0; r < nr; r++) {                                                     \
-            st16(out + (size_t)r * q_dim + d0, a0[r]);                                     \
-            st16(out + (size_t)r * q_dim + d0 + 16, a1[r]);                                \
+            st16(out + (size_t)r * rs + d0, a0[r]);                                        \
+            st16(out + (size_t)r * rs + d0 + 16, a1[r]);                                   \
         }                                                                                  \
     }                                                                                      \
     for (; d0 < hd; d0++) {                                                                \
@@ -548,7 +563,7 @@ static void NAME(const float *q, int q_dim, int nr, int pos0, float *const *blk,
             for (int j = jv; j < j1; j++)                                                  \
                 a += S[(size_t)r * ss + j] *                                               \
                      blk[j / KV_BLOCK][vofs + (size_t)(j % KV_BLOCK) * kv_dim + d0];       \
-            out[(size_t)r * q_dim + d0] = a;                                               \
+            out[(size_t)r * rs + d0] = a;                                                  \
         }                                                                                  \
     }                                                                                      \
 }
@@ -572,16 +587,25 @@ static void attn_task_run(void *ctx, int task, int thread)
     float scale = 1.0f / sqrtf((float)hd);
     int win = f->cur_layer >= c->window_from_layer ? c->sliding_window : 0;
     int base = f->row0[t->seq];
+    if (t->heads > 1) {  /* one decode row, heads [head, head + heads) of KV head g */
+        for (int h = 0; h < t->heads; h += ATTN_ROWS) {
+            int nh = t->heads - h < ATTN_ROWS ? t->heads - h : ATTN_ROWS;
+            size_t off = (size_t)base * q_dim + (size_t)(t->head + h) * hd;
+            attn_rows4(f->q + off, hd, 0, nh, pos_first, kv->blocks, kofs, vofs, kv_dim, hd,
+                       scale, win, f->scores[thread], (int)f->scores_cap, f->att + off);
+        }
+        return;
+    }
     for (int r = t->r0; r < t->r1; r += ATTN_ROWS) {
         int nr = t->r1 - r < ATTN_ROWS ? t->r1 - r : ATTN_ROWS;
         const float *q = f->q + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
         float *out = f->att + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
         if (nr == 1)
-            attn_rows1(q, q_dim, 1, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd, scale,
-                       win, f->scores[thread], (int)f->scores_cap, out);
+            attn_rows1(q, q_dim, 1, 1, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd,
+                       scale, win, f->scores[thread], (int)f->scores_cap, out);
         else
-            attn_rows4(q, q_dim, nr, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd, scale,
-                       win, f->scores[thread], (int)f->scores_cap, out);
+            attn_rows4(q, q_dim, 1, nr, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd,
+                       scale, win, f->scores[thread], (int)f->scores_cap, out);
     }
 }
 
@@ -715,13 +739,20 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
     for (int s = 0; s < n_seqs; s++)
         f->attn_work += (double)seqs[s].n_tokens * (seqs[s].kv->len + seqs[s].n_tokens) *
                         c->n_heads * hd;
-    for (int s = 0; s < n_seqs; s++)
+    int group = c->n_heads / c->n_kv_heads;  /* query heads per KV head */
+    for (int s = 0; s < n_seqs; s++) {
+        if (seqs[s].n_tokens == 1 && group > 1) {
+            for (int h = 0; h < c->n_heads; h += group)
+                f->tasks[f->n_tasks++] = (attn_task){s, h, group, 0, 1};
+            continue;
+        }
         for (int h = 0; h < c->n_heads; h++)
             for (int r = 0; r < seqs[s].n_tokens; r += ATTN_TASK_ROWS) {
                 int r1 = r + ATTN_TASK_ROWS < seqs[s].n_tokens ? r + ATTN_TASK_ROWS
                                                                : seqs[s].n_tokens;
-                f->tasks[f->n_tasks++] = (attn_task){s, h, r, r1};
+                f->tasks[f->n_tasks++] = (attn_task){s, h, 1, r, r1};
             }
+    }
 
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];

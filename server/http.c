@@ -21,6 +21,11 @@
 #include "server/api.h"
 
 #define IDLE_TIMEOUT_S 300     /* an idle keep-alive connection is closed after this */
+/* Memory of a connection (libmicrohttpd's pool: headers, then the read buffer, mapped but
+ * not touched until used). Upload bodies arrive in chunks of up to about this much: with
+ * 256 KiB rather than the default 32 KiB, a 19.6 MB adapter is received in 23 ms instead
+ * of 37 (8x fewer callbacks and write()s; 1 MiB gains nothing more). */
+#define CONNECTION_MEMORY ((size_t)256 << 10)
 #define STREAM_BLOCK 16384     /* bytes MHD asks the SSE reader for at most */
 
 struct http_server {
@@ -541,6 +546,7 @@ static http_server *start_on_socket(http_server *h, int fd, lr_error *err)
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
                             MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
                             MHD_OPTION_END);
     if (!h->d) {
         lr_error_set(err, LR_EIO, "cannot serve on the passed listening socket %s:%d",
@@ -586,6 +592,7 @@ http_server *http_start(app *a, int listen_fd, lr_error *err)
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
                             MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
                             MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {

@@ -11,11 +11,13 @@
 #include "log.h"
 #include "pool.h"
 
-/* One instruction set's kernels: rows [lo, hi) of an X·Mᵀ product; columns [c0, c1) of a
- * ·Bᵀ product. */
+/* One instruction set's kernels: rows [lo, hi) of an X·Mᵀ product (xeo: X reordered for
+ * BF16 weights, see eo_prepare; NULL for other weights or when there is none); columns
+ * [c0, c1) of a ·Bᵀ product. eo_block: the block of the BF16 even/odd order (2 vectors). */
 typedef struct {
-    void (*xmt_rows)(const smallmm_xmt *jb, int in, int lo, int hi);
+    void (*xmt_rows)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi);
     void (*tb_cols)(const smallmm_tb *jb, int c0, int c1);
+    int eo_block;
 } smallmm_kernels;
 
 /* The kernels, compiled four times: AVX-512, AVX-512 with BF16 dot products (the same
@@ -183,6 +185,7 @@ static const smallmm_kernels *kernels(void)
 typedef struct {
     const smallmm_kernels *k;
     const smallmm_xmt *jobs;
+    const float *const *xeo;  /* per job: X in the BF16 even/odd order, or NULL; or NULL */
     int n_jobs, in, n_tasks;
     int64_t rows;  /* Σ rows: task k takes global rows [rows·k/n_tasks, rows·(k+1)/n_tasks) */
 } xmt_pass;
@@ -197,22 +200,68 @@ static void xmt_task(void *ctx, int task, int thread)
         int64_t lo = g0 - base, hi = g1 - base;
         if (hi <= 0 || lo >= ps->jobs[k].rows)
             continue;
-        ps->k->xmt_rows(&ps->jobs[k], ps->in, lo < 0 ? 0 : (int)lo,
+        ps->k->xmt_rows(&ps->jobs[k], ps->xeo ? ps->xeo[k] : NULL, ps->in, lo < 0 ? 0 : (int)lo,
                         hi > ps->jobs[k].rows ? ps->jobs[k].rows : (int)hi);
     }
 }
 
+/* xeo [n, in] = X [n, in] with each whole block of `block` elements as its even elements
+ * then its odd ones (the order the one- and two-row BF16 tiles read; the rest is left
+ * out: they take it from X). */
+static void eo_prepare(const float *x, int n, int in, int block, float *xeo)
+{
+    int half = block / 2;
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d + block <= in; d += block) {
+            const float *s = x + (size_t)i * in + d;
+            float *o = xeo + (size_t)i * in + d;
+            for (int k = 0; k < half; k++) {
+                o[k] = s[2 * k];
+                o[half + k] = s[2 * k + 1];
+            }
+        }
+}
+
+/* Floats of X in the even/odd order that a pass keeps on the stack; more are allocated. */
+#define EO_STACK_FLOATS 8192
+
 void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs)
 {
-    xmt_pass ps = {kernels(), jobs, n_jobs, in, p ? 8 * pool_threads(p) : 1, 0};
+    xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, p ? 8 * pool_threads(p) : 1, 0};
     for (int k = 0; k < n_jobs; k++)
         ps.rows += jobs[k].rows;
     if (ps.rows == 0)
         return;
+    /* The one- and two-row BF16 products read X in the even/odd order: prepared here, once
+     * per product rather than in each task. */
+    size_t need = 0;
+    for (int k = 0; k < n_jobs; k++)
+        if (jobs[k].m.type == WT_BF16 && jobs[k].n <= 2)
+            need += (size_t)jobs[k].n * (size_t)in;
+    float stack_buf[EO_STACK_FLOATS];
+    const float *stack_ptrs[16];
+    float *buf = need <= EO_STACK_FLOATS ? stack_buf : malloc(need * sizeof(float));
+    const float **xeo = n_jobs <= 16 ? stack_ptrs : malloc((size_t)n_jobs * sizeof *xeo);
+    if (need && buf && xeo) {  /* (out of memory: the widening kernels, which need none) */
+        size_t used = 0;
+        for (int k = 0; k < n_jobs; k++) {
+            xeo[k] = NULL;
+            if (jobs[k].m.type == WT_BF16 && jobs[k].n <= 2) {
+                eo_prepare(jobs[k].x, jobs[k].n, in, ps.k->eo_block, buf + used);
+                xeo[k] = buf + used;
+                used += (size_t)jobs[k].n * (size_t)in;
+            }
+        }
+        ps.xeo = xeo;
+    }
     if (ps.n_tasks > 1)
         pool_run(p, xmt_task, &ps, ps.n_tasks);
     else
         xmt_task(&ps, 0, 0);
+    if (buf != stack_buf)
+        free(buf);
+    if (xeo != stack_ptrs)
+        free(xeo);
 }
 
 typedef struct {

@@ -260,6 +260,45 @@ START_TEST(test_xmt_many_products_in_one_pass)
 }
 END_TEST
 
+/* One- and two-row BF16 products read X reordered (even then odd elements of each block):
+ * kept on the stack for a pass up to 8192 floats of it and 16 products, allocated beyond.
+ * 20 products of 1 and 2 rows with in = 4100 (blocks cut short, 61,500 floats) in one
+ * pass, and alone, each against float64. */
+START_TEST(test_bf16_one_and_two_rows_with_x_reordered_on_the_stack_and_the_heap)
+{
+    if (!use_isa(_i))
+        return;
+    check_xmt_type(NULL, 2, 4100, 9, WT_BF16);   /* 8200 floats: the heap */
+    check_xmt_type(NULL, 1, 4100, 9, WT_BF16);   /* 4100: the stack */
+    enum { IN = 4100, JOBS = 20, ROWS = 6 };
+    pool *p = make_pool(2);
+    smallmm_xmt jobs[JOBS];
+    float *xs[JOBS];
+    test_matrix tm[JOBS];
+    for (int k = 0; k < JOBS; k++) {
+        int n = 1 + k % 2;
+        xs[k] = rand_floats((size_t)n * IN);
+        tm[k] = make_matrix(WT_BF16, ROWS, IN);
+        jobs[k] = (smallmm_xmt){xs[k], n, tm[k].w, ROWS, malloc(sizeof(float) * n * ROWS),
+                                ROWS};
+    }
+    smallmm_xmt_run(p, IN, jobs, JOBS);
+    for (int k = 0; k < JOBS; k++) {
+        for (int i = 0; i < jobs[k].n; i++)
+            for (int j = 0; j < ROWS; j++) {
+                double want = 0;
+                for (int d = 0; d < IN; d++)
+                    want += (double)xs[k][i * IN + d] * tm[k].deq[j * IN + d];
+                expect_near(jobs[k].y[i * ROWS + j], want, IN, "Y", i, j);
+            }
+        free(xs[k]);
+        free_matrix(&tm[k]);
+        free(jobs[k].y);
+    }
+    pool_free(p);
+}
+END_TEST
+
 /* Y += alpha·T Bt for `terms` products on the same Y (the terms of an adapter mix). */
 static void check_tb(pool *p, int n, int r, int out, int terms)
 {
@@ -365,6 +404,8 @@ static Suite *smallmm_suite(void)
     tcase_add_loop_test(core, test_xmt_matches_reference_for_every_row_count_and_edge,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_bf16_and_q8_weights_match_reference_at_every_edge,
+                        SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_bf16_one_and_two_rows_with_x_reordered_on_the_stack_and_the_heap,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_xmt_many_products_in_one_pass, SMALLMM_PORTABLE,
                         SMALLMM_AVX512BF16 + 1);

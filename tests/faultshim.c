@@ -3,7 +3,8 @@
  * regular file whose path contains "/.tmp-" (an upload being written into the adapter
  * store) it reads the control file named by $LORAD_FAULT_CTL and, if that holds
  * "write ENOSPC", "write EIO", "fsync ENOSPC" or "fsync EIO", fails the call with that
- * errno (a write after FAULT_AFTER bytes of the file, so the failure comes mid-stream).
+ * errno (a write at or past FAULT_AFTER bytes of the file, so the failure comes
+ * mid-stream; a write across it is cut short there first).
  * Everything else passes through untouched. Built without sanitizers (see Makefile). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -56,10 +57,15 @@ ssize_t write(int fd, const void *buf, size_t count)
     if (!real)
         real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
     int e = wanted(fd, "write");
-    if (e && lseek(fd, 0, SEEK_CUR) >= FAULT_AFTER) {
+    off_t pos = e ? lseek(fd, 0, SEEK_CUR) : 0;
+    if (e && pos >= FAULT_AFTER) {
         errno = e;
         return -1;
     }
+    /* a write across the limit is cut short there, as a filling disk cuts it: the caller
+     * must come back for the rest, and that write fails (whatever size its chunks are) */
+    if (e && pos >= 0 && (size_t)(FAULT_AFTER - pos) < count)
+        count = (size_t)(FAULT_AFTER - pos);
     return real(fd, buf, count);
 }
 

@@ -205,6 +205,12 @@ void forward_free(forward_ctx *f)
     free(f);
 }
 
+void forward_wake(forward_ctx *f)
+{
+    if (f)
+        pool_wake(f->pool);
+}
+
 /* y [n, d] = x · rsqrt(mean(x²) + eps) · w, row by row; fp32 sums as transformers does
  * (hidden_states.to(float32).pow(2).mean()), 16 lanes at a time. */
 static void rmsnorm(float *y, const float *x, const float *w, int n, int d, float eps)

@@ -32,6 +32,10 @@ typedef struct forward_ctx forward_ctx;
 forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_error *err);
 void forward_free(forward_ctx *f);  /* accepts NULL */
 
+/* Wakes the pool's sleeping workers ahead of a batch about to come (pool_wake). Unlike
+ * everything else here, any thread may call it. */
+void forward_wake(forward_ctx *f);
+
 /* Runs the batch: appends every sequence's keys/values to its cache (kv->len advances by
  * n_tokens) and writes, for each sequence with want_logits, in order, one row of
  * vocab_size logits to logits [n_want, vocab]. Fails (nothing written) when a

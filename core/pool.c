@@ -33,6 +33,7 @@ struct pool {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int sleepers;                 /* workers waiting on cv (under mu) */
+    unsigned wakes;               /* pool_wake calls that found sleepers (under mu) */
     _Atomic uint64_t claim;       /* generation << 32 | n_tasks << 16 | next task index */
     atomic_int finished;          /* tasks of the current generation finished */
     atomic_int quit;
@@ -96,16 +97,41 @@ static void *worker(void *arg)
             }
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
-            while ((uint32_t)(atomic_load(&p->claim) >> 32) == seen && !atomic_load(&p->quit))
+            unsigned wakes = p->wakes;
+            while ((uint32_t)(atomic_load(&p->claim) >> 32) == seen && !atomic_load(&p->quit) &&
+                   p->wakes == wakes)
                 pthread_cond_wait(&p->cv, &p->mu);
             p->sleepers--;
             pthread_mutex_unlock(&p->mu);
+            clock_gettime(CLOCK_MONOTONIC, &t0);  /* woken: spin afresh */
         }
         if (atomic_load(&p->quit))
             return NULL;
         seen = g;
         run_tasks(p, g, id);
     }
+}
+
+void pool_wake(pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    if (p->sleepers) {
+        p->wakes++;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+int pool_sleepers(pool *p)
+{
+    if (!p)
+        return 0;
+    pthread_mutex_lock(&p->mu);
+    int n = p->sleepers;
+    pthread_mutex_unlock(&p->mu);
+    return n;
 }
 
 pool *pool_create(int n_threads, lr_error *err)

@@ -1,6 +1,7 @@
 /* Tests for core/pool: every task runs exactly once per pool_run, on a valid thread; a
  * pool can be created, used at once and destroyed repeatedly; workers that went to sleep
- * wake for the next job and take their share of it. */
+ * wake for the next job and take their share of it; pool_wake gets sleeping workers up
+ * without a job, and they go back to sleep. */
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
@@ -171,6 +172,43 @@ START_TEST(test_workers_sleep_and_wake_between_spaced_runs)
 }
 END_TEST
 
+/* Polls (every 0.5 ms, at most 2 s) until pool_sleepers(p) == want; returns it then. */
+static int await_sleepers(pool *p, int want)
+{
+    struct timespec step = {0, 500000};
+    for (int i = 0; i < 4000 && pool_sleepers(p) != want; i++)
+        nanosleep(&step, NULL);
+    return pool_sleepers(p);
+}
+
+START_TEST(test_wake_rouses_sleeping_workers_which_sleep_again_without_a_job)
+{
+    /* Idle workers go to sleep (POOL_SPIN_NS, 0.3 ms); pool_wake gets every one of them up
+     * at once, with no job published; they spin and, with nothing coming, sleep again. */
+    for (int n = 2; n <= 4; n++) {
+        pool *p = pool_create(n, NULL);
+        ck_assert_ptr_nonnull(p);
+        ck_assert_int_eq(await_sleepers(p, n - 1), n - 1);
+        pool_wake(p);
+        /* awake right after the call: the sleepers count drops at once (the woken leave
+         * the condition variable under the mutex the count is read under) */
+        int awake = 0;
+        struct timespec step = {0, 50000};
+        for (int i = 0; i < 2000 && !awake; i++) {
+            awake = pool_sleepers(p) < n - 1;
+            if (!awake)
+                nanosleep(&step, NULL);
+        }
+        ck_assert_msg(awake, "pool of %d: pool_wake left every worker asleep", n);
+        ck_assert_int_eq(await_sleepers(p, n - 1), n - 1);
+        check_run(p, 100);   /* and a job after all that runs every task exactly once */
+        pool_free(p);
+    }
+    pool_wake(NULL);
+    ck_assert_int_eq(pool_sleepers(NULL), 0);
+}
+END_TEST
+
 START_TEST(test_back_to_back_runs_never_run_a_task_twice)
 {
     /* The owner completes a job by itself when a worker is late, then publishes the next
@@ -205,6 +243,7 @@ static Suite *pool_suite(void)
     tcase_add_test(core, test_create_run_free_at_once_does_not_hang);
     tcase_add_test(core, test_sleeping_workers_wake_and_each_runs_a_task);
     tcase_add_test(core, test_workers_sleep_and_wake_between_spaced_runs);
+    tcase_add_test(core, test_wake_rouses_sleeping_workers_which_sleep_again_without_a_job);
     tcase_add_test(core, test_back_to_back_runs_never_run_a_task_twice);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");

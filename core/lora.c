@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 lora_weights *lora_weights_new(int n_layers)
 {
@@ -74,33 +73,6 @@ static float *arena_take(size_t n, size_t *cap)
         cache.cap[best] = cache.cap[cache.n];
     }
     pthread_mutex_unlock(&cache.mu);
-    return p;
-}
-
-float *lora_arena_prefault(size_t n)
-{
-    if (n == 0)
-        return NULL;
-    size_t bytes = n * sizeof(float);
-    float *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-    madvise(p, bytes, MADV_HUGEPAGE);
-    long page = sysconf(_SC_PAGESIZE);
-    for (size_t off = 0; off < bytes; off += (size_t)(page > 0 ? page : 4096))
-        ((volatile char *)p)[off] = 0;
-    pthread_mutex_lock(&cache.mu);
-    int kept = cache.n < ARENA_CACHE_N && cache.bytes + bytes <= ARENA_CACHE_BYTES;
-    if (kept) {
-        cache.p[cache.n] = p;
-        cache.cap[cache.n++] = n;
-        cache.bytes += bytes;
-    }
-    pthread_mutex_unlock(&cache.mu);
-    if (!kept) {
-        munmap(p, bytes);
-        return NULL;
-    }
     return p;
 }
 

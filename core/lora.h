@@ -41,14 +41,6 @@ int lora_weights_reserve(lora_weights *w, size_t n);
  * w: freed by lora_weights_free, never by the caller. NULL when out of memory. */
 float *lora_weights_alloc(lora_weights *w, size_t n);
 
-/* Maps an arena of n floats, touches every page of it and leaves it in the cache that
- * lora_weights_reserve takes from (for a set of n/2 .. n floats): the first touch of
- * fresh memory — on the 2-vCPU VM a third or more of validating an uploaded adapter, the
- * host backing guest pages lazily — done ahead, e.g. while the adapter's bytes are still
- * arriving. Returns the arena (for tests: the one a later reserve should get) or NULL when
- * n is 0, memory is short or the cache is full (then nothing is kept). Any thread. */
-float *lora_arena_prefault(size_t n);
-
 /* Entry for (layer, proj); never NULL for valid indices. */
 lora_matrix *lora_weights_at(lora_weights *w, int layer, model_proj p);
 const lora_matrix *lora_weights_get(const lora_weights *w, int layer, model_proj p);

@@ -14,7 +14,6 @@
 
 #include "adapters/peft.h"
 #include "adapters/store.h"
-#include "core/lora.h"
 #include "core/log.h"
 
 #define POST_BUFFER 65536   /* libmicrohttpd's post processor buffer */
@@ -193,27 +192,7 @@ struct admin_upload {
     int failed;            /* out already holds the error */
     api_reply *err_out;    /* where the iterator reports (set during admin_upload_data) */
     double t_begin;        /* CLOCK_MONOTONIC at admin_upload_begin, for the debug log */
-    pthread_t prefault;    /* touching the adapter's memory-to-be while the body arrives */
-    int prefaulting;       /* prefault was started and not yet joined */
-    size_t prefault_n;     /* floats it maps */
 };
-
-/* Uploads from this size (Content-Length) on get their adapter's memory touched ahead. */
-#define PREFAULT_MIN_BYTES ((size_t)1 << 20)
-
-static void *prefault_main(void *arg)
-{
-    lora_arena_prefault(((admin_upload *)arg)->prefault_n);
-    return NULL;
-}
-
-/* Waits for the prefault thread, if one runs. */
-static void prefault_join(admin_upload *u)
-{
-    if (u->prefaulting)
-        pthread_join(u->prefault, NULL);
-    u->prefaulting = 0;
-}
 
 static double mono_now(void)
 {
@@ -307,15 +286,6 @@ admin_upload *admin_upload_begin(app *a, struct MHD_Connection *c, const char *n
     u->replace = replace;
     u->limit = limit;
     snprintf(u->name, sizeof u->name, "%s", name);
-    /* The adapter's memory (~ the body's size in F32 floats; a margin for the headers, and
-     * peft_load takes an arena of up to twice what it needs) is mapped and touched on a
-     * thread of its own while the body arrives: validation then finds it ready (upload ->
-     * usable: the 35-80 ms of validating a 19.6 MB adapter were mostly first touches). */
-    unsigned long long want = cl ? strtoull(cl, NULL, 10) : 0;
-    if (want >= PREFAULT_MIN_BYTES) {
-        u->prefault_n = (size_t)(want / sizeof(float)) + 16384;
-        u->prefaulting = pthread_create(&u->prefault, NULL, prefault_main, u) == 0;
-    }
     u->pp = MHD_create_post_processor(c, POST_BUFFER, on_part, u);
     if (!u->pp) {
         /* libmicrohttpd also refuses a one-character boundary (RFC 2046 allows 1 to 70) */
@@ -394,7 +364,6 @@ void admin_upload_finish(app *a, admin_upload *u, api_reply *out)
     peft_options po = peft_options_default();
     po.max_rank = a->opt.max_rank;
     double t_received = mono_now();
-    prefault_join(u);
     peft_adapter *ad = peft_load(store_upload_dir(u->up), &a->m->cfg, &po, &err);
     double t_validated = mono_now();
     if (!ad) {
@@ -456,7 +425,6 @@ void admin_upload_free(admin_upload *u)
         return;
     if (u->pp)
         MHD_destroy_post_processor(u->pp);
-    prefault_join(u);
     store_upload_abort(u->up);
     free(u);
 }

@@ -227,37 +227,6 @@ START_TEST(test_an_arena_over_256_mib_is_not_kept)
 }
 END_TEST
 
-START_TEST(test_prefaulted_arena_is_cached_for_the_next_reserve)
-{
-    enum { CAP = 50000 };
-    ck_assert_ptr_null(lora_arena_prefault(0));
-    float *p = lora_arena_prefault(CAP);
-    ck_assert_ptr_nonnull(p);
-    for (int i = 0; i < CAP; i += 1024)   /* mapped, writable, zero */
-        ck_assert(p[i] == 0.0f);
-    lora_weights *w = lora_weights_new(1);
-    ck_assert_ptr_nonnull(w);
-    ck_assert_int_eq(lora_weights_reserve(w, CAP - 100), 0);
-    ck_assert_msg(w->arena == p, "a reserve of %d floats after a prefault of %d did not get "
-                  "the prefaulted arena", CAP - 100, CAP);
-    ck_assert_uint_eq(w->arena_cap, CAP);
-    /* one more than it holds: not that arena (it is taken anyway) */
-    float *q = lora_arena_prefault(CAP);
-    ck_assert_ptr_nonnull(q);
-    lora_weights *big = lora_weights_new(1);
-    ck_assert_ptr_nonnull(big);
-    ck_assert_int_eq(lora_weights_reserve(big, CAP + 1), 0);
-    ck_assert(big->arena != q);
-    lora_weights *fits = lora_weights_new(1);
-    ck_assert_ptr_nonnull(fits);
-    ck_assert_int_eq(lora_weights_reserve(fits, CAP), 0);
-    ck_assert(fits->arena == q);
-    lora_weights_free(w);
-    lora_weights_free(big);
-    lora_weights_free(fits);
-}
-END_TEST
-
 static Suite *lora_suite(void)
 {
     Suite *s = suite_create("lora");
@@ -266,7 +235,6 @@ static Suite *lora_suite(void)
     tcase_add_test(core, test_arena_allocations_are_aligned_in_order_then_malloc);
     tcase_add_test(core, test_without_an_arena_allocations_come_from_malloc_aligned);
     tcase_add_test(core, test_freed_arena_is_reused_for_a_request_of_half_to_all_of_it);
-    tcase_add_test(core, test_prefaulted_arena_is_cached_for_the_next_reserve);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");
     tcase_add_test(limits, test_freed_arena_is_not_given_to_a_request_too_small_or_too_large);

@@ -13,11 +13,12 @@
 
 /* One instruction set's kernels: rows [lo, hi) of an X·Mᵀ product (xeo: X reordered for
  * BF16 weights, see eo_prepare; NULL for other weights or when there is none); columns
- * [c0, c1) of a ·Bᵀ product. eo_block: the block of the BF16 even/odd order (2 vectors). */
+ * [c0, c1) of a ·Bᵀ product. eo_block: the block of the BF16 even/odd order (2 vectors);
+ * eo_rows: BF16 products of up to this many rows of X read that order. */
 typedef struct {
     void (*xmt_rows)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi);
     void (*tb_cols)(const smallmm_tb *jb, int c0, int c1);
-    int eo_block;
+    int eo_block, eo_rows;
 } smallmm_kernels;
 
 /* The kernels, compiled four times: AVX-512, AVX-512 with BF16 dot products (the same
@@ -185,7 +186,7 @@ static const smallmm_kernels *kernels(void)
 typedef struct {
     const smallmm_kernels *k;
     const smallmm_xmt *jobs;
-    const float *const *xeo;  /* per job: X in the BF16 even/odd order, or NULL; or NULL */
+    const float *const *xeo;  /* per job: X in the BF16 even/odd order or NULL (all NULL: NULL) */
     int n_jobs, in, n_tasks;
     int64_t rows;  /* Σ rows: task k takes global rows [rows·k/n_tasks, rows·(k+1)/n_tasks) */
 } xmt_pass;
@@ -232,11 +233,11 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
         ps.rows += jobs[k].rows;
     if (ps.rows == 0)
         return;
-    /* The one- and two-row BF16 products read X in the even/odd order: prepared here, once
-     * per product rather than in each task. */
+    /* The BF16 products of one (or two) rows read X in the even/odd order: prepared here,
+     * once per product rather than in each task. */
     size_t need = 0;
     for (int k = 0; k < n_jobs; k++)
-        if (jobs[k].m.type == WT_BF16 && jobs[k].n <= 2)
+        if (jobs[k].m.type == WT_BF16 && jobs[k].n <= ps.k->eo_rows)
             need += (size_t)jobs[k].n * (size_t)in;
     float stack_buf[EO_STACK_FLOATS];
     const float *stack_ptrs[16];
@@ -246,7 +247,7 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
         size_t used = 0;
         for (int k = 0; k < n_jobs; k++) {
             xeo[k] = NULL;
-            if (jobs[k].m.type == WT_BF16 && jobs[k].n <= 2) {
+            if (jobs[k].m.type == WT_BF16 && jobs[k].n <= ps.k->eo_rows) {
                 eo_prepare(jobs[k].x, jobs[k].n, in, ps.k->eo_block, buf + used);
                 xeo[k] = buf + used;
                 used += (size_t)jobs[k].n * (size_t)in;

@@ -18,6 +18,14 @@
 #define KCAT(a, b) KCAT2(a, b)
 #define K(name) KCAT(name, KSUF)
 
+/* Rows of X up to which BF16 products take the even/odd tile (vdpbf16ps takes two rows
+ * where the CPU has it). */
+#if KDPBF16
+#define K_EO_ROWS 1
+#else
+#define K_EO_ROWS 2
+#endif
+
 typedef float K(vf) __attribute__((vector_size(VL * 4)));
 typedef float K(vfu) __attribute__((vector_size(VL * 4), aligned(4), may_alias));
 typedef int K(vi) __attribute__((vector_size(VL * 4)));
@@ -310,15 +318,15 @@ static inline __attribute__((always_inline)) void
 K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, int MT)
 {
     const wtensor *m = &jb->m;
-    if (MT == WT_BF16 && jb->n <= 2 && xeo) {
 #if KDPBF16
-        if (jb->n == 2) {  /* as fast as the even/odd tile for two rows; the same for one */
-            for (int j = lo; j < hi; j += 8)
-                K(dots_dpbf16)(jb->x, 2, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j,
-                               jb->ldy, 2, 8);
-            return;
-        }
+    if (MT == WT_BF16 && jb->n == 2) {  /* as fast as the even/odd tile for two rows */
+        for (int j = lo; j < hi; j += 8)
+            K(dots_dpbf16)(jb->x, 2, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j, jb->ldy,
+                           2, 8);
+        return;
+    }
 #endif
+    if (MT == WT_BF16 && jb->n <= K_EO_ROWS && xeo) {
         for (int j = lo; j < hi; j += 8)
             if (jb->n == 1)
                 K(dots_bf16eo)(xeo, jb->x, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j,
@@ -417,7 +425,8 @@ static void K(tb_cols)(const smallmm_tb *jb, int c0, int c1)
         }
 }
 
-static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), 2 * VL};
+static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), 2 * VL, K_EO_ROWS};
+#undef K_EO_ROWS
 
 #undef vf
 #undef vi

@@ -32,9 +32,10 @@ static inline v8 sel8(vi8 mask, v8 a, v8 b)
 
 /* e^x lane by lane for the softmax/SiLU/log-sum-exp hot loops: Cephes-style range
  * reduction and a degree-6 polynomial, relative error ~2e-7 (below the fp32 rounding of
- * the sums it feeds). 0 below -87 (e^-87 ~ 1.6e-38, the smallest normal floats), e^88 above
- * 88 (no overflow to infinity). Written on vectors rather than left to the auto-vectorizer, which keeps a
- * scalar loop around the float-to-int conversion unless FP traps are declared off. */
+ * the sums it feeds). 0 below -87 (e^-87 ~ 1.6e-38, the smallest normal floats), e^88
+ * above 88 (no overflow to infinity). Written on vectors rather than left to the
+ * auto-vectorizer, which keeps a scalar loop around the float-to-int conversion unless FP
+ * traps are declared off. */
 static inline v8 exp8(v8 x)
 {
     const v8 lo = (v8){0} - 87.0f, hi = (v8){0} + 88.0f;

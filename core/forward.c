@@ -211,6 +211,11 @@ void forward_wake(forward_ctx *f)
         pool_wake(f->pool);
 }
 
+void forward_run(forward_ctx *f, pool_fn fn, void *ctx, int n_tasks)
+{
+    pool_run(f->pool, fn, ctx, n_tasks);
+}
+
 /* y [n, d] = x · rsqrt(mean(x²) + eps) · w, row by row; fp32 sums as transformers does
  * (hidden_states.to(float32).pow(2).mean()), 16 lanes at a time. */
 static void rmsnorm(float *y, const float *x, const float *w, int n, int d, float eps)

@@ -12,7 +12,6 @@
 #include "error.h"
 #include "kv_cache.h"
 #include "model.h"
-#include "pool.h"
 #include "variant.h"
 
 typedef struct {
@@ -40,7 +39,8 @@ void forward_wake(forward_ctx *f);
 /* Runs fn(ctx, task, thread) for tasks [0, n_tasks) on the pool's threads (the caller's
  * included) and returns when all have finished; one task runs on the caller. Engine
  * thread, between batches. */
-void forward_run(forward_ctx *f, pool_fn fn, void *ctx, int n_tasks);
+void forward_run(forward_ctx *f, void (*fn)(void *ctx, int task, int thread), void *ctx,
+                 int n_tasks);
 
 /* Runs the batch: appends every sequence's keys/values to its cache (kv->len advances by
  * n_tokens) and writes, for each sequence with want_logits, in order, one row of

@@ -4,22 +4,29 @@
 #include "smallmm.h"
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
 #include "pool.h"
+#include "vec16.h"
 
-/* One instruction set's kernels: rows [lo, hi) of an X·Mᵀ product (xeo: X reordered for
- * BF16 weights, see eo_prepare; NULL for other weights or when there is none); columns
- * [c0, c1) of a ·Bᵀ product. eo_block: the block of the BF16 even/odd order (2 vectors);
- * eo_rows: BF16 products of up to this many rows of X read that order. */
+/* One instruction set's kernels: rows [lo, hi) of an X·Mᵀ product (xop: X in the order
+ * the tiles read — transposed, or the BF16 even/odd order, see xop_prepare — or NULL
+ * when there is none); columns [c0, c1) of a ·Bᵀ product. vl: floats per vector; eo_rows:
+ * BF16 products of up to this many rows of X read the even/odd order. */
 typedef struct {
-    void (*xmt_rows)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi);
+    void (*xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi);
     void (*tb_cols)(const smallmm_tb *jb, int c0, int c1);
-    int eo_block, eo_rows;
+    int vl, eo_rows;
 } smallmm_kernels;
+
+/* Products of at least this many rows of X with F32 or BF16 weights take the
+ * outer-product tiles (X transposed once per product); fewer rows, and Q8 weights, the
+ * dot-product tiles. */
+#define SMALLMM_OUTER_ROWS 16
 
 /* The kernels, compiled four times: AVX-512, AVX-512 with BF16 dot products (the same
  * kernels but for BF16 weights times one or two rows), AVX2, portable. Tiles: 4×4 on
@@ -36,6 +43,7 @@ typedef struct {
 #define TI 4
 #define TJ 4
 #define TJ2 8
+#define OJ 12
 #define KPIN 1
 #define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
@@ -49,6 +57,7 @@ typedef struct {
 #define TI 4
 #define TJ 4
 #define TJ2 8
+#define OJ 12
 #define KPIN 1
 #define KDPBF16 1
 #define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \
@@ -63,6 +72,7 @@ typedef struct {
 #define TI 2
 #define TJ 4
 #define TJ2 4
+#define OJ 6
 #define KPIN 1
 #define KQ8(m, d) ((vf_avx2)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                      \
     _mm_loadl_epi64((const __m128i *)((const int8_t *)(m) + (d))))))
@@ -82,6 +92,7 @@ static inline vf8_portable q8_portable(const int8_t *q)
 #define TI 2
 #define TJ 4
 #define TJ2 4
+#define OJ 6
 #define KQ8(m, d) q8_portable((const int8_t *)(m) + (d))
 #if defined(__AVX__)    /* the baseline itself has 32-byte registers */
 #define KPIN 1
@@ -186,7 +197,7 @@ static const smallmm_kernels *kernels(void)
 typedef struct {
     const smallmm_kernels *k;
     const smallmm_xmt *jobs;
-    const float *const *xeo;  /* per job: X in the BF16 even/odd order or NULL (all NULL: NULL) */
+    const float *const *xop;  /* per job: X in the order its tiles read, or NULL (all NULL: NULL) */
     int n_jobs, in, n_tasks;
     int64_t rows;  /* Σ rows: task k takes global rows [rows·k/n_tasks, rows·(k+1)/n_tasks) */
 } xmt_pass;
@@ -201,7 +212,7 @@ static void xmt_task(void *ctx, int task, int thread)
         int64_t lo = g0 - base, hi = g1 - base;
         if (hi <= 0 || lo >= ps->jobs[k].rows)
             continue;
-        ps->k->xmt_rows(&ps->jobs[k], ps->xeo ? ps->xeo[k] : NULL, ps->in, lo < 0 ? 0 : (int)lo,
+        ps->k->xmt_rows(&ps->jobs[k], ps->xop ? ps->xop[k] : NULL, ps->in, lo < 0 ? 0 : (int)lo,
                         hi > ps->jobs[k].rows ? ps->jobs[k].rows : (int)hi);
     }
 }
@@ -223,8 +234,96 @@ static void eo_prepare(const float *x, int n, int in, int block, float *xeo)
         }
 }
 
-/* Floats of X in the even/odd order that a pass keeps on the stack; more are allocated. */
-#define EO_STACK_FLOATS 8192
+/* The 8 × 8 block of X at rows i, elements k (row stride in) into xt (row stride np),
+ * transposed in registers: 24 shuffles, 8 loads and 8 stores for 64 elements. */
+static inline void transpose8(const float *x, int in, float *xt, int np)
+{
+    v8 r[8], t[8];
+    for (int a = 0; a < 8; a++)
+        r[a] = ld8(x + (size_t)a * in);
+    for (int a = 0; a < 8; a += 2) {  /* pairs of rows interleaved */
+        t[a] = __builtin_shuffle(r[a], r[a + 1], (vi8){0, 8, 1, 9, 4, 12, 5, 13});
+        t[a + 1] = __builtin_shuffle(r[a], r[a + 1], (vi8){2, 10, 3, 11, 6, 14, 7, 15});
+    }
+    for (int a = 0; a < 8; a += 4)   /* then pairs of pairs */
+        for (int b = 0; b < 2; b++) {
+            r[a + 2 * b] = __builtin_shuffle(t[a + b], t[a + b + 2],
+                                             (vi8){0, 1, 8, 9, 4, 5, 12, 13});
+            r[a + 2 * b + 1] = __builtin_shuffle(t[a + b], t[a + b + 2],
+                                                 (vi8){2, 3, 10, 11, 6, 7, 14, 15});
+        }
+    for (int c = 0; c < 4; c++) {    /* then the two halves */
+        st8(xt + (size_t)c * np, __builtin_shuffle(r[c], r[c + 4],
+                                                  (vi8){0, 1, 2, 3, 8, 9, 10, 11}));
+        st8(xt + (size_t)(c + 4) * np, __builtin_shuffle(r[c], r[c + 4],
+                                                        (vi8){4, 5, 6, 7, 12, 13, 14, 15}));
+    }
+}
+
+/* xt [in, np] = X [n, in] transposed, rows n..np-1 zero (the outer-product tiles' order):
+ * whole 8 × 8 blocks in registers, the edges one element at a time. */
+static void transpose_prepare(const float *x, int n, int in, int np, float *xt)
+{
+    int n8 = n / 8 * 8, in8 = in / 8 * 8;
+    for (int i = 0; i < n8; i += 8)
+        for (int k = 0; k < in8; k += 8)
+            transpose8(x + (size_t)i * in + k, in, xt + (size_t)k * np + i, np);
+    for (int k = 0; k < in; k++)
+        for (int i = k < in8 ? n8 : 0; i < np; i++)
+            xt[(size_t)k * np + i] = i < n ? x[(size_t)i * in + k] : 0.0f;
+}
+
+/* Floats of X in the tiles' orders that a pass keeps on the stack; more come from the
+ * cached scratch below. */
+#define XOP_STACK_FLOATS 8192
+
+/* Scratch for X in the tiles' orders, kept from one pass to the next: a decode step of 64
+ * rows makes ~120 passes, each with up to 400 KB of transposed X, which malloc would map
+ * and unmap every time. A pass takes it with an atomic exchange and puts it back; one that
+ * finds it taken (another thread's pass) allocates its own. */
+typedef struct {
+    size_t cap;  /* floats */
+    float data[];
+} xop_scratch;
+static xop_scratch *_Atomic xop_cache;
+
+static xop_scratch *scratch_take(size_t floats)
+{
+    xop_scratch *b = atomic_exchange(&xop_cache, NULL);
+    if (b && b->cap >= floats)
+        return b;
+    free(b);
+    b = malloc(sizeof *b + floats * sizeof(float));
+    if (b)
+        b->cap = floats;
+    return b;
+}
+
+static void scratch_give_back(xop_scratch *b)
+{
+    free(atomic_exchange(&xop_cache, b));
+}
+
+/* How a job's X is read: 2 transposed (the outer-product tiles), 1 in the BF16 even/odd
+ * order, 0 as it is. */
+static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb)
+{
+    if (jb->n >= SMALLMM_OUTER_ROWS && jb->m.type != WT_Q8)
+        return 2;
+    return jb->m.type == WT_BF16 && jb->n <= k->eo_rows;
+}
+
+static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
+{
+    switch (xop_kind(k, jb)) {
+    case 2:
+        return (size_t)((jb->n + k->vl - 1) / k->vl * k->vl) * (size_t)in;
+    case 1:
+        return (size_t)jb->n * (size_t)in;
+    default:
+        return 0;
+    }
+}
 
 void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs)
 {
@@ -233,36 +332,47 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
         ps.rows += jobs[k].rows;
     if (ps.rows == 0)
         return;
-    /* The BF16 products of one (or two) rows read X in the even/odd order: prepared here,
-     * once per product rather than in each task. */
+    /* X in the order each job's tiles read, prepared here once per product rather than in
+     * each task — once for all the jobs that share one X (q, k and v; a group's adapters),
+     * for the two kinds that need it. Without memory the dot-product tiles read X as it
+     * is. */
     size_t need = 0;
     for (int k = 0; k < n_jobs; k++)
-        if (jobs[k].m.type == WT_BF16 && jobs[k].n <= ps.k->eo_rows)
-            need += (size_t)jobs[k].n * (size_t)in;
-    float stack_buf[EO_STACK_FLOATS];
+        need += xop_floats(ps.k, &jobs[k], in);
+    float stack_buf[XOP_STACK_FLOATS];
     const float *stack_ptrs[16];
-    float *buf = need <= EO_STACK_FLOATS ? stack_buf : malloc(need * sizeof(float));
-    const float **xeo = n_jobs <= 16 ? stack_ptrs : malloc((size_t)n_jobs * sizeof *xeo);
-    if (need && buf && xeo) {  /* (out of memory: the widening kernels, which need none) */
+    xop_scratch *heap = need > XOP_STACK_FLOATS ? scratch_take(need) : NULL;
+    float *buf = need <= XOP_STACK_FLOATS ? stack_buf : heap ? heap->data : NULL;
+    const float **xop = n_jobs <= 16 ? stack_ptrs : malloc((size_t)n_jobs * sizeof *xop);
+    if (need && buf && xop) {
         size_t used = 0;
         for (int k = 0; k < n_jobs; k++) {
-            xeo[k] = NULL;
-            if (jobs[k].m.type == WT_BF16 && jobs[k].n <= ps.k->eo_rows) {
-                eo_prepare(jobs[k].x, jobs[k].n, in, ps.k->eo_block, buf + used);
-                xeo[k] = buf + used;
-                used += (size_t)jobs[k].n * (size_t)in;
-            }
+            int kind = xop_kind(ps.k, &jobs[k]);
+            xop[k] = NULL;
+            for (int e = 0; e < k && kind && !xop[k]; e++)
+                if (jobs[e].x == jobs[k].x && jobs[e].n == jobs[k].n &&
+                    xop_kind(ps.k, &jobs[e]) == kind)
+                    xop[k] = xop[e];
+            if (!kind || xop[k])
+                continue;
+            if (kind == 2)
+                transpose_prepare(jobs[k].x, jobs[k].n, in,
+                                  (jobs[k].n + ps.k->vl - 1) / ps.k->vl * ps.k->vl, buf + used);
+            else
+                eo_prepare(jobs[k].x, jobs[k].n, in, 2 * ps.k->vl, buf + used);
+            xop[k] = buf + used;
+            used += xop_floats(ps.k, &jobs[k], in);
         }
-        ps.xeo = xeo;
+        ps.xop = xop;
     }
     if (ps.n_tasks > 1)
         pool_run(p, xmt_task, &ps, ps.n_tasks);
     else
         xmt_task(&ps, 0, 0);
-    if (buf != stack_buf)
-        free(buf);
-    if (xeo != stack_ptrs)
-        free(xeo);
+    if (heap)
+        scratch_give_back(heap);
+    if (xop != stack_ptrs)
+        free(xop);
 }
 
 typedef struct {

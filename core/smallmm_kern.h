@@ -45,6 +45,14 @@ static inline __attribute__((always_inline)) void K(stf)(float *p, vf v)
     *(K(vfu) *)p = v;
 }
 
+/* x in every lane: one broadcast (`(vf){0} + x` adds zeros, -0 + 0 being +0, and a loop
+ * over the lanes becomes VL masked inserts). */
+static inline __attribute__((always_inline)) vf K(splat)(float x)
+{
+    vf v = {x};
+    return __builtin_shuffle(v, (vi){0});
+}
+
 /* VL weights of row m from element d, as F32: type 0 F32, 1 BF16, 2 Q8 (with the row's
  * scales). A compile-time constant at every call, like the tile shape. */
 static inline __attribute__((always_inline)) vf K(ldw)(const void *m, const float *sc,
@@ -293,6 +301,101 @@ K(dots_dpbf16)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj
 }
 #endif
 
+/* The outer-product tile, for products of many rows of X (at least SMALLMM_OUTER_ROWS):
+ * X arrives transposed (xt [in, np]: element k of rows 0..np-1 contiguous, zero past n),
+ * so a vector holds one element of VL rows of X, and each weight is broadcast to meet
+ * NV such vectors. The NV·OJ accumulators are Y itself (VL rows of X by one row of M
+ * each): no reduction ends the tile, only a transposed store, and a broadcast weight
+ * costs a load, not a vector of M — 2 loads + OJ broadcasts per 2·OJ FMAs with NV = 2,
+ * where the dot-product tile needs 8 loads per 16 FMAs and a reduction tree per tile.
+ * BF16 weights are broadcast two at a time (a 32-bit lane holds k and k + 1: shifted left
+ * 16 bits it is k's weight, masked with 0xFFFF0000 k + 1's), one shift or AND per weight.
+ * Q8 weights stay on the dot-product tiles (a broadcast int8 needs three more operations).
+ * Rows m_j, j < nj, of the block starting at row j0; vectors [v0, v0 + NV) of xt, their
+ * rows past n not written. With pf, the block OJ rows further on is prefetched, a cache
+ * line per row as the tile crosses each. */
+static inline __attribute__((always_inline)) void
+K(outer_tile)(const float *xt, int np, int v0, int n, int in, const wtensor *mt, int j0,
+              int nj, float *y, int ldy, int pf, int NV, int MT)
+{
+    size_t es = MT == WT_F32 ? 4 : 2;
+    const char *mr[OJ];
+    for (int j = 0; j < OJ; j++)
+        mr[j] = (const char *)mt->data + (size_t)(j0 + (j < nj ? j : nj - 1)) * in * es;
+    const float *xp = xt + (size_t)v0 * VL;
+    size_t next = (size_t)OJ * in * es;
+    vf acc[2][OJ];
+    for (int v = 0; v < NV; v++)
+        for (int j = 0; j < OJ; j++)
+            acc[v][j] = (vf){0};
+    const K(vu) odd = (K(vu)){0} + 0xFFFF0000u;
+    /* a cache line of every row per chunk: 16 F32 or 32 BF16 weights */
+    int chunk = MT == WT_F32 ? 16 : 32;
+    for (int k0 = 0; k0 < in; k0 += chunk) {
+        int k1 = k0 + chunk < in ? k0 + chunk : in, k = k0;
+        if (pf)
+            for (int j = 0; j < OJ; j++)
+                __builtin_prefetch(mr[j] + next + (size_t)k0 * es, 0, 3);
+        if (MT == WT_BF16)
+            for (; k + 2 <= k1; k += 2) {
+                vf xa[2], xb[2];
+                for (int v = 0; v < NV; v++) {
+                    xa[v] = K(ldf)(xp + (size_t)k * np + v * VL);
+                    xb[v] = K(ldf)(xp + (size_t)(k + 1) * np + v * VL);
+                }
+#pragma GCC unroll 16
+                for (int j = 0; j < OJ; j++) {
+                    uint32_t pair;
+                    __builtin_memcpy(&pair, mr[j] + (size_t)k * 2, 4);
+                    K(vu) w = (K(vu)){0} + pair;
+                    vf we = (vf)(w << 16), wo = (vf)(w & odd);
+                    for (int v = 0; v < NV; v++)
+                        acc[v][j] += xa[v] * we + xb[v] * wo;
+                }
+            }
+        for (; k < k1; k++) {  /* F32: every element; BF16: the last of an odd row */
+            vf x[2];
+            for (int v = 0; v < NV; v++)
+                x[v] = K(ldf)(xp + (size_t)k * np + v * VL);
+#pragma GCC unroll 16
+            for (int j = 0; j < OJ; j++) {
+                vf w = K(splat)(K(w1)(mr[j], NULL, k, MT));
+                for (int v = 0; v < NV; v++)
+                    acc[v][j] += x[v] * w;
+            }
+        }
+    }
+    float out[2][OJ][VL];
+    for (int v = 0; v < NV; v++)
+        for (int j = 0; j < OJ; j++)
+            K(stf)(out[v][j], acc[v][j]);
+    for (int v = 0; v < NV; v++)
+        for (int i = 0; i < VL && (v0 + v) * VL + i < n; i++) {
+            float *yr = y + (size_t)((v0 + v) * VL + i) * ldy + j0;
+            for (int j = 0; j < nj; j++)
+                yr[j] = out[v][j][i];
+        }
+}
+
+/* Rows [lo, hi) of a product on the outer-product tiles: blocks of OJ rows of M, each
+ * meeting every pair of vectors of X (a single one last when their number is odd); the
+ * first pair prefetches the next block. */
+static inline __attribute__((always_inline)) void
+K(outer_rows_t)(const smallmm_xmt *jb, const float *xt, int in, int lo, int hi, int MT)
+{
+    int np = (jb->n + VL - 1) / VL * VL, nv = np / VL;
+    for (int j = lo; j < hi; j += OJ) {
+        int nj = hi - j < OJ ? hi - j : OJ;
+        for (int v = 0; v < nv; v += 2)
+            if (nv - v >= 2)
+                K(outer_tile)(xt, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy, v == 0, 2,
+                              MT);
+            else
+                K(outer_tile)(xt, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy, v == 0, 1,
+                              MT);
+    }
+}
+
 /* One tile of min(ni, TI) rows of X (the last tile of a product has the rows left). */
 static inline __attribute__((always_inline)) void
 K(tile_rows)(const float *x, int ni, int in, const wtensor *m, int j, int nj, float *y,
@@ -366,14 +469,24 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
     }
 }
 
-static void K(xmt_rows)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi)
+/* Rows [lo, hi) of one product; xop: X in the order its tiles read (transposed for the
+ * outer-product tiles when jb->n >= SMALLMM_OUTER_ROWS, the BF16 even/odd order for one
+ * or two rows), NULL when X is read as it is. */
+static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi)
 {
+    if (xop && jb->n >= SMALLMM_OUTER_ROWS && jb->m.type != WT_Q8) {
+        if (jb->m.type == WT_F32)
+            K(outer_rows_t)(jb, xop, in, lo, hi, WT_F32);
+        else
+            K(outer_rows_t)(jb, xop, in, lo, hi, WT_BF16);
+        return;
+    }
     switch (jb->m.type) {
     case WT_F32:
         K(xmt_rows_t)(jb, NULL, in, lo, hi, WT_F32);
         break;
     case WT_BF16:
-        K(xmt_rows_t)(jb, xeo, in, lo, hi, WT_BF16);
+        K(xmt_rows_t)(jb, xop, in, lo, hi, WT_BF16);
         break;
     case WT_Q8:
         K(xmt_rows_t)(jb, NULL, in, lo, hi, WT_Q8);
@@ -425,7 +538,7 @@ static void K(tb_cols)(const smallmm_tb *jb, int c0, int c1)
         }
 }
 
-static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), 2 * VL, K_EO_ROWS};
+static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS};
 #undef K_EO_ROWS
 
 #undef vf
@@ -439,6 +552,7 @@ static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), 2 * VL, K_EO
 #undef TI
 #undef TJ
 #undef TJ2
+#undef OJ
 #undef KPIN
 #undef KDPBF16
 #undef KQ8

@@ -1023,7 +1023,9 @@ START_TEST(test_cancel_of_a_preempted_request_frees_everything)
     ck_assert_int_eq(st.kv_blocks_used, 0);
     collector alone;
     run_alone(g.m, &a, &alone);
-    assert_same(&c[0], &alone, 0.0f, "the sequence that kept its blocks");
+    /* within rounding: alone, its 14-row prefill takes the dot-product tiles, beside b
+     * (28 rows) the outer-product ones, which sum in another order */
+    assert_same(&c[0], &alone, 1e-4f, "the sequence that kept its blocks");
 
     /* the same, but left alone b is recomputed and finishes as if never interrupted */
     memset(c, 0, 2 * sizeof *c);

@@ -24,9 +24,29 @@ typedef struct {
 } smallmm_kernels;
 
 /* Products of at least this many rows of X with F32 or BF16 weights take the
- * outer-product tiles (X transposed once per product); fewer rows, and Q8 weights, the
+ * outer-product tiles (X packed once per product); fewer rows, and Q8 weights, the
  * dot-product tiles. */
-#define SMALLMM_OUTER_ROWS 16
+#define SMALLMM_OUTER_ROWS 9
+
+/* Rows of M the outer-product tiles of one product take at a time: 2 tiles of OJ or 3 of
+ * OJ3 rows (both families: 12 = 2·6 = 3·4, 24 = 2·12 = 3·8). */
+#define OUTER_BLOCK 24
+
+/* The group P of the outer-product tiles for n rows of X and vectors of vl floats (0:
+ * the dot-product tiles): a vector holds P consecutive elements of vl / P rows and a tile
+ * two or three vectors, so P is 2 where three vectors of vl / 2 rows hold all n, else 1 —
+ * with AVX-512 9-24 rows 2, 25 and more 1. From 9 rows, not 13: alone, 9-12 rows of the
+ * 1536 × 576 product ran faster on the dot-product tiles (82-92 µs against 101-102), but
+ * in a decode step, with the 576 × 1536 product and lm_head, the tile of 16 was faster
+ * (bench_batch, alternated: 12 rows 28.4 / 27.7 ms against 36.1 / 32.0). Groups of 4 for
+ * 5-8 rows were 25% slower than the dot-product tiles: their 128-bit broadcasts and the
+ * 4-lane sums at the end of every tile cost more than the tree reduction they replace. */
+static inline int smallmm_outer_group(int vl, int n)
+{
+    if (n < SMALLMM_OUTER_ROWS)
+        return 0;
+    return n <= 3 * vl / 2 ? 2 : 1;
+}
 
 /* The kernels, compiled four times: AVX-512, AVX-512 with BF16 dot products (the same
  * kernels but for BF16 weights times one or two rows), AVX2, portable. Tiles: 4×4 on
@@ -36,6 +56,9 @@ typedef struct {
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
 #define SMALLMM_X86 1
 #include <immintrin.h>
+/* an unaligned double, for a broadcast of two floats (or four BF16 weights) */
+typedef double double_u __attribute__((aligned(1), may_alias));
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")
 #define KSUF avx512
@@ -44,9 +67,12 @@ typedef struct {
 #define TJ 4
 #define TJ2 8
 #define OJ 12
+#define OJ3 8
 #define KPIN 1
 #define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
+#define KBC2(p) ((vf_avx512)_mm512_castpd_ps(_mm512_set1_pd(*(const double_u *)(p))))
+#define KBC4(p) ((vf_avx512)_mm512_broadcast_f32x4(_mm_loadu_ps(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 
@@ -58,10 +84,13 @@ typedef struct {
 #define TJ 4
 #define TJ2 8
 #define OJ 12
+#define OJ3 8
 #define KPIN 1
 #define KDPBF16 1
 #define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
+#define KBC2(p) ((vf_avx512bf16)_mm512_castpd_ps(_mm512_set1_pd(*(const double_u *)(p))))
+#define KBC4(p) ((vf_avx512bf16)_mm512_broadcast_f32x4(_mm_loadu_ps(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 
@@ -73,14 +102,26 @@ typedef struct {
 #define TJ 4
 #define TJ2 4
 #define OJ 6
+#define OJ3 4
 #define KPIN 1
 #define KQ8(m, d) ((vf_avx2)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                      \
     _mm_loadl_epi64((const __m128i *)((const int8_t *)(m) + (d))))))
+#define KBC2(p) ((vf_avx2)_mm256_castpd_ps(_mm256_broadcast_sd((const double *)(p))))
+#define KBC4(p) ((vf_avx2)_mm256_broadcast_ps((const __m128 *)(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 #endif
 
 typedef float vf8_portable __attribute__((vector_size(32)));
+
+/* p[0..P) repeated across 8 lanes. */
+static inline vf8_portable bc_portable(const float *p, int P)
+{
+    vf8_portable v;
+    for (int l = 0; l < 8; l++)
+        v[l] = p[l % P];
+    return v;
+}
 
 static inline vf8_portable q8_portable(const int8_t *q)
 {
@@ -93,7 +134,10 @@ static inline vf8_portable q8_portable(const int8_t *q)
 #define TJ 4
 #define TJ2 4
 #define OJ 6
+#define OJ3 4
 #define KQ8(m, d) q8_portable((const int8_t *)(m) + (d))
+#define KBC2(p) bc_portable(p, 2)
+#define KBC4(p) bc_portable(p, 4)
 #if defined(__AVX__)    /* the baseline itself has 32-byte registers */
 #define KPIN 1
 #else
@@ -260,8 +304,8 @@ static inline void transpose8(const float *x, int in, float *xt, int np)
     }
 }
 
-/* xt [in, np] = X [n, in] transposed, rows n..np-1 zero (the outer-product tiles' order):
- * whole 8 × 8 blocks in registers, the edges one element at a time. */
+/* xt [in, np] = X [n, in] transposed, rows n..np-1 zero (the outer-product tiles' order
+ * with groups of 1): whole 8 × 8 blocks in registers, the edges one element at a time. */
 static void transpose_prepare(const float *x, int n, int in, int np, float *xt)
 {
     int n8 = n / 8 * 8, in8 = in / 8 * 8;
@@ -271,6 +315,38 @@ static void transpose_prepare(const float *x, int n, int in, int np, float *xt)
     for (int k = 0; k < in; k++)
         for (int i = k < in8 ? n8 : 0; i < np; i++)
             xt[(size_t)k * np + i] = i < n ? x[(size_t)i * in + k] : 0.0f;
+}
+
+/* Rows of X an outer-product tile's vectors hold: n rounded up to vl / P. */
+static int outer_rows_padded(int vl, int n)
+{
+    int rv = vl / smallmm_outer_group(vl, n);
+    return (n + rv - 1) / rv * rv;
+}
+
+/* X [n, in] in the outer-product tiles' order for groups of P: group g of element k holds
+ * elements [g·P, g·P + P) of rows 0..np-1, row by row (P floats each), zero past row n and
+ * past element in — so a vector of VL floats is P consecutive elements of VL / P rows. */
+static void outer_prepare(const float *x, int n, int in, int vl, float *xp)
+{
+    int P = smallmm_outer_group(vl, n), np = outer_rows_padded(vl, n);
+    if (P == 1) {
+        transpose_prepare(x, n, in, np, xp);
+        return;
+    }
+    int groups = (in + P - 1) / P;
+    for (int g = 0; g < groups; g++) {
+        float *o = xp + (size_t)g * np * P;
+        int k = g * P, w = in - k < P ? in - k : P;
+        for (int i = 0; i < np; i++, o += P) {
+            if (i < n && w == P) {
+                memcpy(o, x + (size_t)i * in + k, sizeof(float) * (size_t)P);
+                continue;
+            }
+            for (int q = 0; q < P; q++)
+                o[q] = i < n && q < w ? x[(size_t)i * in + k + q] : 0.0f;
+        }
+    }
 }
 
 /* Floats of X in the tiles' orders that a pass keeps on the stack; more come from the
@@ -304,11 +380,11 @@ static void scratch_give_back(xop_scratch *b)
     free(atomic_exchange(&xop_cache, b));
 }
 
-/* How a job's X is read: 2 transposed (the outer-product tiles), 1 in the BF16 even/odd
+/* How a job's X is read: 2 packed for the outer-product tiles, 1 in the BF16 even/odd
  * order, 0 as it is. */
 static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb)
 {
-    if (jb->n >= SMALLMM_OUTER_ROWS && jb->m.type != WT_Q8)
+    if (smallmm_outer_group(k->vl, jb->n) && jb->m.type != WT_Q8)
         return 2;
     return jb->m.type == WT_BF16 && jb->n <= k->eo_rows;
 }
@@ -316,8 +392,10 @@ static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb)
 static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
     switch (xop_kind(k, jb)) {
-    case 2:
-        return (size_t)((jb->n + k->vl - 1) / k->vl * k->vl) * (size_t)in;
+    case 2: {
+        int P = smallmm_outer_group(k->vl, jb->n);
+        return (size_t)outer_rows_padded(k->vl, jb->n) * (size_t)((in + P - 1) / P * P);
+    }
     case 1:
         return (size_t)jb->n * (size_t)in;
     default:
@@ -356,8 +434,7 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
             if (!kind || xop[k])
                 continue;
             if (kind == 2)
-                transpose_prepare(jobs[k].x, jobs[k].n, in,
-                                  (jobs[k].n + ps.k->vl - 1) / ps.k->vl * ps.k->vl, buf + used);
+                outer_prepare(jobs[k].x, jobs[k].n, in, ps.k->vl, buf + used);
             else
                 eo_prepare(jobs[k].x, jobs[k].n, in, 2 * ps.k->vl, buf + used);
             xop[k] = buf + used;

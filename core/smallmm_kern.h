@@ -301,50 +301,98 @@ K(dots_dpbf16)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj
 }
 #endif
 
-/* The outer-product tile, for products of many rows of X (at least SMALLMM_OUTER_ROWS):
- * X arrives transposed (xt [in, np]: element k of rows 0..np-1 contiguous, zero past n),
- * so a vector holds one element of VL rows of X, and each weight is broadcast to meet
- * NV such vectors. The NV·OJ accumulators are Y itself (VL rows of X by one row of M
- * each): no reduction ends the tile, only a transposed store, and a broadcast weight
- * costs a load, not a vector of M — 2 loads + OJ broadcasts per 2·OJ FMAs with NV = 2,
- * where the dot-product tile needs 8 loads per 16 FMAs and a reduction tree per tile.
- * BF16 weights are broadcast two at a time (a 32-bit lane holds k and k + 1: shifted left
- * 16 bits it is k's weight, masked with 0xFFFF0000 k + 1's), one shift or AND per weight.
- * Q8 weights stay on the dot-product tiles (a broadcast int8 needs three more operations).
- * Rows m_j, j < nj, of the block starting at row j0; vectors [v0, v0 + NV) of xt, their
- * rows past n not written. With pf, the block OJ rows further on is prefetched, a cache
- * line per row as the tile crosses each. */
+/* P weights of a row, k .. k + P - 1, as F32 in every group of P lanes (lane l: weight
+ * k + l mod P) — one broadcast load for F32; for BF16 a broadcast of the P/2 (or 1) 32-bit
+ * words holding them, then each lane's half: shifted left 16 bits for an even weight,
+ * masked with 0xFFFF0000 for an odd one. Past the row's end the weights read as 0 (tail:
+ * from a zero-padded copy, never from beyond the row). */
+static inline __attribute__((always_inline)) vf K(bcast)(const char *row, int k, int in,
+                                                        int P, int TAIL, int MT)
+{
+#if VL == 16
+    const vi wd4 = {0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13};  /* in-lane */
+    const K(vu) sh = {16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0};
+#else
+    const vi wd4 = {0, 0, 1, 1, 4, 4, 5, 5};
+    const K(vu) sh = {16, 0, 16, 0, 16, 0, 16, 0};
+#endif
+    if (MT == WT_F32) {
+        const float *w = (const float *)row + k;
+        float t[4] = {0};
+        if (TAIL) {  /* the group cut by the row's end: zeros past it */
+            for (int q = 0; q < in - k; q++)
+                t[q] = w[q];
+            w = t;
+        }
+        if (P == 1)
+            return K(splat)(w[0]);
+        if (P == 2)
+            return KBC2(w);
+        return KBC4(w);
+    }
+    const uint16_t *h = (const uint16_t *)row + k;
+    uint16_t t[4] = {0};
+    if (TAIL || (P == 1 && k + 2 > in)) {
+        for (int q = 0; q < in - k; q++)
+            t[q] = h[q];
+        h = t;
+    }
+    uint32_t w0;
+    __builtin_memcpy(&w0, h, 4);
+    if (P == 1)
+        return (vf)(((K(vu)){0} + w0) << 16);
+    if (P == 2)
+        return (vf)((((K(vu)){0} + w0) << sh) & 0xFFFF0000u);
+    K(vu) u = (K(vu))__builtin_shuffle((vi)KBC2((const float *)h), wd4);
+    return (vf)((u << sh) & 0xFFFF0000u);
+}
+
+/* The outer-product tile, for products of 9 rows of X or more with F32 or BF16 weights.
+ * X arrives packed (xop_prepare): a vector holds P consecutive elements k of each of VL/P
+ * rows, so each group of P weights of a row of M, broadcast, meets NV such vectors: the
+ * NV·OJ accumulators are Y itself, each lane a partial sum over every P-th element, and
+ * no reduction tree ends the tile — only the sum of each row's P lanes as it is stored.
+ * 2 vector loads and OJ broadcasts per 2·OJ FMAs (NV = 2), where the dot-product tile
+ * needs 8 loads per 16 FMAs and a tree of folds per tile (NV = 3: 3 loads and OJ3
+ * broadcasts per 3·OJ3 FMAs). P: see smallmm_outer_group. BF16 weights with
+ * P = 1 are broadcast two at a time (a 32-bit word holds k and k + 1: shifted left 16
+ * bits it is k's weight, masked with 0xFFFF0000 k + 1's). Q8 weights stay on the
+ * dot-product tiles (a broadcast int8 needs three more operations). Rows m_j, j < nj, of
+ * the block starting at row j0; vectors [v0, v0 + NV) of xp (np rows, a multiple of VL/P),
+ * their rows past n not written. With pf, the same rows of the next block (OUTER_BLOCK
+ * further on) are prefetched, a cache line per row as the tile crosses each. */
 static inline __attribute__((always_inline)) void
-K(outer_tile)(const float *xt, int np, int v0, int n, int in, const wtensor *mt, int j0,
-              int nj, float *y, int ldy, int pf, int NV, int MT)
+K(outer_tile)(const float *xp, int np, int v0, int n, int in, const wtensor *mt, int j0,
+              int nj, float *y, int ldy, int pf, int NV, int NJ, int P, int MT)
 {
     size_t es = MT == WT_F32 ? 4 : 2;
     const char *mr[OJ];
-    for (int j = 0; j < OJ; j++)
+    for (int j = 0; j < NJ; j++)
         mr[j] = (const char *)mt->data + (size_t)(j0 + (j < nj ? j : nj - 1)) * in * es;
-    const float *xp = xt + (size_t)v0 * VL;
-    size_t next = (size_t)OJ * in * es;
-    vf acc[2][OJ];
+    /* the same rows of the next block of OUTER_BLOCK */
+    size_t next = (size_t)OUTER_BLOCK * in * es, gs = (size_t)np * P;  /* floats per group */
+    const float *xv = xp + (size_t)v0 * VL;
+    vf acc[3][OJ];
     for (int v = 0; v < NV; v++)
-        for (int j = 0; j < OJ; j++)
+        for (int j = 0; j < NJ; j++)
             acc[v][j] = (vf){0};
-    const K(vu) odd = (K(vu)){0} + 0xFFFF0000u;
     /* a cache line of every row per chunk: 16 F32 or 32 BF16 weights */
-    int chunk = MT == WT_F32 ? 16 : 32;
+    int chunk = MT == WT_F32 ? 16 : 32, whole = in / P * P;
     for (int k0 = 0; k0 < in; k0 += chunk) {
-        int k1 = k0 + chunk < in ? k0 + chunk : in, k = k0;
+        int k1 = k0 + chunk < whole ? k0 + chunk : whole, k = k0;
         if (pf)
-            for (int j = 0; j < OJ; j++)
+            for (int j = 0; j < NJ; j++)
                 __builtin_prefetch(mr[j] + next + (size_t)k0 * es, 0, 3);
-        if (MT == WT_BF16)
+        if (MT == WT_BF16 && P == 1) {
+            const K(vu) odd = (K(vu)){0} + 0xFFFF0000u;
             for (; k + 2 <= k1; k += 2) {
-                vf xa[2], xb[2];
+                vf xa[3], xb[3];
                 for (int v = 0; v < NV; v++) {
-                    xa[v] = K(ldf)(xp + (size_t)k * np + v * VL);
-                    xb[v] = K(ldf)(xp + (size_t)(k + 1) * np + v * VL);
+                    xa[v] = K(ldf)(xv + (size_t)k * gs + v * VL);
+                    xb[v] = K(ldf)(xv + (size_t)(k + 1) * gs + v * VL);
                 }
 #pragma GCC unroll 16
-                for (int j = 0; j < OJ; j++) {
+                for (int j = 0; j < NJ; j++) {
                     uint32_t pair;
                     __builtin_memcpy(&pair, mr[j] + (size_t)k * 2, 4);
                     K(vu) w = (K(vu)){0} + pair;
@@ -353,46 +401,94 @@ K(outer_tile)(const float *xt, int np, int v0, int n, int in, const wtensor *mt,
                         acc[v][j] += xa[v] * we + xb[v] * wo;
                 }
             }
-        for (; k < k1; k++) {  /* F32: every element; BF16: the last of an odd row */
-            vf x[2];
+        }
+        /* whole groups of P (F32; BF16 with P > 1; with P = 1 the last of an odd row) */
+        for (; k < k1; k += P) {
+            vf x[3];
             for (int v = 0; v < NV; v++)
-                x[v] = K(ldf)(xp + (size_t)k * np + v * VL);
+                x[v] = K(ldf)(xv + (size_t)(k / P) * gs + v * VL);
 #pragma GCC unroll 16
-            for (int j = 0; j < OJ; j++) {
-                vf w = K(splat)(K(w1)(mr[j], NULL, k, MT));
+            for (int j = 0; j < NJ; j++) {
+                vf w = K(bcast)(mr[j], k, in, P, 0, MT);
+                for (int v = 0; v < NV; v++)
+                    acc[v][j] += x[v] * w;
+            }
+        }
+        if (P > 1 && k0 + chunk >= in && k < in) {  /* the group cut by the row's end */
+            vf x[3];
+            for (int v = 0; v < NV; v++)
+                x[v] = K(ldf)(xv + (size_t)(k / P) * gs + v * VL);
+            for (int j = 0; j < NJ; j++) {
+                vf w = K(bcast)(mr[j], k, in, P, 1, MT);
                 for (int v = 0; v < NV; v++)
                     acc[v][j] += x[v] * w;
             }
         }
     }
-    float out[2][OJ][VL];
+    float out[3][OJ][VL];
     for (int v = 0; v < NV; v++)
-        for (int j = 0; j < OJ; j++)
+        for (int j = 0; j < NJ; j++)
             K(stf)(out[v][j], acc[v][j]);
+    int rv = VL / P;  /* rows per vector */
     for (int v = 0; v < NV; v++)
-        for (int i = 0; i < VL && (v0 + v) * VL + i < n; i++) {
-            float *yr = y + (size_t)((v0 + v) * VL + i) * ldy + j0;
-            for (int j = 0; j < nj; j++)
-                yr[j] = out[v][j][i];
+        for (int i = 0; i < rv && (v0 + v) * rv + i < n; i++) {
+            float *yr = y + (size_t)((v0 + v) * rv + i) * ldy + j0;
+            for (int j = 0; j < nj; j++) {
+                float sum = out[v][j][i * P];
+                for (int q = 1; q < P; q++)
+                    sum += out[v][j][i * P + q];
+                yr[j] = sum;
+            }
         }
 }
 
-/* Rows [lo, hi) of a product on the outer-product tiles: blocks of OJ rows of M, each
- * meeting every pair of vectors of X (a single one last when their number is odd); the
- * first pair prefetches the next block. */
+/* Rows [lo, hi) of a product on the outer-product tiles with groups of P: blocks of
+ * OUTER_BLOCK rows of M, each meeting the vectors of X three at a time (8 rows of M per
+ * tile with AVX-512: 24 accumulators) while an odd number of them is left, then two at a
+ * time (12 rows of M), a single one only when X has one; the first tile of a block
+ * prefetches the next block's rows. */
 static inline __attribute__((always_inline)) void
-K(outer_rows_t)(const smallmm_xmt *jb, const float *xt, int in, int lo, int hi, int MT)
+K(outer_rows_p)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, int P, int MT)
 {
-    int np = (jb->n + VL - 1) / VL * VL, nv = np / VL;
-    for (int j = lo; j < hi; j += OJ) {
-        int nj = hi - j < OJ ? hi - j : OJ;
-        for (int v = 0; v < nv; v += 2)
-            if (nv - v >= 2)
-                K(outer_tile)(xt, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy, v == 0, 2,
-                              MT);
-            else
-                K(outer_tile)(xt, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy, v == 0, 1,
-                              MT);
+    int rv = VL / P, np = (jb->n + rv - 1) / rv * rv, nv = np / rv;
+    for (int b = lo; b < hi; b += OUTER_BLOCK) {
+        int be = hi - b < OUTER_BLOCK ? hi : b + OUTER_BLOCK;
+        for (int v = 0; v < nv;) {
+            int NV = nv - v == 1 ? 1 : (nv - v) % 2 ? 3 : 2;
+            for (int j = b; j < be;)
+                if (NV == 3) {
+                    int nj = be - j < OJ3 ? be - j : OJ3;
+                    K(outer_tile)(xp, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy, v == 0,
+                                  3, OJ3, P, MT);
+                    j += nj;
+                } else {
+                    int nj = be - j < OJ ? be - j : OJ;
+                    if (NV == 2)
+                        K(outer_tile)(xp, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy,
+                                      v == 0, 2, OJ, P, MT);
+                    else
+                        K(outer_tile)(xp, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy,
+                                      v == 0, 1, OJ, P, MT);
+                    j += nj;
+                }
+            v += NV;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void
+K(outer_rows_t)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, int MT)
+{
+    switch (smallmm_outer_group(VL, jb->n)) {
+    case 1:
+        K(outer_rows_p)(jb, xp, in, lo, hi, 1, MT);
+        break;
+    case 2:
+        K(outer_rows_p)(jb, xp, in, lo, hi, 2, MT);
+        break;
+    default:
+        K(outer_rows_p)(jb, xp, in, lo, hi, 4, MT);
+        break;
     }
 }
 
@@ -470,11 +566,11 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
 }
 
 /* Rows [lo, hi) of one product; xop: X in the order its tiles read (transposed for the
- * outer-product tiles when jb->n >= SMALLMM_OUTER_ROWS, the BF16 even/odd order for one
+ * outer-product tiles when smallmm_outer_group says so, the BF16 even/odd order for one
  * or two rows), NULL when X is read as it is. */
 static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi)
 {
-    if (xop && jb->n >= SMALLMM_OUTER_ROWS && jb->m.type != WT_Q8) {
+    if (xop && smallmm_outer_group(VL, jb->n) && jb->m.type != WT_Q8) {
         if (jb->m.type == WT_F32)
             K(outer_rows_t)(jb, xop, in, lo, hi, WT_F32);
         else
@@ -553,6 +649,9 @@ static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROW
 #undef TJ
 #undef TJ2
 #undef OJ
+#undef OJ3
 #undef KPIN
 #undef KDPBF16
 #undef KQ8
+#undef KBC2
+#undef KBC4

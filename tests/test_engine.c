@@ -1145,7 +1145,9 @@ START_TEST(test_non_finite_logits_finish_that_request_with_an_error)
     ck_assert_int_eq(c[0].reason, ENGINE_FINISH_ERROR);
     ck_assert_int_eq(c[0].n, 0);
     run_alone(g.m, &j[1], &alone);
-    assert_same(&c[1], &alone, 0.0f, "beside a request with non-finite logits");
+    /* within rounding: 10 rows together take other tiles (smallmm) than 5 alone; a NaN
+     * leaking across rows would be far outside */
+    assert_same(&c[1], &alone, 1e-4f, "beside a request with non-finite logits");
     lora_weights_free(w);
 }
 END_TEST
@@ -1211,7 +1213,9 @@ START_TEST(test_engine_thread_serves_submissions_from_other_threads_and_sleeps_w
             pthread_mutex_unlock(&w[i].mu);
             collector alone;
             run_alone(g.m, &j[i], &alone);
-            assert_same(&w[i].c, &alone, 0.0f, "on the engine thread");
+            /* within rounding: batched with the others their rows may take other tiles
+             * (smallmm) than alone */
+            assert_same(&w[i].c, &alone, 1e-4f, "on the engine thread");
         }
         /* idle: the thread sleeps, no step runs */
         engine_stats a, b;

@@ -4,7 +4,7 @@
 The reference for every output is `lorad generate` (itself checked against the numpy
 reference by test_reference.py) and the same request sent alone:
 * per-request switching: base, three adapters (all projections / attention only / MLP
-  only) and a weighted mix, sent concurrently, each give exactly what they give alone
+  only) and a weighted mix, sent concurrently, each give what they give alone
   (greedy tokens equal, logprobs within 1e-4) and what `lorad generate` gives; the
   adapters are first shown to change the output;
 * completions and chat, streaming and not: OpenAI's response and SSE shapes, the same id

@@ -185,6 +185,28 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
     for (int k = 0; k < NI * NJ; k++)
         acc[k] = (vf){0};
     int d = 0;
+    /* Q8 with one row of X: a block of WT_Q8_BLOCK weights is summed unscaled and its
+     * scale applied once (8 more accumulators than one row's tile has; more rows have no
+     * registers for them), and each row prefetched once per cache line rather than every
+     * VL weights. Decode of the 135M shape, products alone: AVX2 9.3-9.6 -> 5.5-6.0 ms,
+     * AVX-512 4.9-5.5 -> 4.5-5.3 ms. */
+    if (MT == WT_Q8 && NI == 1)
+        for (; d + WT_Q8_BLOCK <= in; d += WT_Q8_BLOCK) {
+            vf blk[8];
+            for (int j = 0; j < NJ; j++)
+                blk[j] = (vf){0};
+            for (int e = d; e < d + WT_Q8_BLOCK; e += VL) {
+                vf xv = K(ldf)(xr[0] + e);
+                for (int j = 0; j < NJ; j++) {
+                    if (e % 64 == 0 && (PFM ? pf_rows >> j & 1 : pf_rows))
+                        __builtin_prefetch((const char *)mr[j] + (size_t)e + (size_t)NJ * in,
+                                           0, 3);
+                    blk[j] += xv * KQ8(mr[j], e);
+                }
+            }
+            for (int j = 0; j < NJ; j++)
+                acc[j] += blk[j] * K(splat)(sr[j][d / WT_Q8_BLOCK]);
+        }
     for (; d + VL <= in; d += VL) {
         vf mv[8];
         for (int j = 0; j < NJ; j++) {

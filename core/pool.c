@@ -33,6 +33,7 @@ struct pool {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int sleepers;                 /* workers waiting on cv (under mu) */
+    unsigned long naps;           /* times a worker began waiting on cv (under mu) */
     unsigned wakes;               /* pool_wake calls that found sleepers (under mu) */
     _Atomic uint64_t claim;       /* generation << 32 | n_tasks << 16 | next task index */
     atomic_int finished;          /* tasks of the current generation finished */
@@ -97,6 +98,7 @@ static void *worker(void *arg)
             }
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
+            p->naps++;
             unsigned wakes = p->wakes;
             while ((uint32_t)(atomic_load(&p->claim) >> 32) == seen && !atomic_load(&p->quit) &&
                    p->wakes == wakes)
@@ -122,6 +124,16 @@ void pool_wake(pool *p)
         pthread_cond_broadcast(&p->cv);
     }
     pthread_mutex_unlock(&p->mu);
+}
+
+unsigned long pool_naps(pool *p)
+{
+    if (!p)
+        return 0;
+    pthread_mutex_lock(&p->mu);
+    unsigned long n = p->naps;
+    pthread_mutex_unlock(&p->mu);
+    return n;
 }
 
 int pool_sleepers(pool *p)

@@ -32,4 +32,9 @@ void pool_wake(pool *p);
 /* Workers asleep right now (0 for NULL); any thread. For tests and diagnostics. */
 int pool_sleepers(pool *p);
 
+/* How many times workers have gone to sleep since the pool was created (0 for NULL); any
+ * thread. For tests and diagnostics: unlike pool_sleepers, it records a wake-up that was
+ * followed by sleep again before anyone looked. */
+unsigned long pool_naps(pool *p);
+
 #endif

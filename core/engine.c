@@ -58,7 +58,6 @@ struct engine {
     seq **order;          /* [max_seqs] this step's sequences, in batch order */
     seq **prefill;        /* [max_seqs] prefill candidates, by arrival */
     struct drawn *drawn;  /* [max_seqs] this step's tokens, drawn before they are emitted */
-    int n_drawn;
 
     /* Shared: under lock. */
     pthread_mutex_t lock;
@@ -676,19 +675,19 @@ int engine_step(engine *e, lr_error *err)
 
     /* Tokens are drawn on the pool, a row per task (each 20-100 µs on a 49k vocab: at
      * 64 rows, 5 ms serial), then emitted here in batch order. */
-    e->n_drawn = 0;
+    int n_drawn = 0;
     for (int k = 0; k < n; k++) {
         seq *s = e->order[k];
         if (s->n_fed < s->n_feed)
             s->n_fed += e->batch[k].n_tokens;
         if (e->batch[k].want_logits) {
-            int row = e->n_drawn++;
+            int row = n_drawn++;
             e->drawn[row] = (struct drawn){
                 .slot = s->slot, .lg = e->logits + (size_t)row * e->m->cfg.vocab_size};
         }
     }
-    forward_run(e->fwd, draw_task, e, e->n_drawn);
-    for (int k = 0; k < e->n_drawn; k++)
+    forward_run(e->fwd, draw_task, e, n_drawn);
+    for (int k = 0; k < n_drawn; k++)
         emit_token(e, &e->drawn[k]);
     publish(e, 1);
     return engine_running(e);

@@ -218,6 +218,17 @@ void forward_run(forward_ctx *f, void (*fn)(void *ctx, int task, int thread), vo
     pool_run(f->pool, fn, ctx, n_tasks);
 }
 
+/* Tasks [0, n_tasks) of fn over f: on the pool, or all on this thread when here (work too
+ * small to be worth the other threads). */
+static void run_tasks(forward_ctx *f, pool_fn fn, int n_tasks, int here)
+{
+    if (here)
+        for (int t = 0; t < n_tasks; t++)
+            fn(f, t, 0);
+    else
+        pool_run(f->pool, fn, f, n_tasks);
+}
+
 /* y [n, d] = x · rsqrt(mean(x²) + eps) · w, row by row; fp32 sums as transformers does
  * (hidden_states.to(float32).pow(2).mean()), 16 lanes at a time. */
 static void rmsnorm(float *y, const float *x, const float *w, int n, int d, float eps)
@@ -720,8 +731,6 @@ static void rows_task(void *ctx, int task, int thread)
     const rows_job *j = &f->rows;
     int r0 = task * j->per_task;
     int n = j->n - r0 < j->per_task ? j->n - r0 : j->per_task;
-    if (n <= 0)
-        return;
     size_t off = (size_t)r0 * j->d;
     if (j->op == ROWS_RMSNORM)
         rmsnorm(j->y + off, j->x + off, j->w, n, j->d, f->m->cfg.rms_eps);
@@ -737,12 +746,7 @@ static void run_rows(forward_ctx *f, int op, float *y, const float *x, const flo
     int per = (n + threads - 1) / threads;
     per = per > ROWS_PER_TASK ? ROWS_PER_TASK : per < 1 ? 1 : per;
     f->rows = (rows_job){op, y, x, w, d, n, per};
-    int tasks = (n + per - 1) / per;
-    if (n < ROWS_POOL_MIN)
-        for (int t = 0; t < tasks; t++)
-            rows_task(f, t, 0);
-    else
-        pool_run(f->pool, rows_task, f, tasks);
+    run_tasks(f, rows_task, (n + per - 1) / per, n < ROWS_POOL_MIN);
 }
 
 int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, lr_error *err)
@@ -820,17 +824,9 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         project(f, seqs, n_seqs, l, qkv, 3, f->xn, (float *const[]){f->q, f->k, f->v});
         f->cur_seqs = seqs;
         f->cur_layer = l;
-        if (rows < KV_STORE_POOL_ROWS)
-            for (int q = 0; q < n_seqs; q++)
-                kv_store_task(f, q, 0);
-        else
-            pool_run(f->pool, kv_store_task, f, n_seqs);
-        if (f->attn_work < ATTN_INLINE_WORK) {
-            for (int t = 0; t < f->n_tasks; t++)  /* too little to wake another thread for */
-                attn_task_run(f, t, 0);
-        } else {
-            pool_run(f->pool, attn_task_run, f, f->n_tasks);
-        }
+        run_tasks(f, kv_store_task, n_seqs, rows < KV_STORE_POOL_ROWS);
+        /* inline: too little to wake another thread for */
+        run_tasks(f, attn_task_run, f->n_tasks, f->attn_work < ATTN_INLINE_WORK);
         project(f, seqs, n_seqs, l, o, 1, f->att, (float *const[]){f->out});
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];

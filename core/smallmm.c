@@ -14,7 +14,7 @@
 #include "vec16.h"
 
 /* One instruction set's kernels: rows [lo, hi) of an X·Mᵀ product (xop: X in the order
- * the tiles read — transposed, or the BF16 even/odd order, see xop_prepare — or NULL
+ * the tiles read — packed (outer_prepare) or the BF16 even/odd order (eo_prepare) — or NULL
  * when there is none); columns [c0, c1) of a ·Bᵀ product. vl: floats per vector; eo_rows:
  * BF16 products of up to this many rows of X read the even/odd order. */
 typedef struct {
@@ -56,7 +56,7 @@ static inline int smallmm_outer_group(int vl, int n)
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
 #define SMALLMM_X86 1
 #include <immintrin.h>
-/* an unaligned double, for a broadcast of two floats (or four BF16 weights) */
+/* an unaligned double, for a broadcast of two floats */
 typedef double double_u __attribute__((aligned(1), may_alias));
 
 #pragma GCC push_options
@@ -72,7 +72,6 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
 #define KBC2(p) ((vf_avx512)_mm512_castpd_ps(_mm512_set1_pd(*(const double_u *)(p))))
-#define KBC4(p) ((vf_avx512)_mm512_broadcast_f32x4(_mm_loadu_ps(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 
@@ -90,7 +89,6 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
 #define KBC2(p) ((vf_avx512bf16)_mm512_castpd_ps(_mm512_set1_pd(*(const double_u *)(p))))
-#define KBC4(p) ((vf_avx512bf16)_mm512_broadcast_f32x4(_mm_loadu_ps(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 
@@ -107,20 +105,16 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define KQ8(m, d) ((vf_avx2)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                      \
     _mm_loadl_epi64((const __m128i *)((const int8_t *)(m) + (d))))))
 #define KBC2(p) ((vf_avx2)_mm256_castpd_ps(_mm256_broadcast_sd((const double *)(p))))
-#define KBC4(p) ((vf_avx2)_mm256_broadcast_ps((const __m128 *)(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 #endif
 
 typedef float vf8_portable __attribute__((vector_size(32)));
 
-/* p[0..P) repeated across 8 lanes. */
-static inline vf8_portable bc_portable(const float *p, int P)
+/* p[0], p[1] repeated across 8 lanes. */
+static inline vf8_portable bc2_portable(const float *p)
 {
-    vf8_portable v;
-    for (int l = 0; l < 8; l++)
-        v[l] = p[l % P];
-    return v;
+    return (vf8_portable){p[0], p[1], p[0], p[1], p[0], p[1], p[0], p[1]};
 }
 
 static inline vf8_portable q8_portable(const int8_t *q)
@@ -136,8 +130,7 @@ static inline vf8_portable q8_portable(const int8_t *q)
 #define OJ 6
 #define OJ3 4
 #define KQ8(m, d) q8_portable((const int8_t *)(m) + (d))
-#define KBC2(p) bc_portable(p, 2)
-#define KBC4(p) bc_portable(p, 4)
+#define KBC2(p) bc2_portable(p)
 #if defined(__AVX__)    /* the baseline itself has 32-byte registers */
 #define KPIN 1
 #else

@@ -34,7 +34,8 @@ typedef struct {
 
 /* The group P of the outer-product tiles for n rows of X and vectors of vl floats (0:
  * the dot-product tiles): a vector holds P consecutive elements of vl / P rows and a tile
- * two or three vectors, so P is 2 where three vectors of vl / 2 rows hold all n, else 1 —
+ * two or three vectors (the rows past the last whole one: smallmm_outer_rows), so P is 2
+ * where three vectors of vl / 2 rows hold all n, else 1 —
  * with AVX-512 9-24 rows 2, 25 and more 1. From 9 rows, not 13: alone, 9-12 rows of the
  * 1536 × 576 product ran faster on the dot-product tiles (82-92 µs against 101-102), but
  * in a decode step, with the 576 × 1536 product and lm_head, the tile of 16 was faster
@@ -46,6 +47,32 @@ static inline int smallmm_outer_group(int vl, int n)
     if (n < SMALLMM_OUTER_ROWS)
         return 0;
     return n <= 3 * vl / 2 ? 2 : 1;
+}
+
+/* Rows of X past the outer-product tiles' last whole vector that take the dot-product
+ * tiles instead, on each block of M while it is in cache, rather than a vector padded
+ * with zero rows (see smallmm_outer_rows). */
+#define OUTER_REM_MAX 4
+
+/* The rows of a product of n rows of X that take the outer-product tiles (0: none), in
+ * groups of smallmm_outer_group(vl, that number). Where n is a whole number (>= 2) of
+ * vectors plus at most OUTER_REM_MAX rows — with the group n takes, or else with groups
+ * of 2 — only the whole vectors do, and the rest take the dot-product tiles: 17 rows
+ * with AVX-512 are 16 + 1 instead of 24 (three vectors of 8, 7 of their rows zero), 25
+ * are 24 + 1 instead of 32. Otherwise all n do, the last vector padded. Without this the
+ * step time jumped where the padding begins (bench_batch, 16 -> 17 rows: +24%; now +11%,
+ * and 24 -> 25, 32 -> 33, 48 -> 49 +5-9%). */
+static inline int smallmm_outer_rows(int vl, int n)
+{
+    int P = smallmm_outer_group(vl, n);
+    if (!P)
+        return 0;
+    for (int p = P; p <= 2; p *= 2) {
+        int rv = vl / p, whole = n / rv * rv;
+        if (whole >= 2 * rv && n - whole <= OUTER_REM_MAX && smallmm_outer_group(vl, whole) == p)
+            return whole;
+    }
+    return n;
 }
 
 /* The kernels, compiled four times: AVX-512, AVX-512 with BF16 dot products (the same
@@ -310,19 +337,23 @@ static void transpose_prepare(const float *x, int n, int in, int np, float *xt)
             xt[(size_t)k * np + i] = i < n ? x[(size_t)i * in + k] : 0.0f;
 }
 
-/* Rows of X an outer-product tile's vectors hold: n rounded up to vl / P. */
+/* Rows of X an outer-product tile's vectors hold: the rows that take them (n_o =
+ * smallmm_outer_rows) rounded up to vl / P. */
 static int outer_rows_padded(int vl, int n)
 {
-    int rv = vl / smallmm_outer_group(vl, n);
-    return (n + rv - 1) / rv * rv;
+    int no = smallmm_outer_rows(vl, n), rv = vl / smallmm_outer_group(vl, no);
+    return (no + rv - 1) / rv * rv;
 }
 
-/* X [n, in] in the outer-product tiles' order for groups of P: group g of element k holds
- * elements [g·P, g·P + P) of rows 0..np-1, row by row (P floats each), zero past row n and
- * past element in — so a vector of VL floats is P consecutive elements of VL / P rows. */
+/* The first n_o rows of X [n, in] (n_o = smallmm_outer_rows) in the outer-product
+ * tiles' order for groups of P: group g of element k holds elements [g·P, g·P + P) of rows
+ * 0..np-1, row by row (P floats each), zero past row n_o and past element in — so a vector
+ * of VL floats is P consecutive elements of VL / P rows. */
 static void outer_prepare(const float *x, int n, int in, int vl, float *xp)
 {
-    int P = smallmm_outer_group(vl, n), np = outer_rows_padded(vl, n);
+    int np = outer_rows_padded(vl, n);
+    n = smallmm_outer_rows(vl, n);
+    int P = smallmm_outer_group(vl, n);
     if (P == 1) {
         transpose_prepare(x, n, in, np, xp);
         return;
@@ -386,7 +417,7 @@ static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in
 {
     switch (xop_kind(k, jb)) {
     case 2: {
-        int P = smallmm_outer_group(k->vl, jb->n);
+        int P = smallmm_outer_group(k->vl, smallmm_outer_rows(k->vl, jb->n));
         return (size_t)outer_rows_padded(k->vl, jb->n) * (size_t)((in + P - 1) / P * P);
     }
     case 1:

@@ -455,55 +455,6 @@ K(outer_tile)(const float *xp, int np, int v0, int n, int in, const wtensor *mt,
         }
 }
 
-/* Rows [lo, hi) of a product on the outer-product tiles with groups of P: blocks of
- * OUTER_BLOCK rows of M, each meeting the vectors of X three at a time (8 rows of M per
- * tile with AVX-512: 24 accumulators) while an odd number of them is left, then two at a
- * time (12 rows of M), a single one only when X has one; the first tile of a block
- * prefetches the next block's rows. */
-static inline __attribute__((always_inline)) void
-K(outer_rows_p)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, int P, int MT)
-{
-    int rv = VL / P, np = (jb->n + rv - 1) / rv * rv, nv = np / rv;
-    for (int b = lo; b < hi; b += OUTER_BLOCK) {
-        int be = hi - b < OUTER_BLOCK ? hi : b + OUTER_BLOCK;
-        for (int v = 0; v < nv;) {
-            int NV = nv - v == 1 ? 1 : (nv - v) % 2 ? 3 : 2;
-            for (int j = b; j < be;)
-                if (NV == 3) {
-                    int nj = be - j < OJ3 ? be - j : OJ3;
-                    K(outer_tile)(xp, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy, v == 0,
-                                  3, OJ3, P, MT);
-                    j += nj;
-                } else {
-                    int nj = be - j < OJ ? be - j : OJ;
-                    if (NV == 2)
-                        K(outer_tile)(xp, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy,
-                                      v == 0, 2, OJ, P, MT);
-                    else
-                        K(outer_tile)(xp, np, v, jb->n, in, &jb->m, j, nj, jb->y, jb->ldy,
-                                      v == 0, 1, OJ, P, MT);
-                    j += nj;
-                }
-            v += NV;
-        }
-    }
-}
-
-static inline __attribute__((always_inline)) void
-K(outer_rows_t)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, int MT)
-{
-    /* a switch, not if / else: with if / else GCC laid out K(xmt_rows) so that the 8-row
-     * dot-product tiles in it ran 12-18% slower (measured, alternated) */
-    switch (smallmm_outer_group(VL, jb->n)) {
-    case 1:
-        K(outer_rows_p)(jb, xp, in, lo, hi, 1, MT);
-        break;
-    default:
-        K(outer_rows_p)(jb, xp, in, lo, hi, 2, MT);
-        break;
-    }
-}
-
 /* One tile of min(ni, TI) rows of X (the last tile of a product has the rows left). */
 static inline __attribute__((always_inline)) void
 K(tile_rows)(const float *x, int ni, int in, const wtensor *m, int j, int nj, float *y,
@@ -519,6 +470,62 @@ K(tile_rows)(const float *x, int ni, int in, const wtensor *m, int j, int nj, fl
         K(dots_tile)(x, 2, in, m, j, nj, y, ldy, pf_rows, PFM, 2, TJ, MT);
     else
         K(dots_tile)(x, 1, in, m, j, nj, y, ldy, pf_rows, PFM, 1, TJ, MT);
+}
+
+/* Rows [lo, hi) of a product on the outer-product tiles with groups of P: blocks of
+ * OUTER_BLOCK rows of M, each meeting the vectors of X three at a time (8 rows of M per
+ * tile with AVX-512: 24 accumulators) while an odd number of them is left, then two at a
+ * time (12 rows of M), a single one only when X has one; the first tile of a block
+ * prefetches the next block's rows. */
+static inline __attribute__((always_inline)) void
+K(outer_rows_p)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, int P, int MT)
+{
+    int no = smallmm_outer_rows(VL, jb->n);
+    int rv = VL / P, np = (no + rv - 1) / rv * rv, nv = np / rv;
+    for (int b = lo; b < hi; b += OUTER_BLOCK) {
+        int be = hi - b < OUTER_BLOCK ? hi : b + OUTER_BLOCK;
+        for (int v = 0; v < nv;) {
+            int NV = nv - v == 1 ? 1 : (nv - v) % 2 ? 3 : 2;
+            for (int j = b; j < be;)
+                if (NV == 3) {
+                    int nj = be - j < OJ3 ? be - j : OJ3;
+                    K(outer_tile)(xp, np, v, no, in, &jb->m, j, nj, jb->y, jb->ldy, v == 0,
+                                  3, OJ3, P, MT);
+                    j += nj;
+                } else {
+                    int nj = be - j < OJ ? be - j : OJ;
+                    if (NV == 2)
+                        K(outer_tile)(xp, np, v, no, in, &jb->m, j, nj, jb->y, jb->ldy,
+                                      v == 0, 2, OJ, P, MT);
+                    else
+                        K(outer_tile)(xp, np, v, no, in, &jb->m, j, nj, jb->y, jb->ldy,
+                                      v == 0, 1, OJ, P, MT);
+                    j += nj;
+                }
+            v += NV;
+        }
+        /* the rows past the whole vectors, on the block just streamed (in L1 / L2) */
+        for (int i = no; i < jb->n; i += TI)
+            for (int j = b; j < be; j += TJ)
+                K(tile_rows)(jb->x + (size_t)i * in, jb->n - i, in, &jb->m, j,
+                             be - j < TJ ? be - j : TJ, jb->y + (size_t)i * jb->ldy + j,
+                             jb->ldy, 0, 0, MT);
+    }
+}
+
+static inline __attribute__((always_inline)) void
+K(outer_rows_t)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, int MT)
+{
+    /* a switch, not if / else: with if / else GCC laid out K(xmt_rows) so that the 8-row
+     * dot-product tiles in it ran 12-18% slower (measured, alternated) */
+    switch (smallmm_outer_group(VL, smallmm_outer_rows(VL, jb->n))) {
+    case 1:
+        K(outer_rows_p)(jb, xp, in, lo, hi, 1, MT);
+        break;
+    default:
+        K(outer_rows_p)(jb, xp, in, lo, hi, 2, MT);
+        break;
+    }
 }
 
 /* Rows [lo, hi) of one product for weight type MT: blocks of TJ rows of M (8 for one row

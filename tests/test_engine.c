@@ -875,10 +875,12 @@ START_TEST(test_admission_waits_for_the_prompt_blocks_in_arrival_order)
     engine_stats st = kv_stats(e);
     ck_assert_uint_eq(st.preemptions, 0);
     ck_assert_int_eq(st.kv_blocks_used, 0);
-    /* b, run after waiting, gives what it gives alone */
+    /* b, run after waiting, gives what it gives alone — within rounding: its prompt may
+     * share a step with c's, and 20 rows alone take other tiles than 24 together (20 =
+     * 16 on the outer-product tiles + 4 on the dot-product tiles, core/smallmm.c) */
     collector alone;
     run_alone(g.m, &b, &alone);
-    assert_same(&c[1], &alone, 0.0f, "after waiting for KV blocks");
+    assert_same(&c[1], &alone, 1e-4f, "after waiting for KV blocks");
     engine_destroy(e);
 }
 END_TEST

@@ -163,10 +163,13 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
         return;
     static const int ins[] = {1, 15, 16, 17, 64, 100};
     static const int rows[] = {1, 3, 4, 5, 7, 8, 9, 33};
-    /* every remainder of the 4- (2-) row tiles of X, and batches up to and past
-     * SMALLMM_MAX_ROWS */
-    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 31, 32, 33, 63,
-                             SMALLMM_MAX_ROWS, SMALLMM_MAX_ROWS + 1};
+    /* every remainder of the 4- (2-) row tiles of X; the outer-product tiles' vectors
+     * whole, padded, and whole plus 1-4 rows on the dot-product tiles (17-20, 25, 28,
+     * 33, 36, 49, 65 with AVX-512; 13, 17, 20, 25 with 8-float vectors) or one past
+     * that (21, 29, 37); batches up to and past SMALLMM_MAX_ROWS */
+    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 15, 16, 17, 20, 21, 24, 25,
+                             28, 29, 31, 32, 33, 36, 37, 49, 63, SMALLMM_MAX_ROWS,
+                             SMALLMM_MAX_ROWS + 1};
     for (int threads = 1; threads <= 3; threads++) {
         pool *p = make_pool(threads);
         for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
@@ -185,7 +188,7 @@ START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
     /* in: lane tails of 8 and 16, Q8 blocks of 32 cut short (31, 33, 100) */
     static const int ins[] = {1, 15, 16, 17, 31, 32, 33, 64, 100};
     static const int rows[] = {1, 3, 4, 5, 8, 9, 33};
-    static const int ns[] = {1, 2, 3, 4, 5, 8, 9, 17, 33, SMALLMM_MAX_ROWS + 1};
+    static const int ns[] = {1, 2, 3, 4, 5, 8, 9, 17, 20, 25, 33, 36, SMALLMM_MAX_ROWS + 1};
     for (int threads = 1; threads <= 2; threads++) {
         pool *p = make_pool(threads);
         for (int t = WT_BF16; t <= WT_Q8; t++)

@@ -15,32 +15,51 @@
 
 const char *const store_file_names[2] = {"adapter_config.json", "adapter_model.safetensors"};
 
-/* A streaming 64-bit hash, 8 bytes per step (xxhash64-style rounds on one lane), the same
- * whatever the chunks it is fed in: bytes are carried over until a word is complete. */
+/* A streaming 64-bit hash in the manner of xxHash64: four independent lanes, each taking
+ * every fourth 8-byte word (a stripe of 32 bytes feeds all four), merged at the end — the
+ * same whatever the chunks it is fed in: bytes are carried over until a stripe is
+ * complete. Four lanes, not one: a lane's round is a chain of two multiplies, so one lane
+ * hashed ~1 byte per cycle (5.6 ms of an upload's 19.6 MB, 8% of its CPU time, perf);
+ * four keep the multiplier busy. Not a cryptographic hash: it versions adapters (changed
+ * or not), it does not authenticate them. */
 typedef struct {
-    uint64_t h;
+    uint64_t v[4];
     uint64_t len;
-    unsigned char carry[8];
+    unsigned char carry[32];
     int n_carry;
 } hash64;
 
 #define K1 0x9E3779B185EBCA87ull
 #define K2 0xC2B2AE3D27D4EB4Full
+#define K3 0x165667B19E3779F9ull
+#define K4 0x85EBCA77C2B2AE63ull
 
 static uint64_t rotl(uint64_t x, int r)
 {
     return (x << r) | (x >> (64 - r));
 }
 
-static void hash_word(hash64 *s, uint64_t w)
+static uint64_t hash_round(uint64_t acc, uint64_t w)
 {
-    s->h = rotl(s->h ^ (w * K2), 31) * K1;
+    return rotl(acc + w * K2, 31) * K1;
 }
 
 static void hash_init(hash64 *s)
 {
     memset(s, 0, sizeof *s);
-    s->h = K2;
+    s->v[0] = K1 + K2;
+    s->v[1] = K2;
+    s->v[2] = 0;
+    s->v[3] = 0 - K1;
+}
+
+static void hash_stripe(hash64 *s, const unsigned char *p)
+{
+    for (int i = 0; i < 4; i++) {
+        uint64_t w;
+        memcpy(&w, p + 8 * i, 8);
+        s->v[i] = hash_round(s->v[i], w);
+    }
 }
 
 static void hash_update(hash64 *s, const void *data, size_t n)
@@ -50,33 +69,38 @@ static void hash_update(hash64 *s, const void *data, size_t n)
     while (n && s->n_carry) {
         s->carry[s->n_carry++] = *p++;
         n--;
-        if (s->n_carry == 8) {
-            uint64_t w;
-            memcpy(&w, s->carry, 8);
-            hash_word(s, w);
+        if (s->n_carry == 32) {
+            hash_stripe(s, s->carry);
             s->n_carry = 0;
         }
     }
     if (s->n_carry)
         return;   /* all of it went into the carry */
-    for (; n >= 8; n -= 8, p += 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        hash_word(s, w);
-    }
+    for (; n >= 32; n -= 32, p += 32)
+        hash_stripe(s, p);
     memcpy(s->carry, p, n);
     s->n_carry = (int)n;
 }
 
 static uint64_t hash_final(const hash64 *s)
 {
-    uint64_t h = s->h;
-    for (int i = 0; i < s->n_carry; i++)
-        h = rotl(h ^ (s->carry[i] * K1), 11) * K2;
-    h ^= s->len;
+    uint64_t h = rotl(s->v[0], 1) + rotl(s->v[1], 7) + rotl(s->v[2], 12) + rotl(s->v[3], 18);
+    for (int i = 0; i < 4; i++)
+        h = (h ^ hash_round(0, s->v[i])) * K1 + K4;
+    h += s->len;
+    int i = 0;
+    for (; i + 8 <= s->n_carry; i += 8) {
+        uint64_t w;
+        memcpy(&w, s->carry + i, 8);
+        h = rotl(h ^ hash_round(0, w), 27) * K1 + K4;
+    }
+    for (; i < s->n_carry; i++)
+        h = rotl(h ^ (s->carry[i] * K3), 11) * K1;
     h ^= h >> 33;
     h *= K2;
     h ^= h >> 29;
+    h *= K3;
+    h ^= h >> 32;
     return h;
 }
 

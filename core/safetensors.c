@@ -23,6 +23,9 @@
  * jansson needs several times the text size in memory. */
 #define ST_MAX_HEADER_BYTES ((uint64_t)100 * 1024 * 1024)
 
+/* Files mapped with MAP_POPULATE (see safetensors_open). */
+#define ST_POPULATE_BYTES ((size_t)256 << 20)
+
 /* Error messages are one line of at most 255 bytes: long paths and names are shortened. */
 #define ST_SHOW_PATH 96
 #define ST_SHOW_NAME 80
@@ -459,7 +462,12 @@ safetensors *safetensors_open(const char *path, lr_error *err)
         goto fail;
     }
     st->map_len = (size_t)fsize;
-    void *m = mmap(NULL, st->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* Files up to ST_POPULATE_BYTES (adapters, small models) are mapped whole at once:
+     * their tensors are all read right after (converted, validated), and one populate
+     * costs less than a page fault every 16 pages (an adapter of 19.6 MB: see
+     * ST_POPULATE_BYTES). Bigger files (models) fault in as they are read. */
+    void *m = mmap(NULL, st->map_len, PROT_READ,
+                   MAP_PRIVATE | (st->map_len <= ST_POPULATE_BYTES ? MAP_POPULATE : 0), fd, 0);
     if (m == MAP_FAILED) {
         fail_file(&c, LR_EIO, "cannot mmap %zu bytes: %s", st->map_len, strerror(errno));
         goto fail;

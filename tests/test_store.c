@@ -105,17 +105,25 @@ END_TEST
 
 START_TEST(test_hash_does_not_depend_on_chunking_and_sees_every_byte)
 {
-    static char big[3001];
-    for (int i = 0; i < 3000; i++)
+    /* 3003 bytes: 93 whole stripes of 32, then 3 words and 3 bytes past them */
+    static char big[3004];
+    for (int i = 0; i < 3003; i++)
         big[i] = (char)('a' + (i * 7) % 26);
     int rc;
     uint64_t v1 = put("a", "cfg", big, 1, 0, &rc);
     uint64_t v2 = put("b", "cfg", big, 13, 0, &rc);
     uint64_t v3 = put("c", "cfg", big, 4096, 0, &rc);
     ck_assert(v1 == v2 && v2 == v3);
-    big[1500] ^= 1;   /* one bit of the weights */
-    ck_assert(put("d", "cfg", big, 64, 0, &rc) != v1);
-    big[1500] ^= 1;
+    /* one bit of the weights: in each of the four lanes of a stripe, in a word and in a
+     * byte past the last stripe */
+    static const int flip[] = {1500, 1508, 1516, 1524, 2980, 3002};
+    for (size_t k = 0; k < sizeof flip / sizeof *flip; k++) {
+        char nm[8];
+        snprintf(nm, sizeof nm, "d%zu", k);
+        big[flip[k]] ^= 1;
+        ck_assert_msg(put(nm, "cfg", big, 64, 0, &rc) != v1, "byte %d not seen", flip[k]);
+        big[flip[k]] ^= 1;
+    }
     ck_assert(put("e", "cfh", big, 64, 0, &rc) != v1);   /* one of the config */
     ck_assert(put("f", big, "cfg", 64, 0, &rc) != v1);   /* the files swapped */
 }

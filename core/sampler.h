@@ -49,6 +49,21 @@ void sampler_destroy(sampler *s);
  * Engine thread only (mutates s). */
 int sampler_sample(sampler *s, const float *logits /* [vocab] */);
 
+/* 1 when s draws greedily (the largest logit, lowest id on ties, no RNG): temperature 0,
+ * top_k 1, a temperature so small that 1/T overflows, or a vocabulary of one. */
+int sampler_is_greedy(const sampler *s);
+
+/* One pass over logits [vocab] (vocab >= 1): 1 when every logit is finite, else 0 (and
+ * nothing else is meaningful); *argmax the token a greedy sampler draws (the largest
+ * logit, lowest id on ties) and *max its logit. With sampler_logsumexp_from, the chosen
+ * token and its log-probability of a greedy step in two passes instead of five.
+ * Thread-safe (pure). */
+int sampler_scan(const float *logits, int vocab, int *argmax, float *max);
+
+/* sampler_logsumexp for finite logits whose maximum is max (from sampler_scan): the
+ * same value, one pass fewer. Thread-safe (pure). */
+float sampler_logsumexp_from(const float *logits, int vocab, float max);
+
 /* log(sum_i exp(logits[i])) for logits [vocab], computed stably (max subtracted, double
  * accumulation); independent of any temperature. Returns -inf when every logit is -inf
  * or NaN (or vocab < 1). Thread-safe (pure). */

@@ -107,8 +107,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     sampler_destroy(twin);
 
+    int finite = 1;
+    for (int i = 0; i < vocab; i++)
+        finite &= isfinite(l[i]) != 0;
+    int scan_id = -1;
+    float scan_max = 0;
+    FUZZ_CHECK(sampler_scan(l, vocab, &scan_id, &scan_max) == finite, "scan: finite %d",
+               finite);
+    FUZZ_CHECK(sampler_is_greedy(s) == (vocab == 1 || p.temperature == 0 || p.top_k == 1 ||
+                                        !(1.0f / p.temperature <= FLT_MAX)),
+               "is_greedy %d", sampler_is_greedy(s));
+
     float lse = sampler_logsumexp(l, vocab);
     FUZZ_CHECK(!isnan(lse), "logsumexp is NaN");
+    if (finite) {
+        FUZZ_CHECK(scan_id == best && scan_max == l[best], "scan: %d (%g), argmax %d (%g)",
+                   scan_id, (double)scan_max, best, (double)l[best]);
+        FUZZ_CHECK(sampler_logsumexp_from(l, vocab, scan_max) == lse,
+                   "logsumexp_from %g, logsumexp %g",
+                   (double)sampler_logsumexp_from(l, vocab, scan_max), (double)lse);
+    }
     FUZZ_CHECK(any ? lse >= key(l[best]) : lse == -INFINITY, "logsumexp %g, max %g",
                (double)lse, (double)key(l[best]));
 

@@ -483,6 +483,70 @@ START_TEST(large_top_k_keeps_exactly_the_k_best)
 }
 END_TEST
 
+/* sampler_scan against a plain loop, for every vocab size around the 8-lane blocks, with
+ * the maximum (tied or not) at every position and in the scalar tail; its log-sum-exp
+ * equal to sampler_logsumexp. */
+START_TEST(scan_finds_the_greedy_token_and_maximum)
+{
+    float l[40];
+    for (int vocab = 1; vocab <= 40; vocab++)
+        for (int at = 0; at < vocab; at++)
+            for (int tie = 0; tie < 3; tie++) {
+                for (int i = 0; i < vocab; i++)
+                    l[i] = (float)((i * 37) % 11) * 0.25f - 1.0f;
+                l[at] = 5.0f;
+                int twin = tie == 1 ? (at + 9) % vocab : tie == 2 ? (at + 3) % vocab : at;
+                l[twin] = 5.0f;   /* a second maximum: the lower id wins */
+                int want = at < twin ? at : twin, got = -1;
+                float max = 0;
+                ck_assert_int_eq(sampler_scan(l, vocab, &got, &max), 1);
+                ck_assert_msg(got == want, "vocab %d max at %d and %d: got %d", vocab, at, twin,
+                              got);
+                ck_assert(max == 5.0f);
+                sampler *g = make(0.0f, 0, 1.0f, 1, vocab);
+                ck_assert_int_eq(sampler_sample(g, l), got);   /* what greedy draws */
+                sampler_destroy(g);
+                ck_assert(sampler_logsumexp_from(l, vocab, max) == sampler_logsumexp(l, vocab));
+            }
+}
+END_TEST
+
+/* Any NaN or infinity, wherever it is (every lane of a block, the scalar tail), makes the
+ * scan report non-finite logits; -FLT_MAX and FLT_MAX are finite. */
+START_TEST(scan_reports_nan_and_infinities_anywhere)
+{
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    float l[27];
+    for (int vocab = 1; vocab <= 27; vocab++)
+        for (int at = 0; at < vocab; at++) {
+            for (int i = 0; i < vocab; i++)
+                l[i] = i % 2 ? FLT_MAX : -FLT_MAX;
+            int id;
+            float max;
+            ck_assert_int_eq(sampler_scan(l, vocab, &id, &max), 1);
+            for (int b = 0; b < 3; b++) {
+                l[at] = bad[b];
+                ck_assert_msg(sampler_scan(l, vocab, &id, &max) == 0, "vocab %d: %g at %d not "
+                              "seen", vocab, (double)bad[b], at);
+            }
+        }
+}
+END_TEST
+
+START_TEST(is_greedy_matches_the_greedy_modes)
+{
+    struct { float t; int k; int vocab; int greedy; } c[] = {
+        {0.0f, 0, 10, 1}, {0.0f, 5, 10, 1}, {1.0f, 1, 10, 1}, {1e-39f, 0, 10, 1},
+        {0.7f, 0, 1, 1}, {0.7f, 0, 10, 0}, {1.0f, 2, 10, 0}, {1e-30f, 0, 10, 0},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+        sampler *s = make(c[i].t, c[i].k, 1.0f, 3, c[i].vocab);
+        ck_assert_msg(sampler_is_greedy(s) == c[i].greedy, "case %zu", i);
+        sampler_destroy(s);
+    }
+}
+END_TEST
+
 START_TEST(logsumexp_matches_hand_values)
 {
     float uniform[10];
@@ -715,6 +779,9 @@ static Suite *sampler_suite(void)
     TCase *core = tcase_create("core");
     tcase_set_timeout(core, 60);
     tcase_add_test(core, greedy_is_argmax_with_ties_to_lowest_id);
+    tcase_add_test(core, scan_finds_the_greedy_token_and_maximum);
+    tcase_add_test(core, scan_reports_nan_and_infinities_anywhere);
+    tcase_add_test(core, is_greedy_matches_the_greedy_modes);
     tcase_add_test(core, greedy_skips_nan_and_masked_logits);
     tcase_add_test(core, top_k_1_equals_greedy_at_any_temperature);
     tcase_add_test(core, same_seed_same_sequence_other_seed_differs);

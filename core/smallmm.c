@@ -438,30 +438,36 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
      * each task — once for all the jobs that share one X (q, k and v; a group's adapters),
      * for the two kinds that need it. Without memory the dot-product tiles read X as it
      * is. */
-    size_t need = 0;
-    for (int k = 0; k < n_jobs; k++)
-        need += xop_floats(ps.k, &jobs[k], in);
-    float stack_buf[XOP_STACK_FLOATS];
     const float *stack_ptrs[16];
+    int stack_from[16];
+    const float **xop = n_jobs <= 16 ? stack_ptrs : malloc((size_t)n_jobs * sizeof *xop);
+    int *from = n_jobs <= 16 ? stack_from : malloc((size_t)n_jobs * sizeof *from);
+    /* from[k]: the job whose prepared X job k reads (k itself, or an earlier job with the
+     * same X, n and kind), -1 when it reads X as it is; memory for the first of each only */
+    size_t need = 0;
+    for (int k = 0; xop && from && k < n_jobs; k++) {
+        int kind = xop_kind(ps.k, &jobs[k]);
+        from[k] = kind ? k : -1;
+        for (int e = 0; e < k && kind && from[k] == k; e++)
+            if (from[e] == e && jobs[e].x == jobs[k].x && jobs[e].n == jobs[k].n &&
+                xop_kind(ps.k, &jobs[e]) == kind)
+                from[k] = e;
+        if (from[k] == k)
+            need += xop_floats(ps.k, &jobs[k], in);
+    }
+    float stack_buf[XOP_STACK_FLOATS];
     xop_scratch *heap = need > XOP_STACK_FLOATS ? scratch_take(need) : NULL;
     float *buf = need <= XOP_STACK_FLOATS ? stack_buf : heap ? heap->data : NULL;
-    const float **xop = n_jobs <= 16 ? stack_ptrs : malloc((size_t)n_jobs * sizeof *xop);
-    if (need && buf && xop) {
+    if (need && buf && xop && from) {
         size_t used = 0;
         for (int k = 0; k < n_jobs; k++) {
-            int kind = xop_kind(ps.k, &jobs[k]);
-            xop[k] = NULL;
-            for (int e = 0; e < k && kind && !xop[k]; e++)
-                if (jobs[e].x == jobs[k].x && jobs[e].n == jobs[k].n &&
-                    xop_kind(ps.k, &jobs[e]) == kind)
-                    xop[k] = xop[e];
-            if (!kind || xop[k])
+            xop[k] = from[k] < 0 ? NULL : from[k] < k ? xop[from[k]] : buf + used;
+            if (from[k] != k)
                 continue;
-            if (kind == 2)
+            if (xop_kind(ps.k, &jobs[k]) == 2)
                 outer_prepare(jobs[k].x, jobs[k].n, in, ps.k->vl, buf + used);
             else
                 eo_prepare(jobs[k].x, jobs[k].n, in, 2 * ps.k->vl, buf + used);
-            xop[k] = buf + used;
             used += xop_floats(ps.k, &jobs[k], in);
         }
         ps.xop = xop;
@@ -474,6 +480,8 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
         scratch_give_back(heap);
     if (xop != stack_ptrs)
         free(xop);
+    if (from != stack_from)
+        free(from);
 }
 
 typedef struct {

@@ -263,6 +263,49 @@ START_TEST(test_xmt_many_products_in_one_pass)
 }
 END_TEST
 
+/* Products that read one X (q, k and v; a group's adapter A's) share its prepared copy:
+ * here three X's, each met by several weight matrices of every type — 20 rows (the
+ * outer-product tiles' packing, F32 and BF16), one row (BF16's even/odd order), the same
+ * pointer with another row count (prepared apart) and Q8 (read as it is) — interleaved in
+ * one pass of 1 to 3 threads, each product against float64. */
+START_TEST(test_products_sharing_an_x_share_its_prepared_copy)
+{
+    if (!use_isa(_i))
+        return;
+    enum { IN = 100, JOBS = 9 };
+    float *x20 = rand_floats((size_t)20 * IN), *x1 = rand_floats(IN);
+    static const int ns[JOBS] = {20, 20, 1, 20, 1, 12, 20, 1, 12};
+    static const wt_type ts[JOBS] = {WT_F32, WT_BF16, WT_BF16, WT_F32, WT_BF16, WT_F32,
+                                     WT_Q8, WT_F32, WT_BF16};
+    static const int rws[JOBS] = {7, 30, 9, 25, 3, 5, 8, 33, 26};
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        smallmm_xmt jobs[JOBS];
+        test_matrix tm[JOBS];
+        for (int k = 0; k < JOBS; k++) {
+            tm[k] = make_matrix(ts[k], rws[k], IN);
+            jobs[k] = (smallmm_xmt){ns[k] == 1 ? x1 : x20, ns[k], tm[k].w, rws[k],
+                                    malloc(sizeof(float) * ns[k] * rws[k]), rws[k]};
+        }
+        smallmm_xmt_run(p, IN, jobs, JOBS);
+        for (int k = 0; k < JOBS; k++) {
+            for (int i = 0; i < ns[k]; i++)
+                for (int j = 0; j < rws[k]; j++) {
+                    double want = 0;
+                    for (int d = 0; d < IN; d++)
+                        want += (double)jobs[k].x[i * IN + d] * tm[k].deq[j * IN + d];
+                    expect_near(jobs[k].y[i * rws[k] + j], want, IN, "Y", i, j);
+                }
+            free_matrix(&tm[k]);
+            free(jobs[k].y);
+        }
+        pool_free(p);
+    }
+    free(x20);
+    free(x1);
+}
+END_TEST
+
 /* One- and two-row BF16 products read X reordered (even then odd elements of each block):
  * kept on the stack for a pass up to 8192 floats of it and 16 products, allocated beyond.
  * 20 products of 1 and 2 rows with in = 4100 (blocks cut short, 61,500 floats) in one
@@ -412,6 +455,8 @@ static Suite *smallmm_suite(void)
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_xmt_many_products_in_one_pass, SMALLMM_PORTABLE,
                         SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_products_sharing_an_x_share_its_prepared_copy,
+                        SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_tb_adds_to_outputs_for_every_edge_and_mix,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_test(core, test_isa_choice);

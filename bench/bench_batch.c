@@ -3,8 +3,9 @@
  * bound — max(bytes read ÷ read bandwidth, flops ÷ FMA peak) — measured in the same run.
  * Uses the random SmolLM2-135M-shaped model and rank-16 adapters that `bench_engine
  * --prepare` writes. Usage: bench_batch [WORKDIR] [--quick] [--rows N,N,...] [--steps N]
- * [--tsv FILE] (--steps: timed steps per run, default 12, e.g. many for profiling one row
- * count; --tsv: the table, tab-separated, for tools/plot_bench.py). */
+ * [--tsv FILE] [--profile] (--steps: timed steps per run, default 12, e.g. many for
+ * profiling one row count; --tsv: the table, tab-separated, for tools/plot_bench.py;
+ * --profile: also where each step's time goes, phase by phase — engine_set_profile). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +43,7 @@ static void on_done(void *user, engine_finish reason, const lr_error *err)
  * steps until every one has its first token, then times `steps` steps in which all n
  * decode one token each; returns the median step time in seconds (negative on error). */
 static double time_steps(engine *e, int n, const variant_mix *mixes, int n_mixes, int steps,
-                         const int *prompt)
+                         const int *prompt, forward_profile *prof)
 {
     counter cnt[MAX_SEQS] = {{0}};
     lr_error err = {0};
@@ -68,6 +69,7 @@ static double time_steps(engine *e, int n, const variant_mix *mixes, int n_mixes
         }
     }
     double t[1000];
+    engine_set_profile(e, prof);
     for (int s = 0; s < steps; s++) {
         double t0 = bench_now();
         if (engine_step(e, &err) < 0) {
@@ -76,6 +78,7 @@ static double time_steps(engine *e, int n, const variant_mix *mixes, int n_mixes
         }
         t[s] = bench_now() - t0;
     }
+    engine_set_profile(e, NULL);
     engine_cancel_all(e);
     while (engine_step(e, &err) > 0)
         ;
@@ -98,7 +101,8 @@ int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
     const char *work = "build/bench-data", *tsv = NULL;
-    int quick = 0, steps = 0;
+    int quick = 0, steps = 0, profile = 0;
+    static forward_profile prof[2][32];   /* [adapters][row count] */
     int rows[32] = {1, 2, 4, 8, 12, 16, 17, 24, 32, 48, 64}, n_rows = 11;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
@@ -111,6 +115,8 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--tsv") == 0 && i + 1 < argc) {
             tsv = argv[++i];
+        } else if (strcmp(argv[i], "--profile") == 0) {
+            profile = 1;
         } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
             steps = atoi(argv[++i]);
             if (steps < 1 || steps > 1000) {
@@ -174,7 +180,7 @@ int main(int argc, char **argv)
     double attn_flops = 4.0 * c->n_layers * c->n_heads * c->head_dim * (PROMPT + steps / 2.0);
 
     double t_base[32][8], t_ad[32][8];
-    time_steps(e, 4, NULL, 0, 2, prompt);  /* warm up */
+    time_steps(e, 4, NULL, 0, 2, prompt, NULL);  /* warm up */
     double bw0 = bench_read_bandwidth((size_t)base_bytes), peak0 = bench_fma_peak(2);
     for (int r = 0; r < reps; r++)
         for (int kk = 0; kk < n_rows; kk++) {
@@ -183,7 +189,8 @@ int main(int argc, char **argv)
             for (int c2 = 0; c2 < 2; c2++) {
                 int adapters = (c2 + r) % 2;
                 double t = time_steps(e, rows[k], mixes, adapters ? N_ADAPTERS : 0, steps,
-                                      prompt);
+                                      prompt, profile && (r > 0 || reps == 1)
+                                                  ? &prof[adapters][k] : NULL);
                 if (t < 0)
                     return 1;
                 (adapters ? t_ad : t_base)[k][r] = t;
@@ -221,6 +228,23 @@ int main(int argc, char **argv)
     }
     if (tf)
         fclose(tf);
+    for (int a = 0; profile && a < 2; a++) {
+        printf("\nwhere a step's time goes, %s (--profile; ms per step, the mean over the "
+               "timed steps of every repetition but the first, whose steps also map the KV "
+               "cache's fresh memory)\n%5s |", a ? "8 adapters" : "base", "rows");
+        for (int ph = 0; ph < FWD_PH_COUNT; ph++)
+            printf(" %9s", forward_phase_names[ph]);
+        printf(" | %9s\n", "sum");
+        for (int k = 0; k < n_rows; k++) {
+            double sum = 0, per = 1e3 / (double)((reps > 1 ? reps - 1 : 1) * steps);
+            printf("%5d |", rows[k]);
+            for (int ph = 0; ph < FWD_PH_COUNT; ph++) {
+                printf(" %9.2f", prof[a][k].sec[ph] * per);
+                sum += prof[a][k].sec[ph] * per;
+            }
+            printf(" | %9.2f\n", sum);
+        }
+    }
     engine_destroy(e);
     for (int i = 0; i < N_ADAPTERS; i++)
         peft_free(ad[i]);

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "forward.h"
 #include "model.h"
 #include "sampler.h"
 #include "variant.h"
@@ -133,6 +134,11 @@ void engine_cancel(engine *e, uint64_t id);
 
 /* Cancels every request accepted so far. Thread-safe. */
 void engine_cancel_all(engine *e);
+
+/* Times the steps from now on, phase by phase, into p (forward.h; NULL: stop): the forward
+ * passes' phases and the drawing and emitting of tokens. Engine thread, between steps
+ * (bench_batch --profile). */
+void engine_set_profile(engine *e, forward_profile *p);
 
 /* Runs one step: takes in submitted requests and cancellations, starts waiting requests
  * that fit, feeds one batch. Returns the number of requests still running or waiting

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pool.h"
 #include "smallmm.h"
@@ -91,6 +92,8 @@ struct forward_ctx {
     smallmm_xmt small_xmt[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * (1 + VARIANT_MAX_TERMS)];
     smallmm_tb small_tb[SMALLMM_MAX_ROWS * VARIANT_GROUP_MAX * VARIANT_MAX_TERMS];
     pool *pool;      /* the engine's own threads: attention */
+    forward_profile *prof;  /* NULL unless profiling (forward_set_profile) */
+    double prof_t;          /* when the phase being timed began */
     float **wbuf;    /* per thread: [wbuf_floats] BF16/Q8 weights converted for OpenBLAS */
     size_t wbuf_floats;
     float **scores;  /* per thread: [ATTN_ROWS, scores_cap] scores of a block of rows */
@@ -749,8 +752,41 @@ static void run_rows(forward_ctx *f, int op, float *y, const float *x, const flo
     run_tasks(f, rows_task, (n + per - 1) / per, n < ROWS_POOL_MIN);
 }
 
+const char *const forward_phase_names[FWD_PH_COUNT] = {
+    "setup", "norms", "qkv", "rope+kv", "attention", "o", "residual", "gate/up", "swiglu",
+    "down", "lm_head", "draw"};
+
+static double prof_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+void forward_set_profile(forward_ctx *f, forward_profile *p)
+{
+    f->prof = p;
+}
+
+forward_profile *forward_get_profile(const forward_ctx *f)
+{
+    return f->prof;
+}
+
+/* Ends the phase being timed as phase ph (profiling only). */
+static inline void phase_end(forward_ctx *f, int ph)
+{
+    if (!f->prof)
+        return;
+    double t = prof_now();
+    f->prof->sec[ph] += t - f->prof_t;
+    f->prof_t = t;
+}
+
 int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, lr_error *err)
 {
+    if (f->prof)
+        f->prof_t = prof_now();
     const model *m = f->m;
     const model_config *c = &m->cfg;
     int hd = c->head_dim, half = hd / 2;
@@ -815,28 +851,40 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
             }
     }
 
+    phase_end(f, FWD_PH_SETUP);
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->attn_norm, c->hidden, rows);
+        phase_end(f, FWD_PH_NORMS);
         static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
         static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
         static const model_proj o[1] = {PROJ_O}, down[1] = {PROJ_DOWN};
         project(f, seqs, n_seqs, l, qkv, 3, f->xn, (float *const[]){f->q, f->k, f->v});
+        phase_end(f, FWD_PH_QKV);
         f->cur_seqs = seqs;
         f->cur_layer = l;
         run_tasks(f, kv_store_task, n_seqs, rows < KV_STORE_POOL_ROWS);
+        phase_end(f, FWD_PH_KV);
         /* inline: too little to wake another thread for */
         run_tasks(f, attn_task_run, f->n_tasks, f->attn_work < ATTN_INLINE_WORK);
+        phase_end(f, FWD_PH_ATTN);
         project(f, seqs, n_seqs, l, o, 1, f->att, (float *const[]){f->out});
+        phase_end(f, FWD_PH_O);
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];
+        phase_end(f, FWD_PH_RESID);
 
         run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->ffn_norm, c->hidden, rows);
+        phase_end(f, FWD_PH_NORMS);
         project(f, seqs, n_seqs, l, gate_up, 2, f->xn, (float *const[]){f->gate, f->up});
+        phase_end(f, FWD_PH_GATE_UP);
         run_rows(f, ROWS_SWIGLU, f->gate, f->up, NULL, c->intermediate, rows);
+        phase_end(f, FWD_PH_SWIGLU);
         project(f, seqs, n_seqs, l, down, 1, f->gate, (float *const[]){f->out});
+        phase_end(f, FWD_PH_DOWN);
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];
+        phase_end(f, FWD_PH_RESID);
     }
     for (int s = 0; s < n_seqs; s++)
         seqs[s].kv->len += seqs[s].n_tokens;
@@ -850,11 +898,15 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
                     1, c->hidden, c->rms_eps);
             n_out++;
         }
+    phase_end(f, FWD_PH_NORMS);
     if (n_out > SMALLMM_MAX_ROWS)
         matmul(f, logits, f->xn, &m->lm_head, n_out, c->hidden, c->vocab_size);
     else if (n_out)
         smallmm_xmt_run(f->pool, c->hidden, &(smallmm_xmt){f->xn, n_out, m->lm_head,
                                                             c->vocab_size, logits,
                                                             c->vocab_size}, 1);
+    phase_end(f, FWD_PH_LM_HEAD);
+    if (f->prof)
+        f->prof->passes++;
     return 0;
 }

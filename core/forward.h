@@ -42,6 +42,27 @@ void forward_wake(forward_ctx *f);
 void forward_run(forward_ctx *f, void (*fn)(void *ctx, int task, int thread), void *ctx,
                  int n_tasks);
 
+/* Where the time of forward passes goes, for profiling (forward_set_profile): seconds per
+ * phase, summed over the passes run while it is set. Norms, the residual adds, SwiGLU,
+ * attention and the KV stores (RoPE included) are their own phases; each projection group
+ * (q/k/v, o, gate/up, down) is one, its adapters' products included; setup is the
+ * embeddings and the batch's layout; draw is the engine's (sampling and emitting tokens,
+ * filled by engine_step, not here). */
+enum {
+    FWD_PH_SETUP, FWD_PH_NORMS, FWD_PH_QKV, FWD_PH_KV, FWD_PH_ATTN, FWD_PH_O, FWD_PH_RESID,
+    FWD_PH_GATE_UP, FWD_PH_SWIGLU, FWD_PH_DOWN, FWD_PH_LM_HEAD, FWD_PH_DRAW, FWD_PH_COUNT
+};
+typedef struct {
+    double sec[FWD_PH_COUNT];
+    long passes;
+} forward_profile;
+extern const char *const forward_phase_names[FWD_PH_COUNT];
+
+/* Times every pass from now on into p (NULL: stop; the default). The timing is a clock
+ * read per phase, ~12 per layer. Engine thread, between batches. */
+void forward_set_profile(forward_ctx *f, forward_profile *p);
+forward_profile *forward_get_profile(const forward_ctx *f);
+
 /* Runs the batch: appends every sequence's keys/values to its cache (kv->len advances by
  * n_tokens) and writes, for each sequence with want_logits, in order, one row of
  * vocab_size logits to logits [n_want, vocab]. Fails (nothing written) when a

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/forward.h"
 #include "core/kv_cache.h"
@@ -156,6 +157,78 @@ static void check_group(int group, int window)
     testutil_rmdir(dir);
 }
 
+static double wall_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* forward_set_profile: a prefill and three decode passes, timed phase by phase, count 4
+ * passes; the phases account for (nearly) all the time of the calls and no more; the
+ * projections and lm_head take some; the logits are those of the same passes unprofiled;
+ * after forward_set_profile(NULL) nothing more is added. */
+START_TEST(test_profile_times_every_pass_and_changes_nothing)
+{
+    char *dir = write_model(2, 0);
+    lr_error err = {0};
+    model *m = model_load(dir, &err);
+    ck_assert_msg(m != NULL, "model_load: %s", err.msg);
+    int tok[T];
+    for (int i = 0; i < T; i++)
+        tok[i] = (i * 5 + 1) % VOCAB;
+    float lg[2][VOCAB];
+    forward_profile prof;
+    memset(&prof, 0, sizeof prof);
+    double wall = 0;
+    for (int profiled = 0; profiled < 2; profiled++) {
+        kv_pool *pool = kv_pool_new(&m->cfg, 16, &err);
+        ck_assert_ptr_nonnull(pool);
+        kv_cache kv = {0};
+        ck_assert_int_eq(kv_cache_reserve(pool, &kv, 13, &err), 0);
+        forward_ctx *f = forward_create(m, T, 2, &err);
+        ck_assert_ptr_nonnull(f);
+        forward_set_profile(f, profiled ? &prof : NULL);
+        ck_assert(forward_get_profile(f) == (profiled ? &prof : NULL));
+        for (int step = 0, done = 0; step < 4; step++) {
+            int n = step ? 1 : 10;
+            forward_seq sq = {.tokens = tok + done, .n_tokens = n, .kv = &kv,
+                              .want_logits = 1};
+            double t0 = wall_now();
+            ck_assert_int_eq(forward_batch(f, &sq, 1, lg[profiled], &err), 0);
+            wall += profiled ? wall_now() - t0 : 0;
+            done += n;
+        }
+        forward_set_profile(f, NULL);
+        forward_profile before = prof;
+        forward_seq sq = {.tokens = tok + 13, .n_tokens = 1, .kv = &kv, .want_logits = 0};
+        ck_assert_int_eq(kv_cache_reserve(pool, &kv, 14, &err), 0);
+        ck_assert_int_eq(forward_batch(f, &sq, 1, lg[profiled], &err), 0);
+        ck_assert(memcmp(&before, &prof, sizeof prof) == 0);
+        forward_free(f);
+        kv_cache_release(pool, &kv);
+        kv_cache_clear(&kv);
+        kv_pool_free(pool);
+    }
+    ck_assert_int_eq(prof.passes, 4);
+    double sum = 0;
+    for (int ph = 0; ph < FWD_PH_COUNT; ph++) {
+        ck_assert_msg(prof.sec[ph] >= 0, "phase %s: %g s", forward_phase_names[ph],
+                      prof.sec[ph]);
+        sum += prof.sec[ph];
+    }
+    ck_assert(prof.sec[FWD_PH_DRAW] == 0);   /* the engine's, not forward's */
+    ck_assert(prof.sec[FWD_PH_QKV] > 0 && prof.sec[FWD_PH_GATE_UP] > 0 &&
+              prof.sec[FWD_PH_LM_HEAD] > 0);
+    ck_assert_msg(sum <= wall * 1.001 + 1e-6 && sum >= 0.5 * wall,
+                  "phases sum to %g s of %g s", sum, wall);
+    for (int v = 0; v < VOCAB; v++)
+        ck_assert(lg[0][v] == lg[1][v]);
+    model_free(m);
+    testutil_rmdir(dir);
+}
+END_TEST
+
 START_TEST(test_decode_grouped_heads_equal_prefill_for_every_group_size)
 {
     static const int groups[] = {1, 2, 3, 4, 6, 8};
@@ -177,6 +250,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("attention paths");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_decode_grouped_heads_equal_prefill_for_every_group_size);
+    tcase_add_test(tc, test_profile_times_every_pass_and_changes_nothing);
     tcase_add_test(tc, test_decode_grouped_heads_equal_prefill_with_a_sliding_window);
     suite_add_tcase(s, tc);
     return s;

@@ -41,6 +41,18 @@ static void expect_near(float got, double want, int terms, const char *what, int
                   got, want);
 }
 
+/* jb's result Y against float64: X [n, in] times m [rows, in] (the weights as F32). */
+static void expect_xmt(const smallmm_xmt *jb, const float *m, int in)
+{
+    for (int i = 0; i < jb->n; i++)
+        for (int j = 0; j < jb->rows; j++) {
+            double want = 0;
+            for (int d = 0; d < in; d++)
+                want += (double)jb->x[(size_t)i * in + d] * m[(size_t)j * in + d];
+            expect_near(jb->y[(size_t)i * jb->ldy + j], want, in, "Y", i, j);
+        }
+}
+
 static pool *make_pool(int threads)
 {
     if (threads == 1)
@@ -247,13 +259,7 @@ START_TEST(test_xmt_many_products_in_one_pass)
         }
         smallmm_xmt_run(p, IN, jobs, JOBS);
         for (int k = 0; k < JOBS; k++) {
-            for (int i = 0; i < ns[k]; i++)
-                for (int j = 0; j < rws[k]; j++) {
-                    double want = 0;
-                    for (int d = 0; d < IN; d++)
-                        want += (double)xs[k][i * IN + d] * ms[k][j * IN + d];
-                    expect_near(jobs[k].y[i * rws[k] + j], want, IN, "Y", i, j);
-                }
+            expect_xmt(&jobs[k], ms[k], IN);
             free(xs[k]);
             free(ms[k]);
             free(jobs[k].y);
@@ -289,13 +295,7 @@ START_TEST(test_products_sharing_an_x_share_its_prepared_copy)
         }
         smallmm_xmt_run(p, IN, jobs, JOBS);
         for (int k = 0; k < JOBS; k++) {
-            for (int i = 0; i < ns[k]; i++)
-                for (int j = 0; j < rws[k]; j++) {
-                    double want = 0;
-                    for (int d = 0; d < IN; d++)
-                        want += (double)jobs[k].x[i * IN + d] * tm[k].deq[j * IN + d];
-                    expect_near(jobs[k].y[i * rws[k] + j], want, IN, "Y", i, j);
-                }
+            expect_xmt(&jobs[k], tm[k].deq, IN);
             free_matrix(&tm[k]);
             free(jobs[k].y);
         }
@@ -330,13 +330,7 @@ START_TEST(test_bf16_one_and_two_rows_with_x_reordered_on_the_stack_and_the_heap
     }
     smallmm_xmt_run(p, IN, jobs, JOBS);
     for (int k = 0; k < JOBS; k++) {
-        for (int i = 0; i < jobs[k].n; i++)
-            for (int j = 0; j < ROWS; j++) {
-                double want = 0;
-                for (int d = 0; d < IN; d++)
-                    want += (double)xs[k][i * IN + d] * tm[k].deq[j * IN + d];
-                expect_near(jobs[k].y[i * ROWS + j], want, IN, "Y", i, j);
-            }
+        expect_xmt(&jobs[k], tm[k].deq, IN);
         free(xs[k]);
         free_matrix(&tm[k]);
         free(jobs[k].y);

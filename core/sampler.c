@@ -120,25 +120,10 @@ static int logits_argmax(const float *logits, int vocab, float *max_out)
     return best_id;
 }
 
-/* log-sum-exp split as *max + log_sum so that log-probabilities can be formed as
- * (x - max) - log_sum without losing log_sum against a huge max. Returns 0 and sets
- * *max = -inf when there is no finite mass. The terms e^(x - max) come from exp8
- * (relative error ~2e-7), summed in 8 float lanes for at most 128 vectors at a time and
- * then in double: within ~1e-6 of the sum in double, at a twentieth of the time (this
- * runs for every generated token, on the engine thread). */
-static double logits_log_sum(const float *logits, int vocab, float max);
-
-static int logits_lse_parts(const float *logits, int vocab, float *max, double *log_sum)
-{
-    logits_argmax(logits, vocab, max);
-    *log_sum = 0.0;
-    if (*max == -INFINITY)
-        return 0;
-    *log_sum = logits_log_sum(logits, vocab, *max);
-    return 1;
-}
-
-/* log(sum_i e^(logits[i] - max)) for max the largest key (> -inf). */
+/* log(sum_i e^(logits[i] - max)) for max the largest key (> -inf). The terms come from
+ * exp8 (relative error ~2e-7), summed in 8 float lanes for at most 128 vectors at a time
+ * and then in double: within ~1e-6 of the sum in double, at a twentieth of the time (this
+ * runs for every generated token). */
 static double logits_log_sum(const float *logits, int vocab, float max)
 {
     double sum = 0.0;
@@ -159,6 +144,19 @@ static double logits_log_sum(const float *logits, int vocab, float max)
             sum += exp((double)x - (double)max);
     }
     return log(sum);
+}
+
+/* log-sum-exp split as *max + log_sum so that log-probabilities can be formed as
+ * (x - max) - log_sum without losing log_sum against a huge max. Returns 0 and sets
+ * *max = -inf when there is no finite mass. */
+static int logits_lse_parts(const float *logits, int vocab, float *max, double *log_sum)
+{
+    logits_argmax(logits, vocab, max);
+    *log_sum = 0.0;
+    if (*max == -INFINITY)
+        return 0;
+    *log_sum = logits_log_sum(logits, vocab, *max);
+    return 1;
 }
 
 /* ---- candidate heap over parallel arrays v [n] / id [n] ----
@@ -442,11 +440,9 @@ int sampler_sample(sampler *s, const float *logits)
     int k = s->p.top_k;
     if (k >= vocab)
         k = 0;  /* keeping every token is no filter (as in HF: min(top_k, vocab)) */
-    if (vocab == 1 || s->p.temperature == 0.0f || k == 1)
+    if (sampler_is_greedy(s))
         return logits_argmax(logits, vocab, NULL);
     const float inv_t = 1.0f / s->p.temperature;
-    if (!(inv_t <= FLT_MAX))  /* T so small that everything but the max underflows */
-        return logits_argmax(logits, vocab, NULL);
     float *w = s->w;
     int *id = s->id;
 
@@ -511,6 +507,8 @@ int sampler_sample(sampler *s, const float *logits)
 
 int sampler_is_greedy(const sampler *s)
 {
+    /* top_k 1 with a vocabulary of one is the vocab == 1 case; a T so small that 1/T
+     * overflows leaves nothing but the maximum after exp underflows */
     return s->vocab == 1 || s->p.temperature == 0.0f || s->p.top_k == 1 ||
            !(1.0f / s->p.temperature <= FLT_MAX);
 }

@@ -688,19 +688,12 @@ int engine_step(engine *e, lr_error *err)
                 .slot = s->slot, .lg = e->logits + (size_t)row * e->m->cfg.vocab_size};
         }
     }
-    forward_profile *prof = forward_get_profile(e->fwd);
-    struct timespec t0, t1;
-    if (prof)
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+    forward_phase_begin(e->fwd);
     forward_run(e->fwd, draw_task, e, n_drawn);
     for (int k = 0; k < n_drawn; k++)
         emit_token(e, &e->drawn[k]);
     publish(e, 1);
-    if (prof) {
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        prof->sec[FWD_PH_DRAW] += (double)(t1.tv_sec - t0.tv_sec) +
-                                  (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    }
+    forward_phase_end(e->fwd, FWD_PH_DRAW);
     return engine_running(e);
 }
 

@@ -773,8 +773,13 @@ forward_profile *forward_get_profile(const forward_ctx *f)
     return f->prof;
 }
 
-/* Ends the phase being timed as phase ph (profiling only). */
-static inline void phase_end(forward_ctx *f, int ph)
+void forward_phase_begin(forward_ctx *f)
+{
+    if (f->prof)
+        f->prof_t = prof_now();
+}
+
+void forward_phase_end(forward_ctx *f, int ph)
 {
     if (!f->prof)
         return;
@@ -785,8 +790,7 @@ static inline void phase_end(forward_ctx *f, int ph)
 
 int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, lr_error *err)
 {
-    if (f->prof)
-        f->prof_t = prof_now();
+    forward_phase_begin(f);
     const model *m = f->m;
     const model_config *c = &m->cfg;
     int hd = c->head_dim, half = hd / 2;
@@ -851,40 +855,40 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
             }
     }
 
-    phase_end(f, FWD_PH_SETUP);
+    forward_phase_end(f, FWD_PH_SETUP);
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->attn_norm, c->hidden, rows);
-        phase_end(f, FWD_PH_NORMS);
+        forward_phase_end(f, FWD_PH_NORMS);
         static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
         static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
         static const model_proj o[1] = {PROJ_O}, down[1] = {PROJ_DOWN};
         project(f, seqs, n_seqs, l, qkv, 3, f->xn, (float *const[]){f->q, f->k, f->v});
-        phase_end(f, FWD_PH_QKV);
+        forward_phase_end(f, FWD_PH_QKV);
         f->cur_seqs = seqs;
         f->cur_layer = l;
         run_tasks(f, kv_store_task, n_seqs, rows < KV_STORE_POOL_ROWS);
-        phase_end(f, FWD_PH_KV);
+        forward_phase_end(f, FWD_PH_KV);
         /* inline: too little to wake another thread for */
         run_tasks(f, attn_task_run, f->n_tasks, f->attn_work < ATTN_INLINE_WORK);
-        phase_end(f, FWD_PH_ATTN);
+        forward_phase_end(f, FWD_PH_ATTN);
         project(f, seqs, n_seqs, l, o, 1, f->att, (float *const[]){f->out});
-        phase_end(f, FWD_PH_O);
+        forward_phase_end(f, FWD_PH_O);
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];
-        phase_end(f, FWD_PH_RESID);
+        forward_phase_end(f, FWD_PH_RESID);
 
         run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->ffn_norm, c->hidden, rows);
-        phase_end(f, FWD_PH_NORMS);
+        forward_phase_end(f, FWD_PH_NORMS);
         project(f, seqs, n_seqs, l, gate_up, 2, f->xn, (float *const[]){f->gate, f->up});
-        phase_end(f, FWD_PH_GATE_UP);
+        forward_phase_end(f, FWD_PH_GATE_UP);
         run_rows(f, ROWS_SWIGLU, f->gate, f->up, NULL, c->intermediate, rows);
-        phase_end(f, FWD_PH_SWIGLU);
+        forward_phase_end(f, FWD_PH_SWIGLU);
         project(f, seqs, n_seqs, l, down, 1, f->gate, (float *const[]){f->out});
-        phase_end(f, FWD_PH_DOWN);
+        forward_phase_end(f, FWD_PH_DOWN);
         for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
             f->x[i] += f->out[i];
-        phase_end(f, FWD_PH_RESID);
+        forward_phase_end(f, FWD_PH_RESID);
     }
     for (int s = 0; s < n_seqs; s++)
         seqs[s].kv->len += seqs[s].n_tokens;
@@ -898,14 +902,14 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
                     1, c->hidden, c->rms_eps);
             n_out++;
         }
-    phase_end(f, FWD_PH_NORMS);
+    forward_phase_end(f, FWD_PH_NORMS);
     if (n_out > SMALLMM_MAX_ROWS)
         matmul(f, logits, f->xn, &m->lm_head, n_out, c->hidden, c->vocab_size);
     else if (n_out)
         smallmm_xmt_run(f->pool, c->hidden, &(smallmm_xmt){f->xn, n_out, m->lm_head,
                                                             c->vocab_size, logits,
                                                             c->vocab_size}, 1);
-    phase_end(f, FWD_PH_LM_HEAD);
+    forward_phase_end(f, FWD_PH_LM_HEAD);
     if (f->prof)
         f->prof->passes++;
     return 0;

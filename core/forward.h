@@ -63,6 +63,12 @@ extern const char *const forward_phase_names[FWD_PH_COUNT];
 void forward_set_profile(forward_ctx *f, forward_profile *p);
 forward_profile *forward_get_profile(const forward_ctx *f);
 
+/* Times a phase into the profile (no-ops when none is set): forward_phase_begin marks its
+ * start, forward_phase_end adds the time since the last mark to phase ph and marks again.
+ * forward_batch times its own phases; the engine its drawing of tokens. */
+void forward_phase_begin(forward_ctx *f);
+void forward_phase_end(forward_ctx *f, int ph);
+
 /* Runs the batch: appends every sequence's keys/values to its cache (kv->len advances by
  * n_tokens) and writes, for each sequence with want_logits, in order, one row of
  * vocab_size logits to logits [n_want, vocab]. Fails (nothing written) when a

@@ -703,7 +703,8 @@ static int check_dim(dim_seen *seen, int d, int64_t size, const char *where, lr_
 
 /* Validates one (layer, proj) pair and converts it into *m. mod is "layers.L.parent.proj". */
 static int load_matrix(const peft_config *c, const model_config *base, const peft_options *opt,
-                       int layer, int proj, const st_tensor *ta, const st_tensor *tb,
+                       const safetensors *st, int layer, int proj, const st_tensor *ta,
+                       const st_tensor *tb,
                        dim_seen *seen, lora_weights *w, lora_matrix *m, lr_error *err)
 {
     char module[PEFT_MODULE_MAX], what[PEFT_MODULE_MAX + 8];
@@ -805,7 +806,8 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory for %zu floats", mod, na + nb);
     }
     m->r = r;
-    if ((rc = st_tensor_to_f32(ta, m->a, err)) < 0 || (rc = st_tensor_to_f32(tb, b, err)) < 0) {
+    if ((rc = st_tensor_read_f32(st, ta, m->a, err)) < 0 ||
+        (rc = st_tensor_read_f32(st, tb, b, err)) < 0) {
         free(b);
         return rc;
     }
@@ -820,9 +822,17 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
         free(b);
         return rc;
     }
-    for (int64_t o = 0; o < out; o++)
-        for (int j = 0; j < r; j++)
-            m->bt[(size_t)j * (size_t)out + (size_t)o] = b[(size_t)o * (size_t)r + (size_t)j];
+    /* In blocks of 16 outputs: the 16 rows of b read stay in L1 and each row of bt is
+     * written 16 floats at a time (element by element, the writes' stride of `out` floats
+     * made this loop most of the load's own time). */
+    for (int64_t o0 = 0; o0 < out; o0 += 16) {
+        int64_t o1 = o0 + 16 < out ? o0 + 16 : out;
+        for (int j = 0; j < r; j++) {
+            float *dst = m->bt + (size_t)j * (size_t)out;
+            for (int64_t o = o0; o < o1; o++)
+                dst[o] = b[(size_t)o * (size_t)r + (size_t)j];
+        }
+    }
     free(b);
     m->scale = (float)scale;
     return 0;
@@ -898,7 +908,8 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
             rc = lr_error_set(err, LR_EINVAL, "missing %s", path);
         goto fail;
     }
-    if (!(st = safetensors_open(path, err))) {
+    /* Read, not mapped: every tensor is read once, right now (see safetensors.h). */
+    if (!(st = safetensors_open_unmapped(path, err))) {
         rc = err ? err->code : LR_EINVAL;
         goto fail;
     }
@@ -976,7 +987,7 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
             if (!ta && !tb)
                 continue;
             lora_matrix *m = lora_weights_at(a->w, l, (model_proj)p);
-            if ((rc = load_matrix(&cfg, base, opt, l, p, ta, tb, seen, a->w, m, err)) < 0)
+            if ((rc = load_matrix(&cfg, base, opt, st, l, p, ta, tb, seen, a->w, m, err)) < 0)
                 goto fail;
             a->proj_mask |= 1u << p;
             a->n_matrices++;

@@ -32,8 +32,10 @@
 
 struct safetensors {
     char *path;                 /* copy of the path given to safetensors_open */
-    unsigned char *map;         /* [map_len] the whole file, PROT_READ, MAP_PRIVATE */
+    unsigned char *map;         /* [map_len] the whole file, PROT_READ, MAP_PRIVATE; NULL
+                                   when opened with safetensors_open_unmapped */
     size_t map_len;
+    int fd;                     /* unmapped: the open file, read with pread; else -1 */
     st_tensor *tensors;         /* [n] in header order; names point into strings */
     const st_tensor **by_name;  /* [n] the same tensors sorted by strcmp(name) */
     int n;
@@ -326,7 +328,7 @@ static int check_overlaps(parse_ctx *c, const st_tensor *ts, const int64_t *begi
 
 /* Builds st's tensors, index and metadata from the parsed header root. */
 static int build_from_header(parse_ctx *c, safetensors *st, json_t *root, uint64_t data_size,
-                             const unsigned char *data)
+                             const unsigned char *data, uint64_t data_offset)
 {
     int rc = 0;
     int64_t *begins = NULL;
@@ -390,7 +392,8 @@ static int build_from_header(parse_ctx *c, safetensors *st, json_t *root, uint64
         memcpy(sp, key, kl + 1);
         t->name = sp;
         sp += kl + 1;
-        t->data = data + begins[i];
+        t->data = data ? data + begins[i] : NULL;
+        t->offset = data_offset + (uint64_t)begins[i];
         st->by_name[i] = t;
         i++;
     }
@@ -415,12 +418,33 @@ fail:
     return rc;
 }
 
-safetensors *safetensors_open(const char *path, lr_error *err)
+/* Reads exactly n bytes at off; -1 with errno (0: the file ended first). */
+static int pread_all(int fd, void *buf, size_t n, uint64_t off)
+{
+    unsigned char *p = buf;
+    while (n) {
+        ssize_t r = pread(fd, p, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            if (r == 0)
+                errno = 0;
+            return -1;
+        }
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+static safetensors *open_file(const char *path, int mapped, lr_error *err)
 {
     parse_ctx c = {.err = err};
     int fd = -1;
     json_t *root = NULL;
     safetensors *st = NULL;
+    unsigned char *head = NULL;   /* unmapped: the length and header, read */
 
     if (!path) {
         lr_error_set(err, LR_EINVAL, "safetensors_open: path is NULL");
@@ -429,6 +453,8 @@ safetensors *safetensors_open(const char *path, lr_error *err)
     show_path(c.path, sizeof c.path, path);
 
     st = calloc(1, sizeof *st);
+    if (st)
+        st->fd = -1;
     if (!st || !(st->path = strdup(path))) {
         fail_file(&c, LR_ENOMEM, "out of memory");
         goto fail;
@@ -461,24 +487,35 @@ safetensors *safetensors_open(const char *path, lr_error *err)
                   (unsigned long long)fsize);
         goto fail;
     }
-    st->map_len = (size_t)fsize;
-    /* Files up to ST_POPULATE_BYTES (adapters, small models) are mapped whole at once:
-     * their tensors are all read right after (converted, validated), and one populate
-     * costs less than a page fault every 16 pages (an adapter of 19.6 MB: see
-     * ST_POPULATE_BYTES). Bigger files (models) fault in as they are read. */
-    void *m = mmap(NULL, st->map_len, PROT_READ,
-                   MAP_PRIVATE | (st->map_len <= ST_POPULATE_BYTES ? MAP_POPULATE : 0), fd, 0);
-    if (m == MAP_FAILED) {
-        fail_file(&c, LR_EIO, "cannot mmap %zu bytes: %s", st->map_len, strerror(errno));
-        goto fail;
+    const unsigned char *bytes;   /* the file from its start: mapped, or the head read */
+    unsigned char len8[8];
+    if (mapped) {
+        st->map_len = (size_t)fsize;
+        /* Files up to ST_POPULATE_BYTES (small models) are mapped whole at once: their
+         * tensors are all read right after, and one populate costs less than a page fault
+         * every 16 pages. Bigger files (models) fault in as they are read. */
+        void *m = mmap(NULL, st->map_len, PROT_READ,
+                       MAP_PRIVATE | (st->map_len <= ST_POPULATE_BYTES ? MAP_POPULATE : 0), fd,
+                       0);
+        if (m == MAP_FAILED) {
+            fail_file(&c, LR_EIO, "cannot mmap %zu bytes: %s", st->map_len, strerror(errno));
+            goto fail;
+        }
+        st->map = m;
+        close(fd);
+        fd = -1;
+        bytes = st->map;
+    } else {
+        if (pread_all(fd, len8, 8, 0) != 0) {
+            fail_file(&c, LR_EIO, "cannot read: %s", errno ? strerror(errno) : "file shrank");
+            goto fail;
+        }
+        bytes = len8;
     }
-    st->map = m;
-    close(fd);
-    fd = -1;
 
     uint64_t hlen = 0;
     for (int b = 7; b >= 0; b--)
-        hlen = (hlen << 8) | st->map[b];
+        hlen = (hlen << 8) | bytes[b];
     if (hlen > ST_MAX_HEADER_BYTES) {
         fail_file(&c, LR_EINVAL, "header length %llu exceeds the %llu-byte limit "
                                  "(corrupt file or not safetensors?)",
@@ -492,8 +529,20 @@ safetensors *safetensors_open(const char *path, lr_error *err)
         goto fail;
     }
 
+    if (!mapped) {
+        if (!(head = malloc((size_t)hlen + 8))) {
+            fail_file(&c, LR_ENOMEM, "out of memory for a %llu-byte header",
+                      (unsigned long long)hlen);
+            goto fail;
+        }
+        if (pread_all(fd, head, (size_t)hlen + 8, 0) != 0) {
+            fail_file(&c, LR_EIO, "cannot read: %s", errno ? strerror(errno) : "file shrank");
+            goto fail;
+        }
+        bytes = head;
+    }
     json_error_t jerr;
-    root = json_loadb((const char *)st->map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb((const char *)bytes + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         if (json_error_code(&jerr) == json_error_duplicate_key)
             fail_file(&c, LR_EINVAL, "header has a duplicate key: %s (at byte %d)",
@@ -507,18 +556,32 @@ safetensors *safetensors_open(const char *path, lr_error *err)
         fail_file(&c, LR_EINVAL, "header JSON is not an object");
         goto fail;
     }
-    if (build_from_header(&c, st, root, fsize - 8 - hlen, st->map + 8 + hlen) < 0)
+    if (build_from_header(&c, st, root, fsize - 8 - hlen, st->map ? st->map + 8 + hlen : NULL,
+                          8 + hlen) < 0)
         goto fail;
 
     json_decref(root);
+    free(head);
+    st->fd = fd;   /* unmapped: kept for st_tensor_read_f32; mapped: already closed (-1) */
     return st;
 
 fail:
     json_decref(root);
+    free(head);
     if (fd >= 0)
         close(fd);
     safetensors_close(st);
     return NULL;
+}
+
+safetensors *safetensors_open(const char *path, lr_error *err)
+{
+    return open_file(path, 1, err);
+}
+
+safetensors *safetensors_open_unmapped(const char *path, lr_error *err)
+{
+    return open_file(path, 0, err);
 }
 
 void safetensors_close(safetensors *st)
@@ -527,6 +590,8 @@ void safetensors_close(safetensors *st)
         return;
     if (st->map)
         munmap(st->map, st->map_len);
+    if (st->fd >= 0)
+        close(st->fd);
     free(st->tensors);
     free(st->by_name);
     free(st->meta);
@@ -662,12 +727,11 @@ static void bf16_to_f32_run(float *restrict dst, const unsigned char *restrict s
     }
 }
 
-int st_tensor_to_f32(const st_tensor *t, float *dst, lr_error *err)
+/* The checks both conversions make: a dtype they convert, and numel matching nbytes.
+ * Fills nm with the tensor's name as messages show it. */
+static int check_convertible(const st_tensor *t, char *nm, size_t cap, lr_error *err)
 {
-    char nm[ST_SHOW_NAME + 8];
-    if (!t)
-        return lr_error_set(err, LR_EINVAL, "st_tensor_to_f32: tensor is NULL");
-    show(nm, sizeof nm, t->name ? t->name : "(unnamed)", ST_SHOW_NAME);
+    show(nm, cap, t->name ? t->name : "(unnamed)", ST_SHOW_NAME);
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
         return lr_error_set(err, LR_ENOTSUP, "tensor '%s': dtype %s cannot be converted to "
                                              "F32 (supported: F32, F16, BF16)",
@@ -677,6 +741,17 @@ int st_tensor_to_f32(const st_tensor *t, float *dst, lr_error *err)
         return lr_error_set(err, LR_EINVAL, "tensor '%s': %lld elements of %s do not make "
                                             "%zu bytes",
                             nm, (long long)t->numel, st_dtype_name(t->dtype), t->nbytes);
+    return 0;
+}
+
+int st_tensor_to_f32(const st_tensor *t, float *dst, lr_error *err)
+{
+    char nm[ST_SHOW_NAME + 8];
+    int rc;
+    if (!t)
+        return lr_error_set(err, LR_EINVAL, "st_tensor_to_f32: tensor is NULL");
+    if ((rc = check_convertible(t, nm, sizeof nm, err)) < 0)
+        return rc;
     size_t n = (size_t)t->numel;
     if (n == 0)
         return 0;
@@ -697,6 +772,51 @@ int st_tensor_to_f32(const st_tensor *t, float *dst, lr_error *err)
         break;
     }
     return 0;
+}
+
+/* Elements converted per pread of an F16/BF16 tensor in st_tensor_read_f32. */
+#define READ_CHUNK_ELEMS 16384
+
+int st_tensor_read_f32(const safetensors *st, const st_tensor *t, float *dst, lr_error *err)
+{
+    if (!st || !t)
+        return lr_error_set(err, LR_EINVAL, "st_tensor_read_f32: file or tensor is NULL");
+    if (st->map)
+        return st_tensor_to_f32(t, dst, err);
+    char nm[ST_SHOW_NAME + 8];
+    int rc;
+    if ((rc = check_convertible(t, nm, sizeof nm, err)) < 0)
+        return rc;
+    size_t n = (size_t)t->numel;
+    if (n == 0)
+        return 0;
+    if (!dst)
+        return lr_error_set(err, LR_EINVAL, "tensor '%s': NULL destination", nm);
+    if (t->dtype == ST_F32) {
+        if (pread_all(st->fd, dst, t->nbytes, t->offset) == 0)
+            return 0;
+    } else {
+        unsigned char *half = malloc(READ_CHUNK_ELEMS * 2);
+        if (!half)
+            return lr_error_set(err, LR_ENOMEM, "tensor '%s': out of memory", nm);
+        size_t done = 0;
+        while (done < n) {
+            size_t k = n - done < READ_CHUNK_ELEMS ? n - done : READ_CHUNK_ELEMS;
+            if (pread_all(st->fd, half, k * 2, t->offset + 2 * (uint64_t)done) != 0)
+                break;
+            if (t->dtype == ST_F16)
+                f16_to_f32_run(dst + done, half, k);
+            else
+                bf16_to_f32_run(dst + done, half, k);
+            done += k;
+        }
+        free(half);
+        if (done == n)
+            return 0;
+    }
+    /* The file changed since it was opened: shorter now, or unreadable. */
+    return lr_error_set(err, LR_EIO, "%s: tensor '%s': cannot read: %s", st->path, nm,
+                        errno ? strerror(errno) : "the file is shorter than when it was opened");
 }
 
 /* ---- writing ---- */

@@ -35,15 +35,22 @@ static void write_bytes(const char *path, const void *bytes, size_t len)
 }
 
 /* Opens path expecting failure; the message must contain want and the file name. */
+/* Opens path expecting failure, mapped and unmapped alike (one parser behind both); the
+ * message must contain want and the file name. */
 static void expect_refused(const char *path, const char *file, int code, const char *want)
 {
-    lr_error e = {0};
-    safetensors *st = safetensors_open(path, &e);
-    ck_assert_msg(st == NULL, "%s: opened, expected refusal with '%s'", file, want);
-    safetensors_close(st);
-    ck_assert_msg(strstr(e.msg, want) != NULL, "%s: message '%s' lacks '%s'", file, e.msg, want);
-    ck_assert_msg(strstr(e.msg, file) != NULL, "message '%s' does not name %s", e.msg, file);
-    ck_assert_int_eq(e.code, code);
+    for (int unmapped = 0; unmapped < 2; unmapped++) {
+        lr_error e = {0};
+        safetensors *st = unmapped ? safetensors_open_unmapped(path, &e)
+                                   : safetensors_open(path, &e);
+        ck_assert_msg(st == NULL, "%s: opened (%s), expected refusal with '%s'", file,
+                      unmapped ? "unmapped" : "mapped", want);
+        safetensors_close(st);
+        ck_assert_msg(strstr(e.msg, want) != NULL, "%s: message '%s' lacks '%s'", file, e.msg,
+                      want);
+        ck_assert_msg(strstr(e.msg, file) != NULL, "message '%s' does not name %s", e.msg, file);
+        ck_assert_int_eq(e.code, code);
+    }
 }
 
 static int file_exists(const char *path)
@@ -363,6 +370,88 @@ START_TEST(test_tensor_to_f32_refuses_i32_naming_dtype)
     ck_assert_int_eq(st_tensor_to_f32(t, out, &e), LR_ENOTSUP);
     ck_assert_int_eq(e.code, LR_ENOTSUP);
     ck_assert_msg(strstr(e.msg, "I32") && strstr(e.msg, "'ids'"), "%s", e.msg);
+    safetensors_close(st);
+}
+END_TEST
+
+/* st_tensor_read_f32 on a file opened unmapped gives exactly what the mapped file's
+ * st_tensor_to_f32 gives: F32, F16 and BF16 tensors at odd offsets, and BF16/F16 tensors
+ * longer than one read chunk (16384 elements) with a partial last chunk. */
+START_TEST(test_unmapped_reads_equal_mapped_conversions)
+{
+    char path[512];
+    path_in(path, sizeof path, "unmapped.safetensors");
+    enum { NB = 40000, NH = 16385, NF = 7 };
+    size_t off_f = 1, off_b = off_f + 4 * NF, off_h = off_b + 2 * NB, len = off_h + 2 * NH;
+    char hdr[512];
+    snprintf(hdr, sizeof hdr,
+             "{\"pad\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+             "\"f\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]},"
+             "\"b\":{\"dtype\":\"BF16\",\"shape\":[8,%d],\"data_offsets\":[%zu,%zu]},"
+             "\"h\":{\"dtype\":\"F16\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}}",
+             NF, off_f, off_b, NB / 8, off_b, off_h, NH, off_h, len);
+    unsigned char *data = malloc(len);
+    uint32_t rng = 99;
+    for (size_t i = 0; i < len; i++) {
+        rng = rng * 1664525u + 1013904223u;
+        data[i] = (unsigned char)(rng >> 24);
+    }
+    testutil_write_safetensors_raw(path, hdr, strlen(hdr), data, len);
+    free(data);
+    lr_error e = {0};
+    safetensors *mp = safetensors_open(path, &e);
+    ck_assert_msg(mp != NULL, "%s", e.msg);
+    safetensors *un = safetensors_open_unmapped(path, &e);
+    ck_assert_msg(un != NULL, "%s", e.msg);
+    ck_assert_int_eq(safetensors_count(un), 4);
+    const char *names[] = {"f", "b", "h"};
+    float *want = malloc(NB * sizeof *want), *got = malloc(NB * sizeof *got);
+    for (int k = 0; k < 3; k++) {
+        const st_tensor *tm = safetensors_find(mp, names[k]), *tu = safetensors_find(un, names[k]);
+        ck_assert_ptr_nonnull(tu);
+        ck_assert_ptr_null(tu->data);
+        ck_assert_uint_eq(tu->offset, tm->offset);
+        ck_assert_int_eq(tu->numel, tm->numel);
+        ck_assert_int_eq(st_tensor_to_f32(tm, want, &e), 0);
+        memset(got, 0xA5, NB * sizeof *got);
+        ck_assert_msg(st_tensor_read_f32(un, tu, got, &e) == 0, "%s", e.msg);
+        ck_assert_msg(memcmp(want, got, (size_t)tm->numel * sizeof *got) == 0, "tensor %s",
+                      names[k]);
+        /* the mapped file reads through the same call */
+        memset(got, 0xA5, NB * sizeof *got);
+        ck_assert_int_eq(st_tensor_read_f32(mp, tm, got, &e), 0);
+        ck_assert(memcmp(want, got, (size_t)tm->numel * sizeof *got) == 0);
+    }
+    /* st_tensor_to_f32 has no data to convert in an unmapped file: an error, not a crash */
+    ck_assert_int_eq(st_tensor_to_f32(safetensors_find(un, "f"), got, &e), LR_EINVAL);
+    free(want);
+    free(got);
+    safetensors_close(mp);
+    safetensors_close(un);
+}
+END_TEST
+
+/* A file that shrinks after it was opened unmapped: each tensor past the new end is an
+ * I/O error naming the file and the tensor (a mapped file would raise SIGBUS); tensors
+ * still inside read as before. */
+START_TEST(test_unmapped_file_truncated_after_open_is_an_error)
+{
+    char path[512];
+    path_in(path, sizeof path, "shrinks.safetensors");
+    float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
+    st_write_tensor ts[] = {{"a", 1, {4}, a, 0}, {"b", 1, {4}, b, 0}};
+    lr_error e = {0};
+    ck_assert_int_eq(safetensors_write(path, ts, 2, NULL, &e), 0);
+    safetensors *st = safetensors_open_unmapped(path, &e);
+    ck_assert_msg(st != NULL, "%s", e.msg);
+    const st_tensor *tb = safetensors_find(st, "b");
+    ck_assert_int_eq(truncate(path, (off_t)(tb->offset + 6)), 0);  /* cuts b short */
+    float out[4];
+    ck_assert_int_eq(st_tensor_read_f32(st, safetensors_find(st, "a"), out, &e), 0);
+    ck_assert_float_eq(out[3], 4.0f);
+    ck_assert_int_eq(st_tensor_read_f32(st, tb, out, &e), LR_EIO);
+    ck_assert_msg(strstr(e.msg, "tensor 'b'") && strstr(e.msg, "shrinks.safetensors") &&
+                  strstr(e.msg, "shorter than when it was opened"), "%s", e.msg);
     safetensors_close(st);
 }
 END_TEST
@@ -814,15 +903,22 @@ START_TEST(test_truncated_and_corrupted_files_never_crash)
         }
         write_bytes(path, buf, len);
         safetensors *st = safetensors_open(path, &e);
+        safetensors *un = safetensors_open_unmapped(path, &e);
+        ck_assert_int_eq(st != NULL, un != NULL);  /* one parser behind both */
         if (st) {
-            float out[8];
+            float out[8], out2[8];
             for (int i = 0; i < safetensors_count(st); i++) {
                 const st_tensor *t = safetensors_at(st, i);
-                if (t->numel <= 8)
-                    st_tensor_to_f32(t, out, &e);
+                if (t->numel <= 8) {
+                    int rc = st_tensor_to_f32(t, out, &e);
+                    ck_assert_int_eq(st_tensor_read_f32(un, safetensors_at(un, i), out2, &e),
+                                     rc);
+                    ck_assert(rc != 0 || memcmp(out, out2, (size_t)t->numel * 4) == 0);
+                }
             }
         }
         safetensors_close(st);
+        safetensors_close(un);
     }
 }
 END_TEST
@@ -841,6 +937,8 @@ static Suite *safetensors_suite(void)
     tcase_add_test(core, test_bf16_known_bit_patterns);
     tcase_add_test(core, test_tensor_to_f32_converts_f16_bf16_from_file_unaligned);
     tcase_add_test(core, test_tensor_to_f32_refuses_i32_naming_dtype);
+    tcase_add_test(core, test_unmapped_reads_equal_mapped_conversions);
+    tcase_add_test(core, test_unmapped_file_truncated_after_open_is_an_error);
     tcase_add_test(core, test_write_into_missing_directory_fails_and_leaves_nothing);
     tcase_add_test(core, test_write_rejects_bad_inputs_and_leaves_nothing);
     tcase_add_test(core, test_write_refuses_taken_temp_name_and_keeps_it);

@@ -9,6 +9,7 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,6 +22,16 @@
  * a whole step and sleep only when the engine has been idle this long. Nothing else
  * needs the cores meanwhile: OpenBLAS runs single-threaded, on these same workers. */
 #define POOL_SPIN_NS 300000L
+/* How long a waiting thread (a worker between jobs, the owner waiting for the tasks
+ * others claimed) polls with PAUSE alone before it polls with sched_yield between looks.
+ * Jobs of a step follow each other within a few microseconds, so this covers the common
+ * wait. Past it, the thread being waited for may be runnable on this very CPU — another
+ * process (an upload, a client) holds the other one and the scheduler has put both pool
+ * threads here: without a yield, the waiter's spin takes the CPU from the thread it waits
+ * for until a time slice ends. On the 2-vCPU guest, during an adapter upload, the
+ * worker's 300 µs spin per job then made steps 50-70% slower (perf sched: the two pool
+ * threads alternating on one CPU, each job costing one whole spin). */
+#define POOL_PAUSE_NS 20000L
 #if defined(__x86_64__) || defined(__i386__)
 #define POOL_PAUSE() __builtin_ia32_pause()
 #else
@@ -69,12 +80,28 @@ static void run_tasks(pool *p, uint32_t gen, int thread)
     }
 }
 
-/* Whether POOL_SPIN_NS have passed since t0. */
-static int spun_out(const struct timespec *t0)
+static long ns_since(const struct timespec *t0)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
-    return (t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec) >= POOL_SPIN_NS;
+    return (t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec);
+}
+
+/* One look of a wait that began at t0 (*spins counts the looks): PAUSE, and every 64th
+ * look a clock read; past POOL_PAUSE_NS, sched_yield instead of PAUSE at those looks.
+ * Returns 1 once POOL_SPIN_NS have passed (the caller may then sleep). */
+static int wait_a_little(const struct timespec *t0, int *spins)
+{
+    if (++*spins % 64 != 0) {
+        POOL_PAUSE();
+        return 0;
+    }
+    long ns = ns_since(t0);
+    if (ns >= POOL_SPIN_NS)
+        return 1;
+    if (ns >= POOL_PAUSE_NS)
+        sched_yield();
+    return 0;
 }
 
 static void *worker(void *arg)
@@ -92,10 +119,8 @@ static void *worker(void *arg)
         while ((g = (uint32_t)(atomic_load_explicit(&p->claim, memory_order_acquire) >> 32)) ==
                    seen &&
                !atomic_load(&p->quit)) {
-            if (++spins % 64 != 0 || !spun_out(&t0)) {
-                POOL_PAUSE();
+            if (!wait_a_little(&t0, &spins))
                 continue;
-            }
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
             p->naps++;
@@ -225,7 +250,13 @@ void pool_run(pool *p, pool_fn fn, void *ctx, int n_tasks)
             pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
         run_tasks(p, gen, 0);
-        while (atomic_load_explicit(&p->finished, memory_order_acquire) < n)
-            POOL_PAUSE();
+        if (atomic_load_explicit(&p->finished, memory_order_acquire) < n) {
+            /* a worker is still on a task it claimed (never sleeps: spun_out is ignored) */
+            struct timespec t0;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            int spins = 0;
+            while (atomic_load_explicit(&p->finished, memory_order_acquire) < n)
+                wait_a_little(&t0, &spins);
+        }
     }
 }

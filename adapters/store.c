@@ -111,12 +111,6 @@ struct store_upload {
     size_t size[2];
     size_t flushed[2];    /* bytes whose write-back has been started */
     hash64 hash[2];       /* of each file (parts may arrive in either order) */
-    /* store_upload_sync_start: the fsyncs of the files and the temporary directory on a
-     * thread of their own, joined by commit or abort; sync_rc/sync_err are its result */
-    pthread_t syncer;
-    int syncing;
-    int sync_rc;
-    lr_error sync_err;
 };
 
 /* Write-back is started every this many bytes while an upload streams in, so the fsync
@@ -270,43 +264,6 @@ uint64_t store_upload_version(const store_upload *u)
     return combine(u->hash);
 }
 
-/* Both files and the temporary directory to disk: 0, or negative + err. */
-static int sync_files(store_upload *u, lr_error *err)
-{
-    for (int i = 0; i < 2; i++)
-        if (u->fd[i] < 0 || fsync(u->fd[i]) != 0)
-            return lr_error_set(err, u->fd[i] < 0 ? LR_EIO : disk_error(errno), "%s: %s",
-                                store_file_names[i], u->fd[i] < 0 ? "missing" : strerror(errno));
-    if (fsync_path(u->tmp) != 0)
-        return lr_error_set(err, disk_error(errno), "fsync %s: %s", u->tmp, strerror(errno));
-    return 0;
-}
-
-static void *syncer_main(void *arg)
-{
-    store_upload *u = arg;
-    u->sync_rc = sync_files(u, &u->sync_err);
-    return NULL;
-}
-
-void store_upload_sync_start(store_upload *u)
-{
-    if (u && !u->syncing && pthread_create(&u->syncer, NULL, syncer_main, u) == 0)
-        u->syncing = 1;
-}
-
-/* Waits for store_upload_sync_start's thread, if any; its result, or -1 without one. */
-static int sync_join(store_upload *u, lr_error *err)
-{
-    if (!u->syncing)
-        return -1;
-    pthread_join(u->syncer, NULL);
-    u->syncing = 0;
-    if (u->sync_rc && err)
-        *err = u->sync_err;
-    return u->sync_rc;
-}
-
 static void close_files(store_upload *u)
 {
     for (int i = 0; i < 2; i++)
@@ -320,7 +277,6 @@ void store_upload_abort(store_upload *u)
 {
     if (!u)
         return;
-    sync_join(u, NULL);
     close_files(u);
     remove_tree(u->tmp);
     free(u);
@@ -328,10 +284,14 @@ void store_upload_abort(store_upload *u)
 
 int store_upload_commit(store_upload *u, const char *name, int replace, lr_error *err)
 {
-    int rc = sync_join(u, err);
-    if (rc == -1)   /* not started: here */
-        rc = sync_files(u, err);
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++)
+        if (u->fd[i] < 0 || fsync(u->fd[i]) != 0)
+            rc = lr_error_set(err, u->fd[i] < 0 ? LR_EIO : disk_error(errno), "%s: %s",
+                              store_file_names[i], u->fd[i] < 0 ? "missing" : strerror(errno));
     close_files(u);
+    if (!rc && fsync_path(u->tmp) != 0)
+        rc = lr_error_set(err, disk_error(errno), "fsync %s: %s", u->tmp, strerror(errno));
     char dst[4096 + 128];
     snprintf(dst, sizeof dst, "%s/%s", u->store, name);
     if (!rc) {

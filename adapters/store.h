@@ -42,15 +42,6 @@ const char *store_upload_dir(const store_upload *u);
 /* The content hash of what was written (both files). */
 uint64_t store_upload_version(const store_upload *u);
 
-/* Starts the fsyncs of both files and the temporary directory on a thread of their own,
- * once nothing more will be written: they then overlap what the caller does before
- * store_upload_commit (validating the adapter), which waits for them and reports their
- * errors. On ext4 the first fsync writes whatever of the files is still dirty and commits
- * the journal: ~12 ms of a 19.6 MB adapter's ~15 ms commit on the 2-vCPU guest, which
- * the ~10 ms of validation now hide. Without a thread (pthread_create failed) commit
- * fsyncs as before. */
-void store_upload_sync_start(store_upload *u);
-
 /* Makes the upload the adapter `name`: fsyncs the files and the temporary directory,
  * renames it into place and fsyncs the store. If name exists: LR_EEXIST unless replace,
  * in which case the old directory is swapped out atomically and removed. Frees u in every

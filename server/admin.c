@@ -359,8 +359,6 @@ void admin_upload_finish(app *a, admin_upload *u, api_reply *out)
             admin_upload_free(u);
             return;
         }
-    /* To disk while it is validated (store_upload_sync_start); published after both. */
-    store_upload_sync_start(u->up);
     /* Validated against the base before anything is published. */
     lr_error err = {0};
     peft_options po = peft_options_default();

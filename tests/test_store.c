@@ -67,19 +67,9 @@ static char *read_all(const char *name, int file, size_t *len)
     return buf;
 }
 
-/* Uploads config/weights in pieces of `chunk` bytes, the fsyncs started in the
- * background before commit when sync is set; returns the version. */
-static uint64_t put_synced(const char *name, const char *config, const char *weights,
-                           size_t chunk, int replace, int sync, int *rc);
-
+/* Uploads config/weights in pieces of `chunk` bytes; returns the version. */
 static uint64_t put(const char *name, const char *config, const char *weights, size_t chunk,
                     int replace, int *rc)
-{
-    return put_synced(name, config, weights, chunk, replace, 0, rc);
-}
-
-static uint64_t put_synced(const char *name, const char *config, const char *weights,
-                           size_t chunk, int replace, int sync, int *rc)
 {
     lr_error err = {0};
     store_upload *u = store_upload_begin(dir, &err);
@@ -90,10 +80,6 @@ static uint64_t put_synced(const char *name, const char *config, const char *wei
             ck_assert_int_eq(store_upload_write(u, f, parts[f] + off,
                                                 n - off < chunk ? n - off : chunk, &err), 0);
     uint64_t v = store_upload_version(u);
-    if (sync) {
-        store_upload_sync_start(u);
-        store_upload_sync_start(u);   /* a second call changes nothing */
-    }
     *rc = store_upload_commit(u, name, replace, &err);
     return v;
 }
@@ -114,43 +100,6 @@ START_TEST(test_commit_publishes_both_files_and_nothing_else)
     ck_assert(v != 0);
     ck_assert_msg(store_version(dir, "a") == v, "the hash of the files on disk differs from "
                   "the hash of the uploaded bytes");
-}
-END_TEST
-
-/* With the fsyncs started in the background (store_upload_sync_start) an upload commits
- * exactly as without, replace included; errors found by the background thread reach
- * commit's caller, and abort waits for the thread before it removes the files. */
-START_TEST(test_background_sync_commits_replaces_fails_and_aborts_alike)
-{
-    int rc;
-    uint64_t v = put_synced("a", "{\"r\": 4}", "WEIGHTS-1", 4, 0, 1, &rc);
-    ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(entries(), 1);
-    ck_assert(store_version(dir, "a") == v);
-    v = put_synced("a", "{\"r\": 8}", "WEIGHTS-22", 5, 1, 1, &rc);
-    ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(entries(), 1);
-    ck_assert(store_version(dir, "a") == v);
-    size_t n;
-    char *c = read_all("a", 1, &n);
-    ck_assert(c && n == 10 && memcmp(c, "WEIGHTS-22", 10) == 0);
-    free(c);
-
-    lr_error err = {0};
-    store_upload *u = store_upload_begin(dir, &err);   /* the weights never written */
-    ck_assert_int_eq(store_upload_write(u, STORE_CONFIG, "{}", 2, &err), 0);
-    store_upload_sync_start(u);
-    ck_assert_int_ne(store_upload_commit(u, "b", 0, &err), 0);
-    ck_assert_msg(strstr(err.msg, "adapter_model.safetensors") && strstr(err.msg, "missing"),
-                  "message: %s", err.msg);
-    ck_assert_int_eq(entries(), 1);
-
-    u = store_upload_begin(dir, &err);
-    for (int f = 0; f < 2; f++)
-        ck_assert_int_eq(store_upload_write(u, f, "xyz", 3, &err), 0);
-    store_upload_sync_start(u);
-    store_upload_abort(u);
-    ck_assert_int_eq(entries(), 1);   /* only "a" */
 }
 END_TEST
 
@@ -278,7 +227,6 @@ static Suite *store_suite(void)
     tcase_add_test(core, test_hash_does_not_depend_on_chunking_and_sees_every_byte);
     tcase_add_test(core, test_existing_name_is_refused_unless_replace_which_swaps_whole);
     tcase_add_test(core, test_copy_in_reproduces_the_files_and_their_version);
-    tcase_add_test(core, test_background_sync_commits_replaces_fails_and_aborts_alike);
     suite_add_tcase(s, core);
     TCase *lim = tcase_create("limits");
     tcase_add_checked_fixture(lim, setup, teardown);

@@ -2,7 +2,9 @@
  * with a message naming the file, or every tensor it lists agrees with an independent
  * reading of the header: the named byte range, shape × dtype size == bytes, ranges inside
  * the data section and not overlapping, lookup by name, metadata, and F32/F16/BF16
- * tensors convert (other dtypes are refused as unsupported). */
+ * tensors convert (other dtypes are refused as unsupported). safetensors_open_unmapped
+ * decides the same, lists the same tensors at the same file offsets, and reads each into
+ * the same floats as the mapped conversion. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,7 +23,8 @@ static uint64_t le64(const uint8_t *p)
 }
 
 static void check_tensor(const safetensors *st, const st_tensor *t, json_t *entry,
-                         const uint8_t *body, size_t body_len)
+                         const uint8_t *body, size_t body_len, const safetensors *un,
+                         uint64_t body_offset)
 {
     FUZZ_CHECK(t->name && safetensors_find(st, t->name) == t, "lookup of '%s'", t->name);
     FUZZ_CHECK(json_is_object(entry), "'%s' is listed but not an object in the header",
@@ -53,11 +56,24 @@ static void check_tensor(const safetensors *st, const st_tensor *t, json_t *entr
                (long long)e, body_len);
     FUZZ_CHECK(t->nbytes == 0 || memcmp(t->data, body + b, t->nbytes) == 0,
                "'%s' data is not the bytes of its range", t->name);
+    const st_tensor *tu = safetensors_find(un, t->name);
+    FUZZ_CHECK(tu && tu->data == NULL && tu->dtype == t->dtype && tu->numel == t->numel &&
+               tu->nbytes == t->nbytes && t->offset == body_offset + (uint64_t)b &&
+               tu->offset == t->offset, "'%s' unmapped differs (offset %llu, mapped %llu)",
+               t->name, tu ? (unsigned long long)tu->offset : 0ULL,
+               (unsigned long long)t->offset);
 
     if (t->numel <= (1 << 16)) {
         float *dst = malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
         lr_error err = {0};
         int rc = st_tensor_to_f32(t, dst, &err);
+        float *dst2 = malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
+        lr_error err2 = {0};
+        int rc2 = st_tensor_read_f32(un, tu, dst2, &err2);
+        FUZZ_CHECK(rc2 == rc && (rc || t->numel == 0 ||
+                                 memcmp(dst, dst2, sizeof(float) * (size_t)t->numel) == 0),
+                   "'%s' unmapped read: rc %d vs %d, or other floats", t->name, rc2, rc);
+        free(dst2);
         if (t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) {
             FUZZ_CHECK(rc == 0, "'%s' conversion failed: %s", t->name, err.msg);
             for (int64_t i = 0; i < t->numel && t->dtype == ST_F32; i++) {
@@ -82,9 +98,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_write(dir, "t.safetensors", data, size);
     snprintf(path, sizeof path, "%s/t.safetensors", dir);
 
-    lr_error err = {0};
+    lr_error err = {0}, err_un = {0};
     safetensors *st = safetensors_open(path, &err);
+    safetensors *un = safetensors_open_unmapped(path, &err_un);
+    FUZZ_CHECK(!st == !un, "mapped %s, unmapped %s", st ? "opened" : "refused",
+               un ? "opened" : "refused");
     if (!st) {
+        FUZZ_CHECK(err_un.code == err.code && strcmp(err_un.msg, err.msg) == 0,
+                   "refused differently: '%s' vs '%s'", err.msg, err_un.msg);
         fuzz_check_error(err.code, &err);
         FUZZ_CHECK(strstr(err.msg, "t.safetensors"), "message does not name the file: '%s'",
                    err.msg);
@@ -104,7 +125,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(n >= 0 && (size_t)n == listed, "%d tensors, header lists %zu", n, listed);
     for (int i = 0; i < n; i++) {
         const st_tensor *t = safetensors_at(st, i);
-        check_tensor(st, t, json_object_get(root, t->name), body, body_len);
+        check_tensor(st, t, json_object_get(root, t->name), body, body_len, un, 8 + hl);
         /* no two non-empty ranges overlap */
         for (int j = 0; j < i; j++) {
             const st_tensor *u = safetensors_at(st, j);
@@ -124,5 +145,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(safetensors_find(st, "\x01no such tensor") == NULL, "found a missing name");
     json_decref(root);
     safetensors_close(st);
+    safetensors_close(un);
     return 0;
 }

@@ -28,9 +28,10 @@
  * wait. Past it, the thread being waited for may be runnable on this very CPU — another
  * process (an upload, a client) holds the other one and the scheduler has put both pool
  * threads here: without a yield, the waiter's spin takes the CPU from the thread it waits
- * for until a time slice ends. On the 2-vCPU guest, during an adapter upload, the
- * worker's 300 µs spin per job then made steps 50-70% slower (perf sched: the two pool
- * threads alternating on one CPU, each job costing one whole spin). */
+ * for until a time slice ends. perf sched on the 2-vCPU guest, during an adapter upload
+ * and during a prefill after idle, showed exactly that for milliseconds at a time: the
+ * two pool threads alternating on one CPU, the woken worker preempting the engine thread
+ * and then spinning its whole 300 µs for the next job, every job. */
 #define POOL_PAUSE_NS 20000L
 #if defined(__x86_64__) || defined(__i386__)
 #define POOL_PAUSE() __builtin_ia32_pause()
@@ -88,8 +89,9 @@ static long ns_since(const struct timespec *t0)
 }
 
 /* One look of a wait that began at t0 (*spins counts the looks): PAUSE, and every 64th
- * look a clock read; past POOL_PAUSE_NS, sched_yield instead of PAUSE at those looks.
- * Returns 1 once POOL_SPIN_NS have passed (the caller may then sleep). */
+ * look a clock read; past POOL_PAUSE_NS, sched_yield instead of PAUSE at those looks, for
+ * as long as the wait lasts. Returns 1 once POOL_SPIN_NS have passed (a worker then
+ * sleeps; the owner, waiting for claimed tasks, goes on looking). */
 static int wait_a_little(const struct timespec *t0, int *spins)
 {
     if (++*spins % 64 != 0) {
@@ -97,11 +99,9 @@ static int wait_a_little(const struct timespec *t0, int *spins)
         return 0;
     }
     long ns = ns_since(t0);
-    if (ns >= POOL_SPIN_NS)
-        return 1;
     if (ns >= POOL_PAUSE_NS)
         sched_yield();
-    return 0;
+    return ns >= POOL_SPIN_NS;
 }
 
 static void *worker(void *arg)
@@ -251,7 +251,7 @@ void pool_run(pool *p, pool_fn fn, void *ctx, int n_tasks)
         pthread_mutex_unlock(&p->mu);
         run_tasks(p, gen, 0);
         if (atomic_load_explicit(&p->finished, memory_order_acquire) < n) {
-            /* a worker is still on a task it claimed (never sleeps: spun_out is ignored) */
+            /* a worker is still on a task it claimed: wait, yielding, however long */
             struct timespec t0;
             clock_gettime(CLOCK_MONOTONIC, &t0);
             int spins = 0;

@@ -444,7 +444,7 @@ static safetensors *open_file(const char *path, int mapped, lr_error *err)
     int fd = -1;
     json_t *root = NULL;
     safetensors *st = NULL;
-    unsigned char *head = NULL;   /* unmapped: the length and header, read */
+    unsigned char *head = NULL;   /* unmapped: the header, read */
 
     if (!path) {
         lr_error_set(err, LR_EINVAL, "safetensors_open: path is NULL");
@@ -487,8 +487,8 @@ static safetensors *open_file(const char *path, int mapped, lr_error *err)
                   (unsigned long long)fsize);
         goto fail;
     }
-    const unsigned char *bytes;   /* the file from its start: mapped, or the head read */
-    unsigned char len8[8];
+    const unsigned char *len8;    /* the header length: the mapping's first 8 bytes, or read */
+    unsigned char len_read[8];
     if (mapped) {
         st->map_len = (size_t)fsize;
         /* Files up to ST_POPULATE_BYTES (small models) are mapped whole at once: their
@@ -504,18 +504,18 @@ static safetensors *open_file(const char *path, int mapped, lr_error *err)
         st->map = m;
         close(fd);
         fd = -1;
-        bytes = st->map;
+        len8 = st->map;
     } else {
-        if (pread_all(fd, len8, 8, 0) != 0) {
+        if (pread_all(fd, len_read, 8, 0) != 0) {
             fail_file(&c, LR_EIO, "cannot read: %s", errno ? strerror(errno) : "file shrank");
             goto fail;
         }
-        bytes = len8;
+        len8 = len_read;
     }
 
     uint64_t hlen = 0;
     for (int b = 7; b >= 0; b--)
-        hlen = (hlen << 8) | bytes[b];
+        hlen = (hlen << 8) | len8[b];
     if (hlen > ST_MAX_HEADER_BYTES) {
         fail_file(&c, LR_EINVAL, "header length %llu exceeds the %llu-byte limit "
                                  "(corrupt file or not safetensors?)",
@@ -529,20 +529,21 @@ static safetensors *open_file(const char *path, int mapped, lr_error *err)
         goto fail;
     }
 
+    const unsigned char *header = st->map ? st->map + 8 : NULL;
     if (!mapped) {
-        if (!(head = malloc((size_t)hlen + 8))) {
+        if (!(head = malloc(hlen ? (size_t)hlen : 1))) {
             fail_file(&c, LR_ENOMEM, "out of memory for a %llu-byte header",
                       (unsigned long long)hlen);
             goto fail;
         }
-        if (pread_all(fd, head, (size_t)hlen + 8, 0) != 0) {
+        if (pread_all(fd, head, (size_t)hlen, 8) != 0) {
             fail_file(&c, LR_EIO, "cannot read: %s", errno ? strerror(errno) : "file shrank");
             goto fail;
         }
-        bytes = head;
+        header = head;
     }
     json_error_t jerr;
-    root = json_loadb((const char *)bytes + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb((const char *)header, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         if (json_error_code(&jerr) == json_error_duplicate_key)
             fail_file(&c, LR_EINVAL, "header has a duplicate key: %s (at byte %d)",

@@ -15,6 +15,7 @@
 #include "core/blas.h"
 #include "core/engine.h"
 #include "core/model.h"
+#include "core/pool.h"
 #include "core/smallmm.h"
 #include "bench/benchutil.h"
 
@@ -34,6 +35,98 @@ static int run_one(engine *e, const int *prompt, int n_prompt, int max_tokens,
     *prefill_s = t.t_first - t0;
     *decode_tps = t.n > 1 ? (t.n - 1) / (t.t_last - t.t_first) : 0;
     return 0;
+}
+
+/* The products of one decode step alone (one row of X; no attention, norms or sampling),
+ * on a pool of 2 threads: as decode issues them — per layer one pass for q/k/v, one for
+ * o, one for gate/up, one for down, then lm_head: 4 · layers + 1 passes — and the same
+ * products in 2 passes (all those reading a hidden-sized input, then every down). The
+ * difference per extra pass is the fixed cost of a pass (dispatch, the tasks' claims,
+ * each task starting on cold memory, the wait for the last one), which a precision with
+ * fewer bytes does not shrink. */
+static void products_alone(model *const *m, const wt_type *types, int nw, int reps)
+{
+    const model_config *c = &m[0]->cfg;
+    int L = c->n_layers, H = c->hidden, I = c->intermediate;
+    pool *p = pool_create(2, NULL);
+    size_t n_jobs = (size_t)7 * L + 1;
+    smallmm_xmt *jobs = calloc(n_jobs, sizeof *jobs);
+    int *in = calloc(n_jobs, sizeof *in), *pass = calloc(n_jobs, sizeof *pass);
+    float *x = calloc((size_t)I, sizeof *x);
+    size_t ycap = (size_t)c->vocab_size + (size_t)L * (4 * (size_t)H + 2 * (size_t)I + 2 * (size_t)H);
+    float *y = calloc(ycap, sizeof *y);
+    if (!p || !jobs || !in || !pass || !x || !y) {
+        fprintf(stderr, "bench_weights: out of memory\n");
+        exit(1);
+    }
+    for (int i = 0; i < I; i++)
+        x[i] = (float)((i * 37) % 17 - 8) / 8.0f;
+    static const int group[PROJ_COUNT] = {[PROJ_Q] = 0, [PROJ_K] = 0, [PROJ_V] = 0,
+                                          [PROJ_O] = 1, [PROJ_GATE] = 2, [PROJ_UP] = 2,
+                                          [PROJ_DOWN] = 3};
+    printf("\nproducts alone (one row, 2 threads; %d passes as decode issues them, then the "
+           "same products in 2)\n", 4 * L + 1);
+    printf("%-7s %9s %14s %9s %14s %9s %12s\n", "weights", "MB", "decode's ms", "GB/s",
+           "2 passes ms", "GB/s", "us per pass");
+    for (int k = 0; k < nw; k++) {
+        size_t n = 0, yo = 0;
+        double mb = 0;
+        for (int l = 0; l < L; l++)
+            for (int q = 0; q < PROJ_COUNT; q++) {
+                int rows, cols;
+                model_config_proj_shape(c, (model_proj)q, &rows, &cols);
+                jobs[n] = (smallmm_xmt){x, 1, m[k]->layers[l].w[q], rows, y + yo, rows};
+                in[n] = cols;
+                pass[n] = 4 * l + group[q];
+                yo += (size_t)rows;
+                mb += wtensor_arena_bytes(types[k], rows, cols) / 1e6;
+                n++;
+            }
+        jobs[n] = (smallmm_xmt){x, 1, m[k]->lm_head, c->vocab_size, y + yo, c->vocab_size};
+        in[n] = H;
+        pass[n] = 4 * L;
+        mb += wtensor_arena_bytes(types[k], c->vocab_size, H) / 1e6;
+        n++;
+        /* the 2-pass order: every hidden-input product, then every down */
+        smallmm_xmt *two = calloc(n, sizeof *two);
+        size_t nh = 0;
+        for (size_t j = 0; j < n; j++)
+            if (in[j] == H)
+                two[nh++] = jobs[j];
+        for (size_t j = 0, nd = nh; j < n; j++)
+            if (in[j] != H)
+                two[nd++] = jobs[j];
+        double many[MAX_REPS], few[MAX_REPS];
+        for (int r = 0; r < reps + 1; r++) {
+            double t0 = now();
+            for (size_t j = 0; j < n;) {
+                size_t e = j;
+                while (e < n && pass[e] == pass[j])
+                    e++;
+                smallmm_xmt_run(p, in[j], jobs + j, (int)(e - j));
+                j = e;
+            }
+            double t1 = now();
+            smallmm_xmt_run(p, H, two, (int)nh);
+            smallmm_xmt_run(p, I, two + nh, (int)(n - nh));
+            double t2 = now();
+            if (r > 0) {  /* the first is a warm-up */
+                many[r - 1] = t1 - t0;
+                few[r - 1] = t2 - t1;
+            }
+        }
+        double tm = median(many, reps), tf = median(few, reps);
+        printf("%-7s %9.0f %14.2f %9.1f %14.2f %9.1f %12.2f\n", wtensor_type_name(types[k]), mb,
+               tm * 1e3, mb / tm / 1e3, tf * 1e3, mb / tf / 1e3,
+               (tm - tf) / (4 * L + 1 - 2) * 1e6);
+        free(two);
+    }
+    pool_free(p);
+    free(jobs);
+    free(in);
+    free(pass);
+    free(x);
+    free(y);
 }
 
 int main(int argc, char **argv)
@@ -127,6 +220,8 @@ int main(int argc, char **argv)
            "(%.0f%% / %.0f%% / %.0f%% of the f32 / bf16 / q8 base bytes)\n",
            ad->w->bytes / 1e6, 100.0 * ad->w->bytes / bytes[0],
            100.0 * ad->w->bytes / bytes[1], 100.0 * ad->w->bytes / bytes[2]);
+
+    products_alone(m, types, NW, reps);
 
     /* Decode per kernel family, base only, fewer repetitions. */
     printf("\n%-9s %12s %12s %12s   (decode tok/s, base)\n", "kernels", "f32", "bf16", "q8");

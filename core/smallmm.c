@@ -258,6 +258,21 @@ static const smallmm_kernels *kernels(void)
     return isas[smallmm_get_isa()].k;
 }
 
+/* Work (bytes of weights × rows of X, summed over a pass's products) per task of an X·Mᵀ
+ * pass: a pass takes between 1 and 8 tasks per thread, as many as its work fills. Every
+ * pass has a fixed cost — publishing it, each task's claim and completion (atomics on
+ * lines the other CPU holds), each task starting on memory nothing prefetched, the wait
+ * for the last task — about 8 µs on the 2-vCPU guest (bench_weights, "products alone":
+ * a token's products in decode's 121 passes against the same products in 2). With 8
+ * tasks per thread whatever the size, that cost took a quarter of a Q8 decode step
+ * (151 MB: 4.2 ms against 3.2) and a sixth of a BF16 one. With 256 KB per task (a
+ * one-row Q8 q/k/v pass takes 2 tasks, a gate/up pass 8, an F32 gate/up pass 16),
+ * alternated quick runs of bench_weights: decode Q8 184 / 195 → 220 / 230 tok/s, BF16
+ * 132 / 135 → 152 / 146, F32 83 / 87 → 91 / 90; 128 KB was between the two, 512 KB not
+ * clearly apart from 256. Products of many rows of X are compute-bound and keep 8 tasks
+ * per thread (the work counts each row). */
+#define SMALLMM_TASK_BYTES ((size_t)256 << 10)
+
 typedef struct {
     const smallmm_kernels *k;
     const smallmm_xmt *jobs;
@@ -429,11 +444,19 @@ static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in
 
 void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs)
 {
-    xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, p ? 8 * pool_threads(p) : 1, 0};
-    for (int k = 0; k < n_jobs; k++)
+    xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, 1, 0};
+    size_t bytes = 0;
+    for (int k = 0; k < n_jobs; k++) {
         ps.rows += jobs[k].rows;
+        bytes += wtensor_data_bytes(jobs[k].m.type, jobs[k].rows, in) * (size_t)jobs[k].n;
+    }
     if (ps.rows == 0)
         return;
+    if (p) {
+        int t = pool_threads(p);
+        size_t per = bytes / SMALLMM_TASK_BYTES / (size_t)t;
+        ps.n_tasks = t * (per < 1 ? 1 : per > 8 ? 8 : (int)per);
+    }
     /* X in the order each job's tiles read, prepared here once per product rather than in
      * each task — once for all the jobs that share one X (q, k and v; a group's adapters),
      * for the two kinds that need it. Without memory the dot-product tiles read X as it

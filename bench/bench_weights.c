@@ -89,6 +89,10 @@ static void products_alone(model *const *m, const wt_type *types, int nw, int re
         n++;
         /* the 2-pass order: every hidden-input product, then every down */
         smallmm_xmt *two = calloc(n, sizeof *two);
+        if (!two) {
+            fprintf(stderr, "bench_weights: out of memory\n");
+            exit(1);
+        }
         size_t nh = 0;
         for (size_t j = 0; j < n; j++)
             if (in[j] == H)

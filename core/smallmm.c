@@ -266,7 +266,7 @@ static const smallmm_kernels *kernels(void)
  * a token's products in decode's 121 passes against the same products in 2). With 8
  * tasks per thread whatever the size, that cost took a quarter of a Q8 decode step
  * (151 MB: 4.2 ms against 3.2) and a sixth of a BF16 one. With 256 KB per task (a
- * one-row Q8 q/k/v pass takes 2 tasks, a gate/up pass 8, an F32 gate/up pass 16),
+ * one-row Q8 q/k/v pass takes 2 tasks, a gate/up pass 6, an F32 gate/up pass 16),
  * alternated quick runs of bench_weights: decode Q8 184 / 195 → 220 / 230 tok/s, BF16
  * 132 / 135 → 152 / 146, F32 83 / 87 → 91 / 90; 128 KB was between the two, 512 KB not
  * clearly apart from 256. Products of many rows of X are compute-bound and keep 8 tasks

@@ -34,7 +34,6 @@ static void write_bytes(const char *path, const void *bytes, size_t len)
     ck_assert_int_eq(fclose(f), 0);
 }
 
-/* Opens path expecting failure; the message must contain want and the file name. */
 /* Opens path expecting failure, mapped and unmapped alike (one parser behind both); the
  * message must contain want and the file name. */
 static void expect_refused(const char *path, const char *file, int code, const char *want)

@@ -189,6 +189,7 @@ static wt_type held_type(const model *m, const model_tensor *mt)
 /* Rows converted per step when the precision changes (an F32 staging buffer this size
  * instead of a whole embedding matrix: 2 GB for a 128k vocabulary). */
 #define CONVERT_ROWS 256
+_Static_assert(CONVERT_ROWS % WT_Q8_PANEL == 0, "a step of rows starts a Q8 panel");
 
 /* Copies a checked tensor into the arena at dst in the precision it is held in. stage:
  * CONVERT_ROWS · cols floats, for a change of precision. */
@@ -216,7 +217,8 @@ static int materialize(const model *m, const st_tensor *t, model_tensor *mt, cha
             return -1;
         wtensor_from_f32(type, stage, n, cols,
                          dst + wtensor_data_bytes(type, r0, cols),
-                         scale ? scale + (size_t)r0 * wtensor_q8_blocks(cols) : NULL);
+                         scale ? scale + wtensor_scale_bytes(type, r0, cols) / sizeof(float)
+                               : NULL);
     }
     return 0;
 }

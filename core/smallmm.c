@@ -99,6 +99,7 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
 #define KBC2(p) ((vf_avx512)_mm512_castpd_ps(_mm512_set1_pd(*(const double_u *)(p))))
+#define KBC4(p) ((vf_avx512)_mm512_broadcast_f32x4(_mm_loadu_ps(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 
@@ -116,6 +117,7 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
 #define KBC2(p) ((vf_avx512bf16)_mm512_castpd_ps(_mm512_set1_pd(*(const double_u *)(p))))
+#define KBC4(p) ((vf_avx512bf16)_mm512_broadcast_f32x4(_mm_loadu_ps(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 
@@ -132,6 +134,7 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define KQ8(m, d) ((vf_avx2)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                      \
     _mm_loadl_epi64((const __m128i *)((const int8_t *)(m) + (d))))))
 #define KBC2(p) ((vf_avx2)_mm256_castpd_ps(_mm256_broadcast_sd((const double *)(p))))
+#define KBC4(p) ((vf_avx2)_mm256_broadcast_ps((const __m128 *)(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
 #endif
@@ -149,6 +152,12 @@ static inline vf8_portable q8_portable(const int8_t *q)
     return (vf8_portable){q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
 }
 
+/* p[0..3] twice. */
+static inline vf8_portable bc4_portable(const float *p)
+{
+    return (vf8_portable){p[0], p[1], p[2], p[3], p[0], p[1], p[2], p[3]};
+}
+
 #define KSUF portable
 #define VL 8
 #define TI 2
@@ -158,6 +167,7 @@ static inline vf8_portable q8_portable(const int8_t *q)
 #define OJ3 4
 #define KQ8(m, d) q8_portable((const int8_t *)(m) + (d))
 #define KBC2(p) bc2_portable(p)
+#define KBC4(p) bc4_portable(p)
 #if defined(__AVX__)    /* the baseline itself has 32-byte registers */
 #define KPIN 1
 #else
@@ -281,6 +291,33 @@ typedef struct {
     int64_t rows;  /* Σ rows: task k takes global rows [rows·k/n_tasks, rows·(k+1)/n_tasks) */
 } xmt_pass;
 
+/* Rows [lo, hi) of a Q8 product with X as it is, one weight at a time (when there was no
+ * memory for X in the kernels' form). */
+static void q8_rows_plain(const smallmm_xmt *jb, int in, int lo, int hi)
+{
+    const int8_t *q = jb->m.data;
+    for (int i = 0; i < jb->n; i++)
+        for (int r = lo; r < hi; r++) {
+            const float *x = jb->x + (size_t)i * in;
+            float s = 0;
+            for (int e = 0; e < in; e++)
+                s += x[e] * ((float)q[wtensor_q8_offset(in, r, e)] *
+                             jb->m.scale[wtensor_q8_scale_index(in, r, e)]);
+            jb->y[(size_t)i * jb->ldy + r] = s;
+        }
+}
+
+/* A boundary between two tasks' rows of a product, local row b: a Q8 product's is moved
+ * down to a whole panel (both tasks move it alike, so the rows are still split exactly). */
+static int64_t task_edge(const smallmm_xmt *jb, int64_t b)
+{
+    if (b <= 0)
+        return 0;
+    if (b >= jb->rows)
+        return jb->rows;
+    return jb->m.type == WT_Q8 ? b / WT_Q8_PANEL * WT_Q8_PANEL : b;
+}
+
 static void xmt_task(void *ctx, int task, int thread)
 {
     (void)thread;
@@ -288,11 +325,27 @@ static void xmt_task(void *ctx, int task, int thread)
     int64_t g0 = ps->rows * task / ps->n_tasks, g1 = ps->rows * (task + 1) / ps->n_tasks;
     int64_t base = 0;  /* global index of the current product's first row */
     for (int k = 0; k < ps->n_jobs && base < g1; base += ps->jobs[k].rows, k++) {
-        int64_t lo = g0 - base, hi = g1 - base;
-        if (hi <= 0 || lo >= ps->jobs[k].rows)
+        const smallmm_xmt *jb = &ps->jobs[k];
+        int lo = (int)task_edge(jb, g0 - base), hi = (int)task_edge(jb, g1 - base);
+        if (hi <= lo)
             continue;
-        ps->k->xmt_rows(&ps->jobs[k], ps->xop ? ps->xop[k] : NULL, ps->in, lo < 0 ? 0 : (int)lo,
-                        hi > ps->jobs[k].rows ? ps->jobs[k].rows : (int)hi);
+        const float *xop = ps->xop ? ps->xop[k] : NULL;
+        if (jb->m.type == WT_Q8 && !xop)
+            q8_rows_plain(jb, ps->in, lo, hi);
+        else
+            ps->k->xmt_rows(jb, xop, ps->in, lo, hi);
+    }
+}
+
+/* X [n, in] zero-padded to whole Q8 blocks (nb·32 floats a row) at out, as the Q8 kernels
+ * read it. */
+static void q8x_prepare(const float *x, int n, int in, float *out)
+{
+    int nb = (int)wtensor_q8_blocks(in);
+    for (int i = 0; i < n; i++) {
+        float *o = out + (size_t)i * nb * WT_Q8_BLOCK;
+        memcpy(o, x + (size_t)i * in, sizeof(float) * (size_t)in);
+        memset(o + in, 0, sizeof(float) * (size_t)(nb * WT_Q8_BLOCK - in));
     }
 }
 
@@ -419,18 +472,23 @@ static void scratch_give_back(xop_scratch *b)
     free(atomic_exchange(&xop_cache, b));
 }
 
-/* How a job's X is read: 2 packed for the outer-product tiles, 1 in the BF16 even/odd
- * order, 0 as it is. */
+/* How a job's X is read: 3 zero-padded to whole Q8 blocks, 2 packed for the outer-product tiles,
+ * 1 in the BF16 even/odd order, 0 as it is. */
 static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb)
 {
-    if (smallmm_outer_group(k->vl, jb->n) && jb->m.type != WT_Q8)
+    if (jb->m.type == WT_Q8)
+        return 3;
+    if (smallmm_outer_group(k->vl, jb->n))
         return 2;
     return jb->m.type == WT_BF16 && jb->n <= k->eo_rows;
 }
 
 static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
+    int nb = (int)wtensor_q8_blocks(in);
     switch (xop_kind(k, jb)) {
+    case 3:
+        return (size_t)jb->n * (size_t)nb * WT_Q8_BLOCK;
     case 2: {
         int P = smallmm_outer_group(k->vl, smallmm_outer_rows(k->vl, jb->n));
         return (size_t)outer_rows_padded(k->vl, jb->n) * (size_t)((in + P - 1) / P * P);
@@ -487,7 +545,10 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
             xop[k] = from[k] < 0 ? NULL : from[k] < k ? xop[from[k]] : buf + used;
             if (from[k] != k)
                 continue;
-            if (xop_kind(ps.k, &jobs[k]) == 2)
+            int kind = xop_kind(ps.k, &jobs[k]);
+            if (kind == 3)
+                q8x_prepare(jobs[k].x, jobs[k].n, in, buf + used);
+            else if (kind == 2)
                 outer_prepare(jobs[k].x, jobs[k].n, in, ps.k->vl, buf + used);
             else
                 eo_prepare(jobs[k].x, jobs[k].n, in, 2 * ps.k->vl, buf + used);

@@ -8,11 +8,13 @@
  *         accumulators would spill)
  *   KPIN  1 when one register holds a vector (see the asm in dots_tile)
  *   KDPBF16 1: BF16 weights meet two rows of X in vdpbf16ps (AVX-512 BF16)
- *   KQ8(m, d)  VL int8 weights of row m from element d as floats (GCC's generic vector
- *         conversion scalarizes int8 → float, so the x86 builds use the intrinsics) 
- * The weights M may be F32, BF16 or Q8 (wtensor.h); each element is widened to F32 in a
- * register (BF16: a 16-bit shift; Q8: integer → float, times its block's scale) and
- * multiplied in F32, so the products equal F32 products on the dequantized weights. */
+ *   KBC4(p) 4 floats from p repeated across the VL lanes
+ *   KQ8(m, d)  VL int8 weights from byte d of m as floats (GCC's generic vector
+ *         conversion scalarizes int8 → float, so the x86 builds use the intrinsics)
+ * The weights M may be F32, BF16 or Q8 (wtensor.h). F32 and BF16 elements are widened to F32
+ * in a register (BF16: a 16-bit shift) and multiplied in F32, so the products equal F32
+ * products on the dequantized weights; Q8 ones too (integer → float, each block's sum
+ * times its scale). */
 
 #define KCAT2(a, b) a##_##b
 #define KCAT(a, b) KCAT2(a, b)
@@ -53,29 +55,22 @@ static inline __attribute__((always_inline)) vf K(splat)(float x)
     return __builtin_shuffle(v, (vi){0});
 }
 
-/* VL weights of row m from element d, as F32: type 0 F32, 1 BF16, 2 Q8 (with the row's
- * scales). A compile-time constant at every call, like the tile shape. */
-static inline __attribute__((always_inline)) vf K(ldw)(const void *m, const float *sc,
-                                                       int d, int MT)
+/* VL weights of row m from element d, as F32: type 0 F32, 1 BF16 (a compile-time constant
+ * at every call, like the tile shape; Q8 has kernels of its own, below). */
+static inline __attribute__((always_inline)) vf K(ldw)(const void *m, int d, int MT)
 {
     if (MT == WT_F32)
         return K(ldf)((const float *)m + d);
-    if (MT == WT_BF16) {
-        K(vu) w = __builtin_convertvector(*(const K(vh) *)((const uint16_t *)m + d), K(vu));
-        return (vf)(w << 16);
-    }
-    return KQ8(m, d) * sc[d / WT_Q8_BLOCK];
+    K(vu) w = __builtin_convertvector(*(const K(vh) *)((const uint16_t *)m + d), K(vu));
+    return (vf)(w << 16);
 }
 
 /* One weight as F32 (the scalar tail). */
-static inline __attribute__((always_inline)) float K(w1)(const void *m, const float *sc,
-                                                         int e, int MT)
+static inline __attribute__((always_inline)) float K(w1)(const void *m, int e, int MT)
 {
     if (MT == WT_F32)
         return ((const float *)m)[e];
-    if (MT == WT_BF16)
-        return wtensor_bf16_to_f32(((const uint16_t *)m)[e]);
-    return (float)((const int8_t *)m)[e] * sc[e / WT_Q8_BLOCK];
+    return wtensor_bf16_to_f32(((const uint16_t *)m)[e]);
 }
 
 /* One level of the reduction tree. a and b each hold 2^(level-1) groups of partial sums
@@ -138,7 +133,7 @@ static inline __attribute__((always_inline)) vf K(reduce_lanes)(vf *acc, int n)
  * results that are real written to y. */
 static inline __attribute__((always_inline)) void
 K(tile_store)(vf *acc, int ni, int nj, const float *const *xr, const void *const *mr,
-              const float *const *sr, int d, int in, float *y, int ldy, int NI, int NJ, int MT)
+              int d, int in, float *y, int ldy, int NI, int NJ, int MT)
 {
     float sums[32];
     for (int c = 0; c < NI * NJ; c += VL) {
@@ -150,34 +145,31 @@ K(tile_store)(vf *acc, int ni, int nj, const float *const *xr, const void *const
         for (int j = 0; j < nj && j < NJ; j++) {
             float s = sums[i * NJ + j];
             for (int e = d; e < in; e++)
-                s += xr[i][e] * K(w1)(mr[j], sr[j], e, MT);
+                s += xr[i][e] * K(w1)(mr[j], e, MT);
             y[(size_t)i * ldy + j] = s;
         }
 }
 
-/* y[i·ldy + j] = x_i · m_j for ni <= NI rows x_i of X and nj <= NJ rows m_j of M (rows
- * past nj / ni repeat the last one and are not written; NI, NJ, MT are constants at every
- * call so each shape and weight type compiles to its own register-blocked loop): every
- * load of M feeds NI FMAs and every load of X NJ, the NI·NJ accumulators stay in
- * registers, and one tree reduction ends the tile. Rows j of M with bit j set in pf_rows
- * prefetch the row NJ further on (the same row of the next block of M) as they stream:
- * ~10% more bandwidth than the hardware prefetchers alone reach on the NJ interleaved
- * streams (measured on the 2-core VM; prefetching past M's end is harmless). PFM (a
- * constant) 0: pf_rows is 0 or every row (one- and two-row products); 1: any set of rows,
- * tested row by row. */
+/* y[i·ldy + j] = x_i · m_j for ni <= NI rows x_i of X and nj <= NJ rows m_j of M, F32 or
+ * BF16 (rows past nj / ni repeat the last one and are not written; NI, NJ, MT are
+ * constants at every call so each shape and weight type compiles to its own
+ * register-blocked loop): every load of M feeds NI FMAs and every load of X NJ, the NI·NJ
+ * accumulators stay in registers, and one tree reduction ends the tile. Rows j of M with
+ * bit j set in pf_rows prefetch the row NJ further on (the same row of the next block of M)
+ * as they stream: ~10% more bandwidth than the hardware prefetchers alone reach on the NJ
+ * interleaved streams (measured on the 2-core VM; prefetching past M's end is harmless).
+ * PFM (a constant) 0: pf_rows is 0 or every row (one- and two-row products); 1: any set of
+ * rows, tested row by row. */
 static inline __attribute__((always_inline)) void
 K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, float *y,
              int ldy, int pf_rows, int PFM, int NI, int NJ, int MT)
 {
-    size_t es = MT == WT_F32 ? 4 : MT == WT_BF16 ? 2 : 1;
-    int64_t nb = wtensor_q8_blocks(in);
+    size_t es = MT == WT_F32 ? 4 : 2;
     const void *mr[8];
-    const float *sr[8];
     const float *xr[TI];
     for (int j = 0; j < NJ; j++) {
         int jj = j0 + (j < nj ? j : nj - 1);
         mr[j] = (const char *)mt->data + (size_t)jj * in * es;
-        sr[j] = MT == WT_Q8 ? mt->scale + (size_t)jj * nb : NULL;
     }
     for (int i = 0; i < NI; i++)
         xr[i] = x + (size_t)(i < ni ? i : ni - 1) * in;
@@ -185,35 +177,13 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
     for (int k = 0; k < NI * NJ; k++)
         acc[k] = (vf){0};
     int d = 0;
-    /* Q8 with one row of X: a block of WT_Q8_BLOCK weights is summed unscaled and its
-     * scale applied once (8 more accumulators than one row's tile has; more rows have no
-     * registers for them), and each row prefetched once per cache line rather than every
-     * VL weights. Decode of the 135M shape, products alone: AVX2 9.3-9.6 -> 5.5-6.0 ms,
-     * AVX-512 4.9-5.5 -> 4.5-5.3 ms. */
-    if (MT == WT_Q8 && NI == 1)
-        for (; d + WT_Q8_BLOCK <= in; d += WT_Q8_BLOCK) {
-            vf blk[8];
-            for (int j = 0; j < NJ; j++)
-                blk[j] = (vf){0};
-            for (int e = d; e < d + WT_Q8_BLOCK; e += VL) {
-                vf xv = K(ldf)(xr[0] + e);
-                for (int j = 0; j < NJ; j++) {
-                    if (e % 64 == 0 && (PFM ? pf_rows >> j & 1 : pf_rows))
-                        __builtin_prefetch((const char *)mr[j] + (size_t)e + (size_t)NJ * in,
-                                           0, 3);
-                    blk[j] += xv * KQ8(mr[j], e);
-                }
-            }
-            for (int j = 0; j < NJ; j++)
-                acc[j] += blk[j] * K(splat)(sr[j][d / WT_Q8_BLOCK]);
-        }
     for (; d + VL <= in; d += VL) {
         vf mv[8];
         for (int j = 0; j < NJ; j++) {
             if (PFM ? pf_rows >> j & 1 : pf_rows)
                 __builtin_prefetch((const char *)mr[j] + ((size_t)d + (size_t)NJ * in) * es,
                                    0, 3);
-            mv[j] = K(ldw)(mr[j], sr[j], d, MT);
+            mv[j] = K(ldw)(mr[j], d, MT);
         }
         for (int i = 0; i < NI; i++) {
             vf xv = K(ldf)(xr[i] + d);
@@ -226,7 +196,7 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
                 acc[i * NJ + j] += xv * mv[j];
         }
     }
-    K(tile_store)(acc, ni, nj, xr, mr, sr, d, in, y, ldy, NI, NJ, MT);
+    K(tile_store)(acc, ni, nj, xr, mr, d, in, y, ldy, NI, NJ, MT);
 }
 
 /* The BF16 tile for one or two rows of X without widening: a vector of VL 32-bit lanes
@@ -244,7 +214,6 @@ K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *
                int nj, float *y, int ldy, int NI, int NJ)
 {
     const void *mr[8];
-    const float *sr[8] = {0};
     const float *xr[2], *er[2];
     for (int j = 0; j < NJ; j++)
         mr[j] = (const uint16_t *)mt->data + (size_t)(j0 + (j < nj ? j : nj - 1)) * in;
@@ -267,7 +236,7 @@ K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *
                 acc[i * NJ + j] += we * K(ldf)(er[i] + d) + wo * K(ldf)(er[i] + d + VL);
         }
     }
-    K(tile_store)(acc, ni, nj, xr, mr, sr, d, in, y, ldy, NI, NJ, WT_BF16);
+    K(tile_store)(acc, ni, nj, xr, mr, d, in, y, ldy, NI, NJ, WT_BF16);
 }
 
 #if KDPBF16
@@ -316,10 +285,9 @@ K(dots_dpbf16)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj
         }
     }
     const void *mv[16];
-    const float *sr[16] = {0};
     for (int j = 0; j < NJ; j++)
         mv[j] = mr[j];
-    K(tile_store)((vf *)acc, ni, nj, xr, mv, sr, d, in, y, ldy, NI, NJ, WT_BF16);
+    K(tile_store)((vf *)acc, ni, nj, xr, mv, d, in, y, ldy, NI, NJ, WT_BF16);
 }
 #endif
 
@@ -584,12 +552,103 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
     }
 }
 
+/* Q8 weights (the panel layout, wtensor.h) times NI rows of X, widened to F32: the rows
+ * [r0, r0 + 16) of one panel. A vector of VL int8 from 64·k + v·VL of a block's 512 bytes
+ * is 4 consecutive weights of VL / 4 rows of the panel; widened to F32 it meets X's same 4
+ * elements repeated (KBC4), so each lane sums one row's products with every 4th element of
+ * its block; per block the NV sums are scaled (each lane by its row's scale) into the NV
+ * running sums, and at the panel's end each row's 4 lanes are added. Groups of 4 vectors
+ * (16 rows with AVX-512, 8 with 8-float vectors: 2 groups a panel, the second from cache)
+ * keep within 16 registers. xz: X with each row zero-padded to nb·32 (row stride ldx);
+ * rows of the panel from nrow on (the padding of the last) are not written. */
+static inline __attribute__((always_inline)) void
+K(q8_panel)(const float *xz, int ldx, int nb, const int8_t *d, const float *sw, float *y,
+            int ldy, int nrow, int NI)
+{
+    enum { RV = VL / 4, NG = WT_Q8_PANEL / (4 * RV) };   /* rows a vector; groups a panel */
+    for (int g = 0; g < NG; g++) {
+        vf f[2][4];
+        for (int i = 0; i < NI; i++)
+            for (int v = 0; v < 4; v++)
+                f[i][v] = (vf){0};
+        for (int b = 0; b < nb; b++) {
+            const int8_t *db = d + (size_t)b * WT_Q8_PANEL * WT_Q8_BLOCK + g * 16 * RV;
+            if (g == 0)
+                for (int l = 0; l < WT_Q8_PANEL * WT_Q8_BLOCK; l += 64)
+                    __builtin_prefetch(db + 4096 + l, 0, 3);
+            vf a[2][4];
+            for (int i = 0; i < NI; i++)
+                for (int v = 0; v < 4; v++)
+                    a[i][v] = (vf){0};
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                vf w[4];
+                for (int v = 0; v < 4; v++)
+                    w[v] = KQ8(db, k * 64 + v * VL);
+                for (int i = 0; i < NI; i++) {
+                    vf xq = KBC4(xz + (size_t)i * ldx + b * WT_Q8_BLOCK + 4 * k);
+                    for (int v = 0; v < 4; v++)
+                        a[i][v] += xq * w[v];
+                }
+            }
+            /* the scales of the group's rows, each in its 4 lanes */
+            const float *sb = sw + (size_t)b * WT_Q8_PANEL + g * 4 * RV;
+            for (int v = 0; v < 4; v++) {
+                vf sv = K(ldf)(sb + v * RV / VL * VL);
+                vi idx;
+                for (int l = 0; l < VL; l++)
+                    idx[l] = v * RV % VL + l / 4;
+                vf sc = __builtin_shuffle(sv, idx);
+                for (int i = 0; i < NI; i++)
+                    f[i][v] += a[i][v] * sc;
+            }
+        }
+        for (int i = 0; i < NI; i++)
+            for (int v = 0; v < 4; v++)
+                for (int r = 0; r < RV; r++) {
+                    int row = g * 4 * RV + v * RV + r;
+                    if (row < nrow)
+                        y[(size_t)i * ldy + row] = (f[i][v][4 * r] + f[i][v][4 * r + 1]) +
+                                                   (f[i][v][4 * r + 2] + f[i][v][4 * r + 3]);
+                }
+    }
+}
+
+
+
+/* Rows [lo, hi) of a Q8 product (lo a multiple of WT_Q8_PANEL; hi too, or the product's
+ * last row), panel by panel, each meeting the rows of X a tile at a time (the panel is in
+ * cache after the first). xq: X as q8x_prepare left it for these kernels. */
+static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, int hi)
+{
+    int nb = (int)wtensor_q8_blocks(in);
+    for (int r = lo; r < hi; r += WT_Q8_PANEL) {
+        const int8_t *d = (const int8_t *)jb->m.data + wtensor_q8_offset(in, r, 0);
+        const float *sw = jb->m.scale + wtensor_q8_scale_index(in, r, 0);
+        int nrow = hi - r < WT_Q8_PANEL ? hi - r : WT_Q8_PANEL;
+        float *y = jb->y + r;
+        int ldx = nb * WT_Q8_BLOCK;
+        const float *x = xq;
+        int i = 0;
+        for (; VL == 16 && i + 2 <= jb->n; i += 2)
+            K(q8_panel)(x + (size_t)i * ldx, ldx, nb, d, sw, y + (size_t)i * jb->ldy,
+                        jb->ldy, nrow, 2);
+        for (; i < jb->n; i++)
+            K(q8_panel)(x + (size_t)i * ldx, ldx, nb, d, sw, y + (size_t)i * jb->ldy,
+                        jb->ldy, nrow, 1);
+    }
+}
+
 /* Rows [lo, hi) of one product; xop: X in the order its tiles read (transposed for the
  * outer-product tiles when smallmm_outer_group says so, the BF16 even/odd order for one
  * or two rows), NULL when X is read as it is. */
 static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi)
 {
-    if (xop && smallmm_outer_group(VL, jb->n) && jb->m.type != WT_Q8) {
+    if (jb->m.type == WT_Q8) {
+        K(q8_rows)(jb, xop, in, lo, hi);
+        return;
+    }
+    if (xop && smallmm_outer_group(VL, jb->n)) {
         if (jb->m.type == WT_F32)
             K(outer_rows_t)(jb, xop, in, lo, hi, WT_F32);
         else
@@ -600,11 +659,8 @@ static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo,
     case WT_F32:
         K(xmt_rows_t)(jb, NULL, in, lo, hi, WT_F32);
         break;
-    case WT_BF16:
+    default:
         K(xmt_rows_t)(jb, xop, in, lo, hi, WT_BF16);
-        break;
-    case WT_Q8:
-        K(xmt_rows_t)(jb, NULL, in, lo, hi, WT_Q8);
         break;
     }
 }
@@ -672,4 +728,5 @@ static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROW
 #undef KPIN
 #undef KDPBF16
 #undef KQ8
+#undef KBC4
 #undef KBC2

@@ -19,15 +19,23 @@ int wtensor_type_parse(const char *s, wt_type *t)
     return -1;
 }
 
+/* Rows of a Q8 matrix with its last panel's padding. */
+static size_t q8_rows(int64_t rows)
+{
+    return (size_t)((rows + WT_Q8_PANEL - 1) / WT_Q8_PANEL * WT_Q8_PANEL);
+}
+
 size_t wtensor_data_bytes(wt_type t, int64_t rows, int64_t cols)
 {
     size_t n = (size_t)rows * (size_t)cols;
-    return t == WT_F32 ? n * 4 : t == WT_BF16 ? n * 2 : n;
+    if (t == WT_Q8)
+        return q8_rows(rows) * (size_t)wtensor_q8_blocks(cols) * WT_Q8_BLOCK;
+    return t == WT_F32 ? n * 4 : n * 2;
 }
 
 size_t wtensor_scale_bytes(wt_type t, int64_t rows, int64_t cols)
 {
-    return t == WT_Q8 ? (size_t)rows * (size_t)wtensor_q8_blocks(cols) * sizeof(float) : 0;
+    return t == WT_Q8 ? q8_rows(rows) * (size_t)wtensor_q8_blocks(cols) * sizeof(float) : 0;
 }
 
 static size_t align64(size_t n)
@@ -62,14 +70,17 @@ void wtensor_rows_f32(const wtensor *w, int64_t cols, int64_t r0, int64_t r1, fl
             dst[i] = wtensor_bf16_to_f32(h[i]);
         break;
     }
-    case WT_Q8: {
-        int64_t nb = wtensor_q8_blocks(cols);
+    case WT_Q8: {   /* block by block: 8 quads of 4 bytes, 64 bytes apart */
+        const int8_t *q = w->data;
         for (int64_t r = r0; r < r1; r++) {
-            const int8_t *q = (const int8_t *)w->data + (size_t)r * cols;
-            const float *s = w->scale + (size_t)r * nb;
             float *d = dst + (size_t)(r - r0) * cols;
-            for (int64_t e = 0; e < cols; e++)
-                d[e] = (float)q[e] * s[e / WT_Q8_BLOCK];
+            for (int64_t c0 = 0; c0 < cols; c0 += WT_Q8_BLOCK) {
+                const int8_t *qb = q + wtensor_q8_offset(cols, r, c0);
+                float s = w->scale[wtensor_q8_scale_index(cols, r, c0)];
+                int len = cols - c0 < WT_Q8_BLOCK ? (int)(cols - c0) : WT_Q8_BLOCK;
+                for (int e = 0; e < len; e++)
+                    d[c0 + e] = (float)qb[e / 4 * (4 * WT_Q8_PANEL) + e % 4] * s;
+            }
         }
         break;
     }
@@ -90,27 +101,42 @@ void wtensor_from_f32(wt_type t, const float *src, int64_t rows, int64_t cols, v
         break;
     case WT_Q8: {
         int64_t nb = wtensor_q8_blocks(cols);
+        memset(data, 0, wtensor_data_bytes(t, rows, cols));     /* the padding */
+        memset(scale, 0, wtensor_scale_bytes(t, rows, cols));
+        int8_t *q = data;
         for (int64_t r = 0; r < rows; r++)
             for (int64_t b = 0; b < nb; b++) {
-                const float *x = src + (size_t)r * cols + b * WT_Q8_BLOCK;
-                int8_t *q = (int8_t *)data + (size_t)r * cols + b * WT_Q8_BLOCK;
-                int len = cols - b * WT_Q8_BLOCK < WT_Q8_BLOCK ? (int)(cols - b * WT_Q8_BLOCK)
-                                                               : WT_Q8_BLOCK;
+                int64_t c0 = b * WT_Q8_BLOCK;
+                const float *x = src + (size_t)r * cols + c0;
+                int len = cols - c0 < WT_Q8_BLOCK ? (int)(cols - c0) : WT_Q8_BLOCK;
                 float amax = 0;
                 for (int i = 0; i < len; i++)
                     amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
                 float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
-                scale[(size_t)r * nb + b] = d;
+                scale[wtensor_q8_scale_index(cols, r, c0)] = d;
                 for (int i = 0; i < len; i++) {   /* |x·id| <= 127 up to rounding: clamp */
                     float v = nearbyintf(x[i] * id);
                     if (!(v >= -127.0f))     /* below the range, or NaN (then 0) */
                         v = v < 0 ? -127.0f : 0.0f;
                     else if (v > 127.0f)
                         v = 127.0f;
-                    q[i] = (int8_t)v;
+                    q[wtensor_q8_offset(cols, r, c0 + i)] = (int8_t)v;
                 }
             }
         break;
     }
     }
+}
+
+void wtensor_q8_pack(const int8_t *q, const float *s, int64_t rows, int64_t cols, void *data,
+                     float *scale)
+{
+    int64_t nb = wtensor_q8_blocks(cols);
+    memset(data, 0, wtensor_data_bytes(WT_Q8, rows, cols));
+    memset(scale, 0, wtensor_scale_bytes(WT_Q8, rows, cols));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            ((int8_t *)data)[wtensor_q8_offset(cols, r, c)] = q[(size_t)r * cols + c];
+            scale[wtensor_q8_scale_index(cols, r, c)] = s[(size_t)r * nb + c / WT_Q8_BLOCK];
+        }
 }

@@ -17,16 +17,46 @@ typedef enum { WT_F32, WT_BF16, WT_Q8 } wt_type;
  * outlier coarsen twice as many weights. */
 #define WT_Q8_BLOCK 32
 
+/* Rows of a Q8 panel. A Q8 matrix is stored in panels of 16 rows (the last one padded with
+ * zero rows), its columns padded with zeros to whole blocks of 32. Panel p holds its blocks
+ * one after the other, 512 bytes each; in block b, the 64 bytes at 64·k hold columns
+ * 32·b + 4·k .. + 3 of the panel's 16 rows, row r's four at bytes 4·r .. 4·r + 3. The
+ * scales of panel p, block b are 16 consecutive floats (one per row, 0 for a padding row).
+ * So a product streams the matrix front to back as one sequence of bytes, and 16 bytes
+ * widened to 16 floats are 4 weights of 4 rows that meet the same 4 elements of X: each
+ * lane sums products of one row, a block's sums take their rows' scales in one vector, and
+ * only at the end of a panel are each row's 4 lanes added (smallmm_kern.h, q8_panel). Rows
+ * one after the other needed a tree of folds at the end of every tile of 8 rows and 8
+ * interleaved streams; decode of the 135M shape, Q8, is ~12% faster this way (Zen 5). */
+#define WT_Q8_PANEL 16
+
 typedef struct {
     wt_type type;
-    const void *data;     /* [rows, cols] row-major: float, uint16_t (BF16 bits) or int8_t */
-    const float *scale;   /* Q8: [rows, wtensor_q8_blocks(cols)] row-major; NULL otherwise */
+    const void *data;     /* F32 / BF16: [rows, cols] row-major, float or uint16_t (BF16
+                           * bits); Q8: int8_t in panels (WT_Q8_PANEL) */
+    const float *scale;   /* Q8: the blocks' scales in panels; NULL otherwise */
 } wtensor;
 
-/* Scales per row of a Q8 matrix (the last block of a row may be shorter than 32). */
+/* Scales per row of a Q8 matrix (the last block of a row may be shorter than 32: its
+ * missing columns are stored as zeros). */
 static inline int64_t wtensor_q8_blocks(int64_t cols)
 {
     return (cols + WT_Q8_BLOCK - 1) / WT_Q8_BLOCK;
+}
+
+/* Offset in a Q8 matrix's data of the weight at row r, column c, and in its scales of the
+ * scale of that weight's block. */
+static inline size_t wtensor_q8_offset(int64_t cols, int64_t r, int64_t c)
+{
+    int64_t nb = wtensor_q8_blocks(cols);
+    return (size_t)((r / WT_Q8_PANEL * nb + c / WT_Q8_BLOCK) * WT_Q8_PANEL * WT_Q8_BLOCK +
+                    c % WT_Q8_BLOCK / 4 * (4 * WT_Q8_PANEL) + r % WT_Q8_PANEL * 4 + c % 4);
+}
+
+static inline size_t wtensor_q8_scale_index(int64_t cols, int64_t r, int64_t c)
+{
+    return (size_t)((r / WT_Q8_PANEL * wtensor_q8_blocks(cols) + c / WT_Q8_BLOCK) *
+                        WT_Q8_PANEL + r % WT_Q8_PANEL);
 }
 
 /* BF16 of f, rounded to nearest even (NaN stays a quiet NaN), as torch's .to(bfloat16). */
@@ -53,7 +83,10 @@ const char *wtensor_type_name(wt_type t);
 /* Parses "f32" | "bf16" | "q8" into *t; -1 for anything else. */
 int wtensor_type_parse(const char *s, wt_type *t);
 
-/* Bytes of the integers / floats, then of the scales, of a [rows, cols] matrix of type t. */
+/* Bytes of the integers / floats, then of the scales, of a [rows, cols] matrix of type t
+ * (Q8: whole panels and blocks, padding included; rows [r0, ...) of a matrix start at
+ * wtensor_data_bytes(t, r0, cols) and scale + wtensor_scale_bytes(t, r0, cols) / 4 when r0
+ * is a multiple of WT_Q8_PANEL). */
 size_t wtensor_data_bytes(wt_type t, int64_t rows, int64_t cols);
 size_t wtensor_scale_bytes(wt_type t, int64_t rows, int64_t cols);
 
@@ -71,8 +104,14 @@ void wtensor_rows_f32(const wtensor *w, int64_t cols, int64_t r0, int64_t r1, fl
 
 /* Writes src [rows, cols] (F32) as type t into data (wtensor_data_bytes) and, for Q8, scale
  * (wtensor_scale_bytes): BF16 rounds to nearest even; Q8 takes per block d = max|x| / 127
- * and q = round-half-even(x · (1/d)) (0 for an all-zero block). Thread-safe. */
+ * and q = round-half-even(x · (1/d)) (0 for an all-zero block), padding included.
+ * Thread-safe. */
 void wtensor_from_f32(wt_type t, const float *src, int64_t rows, int64_t cols, void *data,
                       float *scale);
+
+/* Lays out a Q8 matrix given as q [rows, cols] and scales [rows, wtensor_q8_blocks(cols)],
+ * both row-major, in panels into data and scale (tests; wtensor_from_f32 for real weights). */
+void wtensor_q8_pack(const int8_t *q, const float *s, int64_t rows, int64_t cols, void *data,
+                     float *scale);
 
 #endif

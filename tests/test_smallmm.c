@@ -64,7 +64,9 @@ static pool *make_pool(int threads)
 
 /* A random [rows, in] weight matrix of type t, built from its parts — BF16 bit patterns,
  * int8 values and scales — so the reference below (*deq, the F32 value of each element as
- * the format defines it: the bits shifted up; q · scale) does not use core/wtensor.c. */
+ * the format defines it: the bits shifted up; q · scale) does not use core/wtensor.c's
+ * conversions (Q8's parts are laid out in panels by wtensor_q8_pack: a wrong layout
+ * shows as wrong products). */
 typedef struct {
     wtensor w;
     void *data;
@@ -96,17 +98,21 @@ static test_matrix make_matrix(wt_type t, int rows, int in)
         tm.data = h;
     } else {
         int8_t *q = malloc(n ? n : 1);
-        tm.scale = malloc(sizeof(float) * rows * nb);
-        ck_assert(q && tm.scale);
+        float *s = malloc(sizeof(float) * (size_t)(rows * nb > 0 ? rows * nb : 1));
+        tm.data = malloc(wtensor_data_bytes(WT_Q8, rows, in) + 1);
+        tm.scale = malloc(wtensor_scale_bytes(WT_Q8, rows, in) + 4);
+        ck_assert(q && s && tm.data && tm.scale);
         for (int b = 0; b < rows * nb; b++)
-            tm.scale[b] = (frand() + 1.5f) / (2.5f * 127.0f);   /* |q · scale| <= 1 */
+            s[b] = (frand() + 1.5f) / (2.5f * 127.0f);   /* |q · scale| <= 1 */
         for (int r = 0; r < rows; r++)
             for (int d = 0; d < in; d++) {
                 size_t i = (size_t)r * in + d;
                 q[i] = (int8_t)(int)(frand() * 127.0f);
-                tm.deq[i] = (float)q[i] * tm.scale[r * nb + d / 32];
+                tm.deq[i] = (float)q[i] * s[r * nb + d / 32];
             }
-        tm.data = q;
+        wtensor_q8_pack(q, s, rows, in, tm.data, tm.scale);   /* the panels */
+        free(q);
+        free(s);
     }
     tm.w = (wtensor){t, tm.data, tm.scale};
     return tm;
@@ -197,9 +203,10 @@ START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
 {
     if (!use_isa(_i))
         return;
-    /* in: lane tails of 8 and 16, Q8 blocks of 32 cut short (31, 33, 100) */
+    /* in: lane tails of 8 and 16, Q8 blocks of 32 cut short (31, 33, 100); rows: Q8
+     * panels of 16 whole, padded, and split between tasks mid-panel (33, 40) */
     static const int ins[] = {1, 15, 16, 17, 31, 32, 33, 64, 100};
-    static const int rows[] = {1, 3, 4, 5, 8, 9, 33};
+    static const int rows[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 40};
     static const int ns[] = {1, 2, 3, 4, 5, 8, 9, 17, 20, 25, 33, 36, SMALLMM_MAX_ROWS + 1};
     for (int threads = 1; threads <= 2; threads++) {
         pool *p = make_pool(threads);

@@ -80,11 +80,13 @@ static void check_q8(int rows, int cols)
     size_t n = (size_t)rows * cols;
     int nb = (int)wtensor_q8_blocks(cols);
     float *x = malloc(sizeof(float) * (n ? n : 1)), *back = malloc(sizeof(float) * (n ? n : 1));
-    int8_t *q = malloc(n ? n : 1);
-    float *scale = malloc(sizeof(float) * rows * nb);
+    /* panels of 16 rows, blocks of 32 columns, padding included */
+    size_t prow = (size_t)(rows + 15) / 16 * 16;
+    int8_t *q = malloc(prow * nb * 32 + 1);
+    float *scale = malloc(sizeof(float) * prow * nb + 1);
     ck_assert(x && back && q && scale);
-    ck_assert_uint_eq(wtensor_data_bytes(WT_Q8, rows, cols), n);
-    ck_assert_uint_eq(wtensor_scale_bytes(WT_Q8, rows, cols), sizeof(float) * rows * nb);
+    ck_assert_uint_eq(wtensor_data_bytes(WT_Q8, rows, cols), prow * nb * 32);
+    ck_assert_uint_eq(wtensor_scale_bytes(WT_Q8, rows, cols), sizeof(float) * prow * nb);
     for (size_t i = 0; i < n; i++) {
         x[i] = ((int)(rand32() % 20001) - 10000) / 7919.0f;
         if (i % 97 == 0)
@@ -101,20 +103,33 @@ static void check_q8(int rows, int cols)
             double amax = 0;
             for (int c = c0; c < c1; c++)
                 amax = fmax(amax, fabs(x[(size_t)r * cols + c]));
-            float s = scale[r * nb + b];
+            float s = scale[wtensor_q8_scale_index(cols, r, c0)];
+            /* the layout, by its definition in wtensor.h */
+            ck_assert_uint_eq(wtensor_q8_scale_index(cols, r, c0),
+                              ((size_t)(r / 16) * nb + b) * 16 + r % 16);
             ck_assert_msg(fabs(s - amax / 127) <= 1e-6 * amax, "row %d block %d: scale %g, "
                           "max|x| / 127 = %g", r, b, (double)s, amax / 127);
             int at_max = 0;
             for (int c = c0; c < c1; c++) {
-                size_t i = (size_t)r * cols + c;
-                ck_assert(q[i] >= -127 && q[i] <= 127);
-                ck_assert_msg(fabs((double)q[i] * s - x[i]) <= s * 0.5 * (1 + 1e-5) + 1e-30,
+                size_t i = (size_t)r * cols + c, o = wtensor_q8_offset(cols, r, c);
+                ck_assert_uint_eq(o, ((size_t)(r / 16) * nb + b) * 512 + (c % 32) / 4 * 64 +
+                                         (size_t)(r % 16) * 4 + c % 4);
+                int v = q[o];
+                ck_assert(v >= -127 && v <= 127);
+                ck_assert_msg(fabs((double)v * s - x[i]) <= s * 0.5 * (1 + 1e-5) + 1e-30,
                               "row %d col %d: %g quantized to %d × %g", r, c, (double)x[i],
-                              q[i], (double)s);
-                ck_assert_uint_eq(f_bits(back[i]), f_bits((float)q[i] * s));
-                at_max |= amax > 0 && fabs(x[i]) == amax && abs(q[i]) == 127;
+                              v, (double)s);
+                ck_assert_uint_eq(f_bits(back[i]), f_bits((float)v * s));
+                at_max |= amax > 0 && fabs(x[i]) == amax && abs(v) == 127;
             }
+            for (int c = c1; c < (b + 1) * 32; c++)   /* the block's padding */
+                ck_assert_int_eq(q[wtensor_q8_offset(cols, r, c)], 0);
             ck_assert_msg(amax == 0 || at_max, "row %d block %d: max|x| not at ±127", r, b);
+        }
+    for (int r = rows; r < (int)prow; r++)   /* the last panel's padding rows */
+        for (int c = 0; c < nb * 32; c++) {
+            ck_assert_int_eq(q[wtensor_q8_offset(cols, r, c)], 0);
+            ck_assert(scale[wtensor_q8_scale_index(cols, r, c)] == 0);
         }
     free(x);
     free(back);
@@ -128,6 +143,7 @@ START_TEST(test_q8_blocks_hold_their_values_to_half_a_step)
     check_q8(5, 64);
     check_q8(3, 100);
     check_q8(7, 31);
+    check_q8(37, 70);   /* panels: two whole, one padded */
     check_q8(2, 1);
 }
 END_TEST

@@ -6,9 +6,11 @@
  * has a fallback), the module must work normally right after, and nothing may leak —
  * the ASan/UBSan build (LeakSanitizer) of `make test` checks that at each test's exit.
  * Operations: loading an adapter (peft_load), a request through the engine (submit, KV
- * cache, sampler, scratch), and an adapter load through the registry's loader thread. */
+ * cache, sampler, scratch), an adapter load through the registry's loader thread, and a
+ * Q8 product whose activations need heap scratch. */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,6 +23,8 @@
 #include "adapters/registry.h"
 #include "core/engine.h"
 #include "core/model.h"
+#include "core/smallmm.h"
+#include "core/wtensor.h"
 #include "tests/testutil.h"
 
 /* ---- the allocator hook ---- */
@@ -258,6 +262,53 @@ START_TEST(test_registry_load_fails_cleanly_at_every_allocation_and_retries)
 }
 END_TEST
 
+/* A Q8 product of 40 rows of X by 300 inputs needs 40 × 320 floats of zero-padded
+ * activations, more than smallmm keeps on its stack: when that scratch cannot be had the
+ * product is computed by the plain loop over the panels, and the same product right after
+ * (the allocation succeeding) by the kernels; both equal the float64 reference. */
+START_TEST(test_q8_product_without_memory_for_its_activations)
+{
+    enum { ROWS = 40, IN = 300, N = 40 };
+    float *w = malloc(sizeof(float) * ROWS * IN), *deq = malloc(sizeof(float) * ROWS * IN);
+    float *x = malloc(sizeof(float) * N * IN), *y = malloc(sizeof(float) * N * ROWS);
+    void *arena = aligned_alloc(64, wtensor_arena_bytes(WT_Q8, ROWS, IN));
+    ck_assert(w && deq && x && y && arena);
+    for (int i = 0; i < ROWS * IN; i++)
+        w[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
+    for (int i = 0; i < N * IN; i++)
+        x[i] = (float)((i * 104729) % 1999 - 999) / 999.0f;
+    wtensor q = wtensor_at(WT_Q8, ROWS, IN, arena);
+    wtensor_from_f32(WT_Q8, w, ROWS, IN, (void *)q.data, (float *)q.scale);
+    wtensor_rows_f32(&q, IN, 0, ROWS, deq);
+    smallmm_xmt jb = {x, N, q, ROWS, y, ROWS};
+    for (int run = 0; run < 2; run++) {
+        memset(y, 0, sizeof(float) * N * ROWS);
+        if (run == 0)
+            arm(1);
+        smallmm_xmt_run(NULL, IN, &jb, 1);
+        long made = disarm();
+        if (run == 0)
+            ck_assert_int_ge(made, 1);   /* the scratch was asked for, and refused */
+        for (int i = 0; i < N; i++)
+            for (int r = 0; r < ROWS; r++) {
+                double want = 0, mag = 0;
+                for (int e = 0; e < IN; e++) {
+                    want += (double)x[i * IN + e] * deq[r * IN + e];
+                    mag += fabs((double)x[i * IN + e] * deq[r * IN + e]);
+                }
+                ck_assert_msg(fabs(y[i * ROWS + r] - want) <= 1e-5 * (1 + mag),
+                              "run %d: Y[%d][%d] = %.7g, reference %.7g", run, i, r,
+                              (double)y[i * ROWS + r], want);
+            }
+    }
+    free(w);
+    free(deq);
+    free(x);
+    free(y);
+    free(arena);
+}
+END_TEST
+
 static Suite *faults_suite(void)
 {
     Suite *s = suite_create("faults_alloc");
@@ -267,6 +318,7 @@ static Suite *faults_suite(void)
     tcase_add_test(tc, test_adapter_load_fails_cleanly_at_every_allocation);
     tcase_add_test(tc, test_request_fails_cleanly_at_every_allocation_and_the_engine_goes_on);
     tcase_add_test(tc, test_registry_load_fails_cleanly_at_every_allocation_and_retries);
+    tcase_add_test(tc, test_q8_product_without_memory_for_its_activations);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -472,8 +472,8 @@ static void scratch_give_back(xop_scratch *b)
     free(atomic_exchange(&xop_cache, b));
 }
 
-/* How a job's X is read: 3 zero-padded to whole Q8 blocks, 2 packed for the outer-product tiles,
- * 1 in the BF16 even/odd order, 0 as it is. */
+/* How a job's X is read: 3 zero-padded to whole Q8 blocks, 2 packed for the outer-product
+ * tiles, 1 in the BF16 even/odd order, 0 as it is. */
 static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb)
 {
     if (jb->m.type == WT_Q8)
@@ -485,10 +485,9 @@ static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb)
 
 static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
-    int nb = (int)wtensor_q8_blocks(in);
     switch (xop_kind(k, jb)) {
     case 3:
-        return (size_t)jb->n * (size_t)nb * WT_Q8_BLOCK;
+        return (size_t)jb->n * (size_t)wtensor_q8_blocks(in) * WT_Q8_BLOCK;
     case 2: {
         int P = smallmm_outer_group(k->vl, smallmm_outer_rows(k->vl, jb->n));
         return (size_t)outer_rows_padded(k->vl, jb->n) * (size_t)((in + P - 1) / P * P);

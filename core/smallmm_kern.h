@@ -552,12 +552,12 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
     }
 }
 
-/* Q8 weights (the panel layout, wtensor.h) times NI rows of X, widened to F32: the rows
- * [r0, r0 + 16) of one panel. A vector of VL int8 from 64·k + v·VL of a block's 512 bytes
- * is 4 consecutive weights of VL / 4 rows of the panel; widened to F32 it meets X's same 4
- * elements repeated (KBC4), so each lane sums one row's products with every 4th element of
- * its block; per block the NV sums are scaled (each lane by its row's scale) into the NV
- * running sums, and at the panel's end each row's 4 lanes are added. Groups of 4 vectors
+/* Q8 weights (the panel layout, wtensor.h) times NI rows of X, widened to F32: the 16 rows
+ * of the panel at d (scales sw). A vector of VL int8 from 64·k + v·VL of a block's 512
+ * bytes is 4 consecutive weights of VL / 4 rows of the panel; widened to F32 it meets X's
+ * same 4 elements repeated (KBC4), so each lane sums one row's products with every 4th
+ * element of its block; per block the 4 vectors of sums are scaled (each lane by its row's
+ * scale) into 4 running sums, and at the panel's end each row's 4 lanes are added. Groups of 4 vectors
  * (16 rows with AVX-512, 8 with 8-float vectors: 2 groups a panel, the second from cache)
  * keep within 16 registers. xz: X with each row zero-padded to nb·32 (row stride ldx);
  * rows of the panel from nrow on (the padding of the last) are not written. */
@@ -614,21 +614,18 @@ K(q8_panel)(const float *xz, int ldx, int nb, const int8_t *d, const float *sw, 
     }
 }
 
-
-
 /* Rows [lo, hi) of a Q8 product (lo a multiple of WT_Q8_PANEL; hi too, or the product's
  * last row), panel by panel, each meeting the rows of X a tile at a time (the panel is in
  * cache after the first). xq: X as q8x_prepare left it for these kernels. */
 static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, int hi)
 {
-    int nb = (int)wtensor_q8_blocks(in);
+    int nb = (int)wtensor_q8_blocks(in), ldx = nb * WT_Q8_BLOCK;
+    const float *x = xq;
     for (int r = lo; r < hi; r += WT_Q8_PANEL) {
         const int8_t *d = (const int8_t *)jb->m.data + wtensor_q8_offset(in, r, 0);
         const float *sw = jb->m.scale + wtensor_q8_scale_index(in, r, 0);
         int nrow = hi - r < WT_Q8_PANEL ? hi - r : WT_Q8_PANEL;
         float *y = jb->y + r;
-        int ldx = nb * WT_Q8_BLOCK;
-        const float *x = xq;
         int i = 0;
         for (; VL == 16 && i + 2 <= jb->n; i += 2)
             K(q8_panel)(x + (size_t)i * ldx, ldx, nb, d, sw, y + (size_t)i * jb->ldy,

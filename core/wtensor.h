@@ -27,7 +27,8 @@ typedef enum { WT_F32, WT_BF16, WT_Q8 } wt_type;
  * lane sums products of one row, a block's sums take their rows' scales in one vector, and
  * only at the end of a panel are each row's 4 lanes added (smallmm_kern.h, q8_panel). Rows
  * one after the other needed a tree of folds at the end of every tile of 8 rows and 8
- * interleaved streams; decode of the 135M shape, Q8, is ~12% faster this way (Zen 5). */
+ * interleaved streams. One thread in cache (Zen 5): 49–52 GB/s against 30–44; a Q8 decode
+ * step of the 135M shape, bound by memory, 3–6% faster (paired medians). */
 #define WT_Q8_PANEL 16
 
 typedef struct {

@@ -133,6 +133,50 @@ static void products_alone(model *const *m, const wt_type *types, int nw, int re
     free(y);
 }
 
+/* Where a decode step's time goes, per precision: one sequence on the base, a 1-token
+ * prompt (so every pass is one row), `reps` rounds rotating the precisions; ms per pass,
+ * the phases of forward_profile, each the mean over a round's passes, then the median over
+ * rounds. What is not the products (norms, attention, the KV stores, SwiGLU, the residual
+ * adds, drawing) does not shrink with the weights' bytes and bounds the ratios. */
+static int phases(engine *const *e, const wt_type *types, int nw, const int *prompt,
+                  int tokens, int reps)
+{
+    double ph[3][FWD_PH_COUNT][MAX_REPS] = {{{0}}};
+    for (int r = 0; r < reps; r++)
+        for (int kk = 0; kk < nw; kk++) {
+            int k = (kk + r) % nw;
+            forward_profile prof = {0};
+            double p, d;
+            engine_set_profile(e[k], &prof);
+            int rc = run_one(e[k], prompt, 1, tokens, NULL, &p, &d);
+            engine_set_profile(e[k], NULL);
+            if (rc || prof.passes <= 0)
+                return -1;
+            for (int i = 0; i < FWD_PH_COUNT; i++)
+                ph[k][i][r] = prof.sec[i] / (double)prof.passes * 1e3;
+        }
+    printf("\nwhere a decode step's time goes (one sequence, base; ms per step, the median "
+           "over %d rounds of each round's mean)\n%-7s", reps, "weights");
+    for (int i = 0; i < FWD_PH_COUNT; i++)
+        printf(" %9s", forward_phase_names[i]);
+    printf(" | %9s %9s\n", "products", "others");
+    static const int prod[] = {FWD_PH_QKV, FWD_PH_O, FWD_PH_GATE_UP, FWD_PH_DOWN,
+                               FWD_PH_LM_HEAD};
+    for (int k = 0; k < nw; k++) {
+        double sum = 0, pr = 0;
+        printf("%-7s", wtensor_type_name(types[k]));
+        for (int i = 0; i < FWD_PH_COUNT; i++) {
+            double v = median(ph[k][i], reps);
+            printf(" %9.3f", v);
+            sum += v;
+            for (size_t j = 0; j < sizeof prod / sizeof *prod; j++)
+                pr += i == prod[j] ? v : 0;
+        }
+        printf(" | %9.3f %9.3f\n", pr, sum - pr);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
@@ -225,6 +269,8 @@ int main(int argc, char **argv)
            ad->w->bytes / 1e6, 100.0 * ad->w->bytes / bytes[0],
            100.0 * ad->w->bytes / bytes[1], 100.0 * ad->w->bytes / bytes[2]);
 
+    if (phases(e, types, NW, prompt, decode_tokens + 1, reps))
+        return 1;
     products_alone(m, types, NW, reps);
 
     /* Decode per kernel family, base only, fewer repetitions. */

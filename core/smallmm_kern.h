@@ -199,7 +199,8 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
     K(tile_store)(acc, ni, nj, xr, mr, d, in, y, ldy, NI, NJ, MT);
 }
 
-/* The BF16 tile for one or two rows of X without widening: a vector of VL 32-bit lanes
+/* The BF16 tile for two rows of X without widening (one row: dots_seq, in the same order
+ * of X): a vector of VL 32-bit lanes
  * loaded from BF16 weights holds 2·VL of them, lane k the pair (2k, 2k + 1); shifted left
  * 16 bits it is the even weights as F32, masked with 0xFFFF0000 the odd ones. xeo is X
  * with each whole block of 2·VL elements reordered into its VL even then its VL odd ones
@@ -207,8 +208,8 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
  * FMAs take 2·VL weights where widening takes a zero-extending load and a shift per VL —
  * and the products are the same exact F32 products. Decode of one sequence on the 135M
  * shape, BF16: ~10% faster than widening with AVX-512, 15% faster than vdpbf16ps, 30%
- * faster with AVX2 (all 8 rows of M per tile: 16 rows streamed at once was slower). The
- * elements past the last whole block come from x in tile_store. */
+ * faster with AVX2 (measured with one row, before dots_seq; all 8 rows of M per tile: 16
+ * rows streamed at once was slower). The elements past the last whole block come from x in tile_store. */
 static inline __attribute__((always_inline)) void
 K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *mt, int j0,
                int nj, float *y, int ldy, int NI, int NJ)
@@ -237,6 +238,88 @@ K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *
         }
     }
     K(tile_store)(acc, ni, nj, xr, mr, d, in, y, ldy, NI, NJ, WT_BF16);
+}
+
+/* One or two rows of X (NI) times nj <= 8 rows of M, F32 or BF16, one row of M after the
+ * other: each row of M is read from its start to its end into 4 accumulators per row of
+ * X (4·VL elements a step; BF16 in the even/odd order of dots_bf16eo, xeo), which are
+ * added into one vector per (row of X, row of M); the 8 rows' vectors end in one tree
+ * reduction (tile_store), which also adds the elements past the last whole step. So a
+ * task streams its rows of M as one sequential run of bytes, prefetched SEQ_PF bytes
+ * ahead, where a tile of 8 rows of M read side by side makes 8 short interleaved streams.
+ * Decode's products for one row of X (the 135M shape, 2 threads, Zen 5; the two kernels
+ * alternated in one process, paired medians): F32 0.89–0.94 of the 1 × 8 tile's time,
+ * BF16 0.78–0.94 of the even/odd tile's, in both slow and fast phases of the machine;
+ * without the software prefetch, F32 0.93–1.00 and BF16 0.87–1.09. For two rows of X
+ * the tiles stay (this order took 1.06–1.22 of their time). */
+#ifndef SEQ_PF
+#define SEQ_PF 4096
+#endif
+static inline __attribute__((always_inline)) void
+K(dots_seq)(const float *x, const float *xeo, int ni, int in, const wtensor *mt, int j0,
+            int nj, float *y, int ldy, int NI, int MT)
+{
+    enum { NJ = 8 };
+    size_t es = MT == WT_F32 ? 4 : 2;
+    const void *mr[NJ];
+    const float *xr[2], *er[2];
+    for (int j = 0; j < NJ; j++)
+        mr[j] = (const char *)mt->data + (size_t)(j0 + (j < nj ? j : nj - 1)) * in * es;
+    for (int i = 0; i < NI; i++) {
+        xr[i] = x + (size_t)(i < ni ? i : ni - 1) * in;
+        er[i] = MT == WT_F32 ? xr[i] : xeo + (size_t)(i < ni ? i : ni - 1) * in;
+    }
+    vf acc[2 * NJ];
+    int d = 0;
+    for (int j = 0; j < nj; j++) {
+        vf a[2][4] = {{(vf){0}}};
+        d = 0;
+        if (MT == WT_F32) {
+            const float *m = mr[j];
+            for (; d + 4 * VL <= in; d += 4 * VL)
+                for (int u = 0; u < 4; u++) {
+                    if (VL == 16 || u % 2 == 0)
+                        __builtin_prefetch((const char *)(m + d + u * VL) + SEQ_PF, 0, 3);
+                    vf w = K(ldf)(m + d + u * VL);
+                    for (int i = 0; i < NI; i++)
+                        a[i][u] += w * K(ldf)(er[i] + d + u * VL);
+                }
+            for (; d + VL <= in; d += VL) {
+                vf w = K(ldf)(m + d);
+                for (int i = 0; i < NI; i++)
+                    a[i][0] += w * K(ldf)(er[i] + d);
+            }
+        } else {
+            const uint16_t *m = mr[j];
+            const K(vu) odd = (K(vu)){0} + 0xFFFF0000u;
+            for (; d + 4 * VL <= in; d += 4 * VL)
+                for (int u = 0; u < 2; u++) {
+                    if (VL == 16 || u == 0)   /* a line a prefetch */
+                        __builtin_prefetch((const char *)(m + d + 2 * u * VL) + SEQ_PF, 0, 3);
+                    K(vu) w;
+                    __builtin_memcpy(&w, m + d + 2 * u * VL, sizeof w);
+                    vf we = (vf)(w << 16), wo = (vf)(w & odd);
+                    for (int i = 0; i < NI; i++) {
+                        a[i][2 * u] += we * K(ldf)(er[i] + d + 2 * u * VL);
+                        a[i][2 * u + 1] += wo * K(ldf)(er[i] + d + 2 * u * VL + VL);
+                    }
+                }
+            for (; d + 2 * VL <= in; d += 2 * VL) {
+                K(vu) w;
+                __builtin_memcpy(&w, m + d, sizeof w);
+                for (int i = 0; i < NI; i++) {
+                    a[i][0] += (vf)(w << 16) * K(ldf)(er[i] + d);
+                    a[i][1] += (vf)(w & odd) * K(ldf)(er[i] + d + VL);
+                }
+            }
+        }
+        for (int i = 0; i < NI; i++)
+            acc[i * NJ + j] = (a[i][0] + a[i][1]) + (a[i][2] + a[i][3]);
+    }
+    for (int j = nj; j < NJ; j++)
+        for (int i = 0; i < NI; i++)
+            acc[i * NJ + j] = (vf){0};
+    K(tile_store)(acc, ni, nj, xr, mr, d, in, y, ldy, NI, NJ, MT);
 }
 
 #if KDPBF16
@@ -496,10 +579,11 @@ K(outer_rows_t)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, 
     }
 }
 
-/* Rows [lo, hi) of one product for weight type MT: blocks of TJ rows of M (8 for one row
- * of X and TJ2 for two, which are bound by streaming M: more rows of M in flight, 17%
- * faster for two rows on AVX-512), and for each, every tile of TI rows of X (the block of M is in L1 by then;
- * X, at most 64 rows, in L2), the last tile with exactly the rows left. */
+/* Rows [lo, hi) of one product for weight type MT: for one row of X, M's rows one after
+ * the other (dots_seq); otherwise blocks of TJ rows of M (TJ2 for two rows of X, which are
+ * bound by streaming M: more rows of M in flight, 17% faster for two rows on AVX-512), and
+ * for each, every tile of TI rows of X (the block of M is in L1 by then; X, at most 64
+ * rows, in L2), the last tile with exactly the rows left. */
 static inline __attribute__((always_inline)) void
 K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, int MT)
 {
@@ -515,8 +599,8 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
     if (MT == WT_BF16 && jb->n <= K_EO_ROWS && xeo) {
         for (int j = lo; j < hi; j += 8)
             if (jb->n == 1)
-                K(dots_bf16eo)(xeo, jb->x, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j,
-                               jb->ldy, 1, 8);
+                K(dots_seq)(jb->x, xeo, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j,
+                            jb->ldy, 1, WT_BF16);
             else
                 K(dots_bf16eo)(xeo, jb->x, 2, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j,
                                jb->ldy, 2, 8);
@@ -524,8 +608,8 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
     }
     if (jb->n == 1) {
         for (int j = lo; j < hi; j += 8)
-            K(dots_tile)(jb->x, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j, jb->ldy, 1, 0,
-                         1, 8, MT);
+            K(dots_seq)(jb->x, NULL, 1, in, m, j, hi - j < 8 ? hi - j : 8, jb->y + j, jb->ldy,
+                        1, MT);
         return;
     }
     if (jb->n == 2) {

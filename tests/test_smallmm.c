@@ -179,7 +179,7 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 {
     if (!use_isa(_i))
         return;
-    static const int ins[] = {1, 15, 16, 17, 64, 100};
+    static const int ins[] = {1, 15, 16, 17, 40, 64, 100, 127};
     static const int rows[] = {1, 3, 4, 5, 7, 8, 9, 33};
     /* every remainder of the 4- (2-) row tiles of X; the outer-product tiles' vectors
      * whole, padded, and whole plus 1-4 rows on the dot-product tiles (17-20, 25, 28,
@@ -203,9 +203,10 @@ START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
 {
     if (!use_isa(_i))
         return;
-    /* in: lane tails of 8 and 16, Q8 blocks of 32 cut short (31, 33, 100); rows: Q8
+    /* in: lane tails of 8 and 16, one-row steps of 4 vectors with 1-3 whole vectors after
+     * them (40, 127), Q8 blocks of 32 cut short (31, 33, 100); rows: Q8
      * panels of 16 whole, padded, and split between tasks mid-panel (33, 40) */
-    static const int ins[] = {1, 15, 16, 17, 31, 32, 33, 64, 100};
+    static const int ins[] = {1, 15, 16, 17, 31, 32, 33, 40, 64, 100, 127};
     static const int rows[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 40};
     static const int ns[] = {1, 2, 3, 4, 5, 8, 9, 17, 20, 25, 33, 36, SMALLMM_MAX_ROWS + 1};
     for (int threads = 1; threads <= 2; threads++) {

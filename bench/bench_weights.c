@@ -2,8 +2,9 @@
  * SmolLM2-135M-shaped model of bench_engine: decode (one sequence, base and one rank-16
  * adapter on the fly) and prefill (a 512-token prompt) per precision, each against its
  * own bandwidth bound (the bytes it holds per token ÷ the machine's read bandwidth,
- * measured in the same run), the three interleaved so machine noise hits them alike; then
- * decode per kernel family (portable, AVX2, AVX-512, AVX-512 BF16) this CPU runs.
+ * measured just before that decode), the three interleaved so machine noise hits them
+ * alike and every ratio taken within one repetition; where a decode step's time goes; the
+ * products alone; then decode per kernel family (portable, AVX2, AVX-512, AVX-512 BF16) this CPU runs.
  * Usage: bench_weights [WORKDIR] [--quick] (WORKDIR as bench_engine's, which writes the
  * model on first use: run `make bench` or bench_engine --prepare first). */
 #include <stdio.h>
@@ -222,9 +223,10 @@ int main(int argc, char **argv)
     size_t bytes[NW];
     for (int k = 0; k < NW; k++)
         bytes[k] = m[k]->weight_bytes;
-    double bw = bench_read_bandwidth(bytes[0]);
-
-    double dec[NW][2][MAX_REPS], pre[NW][MAX_REPS], dummy;
+    /* The machine's read bandwidth changes by up to 1.6x within minutes (shared host): it
+     * is measured just before each precision's decode in every repetition, and each run is
+     * held against the measurement next to it. */
+    double dec[NW][2][MAX_REPS], pre[NW][MAX_REPS], bwr[NW][MAX_REPS], dummy;
     for (int k = 0; k < NW; k++)
         run_one(e[k], prompt, 16, 8, NULL, &dummy, &dummy);   /* warm up */
     for (int r = 0; r < reps; r++)
@@ -234,35 +236,50 @@ int main(int argc, char **argv)
             if (run_one(e[k], prompt, 512, 1, NULL, &p, &d))
                 return 1;
             pre[k][r] = 512 / p;
+            bwr[k][r] = bench_read_bandwidth_keep(bytes[0], 1);
             for (int a = 0; a < 2; a++) {
                 if (run_one(e[k], prompt, 16, decode_tokens + 1, a ? &one : NULL, &p, &d))
                     return 1;
                 dec[k][a][r] = d;
             }
         }
-    double bw_after = bench_read_bandwidth(bytes[0]);
-    if (bw_after > bw)
-        bw = bw_after;
+    bench_read_bandwidth_keep(bytes[0], 0);   /* frees the buffer */
+    double all_bw[NW * MAX_REPS];
+    for (int k = 0; k < NW; k++)
+        for (int r = 0; r < reps; r++)
+            all_bw[k * reps + r] = bwr[k][r];
+    double bw_lo = all_bw[0], bw_hi = all_bw[0];
+    for (int i = 1; i < NW * reps; i++) {
+        bw_lo = all_bw[i] < bw_lo ? all_bw[i] : bw_lo;
+        bw_hi = all_bw[i] > bw_hi ? all_bw[i] : bw_hi;
+    }
 
     printf("\nlorad weight precisions (random SmolLM2-135M shape, %d layers; --weights; "
            "kernels %s; OpenBLAS %s; %d interleaved repetitions, medians)\n", c->n_layers,
            smallmm_isa_name(smallmm_get_isa()), blas_kernels(), reps);
-    printf("read bandwidth %.1f GB/s (higher of before/after the runs)\n", bw / 1e9);
+    printf("read bandwidth %.1f GB/s (median; %.1f-%.1f: measured before each precision's "
+           "decode in every repetition)\n", median(all_bw, NW * reps) / 1e9, bw_lo / 1e9,
+           bw_hi / 1e9);
+    printf("of bound: decode tok/s x bytes per token / the bandwidth measured next to the run; "
+           "vs f32: against f32 in the same repetition (medians of those ratios)\n");
     printf("\n%-6s %9s %9s %12s %9s %9s %14s %10s %12s %9s\n", "weights", "MB/token",
            "load s", "decode tok/s", "of bound", "vs f32", "+adapter tok/s", "adapter",
            "prefill tok/s", "vs f32");
-    double d0 = median(dec[0][0], reps), p0 = median(pre[0], reps);
     for (int k = 0; k < NW; k++) {
         double d = median(dec[k][0], reps), da = median(dec[k][1], reps);
         double p = median(pre[k], reps);
-        double bound = bw / (double)bytes[k];
-        /* the adapter's cost: the paired ratio of each repetition's two runs */
-        double ratio[MAX_REPS];
-        for (int r = 0; r < reps; r++)
-            ratio[r] = dec[k][1][r] / dec[k][0][r];
+        /* paired ratios: each repetition's runs against each other and the bandwidth */
+        double ad_r[MAX_REPS], of_r[MAX_REPS], vs_r[MAX_REPS], pre_r[MAX_REPS];
+        for (int r = 0; r < reps; r++) {
+            ad_r[r] = dec[k][1][r] / dec[k][0][r];
+            of_r[r] = dec[k][0][r] * (double)bytes[k] / bwr[k][r];
+            vs_r[r] = dec[k][0][r] / dec[0][0][r];
+            pre_r[r] = pre[k][r] / pre[0][r];
+        }
         printf("%-7s %9.0f %9.2f %12.1f %8.0f%% %8.2fx %14.1f %9.1f%% %12.1f %8.2fx\n",
-               wtensor_type_name(types[k]), bytes[k] / 1e6, load_s[k], d, 100 * d / bound,
-               d / d0, da, 100 * (1 - median(ratio, reps)), p, p / p0);
+               wtensor_type_name(types[k]), bytes[k] / 1e6, load_s[k], d,
+               100 * median(of_r, reps), median(vs_r, reps), da,
+               100 * (1 - median(ad_r, reps)), p, median(pre_r, reps));
     }
     printf("adapter: rank 16 on all 7 projections, %.1f MB of F32 A and B read per token "
            "(%.0f%% / %.0f%% / %.0f%% of the f32 / bf16 / q8 base bytes)\n",

@@ -103,18 +103,30 @@ static void *bw_worker(void *arg)
  * match decode's, on huge pages as the weights are): the best of three read kernels — our 2-thread wide-load sum,
  * OpenBLAS sasum and OpenBLAS sgemv over the buffer as a [n/576, 576] matrix — each the
  * median of 5 runs. */
-double bench_read_bandwidth(size_t bytes)
+double bench_read_bandwidth_keep(size_t bytes, int keep)
 {
     size_t n = bytes / sizeof(float);
-    /* on transparent huge pages, as lorad holds the weights (4 KB pages read slower) */
+    /* on transparent huge pages, as lorad holds the weights (4 KB pages read slower); with
+     * keep, kept for the next call of the same size */
     size_t cap = (n * sizeof(float) + 63) & ~(size_t)63;
-    float *buf = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (buf == MAP_FAILED)
-        return 0;
-    madvise(buf, cap, MADV_HUGEPAGE);
+    static float *buf;
+    static size_t buf_cap;
+    if (buf && buf_cap != cap) {
+        munmap(buf, buf_cap);
+        buf = NULL;
+    }
+    if (!buf) {
+        buf = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (buf == MAP_FAILED) {
+            buf = NULL;
+            return 0;
+        }
+        buf_cap = cap;
+        madvise(buf, cap, MADV_HUGEPAGE);
+        for (size_t i = 0; i < n; i++)
+            buf[i] = (float)(i & 7);
+    }
     float *x = malloc(576 * sizeof(float)), *y = malloc((n / 576 + 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (float)(i & 7);
     for (int i = 0; i < 576; i++)
         x[i] = 1.0f;
     double best = 0;
@@ -143,10 +155,18 @@ double bench_read_bandwidth(size_t bytes)
         double m = bench_median(runs, 5);
         best = m > best ? m : best;
     }
-    munmap(buf, cap);
     free(x);
     free(y);
+    if (!keep) {
+        munmap(buf, buf_cap);
+        buf = NULL;
+    }
     return best;
+}
+
+double bench_read_bandwidth(size_t bytes)
+{
+    return bench_read_bandwidth_keep(bytes, 0);
 }
 
 

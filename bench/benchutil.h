@@ -46,6 +46,10 @@ int bench_write_llama_config(const char *dir, const model_config *c, double rope
 /* Read bandwidth (bytes/s) over a buffer of `bytes`: the best of three read kernels
  * (a 2-thread wide-load sum, OpenBLAS sasum, OpenBLAS sgemv), each the median of 5 runs. */
 double bench_read_bandwidth(size_t bytes);
+/* The same; keep 1 keeps the buffer (filled once) for the next call of the same size, so
+ * that measuring before every run costs only the reads; keep 0 frees it, as
+ * bench_read_bandwidth does. */
+double bench_read_bandwidth_keep(size_t bytes, int keep);
 
 /* Peak float32 FMA throughput (flop/s, an FMA counting 2) of `threads` threads running
  * register-only 16-lane FMA chains: the compute roofline of the kernels. Median of 5. */

@@ -279,9 +279,15 @@ static const smallmm_kernels *kernels(void)
  * one-row Q8 q/k/v pass takes 2 tasks, a gate/up pass 6, an F32 gate/up pass 16),
  * alternated quick runs of bench_weights: decode Q8 184 / 195 → 220 / 230 tok/s, BF16
  * 132 / 135 → 152 / 146, F32 83 / 87 → 91 / 90; 128 KB was between the two, 512 KB not
- * clearly apart from 256. Products of many rows of X are compute-bound and keep 8 tasks
- * per thread (the work counts each row). */
-#define SMALLMM_TASK_BYTES ((size_t)256 << 10)
+ * clearly apart from 256. Since one row of X streams each task's rows of M as one
+ * sequential run (dots_seq; Q8 panels), fewer, longer tasks are faster still: 1 MB a task
+ * (a one-row pass under 4 MB — every pass of the 135M shape but lm_head — takes one task
+ * per thread), decode's products alone against 256 KB, the two alternated in one process
+ * (21 pairs, paired medians): F32 0.95–0.97, BF16 0.94–0.99, Q8 0.94–0.99 in fast and slow
+ * phases of the machine; 4 MB and 64 MB the same as 1 MB within noise; 2–32 rows of X
+ * 0.95–1.00. Products of many rows of X are compute-bound and keep 8 tasks per thread
+ * (the work counts each row). */
+#define SMALLMM_TASK_BYTES ((size_t)1 << 20)
 
 typedef struct {
     const smallmm_kernels *k;

@@ -1,6 +1,7 @@
 /* bench_batch: the cost of one decode step against the number of sequences decoding
  * together, on the base and on 8 different adapters, each printed beside its roofline
- * bound — max(bytes read ÷ read bandwidth, flops ÷ FMA peak) — measured in the same run.
+ * bound — max(bytes read ÷ read bandwidth, flops ÷ FMA peak) — both measured just before
+ * each row count's runs in every repetition (the shared machine's bandwidth moves by 1.6x).
  * Uses the random SmolLM2-135M-shaped model and rank-16 adapters that `bench_engine
  * --prepare` writes. Usage: bench_batch [WORKDIR] [--quick] [--rows N,N,...] [--steps N]
  * [--tsv FILE] [--profile] (--steps: timed steps per run, default 12, e.g. many for
@@ -179,12 +180,16 @@ int main(int argc, char **argv)
     double ad_params = (double)ad[0]->w->bytes / sizeof(float);
     double attn_flops = 4.0 * c->n_layers * c->n_heads * c->head_dim * (PROMPT + steps / 2.0);
 
-    double t_base[32][8], t_ad[32][8];
+    /* The machine's bandwidth and FMA peak move within minutes (a shared host): both are
+     * measured just before each row count's runs in every repetition, and each step time
+     * is held against the bound from the measurements next to it. */
+    double t_base[32][8], t_ad[32][8], bw_at[32][8], peak_at[32][8];
     time_steps(e, 4, NULL, 0, 2, prompt, NULL);  /* warm up */
-    double bw0 = bench_read_bandwidth((size_t)base_bytes), peak0 = bench_fma_peak(2);
     for (int r = 0; r < reps; r++)
         for (int kk = 0; kk < n_rows; kk++) {
             int k = (kk + r) % n_rows;
+            bw_at[k][r] = bench_read_bandwidth_keep((size_t)base_bytes, 1);
+            peak_at[k][r] = bench_fma_peak(2);
             /* alternate which case runs first, so drift hits both alike */
             for (int c2 = 0; c2 < 2; c2++) {
                 int adapters = (c2 + r) % 2;
@@ -196,17 +201,32 @@ int main(int argc, char **argv)
                 (adapters ? t_ad : t_base)[k][r] = t;
             }
         }
-    double bw = bench_read_bandwidth((size_t)base_bytes), peak = bench_fma_peak(2);
-    bw = bw > bw0 ? bw : bw0;
-    peak = peak > peak0 ? peak : peak0;
+    bench_read_bandwidth_keep((size_t)base_bytes, 0);   /* frees the buffer */
+    double all_bw[32 * 8], all_peak[32 * 8];
+    int n_all = 0;
+    for (int k = 0; k < n_rows; k++)
+        for (int r = 0; r < reps; r++, n_all++) {
+            all_bw[n_all] = bw_at[k][r];
+            all_peak[n_all] = peak_at[k][r];
+        }
+    double bw = bench_median(all_bw, n_all), peak = bench_median(all_peak, n_all);
+    double bw_lo = bw, bw_hi = bw, pk_lo = peak, pk_hi = peak;
+    for (int i = 0; i < n_all; i++) {
+        bw_lo = all_bw[i] < bw_lo ? all_bw[i] : bw_lo;
+        bw_hi = all_bw[i] > bw_hi ? all_bw[i] : bw_hi;
+        pk_lo = all_peak[i] < pk_lo ? all_peak[i] : pk_lo;
+        pk_hi = all_peak[i] > pk_hi ? all_peak[i] : pk_hi;
+    }
 
     printf("\nlorad decode step against batch size (random SmolLM2-135M shape, F32; rank-16 "
            "adapters on all 7 projections; %d interleaved repetitions x %d steps, medians)\n",
            reps, steps);
-    printf("machine (higher of before/after): read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s "
-           "(2 threads)\n", bw / 1e9, peak / 1e9);
-    printf("bound = max(bytes / bandwidth, flops / peak) per step; 'of bound' = bound / "
-           "measured step time\n\n");
+    printf("machine (medians of the measurements before each row count's runs): read "
+           "bandwidth %.1f GB/s (%.1f-%.1f), FMA peak %.1f GFLOP/s (%.1f-%.1f; 2 threads)\n",
+           bw / 1e9, bw_lo / 1e9, bw_hi / 1e9, peak / 1e9, pk_lo / 1e9, pk_hi / 1e9);
+    printf("bound = max(bytes / bandwidth, flops / peak) per step with the measurements next "
+           "to the run; 'of bound' = the median over repetitions of bound / step time; 'bound "
+           "ms' the median bound\n\n");
     printf("%5s | %10s %10s %9s %9s | %10s %10s %9s %9s | %8s\n", "rows", "base ms", "bound ms",
            "of bound", "tok/s", "8 ad. ms", "bound ms", "of bound", "tok/s", "8 ad/base");
     FILE *tf = tsv ? fopen(tsv, "w") : NULL;
@@ -217,11 +237,19 @@ int main(int argc, char **argv)
         double tb = bench_median(t_base[k], reps), ta = bench_median(t_ad[k], reps);
         double fb = n * (2 * params + attn_flops), fa = fb + n * 2 * ad_params;
         double bb = base_bytes, ba = base_bytes + distinct * ad_params * sizeof(float);
-        double lb = bb / bw > fb / peak ? bb / bw : fb / peak;
-        double la = ba / bw > fa / peak ? ba / bw : fa / peak;
+        double lbr[8], lar[8], ofb[8], ofa[8], pair[8];
+        for (int r = 0; r < reps; r++) {
+            double w = bw_at[k][r], f = peak_at[k][r];
+            lbr[r] = bb / w > fb / f ? bb / w : fb / f;
+            lar[r] = ba / w > fa / f ? ba / w : fa / f;
+            ofb[r] = lbr[r] / t_base[k][r];
+            ofa[r] = lar[r] / t_ad[k][r];
+            pair[r] = t_base[k][r] / t_ad[k][r];
+        }
+        double lb = bench_median(lbr, reps), la = bench_median(lar, reps);
         printf("%5d | %10.2f %10.2f %8.0f%% %9.1f | %10.2f %10.2f %8.0f%% %9.1f | %7.2fx\n", n,
-               tb * 1e3, lb * 1e3, 100 * lb / tb, n / tb, ta * 1e3, la * 1e3, 100 * la / ta,
-               n / ta, tb / ta);
+               tb * 1e3, lb * 1e3, 100 * bench_median(ofb, reps), n / tb, ta * 1e3, la * 1e3,
+               100 * bench_median(ofa, reps), n / ta, bench_median(pair, reps));
         if (tf)
             fprintf(tf, "%d\t%.3f\t%.3f\t%.3f\t%.3f\n", n, tb * 1e3, lb * 1e3, ta * 1e3,
                     la * 1e3);

@@ -3,6 +3,8 @@
  * runs on any x86-64 and uses AVX-512 where it is there). */
 #include "smallmm.h"
 
+#include <float.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -21,7 +23,10 @@ typedef struct {
     void (*xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi);
     void (*tb_cols)(const smallmm_tb *jb, int c0, int c1);
     int vl, eo_rows;
+    /* X for the Q8 kernels (nb·32 floats of room a row); NULL: zero-padded (q8x_prepare) */
+    void (*q8_prep)(const float *x, int n, int in, float *out);
 } smallmm_kernels;
+static void q8x_prepare(const float *x, int n, int in, float *out);
 
 /* Products of at least this many rows of X with F32 or BF16 weights take the
  * outer-product tiles (X packed once per product); fewer rows, and Q8 weights, the
@@ -104,8 +109,9 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,bmi2")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vnni,avx2,fma,bmi2")
 #define KSUF avx512bf16
+#define KVNNI 1
 #define VL 16
 #define TI 4
 #define TJ 4
@@ -206,7 +212,8 @@ int smallmm_isa_supported(smallmm_isa isa)
     if (isa == SMALLMM_AVX512)
         return avx512;
     if (isa == SMALLMM_AVX512BF16)
-        return avx512 && __builtin_cpu_supports("avx512bf16");
+        return avx512 && __builtin_cpu_supports("avx512bf16") &&
+               __builtin_cpu_supports("avx512vnni");
 #endif
     return 0;
 }
@@ -552,7 +559,8 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
                 continue;
             int kind = xop_kind(ps.k, &jobs[k]);
             if (kind == 3)
-                q8x_prepare(jobs[k].x, jobs[k].n, in, buf + used);
+                (ps.k->q8_prep ? ps.k->q8_prep : q8x_prepare)(jobs[k].x, jobs[k].n, in,
+                                                              buf + used);
             else if (kind == 2)
                 outer_prepare(jobs[k].x, jobs[k].n, in, ps.k->vl, buf + used);
             else

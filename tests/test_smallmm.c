@@ -221,6 +221,62 @@ START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
 }
 END_TEST
 
+/* Q8 products whose activations span many magnitudes — blocks of 32 scaled from 1e-8 to
+ * 1e6, an outlier 1000 times its block, blocks of zeros, a lone nonzero — match float64
+ * within the rounding of each block's largest activation (the VNNI kernels hold the
+ * activations as integers per block, to 2^-24 of its largest); a NaN or an infinity among
+ * a row's activations makes every output of that row non-finite, as F32 products would,
+ * and leaves the other rows alone. */
+START_TEST(test_q8_activations_of_every_magnitude_and_non_finite_ones)
+{
+    if (!use_isa(_i))
+        return;
+    enum { IN = 200, ROWS = 40, N = 5 };
+    static const float scales[] = {1e-8f, 1e6f, 1.0f, 3e-3f, 0.0f, 7e2f, 1e-5f};
+    float *x = rand_floats((size_t)N * IN);
+    for (int d = 0; d < IN; d++) {
+        x[d] *= scales[(d / 32) % 7];
+        if (d % 32 == 5)
+            x[d] *= 1000.0f;
+        x[IN + d] = d == 77 ? 0.25f : 0.0f;
+    }
+    x[2 * IN + 101] = NAN;
+    x[3 * IN + 33] = INFINITY;
+    test_matrix tm = make_matrix(WT_Q8, ROWS, IN);
+    float y[N * ROWS];
+    for (int threads = 1; threads <= 2; threads++) {
+        pool *p = make_pool(threads);
+        smallmm_xmt jb = {x, N, tm.w, ROWS, y, ROWS};
+        smallmm_xmt_run(p, IN, &jb, 1);
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < ROWS; j++) {
+                float got = y[i * ROWS + j];
+                if (i == 2 || i == 3) {
+                    ck_assert_msg(!isfinite(got), "row %d (a %s activation): Y[%d] = %g", i,
+                                  i == 2 ? "NaN" : "infinite", j, got);
+                    continue;
+                }
+                double want = 0, tol = 0;
+                for (int b = 0; b < IN; b += 32) {
+                    double mx = 0;
+                    for (int d = b; d < b + 32 && d < IN; d++)
+                        mx = fmax(mx, fabs(x[i * IN + d]));
+                    for (int d = b; d < b + 32 && d < IN; d++) {
+                        double w = tm.deq[(size_t)j * IN + d];
+                        want += (double)x[i * IN + d] * w;
+                        tol += 1e-6 * mx * fabs(w);
+                    }
+                }
+                ck_assert_msg(fabs(got - want) <= tol + 1e-30, "row %d: Y[%d] = %.9g, "
+                              "reference %.9g (tolerance %.3g)", i, j, got, want, tol);
+            }
+        pool_free(p);
+    }
+    free(x);
+    free_matrix(&tm);
+}
+END_TEST
+
 START_TEST(test_isa_choice)
 {
     /* portable always runs; an ISA the CPU lacks is refused and changes nothing */
@@ -460,6 +516,8 @@ static Suite *smallmm_suite(void)
     tcase_add_loop_test(core, test_products_sharing_an_x_share_its_prepared_copy,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_tb_adds_to_outputs_for_every_edge_and_mix,
+                        SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_q8_activations_of_every_magnitude_and_non_finite_ones,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_test(core, test_isa_choice);
     suite_add_tcase(s, core);

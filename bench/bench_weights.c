@@ -4,7 +4,8 @@
  * own bandwidth bound (the bytes it holds per token ÷ the machine's read bandwidth,
  * measured just before that decode), the three interleaved so machine noise hits them
  * alike and every ratio taken within one repetition; where a decode step's time goes; the
- * products alone; then decode per kernel family (portable, AVX2, AVX-512, AVX-512 BF16) this CPU runs.
+ * products alone; then decode per kernel family (portable, AVX2, AVX-512, AVX-512 BF16)
+ * this CPU runs.
  * Usage: bench_weights [WORKDIR] [--quick] (WORKDIR as bench_engine's, which writes the
  * model on first use: run `make bench` or bench_engine --prepare first). */
 #include <stdio.h>
@@ -54,7 +55,8 @@ static void products_alone(model *const *m, const wt_type *types, int nw, int re
     smallmm_xmt *jobs = calloc(n_jobs, sizeof *jobs);
     int *in = calloc(n_jobs, sizeof *in), *pass = calloc(n_jobs, sizeof *pass);
     float *x = calloc((size_t)I, sizeof *x);
-    size_t ycap = (size_t)c->vocab_size + (size_t)L * (4 * (size_t)H + 2 * (size_t)I + 2 * (size_t)H);
+    size_t ycap = (size_t)c->vocab_size +
+                  (size_t)L * (4 * (size_t)H + 2 * (size_t)I + 2 * (size_t)H);
     float *y = calloc(ycap, sizeof *y);
     if (!p || !jobs || !in || !pass || !x || !y) {
         fprintf(stderr, "bench_weights: out of memory\n");

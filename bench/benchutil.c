@@ -100,9 +100,9 @@ static void *bw_worker(void *arg)
 }
 
 /* Read bandwidth (bytes/s) over a buffer of `bytes` (the weights' size, so cache effects
- * match decode's, on huge pages as the weights are): the best of three read kernels — our 2-thread wide-load sum,
- * OpenBLAS sasum and OpenBLAS sgemv over the buffer as a [n/576, 576] matrix — each the
- * median of 5 runs. */
+ * match decode's, on huge pages as the weights are): the best of three read kernels — our
+ * 2-thread wide-load sum, OpenBLAS sasum and OpenBLAS sgemv over the buffer as a [n/576,
+ * 576] matrix — each the median of 5 runs. */
 double bench_read_bandwidth_keep(size_t bytes, int keep)
 {
     size_t n = bytes / sizeof(float);

@@ -209,7 +209,8 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
  * and the products are the same exact F32 products. Decode of one sequence on the 135M
  * shape, BF16: ~10% faster than widening with AVX-512, 15% faster than vdpbf16ps, 30%
  * faster with AVX2 (measured with one row, before dots_seq; all 8 rows of M per tile: 16
- * rows streamed at once was slower). The elements past the last whole block come from x in tile_store. */
+ * rows streamed at once was slower). The elements past the last whole block come from x
+ * in tile_store. */
 static inline __attribute__((always_inline)) void
 K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *mt, int j0,
                int nj, float *y, int ldy, int NI, int NJ)
@@ -641,10 +642,11 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
  * bytes is 4 consecutive weights of VL / 4 rows of the panel; widened to F32 it meets X's
  * same 4 elements repeated (KBC4), so each lane sums one row's products with every 4th
  * element of its block; per block the 4 vectors of sums are scaled (each lane by its row's
- * scale) into 4 running sums, and at the panel's end each row's 4 lanes are added. Groups of 4 vectors
- * (16 rows with AVX-512, 8 with 8-float vectors: 2 groups a panel, the second from cache)
- * keep within 16 registers. xz: X with each row zero-padded to nb·32 (row stride ldx);
- * rows of the panel from nrow on (the padding of the last) are not written. */
+ * scale) into 4 running sums, and at the panel's end each row's 4 lanes are added. Groups
+ * of 4 vectors (16 rows with AVX-512, 8 with 8-float vectors: 2 groups a panel, the second
+ * from cache) keep within 16 registers. xz: X with each row zero-padded to nb·32 (row
+ * stride ldx); rows of the panel from nrow on (the padding of the last) are not written.
+ * The family with VNNI (avx512bf16) takes q8v_panel instead. */
 static inline __attribute__((always_inline)) void
 K(q8_panel)(const float *xz, int ldx, int nb, const int8_t *d, const float *sw, float *y,
             int ldy, int nrow, int NI)
@@ -730,7 +732,9 @@ static void K(q8v_prepare)(const float *x, int n, int in, float *out)
             const float *xb = x + (size_t)i * in + (size_t)b * WT_Q8_BLOCK;
             int left = in - b * WT_Q8_BLOCK;
             __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+            __mmask16 m1 = left >= 32   ? 0xFFFF
+                           : left <= 16 ? 0
+                                        : (__mmask16)((1u << (left - 16)) - 1);
             __m512 v0 = _mm512_maskz_loadu_ps(m0, xb), v1 = _mm512_maskz_loadu_ps(m1, xb + 16);
             float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
             if (_mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q))

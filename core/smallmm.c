@@ -26,7 +26,6 @@ typedef struct {
     /* X for the Q8 kernels (nb·32 floats of room a row); NULL: zero-padded (q8x_prepare) */
     void (*q8_prep)(const float *x, int n, int in, float *out);
 } smallmm_kernels;
-static void q8x_prepare(const float *x, int n, int in, float *out);
 
 /* Products of at least this many rows of X with F32 or BF16 weights take the
  * outer-product tiles (X packed once per product); fewer rows, and Q8 weights, the

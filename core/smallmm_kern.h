@@ -721,9 +721,16 @@ K(q8_panel)(const float *xz, int ldx, int nb, const int8_t *d, const float *sw, 
  * earlier version of this kernel was measured in decode only in slow phases — steps of
  * 3.2–4.2 ms — and lost there by 8%, so it was not kept then.)
  *
- * X as q8v_prepare leaves it: per row, per block, 128 bytes — plane 0, 1, 2 (32 signed
- * bytes each), the three offsets 128·Σ d_p (int32), sx (float), padding; a row is nb·128
- * bytes, the same room as X zero-padded to whole blocks of floats. */
+ * X as q8v_prepare leaves it: per row, per block, Q8V_BLOCK_BYTES — plane 0, 1, 2 (32
+ * signed bytes each), the three offsets 128·Σ d_p (int32), sx (float), padding; a row is
+ * nb·Q8V_BLOCK_BYTES, the same room as X zero-padded to whole blocks of floats (the
+ * scratch smallmm_xmt_run sizes for both). */
+#ifndef SMALLMM_Q8V_LAYOUT   /* once, whichever families have VNNI */
+#define SMALLMM_Q8V_LAYOUT
+enum { Q8V_OFF = 3 * WT_Q8_BLOCK, Q8V_SX = Q8V_OFF + 3 * 4, Q8V_BLOCK_BYTES = 128 };
+_Static_assert(Q8V_BLOCK_BYTES == WT_Q8_BLOCK * sizeof(float) && Q8V_SX + 4 <= Q8V_BLOCK_BYTES,
+               "a prepared block fills the room of a zero-padded one");
+#endif
 static void K(q8v_prepare)(const float *x, int n, int in, float *out)
 {
     int nb = (int)wtensor_q8_blocks(in);
@@ -739,13 +746,13 @@ static void K(q8v_prepare)(const float *x, int n, int in, float *out)
             float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
             if (_mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q))
                 mx = NAN;   /* max drops NaNs */
-            uint8_t *o = (uint8_t *)(out + ((size_t)i * nb + b) * WT_Q8_BLOCK);
+            uint8_t *o = (uint8_t *)out + ((size_t)i * nb + b) * Q8V_BLOCK_BYTES;
             if (!(mx > 0 && mx <= FLT_MAX)) {
                 /* all zero: adds nothing; a NaN or an infinity: sx NaN makes every row's
                  * result NaN, as F32 products would make it NaN or infinite */
-                memset(o, 0, 128);
+                memset(o, 0, Q8V_BLOCK_BYTES);
                 float sx = mx == 0 ? 0.0f : NAN;
-                memcpy(o + 108, &sx, sizeof sx);
+                memcpy(o + Q8V_SX, &sx, sizeof sx);
                 continue;
             }
             __m512 inv = _mm512_set1_ps(8323072.0f / mx);
@@ -761,7 +768,8 @@ static void K(q8v_prepare)(const float *x, int n, int in, float *out)
                                             _mm512_and_si512(_mm512_add_epi32(r, c128), c255),
                                             c128)
                                       : r;
-                    _mm_storeu_si128((__m128i *)(o + 32 * p + 16 * h), _mm512_cvtepi32_epi8(d));
+                    _mm_storeu_si128((__m128i *)(o + WT_Q8_BLOCK * p + 16 * h),
+                                     _mm512_cvtepi32_epi8(d));
                     sum[p] = _mm512_add_epi32(sum[p], d);
                     r = _mm512_srai_epi32(_mm512_sub_epi32(r, d), 8);
                 }
@@ -770,9 +778,9 @@ static void K(q8v_prepare)(const float *x, int n, int in, float *out)
             for (int p = 0; p < 3; p++)
                 off[p] = 128 * _mm512_reduce_add_epi32(sum[p]);
             float sx = mx / 8323072.0f;
-            memcpy(o + 96, off, sizeof off);
-            memcpy(o + 108, &sx, sizeof sx);
-            memset(o + 112, 0, 16);
+            memcpy(o + Q8V_OFF, off, sizeof off);
+            memcpy(o + Q8V_SX, &sx, sizeof sx);
+            memset(o + Q8V_SX + 4, 0, Q8V_BLOCK_BYTES - (Q8V_SX + 4));
         }
 }
 
@@ -796,21 +804,21 @@ K(q8v_panel)(const uint8_t *xv, size_t ldx, int nb, const int8_t *d, const float
         for (int k = 0; k < 8; k++) {
             __m512i u = _mm512_xor_si512(_mm512_loadu_si512(db + 64 * k), flip);
             for (int i = 0; i < NI; i++) {
-                const uint8_t *xb = xv + (size_t)i * ldx + (size_t)b * 128;
+                const uint8_t *xb = xv + (size_t)i * ldx + (size_t)b * Q8V_BLOCK_BYTES;
                 for (int p = 0; p < 3; p++) {
                     int32_t dg;
-                    __builtin_memcpy(&dg, xb + 32 * p + 4 * k, sizeof dg);
+                    __builtin_memcpy(&dg, xb + WT_Q8_BLOCK * p + 4 * k, sizeof dg);
                     a[i][p] = _mm512_dpbusd_epi32(a[i][p], u, _mm512_set1_epi32(dg));
                 }
             }
         }
         __m512 s = _mm512_loadu_ps(sw + (size_t)b * WT_Q8_PANEL);
         for (int i = 0; i < NI; i++) {
-            const uint8_t *xb = xv + (size_t)i * ldx + (size_t)b * 128;
+            const uint8_t *xb = xv + (size_t)i * ldx + (size_t)b * Q8V_BLOCK_BYTES;
             int32_t off[3];
             float sx;
-            __builtin_memcpy(off, xb + 96, sizeof off);
-            __builtin_memcpy(&sx, xb + 108, sizeof sx);
+            __builtin_memcpy(off, xb + Q8V_OFF, sizeof off);
+            __builtin_memcpy(&sx, xb + Q8V_SX, sizeof sx);
             __m512i t0 = _mm512_sub_epi32(a[i][0], _mm512_set1_epi32(off[0]));
             __m512i t1 = _mm512_sub_epi32(a[i][1], _mm512_set1_epi32(off[1]));
             __m512i t2 = _mm512_sub_epi32(a[i][2], _mm512_set1_epi32(off[2]));
@@ -827,12 +835,12 @@ K(q8v_panel)(const uint8_t *xv, size_t ldx, int nb, const int8_t *d, const float
 #endif
 
 /* Rows [lo, hi) of a Q8 product (lo a multiple of WT_Q8_PANEL; hi too, or the product's
- * last row), panel by panel, each meeting the rows of X a tile at a time (the panel is in
- * cache after the first). xq: X as q8x_prepare left it for these kernels. */
+ * last row), panel by panel, each meeting the rows of X two at a time (the panel is in
+ * cache after the first). xq: X as this family's q8_prep left it (q8v_prepare with VNNI,
+ * else q8x_prepare). */
 static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, int hi)
 {
-    int nb = (int)wtensor_q8_blocks(in), ldx = nb * WT_Q8_BLOCK;
-    const float *x = xq;
+    int nb = (int)wtensor_q8_blocks(in);
     for (int r = lo; r < hi; r += WT_Q8_PANEL) {
         const int8_t *d = (const int8_t *)jb->m.data + wtensor_q8_offset(in, r, 0);
         const float *sw = jb->m.scale + wtensor_q8_scale_index(in, r, 0);
@@ -841,21 +849,23 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
         int i = 0;
 #if KVNNI
         const uint8_t *xv = xq;
-        size_t ldb = (size_t)ldx * sizeof(float);
+        size_t ldb = (size_t)nb * Q8V_BLOCK_BYTES;
         for (; i + 2 <= jb->n; i += 2)
             K(q8v_panel)(xv + (size_t)i * ldb, ldb, nb, d, sw, y + (size_t)i * jb->ldy,
                          jb->ldy, nrow, 2);
         for (; i < jb->n; i++)
             K(q8v_panel)(xv + (size_t)i * ldb, ldb, nb, d, sw, y + (size_t)i * jb->ldy,
                          jb->ldy, nrow, 1);
-        continue;
-#endif
+#else
+        const float *x = xq;
+        int ldx = nb * WT_Q8_BLOCK;
         for (; VL == 16 && i + 2 <= jb->n; i += 2)
             K(q8_panel)(x + (size_t)i * ldx, ldx, nb, d, sw, y + (size_t)i * jb->ldy,
                         jb->ldy, nrow, 2);
         for (; i < jb->n; i++)
             K(q8_panel)(x + (size_t)i * ldx, ldx, nb, d, sw, y + (size_t)i * jb->ldy,
                         jb->ldy, nrow, 1);
+#endif
     }
 }
 

@@ -210,13 +210,9 @@ int main(int argc, char **argv)
             all_peak[n_all] = peak_at[k][r];
         }
     double bw = bench_median(all_bw, n_all), peak = bench_median(all_peak, n_all);
-    double bw_lo = bw, bw_hi = bw, pk_lo = peak, pk_hi = peak;
-    for (int i = 0; i < n_all; i++) {
-        bw_lo = all_bw[i] < bw_lo ? all_bw[i] : bw_lo;
-        bw_hi = all_bw[i] > bw_hi ? all_bw[i] : bw_hi;
-        pk_lo = all_peak[i] < pk_lo ? all_peak[i] : pk_lo;
-        pk_hi = all_peak[i] > pk_hi ? all_peak[i] : pk_hi;
-    }
+    double bw_lo, bw_hi, pk_lo, pk_hi;
+    bench_range(all_bw, n_all, &bw_lo, &bw_hi);
+    bench_range(all_peak, n_all, &pk_lo, &pk_hi);
 
     printf("\nlorad decode step against batch size (random SmolLM2-135M shape, F32; rank-16 "
            "adapters on all 7 projections; %d interleaved repetitions x %d steps, medians)\n",

@@ -250,11 +250,8 @@ int main(int argc, char **argv)
     for (int k = 0; k < NW; k++)
         for (int r = 0; r < reps; r++)
             all_bw[k * reps + r] = bwr[k][r];
-    double bw_lo = all_bw[0], bw_hi = all_bw[0];
-    for (int i = 1; i < NW * reps; i++) {
-        bw_lo = all_bw[i] < bw_lo ? all_bw[i] : bw_lo;
-        bw_hi = all_bw[i] > bw_hi ? all_bw[i] : bw_hi;
-    }
+    double bw_lo, bw_hi;
+    bench_range(all_bw, NW * reps, &bw_lo, &bw_hi);
 
     printf("\nlorad weight precisions (random SmolLM2-135M shape, %d layers; --weights; "
            "kernels %s; OpenBLAS %s; %d interleaved repetitions, medians)\n", c->n_layers,

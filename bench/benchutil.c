@@ -38,6 +38,15 @@ double bench_median(const double *v, int n)
     return m;
 }
 
+void bench_range(const double *v, int n, double *lo, double *hi)
+{
+    *lo = *hi = v[0];
+    for (int i = 1; i < n; i++) {
+        *lo = v[i] < *lo ? v[i] : *lo;
+        *hi = v[i] > *hi ? v[i] : *hi;
+    }
+}
+
 static int on_token(void *user, const engine_token *tok)
 {
     (void)tok;

@@ -13,6 +13,8 @@ double bench_now(void);
 
 /* Median of v[0..n) (n >= 1); v is left as it was. */
 double bench_median(const double *v, int n);
+/* The smallest and largest of v[0..n), n >= 1. */
+void bench_range(const double *v, int n, double *lo, double *hi);
 
 /* Token arrival times of one engine request. */
 typedef struct {

@@ -333,6 +333,26 @@ START_TEST(test_xmt_many_products_in_one_pass)
 }
 END_TEST
 
+/* Products big enough to be cut into several chunks per thread (1 MB of weights times
+ * rows of X each), each thread taking its own run of chunks and then the others' from
+ * their ends: with 2 to 4 threads on this machine's cores some fall behind and have
+ * chunks taken; every row must still be computed once, for every weight type (Q8 chunks
+ * end on whole panels) and rows that do not divide evenly. */
+START_TEST(test_products_cut_into_chunks_among_threads)
+{
+    if (!use_isa(_i))
+        return;
+    static const int ns[] = {1, 7, 16, 33};
+    for (int threads = 2; threads <= 4; threads++) {
+        pool *p = make_pool(threads);
+        for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
+            for (int t = WT_F32; t <= WT_Q8; t++)
+                check_xmt_type(p, ns[a], 300, 1103, (wt_type)t);
+        pool_free(p);
+    }
+}
+END_TEST
+
 /* Products that read one X (q, k and v; a group's adapter A's) share its prepared copy:
  * here three X's, each met by several weight matrices of every type — 20 rows (the
  * outer-product tiles' packing, F32 and BF16), one row (BF16's even/odd order), the same
@@ -446,7 +466,8 @@ START_TEST(test_tb_adds_to_outputs_for_every_edge_and_mix)
         return;
     static const int rs[] = {1, 3, 16, 17};
     static const int outs[] = {1, 15, 16, 17, 63, 64, 65, 100, 130};
-    static const int ns[] = {1, 2, 4, 5, 16, 33, SMALLMM_MAX_ROWS};
+    /* every remainder of the row blocks (4 rows with AVX-512, 2 with 8-float vectors) */
+    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 16, 33, SMALLMM_MAX_ROWS};
     for (int threads = 1; threads <= 3; threads++) {
         pool *p = make_pool(threads);
         for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
@@ -512,6 +533,8 @@ static Suite *smallmm_suite(void)
     tcase_add_loop_test(core, test_bf16_one_and_two_rows_with_x_reordered_on_the_stack_and_the_heap,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_xmt_many_products_in_one_pass, SMALLMM_PORTABLE,
+                        SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_products_cut_into_chunks_among_threads, SMALLMM_PORTABLE,
                         SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_products_sharing_an_x_share_its_prepared_copy,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);

@@ -649,27 +649,38 @@ typedef struct {
     const smallmm_kernels *k;
     const smallmm_tb *jobs;
     int n_jobs, n_tasks;
+    int64_t span;   /* the outputs' columns laid end to end: max(col0 + out) */
 } tb_pass;
 
-/* Task k: the k-th share of every product's columns, split at multiples of 16 — the same
- * split for every product with the same out, so no two tasks write one element. */
+/* Task k: the k-th share of the span of columns, split at multiples of 16, and of each
+ * product the columns that fall in it — the same for every product with the same out and
+ * col0, so no two tasks write one element. Splitting each product's own columns in equal
+ * shares instead had a thread add to columns the other had just written in the X·Mᵀ pass
+ * (q's second half went to the thread that had done k and v). */
 static void tb_task(void *ctx, int task, int thread)
 {
     (void)thread;
     const tb_pass *ps = ctx;
+    int64_t blocks = (ps->span + 15) / 16;
+    int64_t g0 = blocks * task / ps->n_tasks * 16, g1 = blocks * (task + 1) / ps->n_tasks * 16;
     for (int k = 0; k < ps->n_jobs; k++) {
         const smallmm_tb *jb = &ps->jobs[k];
-        int blocks = (jb->out + 15) / 16;
-        int c0 = blocks * task / ps->n_tasks * 16, c1 = blocks * (task + 1) / ps->n_tasks * 16;
-        ps->k->tb_cols(jb, c0, c1 < jb->out ? c1 : jb->out);
+        int64_t c0 = g0 - jb->col0, c1 = g1 - jb->col0;
+        c0 = c0 < 0 ? 0 : c0 > jb->out ? jb->out : c0;
+        c1 = c1 < 0 ? 0 : c1 > jb->out ? jb->out : c1;
+        if (c0 < c1)
+            ps->k->tb_cols(jb, (int)c0, (int)c1);
     }
 }
 
 void smallmm_tb_run(struct pool *p, const smallmm_tb *jobs, int n_jobs)
 {
-    tb_pass ps = {kernels(), jobs, n_jobs, p ? pool_threads(p) : 1};
+    tb_pass ps = {kernels(), jobs, n_jobs, p ? pool_threads(p) : 1, 0};
     if (n_jobs == 0)
         return;
+    for (int k = 0; k < n_jobs; k++)
+        if ((int64_t)jobs[k].col0 + jobs[k].out > ps.span)
+            ps.span = (int64_t)jobs[k].col0 + jobs[k].out;
     if (ps.n_tasks > 1)
         pool_run(p, tb_task, &ps, ps.n_tasks);
     else

@@ -30,8 +30,12 @@ typedef struct {
 } smallmm_xmt;
 
 /* Y [n, out] (row stride out) += alpha · T [n, r] (row stride ldt) · Bt, Bt [r, out]
- * row-major (an adapter's Bᵀ). Products with the same y and out may appear together:
- * each thread owns the same columns of every product. */
+ * row-major (an adapter's Bᵀ). col0: where the product's columns start when the outputs
+ * of the pass are laid end to end (q's, then k's, then v's): the pass shares that span
+ * among its threads in order, as smallmm_xmt_run shares its rows, so that a thread adds
+ * to the columns it most likely wrote there (0 for all: every product split alike).
+ * Products that write the same elements must have the same out and col0: each thread
+ * then owns the same columns of all of them. */
 typedef struct {
     const float *t;
     int ldt, n;       /* n >= 1 */
@@ -39,6 +43,7 @@ typedef struct {
     int r, out;
     float alpha;
     float *y;
+    int col0;
 } smallmm_tb;
 
 /* Computes every product (all with inputs of length in), the rows of all M split evenly

@@ -172,7 +172,7 @@ int variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, 
 {
     int k = 0;
     for (int i = 0; i < mix->n; i++)
-        for (int g = 0; g < n_ps; g++) {
+        for (int g = 0, col0 = 0; g < n_ps; col0 += outs[g], g++) {
             const lora_matrix *lm = lora_weights_get(mix->t[i].w, layer, ps[g]);
             if (lm->r == 0)
                 continue;
@@ -180,7 +180,7 @@ int variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, 
             *scratch += (size_t)n * lm->r;
             xa[k] = (smallmm_xmt){x, n, {WT_F32, lm->a, NULL}, lm->r, t, lm->r};
             tb[k] = (smallmm_tb){t, lm->r, n, lm->bt, lm->r, outs[g],
-                                 mix->t[i].weight * lm->scale, ys[g]};
+                                 mix->t[i].weight * lm->scale, ys[g], col0};
             k++;
         }
     return k;

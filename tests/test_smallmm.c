@@ -424,7 +424,7 @@ START_TEST(test_bf16_one_and_two_rows_with_x_reordered_on_the_stack_and_the_heap
 END_TEST
 
 /* Y += alpha·T Bt for `terms` products on the same Y (the terms of an adapter mix). */
-static void check_tb(pool *p, int n, int r, int out, int terms)
+static void check_tb(pool *p, int n, int r, int out, int terms, int col0)
 {
     int ldt = r + 2;
     float *y = rand_floats((size_t)n * out);
@@ -438,7 +438,7 @@ static void check_tb(pool *p, int n, int r, int out, int terms)
         ts[k] = rand_floats((size_t)n * ldt);
         bs[k] = rand_floats((size_t)r * out);
         float alpha = k ? -0.75f : 1.5f;
-        jobs[k] = (smallmm_tb){ts[k], ldt, n, bs[k], r, out, alpha, y};
+        jobs[k] = (smallmm_tb){ts[k], ldt, n, bs[k], r, out, alpha, y, col0};
         for (int i = 0; i < n; i++)
             for (int o = 0; o < out; o++) {
                 double s = 0;
@@ -474,7 +474,61 @@ START_TEST(test_tb_adds_to_outputs_for_every_edge_and_mix)
             for (size_t b = 0; b < sizeof rs / sizeof *rs; b++)
                 for (size_t c = 0; c < sizeof outs / sizeof *outs; c++)
                     for (int terms = 1; terms <= 2; terms++)
-                        check_tb(p, ns[a], rs[b], outs[c], terms);
+                        for (int col0 = 0; col0 <= 37; col0 += 37)
+                            check_tb(p, ns[a], rs[b], outs[c], terms, col0);
+        pool_free(p);
+    }
+}
+END_TEST
+
+/* Products of three outputs laid end to end (col0 0, 33, 49: the pass shares their span
+ * among its threads, each product the columns that fall in a thread's share), two terms
+ * on each output (the same columns of the same Y from two products), 1 to 3 threads. */
+START_TEST(test_tb_outputs_laid_end_to_end)
+{
+    if (!use_isa(_i))
+        return;
+    enum { N = 5, R = 16, OUTS = 3, TERMS = 2 };
+    static const int outs[OUTS] = {33, 16, 70}, col0s[OUTS] = {0, 33, 49};
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        float *ys[OUTS], *ts[OUTS][TERMS], *bs[OUTS][TERMS];
+        double *want[OUTS];
+        smallmm_tb jobs[OUTS * TERMS];
+        for (int g = 0; g < OUTS; g++) {
+            ys[g] = rand_floats((size_t)N * outs[g]);
+            want[g] = malloc(sizeof(double) * N * outs[g]);
+            ck_assert_ptr_nonnull(want[g]);
+            for (int i = 0; i < N * outs[g]; i++)
+                want[g][i] = ys[g][i];
+            for (int k = 0; k < TERMS; k++) {
+                ts[g][k] = rand_floats((size_t)N * R);
+                bs[g][k] = rand_floats((size_t)R * outs[g]);
+                float alpha = k ? 0.5f : -2.0f;
+                jobs[g * TERMS + k] = (smallmm_tb){ts[g][k], R, N, bs[g][k], R, outs[g], alpha,
+                                                   ys[g], col0s[g]};
+                for (int i = 0; i < N; i++)
+                    for (int o = 0; o < outs[g]; o++) {
+                        double sum = 0;
+                        for (int j = 0; j < R; j++)
+                            sum += (double)ts[g][k][i * R + j] * bs[g][k][(size_t)j * outs[g] + o];
+                        want[g][(size_t)i * outs[g] + o] += alpha * sum;
+                    }
+            }
+        }
+        smallmm_tb_run(p, jobs, OUTS * TERMS);
+        for (int g = 0; g < OUTS; g++) {
+            for (int i = 0; i < N; i++)
+                for (int o = 0; o < outs[g]; o++)
+                    expect_near(ys[g][(size_t)i * outs[g] + o], want[g][(size_t)i * outs[g] + o],
+                                2 * R * TERMS, "Y", i, o);
+            for (int k = 0; k < TERMS; k++) {
+                free(ts[g][k]);
+                free(bs[g][k]);
+            }
+            free(ys[g]);
+            free(want[g]);
+        }
         pool_free(p);
     }
 }
@@ -489,7 +543,7 @@ START_TEST(test_empty_calls_write_nothing)
     float *t = rand_floats(N * R), *bt = rand_floats(R * OUT);
     float y1[N * ROWS], y2[N * OUT];
     smallmm_xmt xmt = {x, N, {WT_F32, m, NULL}, ROWS, y1, ROWS};
-    smallmm_tb tb = {t, R, N, bt, R, OUT, 1.0f, y2};
+    smallmm_tb tb = {t, R, N, bt, R, OUT, 1.0f, y2, 0};
     for (int threads = 1; threads <= 2; threads++) {
         pool *p = make_pool(threads);
         for (int i = 0; i < N * ROWS; i++)
@@ -540,6 +594,8 @@ static Suite *smallmm_suite(void)
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_tb_adds_to_outputs_for_every_edge_and_mix,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_tb_outputs_laid_end_to_end, SMALLMM_PORTABLE,
+                        SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_q8_activations_of_every_magnitude_and_non_finite_ones,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_test(core, test_isa_choice);

@@ -357,10 +357,11 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
             for (int k = 0; k < n_ps; k++)
                 y_run[k] = ys[k] + (size_t)r0 * outs[k];
             if (small) {
-                int c = variant_small_jobs(mix, layer, ps, n_ps, x + (size_t)r0 * in, nr,
-                                           y_run, outs, &scratch, xa + nx, tb + nt);
-                nx += c;
-                nt += c;
+                int cx, ct;
+                variant_small_jobs(mix, layer, ps, n_ps, in, x + (size_t)r0 * in, nr, y_run,
+                                   outs, &scratch, xa + nx, tb + nt, &cx, &ct);
+                nx += cx;
+                nt += ct;
             } else {
                 f->gemm = (gemm_job){.x = x + (size_t)r0 * in, .n = nr, .in = in,
                                      .tasks = pool_threads(f->pool), .mix = mix,

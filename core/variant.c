@@ -166,24 +166,54 @@ void variant_free(variant *v)
 
 /* ---- on the fly ---- */
 
-int variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
-                       const float *x, int n, float *const *ys, const int *outs,
-                       float **scratch, smallmm_xmt *xa, smallmm_tb *tb)
+void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
+                        int in, const float *x, int n, float *const *ys, const int *outs,
+                        float **scratch, smallmm_xmt *xa, smallmm_tb *tb, int *n_xa,
+                        int *n_tb)
 {
-    int k = 0;
-    for (int i = 0; i < mix->n; i++)
-        for (int g = 0, col0 = 0; g < n_ps; col0 += outs[g], g++) {
-            const lora_matrix *lm = lora_weights_get(mix->t[i].w, layer, ps[g]);
-            if (lm->r == 0)
-                continue;
-            float *t = *scratch;
-            *scratch += (size_t)n * lm->r;
-            xa[k] = (smallmm_xmt){x, n, {WT_F32, lm->a, NULL}, lm->r, t, lm->r};
-            tb[k] = (smallmm_tb){t, lm->r, n, lm->bt, lm->r, outs[g],
-                                 mix->t[i].weight * lm->scale, ys[g], col0};
-            k++;
+    int nx = 0, nt = 0;
+    for (int i = 0; i < mix->n; i++) {
+        const lora_matrix *lm[VARIANT_GROUP_MAX];
+        int contiguous = n_ps > 1, total_r = 0;
+        for (int g = 0; g < n_ps; g++) {
+            lm[g] = lora_weights_get(mix->t[i].w, layer, ps[g]);
+            contiguous &= lm[g]->r > 0 && (g == 0 || lm[g]->a == lm[g - 1]->a +
+                                                         (size_t)lm[g - 1]->r * in);
+            total_r += lm[g]->r;
         }
-    return k;
+        /* one X·Aᵀ for the group: T [n, Σ r], each projection's ·Bᵀ reading its columns
+         * (the A products of 16 rows each took the outer-product tiles' 12-row tile and
+         * a second one for 4 rows) */
+        float *group_t = NULL;
+        if (contiguous) {
+            group_t = *scratch;
+            *scratch += (size_t)n * total_r;
+            xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[0]->a, NULL}, total_r, group_t,
+                                     total_r};
+        }
+        for (int g = 0, col0 = 0, off = 0; g < n_ps; col0 += outs[g], g++) {
+            if (lm[g]->r == 0)
+                continue;
+            const float *t;
+            int ldt;
+            if (contiguous) {
+                t = group_t + off;
+                ldt = total_r;
+            } else {
+                float *own = *scratch;
+                *scratch += (size_t)n * lm[g]->r;
+                xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[g]->a, NULL}, lm[g]->r, own,
+                                         lm[g]->r};
+                t = own;
+                ldt = lm[g]->r;
+            }
+            off += lm[g]->r;
+            tb[nt++] = (smallmm_tb){t, ldt, n, lm[g]->bt, lm[g]->r, outs[g],
+                                    mix->t[i].weight * lm[g]->scale, ys[g], col0};
+        }
+    }
+    *n_xa = nx;
+    *n_tb = nt;
 }
 
 size_t variant_scratch_floats(const variant_mix *mix, int max_rows)

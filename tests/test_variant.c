@@ -313,20 +313,32 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
         smallmm_xmt xa[VARIANT_MAX_TERMS * VARIANT_GROUP_MAX];
         smallmm_tb tb[VARIANT_MAX_TERMS * VARIANT_GROUP_MAX];
         float *sp = scratch;
-        int k = variant_small_jobs(mix, l, ps, n_ps, x, n, ys, outs, &sp, xa, tb);
-        int want_k = 0;
+        int nxa, ntb;
+        variant_small_jobs(mix, l, ps, n_ps, in, x, n, ys, outs, &sp, xa, tb, &nxa, &ntb);
+        /* one ·Bᵀ per (term, projection) it touches; one X·Aᵀ per term whose A's are back
+         * to back in the group (ad1: every group; ad2: none), else one per projection */
+        int want_xa = 0, want_tb = 0;
         size_t want_floats = 0;
-        for (int t = 0; t < mix->n; t++)
+        for (int t = 0; t < mix->n; t++) {
+            int touched = 0, back_to_back = n_ps > 1;
             for (int q = 0; q < n_ps; q++) {
-                int r = lora_weights_get(mix->t[t].w, l, ps[q])->r;
-                want_k += r > 0;
-                want_floats += (size_t)n * r;
+                const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, ps[q]);
+                touched += lm->r > 0;
+                want_floats += (size_t)n * lm->r;
+                back_to_back &= lm->r > 0 &&
+                                (q == 0 || lm->a == lora_weights_get(mix->t[t].w, l, ps[q - 1])->a +
+                                                        (size_t)lora_weights_get(mix->t[t].w, l,
+                                                                                 ps[q - 1])->r * in);
             }
-        ck_assert_int_eq(k, want_k);
+            want_tb += touched;
+            want_xa += back_to_back ? 1 : touched;
+        }
+        ck_assert_int_eq(ntb, want_tb);
+        ck_assert_int_eq(nxa, want_xa);
         ck_assert_msg(sp == scratch + want_floats && want_floats <= cap, "scratch advanced by "
                       "%td floats, want %zu (of %zu)", sp - scratch, want_floats, cap);
-        smallmm_xmt_run(pl, in, xa, k);
-        smallmm_tb_run(pl, tb, k);
+        smallmm_xmt_run(pl, in, xa, nxa);
+        smallmm_tb_run(pl, tb, ntb);
     }
     for (int q = 0; q < n_ps; q++) {
         model_proj p = ps[q];

@@ -748,8 +748,14 @@ def case_many_at_once(build, fx, man, model, jobs):
             except Fail as e:
                 raise Fail("%s: %s" % (what, e))
             n_tokens += len(res["ids"])
-        # one after another: at least one step per generated token of each request
-        if steps > n_tokens / 2:
+        # One after another they would take at least one step per generated token of each
+        # request; together, far fewer (9-32 steps for 123 tokens in runs on the
+        # development machine). The 16 requests reach the engine over some milliseconds
+        # after SIGCONT (a thread per connection, while the suite runs another case beside
+        # this one), and the fixture model's steps are well under a millisecond, so the
+        # first requests can run many steps alone: one CI run took 75. Three quarters of
+        # the sequential count still cannot be met one request at a time.
+        if steps > n_tokens * 3 / 4:
             raise Fail("%d engine steps for %d tokens of %d requests: they did not run "
                        "together" % (steps, n_tokens, len(jobs)))
         sh.check_alive_then_exit_0(d)

@@ -166,6 +166,23 @@ void variant_free(variant *v)
 
 /* ---- on the fly ---- */
 
+/* Term i's matrices for projections ps[0..n_ps) into lm, their total rank into *total_r;
+ * 1 when the group's A's are back to back (as peft_load lays them out), so that one
+ * product X·[A_0; A_1; ...]ᵀ gives the whole T [n, total_r]. */
+static int term_group(const variant_mix *mix, int i, int layer, const model_proj *ps,
+                      int n_ps, int in, const lora_matrix **lm, int *total_r)
+{
+    int contiguous = n_ps > 0;
+    *total_r = 0;
+    for (int k = 0; k < n_ps; k++) {
+        lm[k] = lora_weights_get(mix->t[i].w, layer, ps[k]);
+        contiguous &= lm[k]->r > 0 && (k == 0 || lm[k]->a == lm[k - 1]->a +
+                                                     (size_t)lm[k - 1]->r * in);
+        *total_r += lm[k]->r;
+    }
+    return contiguous;
+}
+
 void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
                         int in, const float *x, int n, float *const *ys, const int *outs,
                         float **scratch, smallmm_xmt *xa, smallmm_tb *tb, int *n_xa,
@@ -174,41 +191,23 @@ void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps,
     int nx = 0, nt = 0;
     for (int i = 0; i < mix->n; i++) {
         const lora_matrix *lm[VARIANT_GROUP_MAX];
-        int contiguous = n_ps > 1, total_r = 0;
-        for (int g = 0; g < n_ps; g++) {
-            lm[g] = lora_weights_get(mix->t[i].w, layer, ps[g]);
-            contiguous &= lm[g]->r > 0 && (g == 0 || lm[g]->a == lm[g - 1]->a +
-                                                         (size_t)lm[g - 1]->r * in);
-            total_r += lm[g]->r;
-        }
-        /* one X·Aᵀ for the group: T [n, Σ r], each projection's ·Bᵀ reading its columns
-         * (the A products of 16 rows each took the outer-product tiles' 12-row tile and
-         * a second one for 4 rows) */
-        float *group_t = NULL;
-        if (contiguous) {
-            group_t = *scratch;
-            *scratch += (size_t)n * total_r;
-            xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[0]->a, NULL}, total_r, group_t,
-                                     total_r};
-        }
-        for (int g = 0, col0 = 0, off = 0; g < n_ps; col0 += outs[g], g++) {
+        int total_r;
+        int contiguous = term_group(mix, i, layer, ps, n_ps, in, lm, &total_r);
+        /* T [n, total_r] as in variant_apply_group: one X·Aᵀ for the group when its A's
+         * are back to back (the A products of 16 rows each had taken the outer-product
+         * tiles' 12-row tile and a second one for 4 rows), else one per projection into
+         * T's columns; each projection's ·Bᵀ reads its columns */
+        float *t = *scratch;
+        *scratch += (size_t)n * total_r;
+        if (contiguous)
+            xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[0]->a, NULL}, total_r, t, total_r};
+        for (int g = 0, col0 = 0, off = 0; g < n_ps; col0 += outs[g], off += lm[g]->r, g++) {
             if (lm[g]->r == 0)
                 continue;
-            const float *t;
-            int ldt;
-            if (contiguous) {
-                t = group_t + off;
-                ldt = total_r;
-            } else {
-                float *own = *scratch;
-                *scratch += (size_t)n * lm[g]->r;
-                xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[g]->a, NULL}, lm[g]->r, own,
-                                         lm[g]->r};
-                t = own;
-                ldt = lm[g]->r;
-            }
-            off += lm[g]->r;
-            tb[nt++] = (smallmm_tb){t, ldt, n, lm[g]->bt, lm[g]->r, outs[g],
+            if (!contiguous)
+                xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[g]->a, NULL}, lm[g]->r, t + off,
+                                         total_r};
+            tb[nt++] = (smallmm_tb){t + off, total_r, n, lm[g]->bt, lm[g]->r, outs[g],
                                     mix->t[i].weight * lm[g]->scale, ys[g], col0};
         }
     }
@@ -232,13 +231,8 @@ void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps
 {
     for (int i = 0; i < mix->n; i++) {
         const lora_matrix *lm[VARIANT_GROUP_MAX];
-        int contiguous = n_ps > 0, total_r = 0;
-        for (int k = 0; k < n_ps; k++) {
-            lm[k] = lora_weights_get(mix->t[i].w, layer, ps[k]);
-            contiguous &= lm[k]->r > 0 && (k == 0 || lm[k]->a == lm[k - 1]->a +
-                                                         (size_t)lm[k - 1]->r * in);
-            total_r += lm[k]->r;
-        }
+        int total_r;
+        int contiguous = term_group(mix, i, layer, ps, n_ps, in, lm, &total_r);
         /* T [n, total_r] = X [n, in] · [A_0; A_1; ...]ᵀ: one product for the group when
          * its A's are back to back, else one per projection into T's columns */
         if (contiguous)

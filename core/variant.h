@@ -78,8 +78,8 @@ void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps
  * to run (X is [n, in]): appends to xa one X·Aᵀ product per term — for the whole group
  * when the term's A's are back to back (as peft_load lays them out), else one per
  * projection the term touches — and to tb one ·Bᵀ product per (term, projection) it
- * touches; *n_xa and *n_tb say how many. The T's take n·r floats each from *scratch,
- * which advances. Running every xa product, then every tb product, applies the mix. */
+ * touches; *n_xa and *n_tb say how many. Each term's T takes n·Σ r floats from
+ * *scratch, which advances. Running every xa product, then every tb product, applies the mix. */
 void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
                         int in, const float *x, int n, float *const *ys, const int *outs,
                         float **scratch, smallmm_xmt *xa, smallmm_tb *tb, int *n_xa,

@@ -320,15 +320,14 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
         int want_xa = 0, want_tb = 0;
         size_t want_floats = 0;
         for (int t = 0; t < mix->n; t++) {
-            int touched = 0, back_to_back = n_ps > 1;
+            int touched = 0, back_to_back = 1;
+            const lora_matrix *prev = NULL;
             for (int q = 0; q < n_ps; q++) {
                 const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, ps[q]);
                 touched += lm->r > 0;
                 want_floats += (size_t)n * lm->r;
-                back_to_back &= lm->r > 0 &&
-                                (q == 0 || lm->a == lora_weights_get(mix->t[t].w, l, ps[q - 1])->a +
-                                                        (size_t)lora_weights_get(mix->t[t].w, l,
-                                                                                 ps[q - 1])->r * in);
+                back_to_back &= lm->r > 0 && (!prev || lm->a == prev->a + (size_t)prev->r * in);
+                prev = lm;
             }
             want_tb += touched;
             want_xa += back_to_back ? 1 : touched;

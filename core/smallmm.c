@@ -623,7 +623,7 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
     if (ps.n_chunks > 1 && ps.n_chunks == t) {
         pool_run(p, xmt_task, &ps, t);
     } else if (ranges) {
-        ps.n_ranges = pool_threads(p);
+        ps.n_ranges = t;
         ps.ranges = ranges;
         for (int i = 0; i < ps.n_ranges; i++) {
             uint64_t f = (uint64_t)ps.n_chunks * (uint64_t)i / (uint64_t)ps.n_ranges;

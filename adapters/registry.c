@@ -23,6 +23,10 @@ typedef struct {
     struct timespec mtime[2];
 } file_sig;
 
+/* --merge auto's memory: the shares are of the tokens of the last MERGE_WINDOW policy
+ * ticks (see merge_tick) */
+#define MERGE_WINDOW 8
+
 struct registry_adapter {
     struct entry *entry;        /* the entry it was loaded for (entries live until destroy) */
     peft_adapter *ad;           /* owned */
@@ -30,8 +34,8 @@ struct registry_adapter {
     int merged_users;           /* requests using merged (under lock) */
     int merge_dropped;          /* AUTO: no new users; freed once merged_users is 0 */
     _Atomic uint64_t noted;     /* tokens generated on it alone (registry_note_tokens) */
-    uint64_t noted_seen;        /* loader: noted at the last policy tick */
-    double rate;                /* loader: decayed tokens per tick */
+    uint64_t noted_seen;        /* merger: noted at the last policy tick */
+    uint32_t window[MERGE_WINDOW];  /* merger: tokens in each of the last ticks */
     size_t bytes;               /* memory: A and B, + W' when merged */
     uint64_t version;           /* content hash of the files */
     file_sig sig;               /* the files it was loaded from */
@@ -82,7 +86,8 @@ struct registry {
     /* --merge auto */
     _Atomic uint64_t noted;     /* every generated token */
     uint64_t noted_seen;
-    double rate;
+    uint32_t window[MERGE_WINDOW];
+    uint64_t ticks;             /* policy ticks so far: slot ticks % MERGE_WINDOW is now */
     size_t merged_bytes;        /* W' built by the policy and not yet freed */
     uint64_t merges_built, merges_dropped;
 };
@@ -372,9 +377,15 @@ static void load_entry(registry *r, entry *e)
 }
 
 /* ---- --merge auto ----
- * Every tick the loader decays each loaded adapter's token count (tokens generated on it
- * alone, at weight 1) and the total (every token), and merges the adapter whose share of
- * the decayed total reaches MERGE_ON; a W' whose share falls below MERGE_OFF is dropped.
+ * Every tick (250 ms) the merge thread counts each loaded adapter's tokens (generated on it
+ * alone, at weight 1) and all tokens, and merges the adapter whose share of the tokens of
+ * the last MERGE_WINDOW ticks (2 s) reaches MERGE_ON, if it had tokens in at least
+ * MERGE_ACTIVE of those ticks (not a trickle: one request's first tokens); a W' whose
+ * share falls below MERGE_OFF is dropped. A window, not a decayed rate: with a decay of
+ * 0.75 a tick, after 32 clients over 100 adapters gave way to one client on one of them,
+ * the others' decayed tokens took ~18 ticks (4.5 s) to fall under 2% of its own, and a
+ * minimum decayed rate held slow models (a few tokens a second) from ever merging; over a
+ * window the share is exact 2 s after the traffic changed, whatever the speed.
  *
  * Why nearly all: a decode step reads every weight it uses once for all its rows. Rows on
  * W' and rows on anything else in one step read both W' and W — twice the bytes of a
@@ -393,8 +404,7 @@ static void load_entry(registry *r, entry *e)
  * budget has room. */
 #define MERGE_ON 0.98
 #define MERGE_OFF 0.90
-#define MERGE_DECAY 0.75     /* per tick: ~4 ticks (1 s) of memory */
-#define MERGE_MIN_RATE 32.0  /* decayed tokens: ignore trickles (one request's first tokens) */
+#define MERGE_ACTIVE (MERGE_WINDOW / 2)
 #define MERGE_DUTY 0.1
 
 /* Bytes of the W' a single adapter needs: every projection it touches. */
@@ -450,27 +460,41 @@ static void free_dropped_merges(registry *r)
 /* One tick of the policy. Under lock; unlocks while a W' builds. */
 static void merge_tick(registry *r)
 {
+    int slot = (int)(r->ticks++ % MERGE_WINDOW);
     uint64_t total = atomic_load_explicit(&r->noted, memory_order_relaxed);
-    r->rate = r->rate * MERGE_DECAY + (double)(total - r->noted_seen);
+    r->window[slot] = (uint32_t)(total - r->noted_seen);
     r->noted_seen = total;
+    uint64_t all = 0;
+    for (int i = 0; i < MERGE_WINDOW; i++)
+        all += r->window[i];
     registry_adapter *best = NULL;
+    uint64_t best_n = 0;
     for (entry *e = r->entries; e; e = e->next) {
         registry_adapter *v = e->cur;
         if (e->state != REGISTRY_LOADED || !v)
             continue;
         uint64_t t = atomic_load_explicit(&v->noted, memory_order_relaxed);
-        v->rate = v->rate * MERGE_DECAY + (double)(t - v->noted_seen);
+        v->window[slot] = (uint32_t)(t - v->noted_seen);
         v->noted_seen = t;
-        double share = r->rate > 0 ? v->rate / r->rate : 0;
+        uint64_t n = 0;
+        int active = 0;
+        for (int i = 0; i < MERGE_WINDOW; i++) {
+            n += v->window[i];
+            active += v->window[i] > 0;
+        }
+        if (all == 0)
+            continue;   /* no tokens at all (an idle daemon): nothing to judge by */
+        double share = (double)n / (double)all;
         if (v->merged && !v->merge_dropped && share < MERGE_OFF) {
             v->merge_dropped = 1;
             r->merges_dropped++;
             log_info("adapter '%s': merged W' dropped (%.0f%% of recent tokens; --merge auto)",
                      e->name, 100 * share);
         }
-        if (!v->merged && share >= MERGE_ON && r->rate >= MERGE_MIN_RATE &&
-            (!best || v->rate > best->rate))
+        if (!v->merged && share >= MERGE_ON && active >= MERGE_ACTIVE && n > best_n) {
             best = v;
+            best_n = n;
+        }
     }
     free_dropped_merges(r);
     if (!best)

@@ -799,7 +799,7 @@ static registry *open_auto(const char *dir, size_t budget)
 
 /* Notes n_a tokens on a and n_other on nothing in particular (base, mixes) every 5 ms,
  * until the registry has `want` merged adapters (1) or `rounds` rounds pass (0); 100
- * rounds are 50 policy ticks, long past the decayed shares' convergence. */
+ * rounds are 50 policy ticks, long past the window the shares are taken over (8). */
 static int feed_until_merged(registry *r, registry_adapter *a, int n_a, int n_other, int want,
                              int rounds)
 {

@@ -32,8 +32,9 @@
  *
  * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] [--reps N] [--warmup S] [--window S]
  * [--max-tokens N] [--only TEXT] (--only: the cases whose name contains TEXT, no targets).
- * Defaults: 5 repetitions, 3 s warm-up + 6 s window, 48 output tokens (a 64-client
- * request takes ~3.5 s, so the window holds whole requests); --quick: 1, 2 s + 4 s, 32. */
+ * Defaults: 5 repetitions, 3 s warm-up + 6 s window, 48 output tokens; the window is twice
+ * as long for 32 and 64 clients, whose requests take 3.5-9 s (fast and slow phases of the
+ * machine), so that it holds whole requests; --quick: 1, 2 s + 4 s, 32. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <math.h>
@@ -557,7 +558,8 @@ int main(int argc, char **argv)
             const bench_case *bc = &cases[k];
             int many = bc->daemon == D_MANY;
             if (run_case(bc, port[bc->daemon], many ? 1000 : 100, many ? cdf1000 : cdf100,
-                         warmup, window, max_tokens, (unsigned)(r * 131 + k), &res[k][r])) {
+                         warmup, bc->clients >= 32 ? 2 * window : window, max_tokens,
+                         (unsigned)(r * 131 + k), &res[k][r])) {
                 stop_daemons(pid);
                 return 1;
             }
@@ -573,7 +575,7 @@ int main(int argc, char **argv)
     /* medians over repetitions */
     result med[N_CASES];
     for (int k = 0; k < N_CASES; k++) {
-        double v[8][MAX_REPS];
+        double v[9][MAX_REPS];
         for (int r = 0; r < reps; r++) {
             v[0][r] = res[k][r].tps;
             v[1][r] = res[k][r].ttft50;
@@ -583,17 +585,19 @@ int main(int argc, char **argv)
             v[5][r] = res[k][r].tpot99_popular;
             v[6][r] = res[k][r].tpot99_others;
             v[7][r] = res[k][r].merge_wait;
+            v[8][r] = res[k][r].requests;
         }
         med[k] = (result){bench_median(v[0], reps), bench_median(v[1], reps),
                           bench_median(v[2], reps), bench_median(v[3], reps),
-                          bench_median(v[4], reps), res[k][0].requests,
+                          bench_median(v[4], reps), (int)bench_median(v[8], reps),
                           bench_median(v[5], reps), bench_median(v[6], reps),
                           bench_median(v[7], reps)};
     }
     printf("\nlorad serving benchmark: random SmolLM2-135M shape, F32, rank-16 adapters on all 7 "
            "projections; loopback HTTP streaming, %d-token prompts, %d output tokens per "
-           "request, closed-loop clients; %.0f s warm-up + %.0f s window; medians of %d "
-           "repetitions\n\n", PROMPT_LEN, max_tokens, warmup, window, reps);
+           "request, closed-loop clients; %.0f s warm-up + %.0f s window (%.0f s for 32 and 64 "
+           "clients); medians of %d repetitions\n\n", PROMPT_LEN, max_tokens, warmup, window,
+           2 * window, reps);
     printf("%-2s %-34s %10s %10s %10s %10s %10s %9s\n", "#", "case", "tok/s", "TTFT p50",
            "TTFT p99", "TPOT p50", "TPOT p99", "requests");
     FILE *tf = tsv ? fopen(tsv, "w") : NULL;

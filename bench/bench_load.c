@@ -340,8 +340,10 @@ static double metric(int port, const char *name)
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 5L);
     CURLcode rc = curl_easy_perform(h);
     curl_easy_cleanup(h);
+    if (rc != CURLE_OK)
+        return -1;
     size_t n = strlen(name);
-    for (const char *l = b.buf; rc == CURLE_OK && l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+    for (const char *l = b.buf; l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
         if (strncmp(l, name, n) == 0 && l[n] == ' ')
             return atof(l + n + 1);
     return -1;

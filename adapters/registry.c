@@ -476,14 +476,14 @@ static void merge_tick(registry *r)
         uint64_t t = atomic_load_explicit(&v->noted, memory_order_relaxed);
         v->window[slot] = (uint32_t)(t - v->noted_seen);
         v->noted_seen = t;
+        if (all == 0)
+            continue;   /* no tokens at all (an idle daemon): nothing to judge by */
         uint64_t n = 0;
         int active = 0;
         for (int i = 0; i < MERGE_WINDOW; i++) {
             n += v->window[i];
             active += v->window[i] > 0;
         }
-        if (all == 0)
-            continue;   /* no tokens at all (an idle daemon): nothing to judge by */
         double share = (double)n / (double)all;
         if (v->merged && !v->merge_dropped && share < MERGE_OFF) {
             v->merge_dropped = 1;

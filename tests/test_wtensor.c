@@ -126,6 +126,16 @@ static void check_q8(int rows, int cols)
                 ck_assert_int_eq(q[wtensor_q8_offset(cols, r, c)], 0);
             ck_assert_msg(amax == 0 || at_max, "row %d block %d: max|x| not at ±127", r, b);
         }
+    /* a range of rows that starts and ends inside panels (prefill converts blocks of rows) */
+    for (int r0 = 1; r0 < rows; r0 += 17) {
+        int r1 = r0 + (rows - r0 + 1) / 2;
+        float *part = malloc(sizeof(float) * (size_t)(r1 - r0) * cols);
+        ck_assert(part);
+        wtensor_rows_f32(&w, cols, r0, r1, part);
+        ck_assert(memcmp(part, back + (size_t)r0 * cols,
+                         sizeof(float) * (size_t)(r1 - r0) * cols) == 0);
+        free(part);
+    }
     for (int r = rows; r < (int)prow; r++)   /* the last panel's padding rows */
         for (int c = 0; c < nb * 32; c++) {
             ck_assert_int_eq(q[wtensor_q8_offset(cols, r, c)], 0);

@@ -374,8 +374,7 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
         s = e;
     }
     if (small) {
-        smallmm_xmt_run(f->pool, in, xa, nx);
-        smallmm_tb_run(f->pool, tb, nt);
+        smallmm_run(f->pool, in, xa, nx, tb, nt);
     }
     for (int k = 0; k < n_ps; k++) {
         if (ps[k] > PROJ_V || !m->layers[layer].bias[ps[k]])

@@ -139,6 +139,17 @@ static void *worker(void *arg)
     }
 }
 
+void pool_wait_for(atomic_int *count, int target)
+{
+    if (atomic_load_explicit(count, memory_order_acquire) >= target)
+        return;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int spins = 0;
+    while (atomic_load_explicit(count, memory_order_acquire) < target)
+        wait_a_little(&t0, &spins);
+}
+
 void pool_wake(pool *p)
 {
     if (!p)

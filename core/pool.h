@@ -6,6 +6,8 @@
 #ifndef LORAD_POOL_H
 #define LORAD_POOL_H
 
+#include <stdatomic.h>
+
 #include "error.h"
 
 typedef struct pool pool;
@@ -22,6 +24,12 @@ int pool_threads(const pool *p);
 /* Runs fn for tasks 0 .. n_tasks-1, spread over the threads, and returns when all are
  * done. Not reentrant: one pool_run at a time, from the pool's owner thread. */
 void pool_run(pool *p, pool_fn fn, void *ctx, int n_tasks);
+
+/* Returns once *count >= target, waiting as pool_run waits for tasks that other threads
+ * claimed (PAUSE, then yielding, however long). For a task of a job that depends on work
+ * other tasks of the same job have already claimed — never on work nobody has claimed yet
+ * (the caller may be the only thread running the job's tasks). Any thread. */
+void pool_wait_for(atomic_int *count, int target);
 
 /* Wakes the sleeping workers so that they spin, ready for the jobs about to come (they
  * sleep again if none comes). Any thread; accepts NULL. A worker asleep on an idle CPU

@@ -306,12 +306,51 @@ typedef struct {
 
 typedef struct {
     const smallmm_kernels *k;
+    const smallmm_tb *jobs;
+    int n_jobs, n_tasks;
+    int64_t span;   /* the outputs' columns laid end to end: max(col0 + out) */
+} tb_pass;
+
+/* Task k: the k-th share of the span of columns, split at multiples of 16, and of each
+ * product the columns that fall in it — the same for every product with the same out and
+ * col0, so no two tasks write one element. Splitting each product's own columns in equal
+ * shares instead had a thread add to columns the other had just written in the X·Mᵀ pass
+ * (q's second half went to the thread that had done k and v). */
+static void tb_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const tb_pass *ps = ctx;
+    int64_t blocks = (ps->span + 15) / 16;
+    int64_t g0 = blocks * task / ps->n_tasks * 16, g1 = blocks * (task + 1) / ps->n_tasks * 16;
+    for (int k = 0; k < ps->n_jobs; k++) {
+        const smallmm_tb *jb = &ps->jobs[k];
+        int64_t c0 = g0 - jb->col0, c1 = g1 - jb->col0;
+        c0 = c0 < 0 ? 0 : c0 > jb->out ? jb->out : c0;
+        c1 = c1 < 0 ? 0 : c1 > jb->out ? jb->out : c1;
+        if (c0 < c1)
+            ps->k->tb_cols(jb, (int)c0, (int)c1);
+    }
+}
+
+static tb_pass tb_pass_of(struct pool *p, const smallmm_tb *jobs, int n_jobs)
+{
+    tb_pass ps = {kernels(), jobs, n_jobs, p ? pool_threads(p) : 1, 0};
+    for (int k = 0; k < n_jobs; k++)
+        if ((int64_t)jobs[k].col0 + jobs[k].out > ps.span)
+            ps.span = (int64_t)jobs[k].col0 + jobs[k].out;
+    return ps;
+}
+
+typedef struct {
+    const smallmm_kernels *k;
     const smallmm_xmt *jobs;
     const float *const *xop;  /* per job: X in the order its tiles read, or NULL (all NULL: NULL) */
     int n_jobs, in, n_chunks;
     int64_t rows;  /* Σ rows: chunk c is global rows [rows·c/n_chunks, rows·(c+1)/n_chunks) */
     int n_ranges;         /* one per thread; range i owns chunks [C·i/n, C·(i+1)/n) */
     chunk_range *ranges;
+    const tb_pass *tb;    /* ·Bᵀ products after every chunk (NULL: none); task k does share k */
+    atomic_int done;      /* chunks finished, counted when there is tb */
 } xmt_pass;
 
 /* Rows [lo, hi) of a Q8 product with X as it is, one weight at a time (when there was no
@@ -392,16 +431,24 @@ static int claim_chunk(chunk_range *r, int from_back)
  * takes as long as in one. Which thread computes a row does not change its result. */
 static void xmt_task(void *ctx, int task, int thread)
 {
-    (void)thread;
-    const xmt_pass *ps = ctx;
-    if (!ps->ranges) {  /* one chunk per thread: the pool's claims place them */
+    xmt_pass *ps = ctx;
+    if (!ps->ranges) {  /* one chunk per thread: the pool's claims place them (no tb) */
         xmt_chunk(ps, task);
         return;
     }
     for (int k = 0; k < ps->n_ranges; k++) {
         chunk_range *r = &ps->ranges[(task + k) % ps->n_ranges];
-        for (int c; (c = claim_chunk(r, k > 0)) >= 0;)
+        for (int c; (c = claim_chunk(r, k > 0)) >= 0;) {
             xmt_chunk(ps, c);
+            if (ps->tb)
+                atomic_fetch_add_explicit(&ps->done, 1, memory_order_release);
+        }
+    }
+    if (ps->tb) {
+        /* every chunk is claimed by now, by a thread that is running it: wait for them
+         * (the ·Bᵀ products read T from the adapters' X·Aᵀ and add to the base's Y) */
+        pool_wait_for(&ps->done, ps->n_chunks);
+        tb_task((void *)ps->tb, task, thread);
     }
 }
 
@@ -567,17 +614,23 @@ static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in
     }
 }
 
-void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs)
+void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
+                 const smallmm_tb *tb, int n_tb)
 {
-    xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, 1, 0, 0, NULL};
+    xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, 1, 0, 0, NULL, NULL, 0};
     size_t bytes = 0;
     for (int k = 0; k < n_jobs; k++) {
         ps.rows += jobs[k].rows;
         bytes += wtensor_data_bytes(jobs[k].m.type, jobs[k].rows, in) * (size_t)jobs[k].n;
     }
-    if (ps.rows == 0)
+    if (ps.rows == 0) {
+        smallmm_tb_run(p, tb, n_tb);
         return;
+    }
     int t = p ? pool_threads(p) : 1;
+    tb_pass tp = tb_pass_of(p, tb, n_tb);
+    if (n_tb)
+        ps.tb = &tp;
     if (p) {
         size_t per = bytes / SMALLMM_TASK_BYTES / (size_t)t;
         ps.n_chunks = t * (per < 1 ? 1 : per > 8 ? 8 : (int)per);
@@ -624,10 +677,12 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
         }
         ps.xop = xop;
     }
+    /* With ·Bᵀ products, always in ranges: a task may then wait only for chunks that
+     * another thread has claimed (one chunk per task, it could wait for an unclaimed one) */
     chunk_range stack_ranges[8], *ranges = NULL;
-    if (ps.n_chunks > t)
+    if (ps.n_chunks > t || (ps.tb && ps.n_chunks > 1))
         ranges = t <= 8 ? stack_ranges : aligned_alloc(64, sizeof *ranges * (size_t)t);
-    if (ps.n_chunks > 1 && ps.n_chunks == t) {
+    if (ps.n_chunks > 1 && ps.n_chunks == t && !ps.tb) {
         pool_run(p, xmt_task, &ps, t);
     } else if (ranges) {
         ps.n_ranges = t;
@@ -641,6 +696,8 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
     } else {
         for (int c = 0; c < ps.n_chunks; c++)
             xmt_chunk(&ps, c);
+        for (int k = 0; ps.tb && k < tp.n_tasks; k++)
+            tb_task(&tp, k, 0);
     }
     if (ranges != stack_ranges)
         free(ranges);
@@ -652,42 +709,16 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
         free(from);
 }
 
-typedef struct {
-    const smallmm_kernels *k;
-    const smallmm_tb *jobs;
-    int n_jobs, n_tasks;
-    int64_t span;   /* the outputs' columns laid end to end: max(col0 + out) */
-} tb_pass;
-
-/* Task k: the k-th share of the span of columns, split at multiples of 16, and of each
- * product the columns that fall in it — the same for every product with the same out and
- * col0, so no two tasks write one element. Splitting each product's own columns in equal
- * shares instead had a thread add to columns the other had just written in the X·Mᵀ pass
- * (q's second half went to the thread that had done k and v). */
-static void tb_task(void *ctx, int task, int thread)
+void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs)
 {
-    (void)thread;
-    const tb_pass *ps = ctx;
-    int64_t blocks = (ps->span + 15) / 16;
-    int64_t g0 = blocks * task / ps->n_tasks * 16, g1 = blocks * (task + 1) / ps->n_tasks * 16;
-    for (int k = 0; k < ps->n_jobs; k++) {
-        const smallmm_tb *jb = &ps->jobs[k];
-        int64_t c0 = g0 - jb->col0, c1 = g1 - jb->col0;
-        c0 = c0 < 0 ? 0 : c0 > jb->out ? jb->out : c0;
-        c1 = c1 < 0 ? 0 : c1 > jb->out ? jb->out : c1;
-        if (c0 < c1)
-            ps->k->tb_cols(jb, (int)c0, (int)c1);
-    }
+    smallmm_run(p, in, jobs, n_jobs, NULL, 0);
 }
 
 void smallmm_tb_run(struct pool *p, const smallmm_tb *jobs, int n_jobs)
 {
-    tb_pass ps = {kernels(), jobs, n_jobs, p ? pool_threads(p) : 1, 0};
+    tb_pass ps = tb_pass_of(p, jobs, n_jobs);
     if (n_jobs == 0)
         return;
-    for (int k = 0; k < n_jobs; k++)
-        if ((int64_t)jobs[k].col0 + jobs[k].out > ps.span)
-            ps.span = (int64_t)jobs[k].col0 + jobs[k].out;
     if (ps.n_tasks > 1)
         pool_run(p, tb_task, &ps, ps.n_tasks);
     else

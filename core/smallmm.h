@@ -54,6 +54,13 @@ void smallmm_xmt_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs
  * NULL: on the caller). Engine thread. */
 void smallmm_tb_run(struct pool *p, const smallmm_tb *jobs, int n_jobs);
 
+/* smallmm_xmt_run(xmt), then smallmm_tb_run(tb), in one job of the pool: each thread,
+ * once every X·Mᵀ row is done, takes its share of the ·Bᵀ columns, so an adapter's ·Bᵀ
+ * (which reads T from its X·Aᵀ and adds to the base's Y) costs no second dispatch of the
+ * pool. The same results as the two calls. Engine thread. */
+void smallmm_run(struct pool *p, int in, const smallmm_xmt *xmt, int n_xmt,
+                 const smallmm_tb *tb, int n_tb);
+
 /* The kernel families, each for an instruction set; SMALLMM_AUTO picks the best this CPU
  * runs (or the one named by the environment variable LORAD_ISA, when the CPU runs it). */
 typedef enum {

@@ -535,6 +535,65 @@ START_TEST(test_tb_outputs_laid_end_to_end)
 }
 END_TEST
 
+/* An adapter's products as decode makes them: Y = X·Wᵀ and T = X·Aᵀ in the X·Mᵀ part,
+ * then Y += alpha·T·Bᵀ, which reads what that part wrote. smallmm_run in one job of the
+ * pool gives bit for bit what smallmm_xmt_run then smallmm_tb_run give — for 1 to 3
+ * threads and passes of 2 to 8 chunks, where A's rows (the pass's last) are another
+ * thread's than the first ·Bᵀ columns, so a ·Bᵀ share begun before every chunk is done
+ * reads T and Y still holding the sentinel. Repeated: a race would not show every time. */
+START_TEST(test_one_job_with_tb_equals_the_two_passes)
+{
+    if (!use_isa(_i))
+        return;
+    enum { IN = 576, R = 16, NMAX = 20 };
+    static const int outs[] = {64, 1536, 4096}, ns[] = {1, 2, 8, NMAX};
+    float *x = rand_floats((size_t)NMAX * IN), *a = rand_floats((size_t)R * IN);
+    float *w = rand_floats((size_t)4096 * IN), *bt = rand_floats((size_t)R * 4096);
+    float *y[2], *t[2];
+    for (int v = 0; v < 2; v++) {
+        y[v] = malloc(sizeof(float) * NMAX * 4096);
+        t[v] = malloc(sizeof(float) * NMAX * R);
+        ck_assert(y[v] && t[v]);
+    }
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        for (size_t o = 0; o < sizeof outs / sizeof *outs; o++)
+            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
+                for (int rep = 0; rep < 4; rep++) {
+                    int n = ns[k], out = outs[o];
+                    for (int v = 0; v < 2; v++) {
+                        for (int i = 0; i < n * out; i++)
+                            y[v][i] = 1e6f;
+                        for (int i = 0; i < n * R; i++)
+                            t[v][i] = 1e6f;
+                        smallmm_xmt xmt[2] = {{x, n, {WT_F32, w, NULL}, out, y[v], out},
+                                              {x, n, {WT_F32, a, NULL}, R, t[v], R}};
+                        smallmm_tb tb = {t[v], R, n, bt, R, out, 0.5f, y[v], 0};
+                        if (v == 0) {
+                            smallmm_xmt_run(p, IN, xmt, 2);
+                            smallmm_tb_run(p, &tb, 1);
+                        } else {
+                            smallmm_run(p, IN, xmt, 2, &tb, 1);
+                        }
+                    }
+                    for (int i = 0; i < n * out; i++)
+                        ck_assert_msg(y[0][i] == y[1][i], "%d threads, %d rows, out %d: "
+                                      "Y[%d] = %.9g in one job, %.9g in two passes", threads,
+                                      n, out, i, y[1][i], y[0][i]);
+                }
+        pool_free(p);
+    }
+    for (int v = 0; v < 2; v++) {
+        free(y[v]);
+        free(t[v]);
+    }
+    free(x);
+    free(a);
+    free(w);
+    free(bt);
+}
+END_TEST
+
 /* No jobs (n_jobs 0, with and without a job array behind it): nothing is written. The
  * array holds real products, so a run that ignored n_jobs would change their outputs. */
 START_TEST(test_empty_calls_write_nothing)
@@ -596,6 +655,8 @@ static Suite *smallmm_suite(void)
     tcase_add_loop_test(core, test_tb_adds_to_outputs_for_every_edge_and_mix,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_tb_outputs_laid_end_to_end, SMALLMM_PORTABLE,
+                        SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_one_job_with_tb_equals_the_two_passes, SMALLMM_PORTABLE,
                         SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_q8_activations_of_every_magnitude_and_non_finite_ones,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);

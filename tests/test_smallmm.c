@@ -354,6 +354,43 @@ START_TEST(test_products_cut_into_chunks_among_threads)
 }
 END_TEST
 
+/* A pass cut into many chunks (up to 8 a thread) whose rows of M differ: Q8, BF16 and F32
+ * weights (1.1, 2 and 4 bytes an element) met by 1, 3 and 20 rows of X, as decode mixes
+ * the base with adapters' A's. Every row of every product is computed once (a row no
+ * chunk took stays NaN), whichever chunk and thread it falls to. */
+START_TEST(test_a_pass_of_unlike_products_in_many_chunks)
+{
+    if (!use_isa(_i))
+        return;
+    enum { IN = 512, JOBS = 6 };
+    float *x20 = rand_floats((size_t)20 * IN);
+    static const int ns[JOBS] = {1, 1, 3, 20, 20, 1};
+    static const wt_type ts[JOBS] = {WT_Q8, WT_F32, WT_BF16, WT_F32, WT_Q8, WT_F32};
+    static const int rws[JOBS] = {2000, 48, 700, 1000, 37, 16};
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        smallmm_xmt jobs[JOBS];
+        test_matrix tm[JOBS];
+        for (int k = 0; k < JOBS; k++) {
+            tm[k] = make_matrix(ts[k], rws[k], IN);
+            jobs[k] = (smallmm_xmt){x20, ns[k], tm[k].w, rws[k],
+                                    malloc(sizeof(float) * ns[k] * rws[k]), rws[k]};
+            ck_assert_ptr_nonnull(jobs[k].y);
+            for (int i = 0; i < ns[k] * rws[k]; i++)
+                jobs[k].y[i] = NAN;   /* a row no chunk computed stays NaN */
+        }
+        smallmm_xmt_run(p, IN, jobs, JOBS);
+        for (int k = 0; k < JOBS; k++) {
+            expect_xmt(&jobs[k], tm[k].deq, IN);
+            free_matrix(&tm[k]);
+            free(jobs[k].y);
+        }
+        pool_free(p);
+    }
+    free(x20);
+}
+END_TEST
+
 /* Products that read one X (q, k and v; a group's adapter A's) share its prepared copy:
  * here three X's, each met by several weight matrices of every type — 20 rows (the
  * outer-product tiles' packing, F32 and BF16), one row (BF16's even/odd order), the same
@@ -649,6 +686,8 @@ static Suite *smallmm_suite(void)
     tcase_add_loop_test(core, test_xmt_many_products_in_one_pass, SMALLMM_PORTABLE,
                         SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_products_cut_into_chunks_among_threads, SMALLMM_PORTABLE,
+                        SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_a_pass_of_unlike_products_in_many_chunks, SMALLMM_PORTABLE,
                         SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_products_sharing_an_x_share_its_prepared_copy,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);

@@ -317,8 +317,8 @@ static void adapter_task(void *ctx, int task, int thread)
  * W (or W') per run of sequences sharing it, then the on-the-fly adapters per run of
  * sequences sharing a mix, then biases. Decode-sized batches (<= SMALLMM_MAX_ROWS rows)
  * gather every product of the group — base and each adapter term's X·Aᵀ — into one
- * smallmm pass and every ·Bᵀ into a second; larger ones make one OpenBLAS GEMM per
- * product (grouped for adapters: one X·Aᵀ for the group). */
+ * smallmm pass, followed in the same pool job by every ·Bᵀ (smallmm_run); larger ones
+ * make one OpenBLAS GEMM per product (grouped for adapters: one X·Aᵀ for the group). */
 static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
                     const model_proj *ps, int n_ps, const float *x, float *const *ys)
 {

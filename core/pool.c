@@ -261,13 +261,6 @@ void pool_run(pool *p, pool_fn fn, void *ctx, int n_tasks)
             pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
         run_tasks(p, gen, 0);
-        if (atomic_load_explicit(&p->finished, memory_order_acquire) < n) {
-            /* a worker is still on a task it claimed: wait, yielding, however long */
-            struct timespec t0;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            int spins = 0;
-            while (atomic_load_explicit(&p->finished, memory_order_acquire) < n)
-                wait_a_little(&t0, &spins);
-        }
+        pool_wait_for(&p->finished, n);   /* workers still on tasks they claimed */
     }
 }

@@ -241,6 +241,15 @@ K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *
     K(tile_store)(acc, ni, nj, xr, mr, d, in, y, ldy, NI, NJ, WT_BF16);
 }
 
+/* The streams of weights of one row of X (dots_seq) and the Q8 panels are prefetched
+ * non-temporally (PREFETCHNTA, locality 0): the weights are read once a step, so they
+ * should not push out of the caches what is read again — the activations, the KV cache,
+ * an adapter's A and Bᵀ. Decode of one sequence, the builds alternated (4 pairs each, the
+ * order reversed every other pair, medians): base step f32 12.53 against 12.88 ms, bf16
+ * 5.14 against 5.38, q8 3.50 against 3.46; an adapter cost 1.124 against 1.138 of the
+ * base step on bf16, 1.196 against 1.218 on q8. */
+#define WPF_LOC 0
+
 /* One or two rows of X (NI) times nj <= 8 rows of M, F32 or BF16, one row of M after the
  * other: each row of M is read from its start to its end into 4 accumulators per row of
  * X (4·VL elements a step; BF16 in the even/odd order of dots_bf16eo, xeo), which are
@@ -253,14 +262,6 @@ K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *
  * BF16 0.78–0.94 of the even/odd tile's, in both slow and fast phases of the machine;
  * without the software prefetch, F32 0.93–1.00 and BF16 0.87–1.09. For two rows of X
  * the tiles stay (this order took 1.06–1.22 of their time). */
-/* The streams of weights above (one row of X) and the Q8 panels are prefetched
- * non-temporally (PREFETCHNTA, locality 0): the weights are read once a step, so they
- * should not push out of the caches what is read again — the activations, the KV cache,
- * an adapter's A and Bᵀ. Decode of one sequence, the builds alternated (4 pairs each, the
- * order reversed every other pair, medians): base step f32 12.53 against 12.88 ms, bf16
- * 5.14 against 5.38, q8 3.50 against 3.46; an adapter cost 1.124 against 1.138 of the
- * base step on bf16, 1.196 against 1.218 on q8. */
-#define WPF_LOC 0
 #ifndef SEQ_PF
 #define SEQ_PF 4096
 #endif

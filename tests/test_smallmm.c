@@ -354,10 +354,39 @@ START_TEST(test_products_cut_into_chunks_among_threads)
 }
 END_TEST
 
+/* One pass of products k < jobs (X xs[k] with ns[k] rows, weights of type ts[k] with
+ * rws[k] rows) on a pool of 1 to 3 threads, each product against float64. Y starts as NaN,
+ * so a row no chunk computed fails. */
+static void check_pass(int in, int jobs, const float *const *xs, const int *ns,
+                       const wt_type *ts, const int *rws)
+{
+    for (int threads = 1; threads <= 3; threads++) {
+        pool *p = make_pool(threads);
+        smallmm_xmt job[16];
+        test_matrix tm[16];
+        ck_assert(jobs <= 16);
+        for (int k = 0; k < jobs; k++) {
+            tm[k] = make_matrix(ts[k], rws[k], in);
+            job[k] = (smallmm_xmt){xs[k], ns[k], tm[k].w, rws[k],
+                                   malloc(sizeof(float) * ns[k] * rws[k]), rws[k]};
+            ck_assert_ptr_nonnull(job[k].y);
+            for (int i = 0; i < ns[k] * rws[k]; i++)
+                job[k].y[i] = NAN;
+        }
+        smallmm_xmt_run(p, in, job, jobs);
+        for (int k = 0; k < jobs; k++) {
+            expect_xmt(&job[k], tm[k].deq, in);
+            free_matrix(&tm[k]);
+            free(job[k].y);
+        }
+        pool_free(p);
+    }
+}
+
 /* A pass cut into many chunks (up to 8 a thread) whose rows of M differ: Q8, BF16 and F32
  * weights (1.1, 2 and 4 bytes an element) met by 1, 3 and 20 rows of X, as decode mixes
  * the base with adapters' A's. Every row of every product is computed once (a row no
- * chunk took stays NaN), whichever chunk and thread it falls to. */
+ * chunk took stays NaN), whichever chunk and thread it falls to, on 1 to 3 threads. */
 START_TEST(test_a_pass_of_unlike_products_in_many_chunks)
 {
     if (!use_isa(_i))
@@ -367,26 +396,8 @@ START_TEST(test_a_pass_of_unlike_products_in_many_chunks)
     static const int ns[JOBS] = {1, 1, 3, 20, 20, 1};
     static const wt_type ts[JOBS] = {WT_Q8, WT_F32, WT_BF16, WT_F32, WT_Q8, WT_F32};
     static const int rws[JOBS] = {2000, 48, 700, 1000, 37, 16};
-    for (int threads = 1; threads <= 3; threads++) {
-        pool *p = make_pool(threads);
-        smallmm_xmt jobs[JOBS];
-        test_matrix tm[JOBS];
-        for (int k = 0; k < JOBS; k++) {
-            tm[k] = make_matrix(ts[k], rws[k], IN);
-            jobs[k] = (smallmm_xmt){x20, ns[k], tm[k].w, rws[k],
-                                    malloc(sizeof(float) * ns[k] * rws[k]), rws[k]};
-            ck_assert_ptr_nonnull(jobs[k].y);
-            for (int i = 0; i < ns[k] * rws[k]; i++)
-                jobs[k].y[i] = NAN;   /* a row no chunk computed stays NaN */
-        }
-        smallmm_xmt_run(p, IN, jobs, JOBS);
-        for (int k = 0; k < JOBS; k++) {
-            expect_xmt(&jobs[k], tm[k].deq, IN);
-            free_matrix(&tm[k]);
-            free(jobs[k].y);
-        }
-        pool_free(p);
-    }
+    const float *xs[JOBS] = {x20, x20, x20, x20, x20, x20};
+    check_pass(IN, JOBS, xs, ns, ts, rws);
     free(x20);
 }
 END_TEST
@@ -406,23 +417,10 @@ START_TEST(test_products_sharing_an_x_share_its_prepared_copy)
     static const wt_type ts[JOBS] = {WT_F32, WT_BF16, WT_BF16, WT_F32, WT_BF16, WT_F32,
                                      WT_Q8, WT_F32, WT_BF16};
     static const int rws[JOBS] = {7, 30, 9, 25, 3, 5, 8, 33, 26};
-    for (int threads = 1; threads <= 3; threads++) {
-        pool *p = make_pool(threads);
-        smallmm_xmt jobs[JOBS];
-        test_matrix tm[JOBS];
-        for (int k = 0; k < JOBS; k++) {
-            tm[k] = make_matrix(ts[k], rws[k], IN);
-            jobs[k] = (smallmm_xmt){ns[k] == 1 ? x1 : x20, ns[k], tm[k].w, rws[k],
-                                    malloc(sizeof(float) * ns[k] * rws[k]), rws[k]};
-        }
-        smallmm_xmt_run(p, IN, jobs, JOBS);
-        for (int k = 0; k < JOBS; k++) {
-            expect_xmt(&jobs[k], tm[k].deq, IN);
-            free_matrix(&tm[k]);
-            free(jobs[k].y);
-        }
-        pool_free(p);
-    }
+    const float *xs[JOBS];
+    for (int k = 0; k < JOBS; k++)
+        xs[k] = ns[k] == 1 ? x1 : x20;
+    check_pass(IN, JOBS, xs, ns, ts, rws);
     free(x20);
     free(x1);
 }

@@ -159,10 +159,19 @@ K(tile_store)(vf *acc, int ni, int nj, const float *const *xr, const void *const
  * as they stream: ~10% more bandwidth than the hardware prefetchers alone reach on the NJ
  * interleaved streams (measured on the 2-core VM; prefetching past M's end is harmless).
  * PFM (a constant) 0: pf_rows is 0 or every row (one- and two-row products); 1: any set of
- * rows, tested row by row. */
+ * rows, tested row by row. PIN (a constant) 1: the NJ vectors of M are held in registers
+ * too, in products whose blocks of M meet more than one tile of X (more than TI rows:
+ * every tile after a block's first finds it in L1; and the rows left after the
+ * outer-product tiles, on the block just streamed): left to itself GCC folds
+ * one row's load into each of the NI FMAs, 3 more loads a step than the FMAs need, and
+ * a tile of 4 rows of X ran at ~55% of the FMA peak in cache. Pinned, the 8-row
+ * products of decode's 30 layers in cache went 10-15% faster (k8 harness, builds
+ * alternated, 6 pairs); bench_batch, alternated, 4 pairs: 8 rows on 8 adapters 2-10%
+ * faster, 17 rows 2-11%, 8 on the base within noise. Tiles that stream M from memory
+ * alone (T = 1) keep GCC's choice: pinned, 4 rows ran 3-5% slower there. */
 static inline __attribute__((always_inline)) void
 K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, float *y,
-             int ldy, int pf_rows, int PFM, int NI, int NJ, int MT)
+             int ldy, int pf_rows, int PFM, int PIN, int NI, int NJ, int MT)
 {
     size_t es = MT == WT_F32 ? 4 : 2;
     const void *mr[8];
@@ -184,6 +193,10 @@ K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, 
                 __builtin_prefetch((const char *)mr[j] + ((size_t)d + (size_t)NJ * in) * es,
                                    0, 3);
             mv[j] = K(ldw)(mr[j], d, MT);
+#if KPIN
+            if (PIN)
+                __asm__("" : "+v"(mv[j]));
+#endif
         }
         for (int i = 0; i < NI; i++) {
             vf xv = K(ldf)(xr[i] + d);
@@ -519,18 +532,18 @@ K(outer_tile)(const float *xp, int np, int v0, int n, int in, const wtensor *mt,
 /* One tile of min(ni, TI) rows of X (the last tile of a product has the rows left). */
 static inline __attribute__((always_inline)) void
 K(tile_rows)(const float *x, int ni, int in, const wtensor *m, int j, int nj, float *y,
-             int ldy, int pf_rows, int PFM, int MT)
+             int ldy, int pf_rows, int PFM, int PIN, int MT)
 {
     if (ni >= TI)
-        K(dots_tile)(x, TI, in, m, j, nj, y, ldy, pf_rows, PFM, TI, TJ, MT);
+        K(dots_tile)(x, TI, in, m, j, nj, y, ldy, pf_rows, PFM, PIN, TI, TJ, MT);
 #if TI > 2
     else if (ni == 3)
-        K(dots_tile)(x, 3, in, m, j, nj, y, ldy, pf_rows, PFM, 3, TJ, MT);
+        K(dots_tile)(x, 3, in, m, j, nj, y, ldy, pf_rows, PFM, PIN, 3, TJ, MT);
 #endif
     else if (ni == 2)
-        K(dots_tile)(x, 2, in, m, j, nj, y, ldy, pf_rows, PFM, 2, TJ, MT);
+        K(dots_tile)(x, 2, in, m, j, nj, y, ldy, pf_rows, PFM, PIN, 2, TJ, MT);
     else
-        K(dots_tile)(x, 1, in, m, j, nj, y, ldy, pf_rows, PFM, 1, TJ, MT);
+        K(dots_tile)(x, 1, in, m, j, nj, y, ldy, pf_rows, PFM, PIN, 1, TJ, MT);
 }
 
 /* Rows [lo, hi) of a product on the outer-product tiles with groups of P: blocks of
@@ -570,7 +583,7 @@ K(outer_rows_p)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, 
             for (int j = b; j < be; j += TJ)
                 K(tile_rows)(jb->x + (size_t)i * in, jb->n - i, in, &jb->m, j,
                              be - j < TJ ? be - j : TJ, jb->y + (size_t)i * jb->ldy + j,
-                             jb->ldy, 0, 0, MT);
+                             jb->ldy, 0, 0, 1, MT);
     }
 }
 
@@ -625,7 +638,7 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
     if (jb->n == 2) {
         for (int j = lo; j < hi; j += TJ2)
             K(dots_tile)(jb->x, 2, in, m, j, hi - j < TJ2 ? hi - j : TJ2, jb->y + j, jb->ldy,
-                         1, 0, 2, TJ2, MT);
+                         1, 0, 0, 2, TJ2, MT);
         return;
     }
     /* The next block of M is prefetched while this one meets the T tiles of X, spread
@@ -640,8 +653,12 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
             int t = i / TI, pf = 0;
             for (int q = t % T; q < TJ && t < TJ; q += T)
                 pf |= 1 << q;
-            K(tile_rows)(jb->x + (size_t)i * in, jb->n - i, in, m, j, nj,
-                         jb->y + (size_t)i * jb->ldy + j, jb->ldy, pf, 1, MT);
+            if (T > 1)
+                K(tile_rows)(jb->x + (size_t)i * in, jb->n - i, in, m, j, nj,
+                             jb->y + (size_t)i * jb->ldy + j, jb->ldy, pf, 1, 1, MT);
+            else
+                K(tile_rows)(jb->x + (size_t)i * in, jb->n - i, in, m, j, nj,
+                             jb->y + (size_t)i * jb->ldy + j, jb->ldy, pf, 1, 0, MT);
         }
     }
 }

@@ -4,7 +4,8 @@
 
 #include <pthread.h>
 #include <stdlib.h>
-#include <sys/mman.h>
+
+#include "hugemem.h"
 
 lora_weights *lora_weights_new(int n_layers)
 {
@@ -52,7 +53,7 @@ static void arena_put(float *p, size_t cap)
     }
     pthread_mutex_unlock(&cache.mu);
     if (p)
-        munmap(p, cap * sizeof(float));
+        huge_free(p, cap * sizeof(float));
 }
 
 /* The smallest cached arena of n .. 2n floats, or NULL. */
@@ -110,11 +111,9 @@ int lora_weights_reserve(lora_weights *w, size_t n)
         w->arena_used = 0;
         return 0;
     }
-    void *p = mmap(NULL, n * sizeof(float), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (p == MAP_FAILED)
+    void *p = huge_alloc(n * sizeof(float));
+    if (!p)
         return -1;
-    madvise(p, n * sizeof(float), MADV_HUGEPAGE);  /* fewer faults and TLB misses; optional */
     w->arena = p;
     w->arena_cap = n;
     w->arena_used = 0;

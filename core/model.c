@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "hugemem.h"
 #include "log.h"
 #include "safetensors.h"
 
@@ -485,13 +486,12 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
                      "bytes per weight)");
         goto fail;
     }
-    void *mem = mmap(NULL, arena, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) {
+    void *mem = huge_alloc(arena);
+    if (!mem) {
         lr_error_set(err, LR_ENOMEM, "%s: cannot allocate %zu MB for the weights", dir,
                      arena >> 20);
         goto fail;
     }
-    madvise(mem, arena, MADV_HUGEPAGE);   /* optional: fewer TLB misses */
     m->files->converted = mem;
     m->files->converted_cap = arena;
     copy_job job = {.m = m, .want = want, .offset = offset, .n = n,
@@ -536,7 +536,7 @@ void model_free(model *m)
         for (int i = 0; i < m->files->n; i++)
             safetensors_close(m->files->st[i]);
         if (m->files->converted)
-            munmap(m->files->converted, m->files->converted_cap);
+            huge_free(m->files->converted, m->files->converted_cap);
         free(m->files);
     }
     free(m->layers);

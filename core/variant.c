@@ -6,8 +6,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/mman.h>
+#include <time.h>
+
+#include "hugemem.h"
 
 int variant_mix_max_rank(const variant_mix *mix)
 {
@@ -96,15 +98,14 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     v->bytes = total;
     if (total == 0)
         return v;
-    void *arena = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (arena == MAP_FAILED) {
+    void *arena = huge_alloc(total);
+    if (!arena) {
         lr_error_set(err, LR_ENOMEM, "cannot allocate %zu MB for merged weights", total >> 20);
         goto fail;
     }
-    /* huge pages as for the base's weights (model.c): with 4 KiB pages a decode step that
-     * streams W' took 5-10% longer than one streaming W (TLB misses; THP is "madvise" on
-     * Debian), so "merged adds no latency" did not hold */
-    madvise(arena, total, MADV_HUGEPAGE);
+    /* on huge pages as the base's weights (hugemem.h): with 4 KiB pages a decode step
+     * that streamed W' took 5-10% longer than one streaming W, so "merged adds no
+     * latency" did not hold */
     v->arena = arena;
     v->arena_bytes = total;
     /* BF16 / Q8: the sum is made in F32 in a staging matrix, then rounded once. */
@@ -163,7 +164,7 @@ void variant_free(variant *v)
     if (!v)
         return;
     if (v->arena)
-        munmap(v->arena, v->arena_bytes);
+        huge_free(v->arena, v->arena_bytes);
     free(v->w);
     free(v);
 }

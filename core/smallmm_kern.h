@@ -165,10 +165,11 @@ K(tile_store)(vf *acc, int ni, int nj, const float *const *xr, const void *const
  * outer-product tiles, on the block just streamed): left to itself GCC folds
  * one row's load into each of the NI FMAs, 3 more loads a step than the FMAs need, and
  * a tile of 4 rows of X ran at ~55% of the FMA peak in cache. Pinned, the 8-row
- * products of decode's 30 layers in cache went 10-15% faster (k8 harness, builds
- * alternated, 6 pairs); bench_batch, alternated, 4 pairs: 8 rows on 8 adapters 2-10%
- * faster, 17 rows 2-11%, 8 on the base within noise. Tiles that stream M from memory
- * alone (T = 1) keep GCC's choice: pinned, 4 rows ran 3-5% slower there. */
+ * products of decode's 30 layers went 2-14% faster with the weights in cache, the same
+ * within noise from memory (builds alternated, 6 pairs); bench_batch, alternated, 4
+ * pairs: 8 rows on 8 adapters 2-10% faster, 17 rows 2-11%, 8 on the base within noise.
+ * Tiles that stream M from memory alone (T = 1) keep GCC's choice: pinned, 4 rows ran
+ * 3-5% slower there. */
 static inline __attribute__((always_inline)) void
 K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, float *y,
              int ldy, int pf_rows, int PFM, int PIN, int NI, int NJ, int MT)

@@ -174,6 +174,7 @@ static inline __attribute__((always_inline)) void
 K(dots_tile)(const float *x, int ni, int in, const wtensor *mt, int j0, int nj, float *y,
              int ldy, int pf_rows, int PFM, int PIN, int NI, int NJ, int MT)
 {
+    (void)PIN;  /* without KPIN, GCC's choice everywhere */
     size_t es = MT == WT_F32 ? 4 : 2;
     const void *mr[8];
     const float *xr[TI];

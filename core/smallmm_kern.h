@@ -655,6 +655,7 @@ K(xmt_rows_t)(const smallmm_xmt *jb, const float *xeo, int in, int lo, int hi, i
             int t = i / TI, pf = 0;
             for (int q = t % T; q < TJ && t < TJ; q += T)
                 pf |= 1 << q;
+            /* two calls, not one with PIN = T > 1: PIN must be a constant at the call */
             if (T > 1)
                 K(tile_rows)(jb->x + (size_t)i * in, jb->n - i, in, m, j, nj,
                              jb->y + (size_t)i * jb->ldy + j, jb->ldy, pf, 1, 1, MT);

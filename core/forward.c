@@ -1,14 +1,11 @@
 /* forward_batch: embedding → n_layers × (RMSNorm, attention, RMSNorm, SwiGLU) → norm →
  * lm_head, over the stacked rows of a batch of sequences. Activations and sums in F32;
- * the base matrices in the model's precision (F32, BF16 or Q8). Matrix products:
- * decode-sized batches (<= SMALLMM_MAX_ROWS rows) by smallmm, base weights and adapters
- * together, reading BF16/Q8 weights directly; larger batches by single-threaded OpenBLAS
- * calls, one per share of the output columns (base; BF16/Q8 weights converted to F32 a
- * block of rows at a time into the thread's buffer) or rows (adapters). Everything
- * parallel runs on the engine's own pool — OpenBLAS is set to one thread, so no second set
- * of threads spins beside it.
- * Attention and, for prompt-sized batches, the row-wise steps on the pool too;
- * everything else plain loops the compiler vectorizes. */
+ * the base matrices in the model's precision (F32, BF16 or Q8). Matrix products by
+ * smallmm, base weights and adapters together, reading BF16/Q8 weights directly, in
+ * windows of at most SMALLMM_MAX_ROWS rows (a prompt-sized batch takes several; see
+ * project). Everything parallel runs on the engine's own pool: the products, attention
+ * and, for prompt-sized batches, the row-wise steps; everything else plain loops the
+ * compiler vectorizes. */
 #include "forward.h"
 
 #include <unistd.h>
@@ -34,22 +31,6 @@ typedef struct {
     int per_task;  /* rows per task */
 } rows_job;
 
-/* A prompt-sized product on the pool: Y [n, out] = X [n, in] · Wᵀ, task k taking its
- * share of the columns; or one run's adapter group, task k taking its share of the rows. */
-typedef struct {
-    float *y;
-    const float *x;
-    const wtensor *w;
-    int n, in, out, tasks;
-    /* adapter group */
-    const variant_mix *mix;
-    int layer, n_ps, max_r;
-    const model_proj *ps;
-    float *const *ys;
-    const int *outs;
-    float *scratch;
-} gemm_job;
-
 /* One unit of attention work: query rows [r0, r1) of sequence seq, head h; or, for a
  * sequence decoding one row (r0 = 0, r1 = 1), with heads > 1, the heads [head, head +
  * heads) that share one KV head (grouped-query attention): they meet each key and value
@@ -60,9 +41,6 @@ typedef struct {
 
 #define ATTN_ROWS 4      /* query rows that share one pass over the keys */
 #define ATTN_TASK_ROWS 32 /* rows per task during prefill */
-/* Floats of one thread's conversion buffer (1 MB: the block of W it converts stays in L2
- * while OpenBLAS reads it). */
-#define WBUF_FLOATS (256 * 1024)
 
 /* Below this many multiply-adds per layer, attention runs on the calling thread: handing
  * tasks to the workers (spinning between the steps' jobs, so ~1 µs away) costs more than
@@ -94,8 +72,6 @@ struct forward_ctx {
     pool *pool;      /* the engine's own threads: attention */
     forward_profile *prof;  /* NULL unless profiling (forward_set_profile) */
     double prof_t;          /* when the phase being timed began */
-    float **wbuf;    /* per thread: [wbuf_floats] BF16/Q8 weights converted for OpenBLAS */
-    size_t wbuf_floats;
     float **scores;  /* per thread: [ATTN_ROWS, scores_cap] scores of a block of rows */
     size_t scores_cap;
     attn_task *tasks;/* [tasks_cap] (sequence, head, rows) units of attention work */
@@ -107,7 +83,6 @@ struct forward_ctx {
     int cur_layer;
     double attn_work;  /* multiply-adds of this batch's attention, per layer (about) */
     rows_job rows;     /* the current row-parallel elementwise job */
-    gemm_job gemm;     /* the current prompt-sized product */
 };
 
 static void *xmalloc_floats(size_t n)
@@ -170,19 +145,13 @@ forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_erro
     long ncpu = n_threads > 0 ? n_threads : sysconf(_SC_NPROCESSORS_ONLN);
     int nt = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
     f->pool = pool_create(nt, err);
-    /* The pool splits prompt-sized products itself (see matmul); OpenBLAS's own threads
-     * would only spin beside it. Process-wide: lorad calls OpenBLAS nowhere else in
-     * parallel. */
+    /* Every product of a step runs on the pool (smallmm). What lorad still gives OpenBLAS
+     * is background work beside the engine — building a merged W' (variant.c) — which
+     * must take one core at most: one thread, process-wide. */
     openblas_set_num_threads(1);
     f->scores = calloc((size_t)nt, sizeof *f->scores);
-    f->wbuf = calloc((size_t)nt, sizeof *f->wbuf);
-    if (!f->pool || !f->scores || !f->wbuf)
+    if (!f->pool || !f->scores)
         goto oom;
-    f->wbuf_floats = WBUF_FLOATS > (size_t)wide ? WBUF_FLOATS : (size_t)wide;  /* >= a row */
-    if (m->weights != WT_F32)
-        for (int t = 0; t < nt; t++)
-            if (!(f->wbuf[t] = xmalloc_floats(f->wbuf_floats)))
-                goto oom;
     return f;
 oom:
     forward_free(f);
@@ -200,11 +169,7 @@ void forward_free(forward_ctx *f)
     if (f->scores && f->pool)
         for (int t = 0; t < pool_threads(f->pool); t++)
             free(f->scores[t]);
-    if (f->wbuf && f->pool)
-        for (int t = 0; t < pool_threads(f->pool); t++)
-            free(f->wbuf[t]);
     free(f->scores);
-    free(f->wbuf);
     pool_free(f->pool);
     free(f);
 }
@@ -256,78 +221,17 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, int d, floa
     }
 }
 
-/* Task k of a matmul: the k-th share of the output columns, split at multiples of 64.
- * F32 weights go to OpenBLAS as they are; BF16/Q8 ones a block of rows at a time,
- * converted into the thread's buffer (a GEMM's columns do not depend on each other, so
- * the blocks' products are the whole product's). */
-static void matmul_task(void *ctx, int task, int thread)
-{
-    forward_ctx *f = ctx;
-    const gemm_job *g = &f->gemm;
-    int blocks = (g->out + 63) / 64;
-    int c0 = blocks * task / g->tasks * 64, c1 = blocks * (task + 1) / g->tasks * 64;
-    if (c1 > g->out)
-        c1 = g->out;
-    if (c0 >= c1)
-        return;
-    if (g->w->type == WT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, c1 - c0, g->in, 1.0f, g->x,
-                    g->in, (const float *)g->w->data + (size_t)c0 * g->in, g->in, 0.0f,
-                    g->y + c0, g->out);
-        return;
-    }
-    int step = (int)(f->wbuf_floats / (size_t)g->in);  /* rows: as many as the buffer holds */
-    step = step > 256 ? 256 : step;
-    float *buf = f->wbuf[thread];
-    for (int r = c0; r < c1; r += step) {
-        int nr = c1 - r < step ? c1 - r : step;
-        wtensor_rows_f32(g->w, g->in, r, r + nr, buf);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, nr, g->in, 1.0f, g->x,
-                    g->in, buf, g->in, 0.0f, g->y + r, g->out);
-    }
-}
-
-/* Y [n, out] = X [n, in] · Wᵀ (prompt-sized n), one share of W's rows per thread. */
-static void matmul(forward_ctx *f, float *y, const float *x, const wtensor *w, int n, int in,
-                   int out)
-{
-    f->gemm = (gemm_job){.y = y, .x = x, .w = w, .n = n, .in = in, .out = out,
-                         .tasks = pool_threads(f->pool)};
-    pool_run(f->pool, matmul_task, f, f->gemm.tasks);
-}
-
-/* Task k of an adapter group: its share of the rows, with its own part of the scratch
- * (T of those rows: at most VARIANT_GROUP_MAX · max_r floats per row). */
-static void adapter_task(void *ctx, int task, int thread)
-{
-    (void)thread;
-    const gemm_job *g = &((forward_ctx *)ctx)->gemm;
-    int r0 = g->n * task / g->tasks, r1 = g->n * (task + 1) / g->tasks;
-    if (r0 >= r1)
-        return;
-    float *ys[VARIANT_GROUP_MAX];
-    for (int k = 0; k < g->n_ps; k++)
-        ys[k] = g->ys[k] + (size_t)r0 * g->outs[k];
-    variant_apply_group(g->mix, g->layer, g->ps, g->n_ps, g->x + (size_t)r0 * g->in, r1 - r0,
-                        g->in, ys, g->outs,
-                        g->scratch + (size_t)r0 * VARIANT_GROUP_MAX * g->max_r);
-}
-
-/* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x: the base
- * W (or W') per run of sequences sharing it, then the on-the-fly adapters per run of
- * sequences sharing a mix, then biases. Decode-sized batches (<= SMALLMM_MAX_ROWS rows)
- * gather every product of the group — base and each adapter term's X·Aᵀ — into one
- * smallmm pass, followed in the same pool job by every ·Bᵀ (smallmm_run); larger ones
- * make one OpenBLAS GEMM per product (grouped for adapters: one X·Aᵀ for the group). */
-static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
-                    const model_proj *ps, int n_ps, const float *x, float *const *ys)
+/* Rows [w0, w1) (at most SMALLMM_MAX_ROWS) of the projections p[0..n_ps) of one layer,
+ * all reading x, as one smallmm pass: the base W (or W') per run of sequences sharing
+ * it, and each on-the-fly adapter term's X·Aᵀ per run of sequences sharing a mix, then in
+ * the same pool job every ·Bᵀ (smallmm_run). A run that straddles the window's edges
+ * contributes the rows inside it. */
+static void project_window(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                           const model_proj *ps, int n_ps, const int *outs, int in,
+                           const float *x, float *const *ys, int w0, int w1)
 {
     const model *m = f->m;
-    int outs[VARIANT_GROUP_MAX], in = 0;
-    for (int k = 0; k < n_ps; k++)
-        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
-    int rows = f->row0[n_seqs];
-    int small = rows <= SMALLMM_MAX_ROWS, nx = 0, nt = 0;
+    int nx = 0, nt = 0;
     smallmm_xmt *xa = f->small_xmt;
     smallmm_tb *tb = f->small_tb;
     for (int k = 0; k < n_ps; k++)
@@ -337,12 +241,11 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
             while (e < n_seqs &&
                    variant_weight(m, seqs[e].merged, layer, ps[k])->data == w->data)
                 e++;
-            int r0 = f->row0[s], nr = f->row0[e] - r0;
-            float *y = ys[k] + (size_t)r0 * outs[k];
-            if (small)
-                xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, nr, *w, outs[k], y, outs[k]};
-            else
-                matmul(f, y, x + (size_t)r0 * in, w, nr, in, outs[k]);
+            int r0 = f->row0[s] > w0 ? f->row0[s] : w0;
+            int r1 = f->row0[e] < w1 ? f->row0[e] : w1;
+            if (r0 < r1)
+                xa[nx++] = (smallmm_xmt){x + (size_t)r0 * in, r1 - r0, *w, outs[k],
+                                         ys[k] + (size_t)r0 * outs[k], outs[k]};
             s = e;
         }
     float *scratch = f->lora;
@@ -351,31 +254,45 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
         int e = s + 1;
         while (e < n_seqs && variant_mix_cmp(seqs[e].lora, mix) == 0)
             e++;
-        if (mix) {
-            int r0 = f->row0[s], nr = f->row0[e] - r0;
+        int r0 = f->row0[s] > w0 ? f->row0[s] : w0;
+        int r1 = f->row0[e] < w1 ? f->row0[e] : w1;
+        if (mix && r0 < r1) {
             float *y_run[VARIANT_GROUP_MAX];
             for (int k = 0; k < n_ps; k++)
                 y_run[k] = ys[k] + (size_t)r0 * outs[k];
-            if (small) {
-                int cx, ct;
-                variant_small_jobs(mix, layer, ps, n_ps, in, x + (size_t)r0 * in, nr, y_run,
-                                   outs, &scratch, xa + nx, tb + nt, &cx, &ct);
-                nx += cx;
-                nt += ct;
-            } else {
-                f->gemm = (gemm_job){.x = x + (size_t)r0 * in, .n = nr, .in = in,
-                                     .tasks = pool_threads(f->pool), .mix = mix,
-                                     .layer = layer, .n_ps = n_ps,
-                                     .max_r = variant_mix_max_rank(mix), .ps = ps, .ys = y_run,
-                                     .outs = outs, .scratch = f->lora};
-                pool_run(f->pool, adapter_task, f, f->gemm.tasks);
-            }
+            int cx, ct;
+            variant_small_jobs(mix, layer, ps, n_ps, in, x + (size_t)r0 * in, r1 - r0, y_run,
+                               outs, &scratch, xa + nx, tb + nt, &cx, &ct);
+            nx += cx;
+            nt += ct;
         }
         s = e;
     }
-    if (small) {
-        smallmm_run(f->pool, in, xa, nx, tb, nt);
-    }
+    smallmm_run(f->pool, in, xa, nx, tb, nt);
+}
+
+/* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x, then
+ * biases. Every batch goes through smallmm, in windows of at most SMALLMM_MAX_ROWS rows
+ * (project_window): a batch of more rows reads the weights once per window, which costs
+ * little where its products are bound by the FMAs, and smallmm's tiles ran a prompt's
+ * products faster than OpenBLAS's sgemm (README "Prompts in windows of 64 rows"). */
+static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                    const model_proj *ps, int n_ps, const float *x, float *const *ys)
+{
+    const model *m = f->m;
+    int outs[VARIANT_GROUP_MAX], in = 0;
+    for (int k = 0; k < n_ps; k++)
+        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
+    int rows = f->row0[n_seqs];
+    /* windows of (about) equal size, rounded up to 16 rows — the outer-product tiles' rows
+     * per vector with AVX-512, two with AVX2 — so that no window is a sliver and none
+     * pads a vector with zero rows (80 rows: 48 + 32 took 66 ms in process, 40 + 40 78 ms;
+     * 160: 64 + 64 + 32 135 ms, 53 + 53 + 54 165 ms) */
+    int n_win = (rows + SMALLMM_MAX_ROWS - 1) / SMALLMM_MAX_ROWS;
+    int size = ((rows + n_win - 1) / n_win + 15) / 16 * 16;
+    for (int w0 = 0; w0 < rows; w0 += size)
+        project_window(f, seqs, n_seqs, layer, ps, n_ps, outs, in, x, ys, w0,
+                       w0 + size < rows ? w0 + size : rows);
     for (int k = 0; k < n_ps; k++) {
         if (ps[k] > PROJ_V || !m->layers[layer].bias[ps[k]])
             continue;
@@ -903,12 +820,13 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
             n_out++;
         }
     forward_phase_end(f, FWD_PH_NORMS);
-    if (n_out > SMALLMM_MAX_ROWS)
-        matmul(f, logits, f->xn, &m->lm_head, n_out, c->hidden, c->vocab_size);
-    else if (n_out)
-        smallmm_xmt_run(f->pool, c->hidden, &(smallmm_xmt){f->xn, n_out, m->lm_head,
-                                                            c->vocab_size, logits,
+    for (int w0 = 0; w0 < n_out; w0 += SMALLMM_MAX_ROWS) {
+        int nw = n_out - w0 < SMALLMM_MAX_ROWS ? n_out - w0 : SMALLMM_MAX_ROWS;
+        float *y = logits + (size_t)w0 * c->vocab_size;
+        smallmm_xmt_run(f->pool, c->hidden, &(smallmm_xmt){f->xn + (size_t)w0 * c->hidden, nw,
+                                                            m->lm_head, c->vocab_size, y,
                                                             c->vocab_size}, 1);
+    }
     forward_phase_end(f, FWD_PH_LM_HEAD);
     if (f->prof)
         f->prof->passes++;

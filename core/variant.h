@@ -66,9 +66,10 @@ size_t variant_scratch_floats(const variant_mix *mix, int max_rows);
 /* On the fly, for a group of projections that read the same rows X [n, in] (q/k/v, or
  * gate/up, or one projection alone) and whose base outputs Y_k [n, outs[k]] are already
  * computed: Y_k += Σ weight·s·(X A_kᵀ) B_kᵀ over the terms of the mix, with OpenBLAS
- * GEMMs (prefill-sized n): one X·Aᵀ for the group when an adapter stores its A matrices
- * back to back (peft_load does). scratch holds variant_scratch_floats(mix, n) floats.
- * Engine thread. */
+ * GEMMs: one X·Aᵀ for the group when an adapter stores its A matrices back to back
+ * (peft_load does). scratch holds variant_scratch_floats(mix, n) floats. forward runs
+ * every batch through variant_small_jobs instead (smallmm, in windows of rows); this is
+ * the tests' second computation of the same sums. */
 #define VARIANT_GROUP_MAX 3
 void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
                          const float *x, int n, int in, float *const *ys, const int *outs,

@@ -4,7 +4,6 @@
  * (sd_notify, sd_watchdog_enabled, sd_listen_fds), every call a no-op outside systemd. */
 #include "serve.h"
 
-#include <cblas.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -341,8 +340,6 @@ int serve_run(const serve_options *o)
         free(a);
         return 1;
     }
-    if (o->threads > 0)
-        openblas_set_num_threads(o->threads);
 
     lr_error err = {0};
     int rc = 1;

@@ -31,6 +31,20 @@ typedef struct {
  * outer-product tiles (X packed once per product); fewer rows, and Q8 weights, the
  * dot-product tiles. */
 #define SMALLMM_OUTER_ROWS 9
+/* ... and from this many rows where the rows are at least OUTER_LONG_IN long (the down
+ * projection's 1536 on the 135M shape): a dot-product tile keeps its block of M and the
+ * tiles of X it meets in L1, and 5 or more rows of X that long with 4 rows of M do not fit
+ * (5 × 6 KB + 24 KB), so every tile after a block's first read X from L2. The 30 down
+ * products of a decode step from memory, 2 threads, alternated: 5-8 rows 1-22% faster
+ * on the outer-product tiles (8 rows 2.79-3.31 ms against 3.59-3.82; 5 rows 2.68-2.75
+ * against 2.92-3.14); with the weights in cache 5-7 rows were 2-25% slower (their vector
+ * padded to 8 rows), which decode does not see; with the AVX2 kernels (LORAD_ISA=avx2)
+ * 8 rows 4.38-4.46 ms against 6.64-6.80, 5 rows 4.35-4.44 against 4.25-4.76. bench_batch
+ * --quick, alternated, 8 pairs: the 8-row step 2-27% faster in 6 (14.4-17.1 ms against
+ * 15.3-19.9), 6 rows in 5 of 5 on 8 adapters. The shorter rows of q/k/v, o and gate/up
+ * (576) were 0-30% slower on the outer-product tiles at 5-7 rows, from memory too. */
+#define SMALLMM_OUTER_ROWS_LONG 5
+#define OUTER_LONG_IN 1024
 
 /* Rows of M the outer-product tiles of one product take at a time: 2 tiles of OJ or 3 of
  * OJ3 rows (both families: 12 = 2·6 = 3·4, 24 = 2·12 = 3·8). */
@@ -46,9 +60,9 @@ typedef struct {
  * (bench_batch, alternated: 12 rows 28.4 / 27.7 ms against 36.1 / 32.0). Groups of 4 for
  * 5-8 rows were 25% slower than the dot-product tiles: their 128-bit broadcasts and the
  * 4-lane sums at the end of every tile cost more than the tree reduction they replace. */
-static inline int smallmm_outer_group(int vl, int n)
+static inline int smallmm_outer_group(int vl, int n, int in)
 {
-    if (n < SMALLMM_OUTER_ROWS)
+    if (n < (in >= OUTER_LONG_IN ? SMALLMM_OUTER_ROWS_LONG : SMALLMM_OUTER_ROWS))
         return 0;
     return n <= 3 * vl / 2 ? 2 : 1;
 }
@@ -66,14 +80,15 @@ static inline int smallmm_outer_group(int vl, int n)
  * are 24 + 1 instead of 32. Otherwise all n do, the last vector padded. Without this the
  * step time jumped where the padding begins (bench_batch, 16 -> 17 rows: +24%; now +11%,
  * and 24 -> 25, 32 -> 33, 48 -> 49 +5-9%). */
-static inline int smallmm_outer_rows(int vl, int n)
+static inline int smallmm_outer_rows(int vl, int n, int in)
 {
-    int P = smallmm_outer_group(vl, n);
+    int P = smallmm_outer_group(vl, n, in);
     if (!P)
         return 0;
     for (int p = P; p <= 2; p *= 2) {
         int rv = vl / p, whole = n / rv * rv;
-        if (whole >= 2 * rv && n - whole <= OUTER_REM_MAX && smallmm_outer_group(vl, whole) == p)
+        if (whole >= 2 * rv && n - whole <= OUTER_REM_MAX &&
+            smallmm_outer_group(vl, whole, in) == p)
             return whole;
     }
     return n;
@@ -383,7 +398,7 @@ static int64_t task_edge(const xmt_pass *ps, const smallmm_xmt *jb, int64_t b)
     if (b >= jb->rows)
         return jb->rows;
     int64_t unit = jb->m.type == WT_Q8 ? WT_Q8_PANEL
-                   : smallmm_outer_group(ps->k->vl, jb->n) ? OUTER_BLOCK : 8;
+                   : smallmm_outer_group(ps->k->vl, jb->n, ps->in) ? OUTER_BLOCK : 8;
     return b / unit * unit;
 }
 
@@ -522,9 +537,9 @@ static void transpose_prepare(const float *x, int n, int in, int np, float *xt)
 
 /* Rows of X an outer-product tile's vectors hold: the rows that take them (n_o =
  * smallmm_outer_rows) rounded up to vl / P. */
-static int outer_rows_padded(int vl, int n)
+static int outer_rows_padded(int vl, int n, int in)
 {
-    int no = smallmm_outer_rows(vl, n), rv = vl / smallmm_outer_group(vl, no);
+    int no = smallmm_outer_rows(vl, n, in), rv = vl / smallmm_outer_group(vl, no, in);
     return (no + rv - 1) / rv * rv;
 }
 
@@ -534,9 +549,9 @@ static int outer_rows_padded(int vl, int n)
  * of VL floats is P consecutive elements of VL / P rows. */
 static void outer_prepare(const float *x, int n, int in, int vl, float *xp)
 {
-    int np = outer_rows_padded(vl, n);
-    n = smallmm_outer_rows(vl, n);
-    int P = smallmm_outer_group(vl, n);
+    int np = outer_rows_padded(vl, n, in);
+    n = smallmm_outer_rows(vl, n, in);
+    int P = smallmm_outer_group(vl, n, in);
     if (P == 1) {
         transpose_prepare(x, n, in, np, xp);
         return;
@@ -589,23 +604,23 @@ static void scratch_give_back(xop_scratch *b)
 
 /* How a job's X is read: 3 zero-padded to whole Q8 blocks, 2 packed for the outer-product
  * tiles, 1 in the BF16 even/odd order, 0 as it is. */
-static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb)
+static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
     if (jb->m.type == WT_Q8)
         return 3;
-    if (smallmm_outer_group(k->vl, jb->n))
+    if (smallmm_outer_group(k->vl, jb->n, in))
         return 2;
     return jb->m.type == WT_BF16 && jb->n <= k->eo_rows;
 }
 
 static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
-    switch (xop_kind(k, jb)) {
+    switch (xop_kind(k, jb, in)) {
     case 3:
         return (size_t)jb->n * (size_t)wtensor_q8_blocks(in) * WT_Q8_BLOCK;
     case 2: {
-        int P = smallmm_outer_group(k->vl, smallmm_outer_rows(k->vl, jb->n));
-        return (size_t)outer_rows_padded(k->vl, jb->n) * (size_t)((in + P - 1) / P * P);
+        int P = smallmm_outer_group(k->vl, smallmm_outer_rows(k->vl, jb->n, in), in);
+        return (size_t)outer_rows_padded(k->vl, jb->n, in) * (size_t)((in + P - 1) / P * P);
     }
     case 1:
         return (size_t)jb->n * (size_t)in;
@@ -647,11 +662,11 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
      * same X, n and kind), -1 when it reads X as it is; memory for the first of each only */
     size_t need = 0;
     for (int k = 0; xop && from && k < n_jobs; k++) {
-        int kind = xop_kind(ps.k, &jobs[k]);
+        int kind = xop_kind(ps.k, &jobs[k], in);
         from[k] = kind ? k : -1;
         for (int e = 0; e < k && kind && from[k] == k; e++)
             if (from[e] == e && jobs[e].x == jobs[k].x && jobs[e].n == jobs[k].n &&
-                xop_kind(ps.k, &jobs[e]) == kind)
+                xop_kind(ps.k, &jobs[e], in) == kind)
                 from[k] = e;
         if (from[k] == k)
             need += xop_floats(ps.k, &jobs[k], in);
@@ -665,7 +680,7 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
             xop[k] = from[k] < 0 ? NULL : from[k] < k ? xop[from[k]] : buf + used;
             if (from[k] != k)
                 continue;
-            int kind = xop_kind(ps.k, &jobs[k]);
+            int kind = xop_kind(ps.k, &jobs[k], in);
             if (kind == 3)
                 (ps.k->q8_prep ? ps.k->q8_prep : q8x_prepare)(jobs[k].x, jobs[k].n, in,
                                                               buf + used);

@@ -556,7 +556,7 @@ K(tile_rows)(const float *x, int ni, int in, const wtensor *m, int j, int nj, fl
 static inline __attribute__((always_inline)) void
 K(outer_rows_p)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, int P, int MT)
 {
-    int no = smallmm_outer_rows(VL, jb->n);
+    int no = smallmm_outer_rows(VL, jb->n, in);
     int rv = VL / P, np = (no + rv - 1) / rv * rv, nv = np / rv;
     for (int b = lo; b < hi; b += OUTER_BLOCK) {
         int be = hi - b < OUTER_BLOCK ? hi : b + OUTER_BLOCK;
@@ -594,7 +594,7 @@ K(outer_rows_t)(const smallmm_xmt *jb, const float *xp, int in, int lo, int hi, 
 {
     /* a switch, not if / else: with if / else GCC laid out K(xmt_rows) so that the 8-row
      * dot-product tiles in it ran 12-18% slower (measured, alternated) */
-    switch (smallmm_outer_group(VL, smallmm_outer_rows(VL, jb->n))) {
+    switch (smallmm_outer_group(VL, smallmm_outer_rows(VL, jb->n, in), in)) {
     case 1:
         K(outer_rows_p)(jb, xp, in, lo, hi, 1, MT);
         break;
@@ -907,7 +907,7 @@ static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo,
         K(q8_rows)(jb, xop, in, lo, hi);
         return;
     }
-    if (xop && smallmm_outer_group(VL, jb->n)) {
+    if (xop && smallmm_outer_group(VL, jb->n, in)) {
         if (jb->m.type == WT_F32)
             K(outer_rows_t)(jb, xop, in, lo, hi, WT_F32);
         else

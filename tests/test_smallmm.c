@@ -199,6 +199,28 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 }
 END_TEST
 
+/* Rows of X at least OUTER_LONG_IN (1024) long take the outer-product tiles from 5 rows
+ * instead of 9: 4-9 rows each side of that edge, rows 1023-1537 long (lane tails of the
+ * packed groups), M of 1, 5 and 33 rows, every weight type, 1 and 2 threads. */
+START_TEST(test_long_rows_match_reference_from_5_rows)
+{
+    if (!use_isa(_i))
+        return;
+    static const int ins[] = {1023, 1024, 1100, 1537};
+    static const int rows[] = {1, 5, 33};
+    static const int ns[] = {4, 5, 6, 7, 8, 9};
+    for (int threads = 1; threads <= 2; threads++) {
+        pool *p = make_pool(threads);
+        for (int t = WT_F32; t <= WT_Q8; t++)
+            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
+                for (size_t a = 0; a < sizeof ins / sizeof *ins; a++)
+                    for (size_t b = 0; b < sizeof rows / sizeof *rows; b++)
+                        check_xmt_type(p, ns[k], ins[a], rows[b], (wt_type)t);
+        pool_free(p);
+    }
+}
+END_TEST
+
 START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
 {
     if (!use_isa(_i))
@@ -678,6 +700,8 @@ static Suite *smallmm_suite(void)
     tcase_add_loop_test(core, test_xmt_matches_reference_for_every_row_count_and_edge,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_bf16_and_q8_weights_match_reference_at_every_edge,
+                        SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
+    tcase_add_loop_test(core, test_long_rows_match_reference_from_5_rows,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);
     tcase_add_loop_test(core, test_bf16_one_and_two_rows_with_x_reordered_on_the_stack_and_the_heap,
                         SMALLMM_PORTABLE, SMALLMM_AVX512BF16 + 1);

@@ -45,6 +45,14 @@ typedef struct {
  * (576) were 0-30% slower on the outer-product tiles at 5-7 rows, from memory too. */
 #define SMALLMM_OUTER_ROWS_LONG 5
 #define OUTER_LONG_IN 1024
+/* ... and from this many rows with 8-float vectors (AVX2, portable), whose dot-product
+ * tiles take 2 rows of X: the products of a decode step from memory with the AVX2 kernels
+ * (LORAD_ISA=avx2, 2 threads, alternated), 7 rows 2-30% faster on the outer-product tiles
+ * for every projection (q/k/v 3.07-4.14 ms against 4.16-4.58, gate/up 8.61-13.46 against
+ * 12.65-14.24), 8 rows 16-32%; 6 rows within noise either way. bench_batch --quick with
+ * LORAD_ISA=avx2, 3 pairs: the 7-row step 26.5-27.7 ms against 33.0-34.8, 8 rows
+ * 28.3-30.0 against 38.0-39.3. */
+#define SMALLMM_OUTER_ROWS_8 7
 
 /* Rows of M the outer-product tiles of one product take at a time: 2 tiles of OJ or 3 of
  * OJ3 rows (both families: 12 = 2·6 = 3·4, 24 = 2·12 = 3·8). */
@@ -62,7 +70,9 @@ typedef struct {
  * 4-lane sums at the end of every tile cost more than the tree reduction they replace. */
 static inline int smallmm_outer_group(int vl, int n, int in)
 {
-    if (n < (in >= OUTER_LONG_IN ? SMALLMM_OUTER_ROWS_LONG : SMALLMM_OUTER_ROWS))
+    if (n < (in >= OUTER_LONG_IN ? SMALLMM_OUTER_ROWS_LONG
+             : vl <= 8           ? SMALLMM_OUTER_ROWS_8
+                                 : SMALLMM_OUTER_ROWS))
         return 0;
     return n <= 3 * vl / 2 ? 2 : 1;
 }

@@ -391,6 +391,11 @@ static void softmax_row(float *s, int n)
  * values at blk[b] + vofs (position i of the block at + i·kv_dim).
  * S: [NR, ss] scratch, ss >= pos0 + nr rounded up to 16. Padding rows (r >= nr) repeat
  * the last real row and are not written out. */
+/* Positions ahead whose values the weighted sum prefetches: a head's values are 256 bytes
+ * of every 768-byte row (3 KV heads), a stride the hardware prefetchers follow poorly.
+ * 64 sequences at 200 positions, the attention of a decode step: 25.9 ms against 29.4
+ * without (8 at 300: 4.1 against 4.3). */
+#define ATTN_VPF 4
 #define ATTN_KERNEL(NAME, NR)                                                               \
 ATTN_CLONES                                                                                 \
 static void NAME(const float *q, int rs, int pstep, int nr, int pos0, float *const *blk,  \
@@ -461,6 +466,13 @@ static void NAME(const float *q, int rs, int pstep, int nr, int pos0, float *con
             int b = j / KV_BLOCK, je = (b + 1) * KV_BLOCK < j1 ? (b + 1) * KV_BLOCK : j1;  \
             const float *vj = blk[b] + vofs + (size_t)(j - b * KV_BLOCK) * kv_dim + d0;    \
             for (; j < je; j++, vj += kv_dim) {                                            \
+                int jp = j + ATTN_VPF < j1 ? j + ATTN_VPF : j;                             \
+                const float *vp = blk[jp / KV_BLOCK] + vofs +                              \
+                                  (size_t)(jp % KV_BLOCK) * kv_dim + d0;                   \
+                __builtin_prefetch(vp);                                                    \
+                __builtin_prefetch(vp + 16);                                               \
+                __builtin_prefetch(vp + 32);                                               \
+                __builtin_prefetch(vp + 48);                                               \
                 v16 x0 = ld16(vj), x1 = ld16(vj + 16), x2 = ld16(vj + 32);                 \
                 v16 x3 = ld16(vj + 48);                                                    \
                 _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                     \
@@ -568,12 +580,18 @@ static void attn_task_run(void *ctx, int task, int thread)
     float scale = 1.0f / sqrtf((float)hd);
     int win = f->cur_layer >= c->window_from_layer ? c->sliding_window : 0;
     int base = f->row0[t->seq];
-    if (t->heads > 1) {  /* one decode row, heads [head, head + heads) of KV head g */
-        for (int h = 0; h < t->heads; h += ATTN_ROWS) {
-            int nh = t->heads - h < ATTN_ROWS ? t->heads - h : ATTN_ROWS;
-            size_t off = (size_t)base * q_dim + (size_t)(t->head + h) * hd;
-            attn_rows4(f->q + off, hd, 0, nh, pos_first, kv->blocks, kofs, vofs, kv_dim, hd,
-                       scale, win, f->scores[thread], (int)f->scores_cap, f->att + off);
+    if (t->heads > 1) {  /* one decode row, heads [head, head + heads): whole KV groups */
+        int group = c->n_heads / c->n_kv_heads;
+        for (int hg = t->head; hg < t->head + t->heads; hg += group) {
+            int gg = hg / group;
+            size_t kg = kv_block_kt_offset(c, f->cur_layer, gg);
+            size_t vg = kv_block_v_offset(c, f->cur_layer) + (size_t)gg * hd;
+            for (int h = 0; h < group; h += ATTN_ROWS) {
+                int nh = group - h < ATTN_ROWS ? group - h : ATTN_ROWS;
+                size_t off = (size_t)base * q_dim + (size_t)(hg + h) * hd;
+                attn_rows4(f->q + off, hd, 0, nh, pos_first, kv->blocks, kg, vg, kv_dim, hd,
+                           scale, win, f->scores[thread], (int)f->scores_cap, f->att + off);
+            }
         }
         return;
     }
@@ -758,10 +776,20 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         f->attn_work += (double)seqs[s].n_tokens * (seqs[s].kv->len + seqs[s].n_tokens) *
                         c->n_heads * hd;
     int group = c->n_heads / c->n_kv_heads;  /* query heads per KV head */
+    /* A decode row's heads are one task per KV head — or, with many sequences (enough
+     * tasks to share among the threads without them), one task for all of its heads, which
+     * then read each block's keys and values of the layer as one contiguous 12 KB run
+     * each instead of 4 KB and 256-byte pieces of rows: 64 sequences at 40 positions
+     * 7.9 ms against 10.7, at 200 positions 34.9 against 52.2, 8 at 40 0.83 against 1.10
+     * (the attention of a decode step, alternated in one process). */
+    int whole = n_seqs >= 4 * pool_threads(f->pool);
     for (int s = 0; s < n_seqs; s++) {
         if (seqs[s].n_tokens == 1 && group > 1) {
-            for (int h = 0; h < c->n_heads; h += group)
-                f->tasks[f->n_tasks++] = (attn_task){s, h, group, 0, 1};
+            if (whole)
+                f->tasks[f->n_tasks++] = (attn_task){s, 0, c->n_heads, 0, 1};
+            else
+                for (int h = 0; h < c->n_heads; h += group)
+                    f->tasks[f->n_tasks++] = (attn_task){s, h, group, 0, 1};
             continue;
         }
         for (int h = 0; h < c->n_heads; h++)

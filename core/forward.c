@@ -33,8 +33,9 @@ typedef struct {
 
 /* One unit of attention work: query rows [r0, r1) of sequence seq, head h; or, for a
  * sequence decoding one row (r0 = 0, r1 = 1), with heads > 1, the heads [head, head +
- * heads) that share one KV head (grouped-query attention): they meet each key and value
- * in one pass, as consecutive positions do in prefill. */
+ * heads): one KV head's group (grouped-query attention), or all of them (many sequences);
+ * the heads of a group meet each key and value in one pass, as consecutive positions do
+ * in prefill. */
 typedef struct {
     int seq, head, heads, r0, r1;
 } attn_task;

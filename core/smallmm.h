@@ -12,10 +12,11 @@
 
 struct pool;
 
-/* Most activation rows forward() sends here (decode batches of up to 64 sequences, short
- * prompts); larger batches go to OpenBLAS. The kernels themselves take any n: each tile of
- * M is read from memory once and reused for every tile of X, which stays in L2 up to a
- * few hundred rows. */
+/* Most activation rows forward() sends here in one pass (decode batches of up to 64
+ * sequences, short prompts); a larger batch goes in windows of at most this many rows, one
+ * pass each. The kernels themselves take any n: each tile of M is read from memory once
+ * and reused for every tile of X, which stays in L2 up to a few hundred rows (windows of
+ * 128 or 256 rows were no faster than 64 for a 512-token prompt). */
 #define SMALLMM_MAX_ROWS 64
 
 /* Y [n, rows] (row stride ldy) = X [n, in] (row stride in) · Mᵀ, M [rows, in] row-major

@@ -199,6 +199,25 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 }
 END_TEST
 
+/* check_xmt_type for every weight type from t0 to WT_Q8, every n, in and rows of the
+ * arrays given, on 1 and 2 threads. */
+static void check_types_over(wt_type t0, const int *ns, size_t n_ns, const int *ins,
+                             size_t n_ins, const int *rows, size_t n_rows)
+{
+    for (int threads = 1; threads <= 2; threads++) {
+        pool *p = make_pool(threads);
+        for (int t = t0; t <= WT_Q8; t++)
+            for (size_t k = 0; k < n_ns; k++)
+                for (size_t a = 0; a < n_ins; a++)
+                    for (size_t b = 0; b < n_rows; b++)
+                        check_xmt_type(p, ns[k], ins[a], rows[b], (wt_type)t);
+        pool_free(p);
+    }
+}
+#define CHECK_TYPES_OVER(t0, ns, ins, rows)                                                \
+    check_types_over(t0, ns, sizeof ns / sizeof *ns, ins, sizeof ins / sizeof *ins, rows,  \
+                     sizeof rows / sizeof *rows)
+
 /* Rows of X at least OUTER_LONG_IN (1024) long take the outer-product tiles from 5 rows
  * instead of 9: 4-9 rows each side of that edge, rows 1023-1537 long (lane tails of the
  * packed groups), M of 1, 5 and 33 rows, every weight type, 1 and 2 threads. */
@@ -209,15 +228,7 @@ START_TEST(test_long_rows_match_reference_from_5_rows)
     static const int ins[] = {1023, 1024, 1100, 1537};
     static const int rows[] = {1, 5, 33};
     static const int ns[] = {4, 5, 6, 7, 8, 9};
-    for (int threads = 1; threads <= 2; threads++) {
-        pool *p = make_pool(threads);
-        for (int t = WT_F32; t <= WT_Q8; t++)
-            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
-                for (size_t a = 0; a < sizeof ins / sizeof *ins; a++)
-                    for (size_t b = 0; b < sizeof rows / sizeof *rows; b++)
-                        check_xmt_type(p, ns[k], ins[a], rows[b], (wt_type)t);
-        pool_free(p);
-    }
+    CHECK_TYPES_OVER(WT_F32, ns, ins, rows);
 }
 END_TEST
 
@@ -231,15 +242,7 @@ START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
     static const int ins[] = {1, 15, 16, 17, 31, 32, 33, 40, 64, 100, 127};
     static const int rows[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 40};
     static const int ns[] = {1, 2, 3, 4, 5, 8, 9, 17, 20, 25, 33, 36, SMALLMM_MAX_ROWS + 1};
-    for (int threads = 1; threads <= 2; threads++) {
-        pool *p = make_pool(threads);
-        for (int t = WT_BF16; t <= WT_Q8; t++)
-            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++)
-                for (size_t a = 0; a < sizeof ins / sizeof *ins; a++)
-                    for (size_t b = 0; b < sizeof rows / sizeof *rows; b++)
-                        check_xmt_type(p, ns[k], ins[a], rows[b], (wt_type)t);
-        pool_free(p);
-    }
+    CHECK_TYPES_OVER(WT_BF16, ns, ins, rows);
 }
 END_TEST
 

@@ -624,7 +624,8 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
     for (int s = 0; s < n_seqs; s++) {
         size_t st = ((size_t)seqs[s].kv->len + seqs[s].n_tokens + 15) & ~(size_t)15;
         stride = st > stride ? st : stride;
-        size_t need = variant_scratch_floats(seqs[s].lora, f->max_rows);
+        /* adapters' T for one window of project(): at most SMALLMM_MAX_ROWS rows */
+        size_t need = variant_scratch_floats(seqs[s].lora, SMALLMM_MAX_ROWS);
         lora = need > lora ? need : lora;
         n_tasks += f->m->cfg.n_heads * ((seqs[s].n_tokens + ATTN_TASK_ROWS - 1) / ATTN_TASK_ROWS);
     }

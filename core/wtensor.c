@@ -5,7 +5,7 @@
 
 const char *wtensor_type_name(wt_type t)
 {
-    return t == WT_BF16 ? "bf16" : t == WT_Q8 ? "q8" : "f32";
+    return t == WT_BF16 ? "bf16" : t == WT_Q8 ? "q8" : "f32";  /* F32P too */
 }
 
 int wtensor_type_parse(const char *s, wt_type *t)
@@ -30,6 +30,8 @@ size_t wtensor_data_bytes(wt_type t, int64_t rows, int64_t cols)
     size_t n = (size_t)rows * (size_t)cols;
     if (t == WT_Q8)
         return q8_rows(rows) * (size_t)wtensor_q8_blocks(cols) * WT_Q8_BLOCK;
+    if (t == WT_F32P)
+        return (size_t)((rows + WT_P_ROWS - 1) / WT_P_ROWS * WT_P_ROWS) * (size_t)cols * 4;
     return t == WT_F32 ? n * 4 : n * 2;
 }
 
@@ -64,6 +66,16 @@ void wtensor_rows_f32(const wtensor *w, int64_t cols, int64_t r0, int64_t r1, fl
     case WT_F32:
         memcpy(dst, (const float *)w->data + (size_t)r0 * cols, n * sizeof(float));
         break;
+    case WT_F32P: {
+        const float *p = w->data;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *pr = p + wtensor_f32p_offset(cols, r, 0);
+            float *d = dst + (size_t)(r - r0) * cols;
+            for (int64_t c = 0; c < cols; c++)
+                d[c] = pr[(size_t)c * WT_P_ROWS];
+        }
+        break;
+    }
     case WT_BF16: {
         const uint16_t *h = (const uint16_t *)w->data + (size_t)r0 * cols;
         for (size_t i = 0; i < n; i++)
@@ -111,6 +123,21 @@ void wtensor_from_f32(wt_type t, const float *src, int64_t rows, int64_t cols, v
     case WT_F32:
         memcpy(data, src, n * sizeof(float));
         break;
+    case WT_F32P: {
+        float *p = data;
+        /* the last panel's padding rows: zeros */
+        size_t last = (size_t)(rows / WT_P_ROWS) * WT_P_ROWS * (size_t)cols;
+        memset(p + last, 0, wtensor_data_bytes(t, rows, cols) - last * sizeof(float));
+        for (int64_t p0 = 0; p0 < rows; p0 += WT_P_ROWS) {  /* panel by panel */
+            int nr = rows - p0 < WT_P_ROWS ? (int)(rows - p0) : WT_P_ROWS;
+            float *pp = p + (size_t)p0 * cols;
+            const float *sp = src + (size_t)p0 * cols;
+            for (int64_t c = 0; c < cols; c++)
+                for (int r = 0; r < nr; r++)
+                    pp[(size_t)c * WT_P_ROWS + r] = sp[(size_t)r * cols + c];
+        }
+        break;
+    }
     case WT_BF16:
         for (size_t i = 0; i < n; i++)
             ((uint16_t *)data)[i] = wtensor_bf16_round(src[i]);

@@ -10,7 +10,25 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef enum { WT_F32, WT_BF16, WT_Q8 } wt_type;
+/* WT_F32P: F32 in panels of WT_P_ROWS rows, the layout a model holds its F32 matrices in
+ * (model.c); WT_F32 is row-major (adapters' A, tests). Both are the precision "f32". */
+typedef enum { WT_F32, WT_BF16, WT_Q8, WT_F32P } wt_type;
+
+/* Rows of an F32P panel. An F32P matrix is stored in panels of 16 rows (the last one
+ * padded with zero rows); in panel p the 16 rows' elements of column c are 16 consecutive
+ * floats at (p·cols + c)·16. So one 64-byte load is one element of 16 rows of M, which
+ * each row of X meets as a broadcast: smallmm's tiles keep rows of X × panels of
+ * accumulators with no reduction at the end, and stream each panel front to back, where
+ * rows one after the other need a tree of folds at the end of every tile and one short
+ * stream per row (bench_panel: a decode step's down products 18-38% faster at 1-64 rows of
+ * X, gate and up 8-21% at 1-12 rows; docs/benchmarks.md). */
+#define WT_P_ROWS 16
+
+/* Offset in floats, in an F32P matrix's data, of the element at row r, column c. */
+static inline size_t wtensor_f32p_offset(int64_t cols, int64_t r, int64_t c)
+{
+    return (size_t)((r / WT_P_ROWS * cols + c) * WT_P_ROWS + r % WT_P_ROWS);
+}
 
 /* Elements per Q8 scale. 32 as llama.cpp's Q8_0: a scale costs 4 bytes per 32 (12.5%
  * more bytes than the integers alone); blocks of 64 would save 6% of the bytes but let one
@@ -34,7 +52,8 @@ typedef enum { WT_F32, WT_BF16, WT_Q8 } wt_type;
 typedef struct {
     wt_type type;
     const void *data;     /* F32 / BF16: [rows, cols] row-major, float or uint16_t (BF16
-                           * bits); Q8: int8_t in panels (WT_Q8_PANEL) */
+                           * bits); Q8: int8_t in panels (WT_Q8_PANEL); F32P: float in
+                           * panels (WT_P_ROWS) */
     const float *scale;   /* Q8: the blocks' scales in panels; NULL otherwise */
 } wtensor;
 
@@ -78,16 +97,16 @@ static inline float wtensor_bf16_to_f32(uint16_t h)
     return f;
 }
 
-/* "f32", "bf16", "q8". */
+/* "f32" (WT_F32 and WT_F32P), "bf16", "q8". */
 const char *wtensor_type_name(wt_type t);
 
 /* Parses "f32" | "bf16" | "q8" into *t; -1 for anything else. */
 int wtensor_type_parse(const char *s, wt_type *t);
 
 /* Bytes of the integers / floats, then of the scales, of a [rows, cols] matrix of type t
- * (Q8: whole panels and blocks, padding included; rows [r0, ...) of a matrix start at
+ * (Q8, F32P: whole panels and blocks, padding included; rows [r0, ...) of a matrix start at
  * wtensor_data_bytes(t, r0, cols) and scale + wtensor_scale_bytes(t, r0, cols) / 4 when r0
- * is a multiple of WT_Q8_PANEL). */
+ * is a multiple of the panel's rows, 16 for both). */
 size_t wtensor_data_bytes(wt_type t, int64_t rows, int64_t cols);
 size_t wtensor_scale_bytes(wt_type t, int64_t rows, int64_t cols);
 

@@ -184,6 +184,46 @@ START_TEST(test_bf16_matrix_round_trip_and_rows)
 }
 END_TEST
 
+/* F32 in panels of 16 rows: every element where the layout puts it (element (r, c) of
+ * panel r / 16 at float (r / 16 · cols + c) · 16 + r % 16, written out here), the last
+ * panel's padding rows zero, whole panels in the size, any range of rows back bit for bit
+ * — for row counts around the panel's 16 and column counts of 1 and odd. */
+START_TEST(test_f32_panels_hold_every_element_and_give_rows_back)
+{
+    static const int rows_of[] = {1, 15, 16, 17, 33}, cols_of[] = {1, 3, 37};
+    for (size_t a = 0; a < sizeof rows_of / sizeof *rows_of; a++)
+        for (size_t b = 0; b < sizeof cols_of / sizeof *cols_of; b++) {
+            int rows = rows_of[a], cols = cols_of[b], padded = (rows + 15) / 16 * 16;
+            size_t bytes = wtensor_data_bytes(WT_F32P, rows, cols);
+            ck_assert_uint_eq(bytes, sizeof(float) * (size_t)padded * cols);
+            ck_assert_uint_eq(wtensor_scale_bytes(WT_F32P, rows, cols), 0);
+            float *x = malloc(sizeof(float) * rows * cols), *p = malloc(bytes),
+                  *back = malloc(sizeof(float) * rows * cols);
+            ck_assert(x && p && back);
+            for (int i = 0; i < rows * cols; i++)
+                x[i] = bits_f(rand32());   /* any bits: NaNs and -0 included */
+            memset(p, 0xA5, bytes);
+            wtensor_from_f32(WT_F32P, x, rows, cols, p, NULL);
+            for (int r = 0; r < padded; r++)
+                for (int c = 0; c < cols; c++) {
+                    float got = p[((size_t)(r / 16) * cols + c) * 16 + r % 16];
+                    ck_assert_uint_eq(f_bits(got), r < rows ? f_bits(x[r * cols + c]) : 0);
+                }
+            wtensor w = wtensor_at(WT_F32P, rows, cols, p);
+            ck_assert_ptr_null(w.scale);
+            for (int r0 = 0; r0 < rows; r0 += 7) {
+                int r1 = r0 + 9 < rows ? r0 + 9 : rows;
+                wtensor_rows_f32(&w, cols, r0, r1, back);
+                ck_assert(memcmp(back, x + r0 * cols, sizeof(float) * (r1 - r0) * cols) == 0);
+            }
+            free(x);
+            free(p);
+            free(back);
+        }
+    ck_assert_str_eq(wtensor_type_name(WT_F32P), "f32");
+}
+END_TEST
+
 START_TEST(test_type_names_parse_and_refuse)
 {
     static const char *const names[] = {"f32", "bf16", "q8"};
@@ -208,6 +248,7 @@ static Suite *wtensor_suite(void)
     tcase_add_test(core, test_bf16_rounds_to_nearest_even);
     tcase_add_test(core, test_q8_blocks_hold_their_values_to_half_a_step);
     tcase_add_test(core, test_bf16_matrix_round_trip_and_rows);
+    tcase_add_test(core, test_f32_panels_hold_every_element_and_give_rows_back);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");
     tcase_add_test(limits, test_type_names_parse_and_refuse);

@@ -58,6 +58,10 @@ typedef struct {
  * OJ3 rows (both families: 12 = 2·6 = 3·4, 24 = 2·12 = 3·8). */
 #define OUTER_BLOCK 24
 
+/* Rows of M a thread's share of an F32P product starts on: a whole tile of panels in
+ * every family (3 panels of 16 rows with AVX-512, 1 with 8-float vectors). */
+#define SMALLMM_P_UNIT 16
+
 /* The group P of the outer-product tiles for n rows of X and vectors of vl floats (0:
  * the dot-product tiles): a vector holds P consecutive elements of vl / P rows and a tile
  * two or three vectors (the rows past the last whole one: smallmm_outer_rows), so P is 2
@@ -107,8 +111,10 @@ static inline int smallmm_outer_rows(int vl, int n, int in)
 /* The kernels, compiled four times: AVX-512, AVX-512 with BF16 dot products (the same
  * kernels but for BF16 weights times one or two rows), AVX2, portable. Tiles: 4×4 on
  * AVX-512 (16 accumulators of its 32 registers; 4×6 was ~10% slower: 31 live registers
- * leave the loop no slack), 2×4 with 16 registers. The portable build uses whatever the
- * compiler's baseline gives (SSE2 on x86-64, NEON on arm64) for the same 8-float vectors. */
+ * leave the loop no slack), 2×4 with 16 registers. F32P tiles (PT panels by PG rows of X):
+ * 3 panels by 8 rows on AVX-512 (24 accumulators), 1 panel (2 vectors) by 6 rows with 16
+ * registers. The portable build uses whatever the compiler's baseline gives (SSE2 on
+ * x86-64, NEON on arm64) for the same 8-float vectors. */
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
 #define SMALLMM_X86 1
 #include <immintrin.h>
@@ -124,6 +130,8 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define TJ2 8
 #define OJ 12
 #define OJ3 8
+#define PT 3
+#define PG 8
 #define KPIN 1
 #define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
@@ -142,6 +150,8 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define TJ2 8
 #define OJ 12
 #define OJ3 8
+#define PT 3
+#define PG 8
 #define KPIN 1
 #define KDPBF16 1
 #define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \
@@ -160,6 +170,8 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define TJ2 4
 #define OJ 6
 #define OJ3 4
+#define PT 1
+#define PG 6
 #define KPIN 1
 #define KQ8(m, d) ((vf_avx2)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                      \
     _mm_loadl_epi64((const __m128i *)((const int8_t *)(m) + (d))))))
@@ -195,6 +207,8 @@ static inline vf8_portable bc4_portable(const float *p)
 #define TJ2 4
 #define OJ 6
 #define OJ3 4
+#define PT 1
+#define PG 6
 #define KQ8(m, d) q8_portable((const int8_t *)(m) + (d))
 #define KBC2(p) bc2_portable(p)
 #define KBC4(p) bc4_portable(p)
@@ -396,8 +410,8 @@ static void q8_rows_plain(const smallmm_xmt *jb, int in, int lo, int hi)
 
 /* A boundary between two chunks' rows of a product, local row b, moved down to a whole
  * number of the product's tiles (both chunks move it alike, so the rows are still split
- * exactly): a Q8 product's to a whole panel; one on the outer-product tiles to a whole
- * OUTER_BLOCK, else a chunk's last tile has fewer rows of M but costs a whole one (a
+ * exactly): a Q8 product's to a whole panel; an F32P one's to SMALLMM_P_UNIT; one on the
+ * outer-product tiles to a whole OUTER_BLOCK, else a chunk's last tile has fewer rows of M but costs a whole one (a
  * 16-row pass of 1,008 rows, cut in 16 chunks of 63, took 15% longer than one of 960 cut
  * in chunks of 60: the q/k/v products and an adapter's A's of a 16-token prefill); the
  * dot-product tiles' to 8 (they take 8, TJ2 or TJ rows of M at a time). */
@@ -408,6 +422,7 @@ static int64_t task_edge(const xmt_pass *ps, const smallmm_xmt *jb, int64_t b)
     if (b >= jb->rows)
         return jb->rows;
     int64_t unit = jb->m.type == WT_Q8 ? WT_Q8_PANEL
+                   : jb->m.type == WT_F32P ? SMALLMM_P_UNIT
                    : smallmm_outer_group(ps->k->vl, jb->n, ps->in) ? OUTER_BLOCK : 8;
     return b / unit * unit;
 }
@@ -618,6 +633,8 @@ static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
     if (jb->m.type == WT_Q8)
         return 3;
+    if (jb->m.type == WT_F32P)
+        return 0;
     if (smallmm_outer_group(k->vl, jb->n, in))
         return 2;
     return jb->m.type == WT_BF16 && jb->n <= k->eo_rows;

@@ -898,6 +898,120 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
     }
 }
 
+/* F32P weights (panels of WT_P_ROWS rows, wtensor.h): a tile is NI <= PG rows of X by
+ * NV vectors of M — the PT panels of one tile of M, PVPP vectors each — with NI·NV
+ * accumulators that end as Y itself: at each element k the tile loads its NV vectors (16
+ * rows of M each per panel) and meets each with row i's element k, broadcast. So NI + NV
+ * loads feed NI·NV FMAs, no reduction ends the tile, M is read as PT sequential streams
+ * (each prefetched PANEL_PF elements ahead), and X is read as it is. */
+#define PVPP (WT_P_ROWS / VL)   /* vectors a panel */
+#define PNV (PT * PVPP)         /* vectors a tile */
+#ifndef PANEL_PF
+#define PANEL_PF 64
+#endif
+static inline __attribute__((always_inline)) void
+K(panel_tile)(const float *x, int in, const float *tp, float *y, int ldy, int NI, int NV)
+{
+    size_t ps = (size_t)in * WT_P_ROWS;
+    vf acc[PG][PNV];
+    for (int i = 0; i < NI; i++)
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = (vf){0};
+    const float *m = tp;
+    for (int k = 0; k < in; k++, m += WT_P_ROWS) {
+        vf w[PNV];
+        for (int v = 0; v < NV; v++) {
+            const float *mv = m + (size_t)(v / PVPP) * ps + (v % PVPP) * VL;
+            if (v % PVPP == 0)   /* a cache line a panel and element */
+                __builtin_prefetch(mv + PANEL_PF * WT_P_ROWS, 0, 3);
+            w[v] = K(ldf)(mv);
+        }
+        for (int i = 0; i < NI; i++) {
+            vf xb = K(splat)(x[(size_t)i * in + k]);
+            for (int v = 0; v < NV; v++)
+                acc[i][v] += xb * w[v];
+        }
+    }
+    for (int i = 0; i < NI; i++)
+        for (int v = 0; v < NV; v++)
+            K(stf)(y + (size_t)i * ldy + v * VL, acc[i][v]);
+}
+
+/* panel_tile for ni rows of X (1..PG) and NV (a constant) vectors. */
+static inline __attribute__((always_inline)) void
+K(panel_ni)(const float *x, int in, const float *tp, float *y, int ldy, int ni, int NV)
+{
+    switch (ni) {
+#define K_PANEL_CASE(N)                                                                    \
+    case N:                                                                                \
+        K(panel_tile)(x, in, tp, y, ldy, N, NV);                                           \
+        break;
+    K_PANEL_CASE(1) K_PANEL_CASE(2) K_PANEL_CASE(3) K_PANEL_CASE(4) K_PANEL_CASE(5)
+    K_PANEL_CASE(6)
+#if PG > 6
+    K_PANEL_CASE(7) K_PANEL_CASE(8)
+#endif
+#undef K_PANEL_CASE
+    default:
+        break;
+    }
+}
+
+static void K(panel_group)(const float *x, int in, const float *tp, float *y, int ldy, int ni,
+                           int nv)
+{
+    switch (nv) {
+    case 1:
+        K(panel_ni)(x, in, tp, y, ldy, ni, 1);
+        break;
+#if PNV > 1
+    case 2:
+        K(panel_ni)(x, in, tp, y, ldy, ni, 2);
+        break;
+#endif
+#if PNV > 2
+    case 3:
+        K(panel_ni)(x, in, tp, y, ldy, ni, 3);
+        break;
+#endif
+    default:
+        break;
+    }
+}
+
+/* Rows [lo, hi) of an F32P product (lo a multiple of WT_P_ROWS): tile by tile of M, the n
+ * rows of X in balanced groups of at most PG, each over all of a row's elements (the
+ * second group finds the tile's panels in L2: blocks of 64 elements kept in L1 from one
+ * group to the next made the 16- and 32-row decode steps 5-10% slower, the gate and up
+ * products 12-27%, each block's accumulators reloaded); a last tile whose rows end inside
+ * a vector goes through a buffer, so that no row of Y past hi is written. */
+static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
+{
+    int n = jb->n, groups = (n + PG - 1) / PG;
+    for (int r = lo; r < hi; r += PT * WT_P_ROWS) {
+        const float *tp = (const float *)jb->m.data + (size_t)r * in;
+        int ny = hi - r < PT * WT_P_ROWS ? hi - r : PT * WT_P_ROWS;
+        int nv = (ny + VL - 1) / VL, whole = ny == nv * VL;
+        float t[PG * PNV * VL];
+        for (int g = 0, i = 0; g < groups; g++) {
+            int ni = (n - i + groups - g - 1) / (groups - g);
+            const float *x = jb->x + (size_t)i * in;
+            float *y = jb->y + (size_t)i * jb->ldy + r;
+            if (whole) {
+                K(panel_group)(x, in, tp, y, jb->ldy, ni, nv);
+            } else {
+                K(panel_group)(x, in, tp, t, PNV * VL, ni, nv);
+                for (int q = 0; q < ni; q++)
+                    memcpy(y + (size_t)q * jb->ldy, t + (size_t)q * PNV * VL,
+                           sizeof(float) * (size_t)ny);
+            }
+            i += ni;
+        }
+    }
+}
+#undef PVPP
+#undef PNV
+
 /* Rows [lo, hi) of one product; xop: X in the order its tiles read (transposed for the
  * outer-product tiles when smallmm_outer_group says so, the BF16 even/odd order for one
  * or two rows), NULL when X is read as it is. */
@@ -905,6 +1019,10 @@ static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo,
 {
     if (jb->m.type == WT_Q8) {
         K(q8_rows)(jb, xop, in, lo, hi);
+        return;
+    }
+    if (jb->m.type == WT_F32P) {
+        K(panel_rows)(jb, in, lo, hi);
         return;
     }
     if (xop && smallmm_outer_group(VL, jb->n, in)) {
@@ -1021,6 +1139,8 @@ static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROW
 #undef TJ2
 #undef OJ
 #undef OJ3
+#undef PT
+#undef PG
 #undef KPIN
 #undef KDPBF16
 #undef KVNNI

@@ -84,6 +84,18 @@ static test_matrix make_matrix(wt_type t, int rows, int in)
     if (t == WT_F32) {
         tm.data = rand_floats(n);
         memcpy(tm.deq, tm.data, n * sizeof(float));
+    } else if (t == WT_F32P) {
+        /* panels of 16 rows, column by column (wtensor.h), the last padded with zeros —
+         * laid out here, not by wtensor_from_f32 */
+        size_t padded = (size_t)(rows + 15) / 16 * 16 * in;
+        float *f = rand_floats(n), *pan = calloc(padded ? padded : 1, sizeof(float));
+        ck_assert_ptr_nonnull(pan);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < in; c++)
+                pan[((size_t)(r / 16) * in + c) * 16 + r % 16] = f[(size_t)r * in + c];
+        memcpy(tm.deq, f, n * sizeof(float));
+        free(f);
+        tm.data = pan;
     } else if (t == WT_BF16) {
         uint16_t *h = malloc((n ? n : 1) * 2);
         ck_assert_ptr_nonnull(h);
@@ -157,9 +169,11 @@ static void check_xmt_type(pool *p, int n, int in, int rows, wt_type t)
     free(y);
 }
 
+/* F32 weights row-major and in panels. */
 static void check_xmt(pool *p, int n, int in, int rows)
 {
     check_xmt_type(p, n, in, rows, WT_F32);
+    check_xmt_type(p, n, in, rows, WT_F32P);
 }
 
 /* Forces the kernels of instruction set `isa` (the loop index of a test over all three);
@@ -206,7 +220,7 @@ static void check_types_over(wt_type t0, const int *ns, size_t n_ns, const int *
 {
     for (int threads = 1; threads <= 2; threads++) {
         pool *p = make_pool(threads);
-        for (int t = t0; t <= WT_Q8; t++)
+        for (int t = t0; t <= WT_F32P; t++)
             for (size_t k = 0; k < n_ns; k++)
                 for (size_t a = 0; a < n_ins; a++)
                     for (size_t b = 0; b < n_rows; b++)
@@ -372,7 +386,7 @@ START_TEST(test_products_cut_into_chunks_among_threads)
     for (int threads = 2; threads <= 4; threads++) {
         pool *p = make_pool(threads);
         for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
-            for (int t = WT_F32; t <= WT_Q8; t++)
+            for (int t = WT_F32; t <= WT_F32P; t++)
                 check_xmt_type(p, ns[a], 300, 1103, (wt_type)t);
         pool_free(p);
     }

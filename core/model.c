@@ -180,20 +180,27 @@ static int check_tensor(const model *m, const char *name, int64_t d0, int64_t d1
     return 0;
 }
 
-/* The tensor's precision in memory: vectors F32, matrices the model's. */
+wt_type model_matrix_type(const model *m)
+{
+    return m->weights == WT_F32 ? WT_F32P : m->weights;
+}
+
+/* The tensor's type in memory: vectors F32, matrices the model's (model_matrix_type). */
 static wt_type held_type(const model *m, const model_tensor *mt)
 {
-    return mt->ndim == 2 ? m->weights : WT_F32;
+    return mt->ndim == 2 ? model_matrix_type(m) : WT_F32;
 }
 
 
-/* Rows converted per step when the precision changes (an F32 staging buffer this size
- * instead of a whole embedding matrix: 2 GB for a 128k vocabulary). */
+/* Rows converted per step when the precision or the layout changes (an F32 staging buffer
+ * this size instead of a whole embedding matrix: 2 GB for a 128k vocabulary). */
 #define CONVERT_ROWS 256
 _Static_assert(CONVERT_ROWS % WT_Q8_PANEL == 0, "a step of rows starts a Q8 panel");
+_Static_assert(CONVERT_ROWS % WT_P_ROWS == 0, "a step of rows starts an F32P panel");
 
-/* Copies a checked tensor into the arena at dst in the precision it is held in. stage:
- * CONVERT_ROWS · cols floats, for a change of precision. */
+/* Copies a checked tensor into the arena at dst in the type it is held in. stage:
+ * CONVERT_ROWS · cols floats, for a change of precision or layout (F32 matrices into
+ * panels). */
 static int materialize(const model *m, const st_tensor *t, model_tensor *mt, char *dst,
                        float *stage, lr_error *err)
 {
@@ -495,8 +502,7 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
     m->files->converted = mem;
     m->files->converted_cap = arena;
     copy_job job = {.m = m, .want = want, .offset = offset, .n = n,
-                    .stage_floats = m->weights == WT_F32 ? 0
-                                    : (size_t)CONVERT_ROWS * (size_t)max_cols};
+                    .stage_floats = (size_t)CONVERT_ROWS * (size_t)max_cols};
     if (copy_all(&job, &pr, err))
         goto fail;
     for (size_t i = 0; i < n; i++) {

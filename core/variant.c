@@ -84,7 +84,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
 
     /* First pass: which matrices are touched, and how much memory W' needs. */
     size_t total = 0, stage = 0;
-    wt_type type = m->weights;
+    wt_type type = model_matrix_type(m);   /* W' as W: F32 in panels, BF16, Q8 */
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
             if (mix_touches(mix, l, (model_proj)p)) {
@@ -108,7 +108,8 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
      * latency" did not hold */
     v->arena = arena;
     v->arena_bytes = total;
-    /* BF16 / Q8: the sum is made in F32 in a staging matrix, then rounded once. */
+    /* F32P, BF16, Q8: the sum is made in F32 in a row-major staging matrix, then laid out in
+     * panels or rounded once. */
     if (type != WT_F32 && !(f32 = malloc(stage * sizeof(float)))) {
         lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
         goto fail;

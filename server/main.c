@@ -521,6 +521,7 @@ static int cmd_merge(int argc, char **argv)
     loaded_adapters la = {0};
     variant *v = NULL;
     st_write_tensor *tw = NULL;
+    float **unpacked = NULL;   /* [n_tensors]: F32P matrices laid out row-major to write */
     json_t *cfg = NULL;
     rc = 1;
     if (!(m = model_load_with(a.model_dir, &(model_load_opts){a.weights, NULL, NULL}, &err)) ||
@@ -534,7 +535,8 @@ static int cmd_merge(int argc, char **argv)
     /* Every tensor of the base, each projection replaced by its merged W' where an
      * adapter touched it. */
     tw = calloc((size_t)m->n_tensors, sizeof *tw);
-    if (!tw) {
+    unpacked = calloc((size_t)m->n_tensors, sizeof *unpacked);
+    if (!tw || !unpacked) {
         lr_error_set(&err, LR_ENOMEM, "out of memory");
         goto out_err;
     }
@@ -549,6 +551,16 @@ static int cmd_merge(int argc, char **argv)
                                         : variant_weight(m, v, mt->layer, (model_proj)mt->proj);
         tw[i].data = w->data;
         tw[i].bf16 = w->type == WT_BF16;
+        if (w->type == WT_F32P) {  /* in panels in memory: row-major in the file */
+            float *rows = malloc(sizeof(float) * (size_t)mt->shape[0] * (size_t)mt->shape[1]);
+            if (!rows) {
+                lr_error_set(&err, LR_ENOMEM, "out of memory");
+                goto out_err;
+            }
+            wtensor_rows_f32(w, mt->shape[1], 0, mt->shape[0], rows);
+            unpacked[i] = rows;
+            tw[i].data = rows;
+        }
     }
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/model.safetensors", a.out_dir);
@@ -580,6 +592,9 @@ out_err:
     rc = fail(NULL, &err);
 out:
     json_decref(cfg);
+    for (int i = 0; unpacked && i < m->n_tensors; i++)
+        free(unpacked[i]);
+    free(unpacked);
     free(tw);
     variant_free(v);
     adapters_free(&la);

@@ -255,8 +255,9 @@ static const wtensor *loaded_matrix(const model *m, const tspec *s)
     }
 }
 
-/* Tensor s as model_load holds it, as floats: vectors and F32 matrices as they are, BF16
- * matrices widened here (the bits shifted up) into buf [numel]. */
+/* Tensor s as model_load holds it, as floats: vectors as they are, F32 matrices laid out
+ * back from their panels and BF16 ones widened here (the bits shifted up) into buf
+ * [numel]. */
 static const float *loaded(const model *m, const tspec *s, float *buf)
 {
     switch (s->role) {
@@ -266,8 +267,14 @@ static const float *loaded(const model *m, const tspec *s, float *buf)
     default:          break;
     }
     const wtensor *w = loaded_matrix(m, s);
-    if (w->type == WT_F32)
-        return w->data;
+    if (w->type == WT_F32P) {   /* in panels: element (r, c) of panel r / 16 at c·16 + r % 16 */
+        const float *d = w->data;
+        int64_t rows = s->shape[0], cols = s->shape[1];
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                buf[r * cols + c] = d[((r / 16) * cols + c) * 16 + r % 16];
+        return buf;
+    }
     ck_assert_int_eq(w->type, WT_BF16);
     for (int64_t e = 0; e < spec_numel(s); e++) {
         uint32_t u = (uint32_t)((const uint16_t *)w->data)[e] << 16;
@@ -295,6 +302,14 @@ static void check_all_one(const model *m, const tspec *s, int k, const char *dty
     free(buf);
 }
 
+/* Element e (row-major index) of F32 matrix s as model_load holds it, in panels. */
+static float panel_elem(const wtensor *w, const tspec *s, int64_t e)
+{
+    ck_assert_int_eq(w->type, WT_F32P);
+    int64_t cols = s->shape[1], r = e / cols, c = e % cols;
+    return ((const float *)w->data)[((r / 16) * cols + c) * 16 + r % 16];
+}
+
 static void check_all(const model *m, const tspec *s, int n, const char *dtype)
 {
     for (int k = 0; k < n; k++)
@@ -314,8 +329,11 @@ START_TEST(test_untied_f32_model_loads_every_tensor_exactly)
     ck_assert_ptr_ne(m->lm_head.data, m->embed.data);
     ck_assert_str_eq(m->dtype, "F32");
     ck_assert_int_eq(m->n_shards, 1);
-    /* 16·8 embed + 16·8 lm_head + 8 norm + 2 × (8+8 norms + 64+32+32+64 attn + 3·96 mlp) */
-    ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 128 + 8 + 2 * (16 + 192 + 288)) * 4);
+    /* 16·8 embed + 16·8 lm_head + 8 norm + 2 × (8+8 norms + 4 attn + 3 mlp matrices), the
+     * matrices in whole panels of 16 rows (wtensor.h): q, k, v, o of 8, 4, 4, 8 rows and
+     * gate, up of 12 take 16 × 8 floats each, down (8 rows of 12) 16 × 12 */
+    ck_assert_uint_eq(m->weight_bytes,
+                      (size_t)(128 + 128 + 8 + 2 * (16 + 6 * 16 * 8 + 16 * 12)) * 4);
     model_free(m);
     testutil_rmdir(dir);
 }
@@ -332,7 +350,7 @@ START_TEST(test_tied_model_shares_embedding_as_lm_head_without_lm_head_tensor)
     check_all(m, s, n, "F32");
     ck_assert_int_eq(m->cfg.tie_embeddings, 1);
     ck_assert_ptr_eq(m->lm_head.data, m->embed.data);
-    ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 8 + 2 * (16 + 192 + 288)) * 4);
+    ck_assert_uint_eq(m->weight_bytes, (size_t)(128 + 8 + 2 * (16 + 6 * 16 * 8 + 16 * 12)) * 4);
     model_free(m);
     testutil_rmdir(dir);
 }
@@ -536,8 +554,8 @@ START_TEST(test_sharded_model_with_index_loads_tensors_from_each_shard)
     /* one tensor from each shard, spot-checked, then everything */
     const tspec *e = spec_find(s, n, "model.embed_tokens.weight");
     const tspec *d = spec_find(s, n, "model.layers.1.mlp.down_proj.weight");
-    ck_assert_float_eq(((const float *)m->embed.data)[5], f32_value((int)(e - s), 5));
-    ck_assert_float_eq(((const float *)m->layers[1].w[PROJ_DOWN].data)[95],
+    ck_assert_float_eq(panel_elem(&m->embed, e, 5), f32_value((int)(e - s), 5));
+    ck_assert_float_eq(panel_elem(&m->layers[1].w[PROJ_DOWN], d, 95),
                        f32_value((int)(d - s), 95));
     check_all(m, s, n, "F32");
     model_free(m);

@@ -755,8 +755,10 @@ START_TEST(test_merge_builds_w_plus_s_b_a_for_targeted_matrices_only)
     enum { OUT = HEADS * HEAD_DIM, IN = HIDDEN };
     float A[R * IN], B[OUT * R];
     replay_first_matrix(4242, R, IN, OUT, A, B);
-    const float *W = g.m->layers[0].w[PROJ_Q].data;
-    const float *Wm = variant_weight(g.m, v, 0, PROJ_Q)->data;
+    /* both in panels in memory (wtensor.h): laid out back row-major */
+    float W[OUT * IN], Wm[OUT * IN];
+    wtensor_rows_f32(&g.m->layers[0].w[PROJ_Q], IN, 0, OUT, W);
+    wtensor_rows_f32(variant_weight(g.m, v, 0, PROJ_Q), IN, 0, OUT, Wm);
     double worst = 0;
     for (int o = 0; o < OUT; o++)
         for (int i = 0; i < IN; i++) {

@@ -183,13 +183,22 @@ static int mix_touches(const variant_mix *mix, int l, model_proj p)
     return 0;
 }
 
-/* The weight forward() would use, as floats (the model is F32, so W' is too): the one
- * accessor of merged weights here. */
+/* The weight forward() would use, as floats [out, in] row-major (the model is F32, held in
+ * panels, so W' is too; laid out back by wtensor_rows_f32, which test_wtensor checks
+ * against the layout): the one accessor of merged weights here. Four buffers in turn,
+ * so that a caller may hold two results. */
 static const float *weight_of(const variant *v, int l, model_proj p)
 {
+    static float *ring[4];
+    static int next;
     const wtensor *w = variant_weight(g.m, v, l, p);
-    ck_assert_int_eq(w->type, WT_F32);
-    return w->data;
+    ck_assert_int_eq(w->type, WT_F32P);
+    float **slot = &ring[next++ % 4];
+    float *buf = realloc(*slot, sizeof(float) * (size_t)proj_out[p] * (size_t)proj_in[p]);
+    ck_assert_ptr_nonnull(buf);
+    *slot = buf;
+    wtensor_rows_f32(w, proj_in[p], 0, proj_out[p], buf);
+    return buf;
 }
 
 /* Every W' of v against the float64 reference; untouched matrices are W itself. */
@@ -206,7 +215,7 @@ static void check_merged(const variant *v, const variant_mix *mix, const char *w
                               proj_hf[p]);
                 continue;
             }
-            bytes += sizeof(float) * out * in;
+            bytes += wtensor_arena_bytes(WT_F32P, out, in);
             for (int o = 0; o < out; o++)
                 for (int i = 0; i < in; i++) {
                     double mag, want = merged_ref(mix, l, (model_proj)p, o, i, &mag);
@@ -500,7 +509,7 @@ START_TEST(test_merged_weights_are_read_only)
     testutil_rmdir(g.dir);   /* no teardown after the signal */
     g.dir = NULL;
     signal(SIGSEGV, SIG_DFL);
-    *(volatile float *)weight_of(v, 1, PROJ_UP) = 42.0f;
+    *(volatile float *)variant_weight(g.m, v, 1, PROJ_UP)->data = 42.0f;
     ck_abort_msg("writing to a merged weight did not fault");
 }
 END_TEST

@@ -376,8 +376,8 @@ END_TEST
  * rows of X each), each thread taking its own run of chunks and then the others' from
  * their ends: with 2 to 4 threads on this machine's cores some fall behind and have
  * chunks taken; every row must still be computed once, for every weight type (chunks end
- * on whole tiles: a Q8 panel, 24 rows of M from 9 rows of X, else 8) and rows that do not
- * divide evenly. */
+ * on whole tiles: a Q8 or F32P panel, 24 rows of M from 9 rows of X, else 8) and rows that
+ * do not divide evenly. */
 START_TEST(test_products_cut_into_chunks_among_threads)
 {
     if (!use_isa(_i))

@@ -68,7 +68,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                              lr_error *err)
 {
     const model_config *c = &m->cfg;
-    float *f32 = NULL;  /* [out, in] staging for BF16 / Q8 */
+    float *f32 = NULL;  /* [out, in] staging: W' row-major before its layout */
     variant *v = calloc(1, sizeof *v);
     if (!v || !(v->w = calloc((size_t)c->n_layers * PROJ_COUNT, sizeof *v->w))) {
         lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
@@ -108,9 +108,9 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
      * latency" did not hold */
     v->arena = arena;
     v->arena_bytes = total;
-    /* F32P, BF16, Q8: the sum is made in F32 in a row-major staging matrix, then laid out in
-     * panels or rounded once. */
-    if (type != WT_F32 && !(f32 = malloc(stage * sizeof(float)))) {
+    /* The sum is made in F32 in a row-major staging matrix, then laid out in panels (F32P)
+     * or rounded once (BF16, Q8): a model's matrices are never row-major F32. */
+    if (!(f32 = malloc(stage * sizeof(float)))) {
         lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
         goto fail;
     }
@@ -125,20 +125,18 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
             model_config_proj_shape(c, (model_proj)p, &out, &in);
             double t0 = duty < 1.0 ? mono_seconds() : 0;
             const wtensor *w = &m->layers[l].w[p];
-            float *dst = type == WT_F32 ? (float *)next : f32;
-            wtensor_rows_f32(w, in, 0, out, dst);
+            wtensor_rows_f32(w, in, 0, out, f32);
             for (int i = 0; i < mix->n; i++) {
                 const lora_matrix *lm = lora_weights_get(mix->t[i].w, l, (model_proj)p);
                 if (lm->r == 0)
                     continue;
-                /* dst [out, in] += alpha · (Bᵀ [r, out])ᵀ · A [r, in] */
+                /* f32 [out, in] += alpha · (Bᵀ [r, out])ᵀ · A [r, in] */
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, lm->r,
-                            mix->t[i].weight * lm->scale, lm->bt, out, lm->a, in, 1.0f, dst,
+                            mix->t[i].weight * lm->scale, lm->bt, out, lm->a, in, 1.0f, f32,
                             in);
             }
             wtensor wp = wtensor_at(type, out, in, next);
-            if (type != WT_F32)
-                wtensor_from_f32(type, f32, out, in, next, (float *)wp.scale);
+            wtensor_from_f32(type, f32, out, in, next, (float *)wp.scale);
             v->w[l * PROJ_COUNT + p] = wp;
             next += wtensor_arena_bytes(type, out, in);
             if (duty < 1.0) {

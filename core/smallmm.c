@@ -58,8 +58,9 @@ typedef struct {
  * OJ3 rows (both families: 12 = 2·6 = 3·4, 24 = 2·12 = 3·8). */
 #define OUTER_BLOCK 24
 
-/* Rows of M a thread's share of an F32P product starts on: a whole tile of panels in
- * every family (3 panels of 16 rows with AVX-512, 1 with 8-float vectors). */
+/* Rows of M a thread's share of an F32P product starts on: a panel (a tile takes PT of
+ * them, 3 with AVX-512; shares cut at whole 48-row tiles split the o and down products,
+ * 12 tiles each, unevenly between the threads). */
 #define SMALLMM_P_UNIT 16
 
 /* The group P of the outer-product tiles for n rows of X and vectors of vl floats (0:
@@ -411,10 +412,11 @@ static void q8_rows_plain(const smallmm_xmt *jb, int in, int lo, int hi)
 /* A boundary between two chunks' rows of a product, local row b, moved down to a whole
  * number of the product's tiles (both chunks move it alike, so the rows are still split
  * exactly): a Q8 product's to a whole panel; an F32P one's to SMALLMM_P_UNIT; one on the
- * outer-product tiles to a whole OUTER_BLOCK, else a chunk's last tile has fewer rows of M but costs a whole one (a
- * 16-row pass of 1,008 rows, cut in 16 chunks of 63, took 15% longer than one of 960 cut
- * in chunks of 60: the q/k/v products and an adapter's A's of a 16-token prefill); the
- * dot-product tiles' to 8 (they take 8, TJ2 or TJ rows of M at a time). */
+ * outer-product tiles to a whole OUTER_BLOCK, else a chunk's last tile has fewer rows of M
+ * but costs a whole one (a 16-row pass of 1,008 rows, cut in 16 chunks of 63, took 15%
+ * longer than one of 960 cut in chunks of 60: the q/k/v products and an adapter's A's of a
+ * 16-token prefill); the dot-product tiles' to 8 (they take 8, TJ2 or TJ rows of M at a
+ * time). */
 static int64_t task_edge(const xmt_pass *ps, const smallmm_xmt *jb, int64_t b)
 {
     if (b <= 0)

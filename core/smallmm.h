@@ -19,8 +19,9 @@ struct pool;
  * 128 or 256 rows were no faster than 64 for a 512-token prompt). */
 #define SMALLMM_MAX_ROWS 64
 
-/* Y [n, rows] (row stride ldy) = X [n, in] (row stride in) · Mᵀ, M [rows, in] row-major
- * in F32, BF16 or Q8 (products in F32 on the dequantized weights). */
+/* Y [n, rows] (row stride ldy) = X [n, in] (row stride in) · Mᵀ, M [rows, in] in F32 or
+ * BF16 row-major, or F32P or Q8 in panels (wtensor.h; products in F32 on the dequantized
+ * weights). */
 typedef struct {
     const float *x;
     int n;            /* >= 1 */

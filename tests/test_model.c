@@ -255,6 +255,15 @@ static const wtensor *loaded_matrix(const model *m, const tspec *s)
     }
 }
 
+/* Element e (row-major index) of F32 matrix s as model_load holds it, in panels: element
+ * (r, c) of panel r / 16 at c·16 + r % 16 (written out here, not wtensor_f32p_offset). */
+static float panel_elem(const wtensor *w, const tspec *s, int64_t e)
+{
+    ck_assert_int_eq(w->type, WT_F32P);
+    int64_t cols = s->shape[1], r = e / cols, c = e % cols;
+    return ((const float *)w->data)[((r / 16) * cols + c) * 16 + r % 16];
+}
+
 /* Tensor s as model_load holds it, as floats: vectors as they are, F32 matrices laid out
  * back from their panels and BF16 ones widened here (the bits shifted up) into buf
  * [numel]. */
@@ -267,12 +276,9 @@ static const float *loaded(const model *m, const tspec *s, float *buf)
     default:          break;
     }
     const wtensor *w = loaded_matrix(m, s);
-    if (w->type == WT_F32P) {   /* in panels: element (r, c) of panel r / 16 at c·16 + r % 16 */
-        const float *d = w->data;
-        int64_t rows = s->shape[0], cols = s->shape[1];
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++)
-                buf[r * cols + c] = d[((r / 16) * cols + c) * 16 + r % 16];
+    if (w->type == WT_F32P) {
+        for (int64_t e = 0; e < spec_numel(s); e++)
+            buf[e] = panel_elem(w, s, e);
         return buf;
     }
     ck_assert_int_eq(w->type, WT_BF16);
@@ -300,14 +306,6 @@ static void check_all_one(const model *m, const tspec *s, int k, const char *dty
                       s->name, (long long)e, (double)got[e], gb, (double)want, wb);
     }
     free(buf);
-}
-
-/* Element e (row-major index) of F32 matrix s as model_load holds it, in panels. */
-static float panel_elem(const wtensor *w, const tspec *s, int64_t e)
-{
-    ck_assert_int_eq(w->type, WT_F32P);
-    int64_t cols = s->shape[1], r = e / cols, c = e % cols;
-    return ((const float *)w->data)[((r / 16) * cols + c) * 16 + r % 16];
 }
 
 static void check_all(const model *m, const tspec *s, int n, const char *dtype)

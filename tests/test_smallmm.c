@@ -213,7 +213,7 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 }
 END_TEST
 
-/* check_xmt_type for every weight type from t0 to WT_Q8, every n, in and rows of the
+/* check_xmt_type for every weight type from t0 to WT_F32P, every n, in and rows of the
  * arrays given, on 1 and 2 threads. */
 static void check_types_over(wt_type t0, const int *ns, size_t n_ns, const int *ins,
                              size_t n_ins, const int *rows, size_t n_rows)

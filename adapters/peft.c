@@ -793,49 +793,52 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
                             "weights disagree)", mod, (long long)b0, (long long)b1, r,
                             (long long)out, r);
 
-    /* One allocation per tensor, one conversion pass, one finiteness pass; B goes through
-     * a temporary to be stored transposed. */
+    /* One allocation per tensor; each read (and converted to F32) into a temporary,
+     * checked finite, then laid out as lora.h says. */
     size_t na = (size_t)r * (size_t)in, nb = (size_t)out * (size_t)r;
     if (!m->a)  /* peft_load places A and B in the arena beforehand; this is a fallback */
         m->a = lora_weights_alloc(w, na);
-    if (!m->bt)
-        m->bt = lora_weights_alloc(w, nb);
-    float *b = malloc(nb * sizeof(float));
-    if (!m->a || !m->bt || !b) {
-        free(b);
+    if (!m->b)
+        m->b = lora_weights_alloc(w, lora_b_floats(out, r));
+    float *rows = malloc((na > nb ? na : nb) * sizeof(float));
+    if (!m->a || !m->b || !rows) {
+        free(rows);
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory for %zu floats", mod, na + nb);
     }
     m->r = r;
-    if ((rc = st_tensor_read_f32(st, ta, m->a, err)) < 0 ||
-        (rc = st_tensor_read_f32(st, tb, b, err)) < 0) {
-        free(b);
-        return rc;
-    }
-    if (!all_finite(m->a, na)) {
-        free(b);
-        snprintf(what, sizeof what, "%s lora_A", mod);
-        return report_nonfinite(m->a, na, what, err);
-    }
-    if (!all_finite(b, nb)) {
-        snprintf(what, sizeof what, "%s lora_B", mod);
-        rc = report_nonfinite(b, nb, what, err);
-        free(b);
-        return rc;
-    }
-    /* In blocks of 16 outputs: the 16 rows of b read stay in L1 and each row of bt is
-     * written 16 floats at a time (element by element, the writes' stride of `out` floats
-     * made this loop most of the load's own time). */
-    for (int64_t o0 = 0; o0 < out; o0 += 16) {
-        int64_t o1 = o0 + 16 < out ? o0 + 16 : out;
-        for (int j = 0; j < r; j++) {
-            float *dst = m->bt + (size_t)j * (size_t)out;
-            for (int64_t o = o0; o < o1; o++)
-                dst[o] = b[(size_t)o * (size_t)r + (size_t)j];
+    m->a_type = lora_a_type(r);
+    for (int k = 0; k < 2; k++) {
+        size_t n = k ? nb : na;
+        if ((rc = st_tensor_read_f32(st, t[k], rows, err)) < 0) {
+            free(rows);
+            return rc;
         }
+        if (!all_finite(rows, n)) {
+            snprintf(what, sizeof what, "%s lora_%c", mod, "AB"[k]);
+            rc = report_nonfinite(rows, n, what, err);
+            free(rows);
+            return rc;
+        }
+        if (k == 0 && m->a_type == WT_F32)
+            memcpy(m->a, rows, na * sizeof(float));
+        else if (k == 0)
+            wtensor_from_f32(WT_F32P, rows, r, in, m->a, NULL);
+        else
+            wtensor_from_f32(WT_F32P, rows, out, r, m->b, NULL);
     }
-    free(b);
+    free(rows);
     m->scale = (float)scale;
     return 0;
+}
+
+/* Floats a tensor takes in memory as load_matrix lays it out (lora.h): A as in the file,
+ * B [out, r] in whole panels of outputs (a tensor of another shape fails in load_matrix
+ * before any is written). */
+static size_t held_floats(const st_tensor *t, int ab)
+{
+    if (ab == LORA_B && t->ndim == 2)
+        return lora_b_floats(t->shape[0], t->shape[1]);
+    return (size_t)t->numel;
 }
 
 peft_options peft_options_default(void)
@@ -958,7 +961,7 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
     size_t total = 0;
     for (size_t i = 0; i < (size_t)n_layers * PROJ_COUNT * 2; i++)
         if (table[i] && table[i ^ 1])
-            total += ((size_t)table[i]->numel + 15) & ~(size_t)15;
+            total += (held_floats(table[i], (int)(i & 1)) + 15) & ~(size_t)15;
     if (lora_weights_reserve(a->w, total) < 0) {
         rc = lr_error_set(err, LR_ENOMEM, "adapter '%s': out of memory for %zu MB of weights",
                           shown, total * sizeof(float) >> 20);
@@ -976,9 +979,9 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
                     continue;
                 lora_matrix *m = lora_weights_at(a->w, l, (model_proj)p);
                 if (ab == LORA_A)
-                    m->a = lora_weights_alloc(a->w, (size_t)ta->numel);
+                    m->a = lora_weights_alloc(a->w, held_floats(ta, LORA_A));
                 else
-                    m->bt = lora_weights_alloc(a->w, (size_t)tb->numel);
+                    m->b = lora_weights_alloc(a->w, held_floats(tb, LORA_B));
             }
     for (int l = 0; l < n_layers; l++) {
         for (int p = 0; p < PROJ_COUNT; p++) {

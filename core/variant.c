@@ -1,5 +1,5 @@
-/* variant: merged W' construction and the on-the-fly LoRA products (OpenBLAS GEMMs for
- * prompt-sized row counts; smallmm products, run by the caller, for decode-sized ones). */
+/* variant: merged W' construction (OpenBLAS) and the on-the-fly LoRA products (smallmm
+ * products, run by the caller). */
 #include "variant.h"
 
 #include <cblas.h>
@@ -83,7 +83,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
         }
 
     /* First pass: which matrices are touched, and how much memory W' needs. */
-    size_t total = 0, stage = 0;
+    size_t total = 0, stage = 0, stage_ab = 0;
     wt_type type = model_matrix_type(m);   /* W' as W: F32 in panels, BF16, Q8 */
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
@@ -93,6 +93,11 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                 total += wtensor_arena_bytes(type, out, in);
                 if ((size_t)out * in > stage)
                     stage = (size_t)out * in;
+                for (int i = 0; i < mix->n; i++) {
+                    size_t r = (size_t)lora_weights_get(mix->t[i].w, l, (model_proj)p)->r;
+                    if (r * (size_t)(in + out) > stage_ab)
+                        stage_ab = r * (size_t)(in + out);
+                }
             }
         }
     v->bytes = total;
@@ -110,7 +115,8 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     v->arena_bytes = total;
     /* The sum is made in F32 in a row-major staging matrix, then laid out in panels (F32P)
      * or rounded once (BF16, Q8): a model's matrices are never row-major F32. */
-    if (!(f32 = malloc(stage * sizeof(float)))) {
+    /* A and B laid out row-major for the GEMM (lora.h holds them in panels) */
+    if (!(f32 = malloc((stage + stage_ab) * sizeof(float)))) {
         lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
         goto fail;
     }
@@ -130,10 +136,12 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                 const lora_matrix *lm = lora_weights_get(mix->t[i].w, l, (model_proj)p);
                 if (lm->r == 0)
                     continue;
-                /* f32 [out, in] += alpha · (Bᵀ [r, out])ᵀ · A [r, in] */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, lm->r,
-                            mix->t[i].weight * lm->scale, lm->bt, out, lm->a, in, 1.0f, f32,
-                            in);
+                /* f32 [out, in] += alpha · B [out, r] · A [r, in] */
+                float *a = f32 + stage, *b = a + (size_t)lm->r * in;
+                wtensor_rows_f32(&(wtensor){lm->a_type, lm->a, NULL}, in, 0, lm->r, a);
+                wtensor_rows_f32(&(wtensor){WT_F32P, lm->b, NULL}, lm->r, 0, out, b);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, lm->r,
+                            mix->t[i].weight * lm->scale, b, lm->r, a, in, 1.0f, f32, in);
             }
             wtensor wp = wtensor_at(type, out, in, next);
             wtensor_from_f32(type, f32, out, in, next, (float *)wp.scale);
@@ -180,8 +188,9 @@ static int term_group(const variant_mix *mix, int i, int layer, const model_proj
     *total_r = 0;
     for (int k = 0; k < n_ps; k++) {
         lm[k] = lora_weights_get(mix->t[i].w, layer, ps[k]);
-        contiguous &= lm[k]->r > 0 && (k == 0 || lm[k]->a == lm[k - 1]->a +
-                                                     (size_t)lm[k - 1]->r * in);
+        contiguous &= lm[k]->r > 0 && (k == 0 || (lm[k]->a == lm[k - 1]->a +
+                                                          (size_t)lm[k - 1]->r * in &&
+                                                      lm[k]->a_type == lm[0]->a_type));
         *total_r += lm[k]->r;
     }
     return contiguous;
@@ -197,21 +206,21 @@ void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps,
         const lora_matrix *lm[VARIANT_GROUP_MAX];
         int total_r;
         int contiguous = term_group(mix, i, layer, ps, n_ps, in, lm, &total_r);
-        /* T [n, total_r] as in variant_apply_group: one X·Aᵀ for the group when its A's
-         * are back to back (the A products of 16 rows each had taken the outer-product
-         * tiles' 12-row tile and a second one for 4 rows), else one per projection into
-         * T's columns; each projection's ·Bᵀ reads its columns */
+        /* T [n, total_r]: one X·Aᵀ for the group when its A's are back to back (the A
+         * products of 16 rows each had taken the outer-product tiles' 12-row tile and a
+         * second one for 4 rows), else one per projection into T's columns; each
+         * projection's ·Bᵀ reads its columns */
         float *t = *scratch;
         *scratch += (size_t)n * total_r;
         if (contiguous)
-            xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[0]->a, NULL}, total_r, t, total_r};
+            xa[nx++] = (smallmm_xmt){x, n, {lm[0]->a_type, lm[0]->a, NULL}, total_r, t, total_r};
         for (int g = 0, col0 = 0, off = 0; g < n_ps; col0 += outs[g], off += lm[g]->r, g++) {
             if (lm[g]->r == 0)
                 continue;
             if (!contiguous)
-                xa[nx++] = (smallmm_xmt){x, n, {WT_F32, lm[g]->a, NULL}, lm[g]->r, t + off,
-                                         total_r};
-            tb[nt++] = (smallmm_tb){t + off, total_r, n, lm[g]->bt, lm[g]->r, outs[g],
+                xa[nx++] = (smallmm_xmt){x, n, {lm[g]->a_type, lm[g]->a, NULL}, lm[g]->r,
+                                         t + off, total_r};
+            tb[nt++] = (smallmm_tb){t + off, total_r, n, lm[g]->b, lm[g]->r, outs[g],
                                     mix->t[i].weight * lm[g]->scale, ys[g], col0};
         }
     }
@@ -221,37 +230,7 @@ void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps,
 
 size_t variant_scratch_floats(const variant_mix *mix, int max_rows)
 {
-    /* OpenBLAS path: one term at a time, T [rows, Σ r of the group]; small path: every
-     * term's T [rows <= SMALLMM_MAX_ROWS, Σ r of the group] at once. */
+    /* every term's T [rows, Σ r of the group] at once */
     int r = variant_mix_max_rank(mix), terms = mix ? mix->n : 0;
-    size_t big = (size_t)max_rows * VARIANT_GROUP_MAX * r;
-    size_t small = (size_t)SMALLMM_MAX_ROWS * terms * VARIANT_GROUP_MAX * r;
-    return big > small ? big : small;
-}
-
-void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
-                         const float *x, int n, int in, float *const *ys, const int *outs,
-                         float *scratch)
-{
-    for (int i = 0; i < mix->n; i++) {
-        const lora_matrix *lm[VARIANT_GROUP_MAX];
-        int total_r;
-        int contiguous = term_group(mix, i, layer, ps, n_ps, in, lm, &total_r);
-        /* T [n, total_r] = X [n, in] · [A_0; A_1; ...]ᵀ: one product for the group when
-         * its A's are back to back, else one per projection into T's columns */
-        if (contiguous)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total_r, in, 1.0f, x, in,
-                        lm[0]->a, in, 0.0f, scratch, total_r);
-        else
-            for (int k = 0, off = 0; k < n_ps; off += lm[k]->r, k++)
-                if (lm[k]->r > 0)
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, lm[k]->r, in, 1.0f,
-                                x, in, lm[k]->a, in, 0.0f, scratch + off, total_r);
-        /* Y_k [n, out_k] += alpha_k · T[:, off_k : off_k + r_k] · B_kᵀ */
-        for (int k = 0, off = 0; k < n_ps; off += lm[k]->r, k++)
-            if (lm[k]->r > 0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, outs[k], lm[k]->r,
-                            mix->t[i].weight * lm[k]->scale, scratch + off, total_r, lm[k]->bt,
-                            outs[k], 1.0f, ys[k], outs[k]);
-    }
+    return (size_t)max_rows * terms * VARIANT_GROUP_MAX * r;
 }

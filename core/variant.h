@@ -59,28 +59,20 @@ void variant_free(variant *v);  /* accepts NULL */
 /* Weight to use for (layer, p): W' when v has one, else the base W. v may be NULL. */
 const wtensor *variant_weight(const model *m, const variant *v, int layer, model_proj p);
 
-/* Floats of scratch the on-the-fly functions below need for batches of up to max_rows
- * rows (all runs of sequences using mix together). */
+/* Floats of scratch variant_small_jobs needs for windows of up to max_rows rows (all
+ * runs of sequences using mix together). */
 size_t variant_scratch_floats(const variant_mix *mix, int max_rows);
 
 /* On the fly, for a group of projections that read the same rows X [n, in] (q/k/v, or
- * gate/up, or one projection alone) and whose base outputs Y_k [n, outs[k]] are already
- * computed: Y_k += Σ weight·s·(X A_kᵀ) B_kᵀ over the terms of the mix, with OpenBLAS
- * GEMMs: one X·Aᵀ for the group when an adapter stores its A matrices back to back
- * (peft_load does). scratch holds variant_scratch_floats(mix, n) floats. forward runs
- * every batch through variant_small_jobs instead (smallmm, in windows of rows); this is
- * the tests' second computation of the same sums. */
+ * gate/up, or one projection alone), n <= SMALLMM_MAX_ROWS, whose base outputs Y_k
+ * [n, outs[k]] are computed first: Y_k += Σ weight·s·(X A_kᵀ) B_kᵀ over the terms of the
+ * mix, as smallmm products for the caller to run. Appends to xa one X·Aᵀ product per term
+ * — for the whole group when the term's A's are back to back and alike (as peft_load lays
+ * them out), else one per projection the term touches — and to tb one ·Bᵀ product per
+ * (term, projection) it touches; *n_xa and *n_tb say how many. Each term's T takes n·Σ r
+ * floats from *scratch, which advances. Running every xa product, then every tb product,
+ * applies the mix. */
 #define VARIANT_GROUP_MAX 3
-void variant_apply_group(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
-                         const float *x, int n, int in, float *const *ys, const int *outs,
-                         float *scratch);
-
-/* The same for decode-sized n (<= SMALLMM_MAX_ROWS), as smallmm products for the caller
- * to run (X is [n, in]): appends to xa one X·Aᵀ product per term — for the whole group
- * when the term's A's are back to back (as peft_load lays them out), else one per
- * projection the term touches — and to tb one ·Bᵀ product per (term, projection) it
- * touches; *n_xa and *n_tb say how many. Each term's T takes n·Σ r floats from
- * *scratch, which advances. Running every xa product, then every tb product, applies the mix. */
 void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps, int n_ps,
                         int in, const float *x, int n, float *const *ys, const int *outs,
                         float **scratch, smallmm_xmt *xa, smallmm_tb *tb, int *n_xa,

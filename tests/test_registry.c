@@ -281,8 +281,10 @@ static int weights_equal_peft_load(const lora_weights *w, const char *dir, const
             const lora_matrix *y = lora_weights_get(ref->w, l, (model_proj)p);
             same = x->r == y->r && x->scale == y->scale;
             if (same && x->r) {
-                same = memcmp(x->a, y->a, sizeof(float) * x->r * tiny_proj_in[p]) == 0 &&
-                       memcmp(x->bt, y->bt, sizeof(float) * x->r * tiny_proj_out[p]) == 0;
+                same = x->a_type == y->a_type &&
+                       memcmp(x->a, y->a, sizeof(float) * x->r * tiny_proj_in[p]) == 0 &&
+                       memcmp(x->b, y->b,
+                              sizeof(float) * lora_b_floats(tiny_proj_out[p], x->r)) == 0;
             }
         }
     peft_free(ref);
@@ -298,12 +300,13 @@ static int q0_matches_seed(const lora_weights *w, uint32_t seed, int r)
     const lora_matrix *lm = lora_weights_get(w, 0, PROJ_Q);
     if (lm->r != r)
         return 0;
-    for (int i = 0; i < r * HIDDEN; i++)
-        if (lm->a[i] != a[i])
-            return 0;
+    for (int j = 0; j < r; j++)
+        for (int i = 0; i < HIDDEN; i++)
+            if (lora_a_at(lm, HIDDEN, j, i) != a[j * HIDDEN + i])
+                return 0;
     for (int o = 0; o < HEADS * HEAD_DIM; o++)
         for (int k = 0; k < r; k++)
-            if (lm->bt[k * HEADS * HEAD_DIM + o] != b[o * r + k])
+            if (lora_b_at(lm, o, k) != b[o * r + k])
                 return 0;
     return 1;
 }

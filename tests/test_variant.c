@@ -44,13 +44,15 @@ static float *random_floats(size_t n, float scale)
     return p;
 }
 
-/* One (layer, projection) of an adapter: rank r, scale s, A [r, in] and Bᵀ [r, out]
- * random, taken from w's arena when it has one. */
+/* One (layer, projection) of an adapter: rank r, scale s, A [r, in] and B [out, r]
+ * random (in the layouts lora.h gives them: the values are random, the padding rows of
+ * B zero), taken from w's arena when it has one. */
 static void set_lora(lora_weights *w, int l, model_proj p, int r, float s)
 {
     lora_matrix *m = lora_weights_at(w, l, p);
     m->r = r;
     m->scale = s;
+    m->a_type = lora_a_type(r);
     m->a = lora_weights_alloc(w, (size_t)r * proj_in[p]);
     ck_assert_ptr_nonnull(m->a);
     for (int i = 0; i < r * proj_in[p]; i++)
@@ -59,13 +61,20 @@ static void set_lora(lora_weights *w, int l, model_proj p, int r, float s)
         w->max_rank = r;
 }
 
-static void set_bt(lora_weights *w, int l, model_proj p)
+static void set_b(lora_weights *w, int l, model_proj p)
 {
     lora_matrix *m = lora_weights_at(w, l, p);
-    m->bt = lora_weights_alloc(w, (size_t)m->r * proj_out[p]);
-    ck_assert_ptr_nonnull(m->bt);
-    for (int i = 0; i < m->r * proj_out[p]; i++)
-        m->bt[i] = 0.5f * testutil_rnd(&seed);
+    m->b = lora_weights_alloc(w, lora_b_floats(proj_out[p], m->r));
+    ck_assert_ptr_nonnull(m->b);
+    for (int o = 0; o < (proj_out[p] + 15) / 16 * 16; o++)
+        for (int j = 0; j < m->r; j++)
+            m->b[((size_t)(o / 16) * m->r + j) * 16 + o % 16] =
+                o < proj_out[p] ? 0.5f * testutil_rnd(&seed) : 0.0f;
+}
+
+static int ad1_rank(int l, model_proj p)
+{
+    return l == 1 && p == PROJ_K ? 8 : l == 1 && p == PROJ_DOWN ? 2 : 16;
 }
 
 static void fixture_setup(void)
@@ -111,23 +120,23 @@ static void fixture_setup(void)
     g.m = model_load(g.dir, &err);
     ck_assert_msg(g.m != NULL, "model_load: %s", err.msg);
 
-    /* Adapter 1: every projection of both layers, r 4 (layer 1's down_proj r 2), A's of a
-     * layer back to back in an arena (as peft_load lays them out), then the Bᵀ's. */
+    /* Adapter 1: every projection of both layers, r 16 — A in panels — but layer 1's k_proj
+     * r 8 and down_proj r 2 (A row-major), A's of a layer back to back in an arena (as
+     * peft_load lays them out), then the B's. */
     g.ad1 = lora_weights_new(LAYERS);
     ck_assert_ptr_nonnull(g.ad1);
     size_t floats = 0;
     for (int l = 0; l < LAYERS; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
-            int r = l == 1 && p == PROJ_DOWN ? 2 : 4;
-            floats += (size_t)r * (proj_in[p] + proj_out[p]);  /* multiples of 16 */
+            floats += (size_t)ad1_rank(l, (model_proj)p) * proj_in[p];   /* multiples of 16 */
+            floats += lora_b_floats(proj_out[p], ad1_rank(l, (model_proj)p));
         }
     ck_assert_int_eq(lora_weights_reserve(g.ad1, floats), 0);
     for (int l = 0; l < LAYERS; l++) {
         for (int p = 0; p < PROJ_COUNT; p++)
-            set_lora(g.ad1, l, (model_proj)p, l == 1 && p == PROJ_DOWN ? 2 : 4,
-                     p % 2 ? 2.0f : 0.5f);
+            set_lora(g.ad1, l, (model_proj)p, ad1_rank(l, (model_proj)p), p % 2 ? 2.0f : 0.5f);
         for (int p = 0; p < PROJ_COUNT; p++)
-            set_bt(g.ad1, l, (model_proj)p);
+            set_b(g.ad1, l, (model_proj)p);
     }
     /* Adapter 2: q, k, v and up (a hole at gate in the gate/up group), r 3, scale 1.5,
      * every matrix its own allocation, each A followed by its Bᵀ: q/k/v's A's are not back
@@ -138,7 +147,7 @@ static void fixture_setup(void)
     for (int l = 0; l < LAYERS; l++)
         for (int k = 0; k < 4; k++) {
             set_lora(g.ad2, l, ad2_proj[k], 3, 1.5f);
-            set_bt(g.ad2, l, ad2_proj[k]);
+            set_b(g.ad2, l, ad2_proj[k]);
         }
 }
 
@@ -160,14 +169,14 @@ static void fixture_teardown(void)
  * magnitudes of every term (the scale of float rounding). */
 static double merged_ref(const variant_mix *mix, int l, model_proj p, int o, int i, double *mag)
 {
-    int in = proj_in[p], out = proj_out[p];
+    int in = proj_in[p];
     double v = g.w[l][p][(size_t)o * in + i];
     *mag = fabs(v);
     for (int t = 0; t < mix->n; t++) {
         const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, p);
         for (int j = 0; j < lm->r; j++) {
-            double d = (double)mix->t[t].weight * lm->scale * lm->bt[(size_t)j * out + o] *
-                       lm->a[(size_t)j * in + i];
+            double d = (double)mix->t[t].weight * lm->scale * lora_b_at(lm, o, j) *
+                       lora_a_at(lm, in, j, i);
             v += d;
             *mag += fabs(d);
         }
@@ -287,11 +296,11 @@ START_TEST(test_paced_merge_equals_merge_bit_for_bit)
 END_TEST
 
 /* On the fly for one group of projections that read the same X: Y_k = X W_kᵀ (float,
- * as forward computes it), then variant_apply_group (OpenBLAS) or variant_small_jobs +
- * smallmm (decode sizes, pool NULL or 2 threads). The result must equal the float64
- * Y_k + Σ weight·s·(X A_kᵀ) B_kᵀ, and X W'_kᵀ with the merged W' of the same mix. */
+ * as forward computes it), then variant_small_jobs + smallmm (pool NULL or 2 threads).
+ * The result must equal the float64 Y_k + Σ weight·s·(X A_kᵀ) B_kᵀ, and X W'_kᵀ with the
+ * merged W' of the same mix. */
 static void check_on_the_fly(const variant_mix *mix, const variant *merged, int l,
-                             const model_proj *ps, int n_ps, int n, int small, pool *pl)
+                             const model_proj *ps, int n_ps, int n, pool *pl)
 {
     int in = proj_in[ps[0]];
     float *x = random_floats((size_t)n * in, 1.0f);
@@ -316,38 +325,36 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
     size_t cap = variant_scratch_floats(mix, n);
     float *scratch = malloc(sizeof(float) * (cap ? cap : 1));
     ck_assert_ptr_nonnull(scratch);
-    if (!small) {
-        variant_apply_group(mix, l, ps, n_ps, x, n, in, ys, outs, scratch);
-    } else {
-        smallmm_xmt xa[VARIANT_MAX_TERMS * VARIANT_GROUP_MAX];
-        smallmm_tb tb[VARIANT_MAX_TERMS * VARIANT_GROUP_MAX];
-        float *sp = scratch;
-        int nxa, ntb;
-        variant_small_jobs(mix, l, ps, n_ps, in, x, n, ys, outs, &sp, xa, tb, &nxa, &ntb);
-        /* one ·Bᵀ per (term, projection) it touches; one X·Aᵀ per term whose A's are back
-         * to back in the group (ad1: every group; ad2: none), else one per projection */
-        int want_xa = 0, want_tb = 0;
-        size_t want_floats = 0;
-        for (int t = 0; t < mix->n; t++) {
-            int touched = 0, back_to_back = 1;
-            const lora_matrix *prev = NULL;
-            for (int q = 0; q < n_ps; q++) {
-                const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, ps[q]);
-                touched += lm->r > 0;
-                want_floats += (size_t)n * lm->r;
-                back_to_back &= lm->r > 0 && (!prev || lm->a == prev->a + (size_t)prev->r * in);
-                prev = lm;
-            }
-            want_tb += touched;
-            want_xa += back_to_back ? 1 : touched;
+    smallmm_xmt xa[VARIANT_MAX_TERMS * VARIANT_GROUP_MAX];
+    smallmm_tb tb[VARIANT_MAX_TERMS * VARIANT_GROUP_MAX];
+    float *sp = scratch;
+    int nxa, ntb;
+    variant_small_jobs(mix, l, ps, n_ps, in, x, n, ys, outs, &sp, xa, tb, &nxa, &ntb);
+    /* one ·Bᵀ per (term, projection) it touches; one X·Aᵀ per term whose A's are back to
+     * back and alike in the group (ad1: every group but layer 1's q/k/v, whose k has rank
+     * 8; ad2: none), else one per projection */
+    int want_xa = 0, want_tb = 0;
+    size_t want_floats = 0;
+    for (int t = 0; t < mix->n; t++) {
+        int touched = 0, back_to_back = 1;
+        const lora_matrix *prev = NULL;
+        for (int q = 0; q < n_ps; q++) {
+            const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, ps[q]);
+            touched += lm->r > 0;
+            want_floats += (size_t)n * lm->r;
+            back_to_back &= lm->r > 0 && (!prev || (lm->a == prev->a + (size_t)prev->r * in &&
+                                                    lm->a_type == prev->a_type));
+            prev = lm;
         }
-        ck_assert_int_eq(ntb, want_tb);
-        ck_assert_int_eq(nxa, want_xa);
-        ck_assert_msg(sp == scratch + want_floats && want_floats <= cap, "scratch advanced by "
-                      "%td floats, want %zu (of %zu)", sp - scratch, want_floats, cap);
-        smallmm_xmt_run(pl, in, xa, nxa);
-        smallmm_tb_run(pl, tb, ntb);
+        want_tb += touched;
+        want_xa += back_to_back ? 1 : touched;
     }
+    ck_assert_int_eq(ntb, want_tb);
+    ck_assert_int_eq(nxa, want_xa);
+    ck_assert_msg(sp == scratch + want_floats && want_floats <= cap, "scratch advanced by "
+                  "%td floats, want %zu (of %zu)", sp - scratch, want_floats, cap);
+    smallmm_xmt_run(pl, in, xa, nxa);
+    smallmm_tb_run(pl, tb, ntb);
     for (int q = 0; q < n_ps; q++) {
         model_proj p = ps[q];
         int out = outs[q];
@@ -358,11 +365,11 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
                 for (int t = 0; t < mix->n; t++) {
                     const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, p);
                     for (int j = 0; j < lm->r; j++) {
-                        double xa = 0;
+                        double xaj = 0;
                         for (int i = 0; i < in; i++)
-                            xa += (double)x[(size_t)r * in + i] * lm->a[(size_t)j * in + i];
-                        double d = (double)mix->t[t].weight * lm->scale * xa *
-                                   lm->bt[(size_t)j * out + o];
+                            xaj += (double)x[(size_t)r * in + i] * lora_a_at(lm, in, j, i);
+                        double d = (double)mix->t[t].weight * lm->scale * xaj *
+                                   lora_b_at(lm, o, j);
                         want += d;
                         mag += fabs(d);
                     }
@@ -371,11 +378,11 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
                     via_merged += (double)x[(size_t)r * in + i] * wm[(size_t)o * in + i];
                 double got = ys[q][(size_t)r * out + o];
                 ck_assert_msg(fabs(got - want) <= 1e-5 * (1 + mag), "%s n=%d layer %d %s "
-                              "Y[%d][%d] = %.9g, reference %.9g", small ? "small" : "group", n,
+                              "Y[%d][%d] = %.9g, reference %.9g", pl ? "pool" : "inline", n,
                               l, proj_hf[p], r, o, got, want);
                 ck_assert_msg(fabs(got - via_merged) <= 1e-5 * (1 + mag), "%s n=%d layer %d %s "
                               "Y[%d][%d] = %.9g on the fly, %.9g through merged W'",
-                              small ? "small" : "group", n, l, proj_hf[p], r, o, got,
+                              pl ? "pool" : "inline", n, l, proj_hf[p], r, o, got,
                               via_merged);
             }
     }
@@ -390,47 +397,44 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
 static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V}, gate_up[2] = {PROJ_GATE, PROJ_UP};
 static const model_proj o_only[1] = {PROJ_O}, down_only[1] = {PROJ_DOWN};
 
-static void check_every_group(const variant_mix *mix, int small, pool *pl)
+static void check_every_group(const variant_mix *mix, pool *pl)
 {
     lr_error err = {0};
     variant *merged = variant_merge(g.m, mix, &err);
     ck_assert_msg(merged != NULL, "variant_merge: %s", err.msg);
-    static const int ns_big[] = {1, 5, 70}, ns_small[] = {1, 3, SMALLMM_MAX_ROWS};
+    static const int ns[] = {1, 3, 9, SMALLMM_MAX_ROWS};
     for (int l = 0; l < LAYERS; l++)
-        for (int k = 0; k < 3; k++) {
-            int n = small ? ns_small[k] : ns_big[k];
-            check_on_the_fly(mix, merged, l, qkv, 3, n, small, pl);
-            check_on_the_fly(mix, merged, l, gate_up, 2, n, small, pl);
-            check_on_the_fly(mix, merged, l, o_only, 1, n, small, pl);
-            check_on_the_fly(mix, merged, l, down_only, 1, n, small, pl);
+        for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+            check_on_the_fly(mix, merged, l, qkv, 3, ns[k], pl);
+            check_on_the_fly(mix, merged, l, gate_up, 2, ns[k], pl);
+            check_on_the_fly(mix, merged, l, o_only, 1, ns[k], pl);
+            check_on_the_fly(mix, merged, l, down_only, 1, ns[k], pl);
         }
     variant_free(merged);
 }
 
-START_TEST(test_on_the_fly_group_equals_reference_and_merged_product)
-{
-    /* the fixture takes both paths: adapter 1's q/k/v A's are back to back (one X·Aᵀ for
-     * the group), adapter 2's are not (one per projection; gate/up with a hole at gate) */
-    const lora_matrix *q = lora_weights_get(g.ad1, 0, PROJ_Q);
-    ck_assert_ptr_eq(lora_weights_get(g.ad1, 0, PROJ_K)->a, q->a + (size_t)q->r * HIDDEN);
-    ck_assert_ptr_eq(lora_weights_get(g.ad1, 1, PROJ_UP)->a,
-                     lora_weights_get(g.ad1, 1, PROJ_GATE)->a + 4 * HIDDEN);
-    q = lora_weights_get(g.ad2, 0, PROJ_Q);
-    ck_assert_ptr_ne(lora_weights_get(g.ad2, 0, PROJ_K)->a, q->a + (size_t)q->r * HIDDEN);
-    variant_mix one = {.n = 1, .t = {{g.ad1, 1.0f}}};
-    variant_mix mix = {.n = 2, .t = {{g.ad1, 0.6f}, {g.ad2, -0.8f}}};
-    check_every_group(&one, 0, NULL);
-    check_every_group(&mix, 0, NULL);
-}
-END_TEST
-
 START_TEST(test_small_jobs_equal_reference_and_merged_product)
 {
+    /* the fixture takes every path: adapter 1's q/k/v A's are back to back and in panels
+     * (one X·Aᵀ for the group) but for layer 1, where k's rank 8 keeps it row-major (one
+     * product per projection); adapter 2's are not back to back (one per projection;
+     * gate/up with a hole at gate) */
+    const lora_matrix *q = lora_weights_get(g.ad1, 0, PROJ_Q);
+    ck_assert_int_eq(q->a_type, WT_F32P);
+    ck_assert_ptr_eq(lora_weights_get(g.ad1, 0, PROJ_K)->a, q->a + (size_t)q->r * HIDDEN);
+    ck_assert_ptr_eq(lora_weights_get(g.ad1, 1, PROJ_UP)->a,
+                     lora_weights_get(g.ad1, 1, PROJ_GATE)->a + 16 * HIDDEN);
+    ck_assert_int_eq(lora_weights_get(g.ad1, 1, PROJ_K)->a_type, WT_F32);
+    q = lora_weights_get(g.ad2, 0, PROJ_Q);
+    ck_assert_int_eq(q->a_type, WT_F32);
+    ck_assert_ptr_ne(lora_weights_get(g.ad2, 0, PROJ_K)->a, q->a + (size_t)q->r * HIDDEN);
+    variant_mix one = {.n = 1, .t = {{g.ad1, 1.0f}}};
     variant_mix mix = {.n = 2, .t = {{g.ad2, 1.25f}, {g.ad1, 0.5f}}};
-    check_every_group(&mix, 1, NULL);
+    check_every_group(&one, NULL);
+    check_every_group(&mix, NULL);
     pool *pl = pool_create(2, NULL);
     ck_assert_ptr_nonnull(pl);
-    check_every_group(&mix, 1, pl);
+    check_every_group(&mix, pl);
     pool_free(pl);
 }
 END_TEST
@@ -476,7 +480,7 @@ START_TEST(test_mix_order_is_total_and_by_terms_then_adapter_then_weight)
 
     ck_assert_int_eq(variant_mix_max_rank(NULL), 0);
     ck_assert_int_eq(variant_mix_max_rank(&m[0]), 0);
-    ck_assert_int_eq(variant_mix_max_rank(&m[5]), 4);     /* ad1 4, ad2 3 */
+    ck_assert_int_eq(variant_mix_max_rank(&m[5]), 16);    /* ad1 16, ad2 3 */
     variant_mix only2 = {.n = 1, .t = {{g.ad2, 1.0f}}};
     ck_assert_int_eq(variant_mix_max_rank(&only2), 3);
 }
@@ -523,7 +527,6 @@ static Suite *variant_suite(void)
     tcase_add_test(core, test_merged_mix_is_w_plus_weighted_scaled_deltas);
     tcase_add_test(core, test_empty_mix_merges_to_the_base_weights);
     tcase_add_test(core, test_paced_merge_equals_merge_bit_for_bit);
-    tcase_add_test(core, test_on_the_fly_group_equals_reference_and_merged_product);
     tcase_add_test(core, test_small_jobs_equal_reference_and_merged_product);
     tcase_add_test(core, test_mix_order_is_total_and_by_terms_then_adapter_then_weight);
     suite_add_tcase(s, core);

@@ -793,52 +793,66 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
                             "weights disagree)", mod, (long long)b0, (long long)b1, r,
                             (long long)out, r);
 
-    /* One allocation per tensor; each read (and converted to F32) into a temporary,
-     * checked finite, then laid out as lora.h says. */
+    /* One allocation per tensor, one conversion pass, one finiteness pass; B goes through
+     * a temporary to be stored transposed, and A through one to be laid out in panels
+     * when its rank allows (lora.h). */
     size_t na = (size_t)r * (size_t)in, nb = (size_t)out * (size_t)r;
     if (!m->a)  /* peft_load places A and B in the arena beforehand; this is a fallback */
         m->a = lora_weights_alloc(w, na);
-    if (!m->b)
-        m->b = lora_weights_alloc(w, lora_b_floats(out, r));
-    float *rows = malloc((na > nb ? na : nb) * sizeof(float));
-    if (!m->a || !m->b || !rows) {
-        free(rows);
+    if (!m->bt)
+        m->bt = lora_weights_alloc(w, nb);
+    m->a_type = lora_a_type(r);
+    float *b = malloc((m->a_type == WT_F32P && na > nb ? na : nb) * sizeof(float));
+    if (!m->a || !m->bt || !b) {
+        free(b);
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory for %zu floats", mod, na + nb);
     }
     m->r = r;
-    m->a_type = lora_a_type(r);
-    for (int k = 0; k < 2; k++) {
-        size_t n = k ? nb : na;
-        if ((rc = st_tensor_read_f32(st, t[k], rows, err)) < 0) {
-            free(rows);
+    if (m->a_type == WT_F32P) {   /* b holds the file's A until it is laid out */
+        if ((rc = st_tensor_read_f32(st, ta, b, err)) < 0) {
+            free(b);
             return rc;
         }
-        if (!all_finite(rows, n)) {
-            snprintf(what, sizeof what, "%s lora_%c", mod, "AB"[k]);
-            rc = report_nonfinite(rows, n, what, err);
-            free(rows);
+        if (!all_finite(b, na)) {
+            snprintf(what, sizeof what, "%s lora_A", mod);
+            rc = report_nonfinite(b, na, what, err);
+            free(b);
             return rc;
         }
-        if (k == 0 && m->a_type == WT_F32)
-            memcpy(m->a, rows, na * sizeof(float));
-        else if (k == 0)
-            wtensor_from_f32(WT_F32P, rows, r, in, m->a, NULL);
-        else
-            wtensor_from_f32(WT_F32P, rows, out, r, m->b, NULL);
+        wtensor_from_f32(WT_F32P, b, r, in, m->a, NULL);
+    } else if ((rc = st_tensor_read_f32(st, ta, m->a, err)) < 0) {
+        free(b);
+        return rc;
     }
-    free(rows);
+    if ((rc = st_tensor_read_f32(st, tb, b, err)) < 0) {
+        free(b);
+        return rc;
+    }
+    if (m->a_type == WT_F32 && !all_finite(m->a, na)) {
+        free(b);
+        snprintf(what, sizeof what, "%s lora_A", mod);
+        return report_nonfinite(m->a, na, what, err);
+    }
+    if (!all_finite(b, nb)) {
+        snprintf(what, sizeof what, "%s lora_B", mod);
+        rc = report_nonfinite(b, nb, what, err);
+        free(b);
+        return rc;
+    }
+    /* In blocks of 16 outputs: the 16 rows of b read stay in L1 and each row of bt is
+     * written 16 floats at a time (element by element, the writes' stride of `out` floats
+     * made this loop most of the load's own time). */
+    for (int64_t o0 = 0; o0 < out; o0 += 16) {
+        int64_t o1 = o0 + 16 < out ? o0 + 16 : out;
+        for (int j = 0; j < r; j++) {
+            float *dst = m->bt + (size_t)j * (size_t)out;
+            for (int64_t o = o0; o < o1; o++)
+                dst[o] = b[(size_t)o * (size_t)r + (size_t)j];
+        }
+    }
+    free(b);
     m->scale = (float)scale;
     return 0;
-}
-
-/* Floats a tensor takes in memory as load_matrix lays it out (lora.h): A as in the file,
- * B [out, r] in whole panels of outputs (a tensor of another shape fails in load_matrix
- * before any is written). */
-static size_t held_floats(const st_tensor *t, int ab)
-{
-    if (ab == LORA_B && t->ndim == 2)
-        return lora_b_floats(t->shape[0], t->shape[1]);
-    return (size_t)t->numel;
 }
 
 peft_options peft_options_default(void)
@@ -961,7 +975,7 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
     size_t total = 0;
     for (size_t i = 0; i < (size_t)n_layers * PROJ_COUNT * 2; i++)
         if (table[i] && table[i ^ 1])
-            total += (held_floats(table[i], (int)(i & 1)) + 15) & ~(size_t)15;
+            total += ((size_t)table[i]->numel + 15) & ~(size_t)15;
     if (lora_weights_reserve(a->w, total) < 0) {
         rc = lr_error_set(err, LR_ENOMEM, "adapter '%s': out of memory for %zu MB of weights",
                           shown, total * sizeof(float) >> 20);
@@ -979,9 +993,9 @@ peft_adapter *peft_load(const char *dir, const model_config *base, const peft_op
                     continue;
                 lora_matrix *m = lora_weights_at(a->w, l, (model_proj)p);
                 if (ab == LORA_A)
-                    m->a = lora_weights_alloc(a->w, held_floats(ta, LORA_A));
+                    m->a = lora_weights_alloc(a->w, (size_t)ta->numel);
                 else
-                    m->b = lora_weights_alloc(a->w, held_floats(tb, LORA_B));
+                    m->bt = lora_weights_alloc(a->w, (size_t)tb->numel);
             }
     for (int l = 0; l < n_layers; l++) {
         for (int p = 0; p < PROJ_COUNT; p++) {

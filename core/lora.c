@@ -90,8 +90,8 @@ void lora_weights_free(lora_weights *w)
     for (size_t i = 0; i < n; i++) {
         if (!in_arena(w, w->m[i].a))
             free(w->m[i].a);
-        if (!in_arena(w, w->m[i].b))
-            free(w->m[i].b);
+        if (!in_arena(w, w->m[i].bt))
+            free(w->m[i].bt);
     }
     if (w->arena)
         arena_put(w->arena, w->arena_cap);

@@ -1,12 +1,12 @@
 /* lora: an adapter's weights in memory and the LoRA math on them.
  * For a projection with base weight W [out, in] an adapter adds s · B A, with
- * A [r, in] and B [out, r] as stored in the PEFT file, and s its scale (alpha / r, or
- * alpha / sqrt(r) with rsLoRA, per-module overrides applied). Both are held in the F32P
- * panels of the model's own matrices (wtensor.h) where that is possible, for smallmm's
- * panel kernels: B always (its rows are outputs, as W's), A when r is a multiple of 16
- * (a_type) — the A's of a layer's q, k and v (and of gate and up) lie back to back, and
- * panels of 16 rows then lay out their concatenation too, so the forward pass computes
- * X·Aᵀ for the group in one product; a smaller rank keeps A row-major rather than pad it. */
+ * A [r, in] as stored in the PEFT file, B [out, r] kept transposed (Bᵀ [r, out]), and s
+ * its scale (alpha / r, or alpha / sqrt(r) with rsLoRA, per-module overrides applied).
+ * A is held in the F32P panels of the model's own matrices (wtensor.h) when r is a
+ * multiple of 16 (a_type), for smallmm's panel tiles — the A's of a layer's q, k and v (and
+ * of gate and up) lie back to back, and panels of 16 rows then lay out their
+ * concatenation too, so the forward pass computes X·Aᵀ for the group in one product; a
+ * smaller rank keeps A row-major rather than pad it. */
 #ifndef LORAD_LORA_H
 #define LORAD_LORA_H
 
@@ -20,8 +20,10 @@ typedef struct {
     float scale;    /* s, already including alpha/r or alpha/sqrt(r) */
     wt_type a_type; /* WT_F32P when r is a multiple of WT_P_ROWS, else WT_F32 (row-major) */
     float *a;       /* A [r, in] (owned) */
-    float *b;       /* B [out, r] in F32P panels (owned): a decode step's tile of 16·PT
-                     * outputs finds its rows of B as one block */
+    float *bt;      /* Bᵀ [r, out] row-major: the file's lora_B [out, r] transposed, so
+                     * that adding B·t to an output row streams r rows of out floats.
+                     * (In panels of outputs it was 0-16% slower for one row of X per
+                     * adapter and no faster for 8: docs/benchmarks.md) */
 } lora_matrix;
 
 /* A's layout for rank r. */
@@ -30,21 +32,15 @@ static inline wt_type lora_a_type(int r)
     return r % WT_P_ROWS == 0 ? WT_F32P : WT_F32;
 }
 
-/* Floats of B [out, r] as held (its rows padded to whole panels); A takes r · in. */
-static inline size_t lora_b_floats(int64_t out, int64_t r)
-{
-    return wtensor_data_bytes(WT_F32P, out, r) / sizeof(float);
-}
-
-/* Element (j, c) of A [r, in] and (o, j) of B [out, r], whichever their layout. */
+/* Element (j, c) of A [r, in], whichever its layout, and (o, j) of B [out, r]. */
 static inline float lora_a_at(const lora_matrix *m, int64_t in, int64_t j, int64_t c)
 {
     return m->a[m->a_type == WT_F32P ? wtensor_f32p_offset(in, j, c) : (size_t)(j * in + c)];
 }
 
-static inline float lora_b_at(const lora_matrix *m, int64_t o, int64_t j)
+static inline float lora_b_at(const lora_matrix *m, int64_t out, int64_t o, int64_t j)
 {
-    return m->b[wtensor_f32p_offset(m->r, o, j)];
+    return m->bt[(size_t)(j * out + o)];
 }
 
 typedef struct {

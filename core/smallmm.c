@@ -351,22 +351,11 @@ typedef struct {
     int64_t span;   /* the outputs' columns laid end to end: max(col0 + out) */
 } tb_pass;
 
-/* Where a share that starts at column g of the span starts in a product: at a whole
- * panel of its B (a vector of B is 16 or 8 columns of one panel), so g - col0 rounded up to
- * a multiple of 16, within [0, out]. Both shares on either side of g round it alike, so
- * the shares still cover every column once. */
-static int64_t tb_share_edge(const smallmm_tb *jb, int64_t g)
-{
-    int64_t c = g - jb->col0;
-    c = c <= 0 ? 0 : (c + WT_P_ROWS - 1) / WT_P_ROWS * WT_P_ROWS;
-    return c > jb->out ? jb->out : c;
-}
-
 /* Task k: the k-th share of the span of columns, split at multiples of 16, and of each
- * product the columns that fall in it (tb_share_edge) — the same for every product with
- * the same out and col0, so no two tasks write one element. Splitting each product's own
- * columns in equal shares instead had a thread add to columns the other had just written
- * in the X·Mᵀ pass (q's second half went to the thread that had done k and v). */
+ * product the columns that fall in it — the same for every product with the same out and
+ * col0, so no two tasks write one element. Splitting each product's own columns in equal
+ * shares instead had a thread add to columns the other had just written in the X·Mᵀ pass
+ * (q's second half went to the thread that had done k and v). */
 static void tb_task(void *ctx, int task, int thread)
 {
     (void)thread;
@@ -375,7 +364,9 @@ static void tb_task(void *ctx, int task, int thread)
     int64_t g0 = blocks * task / ps->n_tasks * 16, g1 = blocks * (task + 1) / ps->n_tasks * 16;
     for (int k = 0; k < ps->n_jobs; k++) {
         const smallmm_tb *jb = &ps->jobs[k];
-        int64_t c0 = tb_share_edge(jb, g0), c1 = tb_share_edge(jb, g1);
+        int64_t c0 = g0 - jb->col0, c1 = g1 - jb->col0;
+        c0 = c0 < 0 ? 0 : c0 > jb->out ? jb->out : c0;
+        c1 = c1 < 0 ? 0 : c1 > jb->out ? jb->out : c1;
         if (c0 < c1)
             ps->k->tb_cols(jb, (int)c0, (int)c1);
     }

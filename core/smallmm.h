@@ -31,9 +31,8 @@ typedef struct {
     int ldy;
 } smallmm_xmt;
 
-/* Y [n, out] (row stride out) += alpha · T [n, r] (row stride ldt) · Bᵀ, B [out, r] in
- * F32P panels (an adapter's B, whose 16 outputs of a panel are 16 consecutive floats for
- * each of its r columns). col0: where the product's columns start when the outputs
+/* Y [n, out] (row stride out) += alpha · T [n, r] (row stride ldt) · Bt, Bt [r, out]
+ * row-major (an adapter's Bᵀ). col0: where the product's columns start when the outputs
  * of the pass are laid end to end (q's, then k's, then v's): the pass shares that span
  * among its threads in order, as smallmm_xmt_run shares its rows, so that a thread adds
  * to the columns it most likely wrote there (0 for all: every product split alike).
@@ -42,7 +41,7 @@ typedef struct {
 typedef struct {
     const float *t;
     int ldt, n;       /* n >= 1 */
-    const float *b;
+    const float *bt;
     int r, out;
     float alpha;
     float *y;

@@ -1042,7 +1042,7 @@ static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo,
     }
 }
 
-/* Rows [i, i + RB) of one ·Bᵀ product at columns [c, c + CV·VL): every load of B feeds
+/* Rows [i, i + RB) of one ·Bᵀ product at columns [c, c + CV·VL): every load of Bᵀ feeds
  * the RB rows, and the RB·CV accumulators are independent chains. One row at a time kept
  * only 4 chains of r dependent FMAs in flight: 16 products of 4 rows × 1536 columns, in
  * cache, one thread, took 36 µs against 26 now (from memory, 2 threads: 59–62 against
@@ -1058,18 +1058,11 @@ K(tb_block)(const smallmm_tb *jb, int i, int c, int RB, int CV)
         for (int v = 0; v < CV; v++)
             acc[q][v] = K(ldf)(jb->y + (size_t)(i + q) * jb->out + c + v * VL);
     }
-    /* B in panels: the 16 outputs of panel p are 16 floats per j, at (p·r + j)·16 */
-    const float *b[4];
-    for (int v = 0; v < CV; v++) {
-        int cc = c + v * VL;
-        b[v] = jb->b + (size_t)(cc / WT_P_ROWS) * WT_P_ROWS * jb->r + cc % WT_P_ROWS;
-    }
-    for (int j = 0; j < jb->r; j++) {
+    const float *b = jb->bt + c;
+    for (int j = 0; j < jb->r; j++, b += jb->out) {
         vf bv[4];
-        for (int v = 0; v < CV; v++) {
-            bv[v] = K(ldf)(b[v]);
-            b[v] += WT_P_ROWS;
-        }
+        for (int v = 0; v < CV; v++)
+            bv[v] = K(ldf)(b + v * VL);
         for (int q = 0; q < RB; q++) {
             vf tq = K(splat)(jb->alpha * t[q][j]);
             for (int v = 0; v < CV; v++)
@@ -1107,8 +1100,7 @@ K(tb_rows)(const smallmm_tb *jb, int c, int CV)
     }
 }
 
-/* Columns [c0, c1) of one ·Bᵀ product (c0 a multiple of 16: no vector crosses a panel of
- * B): 4·VL at a time, then VL, then a scalar tail. */
+/* Columns [c0, c1) of one ·Bᵀ product: 4·VL at a time, then VL, then a scalar tail. */
 static void K(tb_cols)(const smallmm_tb *jb, int c0, int c1)
 {
     int c = c0;
@@ -1121,7 +1113,7 @@ static void K(tb_cols)(const smallmm_tb *jb, int c0, int c1)
             const float *t = jb->t + (size_t)i * jb->ldt;
             float s = 0;
             for (int j = 0; j < jb->r; j++)
-                s += jb->alpha * t[j] * jb->b[wtensor_f32p_offset(jb->r, c, j)];
+                s += jb->alpha * t[j] * jb->bt[(size_t)j * jb->out + c];
             jb->y[(size_t)i * jb->out + c] += s;
         }
 }

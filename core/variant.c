@@ -83,7 +83,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
         }
 
     /* First pass: which matrices are touched, and how much memory W' needs. */
-    size_t total = 0, stage = 0, stage_ab = 0;
+    size_t total = 0, stage = 0, stage_a = 0;
     wt_type type = model_matrix_type(m);   /* W' as W: F32 in panels, BF16, Q8 */
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
@@ -95,8 +95,8 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                     stage = (size_t)out * in;
                 for (int i = 0; i < mix->n; i++) {
                     size_t r = (size_t)lora_weights_get(mix->t[i].w, l, (model_proj)p)->r;
-                    if (r * (size_t)(in + out) > stage_ab)
-                        stage_ab = r * (size_t)(in + out);
+                    if (r * (size_t)in > stage_a)
+                        stage_a = r * (size_t)in;
                 }
             }
         }
@@ -115,8 +115,8 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     v->arena_bytes = total;
     /* The sum is made in F32 in a row-major staging matrix, then laid out in panels (F32P)
      * or rounded once (BF16, Q8): a model's matrices are never row-major F32. */
-    /* A and B laid out row-major for the GEMM (lora.h holds them in panels) */
-    if (!(f32 = malloc((stage + stage_ab) * sizeof(float)))) {
+    /* and A laid out row-major for the GEMM (lora.h may hold it in panels) */
+    if (!(f32 = malloc((stage + stage_a) * sizeof(float)))) {
         lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
         goto fail;
     }
@@ -136,12 +136,11 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                 const lora_matrix *lm = lora_weights_get(mix->t[i].w, l, (model_proj)p);
                 if (lm->r == 0)
                     continue;
-                /* f32 [out, in] += alpha · B [out, r] · A [r, in] */
-                float *a = f32 + stage, *b = a + (size_t)lm->r * in;
+                /* f32 [out, in] += alpha · (Bᵀ [r, out])ᵀ · A [r, in] */
+                float *a = f32 + stage;
                 wtensor_rows_f32(&(wtensor){lm->a_type, lm->a, NULL}, in, 0, lm->r, a);
-                wtensor_rows_f32(&(wtensor){WT_F32P, lm->b, NULL}, lm->r, 0, out, b);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, lm->r,
-                            mix->t[i].weight * lm->scale, b, lm->r, a, in, 1.0f, f32, in);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, lm->r,
+                            mix->t[i].weight * lm->scale, lm->bt, out, a, in, 1.0f, f32, in);
             }
             wtensor wp = wtensor_at(type, out, in, next);
             wtensor_from_f32(type, f32, out, in, next, (float *)wp.scale);
@@ -220,7 +219,7 @@ void variant_small_jobs(const variant_mix *mix, int layer, const model_proj *ps,
             if (!contiguous)
                 xa[nx++] = (smallmm_xmt){x, n, {lm[g]->a_type, lm[g]->a, NULL}, lm[g]->r,
                                          t + off, total_r};
-            tb[nt++] = (smallmm_tb){t + off, total_r, n, lm[g]->b, lm[g]->r, outs[g],
+            tb[nt++] = (smallmm_tb){t + off, total_r, n, lm[g]->bt, lm[g]->r, outs[g],
                                     mix->t[i].weight * lm[g]->scale, ys[g], col0};
         }
     }

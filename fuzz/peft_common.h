@@ -58,7 +58,7 @@ static void peft_check_load(const char *dir, const model_config *base)
             FUZZ_CHECK(isfinite(m->scale) && fabsf(m->scale) <= 1e5f, "layer %d %s scale %g",
                        l, model_proj_name((model_proj)p), (double)m->scale);
             FUZZ_CHECK(all_finite(m->a, (size_t)m->r * (size_t)in) &&
-                       all_finite(m->b, lora_b_floats(out, m->r)), "layer %d %s: non-finite "
+                       all_finite(m->bt, (size_t)m->r * (size_t)out), "layer %d %s: non-finite "
                        "A or B accepted", l, model_proj_name((model_proj)p));
             bytes += sizeof(float) * (size_t)m->r * (size_t)(in + out);
             max_r = m->r > max_r ? m->r : max_r;

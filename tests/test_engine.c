@@ -1129,12 +1129,12 @@ START_TEST(test_non_finite_logits_finish_that_request_with_an_error)
     lm->r = 1;
     lm->scale = 1e30f;
     lm->a = malloc(INTER * sizeof(float));
-    lm->b = malloc(lora_b_floats(HIDDEN, 1) * sizeof(float));   /* B [HIDDEN, 1] in panels */
-    ck_assert(lm->a && lm->b);
+    lm->bt = malloc(HIDDEN * sizeof(float));
+    ck_assert(lm->a && lm->bt);
     for (int i = 0; i < INTER; i++)
         lm->a[i] = 1e10f;
-    for (size_t i = 0; i < lora_b_floats(HIDDEN, 1); i++)
-        lm->b[i] = 1e10f;
+    for (int i = 0; i < HIDDEN; i++)
+        lm->bt[i] = 1e10f;
     w->max_rank = 1;
     variant_mix bad = {.n = 1, .t = {{w, 1.0f}}};
     job j[2];
@@ -1402,8 +1402,8 @@ START_TEST(test_submit_rejects_on_the_fly_adapter_with_fewer_layers_than_the_mod
     lm->r = 2;
     lm->scale = 1.0f;
     lm->a = calloc(2 * HIDDEN, sizeof(float));
-    lm->b = calloc(lora_b_floats(tiny_proj_out[0], 2), sizeof(float));
-    ck_assert(lm->a && lm->b);
+    lm->bt = calloc((size_t)tiny_proj_out[0] * 2, sizeof(float));
+    ck_assert(lm->a && lm->bt);
     w->max_rank = 2;
     variant_mix mix = {.n = 1, .t = {{w, 1.0f}}};
     lr_error err = {0};

@@ -73,7 +73,7 @@ START_TEST(test_new_set_is_empty_and_entries_are_indexed_layer_major)
             ck_assert_ptr_eq(lora_weights_get(w, l, (model_proj)p), m);
             ck_assert_int_eq(m->r, 0);
             ck_assert_ptr_null(m->a);
-            ck_assert_ptr_null(m->b);
+            ck_assert_ptr_null(m->bt);
         }
     lora_weights_free(w);
     lora_weights_free(NULL);
@@ -125,9 +125,9 @@ START_TEST(test_arena_allocations_are_aligned_in_order_then_malloc)
             ck_assert_msg(p[k][i] == (float)k, "allocation %d was overwritten at %zu", k, i);
     /* the set owns them all: malloc'd ones freed, the arena cached (LeakSanitizer) */
     lora_weights_at(w, 1, PROJ_DOWN)->a = p[N];
-    lora_weights_at(w, 1, PROJ_DOWN)->b = p[N + 1];
+    lora_weights_at(w, 1, PROJ_DOWN)->bt = p[N + 1];
     lora_weights_at(w, 0, PROJ_Q)->a = p[0];
-    lora_weights_at(w, 0, PROJ_Q)->b = p[1];
+    lora_weights_at(w, 0, PROJ_Q)->bt = p[1];
     lora_weights_free(w);
 }
 END_TEST
@@ -141,10 +141,10 @@ START_TEST(test_without_an_arena_allocations_come_from_malloc_aligned)
     for (int p = 0; p < PROJ_COUNT; p++) {
         lora_matrix *m = lora_weights_at(w, 0, (model_proj)p);
         m->a = lora_weights_alloc(w, (size_t)(3 + p));
-        m->b = lora_weights_alloc(w, (size_t)(5 * p + 1));
-        ck_assert(m->a && m->b && aligned64(m->a) && aligned64(m->b));
+        m->bt = lora_weights_alloc(w, (size_t)(5 * p + 1));
+        ck_assert(m->a && m->bt && aligned64(m->a) && aligned64(m->bt));
         m->a[2 + p] = 1.0f;
-        m->b[5 * p] = 2.0f;
+        m->bt[5 * p] = 2.0f;
     }
     lora_weights_free(w);
 }

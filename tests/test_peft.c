@@ -211,7 +211,7 @@ START_TEST(test_all_seven_projections_load_with_scale_alpha_over_r)
             ck_assert_int_eq(m->r, 4);
             ck_assert_float_eq(m->scale, 2.0f);  /* 8 / 4 */
             ck_assert_ptr_nonnull(m->a);
-            ck_assert_ptr_nonnull(m->b);
+            ck_assert_ptr_nonnull(m->bt);
         }
     peft_free(a);
     tb_free(&b);
@@ -325,8 +325,7 @@ END_TEST
 
 /* Every element of A and B as in the file, in the layout lora.h gives them (written out
  * here, not through wtensor.h): rank 3 keeps A row-major, ranks 16 and 32 hold it in
- * panels of 16 rows, as B always is — k and v's 8 outputs, gate and up's 24, end inside a
- * panel, whose padding rows must be zero. */
+ * panels of 16 rows; B is kept as Bᵀ [r, out]. */
 static void check_round_trip(int r)
 {
     model_config base = tiny_config(2);
@@ -355,11 +354,7 @@ static void check_round_trip(int r)
             const float *fb = tb_find(&b, nm);  /* [out, r] */
             for (int o = 0; o < out; o++)
                 for (int j = 0; j < r; j++)
-                    ck_assert(m->b[((size_t)(o / 16) * r + j) * 16 + o % 16] ==
-                              fb[(size_t)o * r + j]);
-            for (int o = out; o % 16; o++)
-                for (int j = 0; j < r; j++)
-                    ck_assert(m->b[((size_t)(o / 16) * r + j) * 16 + o % 16] == 0.0f);
+                    ck_assert(m->bt[(size_t)j * out + o] == fb[(size_t)o * r + j]);
         }
     peft_free(a);
     tb_free(&b);
@@ -403,7 +398,7 @@ START_TEST(test_reused_arena_holds_only_the_new_adapters_values)
             const lora_matrix *m = lora_weights_get(a->w, l, (model_proj)p);
             const lora_matrix *f = lora_weights_get(fresh->w, l, (model_proj)p);
             ck_assert(memcmp(m->a, f->a, (size_t)3 * tiny_in[p] * sizeof(float)) == 0);
-            ck_assert(memcmp(m->b, f->b, lora_b_floats(tiny_out[p], 3) * sizeof(float)) == 0);
+            ck_assert(memcmp(m->bt, f->bt, (size_t)3 * tiny_out[p] * sizeof(float)) == 0);
             key_name(nm, sizeof nm, l, p, 'A');
             differ |= memcmp(m->a, tb_find(&b1, nm), (size_t)3 * tiny_in[p] * sizeof(float));
         }
@@ -454,9 +449,9 @@ START_TEST(test_bf16_adapter_converts_exactly)
     ck_assert_float_eq(m->scale, 1.0f);
     for (int i = 0; i < 64; i++)
         ck_assert_float_eq(m->a[i], bf16_ref(a_bits[i]));
-    for (int o = 0; o < 8; o++)  /* lora_B [8, 4] in the file, in a panel in memory */
+    for (int o = 0; o < 8; o++)  /* lora_B [8, 4] in the file, Bᵀ [4, 8] in memory */
         for (int j = 0; j < 4; j++)
-            ck_assert_float_eq(lora_b_at(m, o, j), bf16_ref(b_bits[o * 4 + j]));
+            ck_assert_float_eq(m->bt[j * 8 + o], bf16_ref(b_bits[o * 4 + j]));
     peft_free(a);
     testutil_rmdir(dir);
 }

@@ -283,8 +283,7 @@ static int weights_equal_peft_load(const lora_weights *w, const char *dir, const
             if (same && x->r) {
                 same = x->a_type == y->a_type &&
                        memcmp(x->a, y->a, sizeof(float) * x->r * tiny_proj_in[p]) == 0 &&
-                       memcmp(x->b, y->b,
-                              sizeof(float) * lora_b_floats(tiny_proj_out[p], x->r)) == 0;
+                       memcmp(x->bt, y->bt, sizeof(float) * x->r * tiny_proj_out[p]) == 0;
             }
         }
     peft_free(ref);
@@ -306,7 +305,7 @@ static int q0_matches_seed(const lora_weights *w, uint32_t seed, int r)
                 return 0;
     for (int o = 0; o < HEADS * HEAD_DIM; o++)
         for (int k = 0; k < r; k++)
-            if (lora_b_at(lm, o, k) != b[o * r + k])
+            if (lora_b_at(lm, HEADS * HEAD_DIM, o, k) != b[o * r + k])
                 return 0;
     return 1;
 }

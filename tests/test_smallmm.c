@@ -53,19 +53,6 @@ static void expect_xmt(const smallmm_xmt *jb, const float *m, int in)
         }
 }
 
-/* rm [rows, cols] row-major laid out in F32P panels of 16 rows (wtensor.h), the last
- * padded with zero rows — written out here, not through core/wtensor.c. */
-static float *panels_of(const float *rm, int rows, int cols)
-{
-    size_t padded = (size_t)(rows + 15) / 16 * 16 * cols;
-    float *pan = calloc(padded ? padded : 1, sizeof(float));
-    ck_assert_ptr_nonnull(pan);
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            pan[((size_t)(r / 16) * cols + c) * 16 + r % 16] = rm[(size_t)r * cols + c];
-    return pan;
-}
-
 static pool *make_pool(int threads)
 {
     if (threads == 1)
@@ -98,10 +85,17 @@ static test_matrix make_matrix(wt_type t, int rows, int in)
         tm.data = rand_floats(n);
         memcpy(tm.deq, tm.data, n * sizeof(float));
     } else if (t == WT_F32P) {
-        float *f = rand_floats(n);
-        tm.data = panels_of(f, rows, in);
+        /* panels of 16 rows, column by column (wtensor.h), the last padded with zeros —
+         * laid out here, not by wtensor_from_f32 */
+        size_t padded = (size_t)(rows + 15) / 16 * 16 * in;
+        float *f = rand_floats(n), *pan = calloc(padded ? padded : 1, sizeof(float));
+        ck_assert_ptr_nonnull(pan);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < in; c++)
+                pan[((size_t)(r / 16) * in + c) * 16 + r % 16] = f[(size_t)r * in + c];
         memcpy(tm.deq, f, n * sizeof(float));
         free(f);
+        tm.data = pan;
     } else if (t == WT_BF16) {
         uint16_t *h = malloc((n ? n : 1) * 2);
         ck_assert_ptr_nonnull(h);
@@ -504,8 +498,7 @@ START_TEST(test_bf16_one_and_two_rows_with_x_reordered_on_the_stack_and_the_heap
 }
 END_TEST
 
-/* Y += alpha·T Bᵀ for `terms` products on the same Y (the terms of an adapter mix), B
- * [out, r] in panels. */
+/* Y += alpha·T Bt for `terms` products on the same Y (the terms of an adapter mix). */
 static void check_tb(pool *p, int n, int r, int out, int terms, int col0)
 {
     int ldt = r + 2;
@@ -515,18 +508,17 @@ static void check_tb(pool *p, int n, int r, int out, int terms, int col0)
     for (int i = 0; i < n * out; i++)
         want[i] = y[i];
     smallmm_tb jobs[2];
-    float *ts[2], *bs[2], *bp[2];
+    float *ts[2], *bs[2];
     for (int k = 0; k < terms; k++) {
         ts[k] = rand_floats((size_t)n * ldt);
-        bs[k] = rand_floats((size_t)out * r);
-        bp[k] = panels_of(bs[k], out, r);
+        bs[k] = rand_floats((size_t)r * out);
         float alpha = k ? -0.75f : 1.5f;
-        jobs[k] = (smallmm_tb){ts[k], ldt, n, bp[k], r, out, alpha, y, col0};
+        jobs[k] = (smallmm_tb){ts[k], ldt, n, bs[k], r, out, alpha, y, col0};
         for (int i = 0; i < n; i++)
             for (int o = 0; o < out; o++) {
                 double s = 0;
                 for (int j = 0; j < r; j++)
-                    s += (double)ts[k][i * ldt + j] * bs[k][(size_t)o * r + j];
+                    s += (double)ts[k][i * ldt + j] * bs[k][(size_t)j * out + o];
                 want[(size_t)i * out + o] += alpha * s;
             }
     }
@@ -538,7 +530,6 @@ static void check_tb(pool *p, int n, int r, int out, int terms, int col0)
     for (int k = 0; k < terms; k++) {
         free(ts[k]);
         free(bs[k]);
-        free(bp[k]);
     }
     free(y);
     free(want);
@@ -576,7 +567,7 @@ START_TEST(test_tb_outputs_laid_end_to_end)
     static const int outs[OUTS] = {33, 16, 70}, col0s[OUTS] = {0, 33, 49};
     for (int threads = 1; threads <= 3; threads++) {
         pool *p = make_pool(threads);
-        float *ys[OUTS], *ts[OUTS][TERMS], *bs[OUTS][TERMS], *bp[OUTS][TERMS];
+        float *ys[OUTS], *ts[OUTS][TERMS], *bs[OUTS][TERMS];
         double *want[OUTS];
         smallmm_tb jobs[OUTS * TERMS];
         for (int g = 0; g < OUTS; g++) {
@@ -587,16 +578,15 @@ START_TEST(test_tb_outputs_laid_end_to_end)
                 want[g][i] = ys[g][i];
             for (int k = 0; k < TERMS; k++) {
                 ts[g][k] = rand_floats((size_t)N * R);
-                bs[g][k] = rand_floats((size_t)outs[g] * R);
-                bp[g][k] = panels_of(bs[g][k], outs[g], R);
+                bs[g][k] = rand_floats((size_t)R * outs[g]);
                 float alpha = k ? 0.5f : -2.0f;
-                jobs[g * TERMS + k] = (smallmm_tb){ts[g][k], R, N, bp[g][k], R, outs[g], alpha,
+                jobs[g * TERMS + k] = (smallmm_tb){ts[g][k], R, N, bs[g][k], R, outs[g], alpha,
                                                    ys[g], col0s[g]};
                 for (int i = 0; i < N; i++)
                     for (int o = 0; o < outs[g]; o++) {
                         double sum = 0;
                         for (int j = 0; j < R; j++)
-                            sum += (double)ts[g][k][i * R + j] * bs[g][k][(size_t)o * R + j];
+                            sum += (double)ts[g][k][i * R + j] * bs[g][k][(size_t)j * outs[g] + o];
                         want[g][(size_t)i * outs[g] + o] += alpha * sum;
                     }
             }
@@ -610,7 +600,6 @@ START_TEST(test_tb_outputs_laid_end_to_end)
             for (int k = 0; k < TERMS; k++) {
                 free(ts[g][k]);
                 free(bs[g][k]);
-                free(bp[g][k]);
             }
             free(ys[g]);
             free(want[g]);
@@ -633,7 +622,7 @@ START_TEST(test_one_job_with_tb_equals_the_two_passes)
     enum { IN = 576, R = 16, NMAX = 20 };
     static const int outs[] = {64, 1536, 4096}, ns[] = {1, 2, 8, NMAX};
     float *x = rand_floats((size_t)NMAX * IN), *a = rand_floats((size_t)R * IN);
-    float *w = rand_floats((size_t)4096 * IN), *b = rand_floats((size_t)4096 * R);
+    float *w = rand_floats((size_t)4096 * IN), *bt = rand_floats((size_t)R * 4096);
     float *y[2], *t[2];
     for (int v = 0; v < 2; v++) {
         y[v] = malloc(sizeof(float) * NMAX * 4096);
@@ -653,8 +642,7 @@ START_TEST(test_one_job_with_tb_equals_the_two_passes)
                             t[v][i] = 1e6f;
                         smallmm_xmt xmt[2] = {{x, n, {WT_F32, w, NULL}, out, y[v], out},
                                               {x, n, {WT_F32, a, NULL}, R, t[v], R}};
-                        /* B [out, R]: the first out rows of b are whole panels */
-                        smallmm_tb tb = {t[v], R, n, b, R, out, 0.5f, y[v], 0};
+                        smallmm_tb tb = {t[v], R, n, bt, R, out, 0.5f, y[v], 0};
                         if (v == 0) {
                             smallmm_xmt_run(p, IN, xmt, 2);
                             smallmm_tb_run(p, &tb, 1);
@@ -676,7 +664,7 @@ START_TEST(test_one_job_with_tb_equals_the_two_passes)
     free(x);
     free(a);
     free(w);
-    free(b);
+    free(bt);
 }
 END_TEST
 
@@ -686,10 +674,10 @@ START_TEST(test_empty_calls_write_nothing)
 {
     enum { N = 3, IN = 16, ROWS = 5, OUT = 9, R = 2 };
     float *x = rand_floats(N * IN), *m = rand_floats(ROWS * IN);
-    float *t = rand_floats(N * R), *b = rand_floats(16 * R);   /* B [OUT, R] in a panel */
+    float *t = rand_floats(N * R), *bt = rand_floats(R * OUT);
     float y1[N * ROWS], y2[N * OUT];
     smallmm_xmt xmt = {x, N, {WT_F32, m, NULL}, ROWS, y1, ROWS};
-    smallmm_tb tb = {t, R, N, b, R, OUT, 1.0f, y2, 0};
+    smallmm_tb tb = {t, R, N, bt, R, OUT, 1.0f, y2, 0};
     for (int threads = 1; threads <= 2; threads++) {
         pool *p = make_pool(threads);
         for (int i = 0; i < N * ROWS; i++)
@@ -716,7 +704,7 @@ START_TEST(test_empty_calls_write_nothing)
     free(x);
     free(m);
     free(t);
-    free(b);
+    free(bt);
 }
 END_TEST
 

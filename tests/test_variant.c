@@ -44,9 +44,9 @@ static float *random_floats(size_t n, float scale)
     return p;
 }
 
-/* One (layer, projection) of an adapter: rank r, scale s, A [r, in] and B [out, r]
- * random (in the layouts lora.h gives them: the values are random, the padding rows of
- * B zero), taken from w's arena when it has one. */
+/* One (layer, projection) of an adapter: rank r, scale s, A [r, in] (in the layout
+ * lora.h gives it for rank r: the values are random) and Bᵀ [r, out] random, taken from
+ * w's arena when it has one. */
 static void set_lora(lora_weights *w, int l, model_proj p, int r, float s)
 {
     lora_matrix *m = lora_weights_at(w, l, p);
@@ -61,15 +61,13 @@ static void set_lora(lora_weights *w, int l, model_proj p, int r, float s)
         w->max_rank = r;
 }
 
-static void set_b(lora_weights *w, int l, model_proj p)
+static void set_bt(lora_weights *w, int l, model_proj p)
 {
     lora_matrix *m = lora_weights_at(w, l, p);
-    m->b = lora_weights_alloc(w, lora_b_floats(proj_out[p], m->r));
-    ck_assert_ptr_nonnull(m->b);
-    for (int o = 0; o < (proj_out[p] + 15) / 16 * 16; o++)
-        for (int j = 0; j < m->r; j++)
-            m->b[((size_t)(o / 16) * m->r + j) * 16 + o % 16] =
-                o < proj_out[p] ? 0.5f * testutil_rnd(&seed) : 0.0f;
+    m->bt = lora_weights_alloc(w, (size_t)m->r * proj_out[p]);
+    ck_assert_ptr_nonnull(m->bt);
+    for (int i = 0; i < m->r * proj_out[p]; i++)
+        m->bt[i] = 0.5f * testutil_rnd(&seed);
 }
 
 static int ad1_rank(int l, model_proj p)
@@ -122,21 +120,21 @@ static void fixture_setup(void)
 
     /* Adapter 1: every projection of both layers, r 16 — A in panels — but layer 1's k_proj
      * r 8 and down_proj r 2 (A row-major), A's of a layer back to back in an arena (as
-     * peft_load lays them out), then the B's. */
+     * peft_load lays them out), then the Bᵀ's. */
     g.ad1 = lora_weights_new(LAYERS);
     ck_assert_ptr_nonnull(g.ad1);
     size_t floats = 0;
     for (int l = 0; l < LAYERS; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
             floats += (size_t)ad1_rank(l, (model_proj)p) * proj_in[p];   /* multiples of 16 */
-            floats += lora_b_floats(proj_out[p], ad1_rank(l, (model_proj)p));
+            floats += (size_t)ad1_rank(l, (model_proj)p) * proj_out[p];
         }
     ck_assert_int_eq(lora_weights_reserve(g.ad1, floats), 0);
     for (int l = 0; l < LAYERS; l++) {
         for (int p = 0; p < PROJ_COUNT; p++)
             set_lora(g.ad1, l, (model_proj)p, ad1_rank(l, (model_proj)p), p % 2 ? 2.0f : 0.5f);
         for (int p = 0; p < PROJ_COUNT; p++)
-            set_b(g.ad1, l, (model_proj)p);
+            set_bt(g.ad1, l, (model_proj)p);
     }
     /* Adapter 2: q, k, v and up (a hole at gate in the gate/up group), r 3, scale 1.5,
      * every matrix its own allocation, each A followed by its Bᵀ: q/k/v's A's are not back
@@ -147,7 +145,7 @@ static void fixture_setup(void)
     for (int l = 0; l < LAYERS; l++)
         for (int k = 0; k < 4; k++) {
             set_lora(g.ad2, l, ad2_proj[k], 3, 1.5f);
-            set_b(g.ad2, l, ad2_proj[k]);
+            set_bt(g.ad2, l, ad2_proj[k]);
         }
 }
 
@@ -169,13 +167,13 @@ static void fixture_teardown(void)
  * magnitudes of every term (the scale of float rounding). */
 static double merged_ref(const variant_mix *mix, int l, model_proj p, int o, int i, double *mag)
 {
-    int in = proj_in[p];
+    int in = proj_in[p], out = proj_out[p];
     double v = g.w[l][p][(size_t)o * in + i];
     *mag = fabs(v);
     for (int t = 0; t < mix->n; t++) {
         const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, p);
         for (int j = 0; j < lm->r; j++) {
-            double d = (double)mix->t[t].weight * lm->scale * lora_b_at(lm, o, j) *
+            double d = (double)mix->t[t].weight * lm->scale * lora_b_at(lm, out, o, j) *
                        lora_a_at(lm, in, j, i);
             v += d;
             *mag += fabs(d);
@@ -369,7 +367,7 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
                         for (int i = 0; i < in; i++)
                             xaj += (double)x[(size_t)r * in + i] * lora_a_at(lm, in, j, i);
                         double d = (double)mix->t[t].weight * lm->scale * xaj *
-                                   lora_b_at(lm, o, j);
+                                   lora_b_at(lm, out, o, j);
                         want += d;
                         mag += fabs(d);
                     }

@@ -114,8 +114,9 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     v->arena = arena;
     v->arena_bytes = total;
     /* The sum is made in F32 in a row-major staging matrix, then laid out in panels (F32P)
-     * or rounded once (BF16, Q8): a model's matrices are never row-major F32. */
-    /* and A laid out row-major for the GEMM (lora.h may hold it in panels) */
+     * or rounded once (BF16, Q8): a model's matrices are never row-major F32. After it,
+     * room for an adapter's A laid out row-major for the GEMM (lora.h may hold it in
+     * panels). */
     if (!(f32 = malloc((stage + stage_a) * sizeof(float)))) {
         lr_error_set(err, LR_ENOMEM, "out of memory merging adapters");
         goto fail;

@@ -808,30 +808,22 @@ static int load_matrix(const peft_config *c, const model_config *base, const pef
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory for %zu floats", mod, na + nb);
     }
     m->r = r;
-    if (m->a_type == WT_F32P) {   /* b holds the file's A until it is laid out */
-        if ((rc = st_tensor_read_f32(st, ta, b, err)) < 0) {
-            free(b);
-            return rc;
-        }
-        if (!all_finite(b, na)) {
-            snprintf(what, sizeof what, "%s lora_A", mod);
-            rc = report_nonfinite(b, na, what, err);
-            free(b);
-            return rc;
-        }
-        wtensor_from_f32(WT_F32P, b, r, in, m->a, NULL);
-    } else if ((rc = st_tensor_read_f32(st, ta, m->a, err)) < 0) {
+    /* the file's A: read into place, or into b until it is laid out in panels */
+    float *fa = m->a_type == WT_F32P ? b : m->a;
+    if ((rc = st_tensor_read_f32(st, ta, fa, err)) < 0) {
         free(b);
         return rc;
     }
+    if (!all_finite(fa, na)) {
+        free(b);
+        snprintf(what, sizeof what, "%s lora_A", mod);
+        return report_nonfinite(fa, na, what, err);
+    }
+    if (m->a_type == WT_F32P)
+        wtensor_from_f32(WT_F32P, fa, r, in, m->a, NULL);
     if ((rc = st_tensor_read_f32(st, tb, b, err)) < 0) {
         free(b);
         return rc;
-    }
-    if (m->a_type == WT_F32 && !all_finite(m->a, na)) {
-        free(b);
-        snprintf(what, sizeof what, "%s lora_A", mod);
-        return report_nonfinite(m->a, na, what, err);
     }
     if (!all_finite(b, nb)) {
         snprintf(what, sizeof what, "%s lora_B", mod);

@@ -1,5 +1,5 @@
 /* bench_panel: smallmm's F32 products with M row-major (WT_F32, the kernels BF16 weights
- * and adapters' A take) against M in panels of 16 rows (WT_F32P, how a model holds its F32
+ * and adapters' A of ranks not a multiple of 16 take) against M in panels of 16 rows (WT_F32P, how a model holds its F32
  * matrices: wtensor.h), on the same products, interleaved in one process (this machine's
  * bandwidth drifts), the weights of 30 layers on huge pages as lorad holds them, so every
  * product streams from memory as in decode:

@@ -32,15 +32,10 @@ static inline wt_type lora_a_type(int r)
     return r % WT_P_ROWS == 0 ? WT_F32P : WT_F32;
 }
 
-/* Element (j, c) of A [r, in], whichever its layout, and (o, j) of B [out, r]. */
+/* Element (j, c) of A [r, in], whichever its layout. */
 static inline float lora_a_at(const lora_matrix *m, int64_t in, int64_t j, int64_t c)
 {
     return m->a[m->a_type == WT_F32P ? wtensor_f32p_offset(in, j, c) : (size_t)(j * in + c)];
-}
-
-static inline float lora_b_at(const lora_matrix *m, int64_t out, int64_t o, int64_t j)
-{
-    return m->bt[(size_t)(j * out + o)];
 }
 
 typedef struct {

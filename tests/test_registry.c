@@ -305,7 +305,7 @@ static int q0_matches_seed(const lora_weights *w, uint32_t seed, int r)
                 return 0;
     for (int o = 0; o < HEADS * HEAD_DIM; o++)
         for (int k = 0; k < r; k++)
-            if (lora_b_at(lm, HEADS * HEAD_DIM, o, k) != b[o * r + k])
+            if (lm->bt[k * HEADS * HEAD_DIM + o] != b[o * r + k])
                 return 0;
     return 1;
 }

@@ -173,7 +173,7 @@ static double merged_ref(const variant_mix *mix, int l, model_proj p, int o, int
     for (int t = 0; t < mix->n; t++) {
         const lora_matrix *lm = lora_weights_get(mix->t[t].w, l, p);
         for (int j = 0; j < lm->r; j++) {
-            double d = (double)mix->t[t].weight * lm->scale * lora_b_at(lm, out, o, j) *
+            double d = (double)mix->t[t].weight * lm->scale * lm->bt[(size_t)j * out + o] *
                        lora_a_at(lm, in, j, i);
             v += d;
             *mag += fabs(d);
@@ -367,7 +367,7 @@ static void check_on_the_fly(const variant_mix *mix, const variant *merged, int 
                         for (int i = 0; i < in; i++)
                             xaj += (double)x[(size_t)r * in + i] * lora_a_at(lm, in, j, i);
                         double d = (double)mix->t[t].weight * lm->scale * xaj *
-                                   lora_b_at(lm, out, o, j);
+                                   lm->bt[(size_t)j * out + o];
                         want += d;
                         mag += fabs(d);
                     }

@@ -21,12 +21,14 @@
 #include "smallmm.h"
 #include "vec16.h"
 
-/* A row-parallel elementwise job: y, x [n, d]; w [d] for RMSNorm. */
+/* A row-parallel elementwise job: y, x [n, d]; w [d] for RMSNorm; add [n, d]: for
+ * RMSNorm, added into x (then not const: the residual stream) before x is normed. */
 typedef struct {
     int op;
     float *y;
     const float *x;
     const float *w;
+    const float *add;
     int d, n;
     int per_task;  /* rows per task */
 } rows_job;
@@ -35,9 +37,10 @@ typedef struct {
  * sequence decoding one row (r0 = 0, r1 = 1), with heads > 1, the heads [head, head +
  * heads): one KV head's group (grouped-query attention), or all of them (many sequences);
  * the heads of a group meet each key and value in one pass, as consecutive positions do
- * in prefill. */
+ * in prefill. store: the task first applies RoPE to its row and stores its key and value
+ * (kv_store_seq) — a task of all of a row's heads, which alone reads that row's cache. */
 typedef struct {
-    int seq, head, heads, r0, r1;
+    int seq, head, heads, r0, r1, store;
 } attn_task;
 
 #define ATTN_ROWS 4      /* query rows that share one pass over the keys */
@@ -78,7 +81,8 @@ struct forward_ctx {
     attn_task *tasks;/* [tasks_cap] (sequence, head, rows) units of attention work */
     int tasks_cap, n_tasks;
     int *row0;       /* [n_seqs + 1] first row of each sequence */
-    int row0_cap;
+    int *kv_seqs;    /* [n_seqs] the sequences whose keys and values kv_store_task stores */
+    int row0_cap, n_kv_seqs;
     /* the layer being computed, for the attention tasks */
     forward_seq *cur_seqs;
     int cur_layer;
@@ -166,7 +170,7 @@ void forward_free(forward_ctx *f)
         return;
     free(f->x); free(f->xn); free(f->q); free(f->k); free(f->v); free(f->att);
     free(f->gate); free(f->up); free(f->out); free(f->cos_t); free(f->sin_t);
-    free(f->inv_freq); free(f->lora); free(f->row0); free(f->tasks);
+    free(f->inv_freq); free(f->lora); free(f->row0); free(f->kv_seqs); free(f->tasks);
     if (f->scores && f->pool)
         for (int t = 0; t < pool_threads(f->pool); t++)
             free(f->scores[t]);
@@ -199,23 +203,29 @@ static void run_tasks(forward_ctx *f, pool_fn fn, int n_tasks, int here)
 }
 
 /* y [n, d] = x · rsqrt(mean(x²) + eps) · w, row by row; fp32 sums as transformers does
- * (hidden_states.to(float32).pow(2).mean()), 16 lanes at a time. */
+ * (hidden_states.to(float32).pow(2).mean()), 16 lanes at a time — as two 8-float vectors:
+ * this file is built for AVX2, where GCC kept a 16-float accumulator on the stack, stored
+ * in 16-byte halves and reloaded whole, so every iteration waited on a failed store
+ * forward (a 64-row norm of 576 took 29-33 µs in cache; 7.8 µs so, the same sums). */
 static void rmsnorm(float *y, const float *x, const float *w, int n, int d, float eps)
 {
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * d;
         float *yr = y + (size_t)r * d;
-        v16 acc = {0};
+        v8 lo = {0}, hi = {0};  /* lanes 0-7 and 8-15 */
         int i = 0;
         for (; i + 16 <= d; i += 16) {
-            v16 v = ld16(xr + i);
-            acc += v * v;
+            v8 a = ld8(xr + i), b = ld8(xr + i + 8);
+            lo += a * a;
+            hi += b * b;
         }
         float ss = 0;
         for (; i < d; i++)
             ss += xr[i] * xr[i];
-        for (int k = 0; k < 16; k++)
-            ss += acc[k];
+        for (int k = 0; k < 8; k++)
+            ss += lo[k];
+        for (int k = 0; k < 8; k++)
+            ss += hi[k];
         float inv = 1.0f / sqrtf(ss / d + eps);
         for (i = 0; i < d; i++)
             yr[i] = xr[i] * inv * w[i];
@@ -532,13 +542,11 @@ ATTN_KERNEL(attn_rows4, 4)
  * when the cache is cold), ~1.5 ms per step at 32 rows on one thread. */
 #define KV_STORE_POOL_ROWS 8
 
-/* pool task: sequence s of the layer being computed (cur_seqs, cur_layer) — RoPE on its
- * queries and keys, then its keys (transposed) and values into its cache, positions
- * kv->len .. + n_tokens, one block's share at a time. */
-static void kv_store_task(void *ctx, int s, int thread)
+/* Sequence s of the layer being computed (cur_seqs, cur_layer): RoPE on its queries and
+ * keys, then its keys (transposed) and values into its cache, positions kv->len .. +
+ * n_tokens, one block's share at a time. */
+static void kv_store_seq(forward_ctx *f, int s)
 {
-    (void)thread;
-    forward_ctx *f = ctx;
     const model_config *c = &f->m->cfg;
     int hd = c->head_dim, kv_dim = c->n_kv_heads * hd, half = hd / 2, l = f->cur_layer;
     kv_cache *kv = f->cur_seqs[s].kv;
@@ -564,6 +572,14 @@ static void kv_store_task(void *ctx, int s, int thread)
     }
 }
 
+/* pool task: kv_store_seq of the task-th sequence of kv_seqs. */
+static void kv_store_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    forward_ctx *f = ctx;
+    kv_store_seq(f, f->kv_seqs[task]);
+}
+
 /* pool task: rows [r0, r1) of one (sequence, head) for the current layer. */
 static void attn_task_run(void *ctx, int task, int thread)
 {
@@ -581,6 +597,8 @@ static void attn_task_run(void *ctx, int task, int thread)
     float scale = 1.0f / sqrtf((float)hd);
     int win = f->cur_layer >= c->window_from_layer ? c->sliding_window : 0;
     int base = f->row0[t->seq];
+    if (t->store)
+        kv_store_seq(f, t->seq);
     if (t->heads > 1) {  /* one decode row, heads [head, head + heads): whole KV groups */
         int group = c->n_heads / c->n_kv_heads;
         for (int hg = t->head; hg < t->head + t->heads; hg += group) {
@@ -616,6 +634,10 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         if (!r)
             return lr_error_set(err, LR_ENOMEM, "out of memory for %d sequences", n_seqs);
         f->row0 = r;
+        int *k = realloc(f->kv_seqs, sizeof(int) * (size_t)n_seqs);
+        if (!k)
+            return lr_error_set(err, LR_ENOMEM, "out of memory for %d sequences", n_seqs);
+        f->kv_seqs = k;
         f->row0_cap = n_seqs + 1;
     }
     size_t stride = 0;   /* scores of a row: every position it may see, rounded up to 16 */
@@ -659,7 +681,10 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
 
 /* Row-parallel elementwise work on the pool, from ROWS_POOL_MIN rows: the RMSNorms and
  * SwiGLU of a 16-row step took ~1 ms on one thread (a fifth of the prefill's distance to
- * two decode steps). Tasks of up to ROWS_PER_TASK rows, at least one per thread. */
+ * two decode steps). Tasks of up to ROWS_PER_TASK rows, at least one per thread. The
+ * residual adds after o_proj and down_proj are done by the RMSNorm that follows each, in
+ * its task, on rows it reads next (the add had been a pass of its own on the engine
+ * thread: 0.9 ms of a 64-row step). */
 enum { ROWS_RMSNORM, ROWS_SWIGLU };
 #define ROWS_PER_TASK 32
 #define ROWS_POOL_MIN 8
@@ -672,20 +697,25 @@ static void rows_task(void *ctx, int task, int thread)
     int r0 = task * j->per_task;
     int n = j->n - r0 < j->per_task ? j->n - r0 : j->per_task;
     size_t off = (size_t)r0 * j->d;
-    if (j->op == ROWS_RMSNORM)
+    if (j->op == ROWS_RMSNORM) {
+        if (j->add) {
+            float *x = (float *)j->x + off;  /* the residual stream, f->x */
+            for (size_t i = 0; i < (size_t)n * j->d; i++)
+                x[i] += j->add[off + i];
+        }
         rmsnorm(j->y + off, j->x + off, j->w, n, j->d, f->m->cfg.rms_eps);
-    else
+    } else
         swiglu(j->y + off, j->x + off, (size_t)n * j->d);
 }
 
-/* op over rows [0, n) of y (and x) with row length d. */
-static void run_rows(forward_ctx *f, int op, float *y, const float *x, const float *w, int d,
-                     int n)
+/* op over rows [0, n) of y (and x) with row length d; add: see rows_job. */
+static void run_rows(forward_ctx *f, int op, float *y, const float *x, const float *w,
+                     const float *add, int d, int n)
 {
     int threads = pool_threads(f->pool);
     int per = (n + threads - 1) / threads;
     per = per > ROWS_PER_TASK ? ROWS_PER_TASK : per < 1 ? 1 : per;
-    f->rows = (rows_job){op, y, x, w, d, n, per};
+    f->rows = (rows_job){op, y, x, w, add, d, n, per};
     run_tasks(f, rows_task, (n + per - 1) / per, n < ROWS_POOL_MIN);
 }
 
@@ -783,30 +813,40 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
      * then read each block's keys and values of the layer as one contiguous 12 KB run
      * each instead of 4 KB and 256-byte pieces of rows: 64 sequences at 40 positions
      * 7.9 ms against 10.7, at 200 positions 34.9 against 52.2, 8 at 40 0.83 against 1.10
-     * (the attention of a decode step, alternated in one process). */
+     * (the attention of a decode step, alternated in one process). Such a task also stores
+     * its row's key and value first, on the thread that reads them next, instead of in a
+     * pool job of its own before the attention: RoPE, the KV store and attention of a
+     * 64-row step 8.7-9.3 ms -> 8.1-9.1 (bench_batch --steps 30, alternated, 3 pairs; the
+     * whole step 67.5-68.7 -> 65.8-66.8 ms; at 32 rows no change). */
     int whole = n_seqs >= 4 * pool_threads(f->pool);
+    f->n_kv_seqs = 0;
     for (int s = 0; s < n_seqs; s++) {
         if (seqs[s].n_tokens == 1 && group > 1) {
-            if (whole)
-                f->tasks[f->n_tasks++] = (attn_task){s, 0, c->n_heads, 0, 1};
-            else
-                for (int h = 0; h < c->n_heads; h += group)
-                    f->tasks[f->n_tasks++] = (attn_task){s, h, group, 0, 1};
+            if (whole) {
+                f->tasks[f->n_tasks++] = (attn_task){s, 0, c->n_heads, 0, 1, 1};
+                continue;
+            }
+            f->kv_seqs[f->n_kv_seqs++] = s;
+            for (int h = 0; h < c->n_heads; h += group)
+                f->tasks[f->n_tasks++] = (attn_task){s, h, group, 0, 1, 0};
             continue;
         }
+        f->kv_seqs[f->n_kv_seqs++] = s;
         for (int h = 0; h < c->n_heads; h++)
             for (int r = 0; r < seqs[s].n_tokens; r += ATTN_TASK_ROWS) {
                 int r1 = r + ATTN_TASK_ROWS < seqs[s].n_tokens ? r + ATTN_TASK_ROWS
                                                                : seqs[s].n_tokens;
-                f->tasks[f->n_tasks++] = (attn_task){s, h, 1, r, r1};
+                f->tasks[f->n_tasks++] = (attn_task){s, h, 1, r, r1, 0};
             }
     }
 
     forward_phase_end(f, FWD_PH_SETUP);
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
-        run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->attn_norm, c->hidden, rows);
-        forward_phase_end(f, FWD_PH_NORMS);
+        if (l == 0) {  /* later layers': after the last one's down_proj, with its residual */
+            run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->attn_norm, NULL, c->hidden, rows);
+            forward_phase_end(f, FWD_PH_NORMS);
+        }
         static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
         static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
         static const model_proj o[1] = {PROJ_O}, down[1] = {PROJ_DOWN};
@@ -814,28 +854,30 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         forward_phase_end(f, FWD_PH_QKV);
         f->cur_seqs = seqs;
         f->cur_layer = l;
-        run_tasks(f, kv_store_task, n_seqs, rows < KV_STORE_POOL_ROWS);
+        run_tasks(f, kv_store_task, f->n_kv_seqs, rows < KV_STORE_POOL_ROWS);
         forward_phase_end(f, FWD_PH_KV);
         /* inline: too little to wake another thread for */
         run_tasks(f, attn_task_run, f->n_tasks, f->attn_work < ATTN_INLINE_WORK);
         forward_phase_end(f, FWD_PH_ATTN);
         project(f, seqs, n_seqs, l, o, 1, f->att, (float *const[]){f->out});
         forward_phase_end(f, FWD_PH_O);
-        for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
-            f->x[i] += f->out[i];
-        forward_phase_end(f, FWD_PH_RESID);
-
-        run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->ffn_norm, c->hidden, rows);
+        run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->ffn_norm, f->out, c->hidden, rows);
         forward_phase_end(f, FWD_PH_NORMS);
         project(f, seqs, n_seqs, l, gate_up, 2, f->xn, (float *const[]){f->gate, f->up});
         forward_phase_end(f, FWD_PH_GATE_UP);
-        run_rows(f, ROWS_SWIGLU, f->gate, f->up, NULL, c->intermediate, rows);
+        run_rows(f, ROWS_SWIGLU, f->gate, f->up, NULL, NULL, c->intermediate, rows);
         forward_phase_end(f, FWD_PH_SWIGLU);
         project(f, seqs, n_seqs, l, down, 1, f->gate, (float *const[]){f->out});
         forward_phase_end(f, FWD_PH_DOWN);
-        for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
-            f->x[i] += f->out[i];
-        forward_phase_end(f, FWD_PH_RESID);
+        if (l + 1 < c->n_layers) {
+            run_rows(f, ROWS_RMSNORM, f->xn, f->x, m->layers[l + 1].attn_norm, f->out,
+                     c->hidden, rows);
+            forward_phase_end(f, FWD_PH_NORMS);
+        } else {
+            for (size_t i = 0; i < (size_t)rows * c->hidden; i++)
+                f->x[i] += f->out[i];
+            forward_phase_end(f, FWD_PH_RESID);
+        }
     }
     for (int s = 0; s < n_seqs; s++)
         seqs[s].kv->len += seqs[s].n_tokens;

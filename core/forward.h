@@ -44,7 +44,10 @@ void forward_run(forward_ctx *f, void (*fn)(void *ctx, int task, int thread), vo
 
 /* Where the time of forward passes goes, for profiling (forward_set_profile): seconds per
  * phase, summed over the passes run while it is set. Norms, the residual adds, SwiGLU,
- * attention and the KV stores (RoPE included) are their own phases; each projection group
+ * attention and the KV stores (RoPE included) are their own phases — except that a
+ * residual add followed by a norm is counted in the norm (they are one pass), and the
+ * RoPE and KV store of a decode row whose attention is one task for all its heads (8 or
+ * more sequences on 2 threads) in attention (the task does both); each projection group
  * (q/k/v, o, gate/up, down) is one, its adapters' products included; setup is the
  * embeddings and the batch's layout; draw is the engine's (sampling and emitting tokens,
  * filled by engine_step, not here). */

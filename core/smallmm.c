@@ -113,8 +113,9 @@ static inline int smallmm_outer_rows(int vl, int n, int in)
  * kernels but for BF16 weights times one or two rows), AVX2, portable. Tiles: 4×4 on
  * AVX-512 (16 accumulators of its 32 registers; 4×6 was ~10% slower: 31 live registers
  * leave the loop no slack), 2×4 with 16 registers. F32P tiles (PT panels by PG rows of X):
- * 3 panels by 8 rows on AVX-512 (24 accumulators), 1 panel (2 vectors) by 6 rows with 16
- * registers. The portable build uses whatever the compiler's baseline gives (SSE2 on
+ * 3 panels by 8 rows on AVX-512 (24 accumulators) — or 2 panels by up to PG2 = 14 rows
+ * (28) where that takes fewer groups of rows (panel_rows) — 1 panel (2 vectors) by 6 rows
+ * with 16 registers. The portable build uses whatever the compiler's baseline gives (SSE2 on
  * x86-64, NEON on arm64) for the same 8-float vectors. */
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
 #define SMALLMM_X86 1
@@ -133,6 +134,7 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define OJ3 8
 #define PT 3
 #define PG 8
+#define PG2 14
 #define KPIN 1
 #define KQ8(m, d) ((vf_avx512)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                   \
     _mm_loadu_si128((const __m128i *)((const int8_t *)(m) + (d))))))
@@ -153,6 +155,7 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define OJ3 8
 #define PT 3
 #define PG 8
+#define PG2 14
 #define KPIN 1
 #define KDPBF16 1
 #define KQ8(m, d) ((vf_avx512bf16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(               \

@@ -899,7 +899,8 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
 }
 
 /* F32P weights (panels of WT_P_ROWS rows, wtensor.h): a tile is NI <= PG rows of X by
- * NV vectors of M — the PT panels of one tile of M, PVPP vectors each — with NI·NV
+ * NV vectors of M — the PT panels of one tile of M, PVPP vectors each; or, where PG2 is
+ * defined, NI <= PG2 rows by the vectors of PT - 1 panels (panel_rows) — with NI·NV
  * accumulators that end as Y itself: at each element k the tile loads its NV vectors (16
  * rows of M each per panel) and meets each with row i's element k, broadcast. So NI + NV
  * loads feed NI·NV FMAs, no reduction ends the tile, M is read as PT sequential streams
@@ -909,11 +910,16 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
 #ifndef PANEL_PF
 #define PANEL_PF 64
 #endif
+#ifdef PG2
+#define PGMAX PG2  /* rows of X a tile takes at most */
+#else
+#define PGMAX PG
+#endif
 static inline __attribute__((always_inline)) void
 K(panel_tile)(const float *x, int in, const float *tp, float *y, int ldy, int NI, int NV)
 {
     size_t ps = (size_t)in * WT_P_ROWS;
-    vf acc[PG][PNV];
+    vf acc[PGMAX][PNV];
     for (int i = 0; i < NI; i++)
         for (int v = 0; v < NV; v++)
             acc[i][v] = (vf){0};
@@ -948,8 +954,14 @@ K(panel_ni)(const float *x, int in, const float *tp, float *y, int ldy, int ni, 
         break;
     K_PANEL_CASE(1) K_PANEL_CASE(2) K_PANEL_CASE(3) K_PANEL_CASE(4) K_PANEL_CASE(5)
     K_PANEL_CASE(6)
-#if PG > 6
+#if PGMAX > 6
     K_PANEL_CASE(7) K_PANEL_CASE(8)
+#endif
+#if PGMAX > 8
+    K_PANEL_CASE(9) K_PANEL_CASE(10) K_PANEL_CASE(11) K_PANEL_CASE(12)
+#endif
+#if PGMAX > 12
+    K_PANEL_CASE(13) K_PANEL_CASE(14)
 #endif
 #undef K_PANEL_CASE
     default:
@@ -984,15 +996,31 @@ static void K(panel_group)(const float *x, int in, const float *tp, float *y, in
  * second group finds the tile's panels in L2: blocks of 64 elements kept in L1 from one
  * group to the next made the 16- and 32-row decode steps 5-10% slower, the gate and up
  * products 12-27%, each block's accumulators reloaded); a last tile whose rows end inside
- * a vector goes through a buffer, so that no row of Y past hi is written. */
+ * a vector goes through a buffer, so that no row of Y past hi is written.
+ * Only the first group reads M from memory, and it waits on memory while the others find
+ * M in L2 and wait on the FMAs; so where tiles one panel narrower (PG2 rows of X at
+ * most) need fewer groups, they are taken: with AVX-512 (PG 8, PG2 14) every n from 9
+ * but 15 and 16, where the groups are as many and the wider tile feeds more FMAs a load.
+ * The decode products of the 135M shape from memory (30 layers and lm_head, 2 threads,
+ * medians of 7, 3 rounds): 9 rows 14.4-16.2 -> 11.5-12.8 ms (one group instead of 5 + 4
+ * rows), 17 rows 17.1 / 19.5 -> 14.9 / 18.4, 24 rows 21.0 / 24.5 -> 19.9 / 23.3, 32 rows
+ * 3% faster, 48 and 64 rows within the noise; 16 rows in two groups of 8 on the narrower
+ * tiles 3-10% slower. */
 static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
 {
-    int n = jb->n, groups = (n + PG - 1) / PG;
-    for (int r = lo; r < hi; r += PT * WT_P_ROWS) {
+    int n = jb->n, pg = PG, tnv = PNV;
+#ifdef PG2
+    if ((n + PG2 - 1) / PG2 < (n + PG - 1) / PG) {
+        pg = PG2;
+        tnv = PNV - PVPP;
+    }
+#endif
+    int groups = (n + pg - 1) / pg, trows = tnv / PVPP * WT_P_ROWS;
+    for (int r = lo; r < hi; r += trows) {
         const float *tp = (const float *)jb->m.data + (size_t)r * in;
-        int ny = hi - r < PT * WT_P_ROWS ? hi - r : PT * WT_P_ROWS;
+        int ny = hi - r < trows ? hi - r : trows;
         int nv = (ny + VL - 1) / VL, whole = ny == nv * VL;
-        float t[PG * PNV * VL];
+        float t[PGMAX * PNV * VL];
         for (int g = 0, i = 0; g < groups; g++) {
             int ni = (n - i + groups - g - 1) / (groups - g);
             const float *x = jb->x + (size_t)i * in;
@@ -1011,6 +1039,7 @@ static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
 }
 #undef PVPP
 #undef PNV
+#undef PGMAX
 
 /* Rows [lo, hi) of one product; xop: X in the order its tiles read (transposed for the
  * outer-product tiles when smallmm_outer_group says so, the BF16 even/odd order for one
@@ -1141,6 +1170,7 @@ static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROW
 #undef OJ3
 #undef PT
 #undef PG
+#undef PG2
 #undef KPIN
 #undef KDPBF16
 #undef KVNNI

@@ -252,10 +252,13 @@ START_TEST(test_bf16_and_q8_weights_match_reference_at_every_edge)
         return;
     /* in: lane tails of 8 and 16, one-row steps of 4 vectors with 1-3 whole vectors after
      * them (40, 127), Q8 blocks of 32 cut short (31, 33, 100); rows: Q8
-     * panels of 16 whole, padded, and split between tasks mid-panel (33, 40) */
+     * panels of 16 whole, padded, and split between tasks mid-panel (33, 40); ns: F32P
+     * tiles of 3 panels by up to 8 rows (1-8, 15, 16 with AVX-512) and of 2 panels by up
+     * to 14 (9, 13, 14 in one group; 17, 20, 25, 28 in two; 29, 33, 36 in three) */
     static const int ins[] = {1, 15, 16, 17, 31, 32, 33, 40, 64, 100, 127};
     static const int rows[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 40};
-    static const int ns[] = {1, 2, 3, 4, 5, 8, 9, 17, 20, 25, 33, 36, SMALLMM_MAX_ROWS + 1};
+    static const int ns[] = {1,  2,  3,  4,  5,  8,  9,  13, 14, 15, 16,
+                             17, 20, 25, 28, 29, 33, 36, SMALLMM_MAX_ROWS + 1};
     CHECK_TYPES_OVER(WT_BF16, ns, ins, rows);
 }
 END_TEST

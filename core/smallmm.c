@@ -389,7 +389,7 @@ typedef struct {
     const smallmm_xmt *jobs;
     const float *const *xop;  /* per job: X in the order its tiles read, or NULL (all NULL: NULL) */
     int n_jobs, in, n_chunks;
-    int64_t rows;  /* Σ rows: chunk c is global rows [rows·c/n_chunks, rows·(c+1)/n_chunks) */
+    int64_t work;  /* Σ rows · row_work: chunk c is [work·c/n_chunks, work·(c+1)/n_chunks) */
     int n_ranges;         /* one per thread; range i owns chunks [C·i/n, C·(i+1)/n) */
     chunk_range *ranges;
     const tb_pass *tb;    /* ·Bᵀ products after every chunk (NULL: none); task k does share k */
@@ -432,14 +432,32 @@ static int64_t task_edge(const xmt_pass *ps, const smallmm_xmt *jb, int64_t b)
     return b / unit * unit;
 }
 
+/* What one row of M costs in a pass, in the units chunks are cut in: its n rows of X, at
+ * least SMALLMM_ROW_WORK_MIN — with fewer the tiles wait on memory, not on the FMAs (a
+ * weight read from memory feeds 2n flops, and the FMA peak is ~8 flops per byte of
+ * bandwidth here). Cut by rows of M alone, a pass of 64 rows of X on the base and 8 rows
+ * on each of 8 adapters' A's gave the thread whose range ends with the A's ~14% less
+ * work, and only whole chunks (1/16 of the pass) to even it with. bench_batch --quick,
+ * alternated, 3 pairs: 64 rows on 8 adapters 72.6-74.4 -> 71.0-73.3 ms (0.87-0.90 ->
+ * 0.89-0.93 of the base's tokens/s), 32 rows 41.4-44.2 -> 40.4-44.1; on the base, where
+ * every product has the same n, nothing changes. */
+#define SMALLMM_ROW_WORK_MIN 16
+static int64_t row_work(const smallmm_xmt *jb)
+{
+    return jb->n > SMALLMM_ROW_WORK_MIN ? jb->n : SMALLMM_ROW_WORK_MIN;
+}
+
 /* Chunk c of a pass: its rows of every product they fall in. */
 static void xmt_chunk(const xmt_pass *ps, int c)
 {
-    int64_t g0 = ps->rows * c / ps->n_chunks, g1 = ps->rows * (c + 1) / ps->n_chunks;
-    int64_t base = 0;  /* global index of the current product's first row */
-    for (int k = 0; k < ps->n_jobs && base < g1; base += ps->jobs[k].rows, k++) {
+    int64_t g0 = ps->work * c / ps->n_chunks, g1 = ps->work * (c + 1) / ps->n_chunks;
+    int64_t next = 0;  /* global work before the next product's first row */
+    for (int k = 0; k < ps->n_jobs && next < g1; k++) {
         const smallmm_xmt *jb = &ps->jobs[k];
-        int lo = (int)task_edge(ps, jb, g0 - base), hi = (int)task_edge(ps, jb, g1 - base);
+        int64_t w = row_work(jb), base = next;  /* (g - base) / w: the row work g falls in */
+        next += jb->rows * w;
+        int lo = (int)task_edge(ps, jb, (g0 - base) / w);
+        int hi = (int)task_edge(ps, jb, (g1 - base) / w);
         if (hi <= lo)
             continue;
         const float *xop = ps->xop ? ps->xop[k] : NULL;
@@ -667,10 +685,10 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
     xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, 1, 0, 0, NULL, NULL, 0};
     size_t bytes = 0;
     for (int k = 0; k < n_jobs; k++) {
-        ps.rows += jobs[k].rows;
+        ps.work += jobs[k].rows * row_work(&jobs[k]);
         bytes += wtensor_data_bytes(jobs[k].m.type, jobs[k].rows, in) * (size_t)jobs[k].n;
     }
-    if (ps.rows == 0) {
+    if (ps.work == 0) {
         smallmm_tb_run(p, tb, n_tb);
         return;
     }

@@ -634,7 +634,7 @@ static int ensure_capacity(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         if (!r)
             return lr_error_set(err, LR_ENOMEM, "out of memory for %d sequences", n_seqs);
         f->row0 = r;
-        int *k = realloc(f->kv_seqs, sizeof(int) * (size_t)n_seqs);
+        int *k = realloc(f->kv_seqs, sizeof(int) * (size_t)(n_seqs + 1));
         if (!k)
             return lr_error_set(err, LR_ENOMEM, "out of memory for %d sequences", n_seqs);
         f->kv_seqs = k;

@@ -1098,7 +1098,7 @@ K(tb_block)(const smallmm_tb *jb, int i, int c, int RB, int CV)
         for (int v = 0; v < CV; v++) {
             bv[v] = K(ldf)(b + v * VL);
 #if KPIN
-            if (RB > 1)  /* in a register: see below */
+            if (RB > 1)  /* in a register: the comment above */
                 __asm__("" : "+v"(bv[v]));
 #endif
         }

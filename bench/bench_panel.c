@@ -1,8 +1,8 @@
 /* bench_panel: smallmm's F32 products with M row-major (WT_F32, the kernels BF16 weights
- * and adapters' A of ranks not a multiple of 16 take) against M in panels of 16 rows (WT_F32P, how a model holds its F32
- * matrices: wtensor.h), on the same products, interleaved in one process (this machine's
- * bandwidth drifts), the weights of 30 layers on huge pages as lorad holds them, so every
- * product streams from memory as in decode:
+ * and adapters' A of ranks not a multiple of 16 take) against M in panels of 16 rows
+ * (WT_F32P, how a model holds its F32 matrices: wtensor.h), on the same products,
+ * interleaved in one process (this machine's bandwidth drifts), the weights of 30 layers on
+ * huge pages as lorad holds them, so every product streams from memory as in decode:
  *   gate+up: [3072, 576] per layer, two products in one pass, as forward() makes them;
  *   down:    [576, 1536] per layer.
  * Prints the median over rounds of the time per layer, and panels ÷ row-major. (Its first

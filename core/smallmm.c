@@ -1,6 +1,6 @@
 /* smallmm: the decode-sized products, as two kinds of parallel pass over the pool, with
  * kernels for the best instruction set this CPU has (chosen at run time, so one binary
- * runs on any x86-64 and uses AVX-512 where it is there). */
+ * runs on any x86-64 and uses AVX-512 and AMX where they are there). */
 #include "smallmm.h"
 
 #include <float.h>
@@ -25,6 +25,8 @@ typedef struct {
     int vl, eo_rows;
     /* X for the Q8 kernels (nb·32 floats of room a row); NULL: zero-padded (q8x_prepare) */
     void (*q8_prep)(const float *x, int n, int in, float *out);
+    /* F32P products of at least this many rows of X read X split by amx_prepare (0: none) */
+    int amx_rows;
 } smallmm_kernels;
 
 /* Products of at least this many rows of X with F32 or BF16 weights take the
@@ -119,7 +121,10 @@ static inline int smallmm_outer_rows(int vl, int n, int in)
  * x86-64, NEON on arm64) for the same 8-float vectors. */
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
 #define SMALLMM_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 /* an unaligned double, for a broadcast of two floats */
 typedef double double_u __attribute__((aligned(1), may_alias));
 
@@ -183,6 +188,309 @@ typedef double double_u __attribute__((aligned(1), may_alias));
 #define KBC4(p) ((vf_avx2)_mm256_broadcast_ps((const __m128 *)(p)))
 #include "smallmm_kern.h"
 #pragma GCC pop_options
+
+/* 1 when this CPU has AMX tiles with BF16 products, the kernel saves them (XCR0 bits 17
+ * and 18) and grants this process their 8 KB of state (arch_prctl; Linux 5.16 and later
+ * ask for it once per process, for every thread). Thread-safe. */
+static int amx_usable(void)
+{
+    static _Atomic int state;  /* 0 not asked yet, 1 yes, -1 no */
+    int s = atomic_load_explicit(&state, memory_order_acquire);
+    if (s)
+        return s > 0;
+    unsigned a, b, c, d;
+    int ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 22 & 1) &&
+             __get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1);   /* AMX-TILE, -BF16; OSXSAVE */
+    if (ok) {
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        ok = (lo >> 17 & 3) == 3;
+    }
+#ifdef __linux__
+    if (ok)  /* ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA */
+        ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    ok = 0;
+#endif
+    atomic_store_explicit(&state, ok ? 1 : -1, memory_order_release);
+    return ok;
+}
+
+/* AMX (the tile unit of Intel Xeons from Sapphire Rapids on): F32P products of many rows
+ * of X as BF16 tile products, as exact as F32 arithmetic. Each F32 splits exactly into
+ * three BF16 — h, its upper 16 bits; m, those of x - h; l = x - h - m, which has at most 8
+ * significant bits — and a product x·w is taken as its six terms above 2^-21 of |x·w|
+ * (hh, hm, mh, hl, mm, lh); the three left out (ml, lm, ll) sum to less than that, the
+ * rounding of one F32 operation. On a 1536 × 576 product the largest error per Σ|x·w|
+ * was 5-10e-8, against 2e-7 for the AVX-512 tiles; test_smallmm holds the family to the
+ * same float64 reference as the others, and fails when one term is left out.
+ * X is split once per product (amx_prepare); W block by block as it streams in, into three
+ * B tiles (16 rows of M × 32 elements, in pairs: the VNNI order) — 14 vector operations a
+ * pair of vectors, each block's split spread between the previous block's tile products
+ * so that its loads of W go out while the tiles compute (one thread, 32 rows of X, from
+ * L3: 327 → 226 µs against 284 for the AVX-512 tiles).
+ * The 1536 × 576 product, AMX against the AVX-512 tiles, medians of 5: one thread from L3,
+ * 32 rows of X 226 / 284 µs, 64 rows 317 / 536, 17 rows 193 / 180; one thread from memory
+ * 359 / 438, 508 / 725, 350 / 325; two threads from memory, 32 rows 190 / 218, 64 rows
+ * 347 / 362. A tile takes 16 rows of X, so 17-32 rows cost one pair of tiles: the
+ * crossover is between 24 and 28 rows (SMALLMM_AMX_ROWS). */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vnni,avx2,fma,bmi2," \
+                   "amx-tile,amx-bf16")
+
+/* Products of at least this many rows of X take the AMX tiles (F32P weights).
+ * bench_batch --quick on an Intel Xeon with AMX (2 vCPUs), alternated, 2 rounds: from 17
+ * rows, 20 rows 31.5-32.3 ms against 29.8-30.6, 24 rows 33.5-34.1 against 32.2-33.5; 28
+ * and 29 rows 34.1-35.5 against 34.9-38.8; from 25 rows, 32 rows 34.1-36.1 against
+ * 40.0-40.2, 48 rows 45.1-51.4 against 53.1-54.4, 64 rows 59.8-60.0 against 67.1. */
+#define SMALLMM_AMX_ROWS 25
+
+/* The tiles' configuration (ldtilecfg's 64 bytes, palette 1): 8 tiles of 16 rows × 64
+ * bytes. Tiles 0-3 accumulate, 4-6 hold W's h, m, l, 3 and 7 (when not accumulating) X. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+/* Rows of X rounded up to whole tiles, elements to whole blocks of 32. */
+static inline int amx_np(int n) { return (n + 15) / 16 * 16; }
+static inline int amx_in32(int in) { return (in + 31) / 32 * 32; }
+
+/* uint16 of X's three planes (h, m, l), each [amx_np(n), amx_in32(in)] BF16 row-major,
+ * zero past row n and element in. */
+static size_t amx_x_halves(int n, int in)
+{
+    return 3 * (size_t)amx_np(n) * (size_t)amx_in32(in);
+}
+
+/* X [n, in] split into its three planes at out (amx_x_halves). */
+static void amx_prepare(const float *x, int n, int in, uint16_t *out)
+{
+    int in32 = amx_in32(in);
+    size_t plane = (size_t)amx_np(n) * in32;
+    const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
+    size_t pad = plane - (size_t)n * in32;   /* the rows past n */
+    for (int lev = 0; lev < 3; lev++)
+        memset(out + lev * plane + (size_t)n * in32, 0, sizeof *out * pad);
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * in;
+        uint16_t *o = out + (size_t)i * in32;
+        for (int k = 0; k < in32; k += 16) {
+            __mmask16 live = in - k >= 16 ? 0xffff
+                             : in > k     ? (__mmask16)((1u << (in - k)) - 1)
+                                          : 0;
+            __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(live, xi + (k < in ? k : 0)));
+            __m512i r = _mm512_castps_si512(_mm512_sub_ps(
+                _mm512_castsi512_ps(v), _mm512_castsi512_ps(_mm512_and_si512(v, top))));
+            __m512i l = _mm512_castps_si512(_mm512_sub_ps(
+                _mm512_castsi512_ps(r), _mm512_castsi512_ps(_mm512_and_si512(r, top))));
+            __m512i lev[3] = {v, r, l};   /* each one's upper 16 bits */
+            for (int q = 0; q < 3; q++)
+                _mm256_storeu_si256((__m256i *)(o + q * plane + k),
+                                    _mm512_cvtepi32_epi16(_mm512_srli_epi32(lev[q], 16)));
+        }
+    }
+}
+
+/* Pairs [j0, j1) of elements [k, k + 32) of the panel at pd (16 rows, in elements) split
+ * into W's three B tiles at wb: row j of each holds elements k + 2j, k + 2j + 1 of the 16
+ * rows, row r's pair at uint16 2r, 2r + 1 (elements past in are zero). W is prefetched
+ * AMX_PF bytes ahead into L2 and AMX_PF1 into L1: bench_batch --quick, alternated, 2
+ * rounds, 28 and 32 rows 34.1-35.8 ms against 38.5-39.7 without; 48 and 64 rows within the
+ * noise (47.3-50.7 against 49.0-49.3, 58.5-63.0 against 59.6-59.9). */
+#ifndef AMX_PF
+#define AMX_PF 16384
+#endif
+#define AMX_PF1 2048
+static inline __attribute__((always_inline)) void
+amx_split(const float *pd, int in, int k, uint16_t wb[3][512], int j0, int j1)
+{
+    const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
+    for (int j = j0; j < j1; j++) {
+        int c = k + 2 * j;
+        __m512i a, b;
+        if (k + 32 <= in) {
+#if AMX_PF
+            const char *at = (const char *)(pd + (size_t)c * 16);
+            _mm_prefetch(at + AMX_PF, _MM_HINT_T1);
+            _mm_prefetch(at + AMX_PF + 64, _MM_HINT_T1);
+            _mm_prefetch(at + AMX_PF1, _MM_HINT_T0);
+            _mm_prefetch(at + AMX_PF1 + 64, _MM_HINT_T0);
+#endif
+            a = _mm512_loadu_si512(pd + (size_t)c * 16);
+            b = _mm512_loadu_si512(pd + (size_t)(c + 1) * 16);
+        } else {
+            a = c < in ? _mm512_loadu_si512(pd + (size_t)c * 16) : _mm512_setzero_si512();
+            b = c + 1 < in ? _mm512_loadu_si512(pd + (size_t)(c + 1) * 16)
+                           : _mm512_setzero_si512();
+        }
+        /* h of a pair: a's upper half shifted down, b's in place (0xF8: A | (B & C)) */
+        __m512i hrow = _mm512_ternarylogic_epi32(_mm512_srli_epi32(a, 16), b, top, 0xF8);
+        __m512 ra = _mm512_sub_ps(_mm512_castsi512_ps(a),
+                                  _mm512_castsi512_ps(_mm512_and_si512(a, top)));
+        __m512 rb = _mm512_sub_ps(_mm512_castsi512_ps(b),
+                                  _mm512_castsi512_ps(_mm512_and_si512(b, top)));
+        __m512i ria = _mm512_castps_si512(ra), rib = _mm512_castps_si512(rb);
+        __m512i mrow = _mm512_ternarylogic_epi32(_mm512_srli_epi32(ria, 16), rib, top, 0xF8);
+        __m512 la = _mm512_sub_ps(ra, _mm512_castsi512_ps(_mm512_and_si512(ria, top)));
+        __m512 lb = _mm512_sub_ps(rb, _mm512_castsi512_ps(_mm512_and_si512(rib, top)));
+        /* l's lower halves are zero: no mask needed */
+        __m512i lrow = _mm512_or_si512(_mm512_srli_epi32(_mm512_castps_si512(la), 16),
+                                       _mm512_castps_si512(lb));
+        _mm512_store_si512(wb[0] + 32 * j, hrow);
+        _mm512_store_si512(wb[1] + 32 * j, mrow);
+        _mm512_store_si512(wb[2] + 32 * j, lrow);
+    }
+}
+
+/* The tile of X (plane lev, rows 16·t..) at elements xk into tile T. */
+#define AMX_X(T, t, lev) _tile_loadd(T, xk + (size_t)(t) * 16 * in32 + (size_t)(lev) * plane, \
+                                     (long)in32 * 2)
+
+/* Rows [lo, hi) of an F32P product (lo a multiple of 16) from X split at xp (amx_prepare),
+ * up to 64 rows of X at a time: one sweep of a panel keeps their tiles of Y in tiles
+ * 0-3, and each block of W, split once, meets them all. The six products of a tile of X
+ * go to more than one accumulator where there are fewer than 3 tiles of X (a product's
+ * result is ready ~3 products later; one accumulator would wait for each). */
+static void amx_rows(const smallmm_xmt *jb, const uint16_t *xp, int in, int lo, int hi)
+{
+    amx_config cfg = {.palette = 1};
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    int in32 = amx_in32(in), n = jb->n;
+    size_t plane = (size_t)amx_np(n) * in32;
+    _Alignas(64) uint16_t wbs[2][3][512];
+    _Alignas(64) float acc[4][256];
+    const float *w = jb->m.data;
+    for (int p = lo / 16; p * 16 < hi; p++) {
+        const float *pd = w + wtensor_f32p_offset(in, (int64_t)p * 16, 0);
+        int cols = hi - p * 16 < 16 ? hi - p * 16 : 16;
+        __mmask16 live = (__mmask16)((1u << cols) - 1);
+        for (int i0 = 0; i0 < n; i0 += 64) {
+            int nt = (n - i0 + 15) / 16 < 4 ? (n - i0 + 15) / 16 : 4;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            amx_split(pd, in, 0, wbs[0], 0, 16);
+            for (int k = 0; k < in32; k += 32) {
+                /* W's block k, split during block k - 32's products */
+                uint16_t(*wb)[512] = wbs[k / 32 & 1];
+                _tile_loadd(4, wb[0], 64);
+                _tile_loadd(5, wb[1], 64);
+                _tile_loadd(6, wb[2], 64);
+                /* the next block's split, in parts between the tile products (the
+                 * loads of W then go out while the tiles compute) */
+                uint16_t(*nwb)[512] = wbs[(k / 32 + 1) & 1];
+                int more = k + 32 < in32;
+#define AMX_SPLIT(j0, j1)                                                                      \
+    if (more)                                                                                  \
+        amx_split(pd, in, k + 32, nwb, j0, j1);
+                const uint16_t *xk = xp + (size_t)i0 * in32 + k;
+                if (nt == 1) {  /* accumulators 0 1 2, X in 3 and 7 */
+                    AMX_X(3, 0, 0);
+                    _tile_dpbf16ps(0, 3, 4);
+                    _tile_dpbf16ps(1, 3, 5);
+                    _tile_dpbf16ps(2, 3, 6);
+                    AMX_SPLIT(0, 6)
+                    AMX_X(7, 0, 1);
+                    _tile_dpbf16ps(0, 7, 4);
+                    _tile_dpbf16ps(1, 7, 5);
+                    AMX_SPLIT(6, 11)
+                    AMX_X(3, 0, 2);
+                    _tile_dpbf16ps(2, 3, 4);
+                    AMX_SPLIT(11, 16)
+                } else if (nt == 2) {  /* accumulators 0 1 (X's first tile), 2 3 */
+                    AMX_X(7, 0, 0);
+                    _tile_dpbf16ps(0, 7, 4);
+                    _tile_dpbf16ps(1, 7, 5);
+                    AMX_SPLIT(0, 2)
+                    AMX_X(7, 1, 0);
+                    _tile_dpbf16ps(2, 7, 4);
+                    _tile_dpbf16ps(3, 7, 5);
+                    AMX_SPLIT(2, 4)
+                    AMX_X(7, 0, 1);
+                    _tile_dpbf16ps(0, 7, 4);
+                    _tile_dpbf16ps(1, 7, 5);
+                    AMX_SPLIT(4, 6)
+                    AMX_X(7, 1, 1);
+                    _tile_dpbf16ps(2, 7, 4);
+                    _tile_dpbf16ps(3, 7, 5);
+                    AMX_SPLIT(6, 8)
+                    AMX_X(7, 0, 2);
+                    _tile_dpbf16ps(0, 7, 4);
+                    AMX_SPLIT(8, 10)
+                    AMX_X(7, 0, 0);
+                    _tile_dpbf16ps(1, 7, 6);
+                    AMX_SPLIT(10, 12)
+                    AMX_X(7, 1, 2);
+                    _tile_dpbf16ps(2, 7, 4);
+                    AMX_SPLIT(12, 14)
+                    AMX_X(7, 1, 0);
+                    _tile_dpbf16ps(3, 7, 6);
+                    AMX_SPLIT(14, 16)
+                } else {  /* one accumulator per tile of X */
+#define AMX_T(t)                                                                               \
+    if ((t) < nt) {                                                                            \
+        AMX_X(7, t, 0);                                                                        \
+        _tile_dpbf16ps(t, 7, 4);                                                               \
+        _tile_dpbf16ps(t, 7, 5);                                                               \
+        _tile_dpbf16ps(t, 7, 6);                                                               \
+        AMX_SPLIT(16 * (t) / nt, 16 * ((t) + 1) / nt)                                          \
+        AMX_X(7, t, 1);                                                                        \
+        _tile_dpbf16ps(t, 7, 4);                                                               \
+        _tile_dpbf16ps(t, 7, 5);                                                               \
+        AMX_X(7, t, 2);                                                                        \
+        _tile_dpbf16ps(t, 7, 4);                                                               \
+    }
+                    AMX_T(0)
+                    AMX_T(1)
+                    AMX_T(2)
+                    AMX_T(3)
+#undef AMX_T
+                }
+#undef AMX_SPLIT
+            }
+            /* each tile of Y: the sum of its accumulators, rows past n and columns past
+             * hi not written */
+            _tile_stored(0, acc[0], 64);
+            _tile_stored(1, acc[1], 64);
+            _tile_stored(2, acc[2], 64);
+            _tile_stored(3, acc[3], 64);
+            for (int t = 0; t < nt; t++) {
+                int a0 = nt == 1 ? 0 : nt == 2 ? 2 * t : t, na = nt == 1 ? 3 : nt == 2 ? 2 : 1;
+                for (int r = 0; r < 16 && i0 + 16 * t + r < n; r++) {
+                    __m512 s = _mm512_load_ps(acc[a0] + 16 * r);
+                    for (int a = 1; a < na; a++)
+                        s = _mm512_add_ps(s, _mm512_load_ps(acc[a0 + a] + 16 * r));
+                    _mm512_mask_storeu_ps(jb->y + (size_t)(i0 + 16 * t + r) * jb->ldy + p * 16,
+                                          live, s);
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+#undef AMX_X
+
+/* The avx512bf16 family's kernels, but F32P products of SMALLMM_AMX_ROWS or more rows of X
+ * on the tiles (xop: X split by amx_prepare). */
+static void xmt_rows_amx(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi)
+{
+    if (jb->m.type == WT_F32P && xop && lo % 16 == 0)
+        amx_rows(jb, (const uint16_t *)(const void *)xop, in, lo, hi);
+    else
+        xmt_rows_avx512bf16(jb, xop, in, lo, hi);
+}
+
+static const smallmm_kernels kernels_amx = {xmt_rows_amx, tb_cols_avx512bf16, 16,
+                                            1 /* eo_rows, as avx512bf16's */,
+                                            q8v_prepare_avx512bf16, SMALLMM_AMX_ROWS};
+#pragma GCC pop_options
 #endif
 
 typedef float vf8_portable __attribute__((vector_size(32)));
@@ -232,10 +540,12 @@ static const struct {
     [SMALLMM_AVX2] = {"avx2", &kernels_avx2},
     [SMALLMM_AVX512] = {"avx512", &kernels_avx512},
     [SMALLMM_AVX512BF16] = {"avx512bf16", &kernels_avx512bf16},
+    [SMALLMM_AMX] = {"amx", &kernels_amx},
 #else
     [SMALLMM_AVX2] = {"avx2", NULL},
     [SMALLMM_AVX512] = {"avx512", NULL},
     [SMALLMM_AVX512BF16] = {"avx512bf16", NULL},
+    [SMALLMM_AMX] = {"amx", NULL},
 #endif
 };
 
@@ -253,21 +563,24 @@ int smallmm_isa_supported(smallmm_isa isa)
                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     if (isa == SMALLMM_AVX512)
         return avx512;
-    if (isa == SMALLMM_AVX512BF16)
-        return avx512 && __builtin_cpu_supports("avx512bf16") &&
+    int bf16 = avx512 && __builtin_cpu_supports("avx512bf16") &&
                __builtin_cpu_supports("avx512vnni");
+    if (isa == SMALLMM_AVX512BF16)
+        return bf16;
+    if (isa == SMALLMM_AMX)
+        return bf16 && amx_usable();
 #endif
     return 0;
 }
 
 const char *smallmm_isa_name(smallmm_isa isa)
 {
-    return isa >= SMALLMM_PORTABLE && isa <= SMALLMM_AVX512BF16 ? isas[isa].name : "auto";
+    return isa >= SMALLMM_PORTABLE && isa <= SMALLMM_AMX ? isas[isa].name : "auto";
 }
 
 int smallmm_isa_parse(const char *s, smallmm_isa *isa)
 {
-    for (int i = SMALLMM_PORTABLE; i <= SMALLMM_AVX512BF16; i++)
+    for (int i = SMALLMM_PORTABLE; i <= SMALLMM_AMX; i++)
         if (strcmp(s, isas[i].name) == 0) {
             *isa = (smallmm_isa)i;
             return 0;
@@ -283,10 +596,10 @@ static smallmm_isa auto_isa(void)
     if (env && *env) {
         if (smallmm_isa_parse(env, &want) == 0 && smallmm_isa_supported(want))
             return want;
-        log_warn("LORAD_ISA=%s: not one of portable, avx2, avx512, avx512bf16 that this CPU "
-                 "runs; choosing the best one", env);
+        log_warn("LORAD_ISA=%s: not one of portable, avx2, avx512, avx512bf16, amx that this "
+                 "CPU runs; choosing the best one", env);
     }
-    for (int i = SMALLMM_AVX512BF16; i > SMALLMM_PORTABLE; i--)
+    for (int i = SMALLMM_AMX; i > SMALLMM_PORTABLE; i--)
         if (smallmm_isa_supported((smallmm_isa)i))
             return (smallmm_isa)i;
     return SMALLMM_PORTABLE;
@@ -650,14 +963,14 @@ static void scratch_give_back(xop_scratch *b)
     free(atomic_exchange(&xop_cache, b));
 }
 
-/* How a job's X is read: 3 zero-padded to whole Q8 blocks, 2 packed for the outer-product
- * tiles, 1 in the BF16 even/odd order, 0 as it is. */
+/* How a job's X is read: 4 split for the AMX tiles, 3 zero-padded to whole Q8 blocks, 2
+ * packed for the outer-product tiles, 1 in the BF16 even/odd order, 0 as it is. */
 static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
     if (jb->m.type == WT_Q8)
         return 3;
     if (jb->m.type == WT_F32P)
-        return 0;
+        return k->amx_rows && jb->n >= k->amx_rows ? 4 : 0;
     if (smallmm_outer_group(k->vl, jb->n, in))
         return 2;
     return jb->m.type == WT_BF16 && jb->n <= k->eo_rows;
@@ -666,6 +979,10 @@ static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
     switch (xop_kind(k, jb, in)) {
+#ifdef SMALLMM_X86
+    case 4:  /* and up to 15 floats to start on a cache line */
+        return (amx_x_halves(jb->n, in) + 1) / 2 + 15;
+#endif
     case 3:
         return (size_t)jb->n * (size_t)wtensor_q8_blocks(in) * WT_Q8_BLOCK;
     case 2: {
@@ -731,6 +1048,13 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
             if (from[k] != k)
                 continue;
             int kind = xop_kind(ps.k, &jobs[k], in);
+#ifdef SMALLMM_X86
+            if (kind == 4) {  /* on a cache line: a tile's rows of 64 bytes each one line */
+                float *a = buf + used + (-(uintptr_t)(buf + used) / sizeof(float) & 15);
+                xop[k] = a;
+                amx_prepare(jobs[k].x, jobs[k].n, in, (uint16_t *)(void *)a);
+            } else
+#endif
             if (kind == 3)
                 (ps.k->q8_prep ? ps.k->q8_prep : q8x_prepare)(jobs[k].x, jobs[k].n, in,
                                                               buf + used);

@@ -71,6 +71,8 @@ typedef enum {
     SMALLMM_AVX2,          /* AVX2 + FMA, 8-float vectors */
     SMALLMM_AVX512,        /* AVX-512 F/BW/DQ/VL, 16-float vectors */
     SMALLMM_AVX512BF16,    /* the same, BF16 weights × one or two rows in vdpbf16ps */
+    SMALLMM_AMX,           /* the same, F32P products of many rows on AMX tiles (AMX-BF16,
+                            * F32 split exactly into three BF16: the error of F32) */
 } smallmm_isa;
 
 /* 1 when this CPU (and this build) can run isa. Thread-safe. */
@@ -83,7 +85,8 @@ int smallmm_set_isa(smallmm_isa isa);
 /* The kernels in use (chosen on first use when nobody set them). */
 smallmm_isa smallmm_get_isa(void);
 
-/* "portable", "avx2", "avx512", "avx512bf16" ("auto" for SMALLMM_AUTO); parse: -1 for anything else. */
+/* "portable", "avx2", "avx512", "avx512bf16", "amx" ("auto" for SMALLMM_AUTO); parse: -1 for
+ * anything else. */
 const char *smallmm_isa_name(smallmm_isa isa);
 int smallmm_isa_parse(const char *s, smallmm_isa *isa);
 

@@ -1159,9 +1159,9 @@ static void K(tb_cols)(const smallmm_tb *jb, int c0, int c1)
 
 #if KVNNI
 static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS,
-                                           K(q8v_prepare)};
+                                           K(q8v_prepare), 0};
 #else
-static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS, NULL};
+static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS, NULL, 0};
 #endif
 #undef K_EO_ROWS
 

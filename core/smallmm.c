@@ -258,25 +258,36 @@ typedef struct {
 static inline int amx_np(int n) { return (n + 15) / 16 * 16; }
 static inline int amx_in32(int in) { return (in + 31) / 32 * 32; }
 
-/* uint16 of X's three planes (h, m, l), each [amx_np(n), amx_in32(in)] BF16 row-major,
- * zero past row n and element in. */
+/* uint16 of X's three planes (h, m, l), each amx_np(n) rows of amx_in32(in) BF16, zero
+ * past row n and element in, laid out as amx_x_at says. */
 static size_t amx_x_halves(int n, int in)
 {
     return 3 * (size_t)amx_np(n) * (size_t)amx_in32(in);
+}
+
+/* Where element k (a multiple of 16) of row i of plane lev of X's planes is: the planes
+ * tile by tile in the order the products read them — block of 32 elements, then tile of 16
+ * rows, then plane — each tile 16 rows of 64 bytes, one contiguous KB. Against each plane
+ * row-major (a tile's rows 1.1 or 3 KB apart), the 1536 × 576 product of 32 / 64 rows,
+ * two threads from memory, 3 rounds: 193-195 / 304-310 µs against 200-206 / 338-348; in
+ * a decode step (bench_batch --quick, alternated, 3 rounds) 32 rows 33.0-34.1 ms against
+ * 33.6-35.9, 48 rows 42.6-47.5 against 43.8-48.3, 64 rows within the noise. */
+static inline size_t amx_x_at(int n, int k, int i, int lev)
+{
+    int nt = (n + 15) / 16;
+    return ((((size_t)(k / 32) * nt + i / 16) * 3 + lev) * 16 + i % 16) * 32 + k % 32;
 }
 
 /* X [n, in] split into its three planes at out (amx_x_halves). */
 static void amx_prepare(const float *x, int n, int in, uint16_t *out)
 {
     int in32 = amx_in32(in);
-    size_t plane = (size_t)amx_np(n) * in32;
     const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
-    size_t pad = plane - (size_t)n * in32;   /* the rows past n */
-    for (int lev = 0; lev < 3; lev++)
-        memset(out + lev * plane + (size_t)n * in32, 0, sizeof *out * pad);
+    for (int k = 0; n % 16 && k < in32; k += 32)   /* the last tile's rows past n */
+        for (int lev = 0; lev < 3; lev++)
+            memset(out + amx_x_at(n, k, n, lev), 0, sizeof *out * 32 * (size_t)(-n & 15));
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * in;
-        uint16_t *o = out + (size_t)i * in32;
         for (int k = 0; k < in32; k += 16) {
             __mmask16 live = in - k >= 16 ? 0xffff
                              : in > k     ? (__mmask16)((1u << (in - k)) - 1)
@@ -288,7 +299,7 @@ static void amx_prepare(const float *x, int n, int in, uint16_t *out)
                 _mm512_castsi512_ps(r), _mm512_castsi512_ps(_mm512_and_si512(r, top))));
             __m512i part[3] = {v, r, l};   /* h, m, l: each one's upper 16 bits */
             for (int q = 0; q < 3; q++)
-                _mm256_storeu_si256((__m256i *)(o + q * plane + k),
+                _mm256_storeu_si256((__m256i *)(out + amx_x_at(n, k, i, q)),
                                     _mm512_cvtepi32_epi16(_mm512_srli_epi32(part[q], 16)));
         }
     }
@@ -346,8 +357,7 @@ amx_split(const float *pd, int in, int k, uint16_t wb[3][512], int j0, int j1)
 }
 
 /* The tile of X (plane lev, rows 16·t..) at elements xk into tile T. */
-#define AMX_X(T, t, lev) _tile_loadd(T, xk + (size_t)(t) * 16 * in32 + (size_t)(lev) * plane, \
-                                     (long)in32 * 2)
+#define AMX_X(T, t, lev) _tile_loadd(T, xk + ((size_t)(t) * 3 + (lev)) * 512, 64)
 
 /* Rows [lo, hi) of an F32P product (lo a multiple of 16) from X split at xp (amx_prepare),
  * up to 64 rows of X at a time: one sweep of a panel keeps their tiles of Y in tiles
@@ -363,7 +373,6 @@ static void amx_rows(const smallmm_xmt *jb, const uint16_t *xp, int in, int lo, 
     }
     _tile_loadconfig(&cfg);
     int in32 = amx_in32(in), n = jb->n;
-    size_t plane = (size_t)amx_np(n) * in32;
     _Alignas(64) uint16_t wbs[2][3][512];
     _Alignas(64) float acc[4][256];
     const float *w = jb->m.data;
@@ -391,7 +400,7 @@ static void amx_rows(const smallmm_xmt *jb, const uint16_t *xp, int in, int lo, 
 #define AMX_SPLIT(j0, j1)                                                                      \
     if (more)                                                                                  \
         amx_split(pd, in, k + 32, nwb, j0, j1);
-                const uint16_t *xk = xp + (size_t)i0 * in32 + k;
+                const uint16_t *xk = xp + amx_x_at(n, k, i0, 0);
                 if (nt == 1) {  /* accumulators 0 1 2, X in 3 and 7 */
                     AMX_X(3, 0, 0);
                     _tile_dpbf16ps(0, 3, 4);

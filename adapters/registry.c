@@ -388,15 +388,17 @@ static void load_entry(registry *r, entry *e)
  * window the share is exact 2 s after the traffic changed, whatever the speed.
  *
  * Why nearly all: a decode step reads every weight it uses once for all its rows. Rows on
- * W' and rows on anything else in one step read both W' and W — twice the bytes of a
- * step that is bound by reading them — while what the merge saves is only the adapter's
+ * W' and rows on anything else in one step would read both W' and W — twice the bytes of
+ * a step that is bound by reading them — while what the merge saves is only the adapter's
  * own A and B and its two thin products per row (for a rank-16 adapter on all seven
  * projections of SmolLM2-135M: 3.6% of the bytes, ~2% of the flops). So W' pays only in
- * steps where the adapter's rows are alone: with k rows decoding at a share p that is p^k
- * of the steps, and p^k · 3.6% must beat (1 − p^k) · 100%, i.e. p^k > 0.965. One client
- * (k = 1) on one adapter: merge (then TPOT equals the base's); a crowd shared with anyone
- * else: never. MERGE_ON = 0.98 stays on the safe side of that for k = 1; the gap to
- * MERGE_OFF keeps a W' from being built and dropped over and over.
+ * steps where the adapter's rows are alone, and the engine takes it in no other
+ * (merged_alone: engine.c, "W' only alone"): with k rows decoding at a share p those are
+ * p^k of the steps, and a W' that saves 3.6% of a few steps is not worth its build (a
+ * tenth of a core for seconds) and its memory (a second copy of every matrix it touches).
+ * One client (k = 1) on one adapter: merge (then TPOT equals the base's); a crowd shared
+ * with anyone else: never. MERGE_ON = 0.98; the gap to MERGE_OFF keeps a W' from being
+ * built and dropped over and over.
  *
  * W' is built on the registry's merge thread (not the loader: adapter loads must not wait
  * seconds behind it), paced to MERGE_DUTY of a core (variant_merge_paced), so the engine's

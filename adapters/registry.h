@@ -116,9 +116,9 @@ const lora_weights *registry_adapter_weights(const registry_adapter *a);
 const variant *registry_adapter_merged(const registry_adapter *a);   /* NULL unless merged */
 
 /* The merged W' for a new request on a alone at weight 1, or NULL (not merged, or being
- * dropped by --merge auto): a request that gets one uses it to its end and then calls
- * registry_done_merged (before registry_release); W' lives until then. A request keeps
- * the path it started on, so its output never changes rounding halfway. */
+ * dropped by --merge auto): a request that gets one may run on it to its end (the engine
+ * takes it in the steps whose every row is on it: engine_request.merged_alone) and then
+ * calls registry_done_merged (before registry_release); W' lives until then. */
 const variant *registry_use_merged(registry *r, registry_adapter *a);
 void registry_done_merged(registry *r, registry_adapter *a);
 

@@ -27,6 +27,7 @@ struct seq {
     int last;             /* last sampled token, input of the next decode step */
     int slot;             /* index in slots while running */
     int chunk;            /* prompt rows this step feeds */
+    const variant *w;     /* the merged W' this step runs it on (NULL: base + req.lora) */
     kv_cache kv;          /* its blocks; none unless running */
     sampler *smp;         /* from its first admission on, kept across preemptions (a
                            * seeded RNG continues where it was) */
@@ -265,6 +266,9 @@ static int check_request(const engine *e, const engine_request *req, lr_error *e
         return err ? err->code : LR_EINVAL;
     if (req->merged && req->merged->n_layers != c->n_layers)
         return lr_error_set(err, LR_EINVAL, "merged weights are for another model");
+    if (req->merged_alone && (!req->merged || !req->lora))
+        return lr_error_set(err, LR_EINVAL, "merged_alone needs both merged weights and "
+                            "their adapter");
     if (req->lora) {
         if (req->lora->n < 0 || req->lora->n > VARIANT_MAX_TERMS)
             return lr_error_set(err, LR_EINVAL, "an adapter mix has %d terms (at most %d)",
@@ -461,9 +465,9 @@ static void admit(engine *e)
 static int cmp_batch(const void *a, const void *b)
 {
     const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
-    if (x->req.merged != y->req.merged)
-        return (uintptr_t)x->req.merged < (uintptr_t)y->req.merged ? -1 : 1;
-    int c = variant_mix_cmp(x->req.lora, y->req.lora);
+    if (x->w != y->w)
+        return (uintptr_t)x->w < (uintptr_t)y->w ? -1 : 1;
+    int c = x->w ? 0 : variant_mix_cmp(x->req.lora, y->req.lora);
     if (c)
         return c;
     return x->id < y->id ? -1 : x->id > y->id;
@@ -654,6 +658,24 @@ int engine_step(engine *e, lr_error *err)
         publish(e, 0);
         return engine_running(e);
     }
+    /* W' only alone: a step reads every weight it uses once for all its rows, so a step
+     * with rows on a merged W' and rows on anything else reads W' and W — for the 135M
+     * shape 538 MB more than the adapter's A and B (19.5 MB) that W' saves, on steps that
+     * are bound by reading the weights, and as many more flops' worth of memory traffic
+     * where they are bound by the FMAs. A request that may (merged_alone) takes its W' only
+     * in steps where every row runs on that W', and its adapter on the fly in the others;
+     * the two give the same results within rounding. Without this, requests that took a
+     * W' while their adapter was alone kept it for the rest of their lives after a crowd
+     * on other adapters arrived (bench_load, 32 clients over 100 adapters on the --merge
+     * auto daemon right after its one-client case: 0.88-0.95 of --merge never). */
+    const variant *only = e->order[0]->req.merged;
+    for (int k = 1; k < n && only; k++)
+        if (e->order[k]->req.merged != only)
+            only = NULL;
+    for (int k = 0; k < n; k++) {
+        seq *s = e->order[k];
+        s->w = s->req.merged && (!s->req.merged_alone || only) ? s->req.merged : NULL;
+    }
     qsort(e->order, (size_t)n, sizeof *e->order, cmp_batch);
 
     for (int k = 0; k < n; k++) {
@@ -663,8 +685,8 @@ int engine_step(engine *e, lr_error *err)
         f->n_tokens = decoding ? 1 : s->chunk;
         f->tokens = decoding ? &s->last : s->prompt + s->n_fed;
         f->kv = &s->kv;
-        f->merged = s->req.merged;
-        f->lora = s->req.lora;
+        f->merged = s->w;
+        f->lora = s->w ? NULL : s->req.lora;
         /* a recompute ends without a token: its next one comes from decoding s->last */
         f->want_logits = decoding || (s->n_fed + f->n_tokens == s->n_feed && !s->n_generated);
     }

@@ -86,6 +86,10 @@ typedef struct {
     const variant *merged;      /* borrowed, or NULL; valid until on_done */
     const variant_mix *lora;    /* borrowed, or NULL; valid until on_done (the mix struct
                                  * itself too) */
+    /* 1: merged (set, with lora its adapter at weight 1) serves only the steps whose every
+     * row runs on it; in the others the request's rows take lora on the fly (see
+     * engine.c, "W' only alone") */
+    int merged_alone;
     engine_token_fn on_token;
     engine_done_fn on_done;
     void *user;

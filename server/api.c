@@ -923,8 +923,9 @@ static job *start_job(app *a, const api_request *rq, int chat, api_reply *out)
         j->alone = j->held[0];
         req.merged = registry_use_merged(a->reg, j->held[0]);
         j->uses_merged = req.merged != NULL;
+        req.merged_alone = j->uses_merged;
     }
-    if (j->mix.n && !req.merged)
+    if (j->mix.n)
         req.lora = &j->mix;
     j->refs = 2;   /* the engine's, dropped in on_done */
     int rc = engine_submit(a->eng, &req, &j->engine_id, &err);

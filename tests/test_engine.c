@@ -133,6 +133,7 @@ typedef struct {
     sampler_params sp;
     const variant *merged;
     const variant_mix *lora;
+    int merged_alone;
 } job;
 
 /* A greedy job on a random prompt of length n (ids in [3, VOCAB)). */
@@ -163,6 +164,7 @@ static engine_request make_request(const job *j, collector *c)
     r.ignore_eos = j->ignore_eos;
     r.merged = j->merged;
     r.lora = j->lora;
+    r.merged_alone = j->merged_alone;
     r.on_token = on_token;
     r.on_done = on_done;
     r.user = c;
@@ -454,6 +456,49 @@ START_TEST(test_merged_equals_on_the_fly_for_each_adapter)
     j.merged = g.merged1;
     run_alone(g.m, &j, &merged);
     assert_same(&fly, &merged, 1e-4f, "adapter 1 merged vs on the fly");
+}
+END_TEST
+
+/* merged_alone: the request takes its W' only in steps whose every row runs on that W',
+ * and its adapter on the fly in the others. Here the W' is adapter 2's and the adapter is
+ * adapter 1 — not the same on purpose — so the tokens tell which one served each step. */
+START_TEST(test_merged_alone_takes_w_only_in_steps_where_every_row_is_on_it)
+{
+    job j = make_job(8, 66, 12);
+    j.merged = g.merged2;
+    j.lora = &g.mix1;
+    j.merged_alone = 1;
+    job on_w = j, on_a1 = j;
+    on_w.lora = NULL;
+    on_w.merged_alone = 0;
+    on_a1.merged = NULL;
+    on_a1.merged_alone = 0;
+    static collector got, want_w, want_a1, two[2];
+    run_alone(g.m, &on_w, &want_w);
+    run_alone(g.m, &on_a1, &want_a1);
+    ck_assert_msg(max_lp_diff(&want_w, &want_a1) > 1e-2f, "the two adapters look alike");
+
+    run_alone(g.m, &j, &got);
+    assert_same(&got, &want_w, 0.0f, "alone: on W'");
+
+    job both[2] = {j, j};   /* two rows, both on the same W': W' */
+    both[1].prompt[0] = 3 + (both[1].prompt[0] - 3 + 1) % (VOCAB - 3);
+    run_together(both, 2, NULL, 2, 0, two);
+    assert_same(&two[0], &want_w, 1e-4f, "beside another request on the same W': on W'");
+
+    job crowd[2] = {j, make_job(5, 77, 20)};   /* a base request runs through all its steps */
+    run_together(crowd, 2, NULL, 2, 0, two);
+    assert_same(&two[0], &want_a1, 1e-4f, "beside a base request: its adapter on the fly");
+
+    job bad = j;   /* merged_alone needs both */
+    bad.lora = NULL;
+    engine *e = new_engine(g.m, 0, 0);
+    engine_request r = make_request(&bad, &got);
+    lr_error err = {0};
+    uint64_t id;
+    ck_assert_int_eq(engine_submit(e, &r, &id, &err), LR_EINVAL);
+    ck_assert_msg(strstr(err.msg, "merged_alone") != NULL, "%s", err.msg);
+    engine_destroy(e);
 }
 END_TEST
 
@@ -1445,6 +1490,7 @@ static Suite *engine_suite(void)
     tcase_add_test(core, test_batch_invariance_in_crowds_of_24_and_80_sequences);
     tcase_add_test(core, test_merged_equals_on_the_fly_for_each_adapter);
     tcase_add_test(core, test_merged_mix_equals_on_the_fly_mix);
+    tcase_add_test(core, test_merged_alone_takes_w_only_in_steps_where_every_row_is_on_it);
     tcase_add_test(core, test_greedy_token_is_top_logprob_and_logprobs_are_normalized);
     tcase_add_test(core, test_finishes_with_length_after_exactly_max_tokens);
     tcase_add_test(core, test_token_callback_returning_nonzero_finishes_with_stop);

@@ -1,12 +1,13 @@
 /* bench_batch: the cost of one decode step against the number of sequences decoding
- * together, on the base and on 8 different adapters, each printed beside its roofline
- * bound — max(bytes read ÷ read bandwidth, flops ÷ FMA peak) — both measured just before
- * each row count's runs in every repetition (the shared machine's bandwidth moves by 1.6x).
- * Uses the random SmolLM2-135M-shaped model and rank-16 adapters that `bench_engine
- * --prepare` writes. Usage: bench_batch [WORKDIR] [--quick] [--rows N,N,...] [--steps N]
- * [--tsv FILE] [--profile] (--steps: timed steps per run, default 12, e.g. many for
- * profiling one row count; --tsv: the table, tab-separated, for tools/plot_bench.py;
- * --profile: also where each step's time goes, phase by phase — engine_set_profile). */
+ * together, on the base and on 8 different adapters (--adapters N: N of them), each
+ * printed beside its roofline bound — max(bytes read ÷ read bandwidth, flops ÷ FMA peak)
+ * — both measured just before each row count's runs in every repetition (the shared
+ * machine's bandwidth moves by 1.6x). Uses the random SmolLM2-135M-shaped model and
+ * rank-16 adapters that `bench_engine --prepare` writes. Usage: bench_batch [WORKDIR]
+ * [--quick] [--rows N,N,...] [--steps N] [--tsv FILE] [--profile] [--adapters N]
+ * (--steps: timed steps per run, default 12, e.g. many for profiling one row count;
+ * --tsv: the table, tab-separated, for tools/plot_bench.py; --profile: also where each
+ * step's time goes, phase by phase — engine_set_profile). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,7 @@
 #include "bench/benchutil.h"
 
 #define MAX_SEQS 64
-#define N_ADAPTERS 8
+#define MAX_ADAPTERS MAX_SEQS
 #define PROMPT 16
 
 typedef struct {
@@ -102,7 +103,7 @@ int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
     const char *work = "build/bench-data", *tsv = NULL;
-    int quick = 0, steps = 0, profile = 0;
+    int quick = 0, steps = 0, profile = 0, n_ad = 8;
     static forward_profile prof[2][32];   /* [adapters][row count] */
     int rows[32] = {1, 2, 4, 8, 12, 16, 17, 24, 32, 48, 64}, n_rows = 11;
     for (int i = 1; i < argc; i++) {
@@ -116,6 +117,12 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--tsv") == 0 && i + 1 < argc) {
             tsv = argv[++i];
+        } else if (strcmp(argv[i], "--adapters") == 0 && i + 1 < argc) {
+            n_ad = atoi(argv[++i]);
+            if (n_ad < 1 || n_ad > MAX_ADAPTERS) {
+                fprintf(stderr, "bench: --adapters takes 1..%d\n", MAX_ADAPTERS);
+                return 2;
+            }
         } else if (strcmp(argv[i], "--profile") == 0) {
             profile = 1;
         } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
@@ -142,11 +149,11 @@ int main(int argc, char **argv)
         return 1;
     }
     const model_config *c = &m->cfg;
-    /* 8 adapters, each its own copy in memory (the two files loaded 4 times each), so a
-     * step really reads 8 sets of A and B. */
-    peft_adapter *ad[N_ADAPTERS];
-    variant_mix mixes[N_ADAPTERS];
-    for (int i = 0; i < N_ADAPTERS; i++) {
+    /* n_ad adapters (--adapters, default 8), each its own copy in memory (the two files
+     * loaded n_ad / 2 times each), so a step really reads n_ad sets of A and B. */
+    peft_adapter *ad[MAX_ADAPTERS];
+    variant_mix mixes[MAX_ADAPTERS];
+    for (int i = 0; i < n_ad; i++) {
         if (!(ad[i] = peft_load(adir[i % 2], c, NULL, &err))) {
             fprintf(stderr, "bench: %s\n", err.msg);
             return 1;
@@ -193,7 +200,7 @@ int main(int argc, char **argv)
             /* alternate which case runs first, so drift hits both alike */
             for (int c2 = 0; c2 < 2; c2++) {
                 int adapters = (c2 + r) % 2;
-                double t = time_steps(e, rows[k], mixes, adapters ? N_ADAPTERS : 0, steps,
+                double t = time_steps(e, rows[k], mixes, adapters ? n_ad : 0, steps,
                                       prompt, profile && (r > 0 || reps == 1)
                                                   ? &prof[adapters][k] : NULL);
                 if (t < 0)
@@ -223,13 +230,16 @@ int main(int argc, char **argv)
     printf("bound = max(bytes / bandwidth, flops / peak) per step with the measurements next "
            "to the run; 'of bound' = the median over repetitions of bound / step time; 'bound "
            "ms' the median bound\n\n");
+    char ad_ms[16], ad_ratio[16];
+    snprintf(ad_ms, sizeof ad_ms, "%d ad. ms", n_ad);
+    snprintf(ad_ratio, sizeof ad_ratio, "%d ad/base", n_ad);
     printf("%5s | %10s %10s %9s %9s | %10s %10s %9s %9s | %8s\n", "rows", "base ms", "bound ms",
-           "of bound", "tok/s", "8 ad. ms", "bound ms", "of bound", "tok/s", "8 ad/base");
+           "of bound", "tok/s", ad_ms, "bound ms", "of bound", "tok/s", ad_ratio);
     FILE *tf = tsv ? fopen(tsv, "w") : NULL;
     if (tf)
         fprintf(tf, "rows\tbase_ms\tbase_bound_ms\tadapters_ms\tadapters_bound_ms\n");
     for (int k = 0; k < n_rows; k++) {
-        int n = rows[k], distinct = n < N_ADAPTERS ? n : N_ADAPTERS;
+        int n = rows[k], distinct = n < n_ad ? n : n_ad;
         double tb = bench_median(t_base[k], reps), ta = bench_median(t_ad[k], reps);
         double fb = n * (2 * params + attn_flops), fa = fb + n * 2 * ad_params;
         double bb = base_bytes, ba = base_bytes + distinct * ad_params * sizeof(float);
@@ -255,7 +265,7 @@ int main(int argc, char **argv)
     for (int a = 0; profile && a < 2; a++) {
         printf("\nwhere a step's time goes, %s (--profile; ms per step, the mean over the "
                "timed steps of every repetition but the first, whose steps also map the KV "
-               "cache's fresh memory)\n%5s |", a ? "8 adapters" : "base", "rows");
+               "cache's fresh memory)\n%5s |", a ? "adapters" : "base", "rows");
         for (int ph = 0; ph < FWD_PH_COUNT; ph++)
             printf(" %9s", forward_phase_names[ph]);
         printf(" | %9s\n", "sum");
@@ -270,7 +280,7 @@ int main(int argc, char **argv)
         }
     }
     engine_destroy(e);
-    for (int i = 0; i < N_ADAPTERS; i++)
+    for (int i = 0; i < n_ad; i++)
         peft_free(ad[i]);
     model_free(m);
     return 0;

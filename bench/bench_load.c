@@ -31,7 +31,8 @@
  * A tab-separated copy of the table goes to --tsv FILE for tools/plot_bench.py.
  *
  * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] [--reps N] [--warmup S] [--window S]
- * [--max-tokens N] [--only TEXT] (--only: the cases whose name contains TEXT, no targets).
+ * [--max-tokens N] [--only TEXT] (--only: the cases whose name contains TEXT — or one of
+ * the alternatives of TEXT separated by '|' — and no targets).
  * Defaults: 5 repetitions, 3 s warm-up + 6 s window, 48 output tokens; the window is twice
  * as long for 32 and 64 clients, whose requests take 3.5-9 s (fast and slow phases of the
  * machine), so that it holds whole requests; --quick: 1, 2 s + 4 s, 32. */
@@ -465,6 +466,21 @@ static void stop_daemons(const pid_t *pid)
             waitpid(pid[d], NULL, 0);
 }
 
+/* 1 when name contains one of only's alternatives (separated by '|'). */
+static int selected(const char *name, const char *only)
+{
+    for (const char *a = only;; a++) {
+        const char *e = strchr(a, '|');
+        size_t len = e ? (size_t)(e - a) : strlen(a);
+        for (const char *n = name; len && strlen(n) >= len; n++)
+            if (strncmp(n, a, len) == 0)
+                return 1;
+        if (!e)
+            return 0;
+        a = e;
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -529,7 +545,7 @@ int main(int argc, char **argv)
      * below are taken within one repetition, then their median over repetitions. */
     int sel[N_CASES], n_sel = 0, need[N_DAEMONS] = {0};
     for (int k = 0; k < N_CASES; k++)
-        if (!only || strstr(cases[k].name, only)) {
+        if (!only || selected(cases[k].name, only)) {
             sel[n_sel++] = k;
             need[cases[k].daemon] = 1;
         }
@@ -612,7 +628,7 @@ int main(int argc, char **argv)
         fprintf(tf, "scenario\tcase\tclients\ttok_s\tttft_p50_ms\tttft_p99_ms\ttpot_p50_ms\t"
                 "tpot_p99_ms\n");
     for (int k = 0; k < N_CASES; k++) {
-        if (only && !strstr(cases[k].name, only))
+        if (only && !selected(cases[k].name, only))
             continue;
         printf("%-2d %-34s %10.1f %8.0f ms %8.0f ms %7.1f ms %7.1f ms %9d\n", cases[k].scenario,
                cases[k].name, med[k].tps, med[k].ttft50 * 1e3, med[k].ttft99 * 1e3,

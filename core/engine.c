@@ -461,7 +461,8 @@ static void admit(engine *e)
     }
 }
 
-/* Batch order: by merged variant, then by adapter mix content, then by arrival. */
+/* Batch order: by the merged W' the step runs a sequence on (seq.w), then by adapter mix
+ * content, then by arrival. */
 static int cmp_batch(const void *a, const void *b)
 {
     const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
@@ -660,9 +661,10 @@ int engine_step(engine *e, lr_error *err)
     }
     /* W' only alone: a step reads every weight it uses once for all its rows, so a step
      * with rows on a merged W' and rows on anything else reads W' and W — for the 135M
-     * shape 538 MB more than the adapter's A and B (19.5 MB) that W' saves, on steps that
-     * are bound by reading the weights, and as many more flops' worth of memory traffic
-     * where they are bound by the FMAs. A request that may (merged_alone) takes its W' only
+     * shape 538 MB more than the adapter's A and B (19.5 MB) that W' saves, twice the
+     * weight traffic of a step bound by reading the weights (and in a step bound by the
+     * FMAs, its rows split between two copies of every matrix, each product of fewer rows
+     * and one more pass over memory). A request that may (merged_alone) takes its W' only
      * in steps where every row runs on that W', and its adapter on the fly in the others;
      * the two give the same results within rounding. Without this, requests that took a
      * W' while their adapter was alone kept it for the rest of their lives after a crowd

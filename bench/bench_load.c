@@ -472,9 +472,8 @@ static int selected(const char *name, const char *only)
     for (const char *a = only;; a++) {
         const char *e = strchr(a, '|');
         size_t len = e ? (size_t)(e - a) : strlen(a);
-        for (const char *n = name; len && strlen(n) >= len; n++)
-            if (strncmp(n, a, len) == 0)
-                return 1;
+        if (len && memmem(name, strlen(name), a, len))
+            return 1;
         if (!e)
             return 0;
         a = e;

@@ -1,6 +1,7 @@
-/* huge_alloc, huge_free: see hugemem.h. */
+/* huge_alloc, huge_free, huge_cache: see hugemem.h. */
 #include "hugemem.h"
 
+#include <string.h>
 #include <sys/mman.h>
 
 void *huge_alloc(size_t bytes)
@@ -16,4 +17,77 @@ void huge_free(void *p, size_t bytes)
 {
     if (p)
         munmap(p, bytes);
+}
+
+/* Removes block i from c, oldest-first order kept. Under c->mu. */
+static void cache_remove(huge_cache *c, int i)
+{
+    c->bytes -= c->cap[i];
+    memmove(c->p + i, c->p + i + 1, (size_t)(c->n - i - 1) * sizeof *c->p);
+    memmove(c->cap + i, c->cap + i + 1, (size_t)(c->n - i - 1) * sizeof *c->cap);
+    c->n--;
+}
+
+void *huge_cache_take(huge_cache *c, size_t bytes, size_t *cap)
+{
+    pthread_mutex_lock(&c->mu);
+    int best = -1;
+    for (int i = 0; i < c->n; i++)
+        if (c->cap[i] >= bytes && c->cap[i] / 2 <= bytes &&
+            (best < 0 || c->cap[i] < c->cap[best]))
+            best = i;
+    void *p = NULL;
+    if (best >= 0) {
+        p = c->p[best];
+        *cap = c->cap[best];
+        cache_remove(c, best);
+    }
+    pthread_mutex_unlock(&c->mu);
+    /* a W' is made read-only once written (variant.c) */
+    if (p && mprotect(p, *cap, PROT_READ | PROT_WRITE) != 0) {
+        huge_free(p, *cap);
+        p = NULL;
+    }
+    return p;
+}
+
+void huge_cache_put(huge_cache *c, void *p, size_t cap)
+{
+    if (!p)
+        return;
+    void *drop[HUGE_CACHE_MAX + 1];
+    size_t drop_cap[HUGE_CACHE_MAX + 1];
+    int n_drop = 0;
+    pthread_mutex_lock(&c->mu);
+    if (cap > c->max_bytes || c->max_n < 1) {
+        drop[n_drop] = p;
+        drop_cap[n_drop++] = cap;
+    } else {
+        while (c->n > 0 && (c->n >= c->max_n || c->bytes + cap > c->max_bytes)) {
+            drop[n_drop] = c->p[0];
+            drop_cap[n_drop++] = c->cap[0];
+            cache_remove(c, 0);
+        }
+        c->p[c->n] = p;
+        c->cap[c->n++] = cap;
+        c->bytes += cap;
+    }
+    pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < n_drop; i++)   /* munmap outside the lock */
+        huge_free(drop[i], drop_cap[i]);
+}
+
+void huge_cache_drain(huge_cache *c)
+{
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        void *p = c->n ? c->p[0] : NULL;
+        size_t cap = c->n ? c->cap[0] : 0;
+        if (p)
+            cache_remove(c, 0);
+        pthread_mutex_unlock(&c->mu);
+        if (!p)
+            return;
+        huge_free(p, cap);
+    }
 }

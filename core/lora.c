@@ -2,7 +2,6 @@
  * (layer, projection); every A and B is its own allocation, owned by the table. */
 #include "lora.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 
 #include "hugemem.h"
@@ -28,54 +27,10 @@ lora_weights *lora_weights_new(int n_layers)
 /* Freed arenas kept for the next adapter: a fresh mapping costs a page fault and the
  * zeroing of every page on first touch (on the 2-core VM, a third of an upload's time:
  * the daemon's uploads and LRU reloads come in a steady stream), a reused one nothing.
- * At most ARENA_CACHE_N arenas and ARENA_CACHE_BYTES in all; contents are stale (every
- * float is written before it is read: lora_weights_alloc hands out only what peft_load
- * fills). Process-wide, any thread. */
-#define ARENA_CACHE_N 8
-#define ARENA_CACHE_BYTES ((size_t)256 << 20)
-
-static struct {
-    pthread_mutex_t mu;
-    float *p[ARENA_CACHE_N];
-    size_t cap[ARENA_CACHE_N];  /* floats */
-    int n;
-    size_t bytes;
-} cache = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static void arena_put(float *p, size_t cap)
-{
-    pthread_mutex_lock(&cache.mu);
-    if (cache.n < ARENA_CACHE_N && cache.bytes + cap * sizeof(float) <= ARENA_CACHE_BYTES) {
-        cache.p[cache.n] = p;
-        cache.cap[cache.n++] = cap;
-        cache.bytes += cap * sizeof(float);
-        p = NULL;
-    }
-    pthread_mutex_unlock(&cache.mu);
-    if (p)
-        huge_free(p, cap * sizeof(float));
-}
-
-/* The smallest cached arena of n .. 2n floats, or NULL. */
-static float *arena_take(size_t n, size_t *cap)
-{
-    pthread_mutex_lock(&cache.mu);
-    int best = -1;
-    for (int i = 0; i < cache.n; i++)
-        if (cache.cap[i] >= n && cache.cap[i] / 2 <= n &&
-            (best < 0 || cache.cap[i] < cache.cap[best]))
-            best = i;
-    float *p = NULL;
-    if (best >= 0) {
-        p = cache.p[best];
-        *cap = cache.cap[best];
-        cache.bytes -= *cap * sizeof(float);
-        cache.p[best] = cache.p[--cache.n];
-        cache.cap[best] = cache.cap[cache.n];
-    }
-    pthread_mutex_unlock(&cache.mu);
-    return p;
-}
+ * At most 8 arenas and 256 MiB in all; contents are stale (every float is written before
+ * it is read: lora_weights_alloc hands out only what peft_load fills). Process-wide, any
+ * thread. */
+static huge_cache arenas = HUGE_CACHE_INIT(8, (size_t)256 << 20);
 
 static int in_arena(const lora_weights *w, const float *p)
 {
@@ -94,7 +49,7 @@ void lora_weights_free(lora_weights *w)
             free(w->m[i].bt);
     }
     if (w->arena)
-        arena_put(w->arena, w->arena_cap);
+        huge_cache_put(&arenas, w->arena, w->arena_cap * sizeof(float));
     free(w->m);
     free(w);
 }
@@ -104,10 +59,10 @@ int lora_weights_reserve(lora_weights *w, size_t n)
     if (w->arena || n == 0)
         return w->arena ? -1 : 0;
     size_t cap = 0;
-    float *reused = arena_take(n, &cap);
+    float *reused = huge_cache_take(&arenas, n * sizeof(float), &cap);
     if (reused) {
         w->arena = reused;
-        w->arena_cap = cap;
+        w->arena_cap = cap / sizeof(float);
         w->arena_used = 0;
         return 0;
     }

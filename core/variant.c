@@ -59,6 +59,14 @@ static double mono_seconds(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The memory of the last W' freed, kept for the next merge: --merge auto drops a W' when
+ * its adapter's share falls and builds one again when it rises, --merge always builds one
+ * per adapter loaded after an eviction; each would otherwise be backed again page by page
+ * (hugemem.h: 1-2 s for a 425 MB W' in a VM with free page reporting). One block, of any
+ * size; a merge that cannot use it frees it first, so at most one W' is kept beside the
+ * ones in use. */
+static huge_cache spare = HUGE_CACHE_INIT(1, (size_t)-1);
+
 variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err)
 {
     return variant_merge_paced(m, mix, 1.0, err);
@@ -103,7 +111,12 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     v->bytes = total;
     if (total == 0)
         return v;
-    void *arena = huge_alloc(total);
+    size_t cap = total;
+    void *arena = huge_cache_take(&spare, total, &cap);
+    if (!arena) {
+        huge_cache_drain(&spare);   /* a kept W' of another size: not held beside a new one */
+        arena = huge_alloc(total);
+    }
     if (!arena) {
         lr_error_set(err, LR_ENOMEM, "cannot allocate %zu MB for merged weights", total >> 20);
         goto fail;
@@ -112,7 +125,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
      * that streamed W' took 5-10% longer than one streaming W, so "merged adds no
      * latency" did not hold */
     v->arena = arena;
-    v->arena_bytes = total;
+    v->arena_bytes = cap;
     /* The sum is made in F32 in a row-major staging matrix, then laid out in panels (F32P)
      * or rounded once (BF16, Q8): a model's matrices are never row-major F32. After it,
      * room for an adapter's A laid out row-major for the GEMM (lora.h may hold it in
@@ -171,7 +184,7 @@ void variant_free(variant *v)
     if (!v)
         return;
     if (v->arena)
-        huge_free(v->arena, v->arena_bytes);
+        huge_cache_put(&spare, v->arena, v->arena_bytes);
     free(v->w);
     free(v);
 }

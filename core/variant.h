@@ -54,7 +54,9 @@ variant *variant_merge(const model *m, const variant_mix *mix, lr_error *err);
  * decoding engine takes that share of the CPU from it (--merge auto builds at 0.1). */
 variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty,
                              lr_error *err);
-void variant_free(variant *v);  /* accepts NULL */
+/* Frees v (accepts NULL). The memory of its W' is kept for the next merge (variant.c:
+ * one block, process-wide), as lora.c keeps adapters' arenas. */
+void variant_free(variant *v);
 
 /* Weight to use for (layer, p): W' when v has one, else the base W. v may be NULL. */
 const wtensor *variant_weight(const model *m, const variant *v, int layer, model_proj p);

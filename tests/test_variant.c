@@ -293,6 +293,58 @@ START_TEST(test_paced_merge_equals_merge_bit_for_bit)
 }
 END_TEST
 
+/* Every matrix of two W' of the same mix: data and padding (and Q8 scales) byte for byte. */
+static void check_same_merge(const variant *x, const variant *y)
+{
+    wt_type type = model_matrix_type(g.m);
+    for (int l = 0; l < LAYERS; l++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            const wtensor *wx = &x->w[l * PROJ_COUNT + p], *wy = &y->w[l * PROJ_COUNT + p];
+            ck_assert_msg(memcmp(wx->data, wy->data,
+                                 wtensor_data_bytes(type, proj_out[p], proj_in[p])) == 0,
+                          "layer %d projection %d differs from a fresh merge", l, p);
+            size_t sb = wtensor_scale_bytes(type, proj_out[p], proj_in[p]);
+            ck_assert(sb == 0 || memcmp(wx->scale, wy->scale, sb) == 0);
+        }
+}
+
+/* variant.c keeps the memory of the last W' freed for the next merge. A W' built there
+ * (over another mix's W') equals one built in fresh memory, byte for byte over every
+ * matrix's data and padding: nothing of the old W' shows through; so does a smaller W'
+ * built in the larger block. */
+START_TEST(test_a_merge_in_a_freed_w_prime_memory_equals_a_fresh_one)
+{
+    variant_mix mix1 = {.n = 1, .t = {{g.ad1, 1.0f}}};
+    variant_mix mix12 = {.n = 2, .t = {{g.ad1, 0.6f}, {g.ad2, -0.8f}}};
+    lr_error err = {0};
+    /* a takes the kept block if there is one; then none is kept and b is fresh memory */
+    variant *a = variant_merge(g.m, &mix1, &err), *b = variant_merge(g.m, &mix12, &err);
+    ck_assert_msg(a && b, "variant_merge: %s", err.msg);
+    ck_assert_uint_eq(a->bytes, b->bytes);   /* both touch every projection */
+    const void *a_mem = a->arena;
+    variant_free(a);                          /* kept, holding mix1's W' */
+    variant *c = variant_merge(g.m, &mix12, &err);
+    ck_assert_msg(c != NULL, "variant_merge: %s", err.msg);
+    ck_assert_msg(c->arena == a_mem, "the freed W' memory was not reused");
+    check_same_merge(b, c);
+    check_merged(c, &mix12, "in reused memory");
+    variant_free(c);                          /* kept again */
+    variant_mix two = {.n = 1, .t = {{g.ad2, 1.0f}}};   /* four projections: over half */
+    variant *d = variant_merge(g.m, &two, &err);
+    ck_assert_msg(d != NULL, "variant_merge: %s", err.msg);
+    ck_assert_uint_lt(d->bytes, b->bytes);
+    ck_assert_msg(d->arena == a_mem, "the freed W' memory was not reused for a smaller W'");
+    check_merged(d, &two, "in a larger reused block");
+    variant_free(d);                          /* kept: another layout, data where b pads */
+    variant *e = variant_merge(g.m, &mix12, &err);
+    ck_assert_msg(e != NULL, "variant_merge: %s", err.msg);
+    ck_assert_ptr_eq(e->arena, a_mem);
+    check_same_merge(b, e);
+    variant_free(e);
+    variant_free(b);
+}
+END_TEST
+
 /* On the fly for one group of projections that read the same X: Y_k = X W_kᵀ (float,
  * as forward computes it), then variant_small_jobs + smallmm (pool NULL or 2 threads).
  * The result must equal the float64 Y_k + Σ weight·s·(X A_kᵀ) B_kᵀ, and X W'_kᵀ with the
@@ -525,6 +577,7 @@ static Suite *variant_suite(void)
     tcase_add_test(core, test_merged_mix_is_w_plus_weighted_scaled_deltas);
     tcase_add_test(core, test_empty_mix_merges_to_the_base_weights);
     tcase_add_test(core, test_paced_merge_equals_merge_bit_for_bit);
+    tcase_add_test(core, test_a_merge_in_a_freed_w_prime_memory_equals_a_fresh_one);
     tcase_add_test(core, test_small_jobs_equal_reference_and_merged_product);
     tcase_add_test(core, test_mix_order_is_total_and_by_terms_then_adapter_then_weight);
     suite_add_tcase(s, core);

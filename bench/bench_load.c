@@ -15,6 +15,14 @@
  * Scenarios 1 and 3 also run with --merge auto; its one-client case is measured once the
  * merged W' serves (the window opens a second after /metrics shows it; the time the
  * policy and the paced build took is printed with the targets).
+ * Scenario 1 is also measured paired: one client sends every other request to the base on
+ * the --merge never daemon and the others to the adapter (on the fly, merged, or auto once
+ * merged), and each request's tokens/s (from its start) on the adapter is divided by that
+ * of the request next to it on the base. One client's speed here drifts by ±10% within
+ * seconds to minutes (44-55 tok/s across one run's repetitions), more than the ±3% the
+ * merged ÷ base target allows, so that target is the median of these pair ratios; the
+ * ratio of the separate cases is printed beside it, and the on-the-fly pairs show that the
+ * method sees a difference of a few percent.
  * The adapter directories hold 100 and 1,000 adapters whose weight files are hard links
  * to the 8 distinct generated ones (the daemon loads each name on its own: a load reads
  * the file — from the page cache — parses, converts and allocates as for any adapter).
@@ -35,7 +43,8 @@
  * the alternatives of TEXT separated by '|' — and no targets).
  * Defaults: 5 repetitions, 3 s warm-up + 6 s window, 48 output tokens; the window is twice
  * as long for 32 and 64 clients, whose requests take 3.5-9 s (fast and slow phases of the
- * machine), so that it holds whole requests; --quick: 1, 2 s + 4 s, 32. */
+ * machine), so that it holds whole requests, and for the alternating cases, so that it
+ * holds ~6 pairs; --quick: 1, 2 s + 4 s, 32. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <math.h>
@@ -68,26 +77,30 @@ typedef struct {
     int clients;
     daemon_kind daemon;
     pick_rule pick;
+    int alternate;   /* every other request goes to the base on D_MAIN instead (paired) */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"1 client, base", 1, 1, D_MAIN, PICK_BASE},
-    {"1 client, adapter on the fly", 1, 1, D_MAIN, PICK_ONE},
-    {"1 client, adapter merged", 1, 1, D_MERGED, PICK_ONE},
-    {"1 client, adapter, --merge auto", 1, 1, D_AUTO, PICK_ONE},
-    {"8 clients, base", 2, 8, D_MAIN, PICK_BASE},
-    {"8 clients, one adapter", 2, 8, D_MAIN, PICK_ONE},
-    {"8 clients, 8 adapters", 2, 8, D_MAIN, PICK_DISTINCT8},
-    {"8 clients, 8 mixes of 2", 2, 8, D_MAIN, PICK_MIX8},
-    {"32 clients, 100 adapters (Zipf)", 3, 32, D_MAIN, PICK_ZIPF},
-    {"64 clients, 100 adapters (Zipf)", 3, 64, D_MAIN, PICK_ZIPF},
-    {"32 clients, 100 adapters, auto", 3, 32, D_AUTO, PICK_ZIPF},
-    {"64 clients, 100 adapters, auto", 3, 64, D_AUTO, PICK_ZIPF},
-    {"32 clients, base", 4, 32, D_MANY, PICK_BASE},
-    {"64 clients, base", 4, 64, D_MANY, PICK_BASE},
-    {"32 clients, one adapter", 4, 32, D_MANY, PICK_ONE},
-    {"32 clients, 1000 adapters (Zipf)", 4, 32, D_MANY, PICK_ZIPF},
-    {"16 clients, 90% on one adapter", 5, 16, D_MAIN, PICK_SKEW},
+    {"1 client, base", 1, 1, D_MAIN, PICK_BASE, 0},
+    {"1 client, adapter on the fly", 1, 1, D_MAIN, PICK_ONE, 0},
+    {"1 client, adapter merged", 1, 1, D_MERGED, PICK_ONE, 0},
+    {"1 client, adapter, --merge auto", 1, 1, D_AUTO, PICK_ONE, 0},
+    {"8 clients, base", 2, 8, D_MAIN, PICK_BASE, 0},
+    {"8 clients, one adapter", 2, 8, D_MAIN, PICK_ONE, 0},
+    {"8 clients, 8 adapters", 2, 8, D_MAIN, PICK_DISTINCT8, 0},
+    {"8 clients, 8 mixes of 2", 2, 8, D_MAIN, PICK_MIX8, 0},
+    {"32 clients, 100 adapters (Zipf)", 3, 32, D_MAIN, PICK_ZIPF, 0},
+    {"64 clients, 100 adapters (Zipf)", 3, 64, D_MAIN, PICK_ZIPF, 0},
+    {"32 clients, 100 adapters, auto", 3, 32, D_AUTO, PICK_ZIPF, 0},
+    {"64 clients, 100 adapters, auto", 3, 64, D_AUTO, PICK_ZIPF, 0},
+    {"32 clients, base", 4, 32, D_MANY, PICK_BASE, 0},
+    {"64 clients, base", 4, 64, D_MANY, PICK_BASE, 0},
+    {"32 clients, one adapter", 4, 32, D_MANY, PICK_ONE, 0},
+    {"32 clients, 1000 adapters (Zipf)", 4, 32, D_MANY, PICK_ZIPF, 0},
+    {"16 clients, 90% on one adapter", 5, 16, D_MAIN, PICK_SKEW, 0},
+    {"1 client, on the fly/base alternating", 1, 1, D_MAIN, PICK_ONE, 1},
+    {"1 client, merged/base alternating", 1, 1, D_MERGED, PICK_ONE, 1},
+    {"1 client, auto/base alternating", 1, 1, D_AUTO, PICK_ONE, 1},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
@@ -101,11 +114,13 @@ typedef struct {
     double t0, t_first, t_last;
     int n;
     int popular;        /* PICK_SKEW: on the popular adapter */
+    int on_base;        /* an alternating case: this request went to the base on D_MAIN */
 } record;
 
 typedef struct {
     /* set up by the case */
     int port, index, max_tokens;
+    int base_port;              /* D_MAIN's, for the requests of an alternating case */
     const bench_case *bc;
     int n_adapters;             /* adapters in the daemon's directory (Zipf) */
     const double *zipf_cdf;
@@ -226,12 +241,17 @@ static void *client_main(void *arg)
         c->failures++;
         return NULL;
     }
-    char url[64], body[1024], pick[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/completions", c->port);
+    char url[2][64], body[1024], pick[256];
+    snprintf(url[0], sizeof url[0], "http://127.0.0.1:%d/v1/completions", c->port);
+    snprintf(url[1], sizeof url[1], "http://127.0.0.1:%d/v1/completions", c->base_port);
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
-    while (!atomic_load(c->stop)) {
+    for (long sent = 0; !atomic_load(c->stop); sent++) {
         memset(&c->cur, 0, sizeof c->cur);
-        pick_model(c, pick, sizeof pick);
+        c->cur.on_base = c->bc->alternate && sent % 2;
+        if (c->cur.on_base)
+            snprintf(pick, sizeof pick, "\"model\":\"base\"");
+        else
+            pick_model(c, pick, sizeof pick);
         int k = snprintf(body, sizeof body, "{%s,\"prompt\":[", pick);
         for (int i = 0; i < PROMPT_LEN; i++)
             k += snprintf(body + k, sizeof body - (size_t)k, "%s%u", i ? "," : "",
@@ -239,7 +259,7 @@ static void *client_main(void *arg)
         snprintf(body + k, sizeof body - (size_t)k, "],\"max_tokens\":%d,\"temperature\":0,"
                  "\"ignore_eos\":true,\"stream\":true,\"logprobs\":0,"
                  "\"return_tokens_as_token_ids\":true}", c->max_tokens);
-        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_URL, url[c->cur.on_base]);
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
@@ -276,6 +296,9 @@ typedef struct {
     int requests;
     double tpot99_popular, tpot99_others;   /* PICK_SKEW */
     double merge_wait;  /* the --merge auto case: seconds until its W' was ready (NAN: none) */
+    double paired;      /* an alternating case: the median over pairs of successive requests
+                         * of (tokens/s of the one on the adapter) / (the one on the base) */
+    int pairs;
 } result;
 
 static double percentile(double *v, int n, double p)
@@ -296,8 +319,9 @@ static double percentile(double *v, int n, double p)
 static client clients_mem[MAX_CLIENTS];
 
 /* The cases by index, in the order of cases[]. */
-enum { B1, A1, M1, AUTO1, B8, O8, D8, X8, Z32, Z64, ZA32, ZA64, B32, B64, O32, Z1000, SKEW };
-_Static_assert(SKEW + 1 == sizeof cases / sizeof *cases, "one name per case");
+enum { B1, A1, M1, AUTO1, B8, O8, D8, X8, Z32, Z64, ZA32, ZA64, B32, B64, O32, Z1000, SKEW,
+       A1ALT, M1ALT, AUTO1ALT };
+_Static_assert(AUTO1ALT + 1 == sizeof cases / sizeof *cases, "one name per case");
 
 /* The median over repetitions of case a's tokens/s over case b's in the same repetition. */
 static double rep_ratio(result res[][MAX_REPS], int reps, int a, int b)
@@ -356,8 +380,9 @@ static double metric(int port, const char *name)
  * start goes to the result. At most this long is waited for it. */
 #define MERGE_WAIT_MAX 60.0
 
-static int run_case(const bench_case *bc, int port, int n_adapters, const double *cdf,
-                    double warmup, double window, int max_tokens, unsigned seed, result *out)
+static int run_case(const bench_case *bc, int port, int base_port, int n_adapters,
+                    const double *cdf, double warmup, double window, int max_tokens,
+                    unsigned seed, result *out)
 {
     atomic_int stop = 0;
     double t = bench_now();
@@ -369,7 +394,8 @@ static int run_case(const bench_case *bc, int port, int n_adapters, const double
     for (int i = 0; i < bc->clients; i++) {
         client *c = &clients_mem[i];
         memset(c, 0, sizeof *c);
-        *c = (client){.port = port, .index = i, .max_tokens = max_tokens, .bc = bc,
+        *c = (client){.port = port, .base_port = base_port, .index = i,
+                      .max_tokens = max_tokens, .bc = bc,
                       .n_adapters = n_adapters, .zipf_cdf = cdf, .win = &win, .stop = &stop,
                       .seed = seed * 7919u + (unsigned)i * 104729u + 1u};
         if (pthread_create(&c->th, NULL, client_main, c)) {
@@ -402,7 +428,8 @@ static int run_case(const bench_case *bc, int port, int n_adapters, const double
     atomic_store(&stop, 1);
     static double ttft[MAX_CLIENTS * MAX_RECORDS], tpot[MAX_CLIENTS * MAX_RECORDS];
     static double tp_pop[MAX_CLIENTS * MAX_RECORDS], tp_oth[MAX_CLIENTS * MAX_RECORDS];
-    int n = 0, failures = 0, n_pop = 0, n_oth = 0;
+    static double paired[MAX_CLIENTS * MAX_RECORDS];
+    int n = 0, failures = 0, n_pop = 0, n_oth = 0, n_paired = 0;
     long tokens = 0;
     for (int i = 0; i < bc->clients; i++) {
         client *c = &clients_mem[i];
@@ -416,6 +443,14 @@ static int run_case(const bench_case *bc, int port, int n_adapters, const double
                 tp_pop[n_pop++] = tpot[n];
             else
                 tp_oth[n_oth++] = tpot[n];
+            /* successive requests, one on each side: tokens/s (from the request's start)
+             * of the one on the adapter over the one on the base */
+            const record *x = &c->rec[k], *y = k ? &c->rec[k - 1] : NULL;
+            if (y && x->on_base != y->on_base) {
+                const record *ad = x->on_base ? y : x, *base = x->on_base ? x : y;
+                paired[n_paired++] = (ad->n / (ad->t_last - ad->t0)) /
+                                     (base->n / (base->t_last - base->t0));
+            }
         }
     }
     if (failures) {
@@ -430,6 +465,8 @@ static int run_case(const bench_case *bc, int port, int n_adapters, const double
     out->tpot99 = percentile(tpot, n, 0.99);
     out->tpot99_popular = percentile(tp_pop, n_pop, 0.99);
     out->tpot99_others = percentile(tp_oth, n_oth, 0.99);
+    out->paired = percentile(paired, n_paired, 0.5);
+    out->pairs = n_paired;
     return 0;
 }
 
@@ -547,6 +584,7 @@ int main(int argc, char **argv)
         if (!only || selected(cases[k].name, only)) {
             sel[n_sel++] = k;
             need[cases[k].daemon] = 1;
+            need[D_MAIN] |= cases[k].alternate;
         }
     pid_t pid[N_DAEMONS];
     int port[N_DAEMONS];
@@ -574,9 +612,11 @@ int main(int argc, char **argv)
             int k = sel[(kk + r) % n_sel];
             const bench_case *bc = &cases[k];
             int many = bc->daemon == D_MANY;
-            if (run_case(bc, port[bc->daemon], many ? 1000 : 100, many ? cdf1000 : cdf100,
-                         warmup, bc->clients >= 32 ? 2 * window : window, max_tokens,
-                         (unsigned)(r * 131 + k), &res[k][r])) {
+            /* an alternating case's window is twice as long: it holds ~6 pairs */
+            if (run_case(bc, port[bc->daemon], port[D_MAIN], many ? 1000 : 100,
+                         many ? cdf1000 : cdf100, warmup,
+                         bc->clients >= 32 || bc->alternate ? 2 * window : window,
+                         max_tokens, (unsigned)(r * 131 + k), &res[k][r])) {
                 stop_daemons(pid);
                 return 1;
             }
@@ -584,6 +624,9 @@ int main(int argc, char **argv)
                     bc->name, res[k][r].tps);
             if (!isnan(res[k][r].merge_wait))
                 fprintf(stderr, " (W' ready after %.1f s)", res[k][r].merge_wait);
+            if (bc->alternate)
+                fprintf(stderr, " (adapter / base %.3f, median of %d pairs)",
+                        res[k][r].paired, res[k][r].pairs);
             fprintf(stderr, "\n");
             usleep(200000);  /* the aborted requests' cancellations settle */
         }
@@ -611,9 +654,18 @@ int main(int argc, char **argv)
                           bench_median(v[2], reps), bench_median(v[3], reps),
                           bench_median(v[4], reps), (int)bench_median(v[8], reps),
                           bench_median(v[5], reps), bench_median(v[6], reps),
-                          nw ? bench_median(v[7], nw) : NAN};
+                          nw ? bench_median(v[7], nw) : NAN, NAN, 0};
         if (k == AUTO1)
             n_merged = nw;
+        double pr[MAX_REPS];   /* the alternating cases: the median of the repetitions' */
+        int np = 0;
+        med[k].pairs = 0;
+        for (int r = 0; r < reps; r++)
+            if (res[k][r].pairs) {
+                pr[np++] = res[k][r].paired;
+                med[k].pairs += res[k][r].pairs;
+            }
+        med[k].paired = np ? bench_median(pr, np) : NAN;
     }
     printf("\nlorad serving benchmark: random SmolLM2-135M shape, F32, rank-16 adapters on all 7 "
            "projections; loopback HTTP streaming, %d-token prompts, %d output tokens per "
@@ -627,7 +679,7 @@ int main(int argc, char **argv)
         fprintf(tf, "scenario\tcase\tclients\ttok_s\tttft_p50_ms\tttft_p99_ms\ttpot_p50_ms\t"
                 "tpot_p99_ms\n");
     for (int k = 0; k < N_CASES; k++) {
-        if (only && !selected(cases[k].name, only))
+        if ((only && !selected(cases[k].name, only)) || cases[k].alternate)
             continue;
         printf("%-2d %-34s %10.1f %8.0f ms %8.0f ms %7.1f ms %7.1f ms %9d\n", cases[k].scenario,
                cases[k].name, med[k].tps, med[k].ttft50 * 1e3, med[k].ttft99 * 1e3,
@@ -639,6 +691,17 @@ int main(int argc, char **argv)
     }
     if (tf)
         fclose(tf);
+    int any_alt = 0;
+    for (int k = 0; k < N_CASES; k++) {
+        if ((only && !selected(cases[k].name, only)) || !cases[k].alternate)
+            continue;
+        if (!any_alt++)
+            printf("\none client, every other request on the base (another daemon): tokens/s "
+                   "of a request on the adapter / of the one next to it on the base, the median "
+                   "over such pairs, then over repetitions\n");
+        printf("%-2d %-38s %6.3f %6d pairs\n", cases[k].scenario, cases[k].name,
+               med[k].paired, med[k].pairs);
+    }
 
     if (only) {   /* a subset: no targets */
         free(cdf100);
@@ -662,12 +725,14 @@ int main(int argc, char **argv)
     printf("  8 clients on the base vs llama.cpp server  %.2f (target >= 1.3; llama.cpp's "
            "142.6 tok/s is the figure from the issue, not measured here)\n",
            med[B8].tps / 142.6);
-    printf("  1 client merged / 1 client base            %.3f (target 1 +- 0.03)\n",
+    printf("  1 client merged / 1 client base            %.3f (target 1 +- 0.03; alternating "
+           "requests; the two cases apart: %.3f)\n", med[M1ALT].paired,
            rep_ratio(res, reps, M1, B1));
-    printf("  1 client, --merge auto / 1 client base     %.3f (target 1 +- 0.03, once merged: "
-           "the W' was ready %.1f s after the client started, median of the %d of %d "
-           "repetitions that merged)\n", rep_ratio(res, reps, AUTO1, B1),
-           med[AUTO1].merge_wait, n_merged, reps);
+    printf("  1 client, --merge auto / 1 client base     %.3f (target 1 +- 0.03; alternating "
+           "requests, once merged; the two cases apart: %.3f; the W' was ready %.1f s after "
+           "the client started, median of the %d of %d repetitions that merged)\n",
+           med[AUTO1ALT].paired, rep_ratio(res, reps, AUTO1, B1), med[AUTO1].merge_wait,
+           n_merged, reps);
     printf("  scenario 3, auto / never: 32, 64 clients   %.2f, %.2f (target >= 1)\n",
            rep_ratio(res, reps, ZA32, Z32), rep_ratio(res, reps, ZA64, Z64));
     double skew[MAX_REPS], tail[MAX_REPS];

@@ -63,7 +63,8 @@ void huge_cache_put(huge_cache *c, void *p, size_t cap)
         drop[n_drop] = p;
         drop_cap[n_drop++] = cap;
     } else {
-        while (c->n > 0 && (c->n >= c->max_n || c->bytes + cap > c->max_bytes)) {
+        while (c->n > 0 && (c->n >= c->max_n || c->n >= HUGE_CACHE_MAX ||
+                            c->bytes + cap > c->max_bytes)) {
             drop[n_drop] = c->p[0];
             drop_cap[n_drop++] = c->cap[0];
             cache_remove(c, 0);

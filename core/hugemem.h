@@ -26,7 +26,7 @@ void huge_free(void *p, size_t bytes);
 #define HUGE_CACHE_MAX 8
 typedef struct {
     pthread_mutex_t mu;
-    int max_n;          /* blocks kept at most (<= HUGE_CACHE_MAX) */
+    int max_n;          /* blocks kept at most (HUGE_CACHE_MAX if more) */
     size_t max_bytes;   /* bytes kept at most */
     int n;
     size_t bytes;

@@ -110,6 +110,18 @@ START_TEST(test_a_cache_of_no_blocks_keeps_nothing)
 }
 END_TEST
 
+START_TEST(test_a_cache_asked_for_more_blocks_than_it_has_room_for_keeps_the_newest)
+{
+    huge_cache c = HUGE_CACHE_INIT(HUGE_CACHE_MAX + 4, (size_t)64 << 20);
+    void *last = NULL;
+    for (int i = 0; i < HUGE_CACHE_MAX + 3; i++)
+        huge_cache_put(&c, last = block(16 * KB), 16 * KB);
+    ck_assert_int_eq(c.n, HUGE_CACHE_MAX);
+    ck_assert_ptr_eq(c.p[HUGE_CACHE_MAX - 1], last);
+    huge_cache_drain(&c);
+}
+END_TEST
+
 static Suite *hugemem_suite(void)
 {
     Suite *s = suite_create("hugemem");
@@ -118,6 +130,7 @@ static Suite *hugemem_suite(void)
     tcase_add_test(core, test_a_taken_block_is_writable_with_its_old_contents);
     tcase_add_test(core, test_the_oldest_blocks_go_when_the_count_or_the_bytes_are_full);
     tcase_add_test(core, test_a_cache_of_no_blocks_keeps_nothing);
+    tcase_add_test(core, test_a_cache_asked_for_more_blocks_than_it_has_room_for_keeps_the_newest);
     suite_add_tcase(s, core);
     return s;
 }

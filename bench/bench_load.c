@@ -639,8 +639,7 @@ int main(int argc, char **argv)
     double built[2 * MAX_REPS];
     int n_built = 0, n_auto1 = 0;
     for (int k = 0; k < N_CASES; k++) {
-        double v[9][MAX_REPS];
-        int nw = 0;     /* merge waits: only of the repetitions that merged */
+        double v[8][MAX_REPS];
         for (int r = 0; r < reps; r++) {
             v[0][r] = res[k][r].tps;
             v[1][r] = res[k][r].ttft50;
@@ -649,15 +648,13 @@ int main(int argc, char **argv)
             v[4][r] = res[k][r].tpot99;
             v[5][r] = res[k][r].tpot99_popular;
             v[6][r] = res[k][r].tpot99_others;
-            if (!isnan(res[k][r].merge_wait))
-                v[7][nw++] = res[k][r].merge_wait;
-            v[8][r] = res[k][r].requests;
+            v[7][r] = res[k][r].requests;
         }
         med[k] = (result){bench_median(v[0], reps), bench_median(v[1], reps),
                           bench_median(v[2], reps), bench_median(v[3], reps),
-                          bench_median(v[4], reps), (int)bench_median(v[8], reps),
+                          bench_median(v[4], reps), (int)bench_median(v[7], reps),
                           bench_median(v[5], reps), bench_median(v[6], reps),
-                          nw ? bench_median(v[7], nw) : NAN, NAN, 0};
+                          NAN, NAN, 0};   /* merge waits: `built` below */
         if (k == AUTO1 || k == AUTO1ALT)
             for (int r = 0; r < reps; r++) {
                 double w = res[k][r].merge_wait;

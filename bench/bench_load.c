@@ -32,7 +32,10 @@
  * token (TTFT) and time per output token (TPOT = (last - first token) / (n - 1)) over
  * the requests that finished inside the window; p50 and p99 over them. The four
  * daemons (merge never, always, auto; the 1,000-adapter directory) start once and stay up;
- * each repetition runs every case once, in an order rotated by one case per repetition.
+ * each repetition runs every case once, in an order rotated by one case per repetition;
+ * scenario 3's --merge never and auto cases run back to back (with 5 repetitions the
+ * rotation never separates them), since their ratio is a target and the policy is
+ * expected to leave them equal there (no adapter carries most of the rows).
  * The table gives medians over repetitions; each target ratio is the median of the
  * ratios within a repetition, whose cases ran minutes apart at most (this machine's
  * memory bandwidth drifts over minutes, so ratios of medians taken far apart mislead).
@@ -90,8 +93,8 @@ static const bench_case cases[] = {
     {"8 clients, 8 adapters", 2, 8, D_MAIN, PICK_DISTINCT8, 0},
     {"8 clients, 8 mixes of 2", 2, 8, D_MAIN, PICK_MIX8, 0},
     {"32 clients, 100 adapters (Zipf)", 3, 32, D_MAIN, PICK_ZIPF, 0},
-    {"64 clients, 100 adapters (Zipf)", 3, 64, D_MAIN, PICK_ZIPF, 0},
     {"32 clients, 100 adapters, auto", 3, 32, D_AUTO, PICK_ZIPF, 0},
+    {"64 clients, 100 adapters (Zipf)", 3, 64, D_MAIN, PICK_ZIPF, 0},
     {"64 clients, 100 adapters, auto", 3, 64, D_AUTO, PICK_ZIPF, 0},
     {"32 clients, base", 4, 32, D_MANY, PICK_BASE, 0},
     {"64 clients, base", 4, 64, D_MANY, PICK_BASE, 0},
@@ -319,7 +322,7 @@ static double percentile(double *v, int n, double p)
 static client clients_mem[MAX_CLIENTS];
 
 /* The cases by index, in the order of cases[]. */
-enum { B1, A1, M1, AUTO1, B8, O8, D8, X8, Z32, Z64, ZA32, ZA64, B32, B64, O32, Z1000, SKEW,
+enum { B1, A1, M1, AUTO1, B8, O8, D8, X8, Z32, ZA32, Z64, ZA64, B32, B64, O32, Z1000, SKEW,
        A1ALT, M1ALT, AUTO1ALT };
 _Static_assert(AUTO1ALT + 1 == sizeof cases / sizeof *cases, "one name per case");
 

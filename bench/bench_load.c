@@ -345,22 +345,30 @@ _Static_assert(AUTO1ALT + 1 == sizeof cases / sizeof *cases, "one name per case"
 static const int AGAIN[][2] = {{ZA32R, ZA32}, {Z32R, Z32}, {ZA64R, ZA64}, {Z64R, Z64}};
 #define N_AGAIN ((int)(sizeof AGAIN / sizeof *AGAIN))
 
+/* The other case of the pair in table[n][2] whose column col holds k (-1: none). */
+static int pair_other(const int (*table)[2], int n, int col, int k)
+{
+    for (int i = 0; i < n; i++)
+        if (table[i][col] == k)
+            return table[i][!col];
+    return -1;
+}
+
 /* The case k repeats (-1: none) and the repeat of case k (-1: none). */
 static int first_of(int k)
 {
-    for (int i = 0; i < N_AGAIN; i++)
-        if (AGAIN[i][0] == k)
-            return AGAIN[i][1];
-    return -1;
+    return pair_other(AGAIN, N_AGAIN, 0, k);
 }
 
 static int repeat_of(int k)
 {
-    for (int i = 0; i < N_AGAIN; i++)
-        if (AGAIN[i][1] == k)
-            return AGAIN[i][0];
-    return -1;
+    return pair_other(AGAIN, N_AGAIN, 1, k);
 }
+
+/* Scenario 3's auto windows and the never window each is compared with, which draws the
+ * same requests: {auto, never}. */
+static const int AUTO_NEVER[][2] = {{ZA32, Z32}, {ZA32R, Z32R}, {ZA64, Z64}, {ZA64R, Z64R}};
+#define N_AUTO_NEVER ((int)(sizeof AUTO_NEVER / sizeof *AUTO_NEVER))
 
 /* The cases this run measures (--only may leave some out). */
 static int measured[AUTO1ALT + 1];
@@ -672,9 +680,9 @@ int main(int argc, char **argv)
             int k = sel[(kk + r) % n_sel];
             const bench_case *bc = &cases[k];
             int many = bc->daemon == D_MANY;
-            /* scenario 3's auto cases draw the same requests as the never case before them */
-            int sk = k == ZA32 ? Z32 : k == ZA32R ? Z32R : k == ZA64 ? Z64
-                   : k == ZA64R ? Z64R : k;
+            /* scenario 3's auto windows draw the same requests as their never window */
+            int sk = pair_other(AUTO_NEVER, N_AUTO_NEVER, 0, k);
+            sk = sk < 0 ? k : sk;
             /* an alternating case's window is twice as long: it holds ~6 pairs */
             if (run_case(bc, port[bc->daemon], port[D_MAIN], many ? 1000 : 100,
                          many ? cdf1000 : cdf100, warmup,
@@ -812,11 +820,10 @@ int main(int argc, char **argv)
            rep_ratio(res, reps, AUTO1, B1), n_built, n_auto1,
            n_built ? bench_median(built, n_built) : NAN, longest);
     int merges3 = 0, counted3 = 0;
-    static const int auto3[] = {ZA32, ZA32R, ZA64, ZA64R};
     for (int r = 0; r < reps; r++)
-        for (int i = 0; i < 4; i++)
-            if (res[auto3[i]][r].merges >= 0) {
-                merges3 += res[auto3[i]][r].merges;
+        for (int i = 0; i < N_AUTO_NEVER; i++)
+            if (res[AUTO_NEVER[i][0]][r].merges >= 0) {
+                merges3 += res[AUTO_NEVER[i][0]][r].merges;
                 counted3++;
             }
     /* auto / never in each repetition, beside A/A: the second window of a case over its

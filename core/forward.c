@@ -52,6 +52,36 @@ typedef struct {
  * few dozen positions on. */
 #define ATTN_INLINE_WORK 2e4
 
+/* The bytes of the next product's weights a thread reads first, which it prefetches while
+ * it works on what comes between two products (attention, a norm, SwiGLU): two lines per
+ * step of those loops (lead_touch), up to where the cursor ends. A product's first reads
+ * otherwise wait on memory that nothing had asked for, while memory idled through the
+ * gap (~10% of an 8-row step). See plan_lead. One cache line per thread: each thread
+ * moves only its own. */
+typedef struct {
+    _Alignas(64) const char *p;
+    const char *end;
+} lead_cursor;
+
+static inline void lead_touch(lead_cursor *c)
+{
+    if (c->p < c->end) {
+        __builtin_prefetch(c->p, 0, 2);
+        __builtin_prefetch(c->p + 64, 0, 2);
+        c->p += 128;
+    }
+}
+
+/* Bytes a thread prefetches ahead of one product: 3/4 of a core's L2 (768 KB on Zen 4;
+ * 384 KB on Zen 3), so the lines are still there when the product reads them, and so many
+ * that the longest gap (attention) does not run out of them. Without the size from the
+ * C library, 512 KB. */
+static size_t lead_bytes_default(void)
+{
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? (size_t)l2 / 4 * 3 : (size_t)512 << 10;
+}
+
 struct forward_ctx {
     const model *m;
     int max_rows;
@@ -88,6 +118,8 @@ struct forward_ctx {
     int cur_layer;
     double attn_work;  /* multiply-adds of this batch's attention, per layer (about) */
     rows_job rows;     /* the current row-parallel elementwise job */
+    lead_cursor *lead; /* per thread: what to prefetch before the next product (plan_lead) */
+    size_t lead_bytes; /* bytes each thread prefetches ahead of a product; 0: none */
 };
 
 static void *xmalloc_floats(size_t n)
@@ -155,8 +187,12 @@ forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_erro
      * must take one core at most: one thread, process-wide. */
     openblas_set_num_threads(1);
     f->scores = calloc((size_t)nt, sizeof *f->scores);
-    if (!f->pool || !f->scores)
+    f->lead = aligned_alloc(64, sizeof *f->lead * (size_t)nt);
+    if (!f->pool || !f->scores || !f->lead)
         goto oom;
+    for (int t = 0; t < nt; t++)
+        f->lead[t] = (lead_cursor){NULL, NULL};
+    f->lead_bytes = lead_bytes_default();
     return f;
 oom:
     forward_free(f);
@@ -175,6 +211,7 @@ void forward_free(forward_ctx *f)
         for (int t = 0; t < pool_threads(f->pool); t++)
             free(f->scores[t]);
     free(f->scores);
+    free(f->lead);
     pool_free(f->pool);
     free(f);
 }
@@ -207,7 +244,8 @@ static void run_tasks(forward_ctx *f, pool_fn fn, int n_tasks, int here)
  * this file is built for AVX2, where GCC kept a 16-float accumulator on the stack, stored
  * in 16-byte halves and reloaded whole, so every iteration waited on a failed store
  * forward (a 64-row norm of 576 took 29-33 µs in cache; 7.8 µs so, the same sums). */
-static void rmsnorm(float *y, const float *x, const float *w, int n, int d, float eps)
+static void rmsnorm(float *y, const float *x, const float *w, int n, int d, float eps,
+                    lead_cursor *pf)
 {
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * d;
@@ -215,6 +253,7 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, int d, floa
         v8 lo = {0}, hi = {0};  /* lanes 0-7 and 8-15 */
         int i = 0;
         for (; i + 16 <= d; i += 16) {
+            lead_touch(pf);
             v8 a = ld8(xr + i), b = ld8(xr + i + 8);
             lo += a * a;
             hi += b * b;
@@ -232,14 +271,15 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, int d, floa
     }
 }
 
-/* Rows [w0, w1) (at most SMALLMM_MAX_ROWS) of the projections p[0..n_ps) of one layer,
- * all reading x, as one smallmm pass: the base W (or W') per run of sequences sharing
- * it, and each on-the-fly adapter term's X·Aᵀ per run of sequences sharing a mix, then in
- * the same pool job every ·Bᵀ (smallmm_run). A run that straddles the window's edges
- * contributes the rows inside it. */
-static void project_window(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
-                           const model_proj *ps, int n_ps, const int *outs, int in,
-                           const float *x, float *const *ys, int w0, int w1)
+/* The products of rows [w0, w1) (at most SMALLMM_MAX_ROWS) of the projections
+ * p[0..n_ps) of one layer, all reading x, as one smallmm pass, in f->small_xmt [*nx] and
+ * f->small_tb [*nt]: the base W (or W') per run of sequences sharing it, and each
+ * on-the-fly adapter term's X·Aᵀ per run of sequences sharing a mix, then every ·Bᵀ. A
+ * run that straddles the window's edges contributes the rows inside it. */
+static void window_jobs(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                        const model_proj *ps, int n_ps, const int *outs, int in,
+                        const float *x, float *const *ys, int w0, int w1, int *n_xmt,
+                        int *n_tb)
 {
     const model *m = f->m;
     int nx = 0, nt = 0;
@@ -279,7 +319,41 @@ static void project_window(forward_ctx *f, const forward_seq *seqs, int n_seqs, 
         }
         s = e;
     }
-    smallmm_run(f->pool, in, xa, nx, tb, nt);
+    *n_xmt = nx;
+    *n_tb = nt;
+}
+
+/* window_jobs as one smallmm pass (smallmm_run); the threads' leads end here. */
+static void project_window(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                           const model_proj *ps, int n_ps, const int *outs, int in,
+                           const float *x, float *const *ys, int w0, int w1)
+{
+    int nx, nt;
+    window_jobs(f, seqs, n_seqs, layer, ps, n_ps, outs, in, x, ys, w0, w1, &nx, &nt);
+    for (int t = 0; t < pool_threads(f->pool); t++)
+        f->lead[t].end = f->lead[t].p;
+    smallmm_run(f->pool, in, f->small_xmt, nx, f->small_tb, nt);
+}
+
+/* Points each thread's lead cursor at the first f->lead_bytes of weights it will read in
+ * project(f, seqs, n_seqs, layer, ps, n_ps, x, ys), to be prefetched by the work done
+ * before it (lead_touch). Only batches of one window (decode steps): a prompt's products
+ * are bound by the FMAs, not by memory. */
+static void plan_lead(forward_ctx *f, const forward_seq *seqs, int n_seqs, int layer,
+                      const model_proj *ps, int n_ps, const float *x, float *const *ys)
+{
+    int rows = f->row0[n_seqs];
+    if (!f->lead_bytes || rows > SMALLMM_MAX_ROWS)
+        return;
+    int outs[VARIANT_GROUP_MAX], in = 0, nx, nt;
+    for (int k = 0; k < n_ps; k++)
+        model_config_proj_shape(&f->m->cfg, ps[k], &outs[k], &in);
+    window_jobs(f, seqs, n_seqs, layer, ps, n_ps, outs, in, x, ys, 0, rows, &nx, &nt);
+    for (int t = 0; t < pool_threads(f->pool); t++) {
+        const char *at = NULL;
+        size_t n = smallmm_lead(f->pool, in, f->small_xmt, nx, t, f->lead_bytes, &at);
+        f->lead[t] = (lead_cursor){at, at ? at + n : NULL};
+    }
 }
 
 /* Projections p[0..n_ps) of one layer over all rows of the batch, all reading x, then
@@ -339,10 +413,11 @@ static inline float exp_fast(float x)
 
 /* gate [n, d] ← silu(gate) · up, elementwise: silu(g) = g / (1 + e^-g), with e^-g from
  * exp8 for g >= 0, else e^g / (1 + e^g) (no overflow either way). */
-static void swiglu(float *gate, const float *up, size_t n)
+static void swiglu(float *gate, const float *up, size_t n, lead_cursor *pf)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
+        lead_touch(pf);
         v8 g = ld8(gate + i);
         vi8 neg = g < 0;
         v8 e = exp8(sel8(neg, g, -g));
@@ -411,7 +486,7 @@ static void softmax_row(float *s, int n)
 ATTN_CLONES                                                                                 \
 static void NAME(const float *q, int rs, int pstep, int nr, int pos0, float *const *blk,  \
                  size_t kofs, size_t vofs, int kv_dim, int hd, float scale, int win,       \
-                 float *S, int ss, float *out)                                             \
+                 float *S, int ss, float *out, lead_cursor *pf)                            \
 {                                                                                          \
     int first[NR], last[NR];                                                               \
     float qs[NR][256];                                                                     \
@@ -438,13 +513,15 @@ static void NAME(const float *q, int rs, int pstep, int nr, int pos0, float *con
         int jn = jb + 16 < j1 ? jb + 16 : jb;                                              \
         const float *kn = blk[jn / KV_BLOCK] + kofs + jn % KV_BLOCK;                       \
         int d = 0;                                                                         \
-        for (; d + CH <= hd; d += CH)                                                      \
+        for (; d + CH <= hd; d += CH) {                                                    \
+            lead_touch(pf);                                                                \
             _Pragma("GCC unroll 4") for (int u = 0; u < CH; u++) {                         \
                 __builtin_prefetch(kn + (size_t)(d + u) * KV_BLOCK);                       \
                 v16 k = ld16(kd + (size_t)(d + u) * KV_BLOCK);                             \
                 _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                       \
                     acc[r][u] += qs[r][d + u] * k;                                         \
             }                                                                              \
+        }                                                                                  \
         for (; d < hd; d++) {                                                              \
             v16 k = ld16(kd + (size_t)d * KV_BLOCK);                                       \
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++)                           \
@@ -484,6 +561,7 @@ static void NAME(const float *q, int rs, int pstep, int nr, int pos0, float *con
                 __builtin_prefetch(vp + 16);                                               \
                 __builtin_prefetch(vp + 32);                                               \
                 __builtin_prefetch(vp + 48);                                               \
+                lead_touch(pf);                                                            \
                 v16 x0 = ld16(vj), x1 = ld16(vj + 16), x2 = ld16(vj + 32);                 \
                 v16 x3 = ld16(vj + 48);                                                    \
                 _Pragma("GCC unroll 4") for (int r = 0; r < NR; r++) {                     \
@@ -609,7 +687,8 @@ static void attn_task_run(void *ctx, int task, int thread)
                 int nh = group - h < ATTN_ROWS ? group - h : ATTN_ROWS;
                 size_t off = (size_t)base * q_dim + (size_t)(hg + h) * hd;
                 attn_rows4(f->q + off, hd, 0, nh, pos_first, kv->blocks, kg, vg, kv_dim, hd,
-                           scale, win, f->scores[thread], (int)f->scores_cap, f->att + off);
+                           scale, win, f->scores[thread], (int)f->scores_cap, f->att + off,
+                           &f->lead[thread]);
             }
         }
         return;
@@ -620,10 +699,10 @@ static void attn_task_run(void *ctx, int task, int thread)
         float *out = f->att + (size_t)(base + r) * q_dim + (size_t)t->head * hd;
         if (nr == 1)
             attn_rows1(q, q_dim, 1, 1, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd,
-                       scale, win, f->scores[thread], (int)f->scores_cap, out);
+                       scale, win, f->scores[thread], (int)f->scores_cap, out, &f->lead[thread]);
         else
             attn_rows4(q, q_dim, 1, nr, pos_first + r, kv->blocks, kofs, vofs, kv_dim, hd,
-                       scale, win, f->scores[thread], (int)f->scores_cap, out);
+                       scale, win, f->scores[thread], (int)f->scores_cap, out, &f->lead[thread]);
     }
 }
 
@@ -691,7 +770,6 @@ enum { ROWS_RMSNORM, ROWS_SWIGLU };
 
 static void rows_task(void *ctx, int task, int thread)
 {
-    (void)thread;
     forward_ctx *f = ctx;
     const rows_job *j = &f->rows;
     int r0 = task * j->per_task;
@@ -703,9 +781,9 @@ static void rows_task(void *ctx, int task, int thread)
             for (size_t i = 0; i < (size_t)n * j->d; i++)
                 x[i] += j->add[off + i];
         }
-        rmsnorm(j->y + off, j->x + off, j->w, n, j->d, f->m->cfg.rms_eps);
+        rmsnorm(j->y + off, j->x + off, j->w, n, j->d, f->m->cfg.rms_eps, &f->lead[thread]);
     } else
-        swiglu(j->y + off, j->x + off, (size_t)n * j->d);
+        swiglu(j->y + off, j->x + off, (size_t)n * j->d, &f->lead[thread]);
 }
 
 /* op over rows [0, n) of y (and x) with row length d; add: see rows_job. */
@@ -841,35 +919,43 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
     }
 
     forward_phase_end(f, FWD_PH_SETUP);
+    /* Before each stretch of work between two products, each thread is told the first
+     * bytes it will read in the next product (plan_lead), and prefetches them as it goes. */
+    static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
+    static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
+    static const model_proj o[1] = {PROJ_O}, down[1] = {PROJ_DOWN};
+    float *const qkv_out[3] = {f->q, f->k, f->v}, *const gate_up_out[2] = {f->gate, f->up};
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         if (l == 0) {  /* later layers': after the last one's down_proj, with its residual */
+            plan_lead(f, seqs, n_seqs, l, qkv, 3, f->xn, qkv_out);
             run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->attn_norm, NULL, c->hidden, rows);
             forward_phase_end(f, FWD_PH_NORMS);
         }
-        static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
-        static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
-        static const model_proj o[1] = {PROJ_O}, down[1] = {PROJ_DOWN};
-        project(f, seqs, n_seqs, l, qkv, 3, f->xn, (float *const[]){f->q, f->k, f->v});
+        project(f, seqs, n_seqs, l, qkv, 3, f->xn, qkv_out);
         forward_phase_end(f, FWD_PH_QKV);
         f->cur_seqs = seqs;
         f->cur_layer = l;
+        plan_lead(f, seqs, n_seqs, l, o, 1, f->att, &f->out);
         run_tasks(f, kv_store_task, f->n_kv_seqs, rows < KV_STORE_POOL_ROWS);
         forward_phase_end(f, FWD_PH_KV);
         /* inline: too little to wake another thread for */
         run_tasks(f, attn_task_run, f->n_tasks, f->attn_work < ATTN_INLINE_WORK);
         forward_phase_end(f, FWD_PH_ATTN);
-        project(f, seqs, n_seqs, l, o, 1, f->att, (float *const[]){f->out});
+        project(f, seqs, n_seqs, l, o, 1, f->att, &f->out);
         forward_phase_end(f, FWD_PH_O);
+        plan_lead(f, seqs, n_seqs, l, gate_up, 2, f->xn, gate_up_out);
         run_rows(f, ROWS_RMSNORM, f->xn, f->x, L->ffn_norm, f->out, c->hidden, rows);
         forward_phase_end(f, FWD_PH_NORMS);
-        project(f, seqs, n_seqs, l, gate_up, 2, f->xn, (float *const[]){f->gate, f->up});
+        project(f, seqs, n_seqs, l, gate_up, 2, f->xn, gate_up_out);
         forward_phase_end(f, FWD_PH_GATE_UP);
+        plan_lead(f, seqs, n_seqs, l, down, 1, f->gate, &f->out);
         run_rows(f, ROWS_SWIGLU, f->gate, f->up, NULL, NULL, c->intermediate, rows);
         forward_phase_end(f, FWD_PH_SWIGLU);
-        project(f, seqs, n_seqs, l, down, 1, f->gate, (float *const[]){f->out});
+        project(f, seqs, n_seqs, l, down, 1, f->gate, &f->out);
         forward_phase_end(f, FWD_PH_DOWN);
         if (l + 1 < c->n_layers) {
+            plan_lead(f, seqs, n_seqs, l + 1, qkv, 3, f->xn, qkv_out);
             run_rows(f, ROWS_RMSNORM, f->xn, f->x, m->layers[l + 1].attn_norm, f->out,
                      c->hidden, rows);
             forward_phase_end(f, FWD_PH_NORMS);
@@ -888,7 +974,7 @@ int forward_batch(forward_ctx *f, forward_seq *seqs, int n_seqs, float *logits, 
         if (seqs[s].want_logits) {
             int last = f->row0[s + 1] - 1;
             rmsnorm(f->xn + (size_t)n_out * c->hidden, f->x + (size_t)last * c->hidden, m->norm,
-                    1, c->hidden, c->rms_eps);
+                    1, c->hidden, c->rms_eps, &f->lead[0]);
             n_out++;
         }
     forward_phase_end(f, FWD_PH_NORMS);

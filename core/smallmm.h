@@ -63,6 +63,14 @@ void smallmm_tb_run(struct pool *p, const smallmm_tb *jobs, int n_jobs);
 void smallmm_run(struct pool *p, int in, const smallmm_xmt *xmt, int n_xmt,
                  const smallmm_tb *tb, int n_tb);
 
+/* Where thread `thread` of pool p will begin reading weights in smallmm_run(p, in, xmt,
+ * n_xmt, ...): *at, and how many bytes (at most max) it reads from there in order, within
+ * the first product it touches. 0 when it reads none (a thread smallmm_run would not use,
+ * no work). forward() prefetches these bytes while the threads do the work between two
+ * products. */
+size_t smallmm_lead(struct pool *p, int in, const smallmm_xmt *xmt, int n_xmt, int thread,
+                    size_t max, const char **at);
+
 /* The kernel families, each for an instruction set; SMALLMM_AUTO picks the best this CPU
  * runs (or the one named by the environment variable LORAD_ISA, when the CPU runs it). */
 typedef enum {

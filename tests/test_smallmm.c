@@ -713,6 +713,68 @@ START_TEST(test_empty_calls_write_nothing)
 }
 END_TEST
 
+/* smallmm_lead: where each thread of a pass begins reading weights. Thread 0 at the first
+ * product's first byte; thread t of T at the row of M where the t-th T-th of the pass's
+ * work (rows of M × rows of X, here all >= 16) begins, moved down to a whole tile (< 64
+ * rows) — computed here from the products' shapes — each lead inside one product's
+ * weights, in order, at most max bytes and not past that product's end; no lead for a
+ * thread the pool does not have, or without a pool beyond thread 0. */
+START_TEST(test_each_thread_is_told_where_its_reads_begin)
+{
+    enum { IN = 512, JOBS = 3 };
+    static const int ns[JOBS] = {16, 20, 16}, rws[JOBS] = {1000, 700, 500};
+    static const wt_type ts[JOBS] = {WT_F32P, WT_BF16, WT_Q8};
+    float *x = rand_floats((size_t)20 * IN);
+    smallmm_xmt job[JOBS];
+    test_matrix tm[JOBS];
+    double work = 0;
+    for (int k = 0; k < JOBS; k++) {
+        tm[k] = make_matrix(ts[k], rws[k], IN);
+        job[k] = (smallmm_xmt){x, ns[k], tm[k].w, rws[k], NULL, rws[k]};
+        work += (double)rws[k] * ns[k];
+    }
+    const char *at = NULL;
+    size_t whole = wtensor_data_bytes(ts[0], rws[0], IN);
+    ck_assert_uint_eq(smallmm_lead(NULL, IN, job, JOBS, 0, SIZE_MAX, &at), whole);
+    ck_assert_ptr_eq(at, tm[0].w.data);
+    ck_assert_uint_eq(smallmm_lead(NULL, IN, job, JOBS, 1, SIZE_MAX, &at), 0);
+    for (int threads = 1; threads <= 4; threads++) {
+        pool *p = make_pool(threads);
+        double prev = -1;  /* the previous thread's position in the work */
+        for (int t = 0; t < threads; t++) {
+            at = NULL;
+            size_t n = smallmm_lead(p, IN, job, JOBS, t, (size_t)100 << 10, &at);
+            int k = 0;
+            while (k < JOBS && !(at >= (const char *)tm[k].w.data &&
+                                 at < (const char *)tm[k].w.data +
+                                          wtensor_data_bytes(ts[k], rws[k], IN)))
+                k++;
+            ck_assert_msg(k < JOBS, "%d threads: thread %d's lead is in no product", threads,
+                          t);
+            size_t off = (size_t)(at - (const char *)tm[k].w.data);
+            size_t row_bytes = wtensor_data_bytes(ts[k], 16, IN) / 16;  /* whole panels */
+            ck_assert_uint_eq(off % row_bytes, 0);
+            double row = (double)(off / row_bytes), pos = row * ns[k];
+            for (int e = 0; e < k; e++)
+                pos += (double)rws[e] * ns[e];
+            double want = work * t / threads;
+            ck_assert_msg(pos <= want && want < pos + 64.0 * ns[k], "%d threads: thread %d "
+                          "begins at work %.0f, its range at %.0f", threads, t, pos, want);
+            ck_assert_msg(pos > prev, "%d threads: thread %d begins before thread %d",
+                          threads, t, t - 1);
+            prev = pos;
+            size_t left = wtensor_data_bytes(ts[k], rws[k], IN) - off;
+            ck_assert_uint_eq(n, left < ((size_t)100 << 10) ? left : (size_t)100 << 10);
+        }
+        ck_assert_uint_eq(smallmm_lead(p, IN, job, JOBS, threads, SIZE_MAX, &at), 0);
+        pool_free(p);
+    }
+    for (int k = 0; k < JOBS; k++)
+        free_matrix(&tm[k]);
+    free(x);
+}
+END_TEST
+
 static Suite *smallmm_suite(void)
 {
     Suite *s = suite_create("smallmm");
@@ -744,6 +806,7 @@ static Suite *smallmm_suite(void)
     tcase_add_loop_test(core, test_q8_activations_of_every_magnitude_and_non_finite_ones,
                         SMALLMM_PORTABLE, SMALLMM_AMX + 1);
     tcase_add_test(core, test_isa_choice);
+    tcase_add_test(core, test_each_thread_is_told_where_its_reads_begin);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");
     tcase_add_test(limits, test_empty_calls_write_nothing);

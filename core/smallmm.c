@@ -659,7 +659,8 @@ static const smallmm_kernels *kernels(void)
  * phases of the machine; 4 MB and 64 MB the same as 1 MB within noise; 2–32 rows of X
  * 0.95–1.00. Products of many rows of X are compute-bound and are cut into up to 8
  * chunks per thread (the work counts each row), which xmt_task hands out so that each
- * thread's are consecutive rows. */
+ * thread's are consecutive rows. Each thread's last chunk is cut again in TAIL_CUTS
+ * smaller pieces (chunk_at). */
 #define SMALLMM_TASK_BYTES ((size_t)1 << 20)
 /* The pieces each thread's last chunk is cut in beyond the first (chunk_at). */
 #define TAIL_CUTS 4
@@ -787,7 +788,7 @@ static int64_t chunk_at(const xmt_pass *ps, int c)
         return ps->work;
     int64_t a = ps->work * r / t, len = ps->work * (r + 1) / t - a;
     int u = per - TAIL_CUTS;
-    if (u < 1 || j < u)  /* (u < 1: a pass of one chunk, never cut) */
+    if (u < 1 || j < u)  /* (u < 1: a pass without a pool, one chunk) */
         return a + len * j / (u < 1 ? per : u);
     static const int sixteenths[TAIL_CUTS + 1] = {0, 8, 12, 14, 15};
     int64_t s = a + len * (u - 1) / u;
@@ -836,8 +837,8 @@ static int claim_chunk(chunk_range *r, int from_back)
  * starts where smallmm_lead said it would, whichever task it claimed (a thread that
  * claims a second task finds every chunk claimed). A thread's chunks are thus one run of
  * consecutive rows, as if the pass had one chunk per thread, while the pass still
- * balances: a thread that falls behind (preempted, slower) has its last chunks taken. When every chunk was a task of
- * the pool, claimed from one counter, the two threads' chunks interleaved, and a 1536 ×
+ * balances: a thread that falls behind (preempted, slower) has its last chunks taken.
+ * When every chunk was a task of the pool, claimed from one counter, the two threads' chunks interleaved, and a 1536 ×
  * 576 product of 8, 16, 32 or 64 rows of X took 10–25% longer than in one chunk per
  * thread (measured alone, 2 threads, weights streamed from memory); in runs of chunks it
  * takes as long as in one. Which thread computes a row does not change its result. */
@@ -1132,8 +1133,9 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
         }
         ps.xop = xop;
     }
-    /* With ·Bᵀ products, always in ranges: a task may then wait only for chunks that
-     * another thread has claimed (one chunk per task, it could wait for an unclaimed one) */
+    /* On a pool, always in ranges: each thread starts on its own (smallmm_lead), and with
+     * ·Bᵀ products a task may then wait only for chunks that another thread has claimed
+     * (one chunk per task, it could wait for an unclaimed one) */
     chunk_range stack_ranges[8], *ranges = NULL;
     if (ps.n_chunks > 1)
         ranges = t <= 8 ? stack_ranges : aligned_alloc(64, sizeof *ranges * (size_t)t);

@@ -119,7 +119,7 @@ struct forward_ctx {
     double attn_work;  /* multiply-adds of this batch's attention, per layer (about) */
     rows_job rows;     /* the current row-parallel elementwise job */
     lead_cursor *lead; /* per thread: what to prefetch before the next product (plan_lead) */
-    size_t lead_bytes; /* bytes each thread prefetches ahead of a product; 0: none */
+    size_t lead_bytes; /* bytes each thread prefetches ahead of a product */
 };
 
 static void *xmalloc_floats(size_t n)
@@ -271,6 +271,16 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, int d, floa
     }
 }
 
+/* outs[k]: the outputs of projection ps[k], k < n_ps; returns their input length (the
+ * same for all of a group). */
+static int proj_shapes(const model_config *c, const model_proj *ps, int n_ps, int *outs)
+{
+    int in = 0;
+    for (int k = 0; k < n_ps; k++)
+        model_config_proj_shape(c, ps[k], &outs[k], &in);
+    return in;
+}
+
 /* The products of rows [w0, w1) (at most SMALLMM_MAX_ROWS) of the projections
  * p[0..n_ps) of one layer, all reading x, as one smallmm pass, in f->small_xmt [*nx] and
  * f->small_tb [*nt]: the base W (or W') per run of sequences sharing it, and each
@@ -343,11 +353,10 @@ static void plan_lead(forward_ctx *f, const forward_seq *seqs, int n_seqs, int l
                       const model_proj *ps, int n_ps, const float *x, float *const *ys)
 {
     int rows = f->row0[n_seqs];
-    if (!f->lead_bytes || rows > SMALLMM_MAX_ROWS)
+    if (rows > SMALLMM_MAX_ROWS)
         return;
-    int outs[VARIANT_GROUP_MAX], in = 0, nx, nt;
-    for (int k = 0; k < n_ps; k++)
-        model_config_proj_shape(&f->m->cfg, ps[k], &outs[k], &in);
+    int outs[VARIANT_GROUP_MAX], nx, nt;
+    int in = proj_shapes(&f->m->cfg, ps, n_ps, outs);
     window_jobs(f, seqs, n_seqs, layer, ps, n_ps, outs, in, x, ys, 0, rows, &nx, &nt);
     for (int t = 0; t < pool_threads(f->pool); t++) {
         const char *at = NULL;
@@ -365,9 +374,8 @@ static void project(forward_ctx *f, const forward_seq *seqs, int n_seqs, int lay
                     const model_proj *ps, int n_ps, const float *x, float *const *ys)
 {
     const model *m = f->m;
-    int outs[VARIANT_GROUP_MAX], in = 0;
-    for (int k = 0; k < n_ps; k++)
-        model_config_proj_shape(&m->cfg, ps[k], &outs[k], &in);
+    int outs[VARIANT_GROUP_MAX];
+    int in = proj_shapes(&m->cfg, ps, n_ps, outs);
     int rows = f->row0[n_seqs];
     /* windows of (about) equal size, rounded up to 16 rows — the outer-product tiles' rows
      * per vector with AVX-512, two with AVX2 — so that no window is a sliver and none

@@ -54,6 +54,8 @@ struct engine {
     kv_pool *kv;          /* every sequence's KV blocks */
     size_t block_bytes;   /* of one KV block */
     uint64_t preemptions;
+    uint64_t decode_rows, prefill_rows;  /* engine_stats' */
+    double step_seconds;
     float *logits;        /* [max_seqs, vocab] */
     forward_seq *batch;   /* [max_seqs] */
     seq **order;          /* [max_seqs] this step's sequences, in batch order */
@@ -498,6 +500,9 @@ static void publish(engine *e, int stepped)
     e->st.waiting = e->accepted - running;
     publish_kv(e);
     e->st.steps += (uint64_t)stepped;
+    e->st.decode_rows = e->decode_rows;
+    e->st.prefill_rows = e->prefill_rows;
+    e->st.step_seconds = e->step_seconds;
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -680,11 +685,16 @@ int engine_step(engine *e, lr_error *err)
     }
     qsort(e->order, (size_t)n, sizeof *e->order, cmp_batch);
 
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int n_decode = 0, n_prefill = 0;   /* rows (engine_stats) */
     for (int k = 0; k < n; k++) {
         seq *s = e->order[k];
         forward_seq *f = &e->batch[k];
         int decoding = s->n_fed == s->n_feed;
         f->n_tokens = decoding ? 1 : s->chunk;
+        n_decode += decoding;
+        n_prefill += decoding ? 0 : s->chunk;
         f->tokens = decoding ? &s->last : s->prompt + s->n_fed;
         f->kv = &s->kv;
         f->merged = s->w;
@@ -716,6 +726,11 @@ int engine_step(engine *e, lr_error *err)
     forward_run(e->fwd, draw_task, e, n_drawn);
     for (int k = 0; k < n_drawn; k++)
         emit_token(e, &e->drawn[k]);
+    e->decode_rows += (uint64_t)n_decode;
+    e->prefill_rows += (uint64_t)n_prefill;
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    e->step_seconds += (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     publish(e, 1);
     forward_phase_end(e->fwd, FWD_PH_DRAW);
     return engine_running(e);

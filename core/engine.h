@@ -106,6 +106,11 @@ typedef struct {
     int kv_blocks_total;   /* blocks of KV_BLOCK positions in the pool (max_kv_bytes /
                             * the block size, or max_seqs full contexts); constant */
     uint64_t steps;        /* steps run so far */
+    uint64_t decode_rows;  /* rows the steps decoded so far: one per sequence and step */
+    uint64_t prefill_rows; /* rows of prompt (and of recomputation after a preemption) the
+                            * steps ran so far */
+    double step_seconds;   /* wall time of the steps that ran rows, so far: with steps
+                            * and rows, the mean step and its rows (/metrics) */
     uint64_t cancelled;    /* requests finished with CANCELLED so far */
     uint64_t preemptions;  /* running sequences preempted for want of KV blocks so far */
 } engine_stats;

@@ -319,7 +319,9 @@ static void handle(app *a, struct MHD_Connection *c, request *rq)
                             .kv_blocks_free = es.kv_blocks_free,
                             .kv_blocks_total = es.kv_blocks_total,
                             .preemptions = es.preemptions,
-                            .cancelled = es.cancelled, .steps = es.steps};
+                            .cancelled = es.cancelled, .steps = es.steps,
+                            .decode_rows = es.decode_rows, .prefill_rows = es.prefill_rows,
+                            .step_seconds = es.step_seconds};
         registry_counts(a->reg, &g.adapters_loaded, &g.adapter_loads, &g.adapter_evictions);
         registry_merge_counts(a->reg, &g.adapters_merged, &g.merges_built, &g.merges_dropped);
         r->body = metrics_render(a->met, &g, &r->len);

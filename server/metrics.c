@@ -244,6 +244,15 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len)
     put_counter(&b, "lorad_requests_cancelled_total",
                 "Requests cancelled (client gone, or shutdown).", (double)g->cancelled);
     put_counter(&b, "lorad_engine_steps_total", "Engine steps run.", (double)g->steps);
+    put_counter(&b, "lorad_engine_step_seconds_total",
+                "Wall time of the engine steps that ran rows (the model, drawing tokens).",
+                g->step_seconds);
+    put_counter(&b, "lorad_engine_decode_rows_total",
+                "Rows the engine steps decoded: one per sequence and step.",
+                (double)g->decode_rows);
+    put_counter(&b, "lorad_engine_prefill_rows_total",
+                "Rows of prompt, and of recomputation after a preemption, the steps ran.",
+                (double)g->prefill_rows);
 
     pthread_mutex_lock(&m->lock);
     put_counter(&b, "lorad_adapter_load_failures_total", "Adapter loads refused (invalid).",

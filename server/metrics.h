@@ -36,6 +36,8 @@ typedef struct {
     uint64_t merges_built, merges_dropped;   /* by --merge auto */
     uint64_t cancelled;
     uint64_t steps;
+    uint64_t decode_rows, prefill_rows;   /* engine_stats' */
+    double step_seconds;
 } metrics_gauges;
 
 /* NULL when out of memory. Freed with metrics_free (accepts NULL). */

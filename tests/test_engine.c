@@ -1009,6 +1009,15 @@ static void check_preemption_crowd(int n, int blocks, int max_batch_rows, int sa
     engine_stats st = kv_stats(e);
     ck_assert_msg(st.preemptions > 0, "crowd of %d in %d blocks: no preemption, the test "
                   "proves nothing", n, blocks);
+    /* every token but a request's first came from one decode row, recomputed or not; the
+     * recomputations ran prefill rows beyond the prompts */
+    uint64_t decoded = 0, prompts = 0;
+    for (int i = 0; i < n; i++) {
+        decoded += (uint64_t)together[i].n - 1;
+        prompts += (uint64_t)j[i].n_prompt;
+    }
+    ck_assert_uint_eq(st.decode_rows, decoded);
+    ck_assert_uint_gt(st.prefill_rows, prompts);
     ck_assert_int_gt(peak, blocks / 2);
     ck_assert_int_eq(st.kv_blocks_used, 0);
     for (int i = 0; i < n; i++) {
@@ -1117,6 +1126,50 @@ START_TEST(test_decoders_never_starve_a_new_prompt_and_prefill_is_chunked)
     ck_assert_int_eq(c[3].n, 1);   /* its first token came with its last chunk */
     engine_cancel_all(e);
     step_ok(e);
+    engine_destroy(e);
+}
+END_TEST
+
+START_TEST(test_stats_count_every_decode_and_prefill_row_once_and_the_steps_time)
+{
+    /* prompts in chunks of 4 rows beside decoders: 14 prompt rows, (6-1) + (3-1) + (9-1)
+     * decode rows (a request's first token comes with its prompt's last row) */
+    engine *e = engine_with(4, 0, 4, 0);
+    collector c[3];
+    memset(c, 0, sizeof c);
+    static const int len[3] = {5, 7, 2}, max[3] = {6, 3, 9};
+    for (int i = 0; i < 3; i++) {
+        job jb = make_job(len[i], 70 + (uint32_t)i, max[i]);
+        submit_id(e, &jb, &c[i]);
+    }
+    engine_stats st;
+    engine_stats_get(e, &st);
+    ck_assert_uint_eq(st.decode_rows + st.prefill_rows, 0);
+    ck_assert(st.step_seconds == 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int steps = 0;
+    for (; engine_running(e) > 0; steps++) {
+        ck_assert_int_lt(steps, 100);
+        step_ok(e);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(c[i].n, max[i]);
+    engine_stats_get(e, &st);
+    ck_assert_uint_eq(st.prefill_rows, 14);
+    ck_assert_uint_eq(st.decode_rows, 15);
+    ck_assert_uint_eq(st.steps, (uint64_t)steps);
+    double wall = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    ck_assert_msg(st.step_seconds > 0 && st.step_seconds <= wall,
+                  "step time %g s, the loop took %g s", st.step_seconds, wall);
+    /* engine_step with nothing to run: no step, no rows, no time */
+    step_ok(e);
+    engine_stats idle;
+    engine_stats_get(e, &idle);
+    ck_assert_uint_eq(idle.steps, st.steps);
+    ck_assert_uint_eq(idle.decode_rows + idle.prefill_rows, 29);
+    ck_assert(idle.step_seconds == st.step_seconds);
     engine_destroy(e);
 }
 END_TEST
@@ -1506,6 +1559,7 @@ static Suite *engine_suite(void)
     tcase_add_test(core, test_preemption_under_a_tiny_pool_gives_every_request_its_output_alone);
     tcase_add_test(core, test_cancel_of_a_preempted_request_frees_everything);
     tcase_add_test(core, test_decoders_never_starve_a_new_prompt_and_prefill_is_chunked);
+    tcase_add_test(core, test_stats_count_every_decode_and_prefill_row_once_and_the_steps_time);
     tcase_add_test(core, test_prompts_start_in_arrival_order);
     tcase_add_test(core, test_mixes_equal_in_content_compare_equal_and_batch_alike);
     tcase_add_test(core, test_non_finite_logits_finish_that_request_with_an_error);

@@ -702,7 +702,8 @@ def case_many_at_once(build, fx, man, model, jobs):
         for name in sorted({n for _, ads in jobs for n, _ in ads}):
             st, r = d.post("/v1/completions", body([1, 5], [(name, 1.0)], 1))
             sh.check(st == 200, "warm-up of %s answered %d: %s" % (name, st, r))
-        steps0 = d.metrics()["lorad_engine_steps_total"]
+        m0 = d.metrics()
+        steps0 = m0["lorad_engine_steps_total"]
         answers = [None] * len(jobs)
         sent = threading.Semaphore(0)
 
@@ -736,7 +737,8 @@ def case_many_at_once(build, fx, man, model, jobs):
             t.join(max(0.0, deadline - time.time()))
             if t.is_alive():
                 raise Fail("no answer within %d s" % TIMEOUT)
-        steps = d.metrics()["lorad_engine_steps_total"] - steps0
+        m1 = d.metrics()
+        steps = m1["lorad_engine_steps_total"] - steps0
         n_tokens = 0
         for i, ((prompt, adapters), (st, data)) in enumerate(zip(jobs, answers)):
             what = "job %d (%d-token prompt, %s)" % (i, len(prompt), adapters or "base")
@@ -758,6 +760,20 @@ def case_many_at_once(build, fx, man, model, jobs):
         if steps > n_tokens * 3 / 4:
             raise Fail("%d engine steps for %d tokens of %d requests: they did not run "
                        "together" % (steps, n_tokens, len(jobs)))
+        # The rows the steps ran: every prompt once (the pool holds every request: no
+        # preemption), one decode row per token after a request's first (an EOS that ends a
+        # request may not be among its tokens), and time for them.
+        rows = {k: m1["lorad_engine_%s_rows_total" % k] - m0["lorad_engine_%s_rows_total" % k]
+                for k in ("prefill", "decode")}
+        n_prompt = sum(len(prompt) for prompt, _ in jobs)
+        if rows["prefill"] != n_prompt:
+            raise Fail("%d prefill rows counted for %d prompt tokens"
+                       % (rows["prefill"], n_prompt))
+        if not n_tokens - len(jobs) <= rows["decode"] <= n_tokens:
+            raise Fail("%d decode rows counted for %d tokens of %d requests"
+                       % (rows["decode"], n_tokens, len(jobs)))
+        if not m1["lorad_engine_step_seconds_total"] > m0["lorad_engine_step_seconds_total"]:
+            raise Fail("lorad_engine_step_seconds_total did not grow")
         sh.check_alive_then_exit_0(d)
         sh.check_sanitizer_clean(d)
     finally:

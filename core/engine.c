@@ -730,7 +730,8 @@ int engine_step(engine *e, lr_error *err)
     e->prefill_rows += (uint64_t)n_prefill;
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    e->step_seconds += (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    e->step_seconds +=
+        (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     publish(e, 1);
     forward_phase_end(e->fwd, FWD_PH_DRAW);
     return engine_running(e);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "forward.h"
 #include "kv_cache.h"
 #include "log.h"
@@ -651,6 +652,7 @@ int engine_step(engine *e, lr_error *err)
             e->prefill[n_pre++] = s;
     }
     qsort(e->prefill, (size_t)n_pre, sizeof *e->prefill, cmp_arrival);
+    int n_decode = n;   /* the decoders' rows; the prompts' are the budget spent */
     int budget = e->opt.max_batch_rows;
     for (int k = 0; k < n_pre && budget > 0; k++) {
         seq *s = e->prefill[k];
@@ -685,16 +687,12 @@ int engine_step(engine *e, lr_error *err)
     }
     qsort(e->order, (size_t)n, sizeof *e->order, cmp_batch);
 
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int n_decode = 0, n_prefill = 0;   /* rows (engine_stats) */
+    double t0 = clock_seconds();
     for (int k = 0; k < n; k++) {
         seq *s = e->order[k];
         forward_seq *f = &e->batch[k];
         int decoding = s->n_fed == s->n_feed;
         f->n_tokens = decoding ? 1 : s->chunk;
-        n_decode += decoding;
-        n_prefill += decoding ? 0 : s->chunk;
         f->tokens = decoding ? &s->last : s->prompt + s->n_fed;
         f->kv = &s->kv;
         f->merged = s->w;
@@ -727,11 +725,8 @@ int engine_step(engine *e, lr_error *err)
     for (int k = 0; k < n_drawn; k++)
         emit_token(e, &e->drawn[k]);
     e->decode_rows += (uint64_t)n_decode;
-    e->prefill_rows += (uint64_t)n_prefill;
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    e->step_seconds +=
-        (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    e->prefill_rows += (uint64_t)(e->opt.max_batch_rows - budget);
+    e->step_seconds += clock_seconds() - t0;
     publish(e, 1);
     forward_phase_end(e->fwd, FWD_PH_DRAW);
     return engine_running(e);

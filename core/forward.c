@@ -15,8 +15,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "pool.h"
 #include "smallmm.h"
 #include "vec16.h"
@@ -809,13 +809,6 @@ const char *const forward_phase_names[FWD_PH_COUNT] = {
     "setup", "norms", "qkv", "rope+kv", "attention", "o", "residual", "gate/up", "swiglu",
     "down", "lm_head", "draw"};
 
-static double prof_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 void forward_set_profile(forward_ctx *f, forward_profile *p)
 {
     f->prof = p;
@@ -829,14 +822,14 @@ forward_profile *forward_get_profile(const forward_ctx *f)
 void forward_phase_begin(forward_ctx *f)
 {
     if (f->prof)
-        f->prof_t = prof_now();
+        f->prof_t = clock_seconds();
 }
 
 void forward_phase_end(forward_ctx *f, int ph)
 {
     if (!f->prof)
         return;
-    double t = prof_now();
+    double t = clock_seconds();
     f->prof->sec[ph] += t - f->prof_t;
     f->prof_t = t;
 }

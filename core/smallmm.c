@@ -838,10 +838,11 @@ static int claim_chunk(chunk_range *r, int from_back)
  * claims a second task finds every chunk claimed). A thread's chunks are thus one run of
  * consecutive rows, as if the pass had one chunk per thread, while the pass still
  * balances: a thread that falls behind (preempted, slower) has its last chunks taken.
- * When every chunk was a task of the pool, claimed from one counter, the two threads' chunks interleaved, and a 1536 ×
- * 576 product of 8, 16, 32 or 64 rows of X took 10–25% longer than in one chunk per
- * thread (measured alone, 2 threads, weights streamed from memory); in runs of chunks it
- * takes as long as in one. Which thread computes a row does not change its result. */
+ * When every chunk was a task of the pool, claimed from one counter, the two threads'
+ * chunks interleaved, and a 1536 × 576 product of 8, 16, 32 or 64 rows of X took 10–25%
+ * longer than in one chunk per thread (measured alone, 2 threads, weights streamed from
+ * memory); in runs of chunks it takes as long as in one. Which thread computes a row does
+ * not change its result. */
 static void xmt_task(void *ctx, int task, int thread)
 {
     xmt_pass *ps = ctx;

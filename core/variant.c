@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "clock.h"
 #include "hugemem.h"
 
 int variant_mix_max_rank(const variant_mix *mix)
@@ -50,13 +51,6 @@ static int mix_touches(const variant_mix *mix, int layer, model_proj p)
         if (lora_weights_get(mix->t[i].w, layer, p)->r > 0)
             return 1;
     return 0;
-}
-
-static double mono_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* The memory of the last W' freed, kept for the next merge: --merge auto drops a W' when
@@ -143,7 +137,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
                 continue;
             int out, in;
             model_config_proj_shape(c, (model_proj)p, &out, &in);
-            double t0 = duty < 1.0 ? mono_seconds() : 0;
+            double t0 = duty < 1.0 ? clock_seconds() : 0;
             const wtensor *w = &m->layers[l].w[p];
             wtensor_rows_f32(w, in, 0, out, f32);
             for (int i = 0; i < mix->n; i++) {
@@ -162,7 +156,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
             next += wtensor_arena_bytes(type, out, in);
             if (duty < 1.0) {
                 /* busy for t, then idle t·(1 − duty)/duty: on average a core's duty */
-                double idle = (mono_seconds() - t0) * (1.0 - duty) / duty;
+                double idle = (clock_seconds() - t0) * (1.0 - duty) / duty;
                 struct timespec ts = {(time_t)idle, (long)((idle - (time_t)idle) * 1e9)};
                 nanosleep(&ts, NULL);
             }

@@ -41,6 +41,10 @@
  * ratios within a repetition, whose cases ran minutes apart at most (this machine's
  * memory bandwidth drifts over minutes, so ratios of medians taken far apart mislead).
  * A tab-separated copy of the table goes to --tsv FILE for tools/plot_bench.py.
+ * A second table gives the engine's side of each window from the daemon's /metrics
+ * (lorad_engine_*): the share of the window spent in steps, the mean step, decode rows a
+ * step, and prompt rows prefilled per generated token — so that a speed-up of many clients
+ * over one can be read as rows a step against the cost of a step.
  *
  * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] [--reps N] [--warmup S] [--window S]
  * [--max-tokens N] [--only TEXT] (--only: the cases whose name contains TEXT — or one of
@@ -313,6 +317,9 @@ typedef struct {
     double paired;      /* an alternating case: the median over pairs of successive requests
                          * of (tokens/s of the one on the adapter) / (the one on the base) */
     int pairs;
+    /* the engine over the window, from /metrics (NAN: not read): the fraction of it spent
+     * in steps, the mean step, decode rows a step, and prefill rows per generated token */
+    double busy, step_ms, decode_per_step, prefill_per_token;
 } result;
 
 static double percentile(double *v, int n, double p)
@@ -427,31 +434,73 @@ static size_t on_text(char *data, size_t size, size_t nmemb, void *user)
     return n;
 }
 
-/* The value of metric `name` (a line "name VALUE") in the daemon's /metrics; -1 when it
- * cannot be read. */
-static double metric(int port, const char *name)
+/* The daemon's /metrics text into b; 0, or -1 when it cannot be read. */
+static int fetch_metrics(int port, text_buf *b)
 {
-    static text_buf b;
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", port);
     CURL *h = curl_easy_init();
     if (!h)
         return -1;
-    b.len = 0;
-    b.buf[0] = '\0';
+    b->len = 0;
+    b->buf[0] = '\0';
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_text);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, b);
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 5L);
     CURLcode rc = curl_easy_perform(h);
     curl_easy_cleanup(h);
-    if (rc != CURLE_OK)
-        return -1;
+    return rc == CURLE_OK ? 0 : -1;
+}
+
+/* The value of metric `name` (a line "name VALUE") in the /metrics text b; -1 when absent. */
+static double metric_in(const text_buf *b, const char *name)
+{
     size_t n = strlen(name);
-    for (const char *l = b.buf; l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+    for (const char *l = b->buf; l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
         if (strncmp(l, name, n) == 0 && l[n] == ' ')
             return atof(l + n + 1);
     return -1;
+}
+
+/* The value of metric `name` in the daemon's /metrics; -1 when it cannot be read. */
+static double metric(int port, const char *name)
+{
+    static text_buf b;
+    return fetch_metrics(port, &b) ? -1 : metric_in(&b, name);
+}
+
+/* The engine's counters at one moment (-1 each where they could not be read). */
+typedef struct {
+    double at, steps, step_seconds, decode_rows, prefill_rows;
+} engine_snap;
+
+static engine_snap engine_counters(int port)
+{
+    static text_buf b;
+    engine_snap s = {bench_now(), -1, -1, -1, -1};
+    if (fetch_metrics(port, &b))
+        return s;
+    s.steps = metric_in(&b, "lorad_engine_steps_total");
+    s.step_seconds = metric_in(&b, "lorad_engine_step_seconds_total");
+    s.decode_rows = metric_in(&b, "lorad_engine_decode_rows_total");
+    s.prefill_rows = metric_in(&b, "lorad_engine_prefill_rows_total");
+    return s;
+}
+
+/* What the engine did between two snapshots, into out's engine fields (NAN where a counter
+ * was not read or nothing ran); tokens: those the clients received meanwhile. */
+static void engine_between(const engine_snap *a, const engine_snap *b, long tokens, result *out)
+{
+    double steps = b->steps - a->steps, sec = b->step_seconds - a->step_seconds;
+    double dec = b->decode_rows - a->decode_rows, pre = b->prefill_rows - a->prefill_rows;
+    int ok = a->steps >= 0 && b->steps >= 0 && a->step_seconds >= 0 && b->step_seconds >= 0 &&
+             a->decode_rows >= 0 && b->decode_rows >= 0 && a->prefill_rows >= 0 &&
+             b->prefill_rows >= 0 && steps > 0 && tokens > 0;
+    out->busy = ok ? sec / (b->at - a->at) : NAN;
+    out->step_ms = ok ? 1e3 * sec / steps : NAN;
+    out->decode_per_step = ok ? dec / steps : NAN;
+    out->prefill_per_token = ok ? pre / (double)tokens : NAN;
 }
 
 /* The --merge auto case measures one client on its merged W' ("once merged"): its window
@@ -508,8 +557,18 @@ static int run_case(const bench_case *bc, int port, int base_port, int n_adapter
         atomic_store(&win.w0, w0);
         end = w0 + window;
     }
-    while (bench_now() < end)
+    /* the engine's counters as the window opens and closes (w0 moves in a --merge auto
+     * case) */
+    engine_snap at0 = {0}, at1;
+    int opened = 0;
+    for (double now = bench_now(); now < end; now = bench_now()) {
+        if (!opened && now >= atomic_load(&win.w0)) {
+            at0 = engine_counters(port);
+            opened = 1;
+        }
         usleep(20000);
+    }
+    at1 = engine_counters(port);
     if (merges0 >= 0) {
         double merges1 = metric(port, "lorad_adapter_merges_total");
         out->merges = merges1 >= 0 ? (int)(merges1 - merges0) : -1;
@@ -547,6 +606,10 @@ static int run_case(const bench_case *bc, int port, int base_port, int n_adapter
         return -1;
     }
     out->tps = tokens / window;
+    if (opened)
+        engine_between(&at0, &at1, tokens, out);
+    else
+        out->busy = out->step_ms = out->decode_per_step = out->prefill_per_token = NAN;
     out->requests = n;
     out->ttft50 = percentile(ttft, n, 0.5);
     out->ttft99 = percentile(ttft, n, 0.99);
@@ -741,7 +804,7 @@ int main(int argc, char **argv)
         /* a case measured twice a repetition (AGAIN): tokens/s the median of the
          * repetitions' means, the latencies the median over both windows of every one */
         int k2 = repeat_of(k), nw = k2 < 0 || !measured[k2] ? reps : 2 * reps;
-        double v[8][2 * MAX_REPS];
+        double v[12][2 * MAX_REPS];
         for (int w = 0; w < nw; w++) {
             const result *x = &res[w < reps ? k : k2][w % reps];
             v[0][w] = w < reps ? rep_tps(res, k, w) : NAN;
@@ -752,12 +815,18 @@ int main(int argc, char **argv)
             v[5][w] = x->tpot99_popular;
             v[6][w] = x->tpot99_others;
             v[7][w] = x->requests;
+            v[8][w] = x->busy;
+            v[9][w] = x->step_ms;
+            v[10][w] = x->decode_per_step;
+            v[11][w] = x->prefill_per_token;
         }
         med[k] = (result){bench_median(v[0], reps), bench_median(v[1], nw),
                           bench_median(v[2], nw), bench_median(v[3], nw),
                           bench_median(v[4], nw), (int)bench_median(v[7], nw),
                           bench_median(v[5], nw), bench_median(v[6], nw),
-                          NAN, -1, NAN, 0};   /* merge waits: `built` below */
+                          NAN, -1, NAN, 0,    /* merge waits: `built` below */
+                          bench_median(v[8], nw), bench_median(v[9], nw),
+                          bench_median(v[10], nw), bench_median(v[11], nw)};
         if (k == AUTO1 || k == AUTO1ALT)
             for (int r = 0; r < reps; r++) {
                 double w = res[k][r].merge_wait;
@@ -801,6 +870,23 @@ int main(int argc, char **argv)
     }
     if (tf)
         fclose(tf);
+    /* Where a case's tokens/s comes from: tokens/s = 1000 / step ms × busy × (decode rows a
+     * step + the steps' first tokens) — the speed-up of many clients over one is the rows a
+     * step ÷ how much longer a step takes, times the ratio of their busy fractions. */
+    printf("\nthe engine in each window (lorad_engine_* counters of /metrics, medians): busy = "
+           "the share of the window in steps; a step's mean time and decode rows; prompt rows "
+           "prefilled per generated token\n");
+    printf("%-2s %-34s %8s %10s %12s %14s\n", "#", "case", "busy", "ms/step", "decode/step",
+           "prefill/token");
+    for (int kk = 0; kk < N_CASES * 5; kk++) {
+        int k = kk % N_CASES;
+        if (cases[k].scenario != kk / N_CASES + 1 || (only && !selected(cases[k].name, only)) ||
+            cases[k].alternate || first_of(k) >= 0)
+            continue;
+        printf("%-2d %-34s %7.0f%% %10.2f %12.2f %14.2f\n", cases[k].scenario, cases[k].name,
+               100 * med[k].busy, med[k].step_ms, med[k].decode_per_step,
+               med[k].prefill_per_token);
+    }
     int any_alt = 0;
     for (int k = 0; k < N_CASES; k++) {
         if ((only && !selected(cases[k].name, only)) || !cases[k].alternate)

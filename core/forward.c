@@ -621,7 +621,38 @@ static void NAME(const float *q, int rs, int pstep, int nr, int pos0, float *con
     }                                                                                      \
 }
 ATTN_KERNEL(attn_rows1, 1)
+ATTN_KERNEL(attn_rows2, 2)
+ATTN_KERNEL(attn_rows3, 3)
 ATTN_KERNEL(attn_rows4, 4)
+
+/* The heads of one KV group for one decode row (pstep 0): nh (<= ATTN_ROWS) of them on the
+ * kernel of exactly nh rows, not one padded to 4 — a group of 3 (SmolLM2-135M) on the
+ * 4-row kernel computed a fourth, copied head, and its one chain per row waited out the
+ * FMA latency at every element (the 3-row kernel keeps 4 chains a row). An 8-row decode
+ * step (3 heads a group; Zen 5, 2 threads), alternated in one process, 3 rounds: its
+ * attention 1.00-1.15 ms against 1.25-1.30, the step 13.43-13.59 against 13.62-13.73 (the
+ * o projection after it took 0.12-0.15 ms longer: less of its weights came in during the
+ * shorter attention, see lead_cursor). Which kernel a group takes depends only on the
+ * model, so a row's result does not depend on its batch. */
+static void attn_group(int nh, const float *q, int pos, float *const *blk, size_t kofs,
+                       size_t vofs, int kv_dim, int hd, float scale, int win, float *S, int ss,
+                       float *out, lead_cursor *pf)
+{
+    switch (nh) {
+    case 1:
+        attn_rows1(q, hd, 0, 1, pos, blk, kofs, vofs, kv_dim, hd, scale, win, S, ss, out, pf);
+        break;
+    case 2:
+        attn_rows2(q, hd, 0, 2, pos, blk, kofs, vofs, kv_dim, hd, scale, win, S, ss, out, pf);
+        break;
+    case 3:
+        attn_rows3(q, hd, 0, 3, pos, blk, kofs, vofs, kv_dim, hd, scale, win, S, ss, out, pf);
+        break;
+    default:
+        attn_rows4(q, hd, 0, nh, pos, blk, kofs, vofs, kv_dim, hd, scale, win, S, ss, out, pf);
+        break;
+    }
+}
 
 /* Batches of at least this many rows store their keys and values on the pool: each row
  * writes head_dim transposed keys per KV head, every one to its own cache line (a miss
@@ -694,8 +725,8 @@ static void attn_task_run(void *ctx, int task, int thread)
             for (int h = 0; h < group; h += ATTN_ROWS) {
                 int nh = group - h < ATTN_ROWS ? group - h : ATTN_ROWS;
                 size_t off = (size_t)base * q_dim + (size_t)(hg + h) * hd;
-                attn_rows4(f->q + off, hd, 0, nh, pos_first, kv->blocks, kg, vg, kv_dim, hd,
-                           scale, win, f->scores[thread], (int)f->scores_cap, f->att + off,
+                attn_group(nh, f->q + off, pos_first, kv->blocks, kg, vg, kv_dim, hd, scale,
+                           win, f->scores[thread], (int)f->scores_cap, f->att + off,
                            &f->lead[thread]);
             }
         }

@@ -511,7 +511,8 @@ static void publish(engine *e, int stepped)
  * everything that reads the row. Touches only that sequence's sampler, so the rows of a
  * step are drawn in parallel (draw_task). One scan checks that the logits are finite and
  * finds the greedy token and the maximum, which the log-sum-exp reuses: a greedy row is
- * two passes over the vocabulary, not five (49152 logits: 53 -> 35 µs). */
+ * two passes over the vocabulary, not five (49152 logits: 53 -> 35 µs), and one where the
+ * request wants no logprob (no_logprob: the API's requests without "logprobs"). */
 static void draw_token(engine *e, struct drawn *d)
 {
     const model_config *c = &e->m->cfg;
@@ -532,10 +533,11 @@ static void draw_token(engine *e, struct drawn *d)
     for (int j = 0; j < tok->n_top && in_top < 0; j++)
         if (tok->top_ids[j] == tok->id)
             in_top = j;
-    tok->logprob = in_top >= 0 ? tok->top_logprobs[in_top]
-                               : (float)((double)lg[tok->id] -
-                                         (double)sampler_logsumexp_from(lg, c->vocab_size,
-                                                                        max));
+    tok->logprob = in_top >= 0       ? tok->top_logprobs[in_top]
+                   : s->req.no_logprob ? NAN
+                                       : (float)((double)lg[tok->id] -
+                                                 (double)sampler_logsumexp_from(
+                                                     lg, c->vocab_size, max));
 }
 
 /* pool task: row `task` of the step's drawn tokens. */

@@ -82,6 +82,9 @@ typedef struct {
     int max_tokens;             /* >= 1 */
     sampler_params sampling;
     int logprobs;               /* top alternatives per token, 0..ENGINE_MAX_LOGPROBS */
+    int no_logprob;             /* 1: the tokens' logprob is not wanted (NAN, unless it is
+                                 * among the alternatives): one pass over the vocabulary
+                                 * less per token */
     int ignore_eos;             /* 1: do not stop on the model's EOS ids */
     const variant *merged;      /* borrowed, or NULL; valid until on_done */
     const variant_mix *lora;    /* borrowed, or NULL; valid until on_done (the mix struct

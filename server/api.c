@@ -912,7 +912,7 @@ static job *start_job(app *a, const api_request *rq, int chat, api_reply *out)
     engine_request req = {
         .prompt = j->prompt, .n_prompt = j->n_prompt, .max_tokens = max_tokens,
         .sampling = p->sp, .logprobs = p->want_logprobs ? p->logprobs : 0,
-        .ignore_eos = p->ignore_eos};
+        .no_logprob = !p->want_logprobs, .ignore_eos = p->ignore_eos};
     generation_attach(j->gen, &req);
     j->gen_token = req.on_token;
     j->gen_done = req.on_done;

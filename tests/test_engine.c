@@ -129,6 +129,7 @@ typedef struct {
     int n_prompt;
     int max_tokens;
     int logprobs;
+    int no_logprob;
     int ignore_eos;
     sampler_params sp;
     const variant *merged;
@@ -161,6 +162,7 @@ static engine_request make_request(const job *j, collector *c)
     r.max_tokens = j->max_tokens;
     r.sampling = j->sp;
     r.logprobs = j->logprobs;
+    r.no_logprob = j->no_logprob;
     r.ignore_eos = j->ignore_eos;
     r.merged = j->merged;
     r.lora = j->lora;
@@ -537,6 +539,43 @@ START_TEST(test_greedy_token_is_top_logprob_and_logprobs_are_normalized)
             mass += exp((double)c.top_lp[i][k]);
         }
         ck_assert(mass <= 1.0 + 1e-5 && mass > 0.2);
+    }
+}
+END_TEST
+
+/* no_logprob: the same tokens, greedy or sampled, without the chosen token's logprob —
+ * unless it is among the alternatives asked for, which carry it as before. */
+START_TEST(test_no_logprob_leaves_the_tokens_and_drops_only_the_logprob)
+{
+    for (int sampled = 0; sampled < 2; sampled++) {
+        job j = make_job(6, 123 + (uint32_t)sampled, 8);
+        j.logprobs = 0;
+        if (sampled) {
+            j.sp.temperature = 0.9f;
+            j.sp.seed = 7;
+        }
+        collector with, without;
+        run_alone(g.m, &j, &with);
+        j.no_logprob = 1;
+        run_alone(g.m, &j, &without);
+        ck_assert_int_eq(with.n, without.n);
+        for (int i = 0; i < with.n; i++) {
+            ck_assert_int_eq(with.ids[i], without.ids[i]);
+            ck_assert_msg(isfinite(with.lp[i]) && with.lp[i] <= 0.0f, "token %d: logprob %g", i,
+                          (double)with.lp[i]);
+            ck_assert_msg(isnan(without.lp[i]), "token %d: logprob %g without being wanted", i,
+                          (double)without.lp[i]);
+            ck_assert_int_eq(without.n_top[i], 0);
+        }
+    }
+    job j = make_job(6, 321, 8);   /* greedy: the chosen token is the first alternative */
+    j.logprobs = 3;
+    j.no_logprob = 1;
+    collector c;
+    run_alone(g.m, &j, &c);
+    for (int i = 0; i < c.n; i++) {
+        ck_assert_int_eq(c.ids[i], c.top_ids[i][0]);
+        ck_assert_float_eq(c.lp[i], c.top_lp[i][0]);
     }
 }
 END_TEST
@@ -1545,6 +1584,7 @@ static Suite *engine_suite(void)
     tcase_add_test(core, test_merged_mix_equals_on_the_fly_mix);
     tcase_add_test(core, test_merged_alone_takes_w_only_in_steps_where_every_row_is_on_it);
     tcase_add_test(core, test_greedy_token_is_top_logprob_and_logprobs_are_normalized);
+    tcase_add_test(core, test_no_logprob_leaves_the_tokens_and_drops_only_the_logprob);
     tcase_add_test(core, test_finishes_with_length_after_exactly_max_tokens);
     tcase_add_test(core, test_token_callback_returning_nonzero_finishes_with_stop);
     tcase_add_test(core, test_eos_finishes_with_stop_unless_ignore_eos);

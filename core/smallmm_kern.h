@@ -924,12 +924,21 @@ K(panel_tile)(const float *x, int in, const float *tp, float *y, int ldy, int NI
         for (int v = 0; v < NV; v++)
             acc[i][v] = (vf){0};
     const float *m = tp;
+    /* The last PANEL_PF elements prefetch the next tile's panels — it starts after this
+     * tile's, a whole panel (in · WT_P_ROWS floats) further per panel — not the panels
+     * after each of this tile's (its own others, already read), so that all of the next
+     * tile's streams start in cache, not just its first. The decode step from memory
+     * (Zen 5, 2 threads), alternated in one process, 3 rounds: 8 rows 3.6-5.5% faster
+     * (11.01-11.72 -> 10.61-11.08 ms), one row 2.0-2.3%, 16-64 rows 1.3-3.2%; a product
+     * of 8 rows of 576 alone from memory 58-60 -> 62-65 GB/s. */
+    size_t wrap = (size_t)((NV + PVPP - 1) / PVPP - 1) * ps;
     for (int k = 0; k < in; k++, m += WT_P_ROWS) {
         vf w[PNV];
+        size_t ahead = PANEL_PF * WT_P_ROWS + (k + PANEL_PF >= in ? wrap : 0);
         for (int v = 0; v < NV; v++) {
             const float *mv = m + (size_t)(v / PVPP) * ps + (v % PVPP) * VL;
             if (v % PVPP == 0)   /* a cache line a panel and element */
-                __builtin_prefetch(mv + PANEL_PF * WT_P_ROWS, 0, 3);
+                __builtin_prefetch(mv + ahead, 0, 3);
             w[v] = K(ldf)(mv);
         }
         for (int i = 0; i < NI; i++) {

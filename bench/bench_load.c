@@ -470,21 +470,23 @@ static double metric(int port, const char *name)
     return fetch_metrics(port, &b) ? -1 : metric_in(&b, name);
 }
 
-/* The engine's counters at one moment (-1 each where they could not be read). */
+/* The engine's counters at one moment; ok: every one of them was read. */
 typedef struct {
     double at, steps, step_seconds, decode_rows, prefill_rows;
+    int ok;
 } engine_snap;
 
 static engine_snap engine_counters(int port)
 {
     static text_buf b;
-    engine_snap s = {bench_now(), -1, -1, -1, -1};
+    engine_snap s = {bench_now(), -1, -1, -1, -1, 0};
     if (fetch_metrics(port, &b))
         return s;
     s.steps = metric_in(&b, "lorad_engine_steps_total");
     s.step_seconds = metric_in(&b, "lorad_engine_step_seconds_total");
     s.decode_rows = metric_in(&b, "lorad_engine_decode_rows_total");
     s.prefill_rows = metric_in(&b, "lorad_engine_prefill_rows_total");
+    s.ok = s.steps >= 0 && s.step_seconds >= 0 && s.decode_rows >= 0 && s.prefill_rows >= 0;
     return s;
 }
 
@@ -494,9 +496,7 @@ static void engine_between(const engine_snap *a, const engine_snap *b, long toke
 {
     double steps = b->steps - a->steps, sec = b->step_seconds - a->step_seconds;
     double dec = b->decode_rows - a->decode_rows, pre = b->prefill_rows - a->prefill_rows;
-    int ok = a->steps >= 0 && b->steps >= 0 && a->step_seconds >= 0 && b->step_seconds >= 0 &&
-             a->decode_rows >= 0 && b->decode_rows >= 0 && a->prefill_rows >= 0 &&
-             b->prefill_rows >= 0 && steps > 0 && tokens > 0;
+    int ok = a->ok && b->ok && steps > 0 && tokens > 0;
     out->busy = ok ? sec / (b->at - a->at) : NAN;
     out->step_ms = ok ? 1e3 * sec / steps : NAN;
     out->decode_per_step = ok ? dec / steps : NAN;
@@ -667,6 +667,19 @@ static int selected(const char *name, const char *only)
             return 0;
         a = e;
     }
+}
+
+/* The tables' rows, scenario by scenario (scenarios 1-5): for kk in [0, 5·N_CASES), the
+ * case of row kk, or -1 when kk is no row — another scenario's case, one --only leaves
+ * out, an alternating case (its own lines), or the repeat of an ABBA case (one row for
+ * both windows). */
+static int table_row(int kk, const char *only)
+{
+    int k = kk % N_CASES;
+    if (cases[k].scenario != kk / N_CASES + 1 || (only && !selected(cases[k].name, only)) ||
+        cases[k].alternate || first_of(k) >= 0)
+        return -1;
+    return k;
 }
 
 int main(int argc, char **argv)
@@ -855,10 +868,9 @@ int main(int argc, char **argv)
     if (tf)
         fprintf(tf, "scenario\tcase\tclients\ttok_s\tttft_p50_ms\tttft_p99_ms\ttpot_p50_ms\t"
                 "tpot_p99_ms\n");
-    for (int kk = 0; kk < N_CASES * 5; kk++) {   /* scenario by scenario */
-        int k = kk % N_CASES;
-        if (cases[k].scenario != kk / N_CASES + 1 || (only && !selected(cases[k].name, only)) ||
-            cases[k].alternate || first_of(k) >= 0)
+    for (int kk = 0; kk < N_CASES * 5; kk++) {
+        int k = table_row(kk, only);
+        if (k < 0)
             continue;
         printf("%-2d %-34s %10.1f %8.0f ms %8.0f ms %7.1f ms %7.1f ms %9d\n", cases[k].scenario,
                cases[k].name, med[k].tps, med[k].ttft50 * 1e3, med[k].ttft99 * 1e3,
@@ -879,9 +891,8 @@ int main(int argc, char **argv)
     printf("%-2s %-34s %8s %10s %12s %14s\n", "#", "case", "busy", "ms/step", "decode/step",
            "prefill/token");
     for (int kk = 0; kk < N_CASES * 5; kk++) {
-        int k = kk % N_CASES;
-        if (cases[k].scenario != kk / N_CASES + 1 || (only && !selected(cases[k].name, only)) ||
-            cases[k].alternate || first_of(k) >= 0)
+        int k = table_row(kk, only);
+        if (k < 0)
             continue;
         printf("%-2d %-34s %7.0f%% %10.2f %12.2f %14.2f\n", cases[k].scenario, cases[k].name,
                100 * med[k].busy, med[k].step_ms, med[k].decode_per_step,

@@ -13,6 +13,8 @@ echo "== engine"
 "$BUILD/bench/bench_engine" "$BUILD/bench-data" $Q
 echo "== decode step against batch size"
 "$BUILD/bench/bench_batch" "$BUILD/bench-data" $Q --tsv "$BUILD/bench-batch.tsv"
+echo "== smallmm's products against the FMA peak"
+"$BUILD/bench/bench_tiles" $Q
 echo "== base weights in f32, bf16, q8"
 "$BUILD/bench/bench_weights" "$BUILD/bench-data" $Q
 echo "== drift of bf16 / q8 weights from f32 on the demo model"

@@ -318,8 +318,9 @@ typedef struct {
                          * of (tokens/s of the one on the adapter) / (the one on the base) */
     int pairs;
     /* the engine over the window, from /metrics (NAN: not read): the fraction of it spent
-     * in steps, the mean step, decode rows a step, and prefill rows per generated token */
-    double busy, step_ms, decode_per_step, prefill_per_token;
+     * in steps, the mean step, decode rows a step, and prefill rows per generated token;
+     * the share of the daemon's anonymous memory in huge pages as the window closed */
+    double busy, step_ms, decode_per_step, prefill_per_token, huge;
 } result;
 
 static double percentile(double *v, int n, double p)
@@ -473,19 +474,22 @@ static double metric(int port, const char *name)
 /* The engine's counters at one moment; ok: every one of them was read. */
 typedef struct {
     double at, steps, step_seconds, decode_rows, prefill_rows;
+    double anon, huge;  /* lorad_memory_anon_bytes, _anon_huge_bytes (-1: not read) */
     int ok;
 } engine_snap;
 
 static engine_snap engine_counters(int port)
 {
     static text_buf b;
-    engine_snap s = {bench_now(), -1, -1, -1, -1, 0};
+    engine_snap s = {bench_now(), -1, -1, -1, -1, -1, -1, 0};
     if (fetch_metrics(port, &b))
         return s;
     s.steps = metric_in(&b, "lorad_engine_steps_total");
     s.step_seconds = metric_in(&b, "lorad_engine_step_seconds_total");
     s.decode_rows = metric_in(&b, "lorad_engine_decode_rows_total");
     s.prefill_rows = metric_in(&b, "lorad_engine_prefill_rows_total");
+    s.anon = metric_in(&b, "lorad_memory_anon_bytes");
+    s.huge = metric_in(&b, "lorad_memory_anon_huge_bytes");
     s.ok = s.steps >= 0 && s.step_seconds >= 0 && s.decode_rows >= 0 && s.prefill_rows >= 0;
     return s;
 }
@@ -501,6 +505,7 @@ static void engine_between(const engine_snap *a, const engine_snap *b, long toke
     out->step_ms = ok ? 1e3 * sec / steps : NAN;
     out->decode_per_step = ok ? dec / steps : NAN;
     out->prefill_per_token = ok ? pre / (double)tokens : NAN;
+    out->huge = b->anon > 0 && b->huge >= 0 ? b->huge / b->anon : NAN;
 }
 
 /* The --merge auto case measures one client on its merged W' ("once merged"): its window
@@ -609,7 +614,8 @@ static int run_case(const bench_case *bc, int port, int base_port, int n_adapter
     if (opened)
         engine_between(&at0, &at1, tokens, out);
     else
-        out->busy = out->step_ms = out->decode_per_step = out->prefill_per_token = NAN;
+        out->busy = out->step_ms = out->decode_per_step = out->prefill_per_token =
+            out->huge = NAN;
     out->requests = n;
     out->ttft50 = percentile(ttft, n, 0.5);
     out->ttft99 = percentile(ttft, n, 0.99);
@@ -817,7 +823,7 @@ int main(int argc, char **argv)
         /* a case measured twice a repetition (AGAIN): tokens/s the median of the
          * repetitions' means, the latencies the median over both windows of every one */
         int k2 = repeat_of(k), nw = k2 < 0 || !measured[k2] ? reps : 2 * reps;
-        double v[12][2 * MAX_REPS];
+        double v[13][2 * MAX_REPS];
         for (int w = 0; w < nw; w++) {
             const result *x = &res[w < reps ? k : k2][w % reps];
             v[0][w] = w < reps ? rep_tps(res, k, w) : NAN;
@@ -832,6 +838,7 @@ int main(int argc, char **argv)
             v[9][w] = x->step_ms;
             v[10][w] = x->decode_per_step;
             v[11][w] = x->prefill_per_token;
+            v[12][w] = x->huge;
         }
         med[k] = (result){bench_median(v[0], reps), bench_median(v[1], nw),
                           bench_median(v[2], nw), bench_median(v[3], nw),
@@ -839,7 +846,8 @@ int main(int argc, char **argv)
                           bench_median(v[5], nw), bench_median(v[6], nw),
                           NAN, -1, NAN, 0,    /* merge waits: `built` below */
                           bench_median(v[8], nw), bench_median(v[9], nw),
-                          bench_median(v[10], nw), bench_median(v[11], nw)};
+                          bench_median(v[10], nw), bench_median(v[11], nw),
+                          bench_median(v[12], nw)};
         if (k == AUTO1 || k == AUTO1ALT)
             for (int r = 0; r < reps; r++) {
                 double w = res[k][r].merge_wait;
@@ -887,16 +895,17 @@ int main(int argc, char **argv)
      * step ÷ how much longer a step takes, times the ratio of their busy fractions. */
     printf("\nthe engine in each window (lorad_engine_* counters of /metrics, medians): busy = "
            "the share of the window in steps; a step's mean time and decode rows; prompt rows "
-           "prefilled per generated token\n");
-    printf("%-2s %-34s %8s %10s %12s %14s\n", "#", "case", "busy", "ms/step", "decode/step",
-           "prefill/token");
+           "prefilled per generated token; the share of the daemon's anonymous memory in huge "
+           "pages as the window closed (lorad_memory_anon_huge_bytes / _anon_bytes)\n");
+    printf("%-2s %-34s %8s %10s %12s %14s %11s\n", "#", "case", "busy", "ms/step",
+           "decode/step", "prefill/token", "huge pages");
     for (int kk = 0; kk < N_CASES * 5; kk++) {
         int k = table_row(kk, only);
         if (k < 0)
             continue;
-        printf("%-2d %-34s %7.0f%% %10.2f %12.2f %14.2f\n", cases[k].scenario, cases[k].name,
-               100 * med[k].busy, med[k].step_ms, med[k].decode_per_step,
-               med[k].prefill_per_token);
+        printf("%-2d %-34s %7.0f%% %10.2f %12.2f %14.2f %10.0f%%\n", cases[k].scenario,
+               cases[k].name, 100 * med[k].busy, med[k].step_ms, med[k].decode_per_step,
+               med[k].prefill_per_token, 100 * med[k].huge);
     }
     int any_alt = 0;
     for (int k = 0; k < N_CASES; k++) {

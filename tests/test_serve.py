@@ -337,6 +337,13 @@ def check_metrics_and_log(d):
     check(m["lorad_running_sequences"] == 0 and m["lorad_queue_depth"] == 0, "idle gauges")
     check(m["lorad_kv_cache_bytes"] == 0, "KV memory not returned: %r"
           % m["lorad_kv_cache_bytes"])
+    # the process's anonymous memory, read back from the kernel, and its huge-page part
+    with open("/proc/%d/smaps_rollup" % d.proc.pid) as f:
+        anon_now = [int(l.split()[1]) * 1024 for l in f if l.startswith("Anonymous:")][0]
+    anon, huge = m["lorad_memory_anon_bytes"], m["lorad_memory_anon_huge_bytes"]
+    check(0 < anon and 0 <= huge <= anon, "memory gauges: anon %r huge %r" % (anon, huge))
+    check(0.5 * anon_now < anon < 2 * anon_now, "anon %r, the kernel says %r now"
+          % (anon, anon_now))
     lines = [l for l in d.log() if "POST /v1/completions adapter=tq_attn status=200" in l]
     check(lines and "prompt_tokens=" in lines[0] and lines[0].endswith(" ms"),
           "no request log line for tq_attn: %s" % d.log()[-3:])

@@ -3,8 +3,8 @@
  * bench_batch's "of bound" mixes the products' rate with everything else a step does
  * (attention, norms, the draw); this measures the products alone, through smallmm_xmt_run
  * on a pool of 2 threads, as forward() calls it, for 8 to 64 rows of X:
- *   - in cache: one 1536 × 576 matrix (the shape of up_proj's transpose, 3.5 MB: each
- *     thread's half stays in its L2 and L3) multiplied again and again;
+ *   - in cache: one 1536 × 576 matrix (up_proj's shape, 3.5 MB: each thread's half, 1.8
+ *     MB, in its L2 and the L3) multiplied again and again;
  *   - from memory: 32 different 1536 × 576 matrices (113 MB) one after the other, each
  *     read once per round (a decode step's products, a layer at a time).
  * Each repetition measures the FMA peak (bench_fma_peak, 2 threads) next to the products,

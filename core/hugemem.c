@@ -1,15 +1,33 @@
 /* huge_alloc, huge_free, huge_cache: see hugemem.h. */
 #include "hugemem.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 void *huge_alloc(size_t bytes)
 {
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
+    if (bytes == 0)
         return NULL;
-    madvise(p, bytes, MADV_HUGEPAGE);   /* a hint; failure leaves 4 KiB pages */
+    /* Mapped with a huge page of room and trimmed to start on one: the kernel backs only
+     * whole, aligned 2 MB pieces with huge pages, and mmap's 4 KB-aligned start left a
+     * piece at each end of every block in 4 KB pages — in a daemon that had served 64
+     * clients, 9% of its anonymous memory (the KV cache's 22.5 MB slabs 8%, a 19.5 MB
+     * adapter up to 20%). */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t len = (bytes + page - 1) / page * page, span = len + HUGE_PAGE_BYTES;
+    if (span < len)
+        return NULL;
+    char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    char *p = (char *)(((uintptr_t)m + HUGE_PAGE_BYTES - 1) & ~(uintptr_t)(HUGE_PAGE_BYTES - 1));
+    if (p > m)
+        munmap(m, (size_t)(p - m));
+    if (m + span > p + len)
+        munmap(p + len, (size_t)(m + span - (p + len)));
+    madvise(p, len, MADV_HUGEPAGE);   /* a hint; failure leaves 4 KiB pages */
     return p;
 }
 

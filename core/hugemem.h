@@ -10,9 +10,13 @@
 #include <pthread.h>
 #include <stddef.h>
 
-/* bytes (> 0) of zeroed memory, private to the process, backed as it is first written;
- * NULL when it cannot be mapped. Huge pages are a hint: where the kernel declines, the
- * memory is the same, in 4 KiB pages. Give it back with huge_free(p, bytes). */
+/* A transparent huge page on x86-64 (and arm64 with 4 KB pages). */
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+
+/* bytes (> 0) of zeroed memory, private to the process, backed as it is first written,
+ * starting on a HUGE_PAGE_BYTES boundary; NULL when it cannot be mapped. Huge pages are a
+ * hint: where the kernel declines, the memory is the same, in 4 KiB pages. Give it back
+ * with huge_free(p, bytes). */
 void *huge_alloc(size_t bytes);
 void huge_free(void *p, size_t bytes);
 

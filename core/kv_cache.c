@@ -89,7 +89,15 @@ static int slab_new(kv_pool *p)
     if (!t)
         return -1;
     p->slabs = t;
-    size_t bytes = p->stride * (size_t)n;
+    /* in whole huge pages (huge_alloc starts the slab on one): the room the last one has
+     * past n blocks takes as many more as fit, and none of the slab is left in 4 KB pages
+     * (32 blocks of the 135M shape are 22.5 MB: 34 fill 24 MB) */
+    size_t bytes = (p->stride * (size_t)n + HUGE_PAGE_BYTES - 1) / HUGE_PAGE_BYTES *
+                   HUGE_PAGE_BYTES;
+    if ((size_t)(p->total - p->made) * p->stride < bytes)
+        n = p->total - p->made;
+    else
+        n = (int)(bytes / p->stride);
     void *mem = huge_alloc(bytes);
     if (!mem)
         return -1;

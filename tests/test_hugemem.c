@@ -24,6 +24,30 @@ static void *block(size_t bytes)
     return p;
 }
 
+/* Every block starts on a huge page (the kernel backs only whole aligned 2 MB pieces with
+ * one), is zeroed and writable to its last byte, and the room mapped past it to align it
+ * is gone: the page after it is not mapped (msync fails with ENOMEM on an unmapped page;
+ * that page was always part of the room, so nothing else can have it). */
+START_TEST(test_a_block_starts_on_a_huge_page_and_the_room_past_it_is_unmapped)
+{
+    static const size_t sizes[] = {1, 4 * KB, 5 * KB * KB + 123, 22 * KB * KB + 512 * KB};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = sizes[i];
+        unsigned char *p = huge_alloc(n);
+        ck_assert_ptr_nonnull(p);
+        ck_assert_uint_eq((uintptr_t)p % HUGE_PAGE_BYTES, 0);
+        ck_assert(p[0] == 0 && p[n - 1] == 0);
+        p[0] = 1;
+        p[n - 1] = 2;
+        size_t page = 4 * KB, end = (n + page - 1) / page * page;
+        ck_assert_int_eq(msync(p, n, MS_ASYNC), 0);
+        ck_assert_int_ne(msync(p + end, page, MS_ASYNC), 0);
+        huge_free(p, n);
+    }
+    ck_assert_ptr_null(huge_alloc(0));
+}
+END_TEST
+
 START_TEST(test_a_block_goes_to_a_request_of_half_to_all_of_it_smallest_first)
 {
     huge_cache c = HUGE_CACHE_INIT(4, (size_t)64 << 20);
@@ -126,6 +150,7 @@ static Suite *hugemem_suite(void)
 {
     Suite *s = suite_create("hugemem");
     TCase *core = tcase_create("core");
+    tcase_add_test(core, test_a_block_starts_on_a_huge_page_and_the_room_past_it_is_unmapped);
     tcase_add_test(core, test_a_block_goes_to_a_request_of_half_to_all_of_it_smallest_first);
     tcase_add_test(core, test_a_taken_block_is_writable_with_its_old_contents);
     tcase_add_test(core, test_the_oldest_blocks_go_when_the_count_or_the_bytes_are_full);

@@ -12,9 +12,9 @@ void *huge_alloc(size_t bytes)
         return NULL;
     /* Mapped with a huge page of room and trimmed to start on one: the kernel backs only
      * whole, aligned 2 MB pieces with huge pages, and mmap's 4 KB-aligned start left a
-     * piece at each end of every block in 4 KB pages — in a daemon that had served 64
-     * clients, 9% of its anonymous memory (the KV cache's 22.5 MB slabs 8%, a 19.5 MB
-     * adapter up to 20%). */
+     * piece at each end of every block in 4 KB pages: in a daemon that had served 64
+     * clients, 9% of its anonymous memory, most of it the ends of the KV cache's 22.5 MB
+     * slabs (up to 4 MB of each; of a 19.5 MB adapter likewise). */
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t len = (bytes + page - 1) / page * page, span = len + HUGE_PAGE_BYTES;
     if (span < len)

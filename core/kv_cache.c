@@ -6,9 +6,10 @@
 
 #include "hugemem.h"
 
-/* Blocks are cut from slabs of this many (fewer for a small pool), each block starting on
- * a page: a sequence's blocks, taken in order, sit side by side, and attention's 16-key
- * rows of one head (4 KB for head_dim 64) never straddle a page. */
+/* Blocks are cut from slabs of at least this many (fewer for a small pool; more where the
+ * slab's last huge page has room for them, slab_new), each block starting on a page: a
+ * sequence's blocks, taken in order, sit side by side, and attention's 16-key rows of one
+ * head (4 KB for head_dim 64) never straddle a page. */
 #define SLAB_BLOCKS 32
 #define PAGE 4096
 
@@ -75,13 +76,13 @@ int kv_pool_used(const kv_pool *p)
     return p->used;
 }
 
-/* A fresh slab for up to SLAB_BLOCKS more blocks; -1 when out of memory. Anonymous
- * memory: zero, and backed by pages only as blocks are written — huge pages (2 MB at a
- * time), as the weights are. With 4 KiB pages every head's 4 KB of keys in a block was a
- * page of its own, and a step of 64 sequences touched ~35,000 pages in attention and the
- * KV stores, most of them TLB misses: with huge pages a 64-row step's attention took
- * 4.9-5.2 ms instead of 8.5-13.4, its RoPE and KV stores 2.0-2.6 instead of 4.5-7.4
- * (bench_batch --profile, builds alternated). */
+/* A fresh slab for SLAB_BLOCKS or more blocks (no more than the pool has left); -1 when out
+ * of memory. Anonymous memory: zero, and backed by pages only as blocks are written — huge
+ * pages (2 MB at a time), as the weights are. With 4 KiB pages every head's 4 KB of keys in
+ * a block was a page of its own, and a step of 64 sequences touched ~35,000 pages in
+ * attention and the KV stores, most of them TLB misses: with huge pages a 64-row step's
+ * attention took 4.9-5.2 ms instead of 8.5-13.4, its RoPE and KV stores 2.0-2.6 instead of
+ * 4.5-7.4 (bench_batch --profile, builds alternated). */
 static int slab_new(kv_pool *p)
 {
     int n = p->total - p->made < SLAB_BLOCKS ? p->total - p->made : SLAB_BLOCKS;

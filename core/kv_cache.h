@@ -44,11 +44,12 @@ static inline int kv_blocks_for(long n)
     return (int)((n + KV_BLOCK - 1) / KV_BLOCK);
 }
 
-/* A pool of at most n_blocks blocks (>= 1). Blocks are cut from slabs of 32 mapped as
- * needed (each block page-aligned; pages backed as they are written) and kept for reuse
- * until kv_pool_free, so the pool costs what the most tokens ever held at once need,
- * never more than n_blocks blocks. NULL + err when n_blocks < 1 or out of memory. Owned
- * by the caller; belongs to one thread (the engine's), as do the caches it fills. */
+/* A pool of at most n_blocks blocks (>= 1). Blocks are cut from slabs of at least 32 (as
+ * many as fill whole huge pages) mapped as needed (each block page-aligned; pages backed as
+ * they are written) and kept for reuse until kv_pool_free, so the pool costs what the most
+ * tokens ever held at once need, never more than n_blocks blocks. NULL + err when n_blocks
+ * < 1 or out of memory. Owned by the caller; belongs to one thread (the engine's), as do
+ * the caches it fills. */
 kv_pool *kv_pool_new(const model_config *c, int n_blocks, lr_error *err);
 /* Frees the pool and every block's memory; every cache must have been released.
  * Accepts NULL. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "core/hugemem.h"
 
@@ -39,7 +40,7 @@ START_TEST(test_a_block_starts_on_a_huge_page_and_the_room_past_it_is_unmapped)
         ck_assert(p[0] == 0 && p[n - 1] == 0);
         p[0] = 1;
         p[n - 1] = 2;
-        size_t page = 4 * KB, end = (n + page - 1) / page * page;
+        size_t page = (size_t)sysconf(_SC_PAGESIZE), end = (n + page - 1) / page * page;
         ck_assert_int_eq(msync(p, n, MS_ASYNC), 0);
         ck_assert_int_ne(msync(p + end, page, MS_ASYNC), 0);
         huge_free(p, n);

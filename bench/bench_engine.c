@@ -1,9 +1,8 @@
 /* bench_engine: prefill / decode throughput of the engine on a random model with the
  * SmolLM2-135M shape, base vs adapters (on the fly, merged, a mix of two), adapter load
- * and merge times, and the machine's bounds (memory bandwidth for decode, sgemm peak for
- * prefill) measured in the same run. Usage: bench_engine [WORKDIR] [--quick] [--prepare]
+ * and merge times, and the machine's bounds (memory bandwidth for decode, the FMA peak of
+ * the engine's threads for prefill) measured in the same run. Usage: bench_engine [WORKDIR] [--quick] [--prepare]
  * (--prepare: only write the model and adapters a..h, for bench_serve and bench_load). */
-#include <cblas.h>
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
@@ -18,6 +17,7 @@
 
 #include "adapters/peft.h"
 #include "core/blas.h"
+#include "core/smallmm.h"
 #include "core/engine.h"
 #include "core/model.h"
 #include "core/safetensors.h"
@@ -160,34 +160,6 @@ static double thread_cpu_seconds(void)
 
 /* ---- machine bounds ---- */
 
-/* sgemm peak (flop/s): the best, over the prefill's GEMM shapes and a large square one,
- * of the median of 7 timed runs. */
-static double measure_sgemm(void)
-{
-    static const int shapes[][3] = {{512, 576, 576}, {512, 1536, 576}, {512, 576, 1536},
-                                    {1024, 1024, 1024}};
-    double best = 0;
-    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
-        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-        float *a = random_tensor((size_t)M * K, 1), *b = random_tensor((size_t)N * K, 1);
-        float *c = malloc(sizeof(float) * M * N);
-        double runs[7];
-        for (int r = 0; r < 7; r++) {
-            double t0 = now();
-            for (int k = 0; k < 5; k++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0,
-                            c, N);
-            runs[r] = 5 * 2.0 * M * N * K / (now() - t0);
-        }
-        double m = median(runs, 7);
-        best = m > best ? m : best;
-        free(a);
-        free(b);
-        free(c);
-    }
-    return best;
-}
-
 /* ---- engine runs ---- */
 
 
@@ -319,7 +291,13 @@ int main(int argc, char **argv)
         bytes_tok -= (size_t)c->vocab_size * c->hidden * sizeof(float);
     /* The machine's bounds are measured before and after the runs; the higher of the two
      * is used (so the "of bound" ratios are conservative on a noisy shared machine). */
-    double bw_before = bench_read_bandwidth(bytes_tok), peak_before = measure_sgemm();
+    /* Prefill's products run on smallmm on the engine's pool (lorad gives OpenBLAS one
+     * thread, for merges in the background), so the compute bound is the FMA peak of as
+     * many threads as the pool has (forward.c: one per online CPU, at most 16) — not
+     * OpenBLAS's sgemm, which measured here after the engine started is one core's. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int pool_threads = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    double bw_before = bench_read_bandwidth(bytes_tok), peak_before = bench_fma_peak(pool_threads);
     /* Interleave the cases, rotating their order each repetition, so that machine noise
      * (this is a shared 2-core VM) hits them alike. */
     for (int r = 0; r < reps; r++)
@@ -334,7 +312,7 @@ int main(int argc, char **argv)
         }
 
     double bw = bench_read_bandwidth(bytes_tok);
-    double peak = measure_sgemm();
+    double peak = bench_fma_peak(pool_threads);
     if (bw < bw_before)
         bw = bw_before;
     if (peak < peak_before)
@@ -355,9 +333,11 @@ int main(int argc, char **argv)
     printf("\nlorad engine benchmark (random SmolLM2-135M shape, F32, %d layers, vocab %d; "
            "rank-16 adapters on all 7 projections; %d interleaved repetitions, medians)\n",
            c->n_layers, c->vocab_size, reps);
-    printf("OpenBLAS kernels: %s\n", blas_kernels());
-    printf("machine (higher of before/after the runs): read bandwidth %.1f GB/s (best of 3 read kernels over a buffer the size of the weights), sgemm %.1f GFLOP/s "
-           "(best of the prefill shapes and 1024^3)\n", bw / 1e9, peak / 1e9);
+    printf("smallmm kernels: %s; OpenBLAS kernels (merges): %s\n",
+           smallmm_isa_name(smallmm_get_isa()), blas_kernels());
+    printf("machine (higher of before/after the runs): read bandwidth %.1f GB/s (best of 3 "
+           "read kernels over a buffer the size of the weights), FMA peak %.1f GFLOP/s (%d "
+           "threads, as the engine's pool)\n", bw / 1e9, peak / 1e9, pool_threads);
     printf("bounds:  decode %.1f tok/s (%.0f MB of weights per token), prefill %.0f tok/s "
            "(%.3f GFLOP per prompt token incl. causal attention)\n",
            decode_bound, (double)bytes_tok / 1e6, prefill_bound, flops_tok / 1e9);

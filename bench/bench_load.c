@@ -22,7 +22,10 @@
  * seconds to minutes (44-55 tok/s across one run's repetitions), more than the ±3% the
  * merged ÷ base target allows, so that target is the median of these pair ratios; the
  * ratio of the separate cases is printed beside it, and the on-the-fly pairs show that the
- * method sees a difference of a few percent.
+ * method sees a difference of a few percent. Two controls run the same way: the base on
+ * the merged daemon against the base on D_MAIN (the two daemons' own difference, without
+ * W': the same code, its memory placed elsewhere) and the base against itself on D_MAIN
+ * (the method's A/A).
  * The adapter directories hold 100 and 1,000 adapters whose weight files are hard links
  * to the 8 distinct generated ones (the daemon loads each name on its own: a load reads
  * the file — from the page cache — parses, converts and allocates as for any adapter).
@@ -117,6 +120,11 @@ static const bench_case cases[] = {
     {"1 client, on the fly/base alternating", 1, 1, D_MAIN, PICK_ONE, 1},
     {"1 client, merged/base alternating", 1, 1, D_MERGED, PICK_ONE, 1},
     {"1 client, auto/base alternating", 1, 1, D_AUTO, PICK_ONE, 1},
+    /* controls for the paired ratios: the base on the merged daemon against the base on
+     * D_MAIN (the daemons' own difference, without W'), and the base on D_MAIN against
+     * itself (the method's A/A) */
+    {"1 client, base merged daemon/base alternating", 1, 1, D_MERGED, PICK_BASE, 1},
+    {"1 client, base/base alternating", 1, 1, D_MAIN, PICK_BASE, 1},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
@@ -342,8 +350,9 @@ static client clients_mem[MAX_CLIENTS];
 
 /* The cases by index, in the order of cases[]. */
 enum { B1, B8, B8R, B1R, A1, M1, AUTO1, O8, D8, X8, Z32, ZA32, ZA32R, Z32R, Z64, ZA64, ZA64R,
-       Z64R, B32, B64, O32, Z1000, SKEW, A1ALT, M1ALT, AUTO1ALT };
-_Static_assert(AUTO1ALT + 1 == sizeof cases / sizeof *cases, "one name per case");
+       Z64R, B32, B64, O32, Z1000, SKEW, A1ALT, M1ALT, AUTO1ALT,
+       BM1ALT, BB1ALT };
+_Static_assert(BB1ALT + 1 == sizeof cases / sizeof *cases, "one name per case");
 
 /* Cases measured twice in every repetition, as groups in the order A, B, B, A (ABBA): a
  * drift of the machine that is linear over those minutes then weighs on both alike, and
@@ -401,7 +410,7 @@ static const int AUTO_NEVER[][2] = {{ZA32, Z32}, {ZA32R, Z32R}, {ZA64, Z64}, {ZA
 #define N_AUTO_NEVER ((int)(sizeof AUTO_NEVER / sizeof *AUTO_NEVER))
 
 /* The cases this run measures (--only may leave some out). */
-static int measured[AUTO1ALT + 1];
+static int measured[BB1ALT + 1];
 
 /* Case k's tokens/s in repetition r: the mean of its two windows where it has a repeat
  * that was measured. */
@@ -912,10 +921,10 @@ int main(int argc, char **argv)
         if ((only && !selected(cases[k].name, only)) || !cases[k].alternate)
             continue;
         if (!any_alt++)
-            printf("\none client, every other request on the base (another daemon): tokens/s "
-                   "of a request on the adapter / of the one next to it on the base, the median "
-                   "over such pairs, then over repetitions\n");
-        printf("%-2d %-38s %6.3f %6d pairs\n", cases[k].scenario, cases[k].name,
+            printf("\none client, every other request on the base (on the --merge never daemon): "
+                   "tokens/s of a request on the case's side / of the one next to it on the base, "
+                   "the median over such pairs, then over repetitions\n");
+        printf("%-2d %-46s %6.3f %6d pairs\n", cases[k].scenario, cases[k].name,
                med[k].paired, med[k].pairs);
     }
 
@@ -951,8 +960,9 @@ int main(int argc, char **argv)
            "142.6 tok/s is the figure from the issue, not measured here)\n",
            med[B8].tps / 142.6);
     printf("  1 client merged / 1 client base            %.3f (target 1 +- 0.03; alternating "
-           "requests; the two cases apart: %.3f)\n", med[M1ALT].paired,
-           rep_ratio(res, reps, M1, B1));
+           "requests; the two cases apart: %.3f; controls, alternating too: the base on the "
+           "merged daemon / the base %.3f, the base / itself %.3f)\n", med[M1ALT].paired,
+           rep_ratio(res, reps, M1, B1), med[BM1ALT].paired, med[BB1ALT].paired);
     double longest = 0;
     for (int i = 0; i < n_built; i++)
         longest = fmax(longest, built[i]);

@@ -1,8 +1,8 @@
 /* bench_engine: prefill / decode throughput of the engine on a random model with the
  * SmolLM2-135M shape, base vs adapters (on the fly, merged, a mix of two), adapter load
  * and merge times, and the machine's bounds (memory bandwidth for decode, the FMA peak of
- * the engine's threads for prefill) measured in the same run. Usage: bench_engine [WORKDIR] [--quick] [--prepare]
- * (--prepare: only write the model and adapters a..h, for bench_serve and bench_load). */
+ * the engine's threads for prefill) measured in the same run.
+ * Usage: bench_engine [WORKDIR] [--quick] [--prepare] (--prepare: only write the model and adapters a..h, for bench_serve and bench_load). */
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
@@ -17,10 +17,10 @@
 
 #include "adapters/peft.h"
 #include "core/blas.h"
-#include "core/smallmm.h"
 #include "core/engine.h"
 #include "core/model.h"
 #include "core/safetensors.h"
+#include "core/smallmm.h"
 #include "core/variant.h"
 #include "bench/benchutil.h"
 
@@ -293,10 +293,9 @@ int main(int argc, char **argv)
      * is used (so the "of bound" ratios are conservative on a noisy shared machine). */
     /* Prefill's products run on smallmm on the engine's pool (lorad gives OpenBLAS one
      * thread, for merges in the background), so the compute bound is the FMA peak of as
-     * many threads as the pool has (forward.c: one per online CPU, at most 16) — not
-     * OpenBLAS's sgemm, which measured here after the engine started is one core's. */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int pool_threads = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+     * many threads as the pool has — not OpenBLAS's sgemm, which measured here after the
+     * engine started is one core's. */
+    int pool_threads = engine_threads(e);
     double bw_before = bench_read_bandwidth(bytes_tok), peak_before = bench_fma_peak(pool_threads);
     /* Interleave the cases, rotating their order each repetition, so that machine noise
      * (this is a shared 2-core VM) hits them alike. */

@@ -231,6 +231,11 @@ int engine_ctx(const engine *e)
     return e->ctx;
 }
 
+int engine_threads(const engine *e)
+{
+    return forward_threads(e->fwd);
+}
+
 int engine_running(engine *e)
 {
     pthread_mutex_lock(&e->lock);

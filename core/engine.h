@@ -176,4 +176,7 @@ void engine_stats_get(engine *e, engine_stats *st);
 /* Context length in positions (prompt + output) the engine serves. Thread-safe. */
 int engine_ctx(const engine *e);
 
+/* Threads of the engine's pool, its own included (what threads = 0 chose). Thread-safe. */
+int engine_threads(const engine *e);
+
 #endif

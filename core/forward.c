@@ -216,6 +216,11 @@ void forward_free(forward_ctx *f)
     free(f);
 }
 
+int forward_threads(const forward_ctx *f)
+{
+    return pool_threads(f->pool);
+}
+
 void forward_wake(forward_ctx *f)
 {
     if (f)

@@ -32,6 +32,9 @@ typedef struct forward_ctx forward_ctx;
 forward_ctx *forward_create(const model *m, int max_rows, int n_threads, lr_error *err);
 void forward_free(forward_ctx *f);  /* accepts NULL */
 
+/* Threads of f's pool, the caller's included (what n_threads = 0 chose). */
+int forward_threads(const forward_ctx *f);
+
 /* Wakes the pool's sleeping workers ahead of a batch about to come (pool_wake). Unlike
  * everything else here, any thread may call it. */
 void forward_wake(forward_ctx *f);

@@ -999,6 +999,26 @@ START_TEST(test_request_larger_than_the_whole_pool_is_refused_at_submit)
 }
 END_TEST
 
+/* engine_threads: the pool's size as asked, and with threads = 0 one per online CPU (at
+ * most 16), as bench_engine's compute bound assumes. */
+START_TEST(test_engine_threads_reports_its_pool)
+{
+    lr_error err = {0};
+    engine_options o = engine_options_default();
+    o.threads = 3;
+    engine *e = engine_create(g.m, &o, &err);
+    ck_assert_msg(e != NULL, "engine_create: %s", err.msg);
+    ck_assert_int_eq(engine_threads(e), 3);
+    engine_destroy(e);
+    o.threads = 0;
+    e = engine_create(g.m, &o, &err);
+    ck_assert_msg(e != NULL, "engine_create: %s", err.msg);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    ck_assert_int_eq(engine_threads(e), ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu);
+    engine_destroy(e);
+}
+END_TEST
+
 /* A crowd that does not fit a pool of `blocks` blocks at once: n jobs of every kind
  * (base, merged, single adapters and mixes), prompts of 3..17 tokens and 12..40 new
  * ones, greedy or seeded sampling, submitted at once or staggered. Every one must give
@@ -1609,6 +1629,7 @@ static Suite *engine_suite(void)
     TCase *lim = tcase_create("limits");
     tcase_add_unchecked_fixture(lim, fixture_setup, fixture_teardown);
     tcase_set_timeout(lim, 60);
+    tcase_add_test(lim, test_engine_threads_reports_its_pool);
     tcase_add_test(lim, test_submit_rejects_empty_prompt);
     tcase_add_test(lim, test_submit_rejects_max_tokens_zero);
     tcase_add_test(lim, test_submit_rejects_negative_token_id);

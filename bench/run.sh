@@ -15,6 +15,8 @@ echo "== decode step against batch size"
 "$BUILD/bench/bench_batch" "$BUILD/bench-data" $Q --tsv "$BUILD/bench-batch.tsv"
 echo "== smallmm's products against the FMA peak"
 "$BUILD/bench/bench_tiles" $Q
+echo "== equal allocations' read bandwidth (memory placement)"
+"$BUILD/bench/bench_place" $Q
 echo "== base weights in f32, bf16, q8"
 "$BUILD/bench/bench_weights" "$BUILD/bench-data" $Q
 echo "== drift of bf16 / q8 weights from f32 on the demo model"

@@ -3,12 +3,13 @@
  * cache), each the size of a W' — so that a difference between two allocations, such as
  * W and a W' built later, can be read against what placement alone gives here.
  *
- * Each block is filled once, then read whole by 2 threads (a wide-load sum, the way
- * decode streams weights), block after block, in rounds: a drift of the machine weighs on
- * every block alike, and each block's figure is the median over rounds. Its share of huge
+ * Each block is filled once, then read whole by 2 threads (bench_read_seconds: a
+ * wide-load sum, the way decode streams weights), block after block, in rounds: a drift
+ * of the machine weighs on every block alike, and each block's figure is the median over
+ * rounds. Its share of huge
  * pages (/proc/self/smaps) is printed beside it, so that a slow block is not mistaken for
  * one the kernel left on 4 KiB pages. On the 2-vCPU VMs lorad is benchmarked on, blocks
- * on huge pages throughout read at medians 20% apart (docs/benchmarks.md): where the
+ * on huge pages throughout read at medians 7-20% apart (docs/benchmarks.md): where the
  * hypervisor backs a block is not visible to the guest, and a process cannot choose it.
  *
  * Usage: bench_place [--quick] [--blocks N] [--mb M]
@@ -19,39 +20,10 @@
 #include <string.h>
 
 #include "core/hugemem.h"
-#include "core/pool.h"
-#include "core/vec16.h"
 #include "bench/benchutil.h"
 
 #define MAX_BLOCKS 32
 #define MAX_ROUNDS 15
-
-typedef struct {
-    const float *p;
-    size_t n;          /* floats, a multiple of 64 per task */
-    float sum[2];      /* per task, so that the reads are not optimised away */
-} read_job;
-
-/* pool task: half of the block each, 64 floats (4 lines) an iteration. */
-static void read_task(void *ctx, int task, int thread)
-{
-    (void)thread;
-    read_job *j = ctx;
-    size_t half = j->n / 2, lo = (size_t)task * half;
-    const float *p = j->p + lo;
-    v16 a = {0}, b = {0}, c = {0}, d = {0};
-    for (size_t i = 0; i + 64 <= half; i += 64) {
-        a += ld16(p + i);
-        b += ld16(p + i + 16);
-        c += ld16(p + i + 32);
-        d += ld16(p + i + 48);
-    }
-    v16 s = a + b + c + d;
-    float t = 0;
-    for (int k = 0; k < 16; k++)
-        t += s[k];
-    j->sum[task] = t;
-}
 
 /* The share (0-1) of huge pages in the mapping that holds p, from /proc/self/smaps (-1:
  * not found): the block's own where it is a mapping of its own, as huge_alloc's blocks
@@ -103,12 +75,6 @@ int main(int argc, char **argv)
     }
     int rounds = quick ? 5 : MAX_ROUNDS;
     size_t bytes = (size_t)mb << 20;
-    lr_error err = {0};
-    pool *pl = pool_create(2, &err);
-    if (!pl) {
-        fprintf(stderr, "bench_place: %s\n", err.msg);
-        return 1;
-    }
     float *blk[MAX_BLOCKS];
     for (int k = 0; k < n_blocks; k++) {
         if (!(blk[k] = huge_alloc(bytes))) {
@@ -118,16 +84,9 @@ int main(int argc, char **argv)
         memset(blk[k], 0x3c, bytes);   /* backed now, not during the first round */
     }
     static double gbs[MAX_BLOCKS][MAX_ROUNDS];
-    float sink = 0;
     for (int r = 0; r < rounds; r++)
-        for (int k = 0; k < n_blocks; k++) {
-            read_job j = {blk[k], bytes / sizeof(float), {0, 0}};
-            pool_wake(pl);   /* both halves on their own thread, not the caller alone */
-            double t0 = bench_now();
-            pool_run(pl, read_task, &j, 2);
-            gbs[k][r] = (double)bytes / (bench_now() - t0) / 1e9;
-            sink += j.sum[0] + j.sum[1];
-        }
+        for (int k = 0; k < n_blocks; k++)
+            gbs[k][r] = (double)bytes / bench_read_seconds(blk[k], bytes / sizeof(float)) / 1e9;
     printf("read bandwidth of %d blocks of %d MB, each from huge_alloc in this process, 2 "
            "threads; medians of %d rounds, the blocks interleaved in each\n\n", n_blocks, mb,
            rounds);
@@ -140,10 +99,8 @@ int main(int argc, char **argv)
                100 * huge_share(blk[k]));
     }
     bench_range(med, n_blocks, &lo, &hi);
-    printf("\nfastest block / slowest, medians: %.2f (%.1f / %.1f GB/s)%s\n", hi / lo, hi, lo,
-           sink == 12345.0f ? " " : "");
+    printf("\nfastest block / slowest, medians: %.2f (%.1f / %.1f GB/s)\n", hi / lo, hi, lo);
     for (int k = 0; k < n_blocks; k++)
         huge_free(blk[k], bytes);
-    pool_free(pl);
     return 0;
 }

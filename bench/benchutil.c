@@ -108,6 +108,20 @@ static void *bw_worker(void *arg)
     return NULL;
 }
 
+double bench_read_seconds(const float *p, size_t n)
+{
+    double t0 = bench_now();
+    pthread_t th[2];
+    bw_job jobs[2];
+    for (int t = 0; t < 2; t++) {
+        jobs[t] = (bw_job){p + n / 2 * t, n / 2, 0};
+        pthread_create(&th[t], NULL, bw_worker, &jobs[t]);
+    }
+    for (int t = 0; t < 2; t++)
+        pthread_join(th[t], NULL);
+    return bench_now() - t0;
+}
+
 /* Read bandwidth (bytes/s) over a buffer of `bytes` (the weights' size, so cache effects
  * match decode's, on huge pages as the weights are): the best of three read kernels — our
  * 2-thread wide-load sum, OpenBLAS sasum and OpenBLAS sgemv over the buffer as a [n/576,
@@ -142,17 +156,12 @@ double bench_read_bandwidth_keep(size_t bytes, int keep)
     for (int method = 0; method < 3; method++) {
         double runs[5];
         for (int r = 0; r < 5; r++) {
-            double t0 = bench_now();
             if (method == 0) {
-                pthread_t th[2];
-                bw_job jobs[2];
-                for (int t = 0; t < 2; t++) {
-                    jobs[t] = (bw_job){buf + n / 2 * t, n / 2, 0};
-                    pthread_create(&th[t], NULL, bw_worker, &jobs[t]);
-                }
-                for (int t = 0; t < 2; t++)
-                    pthread_join(th[t], NULL);
-            } else if (method == 1) {
+                runs[r] = (double)n * sizeof(float) / bench_read_seconds(buf, n);
+                continue;
+            }
+            double t0 = bench_now();
+            if (method == 1) {
                 volatile float s = cblas_sasum((blasint)n, buf, 1);
                 (void)s;
             } else {

@@ -52,6 +52,9 @@ double bench_read_bandwidth(size_t bytes);
  * that measuring before every run costs only the reads; keep 0 frees it, as
  * bench_read_bandwidth does. */
 double bench_read_bandwidth_keep(size_t bytes, int keep);
+/* Seconds to read p[0..n) once: 2 threads, each summing its half with wide loads into
+ * independent accumulators (the first of bench_read_bandwidth's kernels). */
+double bench_read_seconds(const float *p, size_t n);
 
 /* Peak float32 FMA throughput (flop/s, an FMA counting 2) of `threads` threads running
  * register-only 16-lane FMA chains: the compute roofline of the kernels. Median of 5. */

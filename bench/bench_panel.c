@@ -21,12 +21,6 @@
 
 enum { LAYERS = 30, HIDDEN = 576, INTER = 1536, MAX_N = 64 };
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* One shape: rows × in per layer (smallmm_parts products of equal rows, as forward()
  * makes them), every n of ns. */
 static void run_shape(pool *pl, const char *name, int rows, int in, int parts, const int *ns,
@@ -79,8 +73,8 @@ static void run_shape(pool *pl, const char *name, int rows, int in, int parts, c
             double d = y[e] > y2[e] ? y[e] - y2[e] : y2[e] - y[e];
             diff = d > diff ? d : diff;
         }
-        qsort(ta, (size_t)rounds, sizeof *ta, cmp_double);
-        qsort(tb, (size_t)rounds, sizeof *tb, cmp_double);
+        qsort(ta, (size_t)rounds, sizeof *ta, bench_cmp_double);
+        qsort(tb, (size_t)rounds, sizeof *tb, bench_cmp_double);
         printf("%5d | %12.1f %12.1f %8.2f | %10.1e\n", n, ta[rounds / 2] * 1e6,
                tb[rounds / 2] * 1e6, tb[rounds / 2] / ta[rounds / 2], diff);
     }

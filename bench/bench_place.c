@@ -104,12 +104,6 @@ static double walk_ns(char *page, const unsigned *perm)
     return ns;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Pearson's correlation of x and y over n points (0 where either does not vary). */
 static double correlation(const double *x, const double *y, int n)
 {
@@ -198,7 +192,7 @@ int main(int argc, char **argv)
     }
     for (int c = 0; c < cpus; c++)
         memcpy(all + c * n_all, ns[c], n_all * sizeof(double));
-    qsort(all, (size_t)cpus * n_all, sizeof *all, cmp_double);
+    qsort(all, (size_t)cpus * n_all, sizeof *all, bench_cmp_double);
     double far_ns = FAR_FACTOR * all[(size_t)cpus * n_all / 4];
 
     printf("read bandwidth of %d blocks of %d MB, each from huge_alloc in this process, 2 "

@@ -291,12 +291,6 @@ static int proc_fds(pid_t pid)
     return n;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* dir/sNN for NN < STORE_ADAPTERS, hard links to the demo adapters' files. */
 static int make_store(const char *dir)
 {
@@ -389,7 +383,7 @@ int main(int argc, char **argv)
         memcpy(sorted, lat, sizeof *lat * (size_t)k);
         n_lat = 0;
         pthread_mutex_unlock(&lat_lock);
-        qsort(sorted, (size_t)k, sizeof *sorted, cmp_double);
+        qsort(sorted, (size_t)k, sizeof *sorted, bench_cmp_double);
         double p99 = k ? sorted[(int)(0.99 * (k - 1))] : NAN;
         ts[n] = bench_now() - t_start;
         rss[n] = kb / 1024.0;

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "core/tokenizer.h"
+#include "bench/benchutil.h"
 
 #define TARGET_BYTES (1u << 20)
 #define RUNS 5
@@ -17,12 +18,6 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* ~1 MB: lines of the prose file in LCG order, numbers sprinkled in, joined by newlines. */
@@ -89,7 +84,7 @@ int main(int argc, char **argv)
             ms[r] = now_ms() - t0;
             free(ids);
         }
-        qsort(ms, RUNS, sizeof ms[0], cmp_d);
+        qsort(ms, RUNS, sizeof ms[0], bench_cmp_double);
         double mb = len / 1048576.0, med = ms[RUNS / 2];
         printf("tokenizer %s: load %.1f ms\n", names[k], load);
         printf("tokenizer %s: encode %.2f MB in %.1f ms (median of %d) = %.1f MB/s, %.1f ms per MB, %zu tokens\n",

@@ -13,6 +13,8 @@ double bench_now(void);
 
 /* Median of v[0..n) (n >= 1); v is left as it was. */
 double bench_median(const double *v, int n);
+/* qsort's comparison of two doubles, ascending. */
+int bench_cmp_double(const void *a, const void *b);
 /* The smallest and largest of v[0..n), n >= 1. */
 void bench_range(const double *v, int n, double *lo, double *hi);
 

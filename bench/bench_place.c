@@ -190,6 +190,10 @@ int main(int argc, char **argv)
                 ns[c][i] = w == 0 || t < ns[c][i] ? t : ns[c][i];
             }
     }
+    if (!cpus) {
+        fprintf(stderr, "bench_place: cannot run on vCPU 0 (sched_setaffinity)\n");
+        return 1;
+    }
     for (int c = 0; c < cpus; c++)
         memcpy(all + c * n_all, ns[c], n_all * sizeof(double));
     qsort(all, (size_t)cpus * n_all, sizeof *all, bench_cmp_double);

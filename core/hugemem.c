@@ -1,10 +1,17 @@
 /* huge_alloc, huge_free, huge_cache: see hugemem.h. */
 #include "hugemem.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "log.h"
 
 void *huge_alloc(size_t bytes)
 {
@@ -35,6 +42,364 @@ void huge_free(void *p, size_t bytes)
 {
     if (p)
         munmap(p, bytes);
+}
+
+/* ---- Near pages ---- */
+
+#define PLACE_ROUNDS 6
+#define PROBE_LINES 512   /* one line in each 4 KiB page of a 2 MB page */
+#define PROBE_WALKS 2     /* a page's latency from one CPU: the fastest of these */
+#define PROBE_CPUS 4
+/* Read between passes of walks to empty the caches: 3 times the last-level cache a core
+ * shares (32 MB on Zen 3-5; sysconf reports the host's whole L3 in these VMs, ~500 MB). */
+#define SCRUB_BYTES ((size_t)96 << 20)
+/* Smaller blocks are not placed: mapping and reading the scrub would cost more than their
+ * speed could matter. */
+#define PLACE_MIN_PAGES 16
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Moves the 2 MB page mapped at from to to, leaving from mapped, empty (MREMAP_DONTUNMAP:
+ * no hole another thread's mmap could take between two moves). */
+static int page_move(char *from, char *to)
+{
+    void *r = mremap(from, HUGE_PAGE_BYTES, HUGE_PAGE_BYTES,
+                     MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, to);
+    return r == (void *)to ? 0 : -1;
+}
+
+/* A far page of the block: its index and latency, sorted slowest first. */
+typedef struct {
+    double ns;
+    size_t i;
+} far_page;
+
+static int cmp_slowest_first(const void *a, const void *b)
+{
+    double x = ((const far_page *)a)->ns, y = ((const far_page *)b)->ns;
+    return (x < y) - (x > y);
+}
+
+/* Extra pages mapped to find near ones in: each is timed (ns) and, when near, swapped
+ * for a far page of the block; the far page is kept here until all extra blocks are freed
+ * at the end, so that a later round is not handed it again. */
+typedef struct {
+    char *p;       /* [pages × 2 MB] */
+    size_t pages;
+    char **pg;     /* [pages] each page's address */
+    double *ns;    /* [pages] each page's latency */
+} extra_block;
+
+static void extra_free(extra_block *x)
+{
+    huge_free(x->p, x->pages * HUGE_PAGE_BYTES);
+    free(x->pg);
+    free(x->ns);
+}
+
+/* Maps pages extra pages into x and times them. -1 if they cannot be mapped. */
+static int extra_map(extra_block *x, size_t pages, huge_probe_fn *probe, void *ctx)
+{
+    *x = (extra_block){huge_alloc(pages * HUGE_PAGE_BYTES), pages,
+                       malloc(pages * sizeof(char *)), malloc(pages * sizeof(double))};
+    if (!x->p || !x->pg || !x->ns) {
+        extra_free(x);
+        return -1;
+    }
+    for (size_t i = 0; i < pages; i++)
+        x->pg[i] = x->p + i * HUGE_PAGE_BYTES;
+    probe(x->pg, pages, x->ns, ctx);
+    return 0;
+}
+
+/* Swaps the far pages far[*next..n_far) of the block (pg: its pages' addresses), slowest
+ * first, for x's pages no slower than limit, through tmp; *next moves past each page
+ * swapped. -1 if a page could not be moved. */
+static int extra_swap(extra_block *x, char **pg, const far_page *far, size_t n_far,
+                      size_t *next, double limit, char *tmp)
+{
+    for (size_t i = 0; i < x->pages && *next < n_far; i++) {
+        if (x->ns[i] > limit)
+            continue;
+        char *slot = pg[far[*next].i];
+        if (page_move(slot, tmp) || page_move(x->pg[i], slot) || page_move(tmp, x->pg[i]))
+            return -1;
+        x->ns[i] = far[*next].ns;
+        (*next)++;
+    }
+    return 0;
+}
+
+long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
+                huge_probe_fn *probe, void *ctx, huge_place_report *rep)
+{
+    double t0 = now_seconds();
+    memset(rep, 0, sizeof *rep);
+    rep->pages = pages;
+    if (pages == 0)
+        return 0;
+    long left = -1;
+    extra_block xb[1 + PLACE_ROUNDS];
+    int n_xb = 0;
+    size_t n_far = 0, next = 0;   /* far[next..n_far) are still to replace */
+    char **pg = malloc(pages * sizeof *pg);
+    double *ns = malloc(pages * sizeof *ns);
+    far_page *far = malloc(pages * sizeof *far);
+    char *tmp = huge_alloc(HUGE_PAGE_BYTES);   /* where a far page waits during a swap */
+    if (!pg || !ns || !far || !tmp)
+        goto done;
+    for (size_t i = 0; i < pages; i++)
+        pg[i] = block + i * HUGE_PAGE_BYTES;
+    probe(pg, pages, ns, ctx);
+    rep->probed = pages;
+    /* The first placement has no near latency to go by, and a block can be mostly far
+     * (here the first gigabytes a new process is given often were): a sample of more
+     * memory, half the block's size, is timed with it, and is the first to swap from. */
+    if (ref_ns <= 0 && max_extra > 0) {
+        size_t calib = pages / 2 > 0 ? pages / 2 : 1;
+        calib = calib < max_extra ? calib : max_extra;
+        if (extra_map(&xb[n_xb], calib, probe, ctx) == 0) {
+            rep->extra += calib;
+            rep->probed += calib;
+            n_xb++;
+        }
+    }
+    /* The reference: the third fastest page timed (not the fastest: one walk that
+     * happened to run quick), or ref_ns if lower. */
+    double low[3] = {1e300, 1e300, 1e300};
+    for (int b = -1; b < n_xb; b++) {
+        const double *t = b < 0 ? ns : xb[b].ns;
+        size_t n = b < 0 ? pages : xb[b].pages;
+        for (size_t i = 0; i < n; i++)
+            for (int j = 0; j < 3; j++)
+                if (t[i] < low[j]) {
+                    memmove(low + j + 1, low + j, (size_t)(2 - j) * sizeof *low);
+                    low[j] = t[i];
+                    break;
+                }
+    }
+    double own = low[pages + rep->extra > 2 ? 2 : 0];
+    rep->near_ns = ref_ns > 0 && ref_ns < own ? ref_ns : own;
+    double limit = HUGE_FAR_FACTOR * rep->near_ns;
+    for (size_t i = 0; i < pages; i++)
+        if (ns[i] > limit)
+            far[n_far++] = (far_page){ns[i], i};
+    rep->far = n_far;
+    qsort(far, n_far, sizeof *far, cmp_slowest_first);
+    if (n_xb && extra_swap(&xb[0], pg, far, n_far, &next, limit, tmp))
+        goto done;
+    /* Each round maps as many extra pages as the near share seen so far says the far pages
+     * left need (at least a fifth: a share seen in few pages is no law), 10% over. */
+    size_t near_seen = pages - n_far, seen = pages;
+    for (int b = 0; b < n_xb; b++)
+        for (size_t i = 0; i < xb[b].pages; i++, seen++)
+            near_seen += xb[b].ns[i] <= limit;
+    for (int round = 0; round < PLACE_ROUNDS && next < n_far && rep->extra < max_extra;
+         round++) {
+        double share = (double)near_seen / (double)seen;
+        share = share > 0.2 ? share : 0.2;
+        size_t want = (size_t)((double)(n_far - next) / share * 1.1) + 1;
+        if (want > max_extra - rep->extra)
+            want = max_extra - rep->extra;
+        if (extra_map(&xb[n_xb], want, probe, ctx))
+            break;
+        rep->extra += want;
+        rep->probed += want;
+        for (size_t i = 0; i < want; i++, seen++)
+            near_seen += xb[n_xb].ns[i] <= limit;
+        if (extra_swap(&xb[n_xb++], pg, far, n_far, &next, limit, tmp))
+            goto done;
+    }
+    left = (long)(n_far - next);
+done:
+    rep->replaced = next;
+    for (int i = 0; i < n_xb; i++)
+        extra_free(&xb[i]);
+    huge_free(tmp, HUGE_PAGE_BYTES);
+    free(pg);
+    free(ns);
+    free(far);
+    rep->seconds = now_seconds() - t0;
+    return left;
+}
+
+/* Offset in a 2 MB page of the line the chain visits in its 4 KiB page i: a different
+ * line of each, so that the walk does not meet the same cache sets every time. */
+static size_t probe_line(unsigned i)
+{
+    return (size_t)i * 4096 + (size_t)(i % 64) * 64;
+}
+
+/* The shuffled order the chains visit a page's 4 KiB pages in (fixed: a linear
+ * congruential shuffle, so every page's chain is alike). */
+static void probe_order(unsigned *perm)
+{
+    for (unsigned i = 0; i < PROBE_LINES; i++)
+        perm[i] = i;
+    uint32_t x = 12345;
+    for (unsigned i = PROBE_LINES - 1; i > 0; i--) {
+        x = x * 1664525u + 1013904223u;
+        unsigned j = (x >> 8) % (i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+/* Nanoseconds per load of one walk of the chain in page. */
+static double probe_walk(char *page, const unsigned *perm)
+{
+    char *start = page + probe_line(perm[0]), *p = start;
+    double t0 = now_seconds();
+    for (unsigned i = 0; i < PROBE_LINES; i++)
+        p = *(char *volatile *)p;
+    double ns = (now_seconds() - t0) / PROBE_LINES * 1e9;
+    return p == start ? ns : 1e9;   /* a chain that did not close: treated as far */
+}
+
+/* Reads scrub (SCRUB_BYTES) whole, so that nothing a walk is about to meet is left in the
+ * caches: neither the chains' lines nor the address translations of their pages — the
+ * guest's, nor the host's, which the guest cannot flush. A far page is told apart by its
+ * cold walk, translations and all: walked just after its page was faulted in (the host's
+ * page tables for it freshly written), or after its lines were flushed with clflush
+ * (which loads the translations), every page read alike here (~125 ns a load). */
+static void probe_scrub(const char *scrub)
+{
+    const uint64_t *q = (const uint64_t *)scrub;
+    uint64_t sum = 0;
+    for (size_t i = 0; i < SCRUB_BYTES / sizeof *q; i += 8)
+        sum += q[i];
+    __asm__ volatile("" : : "r"(sum));
+}
+
+/* huge_probe_fn: lays a chain in each page, then times it from up to PROBE_CPUS of the
+ * calling thread's CPUs, one after another; a page's latency is the mean over them of its
+ * fastest walk. */
+static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
+{
+    const char *scrub = ctx;
+    unsigned perm[PROBE_LINES];
+    probe_order(perm);
+    for (size_t k = 0; k < n; k++)
+        for (unsigned i = 0; i < PROBE_LINES; i++)
+            *(char **)(pages[k] + probe_line(perm[i])) =
+                pages[k] + probe_line(perm[(i + 1) % PROBE_LINES]);
+    cpu_set_t own;
+    int pinned = pthread_getaffinity_np(pthread_self(), sizeof own, &own) == 0;
+    int cpus[PROBE_CPUS], n_cpus = 0;
+    if (pinned) {
+        int count = CPU_COUNT(&own), seen = 0;
+        for (int c = 0; c < CPU_SETSIZE && n_cpus < PROBE_CPUS; c++)
+            if (CPU_ISSET(c, &own)) {
+                /* spread over the set: the seen-th of count, every count/PROBE_CPUS-th */
+                if (count <= PROBE_CPUS || seen % (count / PROBE_CPUS) == 0)
+                    cpus[n_cpus++] = c;
+                seen++;
+            }
+    }
+    double *best = malloc(n * sizeof *best);
+    for (size_t k = 0; k < n; k++)
+        ns[k] = 0;
+    if (!best)
+        return;   /* all alike: none far */
+    int runs = 0;
+    for (int c = 0; c < (n_cpus ? n_cpus : 1); c++) {
+        if (n_cpus) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(cpus[c], &one);
+            if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) != 0)
+                continue;
+        }
+        for (int w = 0; w < PROBE_WALKS; w++) {
+            probe_scrub(scrub);
+            for (size_t k = 0; k < n; k++) {
+                double t = probe_walk(pages[k], perm);
+                best[k] = w == 0 || t < best[k] ? t : best[k];
+            }
+        }
+        for (size_t k = 0; k < n; k++)
+            ns[k] += best[k];
+        runs++;
+    }
+    if (pinned)
+        pthread_setaffinity_np(pthread_self(), sizeof own, &own);
+    if (runs == 0) {   /* no CPU could be pinned: time from wherever the thread runs */
+        probe_scrub(scrub);
+        for (size_t k = 0; k < n; k++, runs = 1)
+            ns[k] = probe_walk(pages[k], perm);
+    }
+    free(best);
+    for (size_t k = 0; k < n; k++)
+        ns[k] /= runs;
+}
+
+/* MemAvailable of /proc/meminfo in bytes; 0 if unknown. */
+static size_t available_bytes(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return 0;
+    char line[128];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return (size_t)kb << 10;
+}
+
+static pthread_mutex_t near_mu = PTHREAD_MUTEX_INITIALIZER;
+static double near_ref_ns;   /* the last placement's reference; 0 before the first */
+static int place_off;        /* huge_place_enable(0) */
+
+void huge_place_enable(int on)
+{
+    pthread_mutex_lock(&near_mu);
+    place_off = !on;
+    pthread_mutex_unlock(&near_mu);
+}
+
+void *huge_alloc_near(size_t bytes, huge_place_report *rep)
+{
+    huge_place_report own;
+    if (!rep)
+        rep = &own;
+    memset(rep, 0, sizeof *rep);
+    char *p = huge_alloc(bytes);
+    if (!p)
+        return NULL;
+    size_t pages = bytes / HUGE_PAGE_BYTES;
+    pthread_mutex_lock(&near_mu);
+    int off = place_off;
+    double ref = near_ref_ns;
+    pthread_mutex_unlock(&near_mu);
+    if (off || pages < PLACE_MIN_PAGES)
+        return p;
+    rep->pages = pages;
+    size_t max_extra = 2 * pages, avail = available_bytes() / 4 / HUGE_PAGE_BYTES;
+    if (max_extra > avail)
+        max_extra = avail;
+    char *scrub = huge_alloc(SCRUB_BYTES);
+    if (!scrub)
+        return p;   /* not placed */
+    memset(scrub, 1, SCRUB_BYTES);
+    huge_place(p, pages, max_extra, ref, probe_chains, scrub, rep);
+    huge_free(scrub, SCRUB_BYTES);
+    if (rep->near_ns > 0) {
+        pthread_mutex_lock(&near_mu);
+        near_ref_ns = rep->near_ns;
+        pthread_mutex_unlock(&near_mu);
+    }
+    /* the chains' pointers are the only bytes the probe wrote */
+    for (size_t k = 0; k < pages; k++)
+        for (unsigned i = 0; i < PROBE_LINES; i++)
+            *(char **)(p + k * HUGE_PAGE_BYTES + probe_line(i)) = NULL;
+    return p;
 }
 
 /* Removes block i from c, oldest-first order kept. Under c->mu. */
@@ -109,4 +474,19 @@ void huge_cache_drain(huge_cache *c)
             return;
         huge_free(p, cap);
     }
+}
+
+void huge_place_log(const char *what, const huge_place_report *rep)
+{
+    if (rep->pages == 0)
+        return;   /* under PLACE_MIN_PAGES: not placed */
+    if (rep->near_ns <= 0) {
+        log_info("%s: %zu MB, pages not placed (probe unavailable)", what,
+                 rep->pages * HUGE_PAGE_BYTES >> 20);
+        return;
+    }
+    log_info("%s: %zu pages of 2 MB placed in %.2f s: %zu far (over %.0f ns, %.2f x the near "
+             "%.0f), %zu swapped for near ones of %zu extra", what, rep->pages, rep->seconds,
+             rep->far, HUGE_FAR_FACTOR * rep->near_ns, HUGE_FAR_FACTOR, rep->near_ns,
+             rep->replaced, rep->extra);
 }

@@ -20,6 +20,66 @@
 void *huge_alloc(size_t bytes);
 void huge_free(void *p, size_t bytes);
 
+/* Near pages. On the VMs lorad is benchmarked on, the guest sees one memory node but the
+ * host backs some of its pages from another: a dependent load from such a "far" 2 MB page
+ * takes ~1.5 times as long (~300-400 ns against ~200-250), from either vCPU, and a block
+ * streams at the share of its pages that are far — blocks of the same size, allocated
+ * the same way, read up to 1.5 times apart (bench_place; docs/benchmarks.md). Which pages
+ * are far is not visible to the guest otherwise, and it stays put while they are held. So
+ * a merged W' could stream 10% slower than the base's W it replaces, or faster, as its
+ * pages fell. huge_alloc_near times each page with a chain of dependent loads and swaps
+ * far ones for near ones from extra allocations (mremap moves a page's mapping, not its
+ * contents), so that the weights lorad streams every step — W and each W' — are near. */
+
+/* How a huge_place went. */
+typedef struct {
+    size_t pages;      /* whole 2 MB pages of the block (a partial last one is not placed) */
+    size_t probed;     /* pages timed: the block's and the extra ones */
+    size_t far;        /* of the block's pages, those found far */
+    size_t replaced;   /* far pages swapped for near ones; far - replaced are left */
+    size_t extra;      /* extra pages mapped to find near ones (all freed again) */
+    double near_ns;    /* a near page's latency, the reference; far is over FAR × it */
+    double seconds;
+} huge_place_report;
+
+/* A page is far when its latency is over this times the near pages'. */
+#define HUGE_FAR_FACTOR 1.25
+
+/* Times each of n pages (2 MB, writable, on HUGE_PAGE_BYTES boundaries) into ns[i]: a
+ * dependent load's latency. May write into the pages. */
+typedef void huge_probe_fn(char *const *pages, size_t n, double *ns, void *ctx);
+
+/* Places block (HUGE_PAGE_BYTES-aligned, from huge_alloc, writable) of pages 2 MB pages:
+ * times them with probe, and swaps each far one — slowest first — for a near one from
+ * extra blocks mapped for it, at most max_extra pages in all, in up to 4 rounds; the far
+ * pages are held until the end (so that a later round is not handed them again), then
+ * freed with the rest of the extra blocks. The reference is the 5th percentile of the
+ * latencies timed here, or ref_ns if lower (the near latency an earlier placement found;
+ * 0: none) — unless everything timed here is far by ref_ns (the host moved the vCPUs):
+ * then this call's own. Contents of the swapped pages come with them; the probe's writes
+ * stay. Fills *rep. Returns the number of far pages left in the block, or -1 if a page
+ * could not be moved (the block is whole and mapped either way). Not for blocks another
+ * thread reads or writes meanwhile. */
+long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
+                huge_probe_fn *probe, void *ctx, huge_place_report *rep);
+
+/* huge_alloc, then — for a block of 16 whole 2 MB pages or more — huge_place with a
+ * chain-of-loads probe from up to 4 of the calling
+ * thread's CPUs in turn (the thread is pinned to each, then given its own CPUs back), the
+ * extra pages at most twice the block's and a quarter of the memory available; the near
+ * latency is remembered for the next call (thread-safe). The block is zeroed and its whole
+ * 2 MB pages backed already (a partial last one is left as huge_alloc maps it). *rep (may be NULL) says how it went. NULL when it cannot be mapped;
+ * a placement that fails leaves the block as huge_alloc gave it. Give it back with
+ * huge_free. */
+void *huge_alloc_near(size_t bytes, huge_place_report *rep);
+
+/* Whether huge_alloc_near places pages (on, the default) or is huge_alloc (off:
+ * `lorad serve --place-pages no`). Thread-safe. */
+void huge_place_enable(int on);
+
+/* Logs (info) how the placement of what (e.g. "the weights") went. */
+void huge_place_log(const char *what, const huge_place_report *rep);
+
 /* Freed blocks kept for the next allocation of about their size. A block mapped afresh is
  * backed again page by page on first touch: the kernel faults and zeroes each page, and in
  * a VM that reports free pages to its host (virtio-balloon free page reporting, as on the

@@ -493,7 +493,8 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
                      "bytes per weight)");
         goto fail;
     }
-    void *mem = huge_alloc(arena);
+    huge_place_report place;
+    void *mem = huge_alloc_near(arena, &place);   /* W is streamed every step: hugemem.h */
     if (!mem) {
         lr_error_set(err, LR_ENOMEM, "%s: cannot allocate %zu MB for the weights", dir,
                      arena >> 20);
@@ -501,6 +502,7 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
     }
     m->files->converted = mem;
     m->files->converted_cap = arena;
+    huge_place_log("the weights", &place);
     copy_job job = {.m = m, .want = want, .offset = offset, .n = n,
                     .stage_floats = (size_t)CONVERT_ROWS * (size_t)max_cols};
     if (copy_all(&job, &pr, err))

@@ -109,7 +109,9 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     void *arena = huge_cache_take(&spare, total, &cap);
     if (!arena) {
         huge_cache_drain(&spare);   /* a kept W' of another size: not held beside a new one */
-        arena = huge_alloc(total);
+        huge_place_report place;
+        if ((arena = huge_alloc_near(total, &place)))
+            huge_place_log("merged weights", &place);
     }
     if (!arena) {
         lr_error_set(err, LR_ENOMEM, "cannot allocate %zu MB for merged weights", total >> 20);

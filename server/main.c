@@ -15,6 +15,7 @@
 #include "adapters/peft.h"
 #include "core/blas.h"
 #include "core/engine.h"
+#include "core/hugemem.h"
 #include "core/log.h"
 #include "core/model.h"
 #include "core/safetensors.h"
@@ -610,7 +611,8 @@ enum {
     OPT_MODEL = 256, OPT_NAME, OPT_ADAPTER_DIR, OPT_HOST, OPT_PORT, OPT_KEY, OPT_MAX_LOADED,
     OPT_MAX_RANK, OPT_MERGE, OPT_MERGE_BUDGET, OPT_CTX, OPT_MAX_TOKENS, OPT_MAX_SEQS, OPT_MAX_QUEUE,
     OPT_MAX_BODY, OPT_KV_MB, OPT_TEMPLATE, OPT_THREADS, OPT_MAX_CONN, OPT_DRAIN, OPT_HELP,
-    OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB, OPT_TEST_STALL, OPT_WEIGHTS
+    OPT_ADMIN_KEY, OPT_MAX_UPLOAD, OPT_ALLOW_PATH, OPT_ADAPTER_MB, OPT_TEST_STALL, OPT_WEIGHTS,
+    OPT_PLACE
 };
 
 static const struct {
@@ -622,6 +624,10 @@ static const struct {
      "Hugging Face model directory (required)"},
     {{"weights", required_argument, NULL, OPT_WEIGHTS}, "f32|bf16|q8",
      "precision the base matrices are held in (default: the checkpoint's; F16 becomes f32)"},
+    {{"place-pages", required_argument, NULL, OPT_PLACE}, "yes|no",
+     "yes: time each 2 MB page of the weights and of each merged W' and swap slow ones "
+     "(memory a VM's host backs from afar) for fast ones; no: as the kernel gives them "
+     "(default yes)"},
     {{"served-model-name", required_argument, NULL, OPT_NAME}, "NAME",
      "id of the base model in the API (default: the directory's name)"},
     {{"adapter-dir", required_argument, NULL, OPT_ADAPTER_DIR}, "DIR",
@@ -719,6 +725,7 @@ static int flag_int(const char *name, const char *v, long lo, long hi, int *out)
 /* What parsing `serve`'s flags builds beside serve_options. */
 typedef struct {
     int kv, adapter_mb, merge_mb;
+    int no_place;   /* --place-pages no */
     int help;
     char *allow_env;   /* LORAD_ALLOW_ADAPTER_PATH split in place; owned, freed by cmd_serve */
 } serve_extra;
@@ -740,6 +747,13 @@ static int serve_flag(serve_options *o, serve_extra *x, int c, const char *v)
         }
         break;
     }
+    case OPT_PLACE:
+        if (strcmp(v, "yes") && strcmp(v, "no")) {
+            fprintf(stderr, "lorad serve: --place-pages must be yes or no\n");
+            bad = 1;
+        }
+        x->no_place = strcmp(v, "no") == 0;
+        break;
     case OPT_NAME: o->served_name = v; break;
     case OPT_ADAPTER_DIR: o->adapter_dir = v; break;
     case OPT_HOST: o->host = v; break;
@@ -869,6 +883,7 @@ static int cmd_serve(int argc, char **argv)
     o.kv_mb = x.kv;
     o.max_adapter_mb = x.adapter_mb;
     o.merge_budget_mb = x.merge_mb;
+    huge_place_enable(!x.no_place);
     if (optind < argc) {
         fprintf(stderr, "lorad serve: unexpected argument '%s'\n", argv[optind]);
         goto out;

@@ -5,7 +5,14 @@
  * empties the cache. Blocks are told apart by their address while the cache holds them
  * (a kept block is still mapped, so no other mapping can have its address). lora's arena
  * cache is one of these (tests/test_lora.c); variant's W' cache another
- * (tests/test_variant.c). */
+ * (tests/test_variant.c).
+ *
+ * huge_place is driven by a probe that stands in for the chain of loads: it gives the
+ * k-th page it is handed the latency lat[k] and writes k into the page, so that a test
+ * can tell which page — the block's own or an extra one — ended in each slot, and that
+ * its contents came with it. huge_alloc_near is run with the real probe: what it must
+ * give whatever the machine's pages are like (zeroed, aligned, whole, every count
+ * consistent). */
 #include <check.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -147,6 +154,213 @@ START_TEST(test_a_cache_asked_for_more_blocks_than_it_has_room_for_keeps_the_new
 }
 END_TEST
 
+/* The stand-in probe: page k (in the order pages are handed to it, over every call) takes
+ * lat[k] (near: 200 ns, far: 300 + k, so the far ones are told apart by speed), and has k
+ * written at TAG_AT. */
+enum { TAG_AT = 4096 + 64, MAX_PROBED = 256 };
+typedef struct {
+    double lat[MAX_PROBED];
+    int n;   /* pages probed so far */
+} fake_probe;
+
+static void probe_fake(char *const *pages, size_t n, double *ns, void *ctx)
+{
+    fake_probe *f = ctx;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_int_lt(f->n, MAX_PROBED);
+        ck_assert_uint_eq((uintptr_t)pages[i] % HUGE_PAGE_BYTES, 0);
+        *(int *)(pages[i] + TAG_AT) = f->n;
+        ns[i] = f->lat[f->n++];
+    }
+}
+
+/* lat[k] = 200 (near) unless k is in far[0..n_far): then 300 + k. */
+static void fake_init(fake_probe *f, const int *far, int n_far)
+{
+    memset(f, 0, sizeof *f);
+    for (int k = 0; k < MAX_PROBED; k++)
+        f->lat[k] = 200;
+    for (int i = 0; i < n_far; i++)
+        f->lat[far[i]] = 300 + far[i];
+}
+
+static int tag(const char *block, size_t page)
+{
+    return *(const int *)(block + page * HUGE_PAGE_BYTES + TAG_AT);
+}
+
+START_TEST(test_a_block_of_near_pages_is_left_as_it_is)
+{
+    enum { PAGES = 6 };
+    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
+    ck_assert_ptr_nonnull(b);
+    fake_probe f;
+    fake_init(&f, NULL, 0);
+    huge_place_report r;
+    ck_assert_int_eq(huge_place(b, PAGES, 2 * PAGES, 200, probe_fake, &f, &r), 0);
+    ck_assert_uint_eq(r.pages, PAGES);
+    ck_assert_uint_eq(r.probed, PAGES);   /* a reference given: no sample of more memory */
+    ck_assert_uint_eq(r.far, 0);
+    ck_assert_uint_eq(r.replaced, 0);
+    ck_assert_uint_eq(r.extra, 0);
+    for (int k = 0; k < PAGES; k++)
+        ck_assert_int_eq(tag(b, (size_t)k), k);
+    huge_free(b, PAGES * HUGE_PAGE_BYTES);
+}
+END_TEST
+
+/* Pages 1, 4 and 5 of 8 are far; every extra page is near: each far page is swapped for
+ * one, the others stay where they were, and what the pages hold moves with them. */
+START_TEST(test_each_far_page_is_swapped_for_a_near_one_with_its_contents)
+{
+    enum { PAGES = 8 };
+    static const int far[] = {1, 4, 5};
+    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
+    ck_assert_ptr_nonnull(b);
+    fake_probe f;
+    fake_init(&f, far, 3);
+    huge_place_report r;
+    ck_assert_int_eq(huge_place(b, PAGES, 2 * PAGES, 200, probe_fake, &f, &r), 0);
+    ck_assert_uint_eq(r.far, 3);
+    ck_assert_uint_eq(r.replaced, 3);
+    ck_assert_uint_ge(r.extra, 3);
+    ck_assert_uint_le(r.extra, 2 * PAGES);
+    ck_assert_uint_eq(r.probed, PAGES + r.extra);
+    ck_assert(r.near_ns == 200);
+    for (int k = 0; k < PAGES; k++) {
+        int t = tag(b, (size_t)k);
+        if (k == 1 || k == 4 || k == 5)
+            ck_assert_int_ge(t, PAGES);   /* an extra page, near */
+        else
+            ck_assert_int_eq(t, k);
+        ck_assert(f.lat[t] == 200);
+    }
+    /* the block is whole: every byte of it mapped and writable */
+    memset(b, 0x11, PAGES * HUGE_PAGE_BYTES);
+    ck_assert_int_eq(msync(b, PAGES * HUGE_PAGE_BYTES, MS_ASYNC), 0);
+    huge_free(b, PAGES * HUGE_PAGE_BYTES);
+}
+END_TEST
+
+/* Four far pages, room for two extra ones: the two slowest are swapped, two are left and
+ * counted. */
+START_TEST(test_with_too_few_extra_pages_the_slowest_far_ones_go_first)
+{
+    enum { PAGES = 6 };
+    static const int far[] = {0, 2, 3, 5};   /* latencies 300, 302, 303, 305 */
+    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
+    ck_assert_ptr_nonnull(b);
+    fake_probe f;
+    fake_init(&f, far, 4);
+    huge_place_report r;
+    ck_assert_int_eq(huge_place(b, PAGES, 2, 200, probe_fake, &f, &r), 2);
+    ck_assert_uint_eq(r.far, 4);
+    ck_assert_uint_eq(r.replaced, 2);
+    ck_assert_uint_eq(r.extra, 2);
+    ck_assert_int_eq(tag(b, 0), 0);
+    ck_assert_int_eq(tag(b, 2), 2);
+    ck_assert_int_ge(tag(b, 3), PAGES);
+    ck_assert_int_ge(tag(b, 5), PAGES);
+    huge_free(b, PAGES * HUGE_PAGE_BYTES);
+}
+END_TEST
+
+/* Extra pages that are far as well are not swapped in: the far pages stay, and the extra
+ * pages mapped never exceed max_extra. */
+START_TEST(test_far_extra_pages_are_not_swapped_in)
+{
+    enum { PAGES = 4 };
+    int far[MAX_PROBED - 4];
+    for (int i = 0; i < MAX_PROBED - 4; i++)
+        far[i] = 4 + i;   /* every page after the block */
+    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
+    ck_assert_ptr_nonnull(b);
+    fake_probe f;
+    fake_init(&f, far, MAX_PROBED - 4);
+    f.lat[1] = 301;   /* one far page in the block */
+    huge_place_report r;
+    ck_assert_int_eq(huge_place(b, PAGES, 8, 200, probe_fake, &f, &r), 1);
+    ck_assert_uint_eq(r.far, 1);
+    ck_assert_uint_eq(r.replaced, 0);
+    ck_assert_uint_le(r.extra, 8);
+    ck_assert_int_eq(tag(b, 1), 1);
+    huge_free(b, PAGES * HUGE_PAGE_BYTES);
+}
+END_TEST
+
+/* No reference yet (ref_ns 0) and a block whose pages are all alike but slow: half the
+ * block's size more is sampled, its faster pages set the reference, and the block's pages
+ * are swapped for them. With a reference, a block of pages all alike is left alone. */
+START_TEST(test_the_first_placement_samples_more_memory_for_its_reference)
+{
+    enum { PAGES = 8 };
+    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
+    ck_assert_ptr_nonnull(b);
+    fake_probe f;
+    fake_init(&f, NULL, 0);
+    for (int k = 0; k < PAGES; k++)
+        f.lat[k] = 300;   /* the block: alike, slow */
+    huge_place_report r;
+    huge_place(b, PAGES, 2 * PAGES, 0, probe_fake, &f, &r);
+    ck_assert_uint_ge(r.extra, PAGES / 2);
+    ck_assert(r.near_ns == 200);
+    ck_assert_uint_eq(r.far, PAGES);
+    ck_assert_uint_eq(r.replaced, PAGES);
+    for (int k = 0; k < PAGES; k++)
+        ck_assert_int_ge(tag(b, (size_t)k), PAGES);
+    huge_free(b, PAGES * HUGE_PAGE_BYTES);
+
+    /* a reference lower than any page here is used: all are far by it */
+    b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
+    ck_assert_ptr_nonnull(b);
+    fake_init(&f, NULL, 0);
+    for (int k = 0; k < MAX_PROBED; k++)
+        f.lat[k] = 300;
+    ck_assert_int_eq(huge_place(b, PAGES, 0, 200, probe_fake, &f, &r), PAGES);
+    ck_assert(r.near_ns == 200);
+    ck_assert_uint_eq(r.extra, 0);
+    /* a higher one is not: the third fastest page here is */
+    fake_init(&f, NULL, 0);
+    for (int k = 0; k < MAX_PROBED; k++)
+        f.lat[k] = 300;
+    ck_assert_int_eq(huge_place(b, PAGES, 0, 500, probe_fake, &f, &r), 0);
+    ck_assert(r.near_ns == 300);
+    huge_free(b, PAGES * HUGE_PAGE_BYTES);
+}
+END_TEST
+
+/* The real probe, on whatever pages this machine gives: the block is as huge_alloc's
+ * (aligned, zeroed to its last byte, writable, the room past it unmapped) and the counts
+ * agree with each other. */
+START_TEST(test_a_near_block_is_zeroed_whole_and_its_report_consistent)
+{
+    size_t n = 17 * HUGE_PAGE_BYTES + 12345;   /* 17 whole pages and a partial one */
+    huge_place_report r;
+    unsigned char *p = huge_alloc_near(n, &r);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq((uintptr_t)p % HUGE_PAGE_BYTES, 0);
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != 0)
+            ck_abort_msg("byte %zu of the block is %d, not 0", i, p[i]);
+    memset(p, 0x22, n);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), end = (n + page - 1) / page * page;
+    ck_assert_int_ne(msync(p + end, page, MS_ASYNC), 0);
+    ck_assert_uint_eq(r.pages, 17);
+    ck_assert(r.near_ns > 0);
+    ck_assert_uint_le(r.replaced, r.far);
+    ck_assert_uint_le(r.far, r.pages);
+    ck_assert_uint_le(r.extra, 2 * r.pages);
+    ck_assert_uint_eq(r.probed, r.pages + r.extra);
+    huge_free(p, n);
+    /* under 16 pages: not placed, as huge_alloc gives it */
+    ck_assert_ptr_nonnull(p = huge_alloc_near(3 * HUGE_PAGE_BYTES, &r));
+    ck_assert(p[0] == 0 && p[3 * HUGE_PAGE_BYTES - 1] == 0);
+    ck_assert_uint_eq(r.probed, 0);
+    ck_assert(r.near_ns == 0);
+    huge_free(p, 3 * HUGE_PAGE_BYTES);
+}
+END_TEST
+
 static Suite *hugemem_suite(void)
 {
     Suite *s = suite_create("hugemem");
@@ -158,6 +372,15 @@ static Suite *hugemem_suite(void)
     tcase_add_test(core, test_a_cache_of_no_blocks_keeps_nothing);
     tcase_add_test(core, test_a_cache_asked_for_more_blocks_than_it_has_room_for_keeps_the_newest);
     suite_add_tcase(s, core);
+    TCase *place = tcase_create("place");
+    tcase_set_timeout(place, 60);
+    tcase_add_test(place, test_a_block_of_near_pages_is_left_as_it_is);
+    tcase_add_test(place, test_each_far_page_is_swapped_for_a_near_one_with_its_contents);
+    tcase_add_test(place, test_with_too_few_extra_pages_the_slowest_far_ones_go_first);
+    tcase_add_test(place, test_far_extra_pages_are_not_swapped_in);
+    tcase_add_test(place, test_the_first_placement_samples_more_memory_for_its_reference);
+    tcase_add_test(place, test_a_near_block_is_zeroed_whole_and_its_report_consistent);
+    suite_add_tcase(s, place);
     return s;
 }
 

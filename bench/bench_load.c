@@ -58,8 +58,11 @@
  * over one can be read as rows a step against the cost of a step.
  *
  * Usage: bench_load BUILD WORKDIR [--quick] [--tsv FILE] [--reps N] [--warmup S] [--window S]
- * [--max-tokens N] [--only TEXT] (--only: the cases whose name contains TEXT — or one of
- * the alternatives of TEXT separated by '|' — and no targets).
+ * [--max-tokens N] [--only TEXT] [--merged-unplaced] (--only: the cases whose name contains
+ * TEXT — or one of the alternatives of TEXT separated by '|' — and no targets;
+ * --merged-unplaced: the --merge always daemon takes its pages as the kernel gives them,
+ * --place-pages no, so that "base merged daemon/base" compares unplaced pages with placed
+ * ones, hugemem.h).
  * Defaults: 5 repetitions, 3 s warm-up + 6 s window, 48 output tokens; the window is twice
  * as long for 32 and 64 clients, whose requests take 3.5-9 s (fast and slow phases of the
  * machine), so that it holds whole requests, and for the alternating cases, so that it
@@ -717,7 +720,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *build = argv[1], *work = argv[2], *tsv = NULL, *only = NULL;
-    int quick = 0, reps = 0, max_tokens = 0;
+    int quick = 0, reps = 0, max_tokens = 0, merged_unplaced = 0;
     double warmup = 0, window = 0;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
@@ -734,6 +737,8 @@ int main(int argc, char **argv)
             max_tokens = atoi(argv[++i]);
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
             only = argv[++i];
+        else if (strcmp(argv[i], "--merged-unplaced") == 0)
+            merged_unplaced = 1;
     }
     if (!reps)
         reps = quick ? 1 : 5;
@@ -762,9 +767,10 @@ int main(int argc, char **argv)
     /* Every daemon: 64 running requests, a queue for the rest, the base named "base". */
     const char *common[] = {"--model", mdir, "--served-model-name", "base", "--max-seqs", "64",
                             "--max-queue", "256", "--max-tokens", "1024"};
-    const char *extra[N_DAEMONS][8] = {
+    const char *extra[N_DAEMONS][10] = {
         [D_MAIN] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "never"},
-        [D_MERGED] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "always"},
+        [D_MERGED] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "always",
+                      merged_unplaced ? "--place-pages" : NULL, "no"},
         [D_AUTO] = {"--adapter-dir", d100, "--max-loaded-adapters", "20", "--merge", "auto"},
         [D_MANY] = {"--adapter-dir", d1000, "--max-loaded-adapters", "50", "--merge", "never"},
     };

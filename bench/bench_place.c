@@ -43,33 +43,31 @@
 #define WALKS 3
 #define FAR_FACTOR 1.25
 
-/* The share (0-1) of huge pages in the mapping that holds p, from /proc/self/smaps (-1:
- * not found): the block's own where it is a mapping of its own, as huge_alloc's blocks
- * usually are (the kernel may merge neighbours with the same flags into one). */
-static double huge_share(const void *p)
+/* The share (0-1) of huge pages in [p, p + bytes), from /proc/self/smaps (-1: not found):
+ * the mappings that lie in it, as a block's own do (one from huge_alloc; several after
+ * huge_alloc_near moved pages into it). */
+static double huge_share(const void *p, size_t bytes)
 {
     FILE *f = fopen("/proc/self/smaps", "r");
     if (!f)
         return -1;
     char line[512];
     uintptr_t lo = 0, hi = 0, at = (uintptr_t)p;
-    long size_kb = 0, kb;
-    double share = -1;
+    long kb, huge_kb = 0;
+    int seen = 0;
     while (fgets(line, sizeof line, f)) {
         unsigned long a, b;
         if (sscanf(line, "%lx-%lx ", &a, &b) == 2) {
             lo = a;
             hi = b;
-        } else if (sscanf(line, "Size: %ld kB", &kb) == 1) {
-            size_kb = kb;
-        } else if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1 && at >= lo && at < hi &&
-                   size_kb > 0) {
-            share = (double)kb / (double)size_kb;
-            break;
+        } else if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1 && lo >= at &&
+                   hi <= at + bytes) {
+            huge_kb += kb;
+            seen = 1;
         }
     }
     fclose(f);
-    return share;
+    return seen ? (double)huge_kb * 1024 / (double)bytes : -1;
 }
 
 /* Offset in a 2 MB page of the line the chain visits in 4 KiB page i: a different line of
@@ -122,16 +120,18 @@ static double correlation(const double *x, const double *y, int n)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, n_blocks = 8, mb = 400;
+    int quick = 0, near = 0, n_blocks = 8, mb = 400;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--near") == 0)
+            near = 1;
         else if (strcmp(argv[i], "--blocks") == 0 && i + 1 < argc)
             n_blocks = atoi(argv[++i]);
         else if (strcmp(argv[i], "--mb") == 0 && i + 1 < argc)
             mb = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_place [--quick] [--blocks N] [--mb M]\n");
+            fprintf(stderr, "usage: bench_place [--quick] [--near] [--blocks N] [--mb M]\n");
             return 2;
         }
     }
@@ -142,8 +142,11 @@ int main(int argc, char **argv)
     int rounds = quick ? 5 : MAX_ROUNDS;
     size_t bytes = (size_t)mb << 20;
     float *blk[MAX_BLOCKS];
+    huge_place_report rep[MAX_BLOCKS];
+    int placed[MAX_BLOCKS];
     for (int k = 0; k < n_blocks; k++) {
-        if (!(blk[k] = huge_alloc(bytes))) {
+        placed[k] = near && k % 2 == 1;   /* --near: every other block, in allocation order */
+        if (!(blk[k] = placed[k] ? huge_alloc_near(bytes, &rep[k]) : huge_alloc(bytes))) {
             fprintf(stderr, "bench_place: cannot allocate %d blocks of %d MB\n", n_blocks, mb);
             return 1;
         }
@@ -205,14 +208,14 @@ int main(int argc, char **argv)
            "page; the fastest of %d walks), far: over %.2f x the first quartile of all pages "
            "(%.0f ns)\n\n", n_blocks, mb, rounds, WALKS, FAR_FACTOR, far_ns);
     printf("block |  GB/s median   min    max | huge pages | ns/load vCPU 0  far | "
-           "ns/load vCPU 1  far\n");
+           "ns/load vCPU 1  far |%s\n", near ? " huge_alloc_near: far / swapped, near ns, s" : "");
     double med[MAX_BLOCKS], far[MAX_BLOCKS], lo, hi;
     size_t n_far[2] = {0, 0}, both = 0, one = 0;
     for (int k = 0; k < n_blocks; k++) {
         med[k] = bench_median(gbs[k], rounds);
         bench_range(gbs[k], rounds, &lo, &hi);
         printf("%5d | %12.1f %6.1f %6.1f | %9.0f%% |", k, med[k], lo, hi,
-               100 * huge_share(blk[k]));
+               100 * huge_share(blk[k], bytes));
         far[k] = 0;
         for (int c = 0; c < cpus; c++) {
             double sum = 0;
@@ -225,6 +228,9 @@ int main(int argc, char **argv)
             far[k] += (double)nf / (double)pages / cpus;
             printf(" %14.0f %3.0f%% |", sum / pages, 100.0 * nf / pages);
         }
+        if (placed[k])
+            printf(" %4zu / %4zu, %3.0f ns, %.2f s", rep[k].far, rep[k].replaced,
+                   rep[k].near_ns, rep[k].seconds);
         printf("\n");
     }
     if (cpus == 2)
@@ -241,6 +247,19 @@ int main(int argc, char **argv)
                n_all, both, one);
     printf("\ncorrelation over the blocks of GB/s and far share: %.2f\n",
            correlation(med, far, n_blocks));
+    if (near) {
+        double g[2][MAX_BLOCKS], m[2];
+        int n_g[2] = {0, 0};
+        for (int k = 0; k < n_blocks; k++)
+            g[placed[k]][n_g[placed[k]]++] = med[k];
+        for (int x = 0; x < 2; x++) {
+            bench_range(g[x], n_g[x], &lo, &hi);
+            m[x] = bench_median(g[x], n_g[x]);
+            printf("%s: median %.1f GB/s, fastest / slowest %.2f\n",
+                   x ? "huge_alloc_near" : "huge_alloc     ", m[x], hi / lo);
+        }
+        printf("huge_alloc_near / huge_alloc, medians: %.3f\n", m[1] / m[0]);
+    }
     for (int c = 0; c < 2; c++)
         free(ns[c]);
     free(all);

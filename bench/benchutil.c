@@ -361,7 +361,13 @@ pid_t bench_start_daemon(const char *build, const char *const *args, int *port)
     FILE *f = fdopen(fds[0], "r");
     char line[1024];
     *port = 0;
+    /* BENCH_DAEMON_LOG=FILE: every daemon's log appended to FILE (e.g. how its pages were
+     * placed, hugemem.h) */
+    const char *log_path = getenv("BENCH_DAEMON_LOG");
+    FILE *log = log_path ? fopen(log_path, "a") : NULL;
     while (f && fgets(line, sizeof line, f)) {
+        if (log)
+            fputs(line, log);
         const char *p = strstr(line, "on http://");
         if (p && (p = strrchr(p, ':')) && sscanf(p + 1, "%d", port) == 1)
             break;
@@ -372,14 +378,23 @@ pid_t bench_start_daemon(const char *build, const char *const *args, int *port)
         waitpid(pid, NULL, 0);
         if (f)
             fclose(f);
+        if (log)
+            fclose(log);
         return -1;
     }
     /* keep draining its log (one line per request) so it never blocks on the pipe */
+    if (log)
+        fflush(log);
     if (fork() == 0) {
         while (fgets(line, sizeof line, f))
-            ;
+            if (log) {
+                fputs(line, log);
+                fflush(log);
+            }
         _exit(0);
     }
     fclose(f);
+    if (log)
+        fclose(log);
     return pid;
 }

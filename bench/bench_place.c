@@ -146,7 +146,7 @@ int main(int argc, char **argv)
     int placed[MAX_BLOCKS];
     for (int k = 0; k < n_blocks; k++) {
         placed[k] = near && k % 2 == 1;   /* --near: every other block, in allocation order */
-        if (!(blk[k] = placed[k] ? huge_alloc_near(bytes, &rep[k]) : huge_alloc(bytes))) {
+        if (!(blk[k] = placed[k] ? huge_alloc_near(bytes, 1.0, &rep[k]) : huge_alloc(bytes))) {
             fprintf(stderr, "bench_place: cannot allocate %d blocks of %d MB\n", n_blocks, mb);
             return 1;
         }

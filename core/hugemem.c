@@ -46,7 +46,7 @@ void huge_free(void *p, size_t bytes)
 
 /* ---- Near pages ---- */
 
-#define PLACE_ROUNDS 6
+#define PLACE_ROUNDS 10
 #define PROBE_LINES 512   /* one line in each 4 KiB page of a 2 MB page */
 #define PROBE_WALKS 2     /* a page's latency from one CPU: the fastest of these */
 #define PROBE_CPUS 4
@@ -191,14 +191,19 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
             far[n_far++] = (far_page){ns[i], i};
     rep->far = n_far;
     qsort(far, n_far, sizeof *far, cmp_slowest_first);
+    /* Each round maps as many extra pages as the near share among extra pages so far (the
+     * block's before any) says the far pages left need — taken as at least a fifth: a
+     * share seen in few pages is no law — and 10% over. */
+    size_t near_seen = pages - n_far, seen = pages;
+    int extra_seen = 0;
+    if (n_xb) {
+        near_seen = seen = 0;
+        extra_seen = 1;
+        for (size_t i = 0; i < xb[0].pages; i++, seen++)
+            near_seen += xb[0].ns[i] <= limit;
+    }
     if (n_xb && extra_swap(&xb[0], pg, far, n_far, &next, limit, tmp))
         goto done;
-    /* Each round maps as many extra pages as the near share seen so far says the far pages
-     * left need (at least a fifth: a share seen in few pages is no law), 10% over. */
-    size_t near_seen = pages - n_far, seen = pages;
-    for (int b = 0; b < n_xb; b++)
-        for (size_t i = 0; i < xb[b].pages; i++, seen++)
-            near_seen += xb[b].ns[i] <= limit;
     for (int round = 0; round < PLACE_ROUNDS && next < n_far && rep->extra < max_extra;
          round++) {
         double share = (double)near_seen / (double)seen;
@@ -210,6 +215,10 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
             break;
         rep->extra += want;
         rep->probed += want;
+        if (!extra_seen) {
+            near_seen = seen = 0;
+            extra_seen = 1;
+        }
         for (size_t i = 0; i < want; i++, seen++)
             near_seen += xb[n_xb].ns[i] <= limit;
         if (extra_swap(&xb[n_xb++], pg, far, n_far, &next, limit, tmp))
@@ -276,18 +285,44 @@ static void probe_scrub(const char *scrub)
     __asm__ volatile("" : : "r"(sum));
 }
 
+/* What probe_chains works with. */
+typedef struct {
+    char *scrub;   /* [SCRUB_BYTES] */
+    double duty;   /* share of a core to use (1: all it can) */
+    double mark;   /* when the work since the last pause began */
+} probe_ctx;
+
+/* Every PACE_PAGES pages (and after each scrub), a probe with duty < 1 sleeps in
+ * proportion to the work since the last pause, so that it takes that share of a core on
+ * average, as the merge it serves does (variant_merge_paced). */
+#define PACE_PAGES 16
+
+static void pace(probe_ctx *c)
+{
+    if (c->duty >= 1.0)
+        return;
+    double idle = (now_seconds() - c->mark) * (1.0 - c->duty) / c->duty;
+    struct timespec ts = {(time_t)idle, (long)((idle - (double)(time_t)idle) * 1e9)};
+    nanosleep(&ts, NULL);
+    c->mark = now_seconds();
+}
+
 /* huge_probe_fn: lays a chain in each page, then times it from up to PROBE_CPUS of the
  * calling thread's CPUs, one after another; a page's latency is the mean over them of its
  * fastest walk. */
 static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
 {
-    const char *scrub = ctx;
+    probe_ctx *pc = ctx;
+    const char *scrub = pc->scrub;
     unsigned perm[PROBE_LINES];
     probe_order(perm);
-    for (size_t k = 0; k < n; k++)
+    for (size_t k = 0; k < n; k++) {   /* the first write to a fresh page faults it in */
         for (unsigned i = 0; i < PROBE_LINES; i++)
             *(char **)(pages[k] + probe_line(perm[i])) =
                 pages[k] + probe_line(perm[(i + 1) % PROBE_LINES]);
+        if (k % PACE_PAGES == PACE_PAGES - 1)
+            pace(pc);
+    }
     cpu_set_t own;
     int pinned = pthread_getaffinity_np(pthread_self(), sizeof own, &own) == 0;
     int cpus[PROBE_CPUS], n_cpus = 0;
@@ -317,9 +352,12 @@ static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
         }
         for (int w = 0; w < PROBE_WALKS; w++) {
             probe_scrub(scrub);
+            pace(pc);
             for (size_t k = 0; k < n; k++) {
                 double t = probe_walk(pages[k], perm);
                 best[k] = w == 0 || t < best[k] ? t : best[k];
+                if (k % PACE_PAGES == PACE_PAGES - 1)
+                    pace(pc);
             }
         }
         for (size_t k = 0; k < n; k++)
@@ -353,6 +391,19 @@ static size_t available_bytes(void)
     return (size_t)kb << 10;
 }
 
+/* 0 when transparent huge pages are off ("[never]"): then a "2 MB page" is 512 pages of
+ * 4 KiB, each timed once, and not what the placement is for. */
+static int thp_possible(void)
+{
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f)
+        return 1;
+    char line[128] = "";
+    int never = fgets(line, sizeof line, f) && strstr(line, "[never]");
+    fclose(f);
+    return !never;
+}
+
 static pthread_mutex_t near_mu = PTHREAD_MUTEX_INITIALIZER;
 static double near_ref_ns;   /* the last placement's reference; 0 before the first */
 static int place_off;        /* huge_place_enable(0) */
@@ -364,7 +415,7 @@ void huge_place_enable(int on)
     pthread_mutex_unlock(&near_mu);
 }
 
-void *huge_alloc_near(size_t bytes, huge_place_report *rep)
+void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
 {
     huge_place_report own;
     if (!rep)
@@ -375,21 +426,24 @@ void *huge_alloc_near(size_t bytes, huge_place_report *rep)
         return NULL;
     size_t pages = bytes / HUGE_PAGE_BYTES;
     pthread_mutex_lock(&near_mu);
-    int off = place_off;
+    int off = place_off || !thp_possible();
     double ref = near_ref_ns;
     pthread_mutex_unlock(&near_mu);
     if (off || pages < PLACE_MIN_PAGES)
         return p;
     rep->pages = pages;
-    size_t max_extra = 2 * pages, avail = available_bytes() / 4 / HUGE_PAGE_BYTES;
+    size_t max_extra = (duty > 0 && duty < 1 ? 1 : 4) * pages, avail = available_bytes() / 4 / HUGE_PAGE_BYTES;
     if (max_extra > avail)
         max_extra = avail;
-    char *scrub = huge_alloc(SCRUB_BYTES);
-    if (!scrub)
+    probe_ctx pc = {huge_alloc(SCRUB_BYTES), duty > 0 && duty < 1 ? duty : 1.0, now_seconds()};
+    if (!pc.scrub)
         return p;   /* not placed */
-    memset(scrub, 1, SCRUB_BYTES);
-    huge_place(p, pages, max_extra, ref, probe_chains, scrub, rep);
-    huge_free(scrub, SCRUB_BYTES);
+    for (size_t at = 0; at < SCRUB_BYTES; at += (size_t)8 << 20) {
+        memset(pc.scrub + at, 1, (size_t)8 << 20);
+        pace(&pc);
+    }
+    huge_place(p, pages, max_extra, ref, probe_chains, &pc, rep);
+    huge_free(pc.scrub, SCRUB_BYTES);
     if (rep->near_ns > 0) {
         pthread_mutex_lock(&near_mu);
         near_ref_ns = rep->near_ns;

@@ -51,27 +51,32 @@ typedef void huge_probe_fn(char *const *pages, size_t n, double *ns, void *ctx);
 
 /* Places block (HUGE_PAGE_BYTES-aligned, from huge_alloc, writable) of pages 2 MB pages:
  * times them with probe, and swaps each far one — slowest first — for a near one from
- * extra blocks mapped for it, at most max_extra pages in all, in up to 4 rounds; the far
- * pages are held until the end (so that a later round is not handed them again), then
- * freed with the rest of the extra blocks. The reference is the 5th percentile of the
- * latencies timed here, or ref_ns if lower (the near latency an earlier placement found;
- * 0: none) — unless everything timed here is far by ref_ns (the host moved the vCPUs):
- * then this call's own. Contents of the swapped pages come with them; the probe's writes
- * stay. Fills *rep. Returns the number of far pages left in the block, or -1 if a page
- * could not be moved (the block is whole and mapped either way). Not for blocks another
- * thread reads or writes meanwhile. */
+ * extra blocks mapped for it, at most max_extra pages in all, in up to 10 rounds (each
+ * sized by the near share seen so far); the far pages are held until the end (so that a
+ * later round is not handed them again), then freed with the rest of the extra blocks.
+ * The reference is the third fastest page timed here, or ref_ns if lower (the near
+ * latency an earlier placement found; 0: none — then half the block's size more is mapped
+ * and timed first, so that a block of far pages alone is not taken for near). Contents of
+ * the swapped pages come with them; the probe's writes stay. Fills *rep. Returns the
+ * number of far pages left in the block, or -1 if a page could not be moved (the block is
+ * whole and mapped either way, but one page of it may read as zeros). Not for blocks
+ * another thread reads or writes meanwhile. */
 long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
                 huge_probe_fn *probe, void *ctx, huge_place_report *rep);
 
-/* huge_alloc, then — for a block of 16 whole 2 MB pages or more — huge_place with a
+/* huge_alloc, then — for a block of 16 whole 2 MB pages or more, with transparent huge
+ * pages not off — huge_place with a
  * chain-of-loads probe from up to 4 of the calling
  * thread's CPUs in turn (the thread is pinned to each, then given its own CPUs back), the
- * extra pages at most twice the block's and a quarter of the memory available; the near
- * latency is remembered for the next call (thread-safe). The block is zeroed and its whole
+ * extra pages at most 4 times the block's and a quarter of the memory available; the near
+ * latency is remembered for the next call (thread-safe). With duty < 1 it paces itself
+ * to that share of a core (as variant_merge_paced: a W' built beside a decoding engine),
+ * taking 1/duty times as long, and maps at most the block's size in extra pages (their
+ * faults are most of its work: ~2 s a GB here, 10 times that paced at 0.1). The block is zeroed and its whole
  * 2 MB pages backed already (a partial last one is left as huge_alloc maps it). *rep (may be NULL) says how it went. NULL when it cannot be mapped;
  * a placement that fails leaves the block as huge_alloc gave it. Give it back with
  * huge_free. */
-void *huge_alloc_near(size_t bytes, huge_place_report *rep);
+void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep);
 
 /* Whether huge_alloc_near places pages (on, the default) or is huge_alloc (off:
  * `lorad serve --place-pages no`). Thread-safe. */

@@ -494,7 +494,7 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
         goto fail;
     }
     huge_place_report place;
-    void *mem = huge_alloc_near(arena, &place);   /* W is streamed every step: hugemem.h */
+    void *mem = huge_alloc_near(arena, 1.0, &place);   /* W is streamed every step: hugemem.h */
     if (!mem) {
         lr_error_set(err, LR_ENOMEM, "%s: cannot allocate %zu MB for the weights", dir,
                      arena >> 20);

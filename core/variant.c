@@ -110,7 +110,7 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     if (!arena) {
         huge_cache_drain(&spare);   /* a kept W' of another size: not held beside a new one */
         huge_place_report place;
-        if ((arena = huge_alloc_near(total, &place)))
+        if ((arena = huge_alloc_near(total, duty, &place)))
             huge_place_log("merged weights", &place);
     }
     if (!arena) {

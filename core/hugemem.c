@@ -1,4 +1,5 @@
-/* huge_alloc, huge_free, huge_cache: see hugemem.h. */
+/* huge_alloc, huge_free, huge_alloc_near (placing a block's pages), huge_cache: see
+ * hugemem.h. */
 #include "hugemem.h"
 
 #include <pthread.h>
@@ -127,10 +128,16 @@ static int extra_swap(extra_block *x, char **pg, const far_page *far, size_t n_f
         if (x->ns[i] > limit)
             continue;
         char *slot = pg[far[*next].i];
-        if (page_move(slot, tmp) || page_move(x->pg[i], slot) || page_move(tmp, x->pg[i]))
+        if (page_move(slot, tmp))
             return -1;
-        x->ns[i] = far[*next].ns;
-        (*next)++;
+        if (page_move(x->pg[i], slot)) {
+            page_move(tmp, slot);   /* the far page back, contents and all, if it can be */
+            return -1;
+        }
+        (*next)++;   /* the slot holds the near page now, whatever happens to tmp's */
+        if (page_move(tmp, x->pg[i]))
+            return -1;
+        x->ns[i] = far[*next - 1].ns;
     }
     return 0;
 }
@@ -287,9 +294,10 @@ static void probe_scrub(const char *scrub)
 
 /* What probe_chains works with. */
 typedef struct {
-    char *scrub;   /* [SCRUB_BYTES] */
-    double duty;   /* share of a core to use (1: all it can) */
-    double mark;   /* when the work since the last pause began */
+    char *scrub;     /* [SCRUB_BYTES] */
+    double duty;     /* share of a core to use (1: all it can) */
+    double mark;     /* when the work since the last pause began */
+    double paused;   /* seconds slept so far */
 } probe_ctx;
 
 /* Every PACE_PAGES pages (and after each scrub), a probe with duty < 1 sleeps in
@@ -304,6 +312,7 @@ static void pace(probe_ctx *c)
     double idle = (now_seconds() - c->mark) * (1.0 - c->duty) / c->duty;
     struct timespec ts = {(time_t)idle, (long)((idle - (double)(time_t)idle) * 1e9)};
     nanosleep(&ts, NULL);
+    c->paused += idle;
     c->mark = now_seconds();
 }
 
@@ -330,8 +339,9 @@ static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
         int count = CPU_COUNT(&own), seen = 0;
         for (int c = 0; c < CPU_SETSIZE && n_cpus < PROBE_CPUS; c++)
             if (CPU_ISSET(c, &own)) {
-                /* spread over the set: the seen-th of count, every count/PROBE_CPUS-th */
-                if (count <= PROBE_CPUS || seen % (count / PROBE_CPUS) == 0)
+                /* spread over the set: every stride-th of its CPUs */
+                int stride = (count + PROBE_CPUS - 1) / PROBE_CPUS;
+                if (seen % stride == 0)
                     cpus[n_cpus++] = c;
                 seen++;
             }
@@ -364,12 +374,15 @@ static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
             ns[k] += best[k];
         runs++;
     }
-    if (pinned)
-        pthread_setaffinity_np(pthread_self(), sizeof own, &own);
+    /* The thread's own CPUs back: left on one, every thread it starts later (for the
+     * model, the engine's pool) would inherit that one. */
+    if (pinned && pthread_setaffinity_np(pthread_self(), sizeof own, &own) != 0)
+        log_warn("placing pages: cannot give this thread its CPUs back; it stays on one");
     if (runs == 0) {   /* no CPU could be pinned: time from wherever the thread runs */
         probe_scrub(scrub);
-        for (size_t k = 0; k < n; k++, runs = 1)
+        for (size_t k = 0; k < n; k++)
             ns[k] = probe_walk(pages[k], perm);
+        runs = 1;
     }
     free(best);
     for (size_t k = 0; k < n; k++)
@@ -417,6 +430,7 @@ void huge_place_enable(int on)
 
 void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
 {
+    double t0 = now_seconds();
     huge_place_report own;
     if (!rep)
         rep = &own;
@@ -432,17 +446,23 @@ void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
     if (off || pages < PLACE_MIN_PAGES)
         return p;
     rep->pages = pages;
-    size_t max_extra = (duty > 0 && duty < 1 ? 1 : 4) * pages, avail = available_bytes() / 4 / HUGE_PAGE_BYTES;
-    if (max_extra > avail)
-        max_extra = avail;
-    probe_ctx pc = {huge_alloc(SCRUB_BYTES), duty > 0 && duty < 1 ? duty : 1.0, now_seconds()};
+    /* a quarter of what is left once the block and the scrub are backed (MemAvailable
+     * does not count them yet: the probe faults them in) */
+    int paced = duty > 0 && duty < 1;
+    size_t max_extra = (paced ? 1 : 4) * pages, avail = available_bytes();
+    avail = avail > bytes + SCRUB_BYTES ? (avail - bytes - SCRUB_BYTES) / 4 : 0;
+    if (max_extra > avail / HUGE_PAGE_BYTES)
+        max_extra = avail / HUGE_PAGE_BYTES;
+    probe_ctx pc = {huge_alloc(SCRUB_BYTES), paced ? duty : 1.0, now_seconds(), 0};
     if (!pc.scrub)
         return p;   /* not placed */
     for (size_t at = 0; at < SCRUB_BYTES; at += (size_t)8 << 20) {
         memset(pc.scrub + at, 1, (size_t)8 << 20);
         pace(&pc);
     }
-    huge_place(p, pages, max_extra, ref, probe_chains, &pc, rep);
+    rep->failed = huge_place(p, pages, max_extra, ref, probe_chains, &pc, rep) < 0;
+    rep->paused = pc.paused;
+    rep->seconds = now_seconds() - t0;   /* the scrub's faults too */
     huge_free(pc.scrub, SCRUB_BYTES);
     if (rep->near_ns > 0) {
         pthread_mutex_lock(&near_mu);
@@ -539,6 +559,9 @@ void huge_place_log(const char *what, const huge_place_report *rep)
                  rep->pages * HUGE_PAGE_BYTES >> 20);
         return;
     }
+    if (rep->failed)
+        log_warn("%s: placing pages stopped: a page could not be moved (mremap), %zu of %zu "
+                 "far ones swapped", what, rep->replaced, rep->far);
     log_info("%s: %zu pages of 2 MB placed in %.2f s: %zu far (over %.0f ns, %.2f x the near "
              "%.0f), %zu swapped for near ones of %zu extra", what, rep->pages, rep->seconds,
              rep->far, HUGE_FAR_FACTOR * rep->near_ns, HUGE_FAR_FACTOR, rep->near_ns,

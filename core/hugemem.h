@@ -40,6 +40,8 @@ typedef struct {
     size_t extra;      /* extra pages mapped to find near ones (all freed again) */
     double near_ns;    /* a near page's latency, the reference; far is over FAR × it */
     double seconds;
+    double paused;     /* of those, slept to keep to a duty (huge_alloc_near) */
+    int failed;        /* a page could not be moved: placement stopped there */
 } huge_place_report;
 
 /* A page is far when its latency is over this times the near pages'. */
@@ -57,25 +59,31 @@ typedef void huge_probe_fn(char *const *pages, size_t n, double *ns, void *ctx);
  * The reference is the third fastest page timed here, or ref_ns if lower (the near
  * latency an earlier placement found; 0: none — then half the block's size more is mapped
  * and timed first, so that a block of far pages alone is not taken for near). Contents of
- * the swapped pages come with them; the probe's writes stay. Fills *rep. Returns the
- * number of far pages left in the block, or -1 if a page could not be moved (the block is
- * whole and mapped either way, but one page of it may read as zeros). Not for blocks
- * another thread reads or writes meanwhile. */
+ * the swapped pages come with them; the probe's writes stay. Each swapped page is a
+ * mapping of its own from then on (vm.max_map_count bounds them: 65530 by default).
+ * Fills *rep. Returns the number of far pages left in the block, or -1 if memory for the
+ * bookkeeping could not be had (nothing moved) or a page could not be moved (the swaps
+ * before it stay; the block is whole and mapped either way, and the page that failed is
+ * put back where it can be, else it reads as zeros). Not for blocks another thread reads
+ * or writes meanwhile. */
 long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
                 huge_probe_fn *probe, void *ctx, huge_place_report *rep);
 
 /* huge_alloc, then — for a block of 16 whole 2 MB pages or more, with transparent huge
- * pages not off — huge_place with a
- * chain-of-loads probe from up to 4 of the calling
- * thread's CPUs in turn (the thread is pinned to each, then given its own CPUs back), the
- * extra pages at most 4 times the block's and a quarter of the memory available; the near
- * latency is remembered for the next call (thread-safe). With duty < 1 it paces itself
- * to that share of a core (as variant_merge_paced: a W' built beside a decoding engine),
- * taking 1/duty times as long, and maps at most the block's size in extra pages (their
- * faults are most of its work: ~2 s a GB here, 10 times that paced at 0.1). The block is zeroed and its whole
- * 2 MB pages backed already (a partial last one is left as huge_alloc maps it). *rep (may be NULL) says how it went. NULL when it cannot be mapped;
- * a placement that fails leaves the block as huge_alloc gave it. Give it back with
- * huge_free. */
+ * pages not off, and placement enabled (huge_place_enable) — huge_place with a
+ * chain-of-loads probe from up to 4 of the calling thread's CPUs in turn (the thread is
+ * pinned to each, then given its own CPUs back), the extra pages at most 4 times the
+ * block's and a quarter of the memory available beside it; the near latency is remembered
+ * for the next call (thread-safe). The reference only falls: a later placement under
+ * heavier load (a W' built beside a busy engine) may find most pages far and swap few,
+ * having spent its extra pages. With duty < 1 it paces itself to that share of a core
+ * (as variant_merge_paced: a W' built beside a decoding engine), taking 1/duty times as
+ * long, and maps at most the block's size in extra pages (their faults are most of its
+ * work: ~2 s a GB here, 10 times that paced at 0.1); the extra pages and the 96 MB read
+ * to empty the caches are not counted in any budget of the caller's. The block is zeroed
+ * whether placed or not; placed, its whole 2 MB pages are backed already (a partial last
+ * one is left as huge_alloc maps it). *rep (may be NULL) says how it went (pages 0: not
+ * placed). NULL when it cannot be mapped. Give it back with huge_free. */
 void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep);
 
 /* Whether huge_alloc_near places pages (on, the default) or is huge_alloc (off:

@@ -17,14 +17,19 @@
  * misses; every block is walked before a page is visited again, so its lines have left the
  * caches), from each vCPU in turn; a page's figure is its fastest of three walks. On these
  * VMs the pages fall in two groups — most near ~200-250 ns, some ~1.5 times that, alike from
- * either vCPU, as memory on another node of the host would be (the guest sees one node).
- * A page is counted far above 1.25 times the first quartile of all pages (the near group's,
- * while fewer than three pages in four are far); each block's far share is printed beside
- * its bandwidth, with their correlation over the blocks. Where the
- * hypervisor backs a page is not visible to the guest otherwise, and a process cannot
- * choose it.
+ * either vCPU; with its address translations warm a far page is no slower (hugemem.c): it
+ * is the cold path through them that is slower, presumably by how the host backs the page,
+ * not the memory itself. A page is counted far
+ * above 1.25 times the first quartile of all pages (the near group's, while fewer than
+ * three pages in four are far); each block's far share is printed beside its bandwidth,
+ * with their correlation over the blocks.
  *
- * Usage: bench_place [--quick] [--blocks N] [--mb M]
+ * --near: every other block (in allocation order) comes from huge_alloc_near, as lorad
+ * allocates W and each W' — its far pages swapped for near ones — and its placement is
+ * printed beside it (far pages found / swapped, the near latency, seconds); the two
+ * groups' medians and spreads are compared at the end.
+ *
+ * Usage: bench_place [--quick] [--near] [--blocks N] [--mb M]
  * Defaults: 8 blocks of 400 MB (a W' of the 135M shape is 405 MB), 15 rounds; --quick 5. */
 #include <math.h>
 #include <sched.h>

@@ -20,12 +20,14 @@
 void *huge_alloc(size_t bytes);
 void huge_free(void *p, size_t bytes);
 
-/* Near pages. On the VMs lorad is benchmarked on, the guest sees one memory node but the
- * host backs some of its pages from another: a dependent load from such a "far" 2 MB page
- * takes ~1.5 times as long (~300-400 ns against ~200-250), from either vCPU, and a block
- * streams at the share of its pages that are far — blocks of the same size, allocated
- * the same way, read up to 1.5 times apart (bench_place; docs/benchmarks.md). Which pages
- * are far is not visible to the guest otherwise, and it stays put while they are held. So
+/* Near pages. On the VMs lorad is benchmarked on, the guest sees one memory node, yet a
+ * cold dependent load from some "far" 2 MB pages takes ~1.25-1.5 times as long as from
+ * the others (~250-300 ns against ~165-230), from either vCPU — with the page's address
+ * translations warm, no longer: it is the path through them, presumably how the host
+ * backs the page — and a block streams slower by the share of its pages that are far:
+ * blocks of the same size, allocated the same way, read up to 1.5 times apart
+ * (bench_place; docs/benchmarks.md). Which pages are far is not visible to the guest
+ * otherwise, and it stays put while they are held. So
  * a merged W' could stream 10% slower than the base's W it replaces, or faster, as its
  * pages fell. huge_alloc_near times each page with a chain of dependent loads and swaps
  * far ones for near ones from extra allocations (mremap moves a page's mapping, not its

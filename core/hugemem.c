@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 
 void *huge_alloc(size_t bytes)
@@ -57,13 +57,6 @@ void huge_free(void *p, size_t bytes)
 /* Smaller blocks are not placed: mapping and reading the scrub would cost more than their
  * speed could matter. */
 #define PLACE_MIN_PAGES 16
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Moves the 2 MB page mapped at from to to, leaving from mapped, empty (MREMAP_DONTUNMAP:
  * no hole another thread's mmap could take between two moves). */
@@ -145,7 +138,7 @@ static int extra_swap(extra_block *x, char **pg, const far_page *far, size_t n_f
 long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
                 huge_probe_fn *probe, void *ctx, huge_place_report *rep)
 {
-    double t0 = now_seconds();
+    double t0 = clock_seconds();
     memset(rep, 0, sizeof *rep);
     rep->pages = pages;
     if (pages == 0)
@@ -201,19 +194,17 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
     /* Each round maps as many extra pages as the near share among extra pages so far (the
      * block's before any) says the far pages left need — taken as at least a fifth: a
      * share seen in few pages is no law — and 10% over. */
-    size_t near_seen = pages - n_far, seen = pages;
-    int extra_seen = 0;
+    size_t x_near = 0, x_seen = 0;   /* near pages among the extra pages timed */
     if (n_xb) {
-        near_seen = seen = 0;
-        extra_seen = 1;
-        for (size_t i = 0; i < xb[0].pages; i++, seen++)
-            near_seen += xb[0].ns[i] <= limit;
+        for (size_t i = 0; i < xb[0].pages; i++, x_seen++)
+            x_near += xb[0].ns[i] <= limit;
+        if (extra_swap(&xb[0], pg, far, n_far, &next, limit, tmp))
+            goto done;
     }
-    if (n_xb && extra_swap(&xb[0], pg, far, n_far, &next, limit, tmp))
-        goto done;
     for (int round = 0; round < PLACE_ROUNDS && next < n_far && rep->extra < max_extra;
          round++) {
-        double share = (double)near_seen / (double)seen;
+        double share = x_seen ? (double)x_near / (double)x_seen
+                              : (double)(pages - n_far) / (double)pages;
         share = share > 0.2 ? share : 0.2;
         size_t want = (size_t)((double)(n_far - next) / share * 1.1) + 1;
         if (want > max_extra - rep->extra)
@@ -222,12 +213,8 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
             break;
         rep->extra += want;
         rep->probed += want;
-        if (!extra_seen) {
-            near_seen = seen = 0;
-            extra_seen = 1;
-        }
-        for (size_t i = 0; i < want; i++, seen++)
-            near_seen += xb[n_xb].ns[i] <= limit;
+        for (size_t i = 0; i < want; i++, x_seen++)
+            x_near += xb[n_xb].ns[i] <= limit;
         if (extra_swap(&xb[n_xb++], pg, far, n_far, &next, limit, tmp))
             goto done;
     }
@@ -240,7 +227,7 @@ done:
     free(pg);
     free(ns);
     free(far);
-    rep->seconds = now_seconds() - t0;
+    rep->seconds = clock_seconds() - t0;
     return left;
 }
 
@@ -270,10 +257,10 @@ static void probe_order(unsigned *perm)
 static double probe_walk(char *page, const unsigned *perm)
 {
     char *start = page + probe_line(perm[0]), *p = start;
-    double t0 = now_seconds();
+    double t0 = clock_seconds();
     for (unsigned i = 0; i < PROBE_LINES; i++)
         p = *(char *volatile *)p;
-    double ns = (now_seconds() - t0) / PROBE_LINES * 1e9;
+    double ns = (clock_seconds() - t0) / PROBE_LINES * 1e9;
     return p == start ? ns : 1e9;   /* a chain that did not close: treated as far */
 }
 
@@ -309,11 +296,8 @@ static void pace(probe_ctx *c)
 {
     if (c->duty >= 1.0)
         return;
-    double idle = (now_seconds() - c->mark) * (1.0 - c->duty) / c->duty;
-    struct timespec ts = {(time_t)idle, (long)((idle - (double)(time_t)idle) * 1e9)};
-    nanosleep(&ts, NULL);
-    c->paused += idle;
-    c->mark = now_seconds();
+    c->paused += clock_pace(c->mark, c->duty);
+    c->mark = clock_seconds();
 }
 
 /* huge_probe_fn: lays a chain in each page, then times it from up to PROBE_CPUS of the
@@ -389,19 +373,18 @@ static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
         ns[k] /= runs;
 }
 
-/* MemAvailable of /proc/meminfo in bytes; 0 if unknown. */
-static size_t available_bytes(void)
+long long huge_mem_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
     if (!f)
-        return 0;
-    char line[128];
-    unsigned long long kb = 0;
+        return -1;
+    char line[256];
+    long long kb = -1;
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1)
             break;
     fclose(f);
-    return (size_t)kb << 10;
+    return kb < 0 ? -1 : kb * 1024;
 }
 
 /* 0 when transparent huge pages are off ("[never]"): then a "2 MB page" is 512 pages of
@@ -430,7 +413,7 @@ void huge_place_enable(int on)
 
 void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
 {
-    double t0 = now_seconds();
+    double t0 = clock_seconds();
     huge_place_report own;
     if (!rep)
         rep = &own;
@@ -440,20 +423,22 @@ void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
         return NULL;
     size_t pages = bytes / HUGE_PAGE_BYTES;
     pthread_mutex_lock(&near_mu);
-    int off = place_off || !thp_possible();
+    int off = place_off;
     double ref = near_ref_ns;
     pthread_mutex_unlock(&near_mu);
+    off = off || !thp_possible();
     if (off || pages < PLACE_MIN_PAGES)
         return p;
     rep->pages = pages;
     /* a quarter of what is left once the block and the scrub are backed (MemAvailable
      * does not count them yet: the probe faults them in) */
     int paced = duty > 0 && duty < 1;
-    size_t max_extra = (paced ? 1 : 4) * pages, avail = available_bytes();
+    long long known = huge_mem_available();
+    size_t max_extra = (paced ? 1 : 4) * pages, avail = known > 0 ? (size_t)known : 0;
     avail = avail > bytes + SCRUB_BYTES ? (avail - bytes - SCRUB_BYTES) / 4 : 0;
     if (max_extra > avail / HUGE_PAGE_BYTES)
         max_extra = avail / HUGE_PAGE_BYTES;
-    probe_ctx pc = {huge_alloc(SCRUB_BYTES), paced ? duty : 1.0, now_seconds(), 0};
+    probe_ctx pc = {huge_alloc(SCRUB_BYTES), paced ? duty : 1.0, clock_seconds(), 0};
     if (!pc.scrub)
         return p;   /* not placed */
     for (size_t at = 0; at < SCRUB_BYTES; at += (size_t)8 << 20) {
@@ -462,7 +447,7 @@ void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
     }
     rep->failed = huge_place(p, pages, max_extra, ref, probe_chains, &pc, rep) < 0;
     rep->paused = pc.paused;
-    rep->seconds = now_seconds() - t0;   /* the scrub's faults too */
+    rep->seconds = clock_seconds() - t0;   /* the scrub's faults too */
     huge_free(pc.scrub, SCRUB_BYTES);
     if (rep->near_ns > 0) {
         pthread_mutex_lock(&near_mu);

@@ -88,6 +88,10 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
  * placed). NULL when it cannot be mapped. Give it back with huge_free. */
 void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep);
 
+/* Bytes the kernel could give now (MemAvailable: free memory and reclaimable caches), or
+ * -1 when it does not say. */
+long long huge_mem_available(void);
+
 /* Whether huge_alloc_near places pages (on, the default) or is huge_alloc (off:
  * `lorad serve --place-pages no`). Thread-safe. */
 void huge_place_enable(int on);

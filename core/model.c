@@ -231,23 +231,6 @@ static int materialize(const model *m, const st_tensor *t, model_tensor *mt, cha
     return 0;
 }
 
-/* Bytes the kernel could give us now (MemAvailable: free memory and reclaimable caches),
- * or -1 when it does not say. Refusing a model larger than that up front beats the OOM
- * killer finding it half-copied. */
-static long long mem_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f)
-        return -1;
-    char line[256];
-    long long kb = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1)
-            break;
-    fclose(f);
-    return kb < 0 ? -1 : kb * 1024;
-}
-
 /* Unmaps the whole pages of a copied tensor from the file mapping: they stay in the page
  * cache (reclaimable) but leave this process's RSS, which would otherwise hold the file
  * and its copy at once while a large model loads (22 GB peak for a 16 GB model). */
@@ -485,7 +468,9 @@ model *model_load_with(const char *dir, const model_load_opts *opts, lr_error *e
         if (mt->ndim == 2 && mt->shape[1] > max_cols)
             max_cols = mt->shape[1];
     }
-    long long avail = mem_available();
+    /* refusing a model larger than the memory available up front beats the OOM killer
+     * finding it half-copied */
+    long long avail = huge_mem_available();
     if (avail >= 0 && arena > (unsigned long long)avail) {
         lr_error_set(err, LR_ENOMEM, "%s: the weights need %zu MB as %s, the machine has %lld MB "
                      "available%s", dir, arena >> 20, wtensor_type_name(m->weights),

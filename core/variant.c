@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include "clock.h"
 #include "hugemem.h"
@@ -156,12 +155,8 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
             wtensor_from_f32(type, f32, out, in, next, (float *)wp.scale);
             v->w[l * PROJ_COUNT + p] = wp;
             next += wtensor_arena_bytes(type, out, in);
-            if (duty < 1.0) {
-                /* busy for t, then idle t·(1 − duty)/duty: on average a core's duty */
-                double idle = (clock_seconds() - t0) * (1.0 - duty) / duty;
-                struct timespec ts = {(time_t)idle, (long)((idle - (time_t)idle) * 1e9)};
-                nanosleep(&ts, NULL);
-            }
+            if (duty < 1.0)
+                clock_pace(t0, duty);
         }
     if (mprotect(arena, total, PROT_READ) != 0) {
         lr_error_set(err, LR_EIO, "mprotect of merged weights failed");

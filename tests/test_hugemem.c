@@ -197,8 +197,7 @@ static int tag(const char *block, size_t page)
 START_TEST(test_a_block_of_near_pages_is_left_as_it_is)
 {
     enum { PAGES = 6 };
-    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
-    ck_assert_ptr_nonnull(b);
+    char *b = block(PAGES * HUGE_PAGE_BYTES);
     fake_probe f;
     fake_init(&f, NULL, 0);
     huge_place_report r;
@@ -220,8 +219,7 @@ START_TEST(test_each_far_page_is_swapped_for_a_near_one_with_its_contents)
 {
     enum { PAGES = 8 };
     static const int far[] = {1, 4, 5};
-    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
-    ck_assert_ptr_nonnull(b);
+    char *b = block(PAGES * HUGE_PAGE_BYTES);
     fake_probe f;
     fake_init(&f, far, 3);
     huge_place_report r;
@@ -256,8 +254,7 @@ START_TEST(test_with_too_few_extra_pages_the_slowest_far_ones_go_first)
 {
     enum { PAGES = 6 };
     static const int far[] = {0, 2, 3, 5};   /* latencies 300, 302, 303, 305 */
-    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
-    ck_assert_ptr_nonnull(b);
+    char *b = block(PAGES * HUGE_PAGE_BYTES);
     fake_probe f;
     fake_init(&f, far, 4);
     huge_place_report r;
@@ -281,8 +278,7 @@ START_TEST(test_far_extra_pages_are_not_swapped_in)
     int far[MAX_PROBED - 4];
     for (int i = 0; i < MAX_PROBED - 4; i++)
         far[i] = 4 + i;   /* every page after the block */
-    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
-    ck_assert_ptr_nonnull(b);
+    char *b = block(PAGES * HUGE_PAGE_BYTES);
     fake_probe f;
     fake_init(&f, far, MAX_PROBED - 4);
     f.lat[1] = 301;   /* one far page in the block */
@@ -303,8 +299,7 @@ END_TEST
 START_TEST(test_the_first_placement_samples_more_memory_for_its_reference)
 {
     enum { PAGES = 8 };
-    char *b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
-    ck_assert_ptr_nonnull(b);
+    char *b = block(PAGES * HUGE_PAGE_BYTES);
     fake_probe f;
     fake_init(&f, NULL, 0);
     for (int k = 0; k < PAGES; k++)
@@ -320,8 +315,7 @@ START_TEST(test_the_first_placement_samples_more_memory_for_its_reference)
     huge_free(b, PAGES * HUGE_PAGE_BYTES);
 
     /* a reference lower than any page here is used: all are far by it */
-    b = huge_alloc(PAGES * HUGE_PAGE_BYTES);
-    ck_assert_ptr_nonnull(b);
+    b = block(PAGES * HUGE_PAGE_BYTES);
     fake_init(&f, NULL, 0);
     for (int k = 0; k < MAX_PROBED; k++)
         f.lat[k] = 300;

@@ -45,9 +45,10 @@
  * (but for the --merge always one, restarted before its one-daemon merged / base case);
  * each repetition runs every case once, in an order rotated by one case per repetition;
  * the two cases of a target ratio that a drift over minutes would bias run back to back,
- * twice, in ABBA groups that no repetition starts inside (AGAIN, GROUPS): one client and 8
- * on the base (1-8-8-1), scenario 3's --merge never and auto (never-auto-auto-never; the
- * policy is expected to leave them equal there: no adapter carries most of the rows).
+ * twice, in ABBA groups that no repetition starts inside (AGAIN, GROUPS): one client, 8 on
+ * the base, 8 on 8 adapters and 64 on the base, nested (1-8-8x8-64-64-8x8-8-1); scenario
+ * 3's --merge never and auto (never-auto-auto-never; the policy is expected to leave them
+ * equal there: no adapter carries most of the rows).
  * The table gives medians over repetitions; each target ratio is the median of the
  * ratios within a repetition, whose cases ran minutes apart at most (this machine's
  * memory bandwidth drifts over minutes, so ratios of medians taken far apart mislead).
@@ -105,16 +106,20 @@ typedef struct {
 } bench_case;
 
 static const bench_case cases[] = {
-    /* one client and 8 on the base: 1, 8, 8 again, 1 again (see AGAIN) */
+    /* the cases of the throughput targets over one client, nested ABBA (see AGAIN): 1,
+     * 8 on the base, 8 on 8 adapters, 64 on the base, then each again in reverse */
     {"1 client, base", 1, 1, D_MAIN, PICK_BASE, 0},
     {"8 clients, base", 2, 8, D_MAIN, PICK_BASE, 0},
+    {"8 clients, 8 adapters", 2, 8, D_MAIN, PICK_DISTINCT8, 0},
+    {"64 clients, base", 4, 64, D_MANY, PICK_BASE, 0},
+    {"64 clients, base (again)", 4, 64, D_MANY, PICK_BASE, 0},
+    {"8 clients, 8 adapters (again)", 2, 8, D_MAIN, PICK_DISTINCT8, 0},
     {"8 clients, base (again)", 2, 8, D_MAIN, PICK_BASE, 0},
     {"1 client, base (again)", 1, 1, D_MAIN, PICK_BASE, 0},
     {"1 client, adapter on the fly", 1, 1, D_MAIN, PICK_ONE, 0},
     {"1 client, adapter merged", 1, 1, D_MERGED, PICK_ONE, 0},
     {"1 client, adapter, --merge auto", 1, 1, D_AUTO, PICK_ONE, 0},
     {"8 clients, one adapter", 2, 8, D_MAIN, PICK_ONE, 0},
-    {"8 clients, 8 adapters", 2, 8, D_MAIN, PICK_DISTINCT8, 0},
     {"8 clients, 8 mixes of 2", 2, 8, D_MAIN, PICK_MIX8, 0},
     /* scenario 3: never, auto, auto again, never again (see AGAIN) */
     {"32 clients, 100 adapters (Zipf)", 3, 32, D_MAIN, PICK_ZIPF, 0},
@@ -126,7 +131,6 @@ static const bench_case cases[] = {
     {"64 clients, 100 adapters, auto (again)", 3, 64, D_AUTO, PICK_ZIPF, 0},
     {"64 clients, 100 adapters (Zipf) (again)", 3, 64, D_MAIN, PICK_ZIPF, 0},
     {"32 clients, base", 4, 32, D_MANY, PICK_BASE, 0},
-    {"64 clients, base", 4, 64, D_MANY, PICK_BASE, 0},
     {"32 clients, one adapter", 4, 32, D_MANY, PICK_ONE, 0},
     {"32 clients, 1000 adapters (Zipf)", 4, 32, D_MANY, PICK_ZIPF, 0},
     {"16 clients, 90% on one adapter", 5, 16, D_MAIN, PICK_SKEW, 0},
@@ -365,9 +369,9 @@ static double percentile(double *v, int n, double p)
 static client clients_mem[MAX_CLIENTS];
 
 /* The cases by index, in the order of cases[]. */
-enum { B1, B8, B8R, B1R, A1, M1, AUTO1, O8, D8, X8, Z32, ZA32, ZA32R, Z32R, Z64, ZA64, ZA64R,
-       Z64R, B32, B64, O32, Z1000, SKEW, A1ALT, M1ALT, AUTO1ALT,
-       BM1ALT, BB1ALT, M1ALT1 };
+enum { B1, B8, D8, B64, B64R, D8R, B8R, B1R, A1, M1, AUTO1, O8, X8, Z32, ZA32, ZA32R, Z32R, Z64,
+       ZA64, ZA64R, Z64R, B32, O32, Z1000, SKEW, A1ALT, M1ALT, AUTO1ALT, BM1ALT, BB1ALT,
+       M1ALT1 };
 _Static_assert(M1ALT1 + 1 == sizeof cases / sizeof *cases, "one name per case");
 
 /* Cases measured twice in every repetition, as groups in the order A, B, B, A (ABBA): a
@@ -381,9 +385,14 @@ _Static_assert(M1ALT1 + 1 == sizeof cases / sizeof *cases, "one name per case");
  * ratio of two cases that the rotation below used to put up to a whole repetition apart
  * (~5 minutes), over which this machine's speed moves by ±15%: in the twenty-fourth
  * session's run, 1 client 48.7–63.5 tok/s, and the ratio 4.74–6.16 over repetitions.
+ * Since the thirty-second session the other targets over one client or 8 on the base run
+ * inside that group, nested: 1, 8 base, 8 on 8 adapters, 64 base, 64 base, 8 on 8
+ * adapters, 8 base, 1 — each case's two windows lie symmetric about the group's middle,
+ * so a linear drift cancels in every ratio among them. 8 on 8 adapters ÷ 8 on the base
+ * had its cases up to two minutes apart, and moved 0.60–0.85 over one run's repetitions.
  * {repeat, first}: */
-static const int AGAIN[][2] = {{B8R, B8},     {B1R, B1},   {ZA32R, ZA32},
-                               {Z32R, Z32},   {ZA64R, ZA64}, {Z64R, Z64}};
+static const int AGAIN[][2] = {{B8R, B8},     {B1R, B1},     {D8R, D8},    {B64R, B64},
+                               {ZA32R, ZA32}, {Z32R, Z32},   {ZA64R, ZA64}, {Z64R, Z64}};
 #define N_AGAIN ((int)(sizeof AGAIN / sizeof *AGAIN))
 /* The ABBA groups, first and last case: a repetition never starts inside one (the rotation
  * below), so each group runs back to back. */
@@ -443,6 +452,28 @@ static double rep_ratio(result res[][MAX_REPS], int reps, int a, int b)
     for (int r = 0; r < reps; r++)
         v[r] = rep_tps(res, a, r) / rep_tps(res, b, r);
     return bench_median(v, reps);
+}
+
+/* The range over repetitions of case a's tokens/s over case b's in the same repetition. */
+static void rep_range(result res[][MAX_REPS], int reps, int a, int b, double *lo, double *hi)
+{
+    double v[MAX_REPS];
+    for (int r = 0; r < reps; r++)
+        v[r] = rep_tps(res, a, r) / rep_tps(res, b, r);
+    bench_range(v, reps, lo, hi);
+}
+
+/* A case measured twice a repetition (AGAIN): its second window's tokens/s over its
+ * first's, the median and range over repetitions — two identical cases a minute or two
+ * apart, the resolution a ratio is read against. */
+static void aa_spread(result res[][MAX_REPS], int reps, int k, double *med, double *lo,
+                      double *hi)
+{
+    double v[MAX_REPS];
+    for (int r = 0; r < reps; r++)
+        v[r] = res[repeat_of(k)][r].tps / res[k][r].tps;
+    bench_range(v, reps, lo, hi);
+    *med = bench_median(v, reps);
 }
 
 typedef struct {
@@ -700,17 +731,17 @@ static int selected(const char *name, const char *only)
     }
 }
 
-/* The tables' rows, scenario by scenario (scenarios 1-5): for kk in [0, 5·N_CASES), the
- * case of row kk, or -1 when kk is no row — another scenario's case, one --only leaves
- * out, an alternating case (its own lines), or the repeat of an ABBA case (one row for
- * both windows). */
-static int table_row(int kk, const char *only)
+/* The tables' rows in order, scenario by scenario (the alternating cases have lines of
+ * their own; an ABBA case's repeat shares its first's row). */
+static const int ROWS[] = {B1, A1,  M1,  AUTO1, B8, O8, D8,   X8,   Z32,  ZA32,
+                           Z64, ZA64, B32, B64, O32, Z1000, SKEW};
+#define N_ROWS ((int)(sizeof ROWS / sizeof *ROWS))
+
+/* The case of row i, or -1 when --only leaves it out. */
+static int table_row(int i, const char *only)
 {
-    int k = kk % N_CASES;
-    if (cases[k].scenario != kk / N_CASES + 1 || (only && !selected(cases[k].name, only)) ||
-        cases[k].alternate || first_of(k) >= 0)
-        return -1;
-    return k;
+    int k = ROWS[i];
+    return only && !selected(cases[k].name, only) ? -1 : k;
 }
 
 int main(int argc, char **argv)
@@ -752,6 +783,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_load: --reps 1..%d, --max-tokens >= 2, --window >= 1\n",
                 MAX_REPS);
         return 2;
+    }
+    for (int k = 0; k < N_CASES; k++) {   /* every case with a row of its own has one */
+        int rows = 0;
+        for (int i = 0; i < N_ROWS; i++)
+            rows += ROWS[i] == k;
+        if (rows != (!cases[k].alternate && first_of(k) < 0)) {
+            fprintf(stderr, "bench_load: case '%s' has %d rows in ROWS\n", cases[k].name, rows);
+            return 2;
+        }
     }
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -914,7 +954,7 @@ int main(int argc, char **argv)
     if (tf)
         fprintf(tf, "scenario\tcase\tclients\ttok_s\tttft_p50_ms\tttft_p99_ms\ttpot_p50_ms\t"
                 "tpot_p99_ms\n");
-    for (int kk = 0; kk < N_CASES * 5; kk++) {
+    for (int kk = 0; kk < N_ROWS; kk++) {
         int k = table_row(kk, only);
         if (k < 0)
             continue;
@@ -937,7 +977,7 @@ int main(int argc, char **argv)
            "pages as the window closed (lorad_memory_anon_huge_bytes / _anon_bytes)\n");
     printf("%-2s %-34s %8s %10s %12s %14s %11s\n", "#", "case", "busy", "ms/step",
            "decode/step", "prefill/token", "huge pages");
-    for (int kk = 0; kk < N_CASES * 5; kk++) {
+    for (int kk = 0; kk < N_ROWS; kk++) {
         int k = table_row(kk, only);
         if (k < 0)
             continue;
@@ -968,24 +1008,29 @@ int main(int argc, char **argv)
      * minutes apart at most), and the median of those ratios is printed. */
     double limit = 538.0 / (538.0 + 8 * 19.5);  /* reading the base once + 8 adapters */
     printf("\ntargets (each the median over repetitions of the ratio within a repetition):\n");
+    double aa1, lo1, hi1, aa8, lo8, hi8, aad, lod, hid, aa64, lo64, hi64, rlo, rhi;
+    aa_spread(res, reps, B1, &aa1, &lo1, &hi1);
+    aa_spread(res, reps, B8, &aa8, &lo8, &hi8);
+    aa_spread(res, reps, D8, &aad, &lod, &hid);
+    aa_spread(res, reps, B64, &aa64, &lo64, &hi64);
+    printf("  (1 client, 8 on the base, 8 on 8 adapters and 64 on the base run nested ABBA, "
+           "1-8-8x8-64-64-8x8-8-1; A/A = a case's second window / its first, median and "
+           "range over repetitions)\n");
     double d8_b8 = rep_ratio(res, reps, D8, B8);
+    rep_range(res, reps, D8, B8, &rlo, &rhi);
     printf("  8 clients x 8 adapters / 8 on the base     %.2f (target >= 0.70; the bandwidth "
-           "limit is %.2f: %.0f%% of it)\n", d8_b8, limit, 100 * d8_b8 / limit);
-    double aa1[MAX_REPS], aa8[MAX_REPS], lo1, hi1, lo8, hi8;
-    for (int r = 0; r < reps; r++) {
-        aa1[r] = res[B1R][r].tps / res[B1][r].tps;
-        aa8[r] = res[B8R][r].tps / res[B8][r].tps;
-    }
-    bench_range(aa1, reps, &lo1, &hi1);
-    bench_range(aa8, reps, &lo8, &hi8);
-    printf("  8 clients on the base / 1 client           %.2f (target >= 5.5; 1-8-8-1 back to "
-           "back; A/A, each case's second window / its first: 1 client %.2f, %.2f-%.2f; 8 "
-           "clients %.2f, %.2f-%.2f)\n", rep_ratio(res, reps, B8, B1), bench_median(aa1, reps),
-           lo1, hi1, bench_median(aa8, reps), lo8, hi8);
+           "limit is %.2f: %.0f%% of it; %.2f-%.2f over repetitions; A/A 8 x 8 %.2f, "
+           "%.2f-%.2f)\n", d8_b8, limit, 100 * d8_b8 / limit, rlo, rhi, aad, lod, hid);
+    rep_range(res, reps, B8, B1, &rlo, &rhi);
+    printf("  8 clients on the base / 1 client           %.2f (target >= 5.5; %.2f-%.2f over "
+           "repetitions; A/A 1 client %.2f, %.2f-%.2f; 8 clients %.2f, %.2f-%.2f)\n",
+           rep_ratio(res, reps, B8, B1), rlo, rhi, aa1, lo1, hi1, aa8, lo8, hi8);
     printf("  8 clients x 8 adapters / 1 client, base    %.2f (target >= 4)\n",
            rep_ratio(res, reps, D8, B1));
-    printf("  64 clients on the base / 1 client          %.2f (target >= 8)\n",
-           rep_ratio(res, reps, B64, B1));
+    rep_range(res, reps, B64, B1, &rlo, &rhi);
+    printf("  64 clients on the base / 1 client          %.2f (target >= 8; %.2f-%.2f over "
+           "repetitions; A/A 64 clients %.2f, %.2f-%.2f)\n", rep_ratio(res, reps, B64, B1),
+           rlo, rhi, aa64, lo64, hi64);
     printf("  8 clients on the base vs llama.cpp server  %.2f (target >= 1.3; llama.cpp's "
            "142.6 tok/s is the figure from the issue, not measured here)\n",
            med[B8].tps / 142.6);

@@ -30,7 +30,7 @@ static const char usage[] =
     "                 (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]\n"
     "                 [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
     "                 [--logprobs K] [--stop STR]... [--ignore-eos] [--max-rank R]\n"
-    "                 [--weights f32|bf16|q8] [--json] [-v]\n"
+    "                 [--weights f32|bf16|q8] [--place-pages yes|no] [--json] [-v]\n"
     "  lorad inspect PATH          model dir or adapter dir: JSON description\n"
     "  lorad merge --model DIR --adapter PATH[:WEIGHT]... --out DIR [--max-rank R]\n"
     "              [--weights f32|bf16]\n"
@@ -144,6 +144,7 @@ typedef struct {
     const char *out_dir;
     long max_rank;
     int weights;      /* MODEL_WEIGHTS_AUTO or a wt_type */
+    int place;        /* generate --place-pages yes (hugemem.h); merge never places */
 } cli_args;
 
 /* Parses the options shared by generate and merge. Returns 0, or an exit code. */
@@ -196,6 +197,10 @@ static int parse_args(int argc, char **argv, cli_args *a, int is_merge)
                 return bad_arg("merge writes f32 or bf16 (safetensors has no q8 format "
                                "transformers reads), got '%s'", v);
             a->weights = (int)t;
+        } else if (!is_merge && strcmp(o, "--place-pages") == 0) {
+            if (strcmp(v, "yes") != 0 && strcmp(v, "no") != 0)
+                return bad_arg("--place-pages must be yes or no, got '%s'", v);
+            a->place = strcmp(v, "yes") == 0;
         } else if (is_merge && strcmp(o, "--out") == 0) {
             a->out_dir = v;
         } else if (is_merge) {
@@ -303,6 +308,10 @@ static int cmd_generate(int argc, char **argv)
     int n_ids = 0;
     rc = 1;
 
+    /* Placing the pages of W (and of a --merge W') costs 0.2-5 s at start-up for ~5% on
+     * each token (README "Page placement"): the daemon's trade, not a one-shot run's
+     * unless asked for. */
+    huge_place_enable(a.place);
     if (!(m = model_load_with(a.model_dir, &(model_load_opts){a.weights, NULL, NULL}, &err)))
         goto out_err;
     char tpath[4096 + 32];
@@ -525,6 +534,7 @@ static int cmd_merge(int argc, char **argv)
     float **unpacked = NULL;   /* [n_tensors]: F32P matrices laid out row-major to write */
     json_t *cfg = NULL;
     rc = 1;
+    huge_place_enable(0);   /* W and W' are read once, to be written out: nothing to place */
     if (!(m = model_load_with(a.model_dir, &(model_load_opts){a.weights, NULL, NULL}, &err)) ||
         adapters_load(&a, m, &la, &err) ||
         !(v = variant_merge(m, &la.mix, &err)))

@@ -578,6 +578,70 @@ def case_merge_cli_bf16(lorad, fx, man, scratch, model, prompt, adapters):
                    % (rc, tail(err)))
 
 
+def thp_enabled():
+    """Transparent huge pages not "[never]": what placing pages needs (hugemem.h)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+def case_place_pages(lorad, scratch):
+    """--place-pages on `lorad generate` (off by default: README "Command line") and never
+    on `lorad merge`, on a model whose weights (54 MB) and merged W' (38 MB) are big enough
+    to place (32 MB and up): the weights' and W's placement lines appear in the -v log only
+    with --place-pages yes, and placing changes no output (pages move, not values)."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import make_fixtures as MF
+    root = os.path.join(scratch, "place")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    m = dict(name="llama_place", arch="LlamaForCausalLM", model_type="llama", vocab=4096,
+             hidden=512, inter=1536, layers=3, heads=8, kv=4, head_dim=None, max_pos=128,
+             theta=10000.0, eps=1e-5, tie=False, dtype="F32", bias=False, bos=1, eos=2,
+             gen_config=False, features=[])
+    a = dict(name="place_ad", base="llama_place", r=4, alpha=8, target=list(MF.PROJS),
+             dtype="F32", features=[])
+    rng = np.random.default_rng(20261204)
+    MF.write_model(root, m, rng)
+    MF.write_adapter(root, a, {"llama_place": m}, rng)
+    mdir, adir = os.path.join(root, "llama_place"), os.path.join(root, "adapters", "place_ad")
+    gen = ["generate", "--model", mdir, "--adapter", adir, "--merge", "--prompt-ids",
+           "1,5,9,13", "--max-tokens", "4", "--logprobs", "2", "--json", "-v"]
+    runs = {}
+    for flag in (None, "no", "yes"):
+        rc, out, err = lorad.run(gen + (["--place-pages", flag] if flag else []))
+        if rc != 0:
+            raise Fail("generate --place-pages %s: exit %d: %s" % (flag, rc, tail(err)))
+        runs[flag] = (parse_json(out), err)
+    for flag in (None, "no"):
+        if "placed in" in runs[flag][1]:
+            raise Fail("generate placed pages with --place-pages %s: %s"
+                       % (flag or "(default)", tail(runs[flag][1])))
+    if thp_enabled():
+        for what in ("the weights: ", "merged weights: "):
+            line = [x for x in runs["yes"][1].splitlines() if what in x]
+            if not line or "placed in" not in line[0]:
+                raise Fail("no placement line for %r with --place-pages yes: %s"
+                           % (what, tail(runs["yes"][1])))
+    for k in ("ids", "logprobs"):
+        if runs["yes"][0][k] != runs[None][0][k]:
+            raise Fail("%s differ with --place-pages yes: %r vs %r"
+                       % (k, runs["yes"][0][k], runs[None][0][k]))
+    rc, _, err = lorad.run(gen + ["--place-pages", "maybe"])
+    if rc != 2 or "--place-pages must be yes or no" not in err:
+        raise Fail("--place-pages maybe: exit %d: %s" % (rc, tail(err)))
+    merge = ["merge", "--model", mdir, "--adapter", adir, "--out", os.path.join(root, "out"),
+             "-v"]
+    rc, _, err = lorad.run(merge)
+    if rc != 0 or "placed in" in err:
+        raise Fail("merge: exit %d, and it must not place pages: %s" % (rc, tail(err)))
+    rc, _, err = lorad.run(merge + ["--place-pages", "yes"])
+    if rc != 2 or "unknown option --place-pages" not in err:
+        raise Fail("merge --place-pages: exit %d, want 2 (unknown option): %s" % (rc, tail(err)))
+
+
 def case_window_layers(lorad, fx, man, scratch, prompt):
     """Qwen2 max_window_layers: on a copy of qwen2_window with max_window_layers 1 only
     layer 1 slides. lorad must follow the reference, and the reference must differ from
@@ -1326,6 +1390,7 @@ def main(argv):
     if prompts["qwen2_bias"]:
         cases.append(("merge_cli_qwen2", case_merge_cli, lorad, fx, man, scratch, "qwen2",
                       "qwen2_bias", prompts["qwen2_bias"], [("qwen2_ad", 1.0)]))
+    cases.append(("place_pages_generate_and_merge", case_place_pages, lorad, scratch))
     for model, info in man["models"].items():
         cases.append(("inspect_" + model, case_inspect, lorad, os.path.join(fx, info["path"])))
     for name, a in man["adapters"].items():

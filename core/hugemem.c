@@ -411,16 +411,14 @@ void huge_place_enable(int on)
     pthread_mutex_unlock(&near_mu);
 }
 
-void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
+void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *rep)
 {
     double t0 = clock_seconds();
     huge_place_report own;
     if (!rep)
         rep = &own;
     memset(rep, 0, sizeof *rep);
-    char *p = huge_alloc(bytes);
-    if (!p)
-        return NULL;
+    char *p = block;
     size_t pages = bytes / HUGE_PAGE_BYTES;
     pthread_mutex_lock(&near_mu);
     int off = place_off;
@@ -428,7 +426,7 @@ void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
     pthread_mutex_unlock(&near_mu);
     off = off || !thp_possible();
     if (off || pages < PLACE_MIN_PAGES)
-        return p;
+        return;
     rep->pages = pages;
     /* a quarter of what is left once the block and the scrub are backed (MemAvailable
      * does not count them yet: the probe faults them in) */
@@ -440,7 +438,7 @@ void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
         max_extra = avail / HUGE_PAGE_BYTES;
     probe_ctx pc = {huge_alloc(SCRUB_BYTES), paced ? duty : 1.0, clock_seconds(), 0};
     if (!pc.scrub)
-        return p;   /* not placed */
+        return;   /* not placed */
     for (size_t at = 0; at < SCRUB_BYTES; at += (size_t)8 << 20) {
         memset(pc.scrub + at, 1, (size_t)8 << 20);
         pace(&pc);
@@ -458,6 +456,15 @@ void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
     for (size_t k = 0; k < pages; k++)
         for (unsigned i = 0; i < PROBE_LINES; i++)
             *(char **)(p + k * HUGE_PAGE_BYTES + probe_line(i)) = NULL;
+}
+
+void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep)
+{
+    void *p = huge_alloc(bytes);
+    if (p)
+        huge_place_near(p, bytes, duty, rep);
+    else if (rep)
+        memset(rep, 0, sizeof *rep);
     return p;
 }
 

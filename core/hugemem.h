@@ -88,6 +88,15 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
  * placed). NULL when it cannot be mapped. Give it back with huge_free. */
 void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep);
 
+/* huge_alloc_near's placement of a block that is already mapped: block (from huge_alloc,
+ * writable, HUGE_PAGE_BYTES-aligned; e.g. one a huge_cache kept) of bytes, its whole 2 MB
+ * pages placed as a fresh one's would be (same conditions, limits and duty). Its contents
+ * are stale afterwards: a page swapped for a near one holds that page's zeros, and the
+ * others keep theirs but for one pointer-sized slot in each 4 KiB page, which the probe
+ * wrote and leaves zeroed. For a kept block reused: a block placed where the host had no
+ * near pages to give would otherwise stay far for as long as the cache hands it out. */
+void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *rep);
+
 /* Bytes the kernel could give now (MemAvailable: free memory and reclaimable caches), or
  * -1 when it does not say. */
 long long huge_mem_available(void);

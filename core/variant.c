@@ -105,10 +105,16 @@ variant *variant_merge_paced(const model *m, const variant_mix *mix, double duty
     if (total == 0)
         return v;
     size_t cap = total;
+    huge_place_report place;
     void *arena = huge_cache_take(&spare, total, &cap);
-    if (!arena) {
+    if (arena) {
+        /* placed afresh: where the kept block's pages were far when it was first placed
+         * (a --merge auto W' once found no near pages in its 1x extra memory), every
+         * W' built in it would be slow for as long as the block is kept */
+        huge_place_near(arena, total, duty, &place);
+        huge_place_log("merged weights (in a kept block)", &place);
+    } else {
         huge_cache_drain(&spare);   /* a kept W' of another size: not held beside a new one */
-        huge_place_report place;
         if ((arena = huge_alloc_near(total, duty, &place)))
             huge_place_log("merged weights", &place);
     }

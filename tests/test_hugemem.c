@@ -392,6 +392,89 @@ START_TEST(test_a_near_block_is_zeroed_whole_and_its_report_consistent)
 }
 END_TEST
 
+/* fill()'s byte i: never 0. */
+static unsigned char fill_byte(size_t i)
+{
+    return (unsigned char)(i % 251 + 1);
+}
+
+static void fill(unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = fill_byte(i);
+}
+
+/* 1 when each byte of p [from, to) is as fill(p, ...) wrote it, or zero in at most one
+ * pointer-sized slot of each 4 KiB page (the probe's); from a multiple of 4 KiB. */
+static int filled_but_probe_slots(const unsigned char *p, size_t from, size_t to)
+{
+    for (size_t pg = from; pg < to; pg += 4096) {
+        size_t changed = 0;
+        for (size_t i = pg; i < pg + 4096 && i < to; i++)
+            if (p[i] != fill_byte(i)) {
+                if (p[i] != 0)
+                    return 0;
+                changed++;
+            }
+        if (changed > sizeof(void *))
+            return 0;
+    }
+    return 1;
+}
+
+/* 1 when p [n] is all zero. */
+static int zeros(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* A block already mapped (one a cache kept) is placed where it lies, as a fresh one would
+ * be: each 2 MB page keeps its contents but for the probe's zeroed slots, or is a near
+ * page swapped in, zeros; with placement off, or under 16 pages, it is left alone. */
+START_TEST(test_a_mapped_block_is_placed_where_it_lies_and_keeps_its_contents)
+{
+    size_t n = 17 * HUGE_PAGE_BYTES;
+    unsigned char *p = huge_alloc(n);
+    ck_assert_ptr_nonnull(p);
+    fill(p, n);
+    huge_place_report r;
+    huge_place_near(p, n, 1.0, &r);
+    if (!thp_never()) {
+        ck_assert_uint_eq(r.pages, 17);
+        ck_assert(r.near_ns > 0);
+        ck_assert(!r.failed);
+    }
+    ck_assert_uint_le(r.replaced, r.far);
+    ck_assert_uint_eq(r.probed, r.pages + r.extra);
+    size_t swapped = 0;
+    for (size_t k = 0; k < 17; k++) {
+        const unsigned char *pg = p + k * HUGE_PAGE_BYTES;
+        if (zeros(pg, HUGE_PAGE_BYTES))
+            swapped++;
+        else
+            ck_assert_msg(filled_but_probe_slots(p, k * HUGE_PAGE_BYTES,
+                                                 (k + 1) * HUGE_PAGE_BYTES),
+                          "page %zu of the placed block is neither its own nor zeros", k);
+    }
+    ck_assert_uint_eq(swapped, r.replaced);
+    fill(p, n);
+    huge_place_enable(0);
+    huge_place_near(p, n, 1.0, &r);
+    huge_place_enable(1);
+    ck_assert_uint_eq(r.pages, 0);
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != fill_byte(i))
+            ck_abort_msg("byte %zu changed with placement off", i);
+    huge_place_near(p, 3 * HUGE_PAGE_BYTES, 1.0, &r);   /* under 16 pages */
+    ck_assert_uint_eq(r.pages, 0);
+    ck_assert(p[0] == fill_byte(0));
+    huge_free(p, n);
+}
+END_TEST
+
 /* A placement paced to a quarter of a core (a W' built beside a decoding engine) sleeps
  * between pieces of its work; one at a whole core never does (above). */
 START_TEST(test_a_paced_placement_sleeps_between_its_pieces_of_work)
@@ -429,6 +512,7 @@ static Suite *hugemem_suite(void)
     tcase_add_test(place, test_the_first_placement_samples_more_memory_for_its_reference);
     tcase_add_test(place, test_a_near_block_is_zeroed_whole_and_its_report_consistent);
     tcase_add_test(place, test_a_paced_placement_sleeps_between_its_pieces_of_work);
+    tcase_add_test(place, test_a_mapped_block_is_placed_where_it_lies_and_keeps_its_contents);
     suite_add_tcase(s, place);
     return s;
 }

@@ -285,6 +285,14 @@ typedef struct {
     double duty;     /* share of a core to use (1: all it can) */
     double mark;     /* when the work since the last pause began */
     double paused;   /* seconds slept so far */
+    /* control pages (near ones the process keeps, ctl_pages below), timed in every pass
+     * beside the pages asked for: each page's latency is scaled by ctl_ns (theirs, idle)
+     * over theirs now, so that a pass made under load (a W' placed beside a decoding
+     * engine, whose reads slow every walk) is judged as if idle. n_ctl 0: not scaled */
+    char *ctl[4];
+    int n_ctl;
+    double ctl_ns;
+    double ctl_ratio;   /* out: the control pages' latency now over ctl_ns (the last pass) */
 } probe_ctx;
 
 /* Every PACE_PAGES pages (and after each scrub), a probe with duty < 1 sleeps in
@@ -300,10 +308,9 @@ static void pace(probe_ctx *c)
     c->mark = clock_seconds();
 }
 
-/* huge_probe_fn: lays a chain in each page, then times it from up to PROBE_CPUS of the
- * calling thread's CPUs, one after another; a page's latency is the mean over them of its
- * fastest walk. */
-static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
+/* Lays a chain in each page, then times it from up to PROBE_CPUS of the calling thread's
+ * CPUs, one after another; a page's latency is the mean over them of its fastest walk. */
+static void probe_raw(char *const *pages, size_t n, double *ns, void *ctx)
 {
     probe_ctx *pc = ctx;
     const char *scrub = pc->scrub;
@@ -373,6 +380,34 @@ static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
         ns[k] /= runs;
 }
 
+/* huge_probe_fn: probe_raw of the pages and the control pages in the same passes, each
+ * page's latency scaled by the control pages' idle latency over theirs now (the fastest
+ * of them, so that one gone far does not count; the scale kept within 0.5-2). */
+static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
+{
+    probe_ctx *pc = ctx;
+    char **all = pc->n_ctl ? malloc((n + (size_t)pc->n_ctl) * sizeof *all) : NULL;
+    double *t = all ? malloc((n + (size_t)pc->n_ctl) * sizeof *t) : NULL;
+    if (!t) {
+        free(all);
+        probe_raw(pages, n, ns, ctx);
+        return;
+    }
+    memcpy(all, pc->ctl, (size_t)pc->n_ctl * sizeof *all);
+    memcpy(all + pc->n_ctl, pages, n * sizeof *all);
+    probe_raw(all, n + (size_t)pc->n_ctl, t, ctx);
+    double now = t[0];
+    for (int i = 1; i < pc->n_ctl; i++)
+        now = t[i] < now ? t[i] : now;
+    double scale = now > 0 ? pc->ctl_ns / now : 1;
+    scale = scale < 0.5 ? 0.5 : scale > 2 ? 2 : scale;
+    pc->ctl_ratio = 1 / scale;
+    for (size_t k = 0; k < n; k++)
+        ns[k] = t[pc->n_ctl + k] * scale;
+    free(t);
+    free(all);
+}
+
 long long huge_mem_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
@@ -403,6 +438,36 @@ static int thp_possible(void)
 static pthread_mutex_t near_mu = PTHREAD_MUTEX_INITIALIZER;
 static double near_ref_ns;   /* the last placement's reference; 0 before the first */
 static int place_off;        /* huge_place_enable(0) */
+/* Control pages: up to 4 near 2 MB pages kept from the first placement on (8 MB for the
+ * process's life), and their fastest latency then, idle (probe_ctx). Set once. */
+#define CTL_PAGES 4
+static char *ctl_pages[CTL_PAGES];
+static int n_ctl_pages;
+static double ctl_idle_ns;
+static int ctl_tried;
+
+/* After the process's first placement (reference ref_ns, found idle, at start-up): maps
+ * CTL_PAGES pages and keeps those that read near as the control pages. Under near_mu. */
+static void ctl_setup(probe_ctx *pc, double ref_ns)
+{
+    ctl_tried = 1;
+    char *block = huge_alloc((size_t)CTL_PAGES * HUGE_PAGE_BYTES);
+    if (!block)
+        return;
+    char *pages[CTL_PAGES];
+    double ns[CTL_PAGES];
+    for (int i = 0; i < CTL_PAGES; i++)
+        pages[i] = block + (size_t)i * HUGE_PAGE_BYTES;
+    probe_raw(pages, CTL_PAGES, ns, pc);
+    for (int i = 0; i < CTL_PAGES; i++)
+        if (ns[i] <= HUGE_FAR_FACTOR * ref_ns) {
+            if (!n_ctl_pages || ns[i] < ctl_idle_ns)
+                ctl_idle_ns = ns[i];
+            ctl_pages[n_ctl_pages++] = pages[i];
+        } else {
+            huge_free(pages[i], HUGE_PAGE_BYTES);   /* a far one: not a control */
+        }
+}
 
 void huge_place_enable(int on)
 {
@@ -423,6 +488,8 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     pthread_mutex_lock(&near_mu);
     int off = place_off;
     double ref = near_ref_ns;
+    probe_ctx pc = {NULL, 1.0, 0, 0, {NULL}, n_ctl_pages, ctl_idle_ns, 0};
+    memcpy(pc.ctl, ctl_pages, sizeof ctl_pages);
     pthread_mutex_unlock(&near_mu);
     off = off || !thp_possible();
     if (off || pages < PLACE_MIN_PAGES)
@@ -436,7 +503,9 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     avail = avail > bytes + SCRUB_BYTES ? (avail - bytes - SCRUB_BYTES) / 4 : 0;
     if (max_extra > avail / HUGE_PAGE_BYTES)
         max_extra = avail / HUGE_PAGE_BYTES;
-    probe_ctx pc = {huge_alloc(SCRUB_BYTES), paced ? duty : 1.0, clock_seconds(), 0};
+    pc.scrub = huge_alloc(SCRUB_BYTES);
+    pc.duty = paced ? duty : 1.0;
+    pc.mark = clock_seconds();
     if (!pc.scrub)
         return;   /* not placed */
     for (size_t at = 0; at < SCRUB_BYTES; at += (size_t)8 << 20) {
@@ -444,14 +513,17 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
         pace(&pc);
     }
     rep->failed = huge_place(p, pages, max_extra, ref, probe_chains, &pc, rep) < 0;
-    rep->paused = pc.paused;
-    rep->seconds = clock_seconds() - t0;   /* the scrub's faults too */
-    huge_free(pc.scrub, SCRUB_BYTES);
+    rep->load = pc.ctl_ratio;
     if (rep->near_ns > 0) {
         pthread_mutex_lock(&near_mu);
         near_ref_ns = rep->near_ns;
+        if (!ctl_tried && ref == 0)   /* the first placement: idle, at start-up */
+            ctl_setup(&pc, rep->near_ns);
         pthread_mutex_unlock(&near_mu);
     }
+    rep->paused = pc.paused;
+    rep->seconds = clock_seconds() - t0;   /* the scrub's faults too */
+    huge_free(pc.scrub, SCRUB_BYTES);
     /* the chains' pointers are the only bytes the probe wrote */
     for (size_t k = 0; k < pages; k++)
         for (unsigned i = 0; i < PROBE_LINES; i++)
@@ -554,8 +626,12 @@ void huge_place_log(const char *what, const huge_place_report *rep)
     if (rep->failed)
         log_warn("%s: placing pages stopped: a page could not be moved (mremap), %zu of %zu "
                  "far ones swapped", what, rep->replaced, rep->far);
+    char load[64] = "";
+    if (rep->load > 0)
+        snprintf(load, sizeof load, "; latencies scaled by 1/%.2f, the control pages' now",
+                 rep->load);
     log_info("%s: %zu pages of 2 MB placed in %.2f s: %zu far (over %.0f ns, %.2f x the near "
-             "%.0f), %zu swapped for near ones of %zu extra", what, rep->pages, rep->seconds,
+             "%.0f), %zu swapped for near ones of %zu extra%s", what, rep->pages, rep->seconds,
              rep->far, HUGE_FAR_FACTOR * rep->near_ns, HUGE_FAR_FACTOR, rep->near_ns,
-             rep->replaced, rep->extra);
+             rep->replaced, rep->extra, load);
 }

@@ -43,6 +43,8 @@ typedef struct {
     double near_ns;    /* a near page's latency, the reference; far is over FAR × it */
     double seconds;
     double paused;     /* of those, slept to keep to a duty (huge_alloc_near) */
+    double load;       /* huge_alloc_near: the control pages' latency in the last pass over
+                        * theirs idle (each page's was divided by it); 0: none */
     int failed;        /* a page could not be moved: placement stopped there */
 } huge_place_report;
 

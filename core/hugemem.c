@@ -279,6 +279,9 @@ static void probe_scrub(const char *scrub)
     __asm__ volatile("" : : "r"(sum));
 }
 
+/* Control pages kept at most (probe_ctx, ctl_setup). */
+#define CTL_PAGES 4
+
 /* What probe_chains works with. */
 typedef struct {
     char *scrub;     /* [SCRUB_BYTES] */
@@ -289,7 +292,7 @@ typedef struct {
      * beside the pages asked for: each page's latency is scaled by ctl_ns (theirs, idle)
      * over theirs now, so that a pass made under load (a W' placed beside a decoding
      * engine, whose reads slow every walk) is judged as if idle. n_ctl 0: not scaled */
-    char *ctl[4];
+    char *ctl[CTL_PAGES];
     int n_ctl;
     double ctl_ns;
     double ctl_ratio;   /* out: the control pages' latency now over ctl_ns (the last pass) */
@@ -438,9 +441,8 @@ static int thp_possible(void)
 static pthread_mutex_t near_mu = PTHREAD_MUTEX_INITIALIZER;
 static double near_ref_ns;   /* the last placement's reference; 0 before the first */
 static int place_off;        /* huge_place_enable(0) */
-/* Control pages: up to 4 near 2 MB pages kept from the first placement on (8 MB for the
- * process's life), and their fastest latency then, idle (probe_ctx). Set once. */
-#define CTL_PAGES 4
+/* Control pages: up to CTL_PAGES near 2 MB pages kept from the first placement on (8 MB
+ * for the process's life), and their fastest latency then, idle (probe_ctx). Set once. */
 static char *ctl_pages[CTL_PAGES];
 static int n_ctl_pages;
 static double ctl_idle_ns;
@@ -488,7 +490,7 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     pthread_mutex_lock(&near_mu);
     int off = place_off;
     double ref = near_ref_ns;
-    probe_ctx pc = {NULL, 1.0, 0, 0, {NULL}, n_ctl_pages, ctl_idle_ns, 0};
+    probe_ctx pc = {.n_ctl = n_ctl_pages, .ctl_ns = ctl_idle_ns};
     memcpy(pc.ctl, ctl_pages, sizeof ctl_pages);
     pthread_mutex_unlock(&near_mu);
     off = off || !thp_possible();

@@ -78,16 +78,21 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
  * chain-of-loads probe from up to 4 of the calling thread's CPUs in turn (the thread is
  * pinned to each, then given its own CPUs back), the extra pages at most 4 times the
  * block's and a quarter of the memory available beside it; the near latency is remembered
- * for the next call (thread-safe). The reference only falls: a later placement under
- * heavier load (a W' built beside a busy engine) may find most pages far and swap few,
- * having spent its extra pages. With duty < 1 it paces itself to that share of a core
+ * for the next call (thread-safe). The reference only falls; load is allowed for by
+ * the control pages (below). With duty < 1 it paces itself to that share of a core
  * (as variant_merge_paced: a W' built beside a decoding engine), taking 1/duty times as
  * long, and maps at most the block's size in extra pages (their faults are most of its
  * work: ~2 s a GB here, 10 times that paced at 0.1); the extra pages and the 96 MB read
  * to empty the caches are not counted in any budget of the caller's. The block is zeroed
  * whether placed or not; placed, its whole 2 MB pages are backed already (a partial last
  * one is left as huge_alloc maps it). *rep (may be NULL) says how it went (pages 0: not
- * placed). NULL when it cannot be mapped. Give it back with huge_free. */
+ * placed). NULL when it cannot be mapped. Give it back with huge_free.
+ * The process's first placement (the base's weights, idle, at start-up) also keeps up to
+ * 4 of the near pages it finds among 4 more as control pages (8 MB, never freed); every
+ * later one times them in each pass beside its own pages and scales its latencies by
+ * their idle latency over theirs now (kept within 0.5-2; rep->load is the inverse), so
+ * that a block placed while the engine decodes — whose reads slow every walk — is not
+ * found all far against the idle reference. */
 void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep);
 
 /* huge_alloc_near's placement of a block that is already mapped: block (from huge_alloc,

@@ -448,26 +448,30 @@ static int n_ctl_pages;
 static double ctl_idle_ns;
 static int ctl_tried;
 
+/* Pages mapped to find the control pages among. */
+#define CTL_CANDIDATES 16
+
 /* After the process's first placement (reference ref_ns, found idle, at start-up): maps
- * CTL_PAGES pages and keeps those that read near as the control pages. Under near_mu. */
+ * CTL_CANDIDATES pages and keeps the first CTL_PAGES that read near as the control pages
+ * (none if none does: then latencies are not scaled). Under near_mu. */
 static void ctl_setup(probe_ctx *pc, double ref_ns)
 {
     ctl_tried = 1;
-    char *block = huge_alloc((size_t)CTL_PAGES * HUGE_PAGE_BYTES);
+    char *block = huge_alloc((size_t)CTL_CANDIDATES * HUGE_PAGE_BYTES);
     if (!block)
         return;
-    char *pages[CTL_PAGES];
-    double ns[CTL_PAGES];
-    for (int i = 0; i < CTL_PAGES; i++)
+    char *pages[CTL_CANDIDATES];
+    double ns[CTL_CANDIDATES];
+    for (int i = 0; i < CTL_CANDIDATES; i++)
         pages[i] = block + (size_t)i * HUGE_PAGE_BYTES;
-    probe_raw(pages, CTL_PAGES, ns, pc);
-    for (int i = 0; i < CTL_PAGES; i++)
-        if (ns[i] <= HUGE_FAR_FACTOR * ref_ns) {
+    probe_raw(pages, CTL_CANDIDATES, ns, pc);
+    for (int i = 0; i < CTL_CANDIDATES; i++)
+        if (n_ctl_pages < CTL_PAGES && ns[i] <= HUGE_FAR_FACTOR * ref_ns) {
             if (!n_ctl_pages || ns[i] < ctl_idle_ns)
                 ctl_idle_ns = ns[i];
             ctl_pages[n_ctl_pages++] = pages[i];
         } else {
-            huge_free(pages[i], HUGE_PAGE_BYTES);   /* a far one: not a control */
+            huge_free(pages[i], HUGE_PAGE_BYTES);   /* far, or one too many */
         }
 }
 
@@ -516,6 +520,7 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     }
     rep->failed = huge_place(p, pages, max_extra, ref, probe_chains, &pc, rep) < 0;
     rep->load = pc.ctl_ratio;
+    rep->controls = pc.n_ctl;
     if (rep->near_ns > 0) {
         pthread_mutex_lock(&near_mu);
         near_ref_ns = rep->near_ns;
@@ -630,8 +635,8 @@ void huge_place_log(const char *what, const huge_place_report *rep)
                  "far ones swapped", what, rep->replaced, rep->far);
     char load[64] = "";
     if (rep->load > 0)
-        snprintf(load, sizeof load, "; latencies scaled by 1/%.2f, the control pages' now",
-                 rep->load);
+        snprintf(load, sizeof load, "; latencies scaled by 1/%.2f, %d control pages' now",
+                 rep->load, rep->controls);
     log_info("%s: %zu pages of 2 MB placed in %.2f s: %zu far (over %.0f ns, %.2f x the near "
              "%.0f), %zu swapped for near ones of %zu extra%s", what, rep->pages, rep->seconds,
              rep->far, HUGE_FAR_FACTOR * rep->near_ns, HUGE_FAR_FACTOR, rep->near_ns,

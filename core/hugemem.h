@@ -45,6 +45,7 @@ typedef struct {
     double paused;     /* of those, slept to keep to a duty (huge_alloc_near) */
     double load;       /* huge_alloc_near: the control pages' latency in the last pass over
                         * theirs idle (each page's was divided by it); 0: none */
+    int controls;      /* control pages timed beside the block's (0: not scaled) */
     int failed;        /* a page could not be moved: placement stopped there */
 } huge_place_report;
 
@@ -88,7 +89,7 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
  * one is left as huge_alloc maps it). *rep (may be NULL) says how it went (pages 0: not
  * placed). NULL when it cannot be mapped. Give it back with huge_free.
  * The process's first placement (the base's weights, idle, at start-up) also keeps up to
- * 4 of the near pages it finds among 4 more as control pages (8 MB, never freed); every
+ * 4 of the near pages it finds among 16 more as control pages (8 MB, never freed); every
  * later one times them in each pass beside its own pages and scales its latencies by
  * their idle latency over theirs now (kept within 0.5-2; rep->load is the inverse), so
  * that a block placed while the engine decodes — whose reads slow every walk — is not

@@ -438,7 +438,8 @@ static int thp_possible(void)
     return !never;
 }
 
-static pthread_mutex_t near_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t place_mu = PTHREAD_MUTEX_INITIALIZER;   /* held by a placement */
+static pthread_mutex_t near_mu = PTHREAD_MUTEX_INITIALIZER;    /* guards what follows */
 static double near_ref_ns;   /* the last placement's reference; 0 before the first */
 static int place_off;        /* huge_place_enable(0) */
 /* Control pages: up to CTL_PAGES near 2 MB pages kept from the first placement on (8 MB
@@ -493,13 +494,18 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     size_t pages = bytes / HUGE_PAGE_BYTES;
     pthread_mutex_lock(&near_mu);
     int off = place_off;
-    double ref = near_ref_ns;
-    probe_ctx pc = {.n_ctl = n_ctl_pages, .ctl_ns = ctl_idle_ns};
-    memcpy(pc.ctl, ctl_pages, sizeof ctl_pages);
     pthread_mutex_unlock(&near_mu);
     off = off || !thp_possible();
     if (off || pages < PLACE_MIN_PAGES)
         return;
+    /* one placement at a time: they share the control pages (each lays its chains in
+     * them), and two probing at once would slow each other's walks */
+    pthread_mutex_lock(&place_mu);
+    pthread_mutex_lock(&near_mu);
+    double ref = near_ref_ns;
+    probe_ctx pc = {.n_ctl = n_ctl_pages, .ctl_ns = ctl_idle_ns};
+    memcpy(pc.ctl, ctl_pages, sizeof ctl_pages);
+    pthread_mutex_unlock(&near_mu);
     rep->pages = pages;
     /* a quarter of what is left once the block and the scrub are backed (MemAvailable
      * does not count them yet: the probe faults them in) */
@@ -512,8 +518,10 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     pc.scrub = huge_alloc(SCRUB_BYTES);
     pc.duty = paced ? duty : 1.0;
     pc.mark = clock_seconds();
-    if (!pc.scrub)
+    if (!pc.scrub) {
+        pthread_mutex_unlock(&place_mu);
         return;   /* not placed */
+    }
     for (size_t at = 0; at < SCRUB_BYTES; at += (size_t)8 << 20) {
         memset(pc.scrub + at, 1, (size_t)8 << 20);
         pace(&pc);
@@ -528,8 +536,9 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
             ctl_setup(&pc, rep->near_ns);
         pthread_mutex_unlock(&near_mu);
     }
+    pthread_mutex_unlock(&place_mu);
     rep->paused = pc.paused;
-    rep->seconds = clock_seconds() - t0;   /* the scrub's faults too */
+    rep->seconds = clock_seconds() - t0;   /* the scrub's faults and any wait too */
     huge_free(pc.scrub, SCRUB_BYTES);
     /* the chains' pointers are the only bytes the probe wrote */
     for (size_t k = 0; k < pages; k++)

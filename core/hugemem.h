@@ -93,7 +93,8 @@ long huge_place(char *block, size_t pages, size_t max_extra, double ref_ns,
  * later one times them in each pass beside its own pages and scales its latencies by
  * their idle latency over theirs now (kept within 0.5-2; rep->load is the inverse), so
  * that a block placed while the engine decodes — whose reads slow every walk — is not
- * found all far against the idle reference. */
+ * found all far against the idle reference. Placements run one at a time, process-wide
+ * (a second waits for the first). */
 void *huge_alloc_near(size_t bytes, double duty, huge_place_report *rep);
 
 /* huge_alloc_near's placement of a block that is already mapped: block (from huge_alloc,

@@ -489,6 +489,44 @@ START_TEST(test_a_mapped_block_is_placed_where_it_lies_and_keeps_its_contents)
 }
 END_TEST
 
+/* A placement from another thread, for the test below. */
+typedef struct {
+    size_t n;
+    unsigned char *p;
+    huge_place_report r;
+} place_job;
+
+static void *place_thread(void *arg)
+{
+    place_job *j = arg;
+    j->p = huge_alloc_near(j->n, 1.0, &j->r);
+    return NULL;
+}
+
+/* Two placements at once (the loader thread's W' beside a --merge auto build): they run
+ * one after the other, sharing the control pages, and each block comes out whole, zeroed
+ * and placed. */
+START_TEST(test_two_placements_at_once_both_complete)
+{
+    place_job j[2] = {{.n = 16 * HUGE_PAGE_BYTES}, {.n = 18 * HUGE_PAGE_BYTES}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&th[i], NULL, place_thread, &j[i]), 0);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_ptr_nonnull(j[i].p);
+        if (!thp_never()) {
+            ck_assert_uint_eq(j[i].r.pages, j[i].n / HUGE_PAGE_BYTES);
+            ck_assert(j[i].r.near_ns > 0);
+            ck_assert(!j[i].r.failed);
+        }
+        ck_assert_msg(zeros(j[i].p, j[i].n), "block %d is not zeroed", i);
+        huge_free(j[i].p, j[i].n);
+    }
+}
+END_TEST
+
 /* A placement paced to a quarter of a core (a W' built beside a decoding engine) sleeps
  * between pieces of its work; one at a whole core never does (above). */
 START_TEST(test_a_paced_placement_sleeps_between_its_pieces_of_work)
@@ -527,6 +565,7 @@ static Suite *hugemem_suite(void)
     tcase_add_test(place, test_a_near_block_is_zeroed_whole_and_its_report_consistent);
     tcase_add_test(place, test_a_paced_placement_sleeps_between_its_pieces_of_work);
     tcase_add_test(place, test_a_mapped_block_is_placed_where_it_lies_and_keeps_its_contents);
+    tcase_add_test(place, test_two_placements_at_once_both_complete);
     suite_add_tcase(s, place);
     return s;
 }

@@ -445,21 +445,26 @@ static double rep_tps(result res[][MAX_REPS], int k, int r)
     return k2 < 0 || !measured[k2] ? res[k][r].tps : (res[k][r].tps + res[k2][r].tps) / 2;
 }
 
+/* Case a's tokens/s over case b's in each repetition, into v[0..reps). */
+static void rep_ratios(result res[][MAX_REPS], int reps, int a, int b, double *v)
+{
+    for (int r = 0; r < reps; r++)
+        v[r] = rep_tps(res, a, r) / rep_tps(res, b, r);
+}
+
 /* The median over repetitions of case a's tokens/s over case b's in the same repetition. */
 static double rep_ratio(result res[][MAX_REPS], int reps, int a, int b)
 {
     double v[MAX_REPS];
-    for (int r = 0; r < reps; r++)
-        v[r] = rep_tps(res, a, r) / rep_tps(res, b, r);
+    rep_ratios(res, reps, a, b, v);
     return bench_median(v, reps);
 }
 
-/* The range over repetitions of case a's tokens/s over case b's in the same repetition. */
+/* The range over repetitions of the same ratios. */
 static void rep_range(result res[][MAX_REPS], int reps, int a, int b, double *lo, double *hi)
 {
     double v[MAX_REPS];
-    for (int r = 0; r < reps; r++)
-        v[r] = rep_tps(res, a, r) / rep_tps(res, b, r);
+    rep_ratios(res, reps, a, b, v);
     bench_range(v, reps, lo, hi);
 }
 
@@ -1067,13 +1072,14 @@ int main(int argc, char **argv)
     /* auto / never in each repetition, beside A/A: the second window of a case over its
      * first in the same repetition; the median and range of each over repetitions */
     double ab[2][MAX_REPS], aa[2][2 * MAX_REPS];
-    for (int c = 0; c < 2; c++)
+    for (int c = 0; c < 2; c++) {
+        int z = c ? Z64 : Z32, za = c ? ZA64 : ZA32;
+        rep_ratios(res, reps, za, z, ab[c]);
         for (int r = 0; r < reps; r++) {
-            int z = c ? Z64 : Z32, za = c ? ZA64 : ZA32;
-            ab[c][r] = rep_tps(res, za, r) / rep_tps(res, z, r);
             aa[c][2 * r] = res[repeat_of(z)][r].tps / res[z][r].tps;
             aa[c][2 * r + 1] = res[repeat_of(za)][r].tps / res[za][r].tps;
         }
+    }
     printf("  scenario 3, auto / never                   (target >= 1; each side two windows a "
            "repetition, never-auto-auto-never; W' built during the %d auto windows counted: "
            "%d)\n", counted3, merges3);

@@ -61,6 +61,15 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
+/* "yes" -> 1, "no" -> 0 (the --place-pages values of generate and serve); -1 otherwise */
+static int parse_yes_no(const char *s, int *out)
+{
+    if (strcmp(s, "yes") != 0 && strcmp(s, "no") != 0)
+        return -1;
+    *out = strcmp(s, "yes") == 0;
+    return 0;
+}
+
 static int parse_float(const char *s, float *out)
 {
     char *end;
@@ -198,9 +207,8 @@ static int parse_args(int argc, char **argv, cli_args *a, int is_merge)
                                "transformers reads), got '%s'", v);
             a->weights = (int)t;
         } else if (!is_merge && strcmp(o, "--place-pages") == 0) {
-            if (strcmp(v, "yes") != 0 && strcmp(v, "no") != 0)
+            if (parse_yes_no(v, &a->place))
                 return bad_arg("--place-pages must be yes or no, got '%s'", v);
-            a->place = strcmp(v, "yes") == 0;
         } else if (is_merge && strcmp(o, "--out") == 0) {
             a->out_dir = v;
         } else if (is_merge) {
@@ -757,13 +765,15 @@ static int serve_flag(serve_options *o, serve_extra *x, int c, const char *v)
         }
         break;
     }
-    case OPT_PLACE:
-        if (strcmp(v, "yes") && strcmp(v, "no")) {
+    case OPT_PLACE: {
+        int yes = 1;
+        if (parse_yes_no(v, &yes)) {
             fprintf(stderr, "lorad serve: --place-pages must be yes or no\n");
             bad = 1;
         }
-        x->no_place = strcmp(v, "no") == 0;
+        x->no_place = !yes;
         break;
+    }
     case OPT_NAME: o->served_name = v; break;
     case OPT_ADAPTER_DIR: o->adapter_dir = v; break;
     case OPT_HOST: o->host = v; break;

@@ -296,6 +296,11 @@ typedef struct {
     int n_ctl;
     double ctl_ns;
     double ctl_ratio;   /* out: the control pages' latency now over ctl_ns (the last pass) */
+    /* probe_chains' lists of the control pages and the pages, and their latencies: kept
+     * for the whole placement (huge_place_near frees them), grown when a pass needs more */
+    char **all;
+    double *all_ns;
+    size_t all_cap;
 } probe_ctx;
 
 /* Every PACE_PAGES pages (and after each scrub), a probe with duty < 1 sleeps in
@@ -389,13 +394,23 @@ static void probe_raw(char *const *pages, size_t n, double *ns, void *ctx)
 static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
 {
     probe_ctx *pc = ctx;
-    char **all = pc->n_ctl ? malloc((n + (size_t)pc->n_ctl) * sizeof *all) : NULL;
-    double *t = all ? malloc((n + (size_t)pc->n_ctl) * sizeof *t) : NULL;
-    if (!t) {
-        free(all);
+    size_t need = n + (size_t)pc->n_ctl;
+    if (pc->n_ctl && need > pc->all_cap) {
+        char **all = realloc(pc->all, need * sizeof *all);
+        if (all)
+            pc->all = all;
+        double *all_ns = all ? realloc(pc->all_ns, need * sizeof *all_ns) : NULL;
+        if (all_ns) {
+            pc->all_ns = all_ns;
+            pc->all_cap = need;
+        }
+    }
+    if (!pc->n_ctl || need > pc->all_cap) {   /* none, or no memory for the lists: unscaled */
         probe_raw(pages, n, ns, ctx);
         return;
     }
+    char **all = pc->all;
+    double *t = pc->all_ns;
     memcpy(all, pc->ctl, (size_t)pc->n_ctl * sizeof *all);
     memcpy(all + pc->n_ctl, pages, n * sizeof *all);
     probe_raw(all, n + (size_t)pc->n_ctl, t, ctx);
@@ -407,8 +422,6 @@ static void probe_chains(char *const *pages, size_t n, double *ns, void *ctx)
     pc->ctl_ratio = 1 / scale;
     for (size_t k = 0; k < n; k++)
         ns[k] = t[pc->n_ctl + k] * scale;
-    free(t);
-    free(all);
 }
 
 long long huge_mem_available(void)
@@ -438,10 +451,16 @@ static int thp_possible(void)
     return !never;
 }
 
-static pthread_mutex_t place_mu = PTHREAD_MUTEX_INITIALIZER;   /* held by a placement */
-static pthread_mutex_t near_mu = PTHREAD_MUTEX_INITIALIZER;    /* guards what follows */
+/* huge_place_enable(0); atomic: set from any thread, read at each placement's start */
+static int place_off;
+/* Held by a placement from start to end: placements run one at a time, as they share the
+ * control pages (each lays its chains in them) and two probing at once would slow each
+ * other's walks. It alone guards what follows. Only one daemon-wide merge policy places
+ * W's (--merge always where an adapter loads, or auto on its merge thread), so a paced auto
+ * placement, up to ~30 s, never holds up a full-speed one; at start-up, W is placed
+ * before any adapter loads. */
+static pthread_mutex_t place_mu = PTHREAD_MUTEX_INITIALIZER;
 static double near_ref_ns;   /* the last placement's reference; 0 before the first */
-static int place_off;        /* huge_place_enable(0) */
 /* Control pages: up to CTL_PAGES near 2 MB pages kept from the first placement on (8 MB
  * for the process's life), and their fastest latency then, idle (probe_ctx). Set once. */
 static char *ctl_pages[CTL_PAGES];
@@ -454,7 +473,7 @@ static int ctl_tried;
 
 /* After the process's first placement (reference ref_ns, found idle, at start-up): maps
  * CTL_CANDIDATES pages and keeps the first CTL_PAGES that read near as the control pages
- * (none if none does: then latencies are not scaled). Under near_mu. */
+ * (none if none does: then latencies are not scaled). Under place_mu. */
 static void ctl_setup(probe_ctx *pc, double ref_ns)
 {
     ctl_tried = 1;
@@ -478,9 +497,7 @@ static void ctl_setup(probe_ctx *pc, double ref_ns)
 
 void huge_place_enable(int on)
 {
-    pthread_mutex_lock(&near_mu);
-    place_off = !on;
-    pthread_mutex_unlock(&near_mu);
+    __atomic_store_n(&place_off, !on, __ATOMIC_RELAXED);
 }
 
 void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *rep)
@@ -492,20 +509,13 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     memset(rep, 0, sizeof *rep);
     char *p = block;
     size_t pages = bytes / HUGE_PAGE_BYTES;
-    pthread_mutex_lock(&near_mu);
-    int off = place_off;
-    pthread_mutex_unlock(&near_mu);
-    off = off || !thp_possible();
-    if (off || pages < PLACE_MIN_PAGES)
+    if (__atomic_load_n(&place_off, __ATOMIC_RELAXED) || !thp_possible() ||
+        pages < PLACE_MIN_PAGES)
         return;
-    /* one placement at a time: they share the control pages (each lays its chains in
-     * them), and two probing at once would slow each other's walks */
     pthread_mutex_lock(&place_mu);
-    pthread_mutex_lock(&near_mu);
     double ref = near_ref_ns;
     probe_ctx pc = {.n_ctl = n_ctl_pages, .ctl_ns = ctl_idle_ns};
     memcpy(pc.ctl, ctl_pages, sizeof ctl_pages);
-    pthread_mutex_unlock(&near_mu);
     rep->pages = pages;
     /* a quarter of what is left once the block and the scrub are backed (MemAvailable
      * does not count them yet: the probe faults them in) */
@@ -530,13 +540,13 @@ void huge_place_near(void *block, size_t bytes, double duty, huge_place_report *
     rep->load = pc.ctl_ratio;
     rep->controls = pc.n_ctl;
     if (rep->near_ns > 0) {
-        pthread_mutex_lock(&near_mu);
         near_ref_ns = rep->near_ns;
         if (!ctl_tried && ref == 0)   /* the first placement: idle, at start-up */
             ctl_setup(&pc, rep->near_ns);
-        pthread_mutex_unlock(&near_mu);
     }
     pthread_mutex_unlock(&place_mu);
+    free(pc.all);
+    free(pc.all_ns);
     rep->paused = pc.paused;
     rep->seconds = clock_seconds() - t0;   /* the scrub's faults and any wait too */
     huge_free(pc.scrub, SCRUB_BYTES);

@@ -256,8 +256,8 @@ K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *
     K(tile_store)(acc, ni, nj, xr, mr, d, in, y, ldy, NI, NJ, WT_BF16);
 }
 
-/* The streams of weights of one row of X (dots_seq) and the Q8 panels are prefetched
- * non-temporally (PREFETCHNTA, locality 0): the weights are read once a step, so they
+/* The streams of weights of one row of X (dots_seq), the Q8 panels and the F32P panels
+ * (panel_tile) are prefetched non-temporally (PREFETCHNTA, locality 0): the weights are read once a step, so they
  * should not push out of the caches what is read again — the activations, the KV cache,
  * an adapter's A and Bᵀ. Decode of one sequence, the builds alternated (4 pairs each, the
  * order reversed every other pair, medians): base step f32 12.53 against 12.88 ms, bf16
@@ -904,7 +904,12 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
  * accumulators that end as Y itself: at each element k the tile loads its NV vectors (16
  * rows of M each per panel) and meets each with row i's element k, broadcast. So NI + NV
  * loads feed NI·NV FMAs, no reduction ends the tile, M is read as PT sequential streams
- * (each prefetched PANEL_PF elements ahead), and X is read as it is. */
+ * (each prefetched PANEL_PF elements ahead, non-temporally as the streams above: WPF_LOC),
+ * and X is read as it is. PREFETCHNTA against PREFETCHT0 here, switched between the
+ * repetitions of one bench_batch process (Zen 5, 2 threads): the base step 1 row 5-8%
+ * faster, 8 rows 7-8%, 16-64 rows within ±1%; with 8 adapters, 1 row 6%, 8 rows 1%, more
+ * rows ±1%; gate, up and down of 30 layers from memory alone, alternated in one process,
+ * 3 runs: 8 rows 9-16% faster, 1 row 3-10%. */
 #define PVPP (WT_P_ROWS / VL)   /* vectors a panel */
 #define PNV (PT * PVPP)         /* vectors a tile */
 #ifndef PANEL_PF
@@ -938,7 +943,7 @@ K(panel_tile)(const float *x, int in, const float *tp, float *y, int ldy, int NI
         for (int v = 0; v < NV; v++) {
             const float *mv = m + (size_t)(v / PVPP) * ps + (v % PVPP) * VL;
             if (v % PVPP == 0)   /* a cache line a panel and element */
-                __builtin_prefetch(mv + ahead, 0, 3);
+                __builtin_prefetch(mv + ahead, 0, WPF_LOC);
             w[v] = K(ldf)(mv);
         }
         for (int i = 0; i < NI; i++) {

@@ -257,12 +257,12 @@ K(dots_bf16eo)(const float *xeo, const float *x, int ni, int in, const wtensor *
 }
 
 /* The streams of weights of one row of X (dots_seq), the Q8 panels and the F32P panels
- * (panel_tile) are prefetched non-temporally (PREFETCHNTA, locality 0): the weights are read once a step, so they
- * should not push out of the caches what is read again — the activations, the KV cache,
- * an adapter's A and Bᵀ. Decode of one sequence, the builds alternated (4 pairs each, the
- * order reversed every other pair, medians): base step f32 12.53 against 12.88 ms, bf16
- * 5.14 against 5.38, q8 3.50 against 3.46; an adapter cost 1.124 against 1.138 of the
- * base step on bf16, 1.196 against 1.218 on q8. */
+ * (panel_tile) are prefetched non-temporally (PREFETCHNTA, locality 0): the weights are
+ * read once a step, so they should not push out of the caches what is read again — the
+ * activations, the KV cache, an adapter's A and Bᵀ. Decode of one sequence, the builds
+ * alternated (4 pairs each, the order reversed every other pair, medians): base step
+ * f32 12.53 against 12.88 ms, bf16 5.14 against 5.38, q8 3.50 against 3.46; an adapter
+ * cost 1.124 against 1.138 of the base step on bf16, 1.196 against 1.218 on q8. */
 #define WPF_LOC 0
 
 /* One or two rows of X (NI) times nj <= 8 rows of M, F32 or BF16, one row of M after the
@@ -906,10 +906,11 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
  * loads feed NI·NV FMAs, no reduction ends the tile, M is read as PT sequential streams
  * (each prefetched PANEL_PF elements ahead, non-temporally as the streams above: WPF_LOC),
  * and X is read as it is. PREFETCHNTA against PREFETCHT0 here, switched between the
- * repetitions of one bench_batch process (Zen 5, 2 threads): the base step 1 row 5-8%
- * faster, 8 rows 7-8%, 16-64 rows within ±1%; with 8 adapters, 1 row 6%, 8 rows 1%, more
- * rows ±1%; gate, up and down of 30 layers from memory alone, alternated in one process,
- * 3 runs: 8 rows 9-16% faster, 1 row 3-10%. */
+ * repetitions of one bench_batch process (Zen 5, 2 threads), tokens/s: the base step 1
+ * row 1.05-1.08 ×, 8 rows 1.07-1.08 ×, 16-64 rows 0.99-1.05 ×; with 8 adapters 1 row
+ * 1.06 ×, 8 rows 1.01 ×, more rows 1.00-1.02 ×. Gate, up and down of 30 layers from
+ * memory alone, alternated in one process, 3 runs: 8 rows 0.84-0.91 × the time, 1 row
+ * 0.90-0.98 × (PREFETCHT1 and T2 there: 0.98-1.06 × T0's). */
 #define PVPP (WT_P_ROWS / VL)   /* vectors a panel */
 #define PNV (PT * PVPP)         /* vectors a tile */
 #ifndef PANEL_PF

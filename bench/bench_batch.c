@@ -5,7 +5,9 @@
  * machine's bandwidth moves by 1.6x). Uses the random SmolLM2-135M-shaped model and
  * rank-16 adapters that `bench_engine --prepare` writes. Usage: bench_batch [WORKDIR]
  * [--quick] [--rows N,N,...] [--steps N] [--tsv FILE] [--profile] [--adapters N]
- * (--steps: timed steps per run, default 12, e.g. many for profiling one row count;
+ * [--weights f32|bf16|q8] (--weights: the base held in that precision, as `lorad serve
+ * --weights`; the checkpoint's F32 by default; the bound counts the bytes it holds;
+ * --steps: timed steps per run, default 12, e.g. many for profiling one row count;
  * --tsv: the table, tab-separated, for tools/plot_bench.py; --profile: also where each
  * step's time goes, phase by phase — engine_set_profile). */
 #include <stdio.h>
@@ -104,6 +106,7 @@ int main(int argc, char **argv)
     blas_select_kernels(argv);
     const char *work = "build/bench-data", *tsv = NULL;
     int quick = 0, steps = 0, profile = 0, n_ad = 8;
+    int weights = MODEL_WEIGHTS_AUTO;  /* --weights: the checkpoint's own (F32) */
     static forward_profile prof[2][32];   /* [adapters][row count] */
     int rows[32] = {1, 2, 4, 8, 12, 16, 17, 24, 32, 48, 64}, n_rows = 11;
     for (int i = 1; i < argc; i++) {
@@ -123,6 +126,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench: --adapters takes 1..%d\n", MAX_ADAPTERS);
                 return 2;
             }
+        } else if (strcmp(argv[i], "--weights") == 0 && i + 1 < argc) {
+            wt_type t;
+            if (wtensor_type_parse(argv[++i], &t)) {
+                fprintf(stderr, "bench: --weights takes f32, bf16 or q8\n");
+                return 2;
+            }
+            weights = (int)t;
         } else if (strcmp(argv[i], "--profile") == 0) {
             profile = 1;
         } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
@@ -143,7 +153,7 @@ int main(int argc, char **argv)
     snprintf(adir[0], sizeof adir[0], "%s/adapter-r16-a", work);
     snprintf(adir[1], sizeof adir[1], "%s/adapter-r16-b", work);
     lr_error err = {0};
-    model *m = model_load(mdir, &err);
+    model *m = model_load_with(mdir, &(model_load_opts){weights, NULL, NULL}, &err);
     if (!m) {
         fprintf(stderr, "bench: %s (run `bench_engine %s --prepare` first)\n", err.msg, work);
         return 1;
@@ -221,9 +231,9 @@ int main(int argc, char **argv)
     bench_range(all_bw, n_all, &bw_lo, &bw_hi);
     bench_range(all_peak, n_all, &pk_lo, &pk_hi);
 
-    printf("\nlorad decode step against batch size (random SmolLM2-135M shape, F32; rank-16 "
-           "adapters on all 7 projections; %d interleaved repetitions x %d steps, medians)\n",
-           reps, steps);
+    printf("\nlorad decode step against batch size (random SmolLM2-135M shape, %s weights; "
+           "rank-16 adapters on all 7 projections; %d interleaved repetitions x %d steps, "
+           "medians)\n", wtensor_type_name(model_matrix_type(m)), reps, steps);
     printf("machine (medians of the measurements before each row count's runs): read "
            "bandwidth %.1f GB/s (%.1f-%.1f), FMA peak %.1f GFLOP/s (%.1f-%.1f; 2 threads)\n",
            bw / 1e9, bw_lo / 1e9, bw_hi / 1e9, peak / 1e9, pk_lo / 1e9, pk_hi / 1e9);

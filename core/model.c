@@ -182,7 +182,7 @@ static int check_tensor(const model *m, const char *name, int64_t d0, int64_t d1
 
 wt_type model_matrix_type(const model *m)
 {
-    return m->weights == WT_F32 ? WT_F32P : m->weights;
+    return m->weights == WT_F32 ? WT_F32P : m->weights == WT_BF16 ? WT_BF16P : m->weights;
 }
 
 /* The tensor's type in memory: vectors F32, matrices the model's (model_matrix_type). */
@@ -210,10 +210,6 @@ static int materialize(const model *m, const st_tensor *t, model_tensor *mt, cha
     float *scale = (float *)mt->data.scale;
     if (type == WT_F32)
         return st_tensor_to_f32(t, (float *)dst, err);
-    if (type == WT_BF16 && t->dtype == ST_BF16) {
-        memcpy(dst, t->data, t->nbytes);
-        return 0;
-    }
     size_t esize = st_dtype_size(t->dtype);
     for (int64_t r0 = 0; r0 < rows; r0 += CONVERT_ROWS) {
         int64_t n = rows - r0 < CONVERT_ROWS ? rows - r0 : CONVERT_ROWS;

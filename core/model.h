@@ -81,7 +81,7 @@ model *model_load_with(const char *dir, const model_load_opts *o, lr_error *err)
 wt_type model_default_weights(const char *dtype);
 
 /* The wtensor type the model's matrices are held in: its precision (m->weights), F32 as
- * WT_F32P (panels, wtensor.h). */
+ * WT_F32P and BF16 as WT_BF16P (panels, wtensor.h). */
 wt_type model_matrix_type(const model *m);
 
 /* Unmaps and frees everything; accepts NULL. */

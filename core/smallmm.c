@@ -754,7 +754,7 @@ static int64_t task_edge(const xmt_pass *ps, const smallmm_xmt *jb, int64_t b)
     if (b >= jb->rows)
         return jb->rows;
     int64_t unit = jb->m.type == WT_Q8 ? WT_Q8_PANEL
-                   : jb->m.type == WT_F32P ? SMALLMM_P_UNIT
+                   : jb->m.type == WT_F32P || jb->m.type == WT_BF16P ? SMALLMM_P_UNIT
                    : smallmm_outer_group(ps->k->vl, jb->n, ps->in) ? OUTER_BLOCK : 8;
     return b / unit * unit;
 }
@@ -1005,6 +1005,8 @@ static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
         return 3;
     if (jb->m.type == WT_F32P)
         return k->amx_rows && jb->n >= k->amx_rows ? 4 : 0;
+    if (jb->m.type == WT_BF16P)
+        return 0;
     if (smallmm_outer_group(k->vl, jb->n, in))
         return 2;
     return jb->m.type == WT_BF16 && jb->n <= k->eo_rows;

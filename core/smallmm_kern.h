@@ -898,9 +898,11 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
     }
 }
 
-/* F32P weights (panels of WT_P_ROWS rows, wtensor.h): a tile is NI <= PG rows of X by
- * NV vectors of M — the PT panels of one tile of M, PVPP vectors each; or, where PG2 is
- * defined, NI <= PG2 rows by the vectors of PT - 1 panels (panel_rows) — with NI·NV
+/* F32P weights (panels of WT_P_ROWS rows, wtensor.h), and BF16P ones (the same panels,
+ * two elements a 32-bit lane: each load meets two broadcasts of every row of X): a tile
+ * is NI <= PG rows of X by NV vectors of M — the PT panels of one tile of M, PVPP vectors
+ * each; or, where PG2 is defined, NI <= PG2 rows by the vectors of PT - 1 panels
+ * (panel_rows) — with NI·NV
  * accumulators that end as Y itself: at each element k the tile loads its NV vectors (16
  * rows of M each per panel) and meets each with row i's element k, broadcast. So NI + NV
  * loads feed NI·NV FMAs, no reduction ends the tile, M is read as PT sequential streams
@@ -922,14 +924,12 @@ static void K(q8_rows)(const smallmm_xmt *jb, const void *xq, int in, int lo, in
 #define PGMAX PG
 #endif
 static inline __attribute__((always_inline)) void
-K(panel_tile)(const float *x, int in, const float *tp, float *y, int ldy, int NI, int NV)
+K(panel_tile)(const float *x, int in, const void *tp, float *y, int ldy, int NI, int NV, int MT)
 {
-    size_t ps = (size_t)in * WT_P_ROWS;
     vf acc[PGMAX][PNV];
     for (int i = 0; i < NI; i++)
         for (int v = 0; v < NV; v++)
             acc[i][v] = (vf){0};
-    const float *m = tp;
     /* The last PANEL_PF elements prefetch the next tile's panels — it starts after this
      * tile's, a whole panel (in · WT_P_ROWS floats) further per panel — not the panels
      * after each of this tile's (its own others, already read), so that all of the next
@@ -937,20 +937,59 @@ K(panel_tile)(const float *x, int in, const float *tp, float *y, int ldy, int NI
      * (Zen 5, 2 threads), alternated in one process, 3 rounds: 8 rows 3.6-5.5% faster
      * (11.01-11.72 -> 10.61-11.08 ms), one row 2.0-2.3%, 16-64 rows 1.3-3.2%; a product
      * of 8 rows of 576 alone from memory 58-60 -> 62-65 GB/s. */
-    size_t wrap = (size_t)((NV + PVPP - 1) / PVPP - 1) * ps;
-    for (int k = 0; k < in; k++, m += WT_P_ROWS) {
-        vf w[PNV];
-        size_t ahead = PANEL_PF * WT_P_ROWS + (k + PANEL_PF >= in ? wrap : 0);
-        for (int v = 0; v < NV; v++) {
-            const float *mv = m + (size_t)(v / PVPP) * ps + (v % PVPP) * VL;
-            if (v % PVPP == 0)   /* a cache line a panel and element */
-                __builtin_prefetch(mv + ahead, 0, WPF_LOC);
-            w[v] = K(ldf)(mv);
+    if (MT == WT_F32P) {
+        size_t ps = (size_t)in * WT_P_ROWS;
+        const float *m = tp;
+        size_t wrap = (size_t)((NV + PVPP - 1) / PVPP - 1) * ps;
+        for (int k = 0; k < in; k++, m += WT_P_ROWS) {
+            vf w[PNV];
+            size_t ahead = PANEL_PF * WT_P_ROWS + (k + PANEL_PF >= in ? wrap : 0);
+            for (int v = 0; v < NV; v++) {
+                const float *mv = m + (size_t)(v / PVPP) * ps + (v % PVPP) * VL;
+                if (v % PVPP == 0)   /* a cache line a panel and element */
+                    __builtin_prefetch(mv + ahead, 0, WPF_LOC);
+                w[v] = K(ldf)(mv);
+            }
+            for (int i = 0; i < NI; i++) {
+                vf xb = K(splat)(x[(size_t)i * in + k]);
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] += xb * w[v];
+            }
         }
-        for (int i = 0; i < NI; i++) {
-            vf xb = K(splat)(x[(size_t)i * in + k]);
-            for (int v = 0; v < NV; v++)
-                acc[i][v] += xb * w[v];
+    } else {
+        /* BF16P: a pair of elements a step, each 32-bit lane a row's two weights
+         * (wtensor_bf16p_offset), F32 by a shift (k) and an AND (k + 1); prefetched as
+         * many bytes ahead as F32P (PANEL_PF pairs) */
+        size_t ps = (size_t)((in + 1) & ~1) * WT_P_ROWS;   /* uint16_t a panel */
+        const uint16_t *m = tp;
+        const K(vu) odd = (K(vu)){0} + 0xFFFF0000u;
+        size_t wrap = (size_t)((NV + PVPP - 1) / PVPP - 1) * ps;
+        for (int k = 0; k < in; k += 2, m += 2 * WT_P_ROWS) {
+            vf we[PNV], wo[PNV];
+            size_t ahead = (size_t)PANEL_PF * 2 * WT_P_ROWS +
+                           (k + 2 * PANEL_PF >= in ? wrap : 0);
+            for (int v = 0; v < NV; v++) {
+                const uint16_t *mv = m + (size_t)(v / PVPP) * ps + (v % PVPP) * 2 * VL;
+                if (v % PVPP == 0)   /* a cache line a panel and pair */
+                    __builtin_prefetch(mv + ahead, 0, WPF_LOC);
+                K(vu) w = (K(vu))K(ldf)((const float *)(const void *)mv);
+                we[v] = (vf)(w << 16);
+                wo[v] = (vf)(w & odd);
+            }
+            if (k + 1 < in) {
+                for (int i = 0; i < NI; i++) {
+                    vf x0 = K(splat)(x[(size_t)i * in + k]);
+                    vf x1 = K(splat)(x[(size_t)i * in + k + 1]);
+                    for (int v = 0; v < NV; v++)
+                        acc[i][v] += x0 * we[v] + x1 * wo[v];
+                }
+            } else {  /* an odd row's last element (its pair's other is the zero column) */
+                for (int i = 0; i < NI; i++) {
+                    vf x0 = K(splat)(x[(size_t)i * in + k]);
+                    for (int v = 0; v < NV; v++)
+                        acc[i][v] += x0 * we[v];
+                }
+            }
         }
     }
     for (int i = 0; i < NI; i++)
@@ -960,13 +999,13 @@ K(panel_tile)(const float *x, int in, const float *tp, float *y, int ldy, int NI
 
 /* panel_tile for ni rows of X (1..PG) and NV (a constant) vectors. */
 static inline __attribute__((always_inline)) void
-K(panel_ni)(const float *x, int in, const float *tp, float *y, int ldy, int ni, int NV)
+K(panel_ni)(const float *x, int in, const void *tp, float *y, int ldy, int ni, int NV, int MT)
 {
     switch (ni) {
 #define K_PANEL_CASE(N)                                                                    \
     case N:                                                                                \
         if (N <= PG || NV < PNV)  /* more rows only on the narrower tiles */               \
-            K(panel_tile)(x, in, tp, y, ldy, N, NV);                                       \
+            K(panel_tile)(x, in, tp, y, ldy, N, NV, MT);                                   \
         break;
     K_PANEL_CASE(1) K_PANEL_CASE(2) K_PANEL_CASE(3) K_PANEL_CASE(4) K_PANEL_CASE(5)
     K_PANEL_CASE(6)
@@ -985,26 +1024,39 @@ K(panel_ni)(const float *x, int in, const float *tp, float *y, int ldy, int ni, 
     }
 }
 
-static void K(panel_group)(const float *x, int in, const float *tp, float *y, int ldy, int ni,
-                           int nv)
+static inline __attribute__((always_inline)) void
+K(panel_nv)(const float *x, int in, const void *tp, float *y, int ldy, int ni, int nv, int MT)
 {
     switch (nv) {
     case 1:
-        K(panel_ni)(x, in, tp, y, ldy, ni, 1);
+        K(panel_ni)(x, in, tp, y, ldy, ni, 1, MT);
         break;
 #if PNV > 1
     case 2:
-        K(panel_ni)(x, in, tp, y, ldy, ni, 2);
+        K(panel_ni)(x, in, tp, y, ldy, ni, 2, MT);
         break;
 #endif
 #if PNV > 2
     case 3:
-        K(panel_ni)(x, in, tp, y, ldy, ni, 3);
+        K(panel_ni)(x, in, tp, y, ldy, ni, 3, MT);
         break;
 #endif
     default:
         break;
     }
+}
+
+/* One group of rows of X over one tile of panels: F32P, and BF16P (each its own code). */
+static void K(panel_group)(const float *x, int in, const float *tp, float *y, int ldy, int ni,
+                           int nv)
+{
+    K(panel_nv)(x, in, tp, y, ldy, ni, nv, WT_F32P);
+}
+
+static void K(panel_group_bf16)(const float *x, int in, const uint16_t *tp, float *y, int ldy,
+                                int ni, int nv)
+{
+    K(panel_nv)(x, in, tp, y, ldy, ni, nv, WT_BF16P);
 }
 
 /* Rows [lo, hi) of an F32P product (lo a multiple of WT_P_ROWS): tile by tile of M, the n
@@ -1032,8 +1084,12 @@ static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
     }
 #endif
     int groups = (n + pg - 1) / pg, trows = tnv / PVPP * WT_P_ROWS;
+    int bf = jb->m.type == WT_BF16P;
     for (int r = lo; r < hi; r += trows) {
-        const float *tp = (const float *)jb->m.data + (size_t)r * in;
+        /* the tile's first panel: r rows of in floats, or of in rounded up to even BF16 */
+        const float *tp = bf ? NULL : (const float *)jb->m.data + (size_t)r * in;
+        const uint16_t *th = bf ? (const uint16_t *)jb->m.data + (size_t)r * ((in + 1) & ~1)
+                                : NULL;
         int ny = hi - r < trows ? hi - r : trows;
         int nv = (ny + VL - 1) / VL, whole = ny == nv * VL;
         float t[PGMAX * PNV * VL];
@@ -1042,9 +1098,15 @@ static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
             const float *x = jb->x + (size_t)i * in;
             float *y = jb->y + (size_t)i * jb->ldy + r;
             if (whole) {
-                K(panel_group)(x, in, tp, y, jb->ldy, ni, nv);
+                if (bf)
+                    K(panel_group_bf16)(x, in, th, y, jb->ldy, ni, nv);
+                else
+                    K(panel_group)(x, in, tp, y, jb->ldy, ni, nv);
             } else {
-                K(panel_group)(x, in, tp, t, PNV * VL, ni, nv);
+                if (bf)
+                    K(panel_group_bf16)(x, in, th, t, PNV * VL, ni, nv);
+                else
+                    K(panel_group)(x, in, tp, t, PNV * VL, ni, nv);
                 for (int q = 0; q < ni; q++)
                     memcpy(y + (size_t)q * jb->ldy, t + (size_t)q * PNV * VL,
                            sizeof(float) * (size_t)ny);
@@ -1066,7 +1128,7 @@ static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo,
         K(q8_rows)(jb, xop, in, lo, hi);
         return;
     }
-    if (jb->m.type == WT_F32P) {
+    if (jb->m.type == WT_F32P || jb->m.type == WT_BF16P) {
         K(panel_rows)(jb, in, lo, hi);
         return;
     }

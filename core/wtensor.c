@@ -5,7 +5,7 @@
 
 const char *wtensor_type_name(wt_type t)
 {
-    return t == WT_BF16 ? "bf16" : t == WT_Q8 ? "q8" : "f32";  /* F32P too */
+    return t == WT_BF16 || t == WT_BF16P ? "bf16" : t == WT_Q8 ? "q8" : "f32";  /* F32P too */
 }
 
 int wtensor_type_parse(const char *s, wt_type *t)
@@ -32,6 +32,9 @@ size_t wtensor_data_bytes(wt_type t, int64_t rows, int64_t cols)
         return q8_rows(rows) * (size_t)wtensor_q8_blocks(cols) * WT_Q8_BLOCK;
     if (t == WT_F32P)
         return (size_t)((rows + WT_P_ROWS - 1) / WT_P_ROWS * WT_P_ROWS) * (size_t)cols * 4;
+    if (t == WT_BF16P)  /* an even number of columns */
+        return (size_t)((rows + WT_P_ROWS - 1) / WT_P_ROWS * WT_P_ROWS) *
+               (size_t)((cols + 1) & ~(int64_t)1) * 2;
     return t == WT_F32 ? n * 4 : n * 2;
 }
 
@@ -73,6 +76,16 @@ void wtensor_rows_f32(const wtensor *w, int64_t cols, int64_t r0, int64_t r1, fl
             float *d = dst + (size_t)(r - r0) * cols;
             for (int64_t c = 0; c < cols; c++)
                 d[c] = pr[(size_t)c * WT_P_ROWS];
+        }
+        break;
+    }
+    case WT_BF16P: {
+        const uint16_t *p = w->data;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *pr = p + wtensor_bf16p_offset(cols, r, 0);
+            float *d = dst + (size_t)(r - r0) * cols;
+            for (int64_t c = 0; c < cols; c++)  /* pairs of columns 32 apart */
+                d[c] = wtensor_bf16_to_f32(pr[(size_t)(c >> 1) * 2 * WT_P_ROWS + (c & 1)]);
         }
         break;
     }
@@ -136,6 +149,16 @@ void wtensor_from_f32(wt_type t, const float *src, int64_t rows, int64_t cols, v
                 for (int r = 0; r < nr; r++)
                     pp[(size_t)c * WT_P_ROWS + r] = sp[(size_t)r * cols + c];
         }
+        break;
+    }
+    case WT_BF16P: {
+        uint16_t *p = data;
+        /* the padding (rows of the last panel, the column that makes them even): zeros */
+        memset(p, 0, wtensor_data_bytes(t, rows, cols));
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                p[wtensor_bf16p_offset(cols, r, c)] =
+                    wtensor_bf16_round(src[(size_t)r * cols + c]);
         break;
     }
     case WT_BF16:

@@ -11,8 +11,10 @@
 #include <string.h>
 
 /* WT_F32P: F32 in panels of WT_P_ROWS rows, the layout a model holds its F32 matrices in
- * (model.c); WT_F32 is row-major (adapters' A, tests). Both are the precision "f32". */
-typedef enum { WT_F32, WT_BF16, WT_Q8, WT_F32P } wt_type;
+ * (model.c); WT_F32 is row-major (adapters' A, tests). Both are the precision "f32".
+ * WT_BF16P: BF16 in the same panels, the layout a model holds its BF16 matrices in; WT_BF16
+ * is row-major (tests, the kernels' own cases). Both are the precision "bf16". */
+typedef enum { WT_F32, WT_BF16, WT_Q8, WT_F32P, WT_BF16P } wt_type;
 
 /* Rows of an F32P panel. An F32P matrix is stored in panels of 16 rows (the last one
  * padded with zero rows); in panel p the 16 rows' elements of column c are 16 consecutive
@@ -28,6 +30,21 @@ typedef enum { WT_F32, WT_BF16, WT_Q8, WT_F32P } wt_type;
 static inline size_t wtensor_f32p_offset(int64_t cols, int64_t r, int64_t c)
 {
     return (size_t)((r / WT_P_ROWS * cols + c) * WT_P_ROWS + r % WT_P_ROWS);
+}
+
+/* Offset in uint16_t, in a BF16P matrix's data, of the element at row r, column c. BF16P
+ * panels are F32P's with the columns in pairs: a panel's columns c and c + 1 (c even) are
+ * 32 consecutive BF16, row r's two at 2·(r mod 16) and + 1 — 16 32-bit lanes, one a row,
+ * each the two weights, taken as F32 with a shift (c) and an AND (c + 1); the columns are
+ * padded with a zero column to an even number. So a BF16 product streams each panel front
+ * to back as F32P, each 64-byte load two elements of 16 rows that every row of X meets as
+ * two broadcasts, where BF16 rows one after the other met each weight with few rows of X
+ * (bench_batch --weights bf16, 64 rows: 56% of the bound; docs/benchmarks.md). */
+static inline size_t wtensor_bf16p_offset(int64_t cols, int64_t r, int64_t c)
+{
+    int64_t ce = (cols + 1) & ~(int64_t)1;
+    return (size_t)(((r / WT_P_ROWS) * ce + (c & ~(int64_t)1)) * WT_P_ROWS +
+                    (r % WT_P_ROWS) * 2 + (c & 1));
 }
 
 /* Elements per Q8 scale. 32 as llama.cpp's Q8_0: a scale costs 4 bytes per 32 (12.5%
@@ -52,8 +69,8 @@ static inline size_t wtensor_f32p_offset(int64_t cols, int64_t r, int64_t c)
 typedef struct {
     wt_type type;
     const void *data;     /* F32 / BF16: [rows, cols] row-major, float or uint16_t (BF16
-                           * bits); Q8: int8_t in panels (WT_Q8_PANEL); F32P: float in
-                           * panels (WT_P_ROWS) */
+                           * bits); Q8: int8_t in panels (WT_Q8_PANEL); F32P / BF16P: float
+                           * / uint16_t in panels (WT_P_ROWS) */
     const float *scale;   /* Q8: the blocks' scales in panels; NULL otherwise */
 } wtensor;
 

@@ -539,7 +539,7 @@ static int cmd_merge(int argc, char **argv)
     loaded_adapters la = {0};
     variant *v = NULL;
     st_write_tensor *tw = NULL;
-    float **unpacked = NULL;   /* [n_tensors]: F32P matrices laid out row-major to write */
+    void **unpacked = NULL;    /* [n_tensors]: F32P / BF16P matrices laid out row-major */
     json_t *cfg = NULL;
     rc = 1;
     huge_place_enable(0);   /* W and W' are read once, to be written out: nothing to place */
@@ -569,16 +569,25 @@ static int cmd_merge(int argc, char **argv)
         const wtensor *w = mt->proj < 0 ? &mt->data
                                         : variant_weight(m, v, mt->layer, (model_proj)mt->proj);
         tw[i].data = w->data;
-        tw[i].bf16 = w->type == WT_BF16;
-        if (w->type == WT_F32P) {  /* in panels in memory: row-major in the file */
-            float *rows = malloc(sizeof(float) * (size_t)mt->shape[0] * (size_t)mt->shape[1]);
-            if (!rows) {
+        tw[i].bf16 = w->type == WT_BF16 || w->type == WT_BF16P;
+        if (w->type == WT_F32P || w->type == WT_BF16P) {  /* panels: row-major in the file */
+            size_t count = (size_t)mt->shape[0] * (size_t)mt->shape[1];
+            float *rows = malloc(sizeof(float) * count);
+            uint16_t *half = w->type == WT_BF16P ? malloc(sizeof(uint16_t) * count) : NULL;
+            if (!rows || (w->type == WT_BF16P && !half)) {
+                free(rows);
+                free(half);
                 lr_error_set(&err, LR_ENOMEM, "out of memory");
                 goto out_err;
             }
             wtensor_rows_f32(w, mt->shape[1], 0, mt->shape[0], rows);
-            unpacked[i] = rows;
-            tw[i].data = rows;
+            if (half) {  /* BF16 widened to F32 and back: exact */
+                for (size_t e = 0; e < count; e++)
+                    half[e] = wtensor_bf16_round(rows[e]);
+                free(rows);
+            }
+            unpacked[i] = half ? (void *)half : (void *)rows;
+            tw[i].data = unpacked[i];
         }
     }
     char path[4096 + 64];

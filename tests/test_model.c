@@ -259,13 +259,22 @@ static const wtensor *loaded_matrix(const model *m, const tspec *s)
  * (r, c) of panel r / 16 at c·16 + r % 16 (written out here, not wtensor_f32p_offset). */
 static float panel_elem(const wtensor *w, const tspec *s, int64_t e)
 {
-    ck_assert_int_eq(w->type, WT_F32P);
     int64_t cols = s->shape[1], r = e / cols, c = e % cols;
-    return ((const float *)w->data)[((r / 16) * cols + c) * 16 + r % 16];
+    size_t at = (size_t)(((r / 16) * cols + c) * 16 + r % 16);
+    if (w->type == WT_BF16P) {  /* columns in pairs, an even number of them (wtensor.h) */
+        int64_t ce = (cols + 1) / 2 * 2;
+        at = (size_t)(((r / 16) * ce + c / 2 * 2) * 16 + r % 16 * 2 + c % 2);
+        uint32_t u = (uint32_t)((const uint16_t *)w->data)[at] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    ck_assert_int_eq(w->type, WT_F32P);
+    return ((const float *)w->data)[at];
 }
 
-/* Tensor s as model_load holds it, as floats: vectors as they are, F32 matrices laid out
- * back from their panels and BF16 ones widened here (the bits shifted up) into buf
+/* Tensor s as model_load holds it, as floats: vectors as they are, F32 and BF16 matrices
+ * laid out back from their panels (BF16 widened here: the bits shifted up) into buf
  * [numel]. */
 static const float *loaded(const model *m, const tspec *s, float *buf)
 {
@@ -276,16 +285,9 @@ static const float *loaded(const model *m, const tspec *s, float *buf)
     default:          break;
     }
     const wtensor *w = loaded_matrix(m, s);
-    if (w->type == WT_F32P) {
-        for (int64_t e = 0; e < spec_numel(s); e++)
-            buf[e] = panel_elem(w, s, e);
-        return buf;
-    }
-    ck_assert_int_eq(w->type, WT_BF16);
-    for (int64_t e = 0; e < spec_numel(s); e++) {
-        uint32_t u = (uint32_t)((const uint16_t *)w->data)[e] << 16;
-        memcpy(&buf[e], &u, 4);
-    }
+    ck_assert(w->type == WT_F32P || w->type == WT_BF16P);
+    for (int64_t e = 0; e < spec_numel(s); e++)
+        buf[e] = panel_elem(w, s, e);
     return buf;
 }
 

@@ -98,7 +98,7 @@ static test_matrix make_matrix(wt_type t, int rows, int in)
         memcpy(tm.deq, f, n * sizeof(float));
         free(f);
         tm.data = pan;
-    } else if (t == WT_BF16) {
+    } else if (t == WT_BF16 || t == WT_BF16P) {
         uint16_t *h = malloc((n ? n : 1) * 2);
         ck_assert_ptr_nonnull(h);
         for (size_t i = 0; i < n; i++) {
@@ -110,6 +110,21 @@ static test_matrix make_matrix(wt_type t, int rows, int in)
             memcpy(&tm.deq[i], &u, 4);
         }
         tm.data = h;
+        if (t == WT_BF16P) {
+            /* the same bits in panels of 16 rows with the columns in pairs (wtensor.h):
+             * columns c, c + 1 of a panel's row r at (c / 2 · 2 · 16 + 2r) and + 1, an
+             * even number of columns (the last one zero when in is odd) */
+            int ce = (in + 1) / 2 * 2;
+            size_t padded = (size_t)(rows + 15) / 16 * 16 * ce;
+            uint16_t *pan = calloc(padded ? padded : 1, sizeof(uint16_t));
+            ck_assert_ptr_nonnull(pan);
+            for (int r = 0; r < rows; r++)
+                for (int c = 0; c < in; c++)
+                    pan[((size_t)(r / 16) * ce + c / 2 * 2) * 16 + r % 16 * 2 + c % 2] =
+                        h[(size_t)r * in + c];
+            free(h);
+            tm.data = pan;
+        }
     } else {
         int8_t *q = malloc(n ? n : 1);
         float *s = malloc(sizeof(float) * (size_t)(rows * nb > 0 ? rows * nb : 1));
@@ -215,14 +230,14 @@ START_TEST(test_xmt_matches_reference_for_every_row_count_and_edge)
 }
 END_TEST
 
-/* check_xmt_type for every weight type from t0 to WT_F32P, every n, in and rows of the
+/* check_xmt_type for every weight type from t0 to WT_BF16P, every n, in and rows of the
  * arrays given, on 1 and 2 threads. */
 static void check_types_over(wt_type t0, const int *ns, size_t n_ns, const int *ins,
                              size_t n_ins, const int *rows, size_t n_rows)
 {
     for (int threads = 1; threads <= 2; threads++) {
         pool *p = make_pool(threads);
-        for (int t = t0; t <= WT_F32P; t++)
+        for (int t = t0; t <= WT_BF16P; t++)
             for (size_t k = 0; k < n_ns; k++)
                 for (size_t a = 0; a < n_ins; a++)
                     for (size_t b = 0; b < n_rows; b++)
@@ -391,7 +406,7 @@ START_TEST(test_products_cut_into_chunks_among_threads)
     for (int threads = 2; threads <= 4; threads++) {
         pool *p = make_pool(threads);
         for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
-            for (int t = WT_F32; t <= WT_F32P; t++)
+            for (int t = WT_F32; t <= WT_BF16P; t++)
                 check_xmt_type(p, ns[a], 300, 1103, (wt_type)t);
         pool_free(p);
     }

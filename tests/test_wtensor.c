@@ -224,6 +224,54 @@ START_TEST(test_f32_panels_hold_every_element_and_give_rows_back)
 }
 END_TEST
 
+/* BF16 in panels with the columns in pairs: every element's bits where the layout puts
+ * them (uint16_t (r / 16 · ce + c / 2 · 2) · 16 + r % 16 · 2 + c % 2, ce the columns rounded
+ * up to even, written out here), the padding (rows; the odd column) zero, whole panels of
+ * ce 2-byte elements in the size, any range of rows back widened bit for bit. */
+START_TEST(test_bf16_panels_hold_every_element_and_give_rows_back)
+{
+    static const int rows_of[] = {1, 15, 16, 17, 33}, cols_of[] = {1, 3, 37};
+    for (size_t a = 0; a < sizeof rows_of / sizeof *rows_of; a++)
+        for (size_t b = 0; b < sizeof cols_of / sizeof *cols_of; b++) {
+            int rows = rows_of[a], cols = cols_of[b], padded = (rows + 15) / 16 * 16;
+            int ce = (cols + 1) / 2 * 2;
+            size_t bytes = wtensor_data_bytes(WT_BF16P, rows, cols);
+            ck_assert_uint_eq(bytes, sizeof(uint16_t) * (size_t)padded * ce);
+            ck_assert_uint_eq(wtensor_scale_bytes(WT_BF16P, rows, cols), 0);
+            float *x = malloc(sizeof(float) * rows * cols),
+                  *back = malloc(sizeof(float) * rows * cols);
+            uint16_t *p = malloc(bytes);
+            ck_assert(x && p && back);
+            for (int i = 0; i < rows * cols; i++)  /* BF16 values: exact in and out */
+                x[i] = bits_f(rand32() & 0xFFFF0000u);
+            memset(p, 0xA5, bytes);
+            wtensor_from_f32(WT_BF16P, x, rows, cols, p, NULL);
+            for (int r = 0; r < padded; r++)
+                for (int c = 0; c < ce; c++) {
+                    uint32_t got = p[((size_t)(r / 16) * ce + c / 2 * 2) * 16 + r % 16 * 2 +
+                                     c % 2];
+                    uint32_t want = r < rows && c < cols ? f_bits(x[r * cols + c]) >> 16 : 0;
+                    if (r < rows && c < cols && x[r * cols + c] != x[r * cols + c])
+                        continue;  /* NaN: any NaN will do (wtensor_bf16_round) */
+                    ck_assert_uint_eq(got, want);
+                }
+            wtensor w = wtensor_at(WT_BF16P, rows, cols, p);
+            ck_assert_ptr_null(w.scale);
+            for (int r0 = 0; r0 < rows; r0 += 7) {
+                int r1 = r0 + 9 < rows ? r0 + 9 : rows;
+                wtensor_rows_f32(&w, cols, r0, r1, back);
+                for (int i = 0; i < (r1 - r0) * cols; i++)
+                    if (x[r0 * cols + i] == x[r0 * cols + i])
+                        ck_assert_uint_eq(f_bits(back[i]), f_bits(x[r0 * cols + i]));
+            }
+            free(x);
+            free(p);
+            free(back);
+        }
+    ck_assert_str_eq(wtensor_type_name(WT_BF16P), "bf16");
+}
+END_TEST
+
 START_TEST(test_type_names_parse_and_refuse)
 {
     static const char *const names[] = {"f32", "bf16", "q8"};
@@ -249,6 +297,7 @@ static Suite *wtensor_suite(void)
     tcase_add_test(core, test_q8_blocks_hold_their_values_to_half_a_step);
     tcase_add_test(core, test_bf16_matrix_round_trip_and_rows);
     tcase_add_test(core, test_f32_panels_hold_every_element_and_give_rows_back);
+    tcase_add_test(core, test_bf16_panels_hold_every_element_and_give_rows_back);
     suite_add_tcase(s, core);
     TCase *limits = tcase_create("limits");
     tcase_add_test(limits, test_type_names_parse_and_refuse);

@@ -964,6 +964,9 @@ K(panel_tile)(const float *x, int in, const void *tp, float *y, int ldy, int NI,
         const uint16_t *m = tp;
         const K(vu) odd = (K(vu)){0} + 0xFFFF0000u;
         size_t wrap = (size_t)((NV + PVPP - 1) / PVPP - 1) * ps;
+        vf acco[PNV];
+        for (int v = 0; v < NV; v++)
+            acco[v] = (vf){0};
         for (int k = 0; k < in; k += 2, m += 2 * WT_P_ROWS) {
             vf we[PNV], wo[PNV];
             size_t ahead = (size_t)PANEL_PF * 2 * WT_P_ROWS +
@@ -976,7 +979,13 @@ K(panel_tile)(const float *x, int in, const void *tp, float *y, int ldy, int NI,
                 we[v] = (vf)(w << 16);
                 wo[v] = (vf)(w & odd);
             }
-            if (k + 1 < in) {
+            if (k + 1 < in && NI == 1) {  /* one row: the odd weights' own chains */
+                vf x0 = K(splat)(x[k]), x1 = K(splat)(x[k + 1]);
+                for (int v = 0; v < NV; v++) {
+                    acc[0][v] += x0 * we[v];
+                    acco[v] += x1 * wo[v];
+                }
+            } else if (k + 1 < in) {
                 for (int i = 0; i < NI; i++) {
                     vf x0 = K(splat)(x[(size_t)i * in + k]);
                     vf x1 = K(splat)(x[(size_t)i * in + k + 1]);
@@ -991,6 +1000,9 @@ K(panel_tile)(const float *x, int in, const void *tp, float *y, int ldy, int NI,
                 }
             }
         }
+        if (NI == 1)
+            for (int v = 0; v < NV; v++)
+                acc[0][v] += acco[v];
     }
     for (int i = 0; i < NI; i++)
         for (int v = 0; v < NV; v++)
@@ -1083,8 +1095,10 @@ static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
         tnv = PNV - PVPP;
     }
 #endif
-    int groups = (n + pg - 1) / pg, trows = tnv / PVPP * WT_P_ROWS;
     int bf = jb->m.type == WT_BF16P;
+    if (bf && n == 1)  /* one panel at a time: the thread's rows as one sequential stream */
+        tnv = PVPP;
+    int groups = (n + pg - 1) / pg, trows = tnv / PVPP * WT_P_ROWS;
     for (int r = lo; r < hi; r += trows) {
         /* the tile's first panel: r rows of in floats, or of in rounded up to even BF16 */
         const float *tp = bf ? NULL : (const float *)jb->m.data + (size_t)r * in;

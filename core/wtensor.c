@@ -155,10 +155,17 @@ void wtensor_from_f32(wt_type t, const float *src, int64_t rows, int64_t cols, v
         uint16_t *p = data;
         /* the padding (rows of the last panel, the column that makes them even): zeros */
         memset(p, 0, wtensor_data_bytes(t, rows, cols));
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++)
-                p[wtensor_bf16p_offset(cols, r, c)] =
-                    wtensor_bf16_round(src[(size_t)r * cols + c]);
+        int64_t ce = (cols + 1) & ~(int64_t)1;
+        for (int64_t p0 = 0; p0 < rows; p0 += WT_P_ROWS) {  /* panel by panel, in order */
+            int nr = rows - p0 < WT_P_ROWS ? (int)(rows - p0) : WT_P_ROWS;
+            uint16_t *pp = p + (size_t)p0 * ce;
+            const float *sp = src + (size_t)p0 * cols;
+            for (int64_t c = 0; c < cols; c++) {
+                uint16_t *o = pp + (size_t)(c & ~(int64_t)1) * WT_P_ROWS + (c & 1);
+                for (int r = 0; r < nr; r++)
+                    o[2 * r] = wtensor_bf16_round(sp[(size_t)r * cols + c]);
+            }
+        }
         break;
     }
     case WT_BF16:

@@ -20,14 +20,30 @@
  * when there is none); columns [c0, c1) of a ·Bᵀ product. vl: floats per vector; eo_rows:
  * BF16 products of up to this many rows of X read the even/odd order. */
 typedef struct {
-    void (*xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi);
+    /* tbuf: SMALLMM_Q8P_FLOATS(in) floats of the calling thread's own, or NULL */
+    void (*xmt_rows)(const smallmm_xmt *jb, const float *xop, float *tbuf, int in, int lo,
+                     int hi);
     void (*tb_cols)(const smallmm_tb *jb, int c0, int c1);
     int vl, eo_rows;
     /* X for the Q8 kernels (nb·32 floats of room a row); NULL: zero-padded (q8x_prepare) */
     void (*q8_prep)(const float *x, int n, int in, float *out);
     /* F32P products of at least this many rows of X read X split by amx_prepare (0: none) */
     int amx_rows;
+    /* 1: Q8 products of SMALLMM_Q8P_ROWS or more rows of X take the F32P panel tiles,
+     * each tile of M dequantized into the thread's tbuf first (smallmm_kern.h, q8p_rows) */
+    int q8p;
 } smallmm_kernels;
+
+/* Q8 products of at least this many rows of X take the F32P panel tiles where the kernels
+ * have them (q8p), with a buffer of this many floats a thread for a tile of M dequantized
+ * into that layout (at most 3 panels of 16 rows). Writing the buffer costs ~12 ms a step
+ * of the 135M shape whatever the rows (each 64-byte store a miss of L1: a tile of 3
+ * panels is 110-295 KB), which the panel tiles repay from 16 rows on: bench_batch
+ * --weights q8 --quick against q8_panel, the builds alternated, 4 rows 16.0 ms against
+ * 7.2-7.5, 8 rows 15.2 against 12.9-14.4, 16 rows 22.3 against 22.3, 24 rows 26.8 against
+ * 36.0, 64 rows 59.6-64.4 against 88.6-98.9. */
+#define SMALLMM_Q8P_ROWS 16
+#define SMALLMM_Q8P_FLOATS(in) ((size_t)3 * 16 * (size_t)(in))
 
 /* Products of at least this many rows of X with F32 or BF16 weights take the
  * outer-product tiles (X packed once per product); fewer rows, and Q8 weights, the
@@ -489,17 +505,18 @@ static void amx_rows(const smallmm_xmt *jb, const uint16_t *xp, int in, int lo, 
 
 /* The avx512bf16 family's kernels, but F32P products of SMALLMM_AMX_ROWS or more rows of X
  * on the tiles (xop: X split by amx_prepare). */
-static void xmt_rows_amx(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi)
+static void xmt_rows_amx(const smallmm_xmt *jb, const float *xop, float *tbuf, int in, int lo,
+                         int hi)
 {
     if (jb->m.type == WT_F32P && xop && lo % 16 == 0)
         amx_rows(jb, (const uint16_t *)(const void *)xop, in, lo, hi);
     else
-        xmt_rows_avx512bf16(jb, xop, in, lo, hi);
+        xmt_rows_avx512bf16(jb, xop, tbuf, in, lo, hi);
 }
 
 static const smallmm_kernels kernels_amx = {xmt_rows_amx, tb_cols_avx512bf16, 16,
                                             1 /* eo_rows, as avx512bf16's */,
-                                            q8v_prepare_avx512bf16, SMALLMM_AMX_ROWS};
+                                            q8v_prepare_avx512bf16, SMALLMM_AMX_ROWS, 1};
 #pragma GCC pop_options
 #endif
 
@@ -721,7 +738,14 @@ typedef struct {
     chunk_range *ranges;
     const tb_pass *tb;    /* ·Bᵀ products after every chunk (NULL: none); task k does share k */
     atomic_int done;      /* chunks finished, counted when there is tb */
+    float *tbuf;          /* per thread, SMALLMM_Q8P_FLOATS(in) floats each (NULL: none) */
 } xmt_pass;
+
+/* 1 when job jb takes the Q8 → F32P tiles (and a thread's buffer) with kernels k. */
+static int q8p_job(const smallmm_kernels *k, const smallmm_xmt *jb)
+{
+    return k->q8p && jb->m.type == WT_Q8 && jb->n >= SMALLMM_Q8P_ROWS;
+}
 
 /* Rows [lo, hi) of a Q8 product with X as it is, one weight at a time (when there was no
  * memory for X in the kernels' form). */
@@ -795,9 +819,10 @@ static int64_t chunk_at(const xmt_pass *ps, int c)
     return s + (a + len - s) * sixteenths[j - u + 1] / 16;
 }
 
-/* Chunk c of a pass: its rows of every product they fall in. */
-static void xmt_chunk(const xmt_pass *ps, int c)
+/* Chunk c of a pass, on thread `thread`: its rows of every product they fall in. */
+static void xmt_chunk(const xmt_pass *ps, int c, int thread)
 {
+    float *tbuf = ps->tbuf ? ps->tbuf + (size_t)thread * SMALLMM_Q8P_FLOATS(ps->in) : NULL;
     int64_t g0 = chunk_at(ps, c), g1 = chunk_at(ps, c + 1);
     int64_t next = 0;  /* global work before the next product's first row */
     for (int k = 0; k < ps->n_jobs && next < g1; k++) {
@@ -809,10 +834,10 @@ static void xmt_chunk(const xmt_pass *ps, int c)
         if (hi <= lo)
             continue;
         const float *xop = ps->xop ? ps->xop[k] : NULL;
-        if (jb->m.type == WT_Q8 && !xop)
+        if (jb->m.type == WT_Q8 && !xop && !(tbuf && q8p_job(ps->k, jb)))
             q8_rows_plain(jb, ps->in, lo, hi);
         else
-            ps->k->xmt_rows(jb, xop, ps->in, lo, hi);
+            ps->k->xmt_rows(jb, xop, tbuf, ps->in, lo, hi);
     }
 }
 
@@ -849,7 +874,7 @@ static void xmt_task(void *ctx, int task, int thread)
     for (int k = 0; k < ps->n_ranges; k++) {
         chunk_range *r = &ps->ranges[(thread + k) % ps->n_ranges];
         for (int c; (c = claim_chunk(r, k > 0)) >= 0;) {
-            xmt_chunk(ps, c);
+            xmt_chunk(ps, c, thread);
             if (ps->tb)
                 atomic_fetch_add_explicit(&ps->done, 1, memory_order_release);
         }
@@ -1001,6 +1026,8 @@ static void scratch_give_back(xop_scratch *b)
  * packed for the outer-product tiles, 1 in the BF16 even/odd order, 0 as it is. */
 static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
+    if (q8p_job(k, jb))
+        return 0;
     if (jb->m.type == WT_Q8)
         return 3;
     if (jb->m.type == WT_F32P)
@@ -1036,7 +1063,7 @@ static size_t xop_floats(const smallmm_kernels *k, const smallmm_xmt *jb, int in
  * (ps->n_chunks, 1 without a pool). */
 static xmt_pass pass_of(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs)
 {
-    xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, 1, 1, 0, 0, NULL, NULL, 0};
+    xmt_pass ps = {kernels(), jobs, NULL, n_jobs, in, 1, 1, 0, 0, NULL, NULL, 0, NULL};
     size_t bytes = 0;
     for (int k = 0; k < n_jobs; k++) {
         ps.work += jobs[k].rows * row_work(&jobs[k]);
@@ -1108,10 +1135,19 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
         if (from[k] == k)
             need += xop_floats(ps.k, &jobs[k], in);
     }
+    /* a buffer a thread for the BF16 products on the panel tiles, after the X's */
+    size_t xneed = need;
+    for (int k = 0; k < n_jobs; k++)
+        if (q8p_job(ps.k, &jobs[k])) {
+            need += (size_t)t * SMALLMM_Q8P_FLOATS(in);
+            break;
+        }
     float stack_buf[XOP_STACK_FLOATS];
     xop_scratch *heap = need > XOP_STACK_FLOATS ? scratch_take(need) : NULL;
     float *buf = need <= XOP_STACK_FLOATS ? stack_buf : heap ? heap->data : NULL;
-    if (need && buf && xop && from) {
+    if (need > xneed && buf)
+        ps.tbuf = buf + xneed;
+    if (xneed && buf && xop && from) {
         size_t used = 0;
         for (int k = 0; k < n_jobs; k++) {
             xop[k] = from[k] < 0 ? NULL : from[k] < k ? xop[from[k]] : buf + used;
@@ -1153,7 +1189,7 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
         pool_run(p, xmt_task, &ps, ps.n_ranges);
     } else {
         for (int c = 0; c < ps.n_chunks; c++)
-            xmt_chunk(&ps, c);
+            xmt_chunk(&ps, c, 0);
         for (int k = 0; ps.tb && k < tp.n_tasks; k++)
             tb_task(&tp, k, 0);
     }

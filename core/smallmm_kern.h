@@ -1129,6 +1129,77 @@ static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
         }
     }
 }
+/* Q8 products of many rows of X (SMALLMM_Q8P_ROWS or more) on the F32P panel tiles: each
+ * tile of M (PT panels of 16 rows, or PT - 1 as panel_rows takes them) dequantized first
+ * into buf in the F32P layout, each weight q · s in F32 as the format defines it, then met
+ * by every group of rows of X as an F32 model's panels are. q8_panel widens every weight
+ * again for each pair of rows of X (32 times at 64 rows); here once, at ~5 operations a
+ * vector of 16. */
+
+/* The Q8 panel at d (scales sw; wtensor.h) as one F32P panel of in columns at out: the 64
+ * bytes of a block at 64·k are a 32-bit lane a row, byte j its weight of column 4k + j. */
+static void K(q8_to_panel)(const int8_t *d, const float *sw, int in, float *out)
+{
+    int nb = (int)wtensor_q8_blocks(in);
+    for (int b = 0; b < nb; b++) {
+        const int8_t *db = d + (size_t)b * WT_Q8_PANEL * WT_Q8_BLOCK;
+        const float *sb = sw + (size_t)b * WT_Q8_PANEL;
+        for (int l = 0; l < WT_Q8_PANEL * WT_Q8_BLOCK; l += 64)
+            __builtin_prefetch(db + 4096 + l, 0, WPF_LOC);
+        for (int k = 0; k < WT_Q8_BLOCK / 4 && b * WT_Q8_BLOCK + 4 * k < in; k++) {
+            int c0 = b * WT_Q8_BLOCK + 4 * k;
+            for (int h = 0; h < WT_Q8_PANEL / VL; h++) {
+                vi w = (vi)K(ldf)((const float *)(const void *)(db + k * 64 + h * VL * 4));
+                vf s = K(ldf)(sb + h * VL);
+                for (int j = 0; j < 4 && c0 + j < in; j++) {
+                    vi q = (w << (24 - 8 * j)) >> 24;   /* byte j, sign-extended */
+                    K(stf)(out + (size_t)(c0 + j) * WT_P_ROWS + h * VL,
+                           __builtin_convertvector(q, vf) * s);
+                }
+            }
+        }
+    }
+}
+
+/* Rows [lo, hi) of a Q8 product (lo a multiple of WT_Q8_PANEL) as panel_rows, each tile
+ * dequantized into buf (PT · 16 · in floats) first. */
+static void K(q8p_rows)(const smallmm_xmt *jb, int in, int lo, int hi, float *buf)
+{
+    int n = jb->n, pg = PG, tnv = PNV;
+#ifdef PG2
+    if ((n + PG2 - 1) / PG2 < (n + PG - 1) / PG) {
+        pg = PG2;
+        tnv = PNV - PVPP;
+    }
+#endif
+    int groups = (n + pg - 1) / pg, trows = tnv / PVPP * WT_P_ROWS;
+    for (int r = lo; r < hi; r += trows) {
+        int ny = hi - r < trows ? hi - r : trows;
+        int nv = (ny + VL - 1) / VL, whole = ny == nv * VL;
+        for (int p = 0; p * WT_P_ROWS < ny; p++) {
+            int rp = r + p * WT_P_ROWS;
+            K(q8_to_panel)((const int8_t *)jb->m.data + wtensor_q8_offset(in, rp, 0),
+                           jb->m.scale + wtensor_q8_scale_index(in, rp, 0), in,
+                           buf + (size_t)p * in * WT_P_ROWS);
+        }
+        float t[PGMAX * PNV * VL];
+        for (int g = 0, i = 0; g < groups; g++) {
+            int ni = (n - i + groups - g - 1) / (groups - g);
+            const float *x = jb->x + (size_t)i * in;
+            float *y = jb->y + (size_t)i * jb->ldy + r;
+            if (whole) {
+                K(panel_group)(x, in, buf, y, jb->ldy, ni, nv);
+            } else {
+                K(panel_group)(x, in, buf, t, PNV * VL, ni, nv);
+                for (int q = 0; q < ni; q++)
+                    memcpy(y + (size_t)q * jb->ldy, t + (size_t)q * PNV * VL,
+                           sizeof(float) * (size_t)ny);
+            }
+            i += ni;
+        }
+    }
+}
+
 #undef PVPP
 #undef PNV
 #undef PGMAX
@@ -1136,10 +1207,14 @@ static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
 /* Rows [lo, hi) of one product; xop: X in the order its tiles read (transposed for the
  * outer-product tiles when smallmm_outer_group says so, the BF16 even/odd order for one
  * or two rows), NULL when X is read as it is. */
-static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, int in, int lo, int hi)
+static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, float *tbuf, int in, int lo,
+                        int hi)
 {
     if (jb->m.type == WT_Q8) {
-        K(q8_rows)(jb, xop, in, lo, hi);
+        if (tbuf && jb->n >= SMALLMM_Q8P_ROWS)
+            K(q8p_rows)(jb, in, lo, hi, tbuf);
+        else
+            K(q8_rows)(jb, xop, in, lo, hi);
         return;
     }
     if (jb->m.type == WT_F32P || jb->m.type == WT_BF16P) {
@@ -1250,9 +1325,10 @@ static void K(tb_cols)(const smallmm_tb *jb, int c0, int c1)
 
 #if KVNNI
 static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS,
-                                           K(q8v_prepare), 0};
+                                           K(q8v_prepare), 0, 1};
 #else
-static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS, NULL, 0};
+static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS, NULL, 0,
+                                           1};
 #endif
 #undef K_EO_ROWS
 

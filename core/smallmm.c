@@ -1023,7 +1023,8 @@ static void scratch_give_back(xop_scratch *b)
 }
 
 /* How a job's X is read: 4 split for the AMX tiles, 3 zero-padded to whole Q8 blocks, 2
- * packed for the outer-product tiles, 1 in the BF16 even/odd order, 0 as it is. */
+ * packed for the outer-product tiles, 1 in the BF16 even/odd order, 0 as it is (so on
+ * every panel tile: F32P, BF16P, and Q8 dequantized a tile at a time, q8p_job). */
 static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
     if (q8p_job(k, jb))
@@ -1135,7 +1136,7 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
         if (from[k] == k)
             need += xop_floats(ps.k, &jobs[k], in);
     }
-    /* a buffer a thread for the BF16 products on the panel tiles, after the X's */
+    /* a buffer a thread for the Q8 products on the panel tiles (q8p_job), after the X's */
     size_t xneed = need;
     for (int k = 0; k < n_jobs; k++)
         if (q8p_job(ps.k, &jobs[k])) {

@@ -1152,7 +1152,8 @@ static void K(q8_to_panel)(const int8_t *d, const float *sw, int in, float *out)
                 vi w = (vi)K(ldf)((const float *)(const void *)(db + k * 64 + h * VL * 4));
                 vf s = K(ldf)(sb + h * VL);
                 for (int j = 0; j < 4 && c0 + j < in; j++) {
-                    vi q = (w << (24 - 8 * j)) >> 24;   /* byte j, sign-extended */
+                    /* byte j, sign-extended: shifted up unsigned, down signed */
+                    vi q = (vi)((K(vu))w << (24 - 8 * j)) >> 24;
                     K(stf)(out + (size_t)(c0 + j) * WT_P_ROWS + h * VL,
                            __builtin_convertvector(q, vf) * s);
                 }

@@ -29,14 +29,11 @@ typedef struct {
     void (*q8_prep)(const float *x, int n, int in, float *out);
     /* F32P products of at least this many rows of X read X split by amx_prepare (0: none) */
     int amx_rows;
-    /* 1: Q8 products of SMALLMM_Q8P_ROWS or more rows of X take the F32P panel tiles,
-     * each tile of M dequantized into the thread's tbuf first (smallmm_kern.h, q8p_rows) */
-    int q8p;
 } smallmm_kernels;
 
-/* Q8 products of at least this many rows of X take the F32P panel tiles where the kernels
- * have them (q8p), with a buffer of this many floats a thread for a tile of M dequantized
- * into that layout (at most 3 panels of 16 rows). Writing the buffer costs ~12 ms a step
+/* Q8 products of at least this many rows of X take the F32P panel tiles (q8p_job), each
+ * tile of M dequantized first into a buffer of the thread of this many floats (at most 3
+ * panels of 16 rows; smallmm_kern.h, q8p_rows). Writing the buffer costs ~12 ms a step
  * of the 135M shape whatever the rows (each 64-byte store a miss of L1: a tile of 3
  * panels is 110-295 KB), which the panel tiles repay from 16 rows on: bench_batch
  * --weights q8 --quick against q8_panel, the builds alternated, 4 rows 16.0 ms against
@@ -44,6 +41,12 @@ typedef struct {
  * 36.0, 64 rows 59.6-64.4 against 88.6-98.9. */
 #define SMALLMM_Q8P_ROWS 16
 #define SMALLMM_Q8P_FLOATS(in) ((size_t)3 * 16 * (size_t)(in))
+
+/* 1 when job jb takes the Q8 → F32P tiles (and a thread's buffer). */
+static inline int q8p_job(const smallmm_xmt *jb)
+{
+    return jb->m.type == WT_Q8 && jb->n >= SMALLMM_Q8P_ROWS;
+}
 
 /* Products of at least this many rows of X with F32 or BF16 weights take the
  * outer-product tiles (X packed once per product); fewer rows, and Q8 weights, the
@@ -516,7 +519,7 @@ static void xmt_rows_amx(const smallmm_xmt *jb, const float *xop, float *tbuf, i
 
 static const smallmm_kernels kernels_amx = {xmt_rows_amx, tb_cols_avx512bf16, 16,
                                             1 /* eo_rows, as avx512bf16's */,
-                                            q8v_prepare_avx512bf16, SMALLMM_AMX_ROWS, 1};
+                                            q8v_prepare_avx512bf16, SMALLMM_AMX_ROWS};
 #pragma GCC pop_options
 #endif
 
@@ -741,12 +744,6 @@ typedef struct {
     float *tbuf;          /* per thread, SMALLMM_Q8P_FLOATS(in) floats each (NULL: none) */
 } xmt_pass;
 
-/* 1 when job jb takes the Q8 → F32P tiles (and a thread's buffer) with kernels k. */
-static int q8p_job(const smallmm_kernels *k, const smallmm_xmt *jb)
-{
-    return k->q8p && jb->m.type == WT_Q8 && jb->n >= SMALLMM_Q8P_ROWS;
-}
-
 /* Rows [lo, hi) of a Q8 product with X as it is, one weight at a time (when there was no
  * memory for X in the kernels' form). */
 static void q8_rows_plain(const smallmm_xmt *jb, int in, int lo, int hi)
@@ -834,7 +831,7 @@ static void xmt_chunk(const xmt_pass *ps, int c, int thread)
         if (hi <= lo)
             continue;
         const float *xop = ps->xop ? ps->xop[k] : NULL;
-        if (jb->m.type == WT_Q8 && !xop && !(tbuf && q8p_job(ps->k, jb)))
+        if (jb->m.type == WT_Q8 && !xop && !(tbuf && q8p_job(jb)))
             q8_rows_plain(jb, ps->in, lo, hi);
         else
             ps->k->xmt_rows(jb, xop, tbuf, ps->in, lo, hi);
@@ -1027,7 +1024,7 @@ static void scratch_give_back(xop_scratch *b)
  * every panel tile: F32P, BF16P, and Q8 dequantized a tile at a time, q8p_job). */
 static int xop_kind(const smallmm_kernels *k, const smallmm_xmt *jb, int in)
 {
-    if (q8p_job(k, jb))
+    if (q8p_job(jb))
         return 0;
     if (jb->m.type == WT_Q8)
         return 3;
@@ -1139,7 +1136,7 @@ void smallmm_run(struct pool *p, int in, const smallmm_xmt *jobs, int n_jobs,
     /* a buffer a thread for the Q8 products on the panel tiles (q8p_job), after the X's */
     size_t xneed = need;
     for (int k = 0; k < n_jobs; k++)
-        if (q8p_job(ps.k, &jobs[k])) {
+        if (q8p_job(&jobs[k])) {
             need += (size_t)t * SMALLMM_Q8P_FLOATS(in);
             break;
         }

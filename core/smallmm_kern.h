@@ -1071,6 +1071,48 @@ static void K(panel_group_bf16)(const float *x, int in, const uint16_t *tp, floa
     K(panel_nv)(x, in, tp, y, ldy, ni, nv, WT_BF16P);
 }
 
+/* The tiles of M for n rows of X: *pg rows of X at most a group, *trows rows of M a tile
+ * (PT panels, or PT - 1 where those need fewer groups). */
+static inline void K(panel_shape)(int n, int *pg, int *trows)
+{
+    int tnv = PNV;
+    *pg = PG;
+#ifdef PG2
+    if ((n + PG2 - 1) / PG2 < (n + PG - 1) / PG) {
+        *pg = PG2;
+        tnv = PNV - PVPP;
+    }
+#else
+    (void)n;
+#endif
+    *trows = tnv / PVPP * WT_P_ROWS;
+}
+
+/* Every row of X over the tile of M whose rows r .. r + ny of the product start at tp (F32P,
+ * or BF16P when bf), in balanced groups of at most pg rows. */
+static void K(panel_tile_rows)(const smallmm_xmt *jb, int in, int r, int ny, const void *tp,
+                               int bf, int pg)
+{
+    int n = jb->n, groups = (n + pg - 1) / pg;
+    int nv = (ny + VL - 1) / VL, whole = ny == nv * VL;
+    float t[PGMAX * PNV * VL];
+    for (int g = 0, i = 0; g < groups; g++) {
+        int ni = (n - i + groups - g - 1) / (groups - g);
+        const float *x = jb->x + (size_t)i * in;
+        float *y = jb->y + (size_t)i * jb->ldy + r;
+        float *out = whole ? y : t;
+        int ldo = whole ? jb->ldy : PNV * VL;
+        if (bf)
+            K(panel_group_bf16)(x, in, tp, out, ldo, ni, nv);
+        else
+            K(panel_group)(x, in, tp, out, ldo, ni, nv);
+        for (int q = 0; !whole && q < ni; q++)
+            memcpy(y + (size_t)q * jb->ldy, t + (size_t)q * PNV * VL,
+                   sizeof(float) * (size_t)ny);
+        i += ni;
+    }
+}
+
 /* Rows [lo, hi) of an F32P product (lo a multiple of WT_P_ROWS): tile by tile of M, the n
  * rows of X in balanced groups of at most PG, each over all of a row's elements (the
  * second group finds the tile's panels in L2: blocks of 64 elements kept in L1 from one
@@ -1088,47 +1130,19 @@ static void K(panel_group_bf16)(const float *x, int in, const uint16_t *tp, floa
  * tiles 3-10% slower. */
 static void K(panel_rows)(const smallmm_xmt *jb, int in, int lo, int hi)
 {
-    int n = jb->n, pg = PG, tnv = PNV;
-#ifdef PG2
-    if ((n + PG2 - 1) / PG2 < (n + PG - 1) / PG) {
-        pg = PG2;
-        tnv = PNV - PVPP;
-    }
-#endif
-    int bf = jb->m.type == WT_BF16P;
-    if (bf && n == 1)  /* one panel at a time: the thread's rows as one sequential stream */
-        tnv = PVPP;
-    int groups = (n + pg - 1) / pg, trows = tnv / PVPP * WT_P_ROWS;
+    int pg, trows, bf = jb->m.type == WT_BF16P;
+    K(panel_shape)(jb->n, &pg, &trows);
+    if (bf && jb->n == 1)  /* one panel at a time: the thread's rows as one sequential stream */
+        trows = WT_P_ROWS;
     for (int r = lo; r < hi; r += trows) {
         /* the tile's first panel: r rows of in floats, or of in rounded up to even BF16 */
-        const float *tp = bf ? NULL : (const float *)jb->m.data + (size_t)r * in;
-        const uint16_t *th = bf ? (const uint16_t *)jb->m.data + (size_t)r * ((in + 1) & ~1)
-                                : NULL;
-        int ny = hi - r < trows ? hi - r : trows;
-        int nv = (ny + VL - 1) / VL, whole = ny == nv * VL;
-        float t[PGMAX * PNV * VL];
-        for (int g = 0, i = 0; g < groups; g++) {
-            int ni = (n - i + groups - g - 1) / (groups - g);
-            const float *x = jb->x + (size_t)i * in;
-            float *y = jb->y + (size_t)i * jb->ldy + r;
-            if (whole) {
-                if (bf)
-                    K(panel_group_bf16)(x, in, th, y, jb->ldy, ni, nv);
-                else
-                    K(panel_group)(x, in, tp, y, jb->ldy, ni, nv);
-            } else {
-                if (bf)
-                    K(panel_group_bf16)(x, in, th, t, PNV * VL, ni, nv);
-                else
-                    K(panel_group)(x, in, tp, t, PNV * VL, ni, nv);
-                for (int q = 0; q < ni; q++)
-                    memcpy(y + (size_t)q * jb->ldy, t + (size_t)q * PNV * VL,
-                           sizeof(float) * (size_t)ny);
-            }
-            i += ni;
-        }
+        const void *tp = bf ? (const void *)((const uint16_t *)jb->m.data +
+                                             (size_t)r * ((in + 1) & ~1))
+                            : (const void *)((const float *)jb->m.data + (size_t)r * in);
+        K(panel_tile_rows)(jb, in, r, hi - r < trows ? hi - r : trows, tp, bf, pg);
     }
 }
+
 /* Q8 products of many rows of X (SMALLMM_Q8P_ROWS or more) on the F32P panel tiles: each
  * tile of M (PT panels of 16 rows, or PT - 1 as panel_rows takes them) dequantized first
  * into buf in the F32P layout, each weight q · s in F32 as the format defines it, then met
@@ -1166,38 +1180,17 @@ static void K(q8_to_panel)(const int8_t *d, const float *sw, int in, float *out)
  * dequantized into buf (PT · 16 · in floats) first. */
 static void K(q8p_rows)(const smallmm_xmt *jb, int in, int lo, int hi, float *buf)
 {
-    int n = jb->n, pg = PG, tnv = PNV;
-#ifdef PG2
-    if ((n + PG2 - 1) / PG2 < (n + PG - 1) / PG) {
-        pg = PG2;
-        tnv = PNV - PVPP;
-    }
-#endif
-    int groups = (n + pg - 1) / pg, trows = tnv / PVPP * WT_P_ROWS;
+    int pg, trows;
+    K(panel_shape)(jb->n, &pg, &trows);
     for (int r = lo; r < hi; r += trows) {
         int ny = hi - r < trows ? hi - r : trows;
-        int nv = (ny + VL - 1) / VL, whole = ny == nv * VL;
         for (int p = 0; p * WT_P_ROWS < ny; p++) {
             int rp = r + p * WT_P_ROWS;
             K(q8_to_panel)((const int8_t *)jb->m.data + wtensor_q8_offset(in, rp, 0),
                            jb->m.scale + wtensor_q8_scale_index(in, rp, 0), in,
                            buf + (size_t)p * in * WT_P_ROWS);
         }
-        float t[PGMAX * PNV * VL];
-        for (int g = 0, i = 0; g < groups; g++) {
-            int ni = (n - i + groups - g - 1) / (groups - g);
-            const float *x = jb->x + (size_t)i * in;
-            float *y = jb->y + (size_t)i * jb->ldy + r;
-            if (whole) {
-                K(panel_group)(x, in, buf, y, jb->ldy, ni, nv);
-            } else {
-                K(panel_group)(x, in, buf, t, PNV * VL, ni, nv);
-                for (int q = 0; q < ni; q++)
-                    memcpy(y + (size_t)q * jb->ldy, t + (size_t)q * PNV * VL,
-                           sizeof(float) * (size_t)ny);
-            }
-            i += ni;
-        }
+        K(panel_tile_rows)(jb, in, r, ny, buf, 0, pg);
     }
 }
 
@@ -1212,7 +1205,7 @@ static void K(xmt_rows)(const smallmm_xmt *jb, const float *xop, float *tbuf, in
                         int hi)
 {
     if (jb->m.type == WT_Q8) {
-        if (tbuf && jb->n >= SMALLMM_Q8P_ROWS)
+        if (tbuf && q8p_job(jb))
             K(q8p_rows)(jb, in, lo, hi, tbuf);
         else
             K(q8_rows)(jb, xop, in, lo, hi);
@@ -1326,10 +1319,9 @@ static void K(tb_cols)(const smallmm_tb *jb, int c0, int c1)
 
 #if KVNNI
 static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS,
-                                           K(q8v_prepare), 0, 1};
+                                           K(q8v_prepare), 0};
 #else
-static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS, NULL, 0,
-                                           1};
+static const smallmm_kernels K(kernels) = {K(xmt_rows), K(tb_cols), VL, K_EO_ROWS, NULL, 0};
 #endif
 #undef K_EO_ROWS
 

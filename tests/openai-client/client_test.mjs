@@ -267,7 +267,10 @@ await check('completions stream: text equals the non-streaming text; include_usa
     const stream = await completion({ stream: true, stream_options: { include_usage: true } });
     const { chunks, text } = await collect(stream, completionText);
     assertEq(text, whole.choices[0].text, 'the streamed text joined');
-    assert(chunks.length >= 3, `only ${chunks.length} chunks`);
+    // at least one chunk of text, then the usage chunk: tokens that come while the
+    // connection is still sending earlier ones go out together, so a short generation on a
+    // busy machine may arrive as a single chunk of text (CI once saw 2 chunks here)
+    assert(chunks.length >= 2, `only ${chunks.length} chunks`);
     const last = chunks[chunks.length - 1];
     assert(Array.isArray(last.choices) && last.choices.length === 0,
            `the last chunk's choices are ${show(last.choices)}, expected []`);

@@ -33,6 +33,14 @@
  * (far from the vCPUs or not, bench_place), 0.947-1.060 over 10 fresh daemons in one hour
  * while the base against itself stayed within 0.995-1.007 over 6 (docs/benchmarks.md), so
  * the median is over as many placements as repetitions, and their range is printed.
+ * --merge auto ÷ base cannot pair the adapter with the base on the auto daemon (the base's
+ * rows would take half of the recent rows from the adapter, and the policy would drop its
+ * W'), so it is a ratio of two paired cases on one fresh --merge auto daemon each
+ * repetition, run back to back: first the base there against the base on D_MAIN (the
+ * daemon's own W), then the adapter, once merged, against the base on D_MAIN (its W'); the
+ * second over the first is the W' over its own W, with D_MAIN's base as the common measure
+ * of the machine's drift. Against D_MAIN's base alone, W' differed from it by the two
+ * daemons' own difference (1.032 in one run whose base-against-base control gave 1.019).
  * The adapter directories hold 100 and 1,000 adapters whose weight files are hard links
  * to the 8 distinct generated ones (the daemon loads each name on its own: a load reads
  * the file — from the page cache — parses, converts and allocates as for any adapter).
@@ -42,7 +50,8 @@
  * token (TTFT) and time per output token (TPOT = (last - first token) / (n - 1)) over
  * the requests that finished inside the window; p50 and p99 over them. The four
  * daemons (merge never, always, auto; the 1,000-adapter directory) start once and stay up
- * (but for the --merge always one, restarted before its one-daemon merged / base case);
+ * (but for the --merge always one, restarted before its one-daemon merged / base case, and
+ * the --merge auto one, before its base / base case);
  * each repetition runs every case once, in an order rotated by one case per repetition;
  * the two cases of a target ratio that a drift over minutes would bias run back to back,
  * twice, in ABBA groups that no repetition starts inside (AGAIN, GROUPS): one client, 8 on
@@ -136,6 +145,10 @@ static const bench_case cases[] = {
     {"16 clients, 90% on one adapter", 5, 16, D_MAIN, PICK_SKEW, 0},
     {"1 client, on the fly/base alternating", 1, 1, D_MAIN, PICK_ONE, 1},
     {"1 client, merged/base alternating", 1, 1, D_MERGED, PICK_ONE, 1},
+    /* --merge auto / base with both sides on the --merge auto daemon: that daemon, started
+     * afresh, first serves the base (its W, against the base on D_MAIN), then the adapter
+     * (its W', once merged, against the base on D_MAIN); see AUTO_GROUP */
+    {"1 client, base auto daemon/base alternating", 1, 1, D_AUTO, PICK_BASE, 1},
     {"1 client, auto/base alternating", 1, 1, D_AUTO, PICK_ONE, 1},
     /* controls for the paired ratios: the base on the merged daemon against the base on
      * D_MAIN (the daemons' own difference, without W'), and the base on D_MAIN against
@@ -370,8 +383,8 @@ static client clients_mem[MAX_CLIENTS];
 
 /* The cases by index, in the order of cases[]. */
 enum { B1, B8, D8, B64, B64R, D8R, B8R, B1R, A1, M1, AUTO1, O8, X8, Z32, ZA32, ZA32R, Z32R, Z64,
-       ZA64, ZA64R, Z64R, B32, O32, Z1000, SKEW, A1ALT, M1ALT, AUTO1ALT, BM1ALT, BB1ALT,
-       M1ALT1 };
+       ZA64, ZA64R, Z64R, B32, O32, Z1000, SKEW, A1ALT, M1ALT, BA1ALT, AUTO1ALT, BM1ALT,
+       BB1ALT, M1ALT1 };
 _Static_assert(M1ALT1 + 1 == sizeof cases / sizeof *cases, "one name per case");
 
 /* Cases measured twice in every repetition, as groups in the order A, B, B, A (ABBA): a
@@ -394,9 +407,10 @@ _Static_assert(M1ALT1 + 1 == sizeof cases / sizeof *cases, "one name per case");
 static const int AGAIN[][2] = {{B8R, B8},     {B1R, B1},     {D8R, D8},    {B64R, B64},
                                {ZA32R, ZA32}, {Z32R, Z32},   {ZA64R, ZA64}, {Z64R, Z64}};
 #define N_AGAIN ((int)(sizeof AGAIN / sizeof *AGAIN))
-/* The ABBA groups, first and last case: a repetition never starts inside one (the rotation
- * below), so each group runs back to back. */
-static const int GROUPS[][2] = {{B1, B1R}, {Z32, Z32R}, {Z64, Z64R}};
+/* The groups of cases that run back to back, first and last case: a repetition never starts
+ * inside one (the rotation below). The ABBA groups, and AUTO_GROUP: the --merge auto
+ * daemon's two alternating cases, the base then the adapter, on one fresh daemon. */
+static const int GROUPS[][2] = {{B1, B1R}, {Z32, Z32R}, {Z64, Z64R}, {BA1ALT, AUTO1ALT}};
 #define N_GROUPS ((int)(sizeof GROUPS / sizeof *GROUPS))
 
 /* 1 when a repetition may start at case k, the case before it in the order being prev (-1:
@@ -581,7 +595,7 @@ static int run_case(const bench_case *bc, int port, int base_port, int n_adapter
 {
     atomic_int stop = 0;
     double t = bench_now();
-    int wait_merge = bc->daemon == D_AUTO && bc->clients == 1;
+    int wait_merge = bc->daemon == D_AUTO && bc->clients == 1 && bc->pick != PICK_BASE;
     window_t win;
     atomic_init(&win.w0, wait_merge ? HUGE_VAL : t + warmup);
     atomic_init(&win.w1, wait_merge ? HUGE_VAL : t + warmup + window);
@@ -862,13 +876,16 @@ int main(int argc, char **argv)
             /* scenario 3's auto windows draw the same requests as their never window */
             int sk = pair_other(AUTO_NEVER, N_AUTO_NEVER, 0, k);
             sk = sk < 0 ? k : sk;
-            /* merged / base on one daemon: a fresh --merge always daemon each repetition,
-             * so that the median is over as many placements of W and W' (see the top) */
-            if (bc->alternate == 2 && bc->daemon == D_MERGED) {
-                kill(pid[D_MERGED], SIGTERM);
-                waitpid(pid[D_MERGED], NULL, 0);
-                if ((pid[D_MERGED] = bench_start_daemon(build, args[D_MERGED],
-                                                        &port[D_MERGED])) < 0) {
+            /* merged / base and --merge auto / base on one daemon: a fresh daemon each
+             * repetition, so that the median is over as many placements of W and W' (see
+             * the top) */
+            int fresh = bc->alternate == 2 && bc->daemon == D_MERGED ? D_MERGED
+                        : k == BA1ALT                               ? D_AUTO
+                                                                    : -1;
+            if (fresh >= 0) {
+                kill(pid[fresh], SIGTERM);
+                waitpid(pid[fresh], NULL, 0);
+                if ((pid[fresh] = bench_start_daemon(build, args[fresh], &port[fresh])) < 0) {
                     stop_daemons(pid);
                     return 1;
                 }
@@ -1056,10 +1073,20 @@ int main(int argc, char **argv)
     double longest = 0;
     for (int i = 0; i < n_built; i++)
         longest = fmax(longest, built[i]);
-    printf("  1 client, --merge auto / 1 client base     %.3f (target 1 +- 0.03; alternating "
-           "requests, once merged; the two cases apart: %.3f; the W' was built in %d of the "
-           "%d one-client auto cases, in the others still there from the case before; ready "
-           "%.1f s after the client started, median, longest %.1f s)\n", med[AUTO1ALT].paired,
+    /* the auto daemon's W' over its own W: each alternated with the base on D_MAIN, one
+     * after the other on a fresh --merge auto daemon, in each repetition */
+    double au[MAX_REPS], au_lo = NAN, au_hi = NAN;
+    for (int r = 0; r < reps; r++)
+        au[r] = res[AUTO1ALT][r].paired / res[BA1ALT][r].paired;
+    bench_range(au, reps, &au_lo, &au_hi);
+    printf("  1 client, --merge auto / 1 client base     %.3f (target 1 +- 0.03; on a fresh "
+           "--merge auto daemon each repetition, its W' once merged over its own W, each "
+           "alternating with the base on the --merge never daemon: %.3f-%.3f over "
+           "repetitions; the W' over that base alone: %.3f, and the daemons' difference, the "
+           "auto daemon's W / that base: %.3f; the two cases apart: %.3f; the W' was built in "
+           "%d of the %d one-client auto cases, in the others still there from the case "
+           "before; ready %.1f s after the client started, median, longest %.1f s)\n",
+           bench_median(au, reps), au_lo, au_hi, med[AUTO1ALT].paired, med[BA1ALT].paired,
            rep_ratio(res, reps, AUTO1, B1), n_built, n_auto1,
            n_built ? bench_median(built, n_built) : NAN, longest);
     int merges3 = 0, counted3 = 0;

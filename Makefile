@@ -125,12 +125,14 @@ bench-serve: deps $(BUILD)/lorad $(BENCH_BIN)
 
 # bench-load: many clients x many adapters against `lorad serve` (tokens/s, TTFT, TPOT);
 # the table also goes to BUILD/bench-load.tsv (tools/plot_bench.py draws it); then the
-# same closed-loop clients in process, without the server (bench_closed)
+# same closed-loop clients in process, without the server (bench_closed), and beside a
+# paced --merge auto build against alone (bench_merge)
 bench-load: deps $(BUILD)/lorad $(BENCH_BIN)
 	$(Q)$(BUILD)/bench/bench_engine $(BUILD)/bench-data --prepare
 	$(Q)$(BUILD)/bench/bench_load $(BUILD) $(BUILD)/bench-data --tsv $(BUILD)/bench-load.tsv \
 	    $(if $(filter 1,$(BENCH_QUICK)),--quick)
 	$(Q)$(BUILD)/bench/bench_closed $(BUILD)/bench-data $(if $(filter 1,$(BENCH_QUICK)),--quick)
+	$(Q)$(BUILD)/bench/bench_merge $(BUILD)/bench-data $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 # soak: lorad serve under a long mixed load (streams, abandoned streams, chat, uploads,
 # replaces, deletes) on the demo model; RSS, fds, errors and p99 per interval; minutes

@@ -27,40 +27,6 @@
 
 #define MAX_CLIENTS 64
 #define MAX_REPS 9
-#define PROMPT_LEN 16
-#define MAX_TOKENS 48
-
-typedef struct {
-    int busy;       /* a request is in the engine */
-    long tokens;    /* tokens received so far */
-    int failed;
-} client;
-
-static int on_token(void *user, const engine_token *tok)
-{
-    (void)tok;
-    ((client *)user)->tokens++;
-    return 0;
-}
-
-static void on_done(void *user, engine_finish reason, const lr_error *err)
-{
-    client *c = user;
-    c->busy = 0;
-    if (reason == ENGINE_FINISH_ERROR) {
-        c->failed = 1;
-        fprintf(stderr, "bench_closed: a request failed: %s\n", err ? err->msg : "?");
-    }
-}
-
-static unsigned next_rand(unsigned *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 17;
-    *s ^= *s << 5;
-    return *s;
-}
-
 typedef struct {
     double tps, step_ms, decode_per_step, prefill_per_token;
 } window_result;
@@ -70,8 +36,7 @@ typedef struct {
 static int run_case(engine *e, int n, double warmup, double window, unsigned *seed,
                     window_result *out)
 {
-    static client cl[MAX_CLIENTS];
-    static int prompts[MAX_CLIENTS][PROMPT_LEN];
+    static bench_client cl[MAX_CLIENTS];
     memset(cl, 0, sizeof cl);
     lr_error err = {0};
     double t0 = bench_now(), w0 = 0;
@@ -80,32 +45,14 @@ static int run_case(engine *e, int n, double warmup, double window, unsigned *se
     int in_window = 0;
     /* bounded: a step takes at least a few ms, the case at most warmup + window seconds */
     for (long guard = 0; guard < 10000000; guard++) {
-        for (int i = 0; i < n; i++) {
-            if (cl[i].failed)
-                return -1;
-            if (cl[i].busy)
-                continue;
-            for (int k = 0; k < PROMPT_LEN; k++)
-                prompts[i][k] = 100 + (int)(next_rand(seed) % 20000);
-            engine_request req = {.prompt = prompts[i], .n_prompt = PROMPT_LEN,
-                                  .max_tokens = MAX_TOKENS,
-                                  .sampling = {.temperature = 0, .top_p = 1},
-                                  .ignore_eos = 1, .on_token = on_token, .on_done = on_done,
-                                  .user = &cl[i]};
-            if (engine_submit(e, &req, NULL, &err)) {
-                fprintf(stderr, "bench_closed: %s\n", err.msg);
-                return -1;
-            }
-            cl[i].busy = 1;
-        }
+        if (bench_clients_submit(e, cl, n, seed, "bench_closed"))
+            return -1;
         if (engine_step(e, &err) < 0) {
             fprintf(stderr, "bench_closed: %s\n", err.msg);
             return -1;
         }
         double now = bench_now();
-        long tok = 0;
-        for (int i = 0; i < n; i++)
-            tok += cl[i].tokens;
+        long tok = bench_clients_tokens(cl, n);
         if (!in_window && now - t0 >= warmup) {
             in_window = 1;
             w0 = now;
@@ -201,7 +148,7 @@ int main(int argc, char **argv)
            "base; %d-token prompts, %d output tokens, a new request as soon as one ends; "
            "%.0f s warm-up + %.0f s window (%.0f s for 64 clients), order 1-8-64-64-8-1; "
            "medians of %d repetitions\n\n",
-           PROMPT_LEN, MAX_TOKENS, warmup, window, 2 * window, reps);
+           BENCH_CLIENT_PROMPT, BENCH_CLIENT_TOKENS, warmup, window, 2 * window, reps);
     printf("clients     tok/s   ms/step  decode/step  prefill/token\n");
     double tps[N_SIZES][MAX_REPS];
     for (int k = 0; k < N_SIZES; k++) {

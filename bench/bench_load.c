@@ -147,7 +147,7 @@ static const bench_case cases[] = {
     {"1 client, merged/base alternating", 1, 1, D_MERGED, PICK_ONE, 1},
     /* --merge auto / base with both sides on the --merge auto daemon: that daemon, started
      * afresh, first serves the base (its W, against the base on D_MAIN), then the adapter
-     * (its W', once merged, against the base on D_MAIN); see AUTO_GROUP */
+     * (its W', once merged, against the base on D_MAIN); see GROUPS */
     {"1 client, base auto daemon/base alternating", 1, 1, D_AUTO, PICK_BASE, 1},
     {"1 client, auto/base alternating", 1, 1, D_AUTO, PICK_ONE, 1},
     /* controls for the paired ratios: the base on the merged daemon against the base on
@@ -195,14 +195,6 @@ typedef struct {
     pthread_t th;
 } client;
 
-static unsigned next_rand(unsigned *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 17;
-    *s ^= *s << 5;
-    return *s;
-}
-
 /* Zipf(s = 1) over n items: cdf[k] = Σ_{i <= k} 1/(i+1) / H_n. */
 static double *zipf_cdf(int n)
 {
@@ -216,7 +208,7 @@ static double *zipf_cdf(int n)
 
 static int zipf_pick(const double *cdf, int n, unsigned *seed)
 {
-    double u = (next_rand(seed) & 0xFFFFFF) / 16777216.0;
+    double u = (bench_rand(seed) & 0xFFFFFF) / 16777216.0;
     int lo = 0, hi = n - 1;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
@@ -273,11 +265,11 @@ static void pick_model(client *c, char *out, size_t cap)
                  "{\"name\":\"a%03d\",\"weight\":0.3}]", c->index % 8, (c->index + 1) % 8);
         break;
     case PICK_SKEW:
-        c->cur.popular = next_rand(&c->seed) % 10 != 0;
+        c->cur.popular = bench_rand(&c->seed) % 10 != 0;
         if (c->cur.popular)
             snprintf(out, cap, "\"model\":\"a000\"");
         else
-            snprintf(out, cap, "\"model\":\"a%03d\"", 1 + (int)(next_rand(&c->seed) % 7));
+            snprintf(out, cap, "\"model\":\"a%03d\"", 1 + (int)(bench_rand(&c->seed) % 7));
         break;
     case PICK_ZIPF: {
         int k = zipf_pick(c->zipf_cdf, c->n_adapters, &c->seed);
@@ -312,7 +304,7 @@ static void *client_main(void *arg)
         int k = snprintf(body, sizeof body, "{%s,\"prompt\":[", pick);
         for (int i = 0; i < PROMPT_LEN; i++)
             k += snprintf(body + k, sizeof body - (size_t)k, "%s%u", i ? "," : "",
-                          100 + next_rand(&c->seed) % 20000);
+                          100 + bench_rand(&c->seed) % 20000);
         snprintf(body + k, sizeof body - (size_t)k, "],\"max_tokens\":%d,\"temperature\":0,"
                  "\"ignore_eos\":true,\"stream\":true,\"logprobs\":0,"
                  "\"return_tokens_as_token_ids\":true}", c->max_tokens);
@@ -408,8 +400,8 @@ static const int AGAIN[][2] = {{B8R, B8},     {B1R, B1},     {D8R, D8},    {B64R
                                {ZA32R, ZA32}, {Z32R, Z32},   {ZA64R, ZA64}, {Z64R, Z64}};
 #define N_AGAIN ((int)(sizeof AGAIN / sizeof *AGAIN))
 /* The groups of cases that run back to back, first and last case: a repetition never starts
- * inside one (the rotation below). The ABBA groups, and AUTO_GROUP: the --merge auto
- * daemon's two alternating cases, the base then the adapter, on one fresh daemon. */
+ * inside one (the rotation below). The ABBA groups, and the --merge auto daemon's two
+ * alternating cases, the base then the adapter, on one fresh daemon. */
 static const int GROUPS[][2] = {{B1, B1R}, {Z32, Z32R}, {Z64, Z64R}, {BA1ALT, AUTO1ALT}};
 #define N_GROUPS ((int)(sizeof GROUPS / sizeof *GROUPS))
 

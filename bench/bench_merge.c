@@ -2,8 +2,8 @@
  * The daemon builds an adapter's merged W' on a thread of its own, paced to a tenth of a
  * core (variant_merge_paced, MERGE_DUTY in adapters/registry.c), while the engine keeps
  * decoding on both cores; issue 10 asks that this decode drop by no more than 10% while
- * the W' builds. Here, in one process: closed-loop clients on the base (16 random prompt
- * tokens, 48 greedy tokens, a new request as soon as one ends, as bench_closed) stepped
+ * the W' builds. Here, in one process: closed-loop clients on the base (bench_client:
+ * 16 random prompt tokens, 48 greedy tokens, the next request as soon as one ends) stepped
  * by the engine on this thread, and the same paced build of adapter-r16-a's W' on
  * another, as the daemon runs them: pages placed as `lorad serve` places them (the base's
  * at load, each W' as it is built, paced alike), each W' freed after its build, so that
@@ -34,42 +34,9 @@
 
 #define MAX_CLIENTS 8
 #define MAX_REPS 9
-#define PROMPT_LEN 16
-#define MAX_TOKENS 48
 #define MERGE_DUTY 0.1   /* as adapters/registry.c builds a --merge auto W' */
 #define IDLE_S 3.0       /* seconds of decode alone on each side of a repetition's builds */
 #define BUILD_MAX_S 300.0
-
-typedef struct {
-    int busy;
-    long tokens;
-    int failed;
-} client;
-
-static int on_token(void *user, const engine_token *tok)
-{
-    (void)tok;
-    ((client *)user)->tokens++;
-    return 0;
-}
-
-static void on_done(void *user, engine_finish reason, const lr_error *err)
-{
-    client *c = user;
-    c->busy = 0;
-    if (reason == ENGINE_FINISH_ERROR) {
-        c->failed = 1;
-        fprintf(stderr, "bench_merge: a request failed: %s\n", err ? err->msg : "?");
-    }
-}
-
-static unsigned next_rand(unsigned *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 17;
-    *s ^= *s << 5;
-    return *s;
-}
 
 /* The builder thread: builds one W' each time it is asked, then frees it. */
 typedef struct {
@@ -119,14 +86,11 @@ static int build_done(builder *b)
 /* n closed-loop clients (their state in cl, kept from phase to phase) stepped until
  * `seconds` have passed or, with b, until b's build (started here) is done; tokens/s over
  * the phase into *tps. 0, or -1 on a failure. */
-static int run_phase(engine *e, client *cl, int n, double seconds, builder *b, unsigned *seed,
+static int run_phase(engine *e, bench_client *cl, int n, double seconds, builder *b, unsigned *seed,
                      double *tps)
 {
-    static int prompts[MAX_CLIENTS][PROMPT_LEN];
     lr_error err = {0};
-    long tok0 = 0;
-    for (int i = 0; i < n; i++)
-        tok0 += cl[i].tokens;
+    long tok0 = bench_clients_tokens(cl, n);
     if (b) {
         pthread_mutex_lock(&b->mu);
         b->done = 0;
@@ -137,24 +101,8 @@ static int run_phase(engine *e, client *cl, int n, double seconds, builder *b, u
     double t0 = bench_now(), now = t0;
     /* bounded: by the phase's time (a build by BUILD_MAX_S) and a step count */
     for (long guard = 0; guard < 10000000; guard++) {
-        for (int i = 0; i < n; i++) {
-            if (cl[i].failed)
-                return -1;
-            if (cl[i].busy)
-                continue;
-            for (int k = 0; k < PROMPT_LEN; k++)
-                prompts[i][k] = 100 + (int)(next_rand(seed) % 20000);
-            engine_request req = {.prompt = prompts[i], .n_prompt = PROMPT_LEN,
-                                  .max_tokens = MAX_TOKENS,
-                                  .sampling = {.temperature = 0, .top_p = 1},
-                                  .ignore_eos = 1, .on_token = on_token, .on_done = on_done,
-                                  .user = &cl[i]};
-            if (engine_submit(e, &req, NULL, &err)) {
-                fprintf(stderr, "bench_merge: %s\n", err.msg);
-                return -1;
-            }
-            cl[i].busy = 1;
-        }
+        if (bench_clients_submit(e, cl, n, seed, "bench_merge"))
+            return -1;
         if (engine_step(e, &err) < 0) {
             fprintf(stderr, "bench_merge: %s\n", err.msg);
             return -1;
@@ -167,10 +115,7 @@ static int run_phase(engine *e, client *cl, int n, double seconds, builder *b, u
         fprintf(stderr, "bench_merge: the build did not finish\n");
         return -1;
     }
-    long tok = 0;
-    for (int i = 0; i < n; i++)
-        tok += cl[i].tokens;
-    *tps = (double)(tok - tok0) / (now - t0);
+    *tps = (double)(bench_clients_tokens(cl, n) - tok0) / (now - t0);
     return 0;
 }
 
@@ -238,7 +183,7 @@ int main(int argc, char **argv)
     unsigned seed = 12345;
     for (int r = 0; r < reps && !rc; r++)
         for (int k = 0; k < N_SIZES && !rc; k++) {
-            static client cl[MAX_CLIENTS];
+            static bench_client cl[MAX_CLIENTS];
             memset(cl, 0, sizeof cl);
             double v[4];   /* alone, beside a build, beside a build, alone */
             for (int p = 0; p < 4 && !rc; p++) {
@@ -273,7 +218,7 @@ int main(int argc, char **argv)
            "random SmolLM2-135M shape, F32, closed-loop clients on the base (%d-token "
            "prompts, %d output tokens); each repetition alone %.0f s, beside a build, beside "
            "a build, alone %.0f s; medians of %d repetitions\n\n", 100 * MERGE_DUTY,
-           PROMPT_LEN, MAX_TOKENS, IDLE_S, IDLE_S, reps);
+           BENCH_CLIENT_PROMPT, BENCH_CLIENT_TOKENS, IDLE_S, IDLE_S, reps);
     printf("clients  alone tok/s  beside tok/s  beside / alone (range)   (target >= 0.90)\n");
     for (int k = 0; k < N_SIZES; k++) {
         double lo, hi;

@@ -50,14 +50,6 @@ static double lat[MAX_LAT];
 static int n_lat;
 static atomic_long served, abandoned, errors, uploads, replaces, deletes;
 
-static unsigned next_rand(unsigned *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 17;
-    *s ^= *s << 5;
-    return *s;
-}
-
 static void error_msg(const char *what, long status, const char *detail)
 {
     if (atomic_fetch_add(&errors, 1) < 50)
@@ -123,26 +115,26 @@ static void *client_main(void *arg)
     CURL *c = curl_easy_init();
     char body[1024], pick_s[160];
     while (c && !atomic_load(&stop)) {
-        unsigned kind = next_rand(&seed) % 10, pick = next_rand(&seed) % 8;
-        unsigned a = next_rand(&seed) % STORE_ADAPTERS;
+        unsigned kind = bench_rand(&seed) % 10, pick = bench_rand(&seed) % 8;
+        unsigned a = bench_rand(&seed) % STORE_ADAPTERS;
         if (pick == 0)
             snprintf(pick_s, sizeof pick_s, "\"model\":\"base\"");
         else if (pick == 1)   /* two different adapters */
             snprintf(pick_s, sizeof pick_s, "\"adapters\":[{\"name\":\"s%02u\",\"weight\":0.6},"
                      "{\"name\":\"s%02u\",\"weight\":0.4}]", a,
-                     (a + 1 + next_rand(&seed) % (STORE_ADAPTERS - 1)) % STORE_ADAPTERS);
+                     (a + 1 + bench_rand(&seed) % (STORE_ADAPTERS - 1)) % STORE_ADAPTERS);
         else
             snprintf(pick_s, sizeof pick_s, "\"model\":\"s%02u\"", a);
-        const char *prompt = prompts[next_rand(&seed) % 5];
-        int max_tokens = 8 + (int)(next_rand(&seed) % 56);
+        const char *prompt = prompts[bench_rand(&seed) % 5];
+        int max_tokens = 8 + (int)(bench_rand(&seed) % 56);
         body_state b = {0};
         double t0 = bench_now();
         long st;
         if (kind < 8) {
             snprintf(body, sizeof body, "{%s,\"prompt\":\"%s\",\"max_tokens\":%d,\"stream\":true,"
                      "\"temperature\":0.8,\"seed\":%u}", pick_s, prompt, max_tokens,
-                     next_rand(&seed) % 1000);
-            b.abandon_after = kind == 7 ? 2 + (int)(next_rand(&seed) % 4) : 0;
+                     bench_rand(&seed) % 1000);
+            b.abandon_after = kind == 7 ? 2 + (int)(bench_rand(&seed) % 4) : 0;
             st = post(c, "/v1/completions", body, &b);
             if (b.abandon_after && st == -1) {
                 atomic_fetch_add(&abandoned, 1);
@@ -226,24 +218,24 @@ static void *admin_main(void *arg)
     int own[OWN_MAX], n_own = 0, next = 0;
     char name[32], body[256];
     while (c && !atomic_load(&stop)) {
-        unsigned op = next_rand(&seed) % 3;
+        unsigned op = bench_rand(&seed) % 3;
         if (op == 0 || n_own == 0) {
             if (n_own == OWN_MAX)
                 continue;
             own[n_own++] = next;
             snprintf(name, sizeof name, "up%05d", next++);
-            if (upload(c, name, (int)(next_rand(&seed) % 3), 0) != 201) {
+            if (upload(c, name, (int)(bench_rand(&seed) % 3), 0) != 201) {
                 n_own--;
                 continue;
             }
             atomic_fetch_add(&uploads, 1);
         } else if (op == 1) {
-            snprintf(name, sizeof name, "up%05d", own[next_rand(&seed) % (unsigned)n_own]);
-            if (upload(c, name, (int)(next_rand(&seed) % 3), 1) != 201)
+            snprintf(name, sizeof name, "up%05d", own[bench_rand(&seed) % (unsigned)n_own]);
+            if (upload(c, name, (int)(bench_rand(&seed) % 3), 1) != 201)
                 continue;
             atomic_fetch_add(&replaces, 1);
         } else {
-            int k = (int)(next_rand(&seed) % (unsigned)n_own);
+            int k = (int)(bench_rand(&seed) % (unsigned)n_own);
             snprintf(name, sizeof name, "up%05d", own[k]);
             own[k] = own[--n_own];
             delete_adapter(c, name);

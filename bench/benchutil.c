@@ -271,6 +271,63 @@ int bench_run_request(engine *e, const int *prompt, int n_prompt, int max_tokens
     return 0;
 }
 
+static int client_token(void *user, const engine_token *tok)
+{
+    (void)tok;
+    ((bench_client *)user)->tokens++;
+    return 0;
+}
+
+static void client_done(void *user, engine_finish reason, const lr_error *err)
+{
+    bench_client *c = user;
+    c->busy = 0;
+    if (reason == ENGINE_FINISH_ERROR) {
+        c->failed = 1;
+        fprintf(stderr, "bench: a request failed: %s\n", err ? err->msg : "?");
+    }
+}
+
+unsigned bench_rand(unsigned *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+int bench_clients_submit(engine *e, bench_client *cl, int n, unsigned *seed, const char *who)
+{
+    lr_error err = {0};
+    for (int i = 0; i < n; i++) {
+        if (cl[i].failed)
+            return -1;
+        if (cl[i].busy)
+            continue;
+        for (int k = 0; k < BENCH_CLIENT_PROMPT; k++)
+            cl[i].prompt[k] = 100 + (int)(bench_rand(seed) % 20000);
+        engine_request req = {.prompt = cl[i].prompt, .n_prompt = BENCH_CLIENT_PROMPT,
+                              .max_tokens = BENCH_CLIENT_TOKENS,
+                              .sampling = {.temperature = 0, .top_p = 1},
+                              .ignore_eos = 1, .on_token = client_token,
+                              .on_done = client_done, .user = &cl[i]};
+        if (engine_submit(e, &req, NULL, &err)) {
+            fprintf(stderr, "%s: %s\n", who, err.msg);
+            return -1;
+        }
+        cl[i].busy = 1;
+    }
+    return 0;
+}
+
+long bench_clients_tokens(const bench_client *cl, int n)
+{
+    long tok = 0;
+    for (int i = 0; i < n; i++)
+        tok += cl[i].tokens;
+    return tok;
+}
+
 void bench_args(int argc, char **argv, const char **dir, int *quick)
 {
     *quick = 0;

@@ -34,6 +34,30 @@ int bench_run_request(engine *e, const int *prompt, int n_prompt, int max_tokens
                       const variant *merged, const variant_mix *lora, bench_timing *t,
                       double *t0);
 
+/* The next of an xorshift32 sequence in *s (nonzero): the benchmarks' random prompts and
+ * picks, the same on every run. */
+unsigned bench_rand(unsigned *s);
+
+/* Closed-loop clients of the engine, as bench_load's over HTTP (bench_closed, bench_merge):
+ * each keeps one request in the engine — BENCH_CLIENT_PROMPT random prompt tokens, then
+ * BENCH_CLIENT_TOKENS greedy tokens with EOS ignored — and sends the next as soon as one
+ * ends. Zero a client to start it. */
+#define BENCH_CLIENT_PROMPT 16
+#define BENCH_CLIENT_TOKENS 48
+typedef struct {
+    int busy;       /* a request is in the engine */
+    long tokens;    /* tokens received so far */
+    int failed;
+    int prompt[BENCH_CLIENT_PROMPT];
+} bench_client;
+
+/* Submits a request for each of cl[0..n) that has none, its prompt drawn from *seed.
+ * 0, or -1 when a client's request failed or cannot be submitted (message on stderr,
+ * after who). */
+int bench_clients_submit(engine *e, bench_client *cl, int n, unsigned *seed, const char *who);
+/* Tokens cl[0..n) have received. */
+long bench_clients_tokens(const bench_client *cl, int n);
+
 /* The usual benchmark arguments, [DIR] [--quick]: a plain argument sets *dir (its default
  * is left otherwise), --quick sets *quick to 1. */
 void bench_args(int argc, char **argv, const char **dir, int *quick);
